@@ -1,0 +1,111 @@
+//! Per-CPU counters of the XDP program: every in-kernel decision is one of these (invariant 5).
+
+macro_rules! counters {
+    ($( $(#[doc = $doc:literal])* $variant:ident = $name:literal, )*) => {
+        /// Index into the `COUNTERS` per-CPU array.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Counter { $( $(#[doc = $doc])* $variant, )* }
+
+        impl Counter {
+            /// Every counter, in index order.
+            pub const ALL: &'static [Counter] = &[ $( Counter::$variant, )* ];
+            /// Stable snake_case name, used by `status --json` and `/metrics`.
+            pub const fn name(self) -> &'static str {
+                match self { $( Counter::$variant => $name, )* }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Every frame the program saw.
+    Packets = "packets",
+    /// Not IPv4/UDP to port 67: passed untouched.
+    NotDhcp = "not_dhcp",
+    /// Frames with one 802.1Q tag (counted in addition to their outcome).
+    VlanTagged = "vlan_tagged",
+    /// Shorter than a header or length field says.
+    Truncated = "truncated",
+    /// IPv4 header invalid (version, IHL, total length) or a fragment.
+    MalformedIp = "malformed_ip",
+    /// BOOTP header invalid: op, htype, hlen, UDP length or magic cookie.
+    MalformedBootp = "malformed_bootp",
+    /// Option area invalid: overrun, no END, no or bad message type.
+    MalformedOptions = "malformed_options",
+    /// Valid but beyond what the program parses (option overload, too many options): passed.
+    Unsupported = "unsupported",
+    /// giaddr set: relayed by a DHCP relay agent.
+    Relayed = "relayed",
+    MsgDiscover = "msg_discover",
+    MsgRequest = "msg_request",
+    MsgDecline = "msg_decline",
+    MsgRelease = "msg_release",
+    MsgInform = "msg_inform",
+    /// Any other message type in a BOOTREQUEST.
+    MsgOther = "msg_other",
+    ClassIpxe = "class_ipxe",
+    ClassHttp = "class_http",
+    ClassPxe = "class_pxe",
+    ClassPlain = "class_plain",
+    /// Option 93 = 0.
+    ArchBios = "arch_bios",
+    /// Option 93 = 6.
+    ArchEfiIa32 = "arch_efi_ia32",
+    /// Option 93 = 7 or 9.
+    ArchEfiX64 = "arch_efi_x64",
+    /// Option 93 = 11.
+    ArchEfiArm64 = "arch_efi_arm64",
+    /// Option 93 = 16.
+    ArchHttpX64 = "arch_http_x64",
+    /// Option 93 = 19.
+    ArchHttpArm64 = "arch_http_arm64",
+    /// Option 93 with another value.
+    ArchOther = "arch_other",
+    /// No option 93.
+    ArchNone = "arch_none",
+    /// Frames handed to the kernel stack (every frame today).
+    XdpPass = "xdp_pass",
+}
+
+/// Number of counters; the size of the `COUNTERS` map.
+pub const NUM_COUNTERS: u32 = Counter::ALL.len() as u32;
+
+impl Counter {
+    /// The counter of a parsed architecture (option 93, first entry), `None` if absent.
+    pub const fn for_arch(arch: Option<u16>) -> Counter {
+        use crate::wire::arch;
+        match arch {
+            None => Counter::ArchNone,
+            Some(arch::BIOS) => Counter::ArchBios,
+            Some(arch::EFI_IA32) => Counter::ArchEfiIa32,
+            Some(arch::EFI_X64) | Some(arch::EFI_BC) => Counter::ArchEfiX64,
+            Some(arch::EFI_ARM64) => Counter::ArchEfiArm64,
+            Some(arch::HTTP_X64) => Counter::ArchHttpX64,
+            Some(arch::HTTP_ARM64) => Counter::ArchHttpArm64,
+            Some(_) => Counter::ArchOther,
+        }
+    }
+
+    pub const fn for_class(class: crate::wire::ClientClass) -> Counter {
+        use crate::wire::ClientClass;
+        match class {
+            ClientClass::Ipxe => Counter::ClassIpxe,
+            ClientClass::Http => Counter::ClassHttp,
+            ClientClass::Pxe => Counter::ClassPxe,
+            ClientClass::Plain => Counter::ClassPlain,
+        }
+    }
+
+    pub const fn for_message_type(t: u8) -> Counter {
+        use crate::wire::msg;
+        match t {
+            msg::DISCOVER => Counter::MsgDiscover,
+            msg::REQUEST => Counter::MsgRequest,
+            msg::DECLINE => Counter::MsgDecline,
+            msg::RELEASE => Counter::MsgRelease,
+            msg::INFORM => Counter::MsgInform,
+            _ => Counter::MsgOther,
+        }
+    }
+}

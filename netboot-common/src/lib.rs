@@ -1,0 +1,31 @@
+//! The kernel/user ABI of netboot-xdp and nothing else.
+//!
+//! Both the XDP program (`netboot-ebpf`, `no_std`) and the agent (`netboot-user`) depend on this
+//! crate, so every number that crosses the kernel/user boundary is defined exactly once here:
+//! map names, counter indices, client classes, wire constants the classifier matches on.
+#![no_std]
+
+pub mod counter;
+pub mod wire;
+
+pub use counter::Counter;
+
+/// Names of the maps in the XDP object; the agent pins them under
+/// `<bpffs>/netboot-xdp/<iface>/<NAME>`.
+pub mod maps {
+    /// `PerCpuArray<u64>` indexed by [`crate::Counter`].
+    pub const COUNTERS: &str = "COUNTERS";
+    /// `PerCpuArray<[u8; SCRATCH_LEN]>`: per-CPU copy of the DHCP options being parsed.
+    pub const SCRATCH: &str = "SCRATCH";
+}
+
+/// Name of the XDP program in the object.
+pub const PROGRAM_NAME: &str = "netboot";
+/// The pass-through program the lab puts on the client side of a veth pair, so that native-mode
+/// `XDP_TX` frames are received there (TOOLCHAIN.md P3).
+pub const PASS_PROGRAM_NAME: &str = "xdp_pass";
+
+/// Length of the per-CPU scratch buffer the DHCP options are copied into. A power of two, so that
+/// an index can be bounded with a mask the verifier understands. 2048 covers every option area
+/// that fits in a 1500-byte frame.
+pub const SCRATCH_LEN: usize = 2048;

@@ -1,0 +1,364 @@
+//! The netboot-xdp XDP program.
+//!
+//! parse → classify → count → act. Today every frame is passed (XDP_PASS); the classifier and
+//! its counters are the first half of the fast path. The program is strict: anything it does not
+//! fully understand is counted and passed (DESIGN.md invariant 3), never answered.
+#![no_std]
+#![no_main]
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::generated::{bpf_loop, bpf_xdp_load_bytes},
+    macros::{map, xdp},
+    maps::PerCpuArray,
+    programs::XdpContext,
+};
+use netboot_common::{
+    Counter, SCRATCH_LEN,
+    counter::NUM_COUNTERS,
+    wire::{
+        self, BOOTP_OPTIONS_OFF, ClientClass, DHCP_MAGIC, DHCP_SERVER_PORT, ETH_HLEN, ETH_P_8021AD,
+        ETH_P_8021Q, ETH_P_IP, IPPROTO_UDP, UDP_HLEN, VLAN_HLEN, VendorClass, bootp, opt,
+    },
+};
+
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NUM_COUNTERS, 0);
+
+/// Per-CPU working memory: the option area is copied here so that it can be walked with masked
+/// indices, and the facts found are kept here (not in registers) so that the verifier does not
+/// have to explore every combination of them at every loop iteration.
+#[map]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+struct Scratch {
+    opts: [u8; SCRATCH_LEN],
+    facts: Facts,
+    walk: Walk,
+}
+
+/// Position of the option walk.
+#[repr(C)]
+struct Walk {
+    pos: u32,
+    len: u32,
+    status: u32,
+    _pad: u32,
+}
+
+/// What the option walk found.
+#[repr(C)]
+struct Facts {
+    msg_type: u8,
+    ipxe_user_class: u8,
+    ipxe_encap: u8,
+    vendor: u8,
+    has_arch: u8,
+    overload: u8,
+    arch: u16,
+}
+
+const MASK: usize = SCRATCH_LEN - 1;
+/// Most option entries (PAD included) walked before giving up as `unsupported`.
+const MAX_OPTIONS: u32 = 256;
+const IPV4_HLEN: usize = 20;
+
+#[inline(always)]
+fn bump(c: Counter) {
+    if let Some(p) = COUNTERS.get_ptr_mut(c as u32) {
+        unsafe { *p += 1 }
+    }
+}
+
+/// A pointer to `LEN` bytes at `off`, bounds-checked against the end of the frame.
+#[inline(always)]
+fn bytes_at<const LEN: usize>(ctx: &XdpContext, off: usize) -> Result<*const [u8; LEN], Counter> {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + off + LEN > end {
+        return Err(Counter::Truncated);
+    }
+    Ok((start + off) as *const [u8; LEN])
+}
+
+#[inline(always)]
+fn be16(b: [u8; 2]) -> u16 {
+    u16::from_be_bytes(b)
+}
+
+#[xdp]
+pub fn netboot(ctx: XdpContext) -> u32 {
+    bump(Counter::Packets);
+    if let Err(c) = classify(&ctx) {
+        bump(c);
+    }
+    bump(Counter::XdpPass);
+    xdp_action::XDP_PASS
+}
+
+/// Parses one frame and counts what it is. `Err` carries the counter of the reason it stopped.
+#[inline(always)]
+fn classify(ctx: &XdpContext) -> Result<(), Counter> {
+    // Ethernet, with at most one 802.1Q / 802.1ad tag.
+    let eth = unsafe { *bytes_at::<ETH_HLEN>(ctx, 0).map_err(|_| Counter::NotDhcp)? };
+    let mut ethertype = be16([eth[12], eth[13]]);
+    let mut l3 = ETH_HLEN;
+    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        let tag = unsafe { *bytes_at::<VLAN_HLEN>(ctx, ETH_HLEN)? };
+        ethertype = be16([tag[2], tag[3]]);
+        l3 = ETH_HLEN + VLAN_HLEN;
+        bump(Counter::VlanTagged);
+    }
+    if ethertype != ETH_P_IP {
+        return Err(Counter::NotDhcp);
+    }
+
+    // IPv4 + UDP. Read both at once: DHCP clients send no IP options.
+    let hdrs = unsafe { *bytes_at::<{ IPV4_HLEN + UDP_HLEN }>(ctx, l3)? };
+    if hdrs[0] >> 4 != 4 {
+        return Err(Counter::MalformedIp);
+    }
+    if hdrs[9] != IPPROTO_UDP {
+        return Err(Counter::NotDhcp);
+    }
+    if hdrs[0] != 0x45 {
+        // IP options: legal, never sent by DHCP clients; not parsed here.
+        let ihl_ok = hdrs[0] & 0x0f > 5;
+        return Err(if ihl_ok { Counter::Unsupported } else { Counter::MalformedIp });
+    }
+    let dport = be16([hdrs[22], hdrs[23]]);
+    if dport != DHCP_SERVER_PORT {
+        return Err(Counter::NotDhcp);
+    }
+    let frame_len = ctx.data_end() - ctx.data();
+    let ip_len = be16([hdrs[2], hdrs[3]]) as usize;
+    if ip_len < IPV4_HLEN + UDP_HLEN {
+        return Err(Counter::MalformedIp);
+    }
+    if l3 + ip_len > frame_len {
+        return Err(Counter::Truncated);
+    }
+    let frag = be16([hdrs[6], hdrs[7]]);
+    if frag & 0x3fff != 0 {
+        // More-fragments set or a non-zero offset: a fragment cannot be classified alone.
+        return Err(Counter::MalformedIp);
+    }
+    let udp_len = be16([hdrs[24], hdrs[25]]) as usize;
+    if udp_len > ip_len - IPV4_HLEN {
+        return Err(Counter::Truncated);
+    }
+    if udp_len < UDP_HLEN + BOOTP_OPTIONS_OFF + 1 {
+        return Err(Counter::MalformedBootp);
+    }
+
+    // BOOTP fixed header: only requests from Ethernet clients, with the DHCP cookie.
+    let bootp_off = l3 + IPV4_HLEN + UDP_HLEN;
+    let head = unsafe { *bytes_at::<4>(ctx, bootp_off)? };
+    if head[bootp::OP] != wire::BOOTREQUEST
+        || head[bootp::HTYPE] != wire::HTYPE_ETHER
+        || head[bootp::HLEN] != 6
+    {
+        return Err(Counter::MalformedBootp);
+    }
+    let giaddr = unsafe { *bytes_at::<4>(ctx, bootp_off + bootp::GIADDR)? };
+    let magic = unsafe { *bytes_at::<4>(ctx, bootp_off + bootp::MAGIC)? };
+    if magic != DHCP_MAGIC {
+        return Err(Counter::MalformedBootp);
+    }
+    if giaddr != [0; 4] {
+        bump(Counter::Relayed);
+    }
+
+    let opts_len = udp_len - UDP_HLEN - BOOTP_OPTIONS_OFF;
+    if opts_len > SCRATCH_LEN {
+        return Err(Counter::Unsupported);
+    }
+    let scratch = SCRATCH.get_ptr_mut(0).ok_or(Counter::Unsupported)?;
+    let scratch = unsafe { &mut *scratch };
+    load_options(ctx, bootp_off + BOOTP_OPTIONS_OFF, opts_len, scratch)?;
+    walk_options(scratch, opts_len)?;
+
+    let f = &scratch.facts;
+    if f.overload != 0 {
+        // Options continue in sname/file (option 52): not walked here.
+        return Err(Counter::Unsupported);
+    }
+    if f.msg_type == 0 {
+        return Err(Counter::MalformedOptions);
+    }
+    let vendor = match f.vendor {
+        1 => VendorClass::PxeClient,
+        2 => VendorClass::HttpClient,
+        _ => VendorClass::None,
+    };
+    let class =
+        ClientClass::classify(f.ipxe_user_class != 0, f.ipxe_encap != 0, vendor, f.has_arch != 0);
+    bump(Counter::for_message_type(f.msg_type));
+    bump(Counter::for_class(class));
+    bump(Counter::for_arch(if f.has_arch != 0 { Some(f.arch) } else { None }));
+    Ok(())
+}
+
+/// Copies `len` (1..=SCRATCH_LEN) option bytes from the frame into the scratch buffer.
+#[inline(always)]
+fn load_options(ctx: &XdpContext, off: usize, len: usize, s: &mut Scratch) -> Result<(), Counter> {
+    // Re-derive the bound in a form the verifier tracks on the register passed to the helper.
+    let len = (len as u32) & (SCRATCH_LEN as u32 * 2 - 1);
+    if len == 0 || len > SCRATCH_LEN as u32 {
+        return Err(Counter::MalformedBootp);
+    }
+    let rc = unsafe {
+        bpf_xdp_load_bytes(ctx.ctx, off as u32, s.opts.as_mut_ptr() as *mut _, len)
+    };
+    if rc != 0 { Err(Counter::Truncated) } else { Ok(()) }
+}
+
+#[inline(always)]
+fn byte(s: &Scratch, i: usize) -> u8 {
+    s.opts[i & MASK]
+}
+
+/// Walk status kept in [`Scratch::walk`].
+const WALK_RUNNING: u32 = 0;
+const WALK_END: u32 = 1;
+
+/// Walks the option area: records message type, the iPXE markers, option 60's kind and option
+/// 93's first architecture. Every entry must lie inside the area and the area must end in END.
+///
+/// One option per `bpf_loop` iteration: the verifier checks the callback once instead of every
+/// iteration of an open-coded loop, and the walk's state lives in map memory, which it does not
+/// track, so no combination of facts multiplies its work.
+#[inline(always)]
+fn walk_options(s: &mut Scratch, len: usize) -> Result<(), Counter> {
+    s.facts = Facts {
+        msg_type: 0,
+        ipxe_user_class: 0,
+        ipxe_encap: 0,
+        vendor: 0,
+        has_arch: 0,
+        overload: 0,
+        arch: 0,
+    };
+    s.walk = Walk { pos: 0, len: len as u32, status: WALK_RUNNING, _pad: 0 };
+    let step: extern "C" fn(u32, *mut c_void) -> i64 = walk_step;
+    unsafe { bpf_loop(MAX_OPTIONS, step as *mut c_void, core::ptr::null_mut(), 0) };
+    match s.walk.status {
+        WALK_END => Ok(()),
+        WALK_RUNNING => Err(Counter::Unsupported), // more than MAX_OPTIONS entries
+        _ => Err(Counter::MalformedOptions),
+    }
+}
+
+/// One `bpf_loop` iteration: consumes the option at `walk.pos`. Returns 1 to stop the loop.
+#[inline(never)]
+extern "C" fn walk_step(_index: u32, _ctx: *mut c_void) -> i64 {
+    let Some(s) = SCRATCH.get_ptr_mut(0) else { return 1 };
+    let s = unsafe { &mut *s };
+    let (i, len) = (s.walk.pos as usize, s.walk.len as usize);
+    let stop = |s: &mut Scratch, status: u32| {
+        s.walk.status = status;
+        1
+    };
+    if i >= len {
+        return stop(s, WALK_MALFORMED); // ran off the end without END
+    }
+    let code = byte(s, i);
+    if code == opt::END {
+        return stop(s, WALK_END);
+    }
+    if code == opt::PAD {
+        s.walk.pos = (i + 1) as u32;
+        return 0;
+    }
+    if i + 2 > len {
+        return stop(s, WALK_MALFORMED);
+    }
+    let olen = byte(s, i + 1) as usize;
+    let data = i + 2;
+    if data + olen > len || record_option(s, code, data, olen).is_err() {
+        return stop(s, WALK_MALFORMED);
+    }
+    s.walk.pos = (data + olen) as u32;
+    0
+}
+
+const WALK_MALFORMED: u32 = 2;
+
+#[inline(always)]
+fn record_option(s: &mut Scratch, code: u8, data: usize, olen: usize) -> Result<(), Counter> {
+    match code {
+        opt::MESSAGE_TYPE => {
+            if olen != 1 {
+                return Err(Counter::MalformedOptions);
+            }
+            s.facts.msg_type = byte(s, data);
+        }
+        opt::USER_CLASS => {
+            // Raw "iPXE" (what iPXE sends) or the RFC 3004 length-prefixed form "\x04iPXE".
+            let skip = if olen == 5 && byte(s, data) == 4 { 1 } else { 0 };
+            if olen == 4 + skip
+                && byte(s, data + skip) == b'i'
+                && byte(s, data + skip + 1) == b'P'
+                && byte(s, data + skip + 2) == b'X'
+                && byte(s, data + skip + 3) == b'E'
+            {
+                s.facts.ipxe_user_class = 1;
+            }
+        }
+        opt::IPXE_ENCAP => s.facts.ipxe_encap = 1,
+        opt::VENDOR_CLASS => s.facts.vendor = vendor_kind(s, data, olen),
+        opt::CLIENT_ARCH => {
+            if olen < 2 || olen % 2 != 0 {
+                return Err(Counter::MalformedOptions);
+            }
+            s.facts.has_arch = 1;
+            s.facts.arch = be16([byte(s, data), byte(s, data + 1)]);
+        }
+        opt::OVERLOAD => s.facts.overload = 1,
+        _ => {}
+    }
+    Ok(())
+}
+
+/// 1 = `PXEClient…`, 2 = `HTTPClient…`, 0 = anything else (VendorClass as u8).
+#[inline(always)]
+fn vendor_kind(s: &Scratch, data: usize, olen: usize) -> u8 {
+    if olen >= wire::HTTP_VENDOR_PREFIX.len() && prefix_eq(s, data, &wire::HTTP_VENDOR_PREFIX) {
+        VendorClass::HttpClient as u8
+    } else if olen >= wire::PXE_VENDOR_PREFIX.len() && prefix_eq(s, data, &wire::PXE_VENDOR_PREFIX) {
+        VendorClass::PxeClient as u8
+    } else {
+        VendorClass::None as u8
+    }
+}
+
+#[inline(always)]
+fn prefix_eq<const N: usize>(s: &Scratch, data: usize, prefix: &[u8; N]) -> bool {
+    let mut k = 0;
+    while k < N {
+        if byte(s, data + k) != prefix[k] {
+            return false;
+        }
+        k += 1;
+    }
+    true
+}
+
+/// Installed by the lab on the client end of a veth pair: a receiving veth needs an XDP program
+/// for native-mode XDP_TX frames to be delivered (TOOLCHAIN.md P3).
+#[xdp]
+pub fn xdp_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,359 @@
+//! The TOML configuration of DESIGN.md §5: types, loading and validation.
+//!
+//! Loading is all-or-nothing (invariant 7): [`Config::load`] returns a fully validated config or
+//! a [`ConfigError`] that names file, line and column. Unknown keys are errors. Values that can
+//! be checked alone (addresses, durations, MACs) are checked while deserializing, so the TOML
+//! parser reports their position; cross-field rules (a pool inside the subnet, no duplicate
+//! reservation) are checked afterwards against `Spanned` positions.
+
+mod error;
+mod hosts;
+mod types;
+
+pub use error::ConfigError;
+pub use types::{Duration, Pool};
+
+use crate::mac::MacAddr;
+use ipnet::Ipv4Net;
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub dhcp: DhcpConfig,
+    #[serde(default)]
+    pub boot: BootConfig,
+    #[serde(default)]
+    pub tftp: TftpConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Our IPv4 address on the interface; `None` = the interface's first address.
+    pub address: Option<Ipv4Addr>,
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig { address: None, state_dir: default_state_dir() }
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/netboot-xdp")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DhcpMode {
+    /// We own the addresses of the subnet.
+    #[default]
+    Authoritative,
+    /// Another server owns addresses; we answer PXE/iPXE clients with boot information only.
+    Proxy,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DhcpConfig {
+    #[serde(default)]
+    pub mode: DhcpMode,
+    pub subnet: Option<Spanned<Ipv4Net>>,
+    #[serde(default)]
+    pub pools: Vec<Spanned<Pool>>,
+    #[serde(default = "default_lease_time")]
+    pub lease_time: Duration,
+    #[serde(default = "yes")]
+    pub ipv6_ra: bool,
+    pub router: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub dns: Vec<Ipv4Addr>,
+    pub domain: Option<String>,
+    pub hosts_file: Option<Spanned<PathBuf>>,
+    #[serde(default, rename = "host")]
+    pub hosts: Vec<Spanned<Host>>,
+    /// Reservations from `hosts_file`, filled in by [`Config::load`].
+    #[serde(skip)]
+    pub file_hosts: Vec<Host>,
+}
+
+impl Default for DhcpConfig {
+    fn default() -> Self {
+        DhcpConfig {
+            mode: DhcpMode::default(),
+            subnet: None,
+            pools: Vec::new(),
+            lease_time: default_lease_time(),
+            ipv6_ra: true,
+            router: None,
+            dns: Vec::new(),
+            domain: None,
+            hosts_file: None,
+            hosts: Vec::new(),
+            file_hosts: Vec::new(),
+        }
+    }
+}
+
+impl DhcpConfig {
+    /// All reservations: inline ones first, then the hosts file's.
+    pub fn reservations(&self) -> impl Iterator<Item = &Host> {
+        self.hosts.iter().map(|h| h.get_ref()).chain(self.file_hosts.iter())
+    }
+}
+
+fn default_lease_time() -> Duration {
+    Duration(std::time::Duration::from_secs(3600))
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A reservation: one row of `hosts_file` or one `[[dhcp.host]]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Host {
+    pub mac: MacAddr,
+    pub ip: Ipv4Addr,
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub vars: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootConfig {
+    #[serde(default = "default_bios")]
+    pub bios: String,
+    #[serde(default = "default_uefi_x64")]
+    pub uefi_x64: String,
+    #[serde(default = "default_uefi_ia32")]
+    pub uefi_ia32: String,
+    #[serde(default = "default_uefi_arm64")]
+    pub uefi_arm64: String,
+    #[serde(default = "default_http_client")]
+    pub http_client: String,
+    #[serde(default = "default_ipxe_script")]
+    pub ipxe_script: String,
+}
+
+impl Default for BootConfig {
+    fn default() -> Self {
+        BootConfig {
+            bios: default_bios(),
+            uefi_x64: default_uefi_x64(),
+            uefi_ia32: default_uefi_ia32(),
+            uefi_arm64: default_uefi_arm64(),
+            http_client: default_http_client(),
+            ipxe_script: default_ipxe_script(),
+        }
+    }
+}
+
+fn default_bios() -> String {
+    "undionly.kpxe".into()
+}
+fn default_uefi_x64() -> String {
+    "ipxe.efi".into()
+}
+fn default_uefi_ia32() -> String {
+    "ipxe-ia32.efi".into()
+}
+fn default_uefi_arm64() -> String {
+    "ipxe-arm64.efi".into()
+}
+fn default_http_client() -> String {
+    "http://{server}:8080/ipxe.efi".into()
+}
+fn default_ipxe_script() -> String {
+    "http://{server}:8080/boot.ipxe".into()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TftpEngine {
+    #[default]
+    Afxdp,
+    Socket,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TftpConfig {
+    #[serde(default = "default_tftp_root")]
+    pub root: PathBuf,
+    #[serde(default = "default_max_blksize")]
+    pub max_blksize: Spanned<u16>,
+    #[serde(default = "default_max_windowsize")]
+    pub max_windowsize: Spanned<u16>,
+    #[serde(default)]
+    pub engine: TftpEngine,
+}
+
+impl Default for TftpConfig {
+    fn default() -> Self {
+        TftpConfig {
+            root: default_tftp_root(),
+            max_blksize: default_max_blksize(),
+            max_windowsize: default_max_windowsize(),
+            engine: TftpEngine::default(),
+        }
+    }
+}
+
+fn default_tftp_root() -> PathBuf {
+    PathBuf::from("/srv/tftp")
+}
+fn default_max_blksize() -> Spanned<u16> {
+    Spanned::new(0..0, 1468)
+}
+fn default_max_windowsize() -> Spanned<u16> {
+    Spanned::new(0..0, 32)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    #[serde(default = "default_http_root")]
+    pub root: PathBuf,
+    #[serde(default = "default_script")]
+    pub script: PathBuf,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { listen: default_listen(), root: default_http_root(), script: default_script() }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    "0.0.0.0:8080".parse().expect("valid literal")
+}
+fn default_http_root() -> PathBuf {
+    PathBuf::from("/srv/http")
+}
+fn default_script() -> PathBuf {
+    PathBuf::from("boot.ipxe.j2")
+}
+
+impl Config {
+    /// Reads, parses and validates `path` (and the hosts file it names).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::io(path, format!("cannot read config: {e}")))?;
+        Config::parse(path, &text)
+    }
+
+    /// Parses and validates config text; `path` is used for messages and to resolve the hosts
+    /// file relative to the config's directory.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let at = |span: std::ops::Range<usize>, msg: String| ConfigError::at(path, text, span.start, msg);
+        let mut cfg: Config = toml::from_str(text).map_err(|e| {
+            let start = e.span().map(|s| s.start).unwrap_or(0);
+            ConfigError::at(path, text, start, e.message().trim().to_string())
+        })?;
+
+        let d = &cfg.dhcp;
+        if d.mode == DhcpMode::Authoritative && d.subnet.is_none() {
+            return Err(ConfigError::at(path, text, 0, "[dhcp] subnet is required in authoritative mode".into()));
+        }
+        if let Some(subnet) = &d.subnet {
+            let net = *subnet.get_ref();
+            if net.network() != net.addr() {
+                return Err(at(subnet.span(), format!("subnet {net} has host bits set; did you mean {}?", net.trunc())));
+            }
+            for pool in &d.pools {
+                let p = pool.get_ref();
+                if !net.contains(&p.start) || !net.contains(&p.end) {
+                    return Err(at(pool.span(), format!("pool {p} is not inside subnet {net}")));
+                }
+            }
+            for h in &d.hosts {
+                if !net.contains(&h.get_ref().ip) {
+                    return Err(at(h.span(), format!("reservation {} is not inside subnet {net}", h.get_ref().ip)));
+                }
+            }
+        }
+        for (i, a) in d.pools.iter().enumerate() {
+            for b in &d.pools[..i] {
+                if a.get_ref().overlaps(b.get_ref()) {
+                    return Err(at(a.span(), format!("pool {} overlaps pool {}", a.get_ref(), b.get_ref())));
+                }
+            }
+        }
+        if d.lease_time.0.as_secs() < 60 {
+            return Err(ConfigError::at(path, text, find_key(text, "lease_time"), "lease_time must be at least 1m".into()));
+        }
+        let bs = &cfg.tftp.max_blksize;
+        if !(512..=65464).contains(bs.get_ref()) {
+            return Err(at(bs.span(), format!("max_blksize {} out of range 512..=65464 (RFC 2348)", bs.get_ref())));
+        }
+        let ws = &cfg.tftp.max_windowsize;
+        if *ws.get_ref() == 0 {
+            return Err(at(ws.span(), "max_windowsize must be at least 1 (RFC 7440)".into()));
+        }
+
+        // Reservations: inline ones, then the hosts file; a MAC or IP may be reserved once.
+        let mut seen_mac: HashMap<MacAddr, String> = HashMap::new();
+        let mut seen_ip: HashMap<Ipv4Addr, String> = HashMap::new();
+        let mut claim = |h: &Host, here: String| -> Result<(), String> {
+            if let Some(first) = seen_mac.insert(h.mac, here.clone()) {
+                return Err(format!("MAC {} is reserved twice (first at {first})", h.mac));
+            }
+            if let Some(first) = seen_ip.insert(h.ip, here) {
+                return Err(format!("IP {} is reserved twice (first at {first})", h.ip));
+            }
+            Ok(())
+        };
+        for h in &cfg.dhcp.hosts {
+            let here = ConfigError::at(path, text, h.span().start, String::new()).location();
+            claim(h.get_ref(), here).map_err(|m| at(h.span(), m))?;
+        }
+        if let Some(hf) = &cfg.dhcp.hosts_file {
+            let file = path.parent().unwrap_or(Path::new(".")).join(hf.get_ref());
+            let rows = hosts::load(&file).map_err(|e| match e {
+                hosts::Error::Io(msg) => at(hf.span(), msg),
+                hosts::Error::Row(err) => err,
+            })?;
+            let subnet = cfg.dhcp.subnet.as_ref().map(|s| *s.get_ref());
+            for (row_pos, host) in rows {
+                if let Some(net) = subnet {
+                    if !net.contains(&host.ip) {
+                        return Err(row_pos.error(format!("reservation {} is not inside subnet {net}", host.ip)));
+                    }
+                }
+                claim(&host, row_pos.location()).map_err(|m| row_pos.error(m))?;
+                cfg.dhcp.file_hosts.push(host);
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// Substitutes `{server}` in a boot URL with our address.
+    pub fn expand(template: &str, server: Ipv4Addr) -> String {
+        template.replace("{server}", &server.to_string())
+    }
+}
+
+/// Byte offset of the first `key =` in `text`, for errors about defaulted-or-given keys.
+fn find_key(text: &str, key: &str) -> usize {
+    text.find(&format!("{key} ")).or_else(|| text.find(&format!("{key}="))).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests;

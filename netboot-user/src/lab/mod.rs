@@ -1,0 +1,222 @@
+//! The lab: a server namespace and a client namespace joined by a veth pair, for the demo, the
+//! tests and the bench (DESIGN.md §6).
+//!
+//! Every lab has a unique id; its namespaces are `nbx-<id>-srv` / `nbx-<id>-cli` and its
+//! interfaces `nbx<id>s` (server side) / `nbx<id>c` (client side). A lab removes exactly what it
+//! created: on drop, and on SIGINT/SIGTERM/SIGHUP through a process-wide handler. The client end
+//! gets what native XDP on the server end needs: an XDP_PASS program (TOOLCHAIN.md P3) and TX
+//! checksum offload off (P4).
+
+mod netns;
+
+pub use netns::{NetNs, run_checked};
+
+use crate::fastpath::OBJECT;
+use anyhow::{Context, bail};
+use ipnet::Ipv4Net;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Mutex, Once};
+
+/// Addresses of a new lab.
+#[derive(Debug, Clone)]
+pub struct LabSpec {
+    /// Address and prefix of the server end, e.g. `10.77.0.1/16`.
+    pub server: Ipv4Net,
+    /// Address of the client end; `None` leaves it unconfigured, as a booting machine is.
+    pub client: Option<Ipv4Net>,
+}
+
+impl Default for LabSpec {
+    fn default() -> Self {
+        LabSpec { server: "10.77.0.1/16".parse().expect("literal"), client: None }
+    }
+}
+
+#[derive(Debug)]
+pub struct Lab {
+    pub id: String,
+    pub server: NetNs,
+    pub client: NetNs,
+    pub server_if: String,
+    pub client_if: String,
+    pub server_addr: Ipv4Net,
+    /// false after [`Lab::keep`]: the lab outlives this process (`xtask lab up`).
+    owned: bool,
+}
+
+/// Ids of the labs this process owns, for the signal handler.
+static LIVE: Mutex<Vec<String>> = Mutex::new(Vec::new());
+static SIGNALS: Once = Once::new();
+
+impl Lab {
+    /// Creates a lab with a fresh id.
+    pub fn create(spec: &LabSpec) -> anyhow::Result<Lab> {
+        Lab::create_named(&new_id(), spec)
+    }
+
+    /// Creates a lab with the given id (6 to 8 characters of `[a-z0-9]`).
+    pub fn create_named(id: &str, spec: &LabSpec) -> anyhow::Result<Lab> {
+        if id.is_empty() || id.len() > 8 || !id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
+            bail!("invalid lab id {id:?}: use 1 to 8 characters of a-z, 0-9");
+        }
+        install_signal_teardown();
+        LIVE.lock().unwrap().push(id.to_string());
+        // From here on, Drop removes whatever part was created.
+        let lab = Lab {
+            id: id.to_string(),
+            server: NetNs::named(&format!("nbx-{id}-srv")),
+            client: NetNs::named(&format!("nbx-{id}-cli")),
+            server_if: format!("nbx{id}s"),
+            client_if: format!("nbx{id}c"),
+            server_addr: spec.server,
+            owned: true,
+        };
+        lab.build(spec).with_context(|| format!("creating lab {id}"))?;
+        Ok(lab)
+    }
+
+    fn build(&self, spec: &LabSpec) -> anyhow::Result<()> {
+        self.server.add()?;
+        self.client.add()?;
+        run_checked(Command::new("ip").args([
+            "link", "add", &self.server_if, "netns", self.server.name(), "type", "veth", "peer", "name",
+            &self.client_if, "netns", self.client.name(),
+        ]))?;
+        for (ns, dev, addr) in [
+            (&self.server, &self.server_if, Some(spec.server)),
+            (&self.client, &self.client_if, spec.client),
+        ] {
+            run_checked(ns.command("ip").args(["link", "set", "lo", "up"]))?;
+            if let Some(a) = addr {
+                run_checked(ns.command("ip").args(["addr", "add", &a.to_string(), "dev", dev]))?;
+            }
+            run_checked(ns.command("ip").args(["link", "set", dev, "up"]))?;
+        }
+        // P4: frames the client sends must carry final checksums, or native-XDP and AF_XDP
+        // replies built from them are dropped as UdpInCsumErrors.
+        run_checked(self.client.command("ethtool").args(["-K", &self.client_if, "tx", "off"]))?;
+        self.attach_peer_pass()?;
+        Ok(())
+    }
+
+    /// P3: native XDP_TX on the server end is only delivered if the receiving (client) end has
+    /// an XDP program. The link is pinned so it outlives this process for kept labs.
+    fn attach_peer_pass(&self) -> anyhow::Result<()> {
+        use aya::programs::{Xdp, XdpMode, links::FdLink};
+        let dir = self.pin_dir();
+        crate::fastpath::pins::ensure_bpffs()?;
+        std::fs::create_dir_all(&dir)?;
+        let mut ebpf = aya::EbpfLoader::new().load(OBJECT)?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(netboot_common::PASS_PROGRAM_NAME)
+            .context("object has no xdp_pass program")?
+            .try_into()?;
+        prog.load()?;
+        let dev = self.client_if.clone();
+        let link_id = self.client.run(|| prog.attach(&dev, XdpMode::Driver))??;
+        let link = prog.take_link(link_id)?;
+        let fd_link = FdLink::try_from(link).context("peer XDP link is not a bpf_link")?;
+        fd_link.pin(dir.join("peer_pass")).context("pinning the peer XDP link")?;
+        Ok(())
+    }
+
+    fn pin_dir(&self) -> PathBuf {
+        lab_pin_dir(&self.id)
+    }
+
+    /// The server end's address.
+    pub fn server_ip(&self) -> Ipv4Addr {
+        self.server_addr.addr()
+    }
+
+    /// Leaves the lab in place when this value is dropped (for `xtask lab up`).
+    pub fn keep(mut self) {
+        self.owned = false;
+        LIVE.lock().unwrap().retain(|i| *i != self.id);
+    }
+
+    /// Removes the lab `id`: its namespaces (which takes the veth pair along) and its pins.
+    pub fn destroy(id: &str) -> anyhow::Result<()> {
+        let mut first_err = None;
+        for ns in [format!("nbx-{id}-srv"), format!("nbx-{id}-cli")] {
+            if let Err(e) = NetNs::named(&ns).delete() {
+                first_err.get_or_insert(e);
+            }
+        }
+        let dir = lab_pin_dir(id);
+        if dir.exists() {
+            for e in std::fs::read_dir(&dir)?.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+            let _ = std::fs::remove_dir(&dir);
+        }
+        LIVE.lock().unwrap().retain(|i| i != id);
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Ids of the labs present on this machine (namespaces named `nbx-<id>-srv`).
+    pub fn list() -> Vec<String> {
+        let mut ids: Vec<String> = std::fs::read_dir("/run/netns")
+            .map(|rd| {
+                rd.filter_map(|e| {
+                    let n = e.ok()?.file_name().into_string().ok()?;
+                    Some(n.strip_prefix("nbx-")?.strip_suffix("-srv")?.to_string())
+                })
+                .collect()
+            })
+            .unwrap_or_default();
+        ids.sort();
+        ids
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if self.owned {
+            if let Err(e) = Lab::destroy(&self.id) {
+                eprintln!("lab {}: teardown: {e:#}", self.id);
+            }
+        }
+    }
+}
+
+fn lab_pin_dir(id: &str) -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/netboot-lab").join(id)
+}
+
+/// A short id unique among concurrent runs: pid, time and a counter, base 36.
+fn new_id() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
+    let mut x = (u64::from(std::process::id()) << 20) ^ u64::from(nanos) ^ (u64::from(SEQ.fetch_add(1, Ordering::Relaxed)) << 40);
+    let mut s = String::new();
+    for _ in 0..7 {
+        let d = (x % 36) as u32;
+        s.push(char::from_digit(d, 36).expect("digit < 36"));
+        x /= 36;
+    }
+    s
+}
+
+/// On SIGINT, SIGTERM or SIGHUP: remove every lab this process owns, then exit.
+fn install_signal_teardown() {
+    SIGNALS.call_once(|| {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
+            eprintln!("lab: cannot install signal handlers; labs are removed on drop only");
+            return;
+        };
+        std::thread::spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                let ids: Vec<String> = LIVE.lock().map(|l| l.clone()).unwrap_or_default();
+                for id in ids {
+                    let _ = Lab::destroy(&id);
+                }
+                std::process::exit(128 + sig);
+            }
+        });
+    });
+}

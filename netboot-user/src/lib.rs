@@ -1,0 +1,15 @@
+//! netboot-xdp's agent as a library: the modules follow DESIGN.md §3.
+//!
+//! - [`config`]: the TOML configuration, validated all-or-nothing.
+//! - [`fastpath`]: the XDP program: loading, attaching, pins, counters, test runs.
+//! - [`agent`]: the running agent that ties the pieces together on one interface.
+//! - [`lab`]: network namespaces joined by veth for the demo, tests and bench.
+//! - [`cli`]: the `netboot-xdp` command line.
+
+pub mod agent;
+pub mod cli;
+pub mod config;
+pub mod fastpath;
+pub mod lab;
+pub mod mac;
+pub mod runtime;

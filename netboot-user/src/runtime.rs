@@ -1,0 +1,46 @@
+//! The run-time record of an attached agent: `/run/netboot-xdp/<iface>.json`, written by
+//! `attach`, read by `status` and `detach`. (bpffs holds only BPF objects, so this lives in
+//! /run.)
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentRecord {
+    pub pid: u32,
+    pub iface: String,
+    /// `native` or `skb`.
+    pub xdp_mode: String,
+    pub config: PathBuf,
+}
+
+fn dir() -> PathBuf {
+    PathBuf::from("/run/netboot-xdp")
+}
+
+fn path(iface: &str) -> PathBuf {
+    dir().join(format!("{iface}.json"))
+}
+
+impl AgentRecord {
+    pub fn write(&self) -> std::io::Result<()> {
+        std::fs::create_dir_all(dir())?;
+        let tmp = dir().join(format!(".{}.json.tmp", self.iface));
+        std::fs::write(&tmp, serde_json::to_vec(self)?)?;
+        std::fs::rename(tmp, path(&self.iface))
+    }
+
+    pub fn read(iface: &str) -> Option<AgentRecord> {
+        let bytes = std::fs::read(path(iface)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    pub fn remove(iface: &str) {
+        let _ = std::fs::remove_file(path(iface));
+    }
+
+    /// Whether the recorded process is still alive.
+    pub fn is_running(&self) -> bool {
+        unsafe { libc::kill(self.pid as i32, 0) == 0 }
+    }
+}
