@@ -1,1 +1,107 @@
-fn main() {}
+//! `cargo xtask`: the project's own automation. Depends on nothing but std, anyhow and clap so
+//! that it builds on a machine where the eBPF toolchain is not installed yet.
+//!
+//! - `setup`  installs what building and testing need, idempotently (each item checked first).
+//! - `build`  setup, then builds everything (the eBPF object is built by netboot-user's build.rs).
+//! - `test`   setup, build, then every test (unit, BPF_PROG_TEST_RUN, namespace integration).
+//! - `demo`   setup, build, then the demo on the lab (`netboot-bench demo`).
+//! - `lab`    `up` / `down` / `list` a lab by hand.
+
+mod setup;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::Command;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "netboot-xdp build, test and demo automation")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the prerequisites (Debian packages, rust-src for nightly, bpf-linker on LLVM 22).
+    Setup,
+    /// Setup, then build every binary in release mode.
+    Build,
+    /// Setup, build, then run every test. Extra arguments go to `cargo test`.
+    Test {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Setup, build, then run the demo on a lab of network namespaces.
+    Demo {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Create, list or remove a lab by hand (`lab up`, `lab list`, `lab down ID`).
+    Lab {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli.cmd) {
+        eprintln!("xtask: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cmd: Cmd) -> anyhow::Result<()> {
+    match cmd {
+        Cmd::Setup => setup::run(),
+        Cmd::Build => {
+            setup::run()?;
+            build()
+        }
+        Cmd::Test { args } => {
+            setup::run()?;
+            build()?;
+            let mut c = cargo();
+            c.args(["test", "--release"]).args(&args);
+            // Integration tests run the release binaries built above.
+            c.env("NETBOOT_BIN_DIR", bin_dir());
+            status(&mut c)
+        }
+        Cmd::Demo { args } => {
+            setup::run()?;
+            build()?;
+            status(Command::new(bin_dir().join("netboot-bench")).arg("demo").args(&args))
+        }
+        Cmd::Lab { args } => {
+            build()?;
+            status(Command::new(bin_dir().join("netboot-bench")).arg("lab").args(&args))
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is in the workspace").to_path_buf()
+}
+
+fn bin_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from).join("release")
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn build() -> anyhow::Result<()> {
+    status(cargo().args(["build", "--release", "--bins"]))
+}
+
+fn status(cmd: &mut Command) -> anyhow::Result<()> {
+    let st = cmd.status().with_context(|| format!("cannot run {:?}", cmd.get_program()))?;
+    if !st.success() {
+        bail!("{:?} failed ({st})", cmd.get_program());
+    }
+    Ok(())
+}

@@ -7,8 +7,11 @@
 //! gets what native XDP on the server end needs: an XDP_PASS program (TOOLCHAIN.md P3) and TX
 //! checksum offload off (P4).
 
+mod agent;
+pub mod clients;
 mod netns;
 
+pub use agent::Agent;
 pub use netns::{NetNs, run_checked};
 
 use crate::fastpath::OBJECT;

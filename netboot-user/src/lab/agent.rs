@@ -1,0 +1,101 @@
+//! A `netboot-xdp attach` process running in a lab's server namespace, as tests, the demo and
+//! the bench drive it: through the normative CLI only.
+
+use super::Lab;
+use anyhow::{Context, bail};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Agent {
+    child: Option<Child>,
+    bin: PathBuf,
+    pub iface: String,
+    /// The agent's stderr.
+    pub log: PathBuf,
+}
+
+impl Agent {
+    /// Starts `netboot-xdp attach <server_if> -c <config> <extra>` and waits (at most 20 s) until
+    /// its maps are pinned, i.e. until `status` can read it.
+    pub fn start(lab: &Lab, bin: &Path, config: &Path, extra: &[&str]) -> anyhow::Result<Agent> {
+        let log = std::env::temp_dir().join(format!("netboot-agent-{}.log", lab.id));
+        let log_file = std::fs::File::create(&log)?;
+        let child = lab
+            .server
+            .command(&bin.to_string_lossy())
+            .args(["attach", &lab.server_if, "-c"])
+            .arg(config)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let mut agent = Agent { child: Some(child), bin: bin.to_path_buf(), iface: lab.server_if.clone(), log };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(st) = agent.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("agent exited ({st}) during start: {}", agent.log_text().trim());
+            }
+            if agent.status().is_ok_and(|s| s["agent_running"] == true) {
+                return Ok(agent);
+            }
+            if Instant::now() > deadline {
+                bail!("agent did not come up within 20 s: {}", agent.log_text().trim());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `netboot-xdp status IFACE --json`.
+    pub fn status(&self) -> anyhow::Result<serde_json::Value> {
+        let out = Command::new(&self.bin).args(["status", &self.iface, "--json"]).output()?;
+        if !out.status.success() {
+            bail!("status failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// The counters from `status --json`, by name.
+    pub fn counters(&self) -> anyhow::Result<BTreeMap<String, u64>> {
+        let s = self.status()?;
+        let obj = s["counters"].as_object().context("status has no counters")?;
+        Ok(obj.iter().map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0))).collect())
+    }
+
+    /// SIGTERM, then wait at most 10 s (SIGKILL after that).
+    pub fn stop(mut self) -> anyhow::Result<ExitStatus> {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> anyhow::Result<ExitStatus> {
+        let Some(mut child) = self.child.take() else { bail!("agent already stopped") };
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(st) = child.try_wait()? {
+                return Ok(st);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let st = child.wait()?;
+                bail!("agent ignored SIGTERM for 10 s; killed ({st})");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.terminate();
+        }
+    }
+}
