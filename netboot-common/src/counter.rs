@@ -29,13 +29,15 @@ counters! {
     Truncated = "truncated",
     /// IPv4 header invalid (version, IHL, total length) or a fragment.
     MalformedIp = "malformed_ip",
-    /// BOOTP header invalid: op, htype, hlen, UDP length or magic cookie.
+    /// A BOOTREPLY to port 67 (a server answering a relay): not a client request.
+    BootReply = "bootreply",
+    /// BOOTP header invalid: htype, hlen, UDP length or magic cookie.
     MalformedBootp = "malformed_bootp",
     /// Option area invalid: overrun, no END, no or bad message type.
     MalformedOptions = "malformed_options",
     /// Valid but beyond what the program parses (option overload, too many options): passed.
     Unsupported = "unsupported",
-    /// giaddr set: relayed by a DHCP relay agent.
+    /// Classified requests with giaddr set: relayed by a DHCP relay agent.
     Relayed = "relayed",
     MsgDiscover = "msg_discover",
     MsgRequest = "msg_request",
@@ -109,3 +111,21 @@ impl Counter {
         }
     }
 }
+
+/// The counters of which exactly one counts each frame: where parsing stopped, or
+/// success: one of the `msg_*` counters.
+pub const OUTCOMES: &[Counter] = &[
+    Counter::NotDhcp,
+    Counter::Truncated,
+    Counter::MalformedIp,
+    Counter::BootReply,
+    Counter::MalformedBootp,
+    Counter::MalformedOptions,
+    Counter::Unsupported,
+    Counter::MsgDiscover,
+    Counter::MsgRequest,
+    Counter::MsgDecline,
+    Counter::MsgRelease,
+    Counter::MsgInform,
+    Counter::MsgOther,
+];

@@ -156,19 +156,16 @@ fn classify(ctx: &XdpContext) -> Result<(), Counter> {
     // BOOTP fixed header: only requests from Ethernet clients, with the DHCP cookie.
     let bootp_off = l3 + IPV4_HLEN + UDP_HLEN;
     let head = unsafe { *bytes_at::<4>(ctx, bootp_off)? };
-    if head[bootp::OP] != wire::BOOTREQUEST
-        || head[bootp::HTYPE] != wire::HTYPE_ETHER
-        || head[bootp::HLEN] != 6
-    {
+    if head[bootp::OP] != wire::BOOTREQUEST {
+        return Err(Counter::BootReply);
+    }
+    if head[bootp::HTYPE] != wire::HTYPE_ETHER || head[bootp::HLEN] != 6 {
         return Err(Counter::MalformedBootp);
     }
     let giaddr = unsafe { *bytes_at::<4>(ctx, bootp_off + bootp::GIADDR)? };
     let magic = unsafe { *bytes_at::<4>(ctx, bootp_off + bootp::MAGIC)? };
     if magic != DHCP_MAGIC {
         return Err(Counter::MalformedBootp);
-    }
-    if giaddr != [0; 4] {
-        bump(Counter::Relayed);
     }
 
     let opts_len = udp_len - UDP_HLEN - BOOTP_OPTIONS_OFF;
@@ -196,6 +193,9 @@ fn classify(ctx: &XdpContext) -> Result<(), Counter> {
     let class =
         ClientClass::classify(f.ipxe_user_class != 0, f.ipxe_encap != 0, vendor, f.has_arch != 0);
     bump(Counter::for_message_type(f.msg_type));
+    if giaddr != [0; 4] {
+        bump(Counter::Relayed);
+    }
     bump(Counter::for_class(class));
     bump(Counter::for_arch(if f.has_arch != 0 { Some(f.arch) } else { None }));
     Ok(())

@@ -39,8 +39,12 @@ impl AgentRecord {
         let _ = std::fs::remove_file(path(iface));
     }
 
-    /// Whether the recorded process is still alive.
+    /// Whether the recorded process is still alive (a zombie that has exited but not been
+    /// reaped by its parent is not).
     pub fn is_running(&self) -> bool {
-        unsafe { libc::kill(self.pid as i32, 0) == 0 }
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) else { return false };
+        // Format: "pid (comm) S ...": the state follows the last ')'.
+        let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+        !matches!(state, None | Some('Z') | Some('X'))
     }
 }

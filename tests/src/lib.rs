@@ -1,1 +1,93 @@
+//! Shared helpers of the integration tests: privilege checks, the built binaries, fixtures.
 
+use std::path::{Path, PathBuf};
+
+/// Whether the test can do what needs root (BPF, namespaces). Without root it skips, except
+/// under `CI=true`, where it fails loudly: CI runs as root, so a skip there hides a defect.
+pub fn require_root(test: &str) -> bool {
+    if unsafe { libc_geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{test}: needs root (BPF, network namespaces) and CI=true: refusing to skip");
+    }
+    eprintln!("{test}: SKIPPED: needs root (BPF, network namespaces)");
+    false
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+/// A binary built by `cargo xtask build` (target/release), or from `NETBOOT_BIN_DIR`.
+pub fn bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("NETBOOT_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release"));
+    let p = dir.join(name);
+    assert!(p.exists(), "{} not built: run `cargo xtask build` (or `cargo xtask test`)", p.display());
+    p
+}
+
+pub fn fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+/// The frames of `tests/fixtures/<name>.pcap`, in capture order.
+pub fn fixture_frames(name: &str) -> Vec<Vec<u8>> {
+    let path = fixture_dir().join(format!("{name}.pcap"));
+    let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut reader = pcap_file::pcap::PcapReader::new(file).expect("pcap header");
+    let mut frames = Vec::new();
+    while let Some(pkt) = reader.next_packet() {
+        frames.push(pkt.expect("pcap record").data.into_owned());
+    }
+    frames
+}
+
+/// A deterministic xorshift generator for mutation tests (reproducible failures).
+pub struct XorShift(pub u64);
+
+impl XorShift {
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// Offsets in an untagged Ethernet/IPv4(no options)/UDP/BOOTP frame, for editing fixtures.
+pub mod off {
+    pub const ETHERTYPE: usize = 12;
+    pub const IP: usize = 14;
+    pub const UDP: usize = 34;
+    pub const BOOTP: usize = 42;
+    pub const OPTIONS: usize = BOOTP + 240;
+}
+
+/// Finds option `code` in the options of an untagged frame: (offset of the code byte, length).
+pub fn find_option(frame: &[u8], code: u8) -> Option<(usize, usize)> {
+    let mut i = off::OPTIONS;
+    while i < frame.len() {
+        match frame[i] {
+            0 => i += 1,
+            255 => return None,
+            c => {
+                let len = *frame.get(i + 1)? as usize;
+                if c == code {
+                    return Some((i, len));
+                }
+                i += 2 + len;
+            }
+        }
+    }
+    None
+}

@@ -71,7 +71,11 @@ pub struct DhcpConfig {
     #[serde(default)]
     pub mode: DhcpMode,
     pub subnet: Option<Spanned<Ipv4Net>>,
-    #[serde(default)]
+    /// As written; parsed into `pools` by [`Config::parse`] so that an error points at the
+    /// element, not at the array.
+    #[serde(default, rename = "pools")]
+    pools_raw: Vec<Spanned<String>>,
+    #[serde(skip)]
     pub pools: Vec<Spanned<Pool>>,
     #[serde(default = "default_lease_time")]
     pub lease_time: Duration,
@@ -94,6 +98,7 @@ impl Default for DhcpConfig {
         DhcpConfig {
             mode: DhcpMode::default(),
             subnet: None,
+            pools_raw: Vec::new(),
             pools: Vec::new(),
             lease_time: default_lease_time(),
             ipv6_ra: true,
@@ -268,6 +273,11 @@ impl Config {
             ConfigError::at(path, text, start, e.message().trim().to_string())
         })?;
 
+        for raw in &cfg.dhcp.pools_raw {
+            // +1: the span includes the opening quote.
+            let pool: Pool = raw.get_ref().parse().map_err(|m| at(raw.span().start + 1..raw.span().end, m))?;
+            cfg.dhcp.pools.push(Spanned::new(raw.span(), pool));
+        }
         let d = &cfg.dhcp;
         if d.mode == DhcpMode::Authoritative && d.subnet.is_none() {
             return Err(ConfigError::at(path, text, 0, "[dhcp] subnet is required in authoritative mode".into()));

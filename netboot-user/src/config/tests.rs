@@ -90,7 +90,7 @@ fn bad_values_name_line_and_column() {
     let e = err("[dhcp]\nsubnet = \"10.1.0.0/24\"\nlease_time = \"1 fortnight\"\n");
     assert!(e.starts_with("netboot.toml:3:14: invalid duration"), "{e}");
     let e = err("[dhcp]\nsubnet = \"10.1.0.0/24\"\npools = [\"10.1.0.9-10.1.0.1\"]\n");
-    assert!(e.starts_with("netboot.toml:3:10:") && e.contains("first address is after the last"), "{e}");
+    assert!(e.starts_with("netboot.toml:3:11:") && e.contains("first address is after the last"), "{e}");
     let e = err("[dhcp]\nsubnet = \"10.1.0.0/24\"\n[[dhcp.host]]\nmac = \"52:54:00:00:00\"\nip = \"10.1.0.5\"\n");
     assert!(e.starts_with("netboot.toml:4:7:") && e.contains("invalid MAC"), "{e}");
     let e = err("[tftp]\nengine = \"dpdk\"\n[dhcp]\nsubnet = \"10.1.0.0/24\"\n");
