@@ -26,6 +26,7 @@ const PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "ipxe-qemu",
     "ipxe",
+    "ovmf",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
