@@ -9,7 +9,9 @@
 pub mod agent;
 pub mod cli;
 pub mod config;
+pub mod dhcp;
 pub mod fastpath;
+pub mod frame;
 pub mod lab;
 pub mod mac;
 pub mod runtime;

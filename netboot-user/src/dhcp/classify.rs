@@ -1,0 +1,52 @@
+//! The client classifier of DESIGN.md §2 on a decoded message: the same decision the XDP
+//! program makes (both call [`ClientClass::classify`]), from dhcproto's view of the options.
+
+use dhcproto::v4::{DhcpOption, Message, OptionCode};
+use netboot_common::wire::{self, ClientClass, VendorClass};
+
+/// What a request says about the booting client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Classification {
+    pub class: ClientClass,
+    /// Option 93, first entry.
+    pub arch: Option<u16>,
+}
+
+pub fn classify(msg: &Message) -> Classification {
+    let opts = msg.opts();
+    let ipxe_user_class = matches!(opts.get(OptionCode::UserClass), Some(DhcpOption::UserClass(v)) if wire::is_ipxe_user_class(v));
+    let has_ipxe_encap = opts.get(OptionCode::Unknown(wire::opt::IPXE_ENCAP)).is_some();
+    let vendor = match opts.get(OptionCode::ClassIdentifier) {
+        Some(DhcpOption::ClassIdentifier(v)) => wire::vendor_class(v),
+        _ => VendorClass::None,
+    };
+    let arch = match opts.get(OptionCode::ClientSystemArchitecture) {
+        Some(DhcpOption::ClientSystemArchitecture(a)) => Some(u16::from(*a)),
+        _ => None,
+    };
+    Classification { class: ClientClass::classify(ipxe_user_class, has_ipxe_encap, vendor, arch.is_some()), arch }
+}
+
+/// The raw payload of option `code` in an encoded DHCP message, for options that must be echoed
+/// byte for byte (82, RFC 3046). Only the main option area is searched.
+pub fn raw_option(packet: &[u8], code: u8) -> Option<&[u8]> {
+    let mut i = wire::BOOTP_OPTIONS_OFF;
+    if packet.get(wire::bootp::MAGIC..i)? != wire::DHCP_MAGIC {
+        return None;
+    }
+    while i < packet.len() {
+        match packet[i] {
+            wire::opt::PAD => i += 1,
+            wire::opt::END => return None,
+            c => {
+                let len = usize::from(*packet.get(i + 1)?);
+                let data = packet.get(i + 2..i + 2 + len)?;
+                if c == code {
+                    return Some(data);
+                }
+                i += 2 + len;
+            }
+        }
+    }
+    None
+}

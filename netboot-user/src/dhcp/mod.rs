@@ -1,0 +1,10 @@
+//! DHCPv4: the wire codec is dhcproto; on top of it the classifier, the sans-IO server core,
+//! the lease table and its durable store, and the socket I/O of the agent.
+
+pub mod classify;
+pub mod leases;
+pub mod server;
+
+pub use classify::{Classification, classify};
+pub use leases::{ClientKey, Lease, LeaseState, LeaseTable};
+pub use server::{Destination, DhcpServer, Outcome, Reply, Request, ServerParams, Silence};

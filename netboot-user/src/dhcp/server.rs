@@ -1,0 +1,600 @@
+//! The sans-IO DHCPv4 server core: request bytes and the time in, a reply and the lease records
+//! that must be durable before it leaves out. No sockets, no clock, no disk.
+//!
+//! RFC 2131 states: DISCOVER→OFFER; REQUEST in SELECTING, INIT-REBOOT, RENEWING and REBINDING →
+//! ACK/NAK; RELEASE; DECLINE (the address is quarantined); INFORM. ProxyDHCP (PXE spec): boot
+//! information only, on port 67 and 4011. The boot answer per client class is DESIGN.md §2.
+
+use super::classify::{Classification, classify, raw_option};
+use super::leases::{ClientKey, Lease, LeaseState, LeaseTable};
+use crate::config::{Config, DhcpMode, Host};
+use crate::mac::MacAddr;
+use dhcproto::v4::{
+    DhcpOption, DhcpOptions, Flags, Message, MessageType, Opcode, OptionCode, UnknownOption,
+};
+use dhcproto::{Decodable, Decoder, Encodable, Name};
+use ipnet::Ipv4Net;
+use netboot_common::wire::{ClientClass, DHCP_CLIENT_PORT, DHCP_SERVER_PORT, PXE_PROXY_PORT, arch};
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
+
+/// How long an OFFER holds its address for the client.
+pub const OFFER_HOLD_SECS: u64 = 60;
+/// BOOTP messages are padded to at least this size (RFC 1542 §3.3: some relays and ROMs need it).
+pub const MIN_BOOTP_LEN: usize = 300;
+
+/// Everything the core needs from the configuration, resolved (server address known).
+#[derive(Debug, Clone)]
+pub struct ServerParams {
+    pub mode: DhcpMode,
+    pub server_ip: Ipv4Addr,
+    pub subnet: Option<Ipv4Net>,
+    pub lease_secs: u32,
+    pub router: Option<Ipv4Addr>,
+    pub dns: Vec<Ipv4Addr>,
+    pub domain: Option<String>,
+    pub boot: BootFiles,
+    pub reservations: HashMap<MacAddr, Host>,
+}
+
+/// Boot file names and URLs, `{server}` already expanded.
+#[derive(Debug, Clone, Default)]
+pub struct BootFiles {
+    pub bios: String,
+    pub uefi_ia32: String,
+    pub uefi_x64: String,
+    pub uefi_arm64: String,
+    pub http_client: String,
+    pub ipxe_script: String,
+}
+
+impl ServerParams {
+    pub fn from_config(cfg: &Config, server_ip: Ipv4Addr) -> ServerParams {
+        let b = &cfg.boot;
+        let x = |s: &str| Config::expand(s, server_ip);
+        ServerParams {
+            mode: cfg.dhcp.mode,
+            server_ip,
+            subnet: cfg.dhcp.subnet.as_ref().map(|s| *s.get_ref()),
+            lease_secs: cfg.dhcp.lease_time.0.as_secs().min(u64::from(u32::MAX - 1)) as u32,
+            router: cfg.dhcp.router,
+            dns: cfg.dhcp.dns.clone(),
+            domain: cfg.dhcp.domain.clone(),
+            boot: BootFiles {
+                bios: x(&b.bios),
+                uefi_ia32: x(&b.uefi_ia32),
+                uefi_x64: x(&b.uefi_x64),
+                uefi_arm64: x(&b.uefi_arm64),
+                http_client: x(&b.http_client),
+                ipxe_script: x(&b.ipxe_script),
+            },
+            reservations: cfg.dhcp.reservations().map(|h| (h.mac, h.clone())).collect(),
+        }
+    }
+}
+
+/// What came in: the DHCP payload and where it was received.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub payload: &'a [u8],
+    /// The UDP port it was addressed to: 67, or 4011 (ProxyDHCP).
+    pub local_port: u16,
+    /// IP source of the datagram (ProxyDHCP replies on 4011 go back to it).
+    pub src_ip: Ipv4Addr,
+    pub src_port: u16,
+    /// Unix seconds.
+    pub now: u64,
+}
+
+/// Where a reply goes (RFC 2131 §4.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Destination {
+    /// giaddr ≠ 0: to the relay agent, port 67.
+    Relay(Ipv4Addr),
+    /// To an address the client already has (ciaddr, or the source of a port-4011 request).
+    Unicast { ip: Ipv4Addr, port: u16 },
+    /// Link broadcast to port 68: the client asked for it, or cannot receive unicast yet.
+    Broadcast,
+    /// Link unicast to the client's hardware address, IP yiaddr, port 68.
+    LinkUnicast { mac: MacAddr, ip: Ipv4Addr },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub kind: MessageType,
+    pub payload: Vec<u8>,
+    pub dest: Destination,
+    pub mac: MacAddr,
+    pub class: ClientClass,
+    pub arch: Option<u16>,
+    /// Lease records to commit durably before the reply is sent (invariant 1).
+    pub commit: Vec<Lease>,
+}
+
+/// Why a request got no reply; each is counted by the I/O layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Silence {
+    /// Not a decodable BOOTREQUEST with a DHCP message type.
+    Malformed,
+    /// A message type a server does not answer (OFFER, ACK, ...) or BOOTP without DHCP.
+    NotARequest,
+    /// REQUEST/RELEASE/DECLINE for another server.
+    OtherServer,
+    /// Relayed from a subnet we do not serve.
+    UnknownSubnet,
+    /// ProxyDHCP: not a boot client, or not ours to answer.
+    ProxyIgnored,
+    /// No free address in the pools.
+    PoolExhausted,
+    /// RFC 2131 says stay silent (INIT-REBOOT/REBINDING of a client we know nothing about).
+    NoRecord,
+    /// RELEASE and DECLINE are never answered (their lease change may still be committed).
+    NoReplyDue,
+}
+
+impl Silence {
+    pub fn name(self) -> &'static str {
+        match self {
+            Silence::Malformed => "malformed",
+            Silence::NotARequest => "not_a_request",
+            Silence::OtherServer => "other_server",
+            Silence::UnknownSubnet => "unknown_subnet",
+            Silence::ProxyIgnored => "proxy_ignored",
+            Silence::PoolExhausted => "pool_exhausted",
+            Silence::NoRecord => "no_record",
+            Silence::NoReplyDue => "no_reply_due",
+        }
+    }
+}
+
+/// The result of one request: a reply, or silence with lease changes to commit anyway
+/// (RELEASE, DECLINE, a REQUEST for another server that frees our offer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Reply(Reply),
+    Silent { why: Silence, commit: Vec<Lease> },
+}
+
+fn silent(why: Silence) -> Outcome {
+    Outcome::Silent { why, commit: Vec::new() }
+}
+
+pub struct DhcpServer {
+    params: ServerParams,
+    leases: LeaseTable,
+}
+
+/// A decoded request with the facts every handler needs.
+struct Ctx<'a> {
+    msg: Message,
+    raw: &'a [u8],
+    req: Request<'a>,
+    mac: MacAddr,
+    client: ClientKey,
+    class: Classification,
+}
+
+impl DhcpServer {
+    /// A server over `pools` (empty in proxy mode), with the leases loaded from the store.
+    pub fn new(params: ServerParams, pools: Vec<crate::config::Pool>, stored: Vec<Lease>) -> DhcpServer {
+        // Never handed out dynamically: reservations, our address, the router, and the
+        // subnet's network and broadcast addresses.
+        let mut excluded: HashSet<Ipv4Addr> = params.reservations.values().map(|h| h.ip).collect();
+        excluded.insert(params.server_ip);
+        excluded.extend(params.router);
+        if let Some(net) = params.subnet {
+            excluded.insert(net.network());
+            excluded.insert(net.broadcast());
+        }
+        let mut leases = LeaseTable::new(pools, excluded);
+        leases.load(stored);
+        DhcpServer { params, leases }
+    }
+
+    pub fn params(&self) -> &ServerParams {
+        &self.params
+    }
+
+    pub fn leases(&self) -> &LeaseTable {
+        &self.leases
+    }
+
+    /// Handles one request. Never panics on any input.
+    pub fn handle(&mut self, req: Request<'_>) -> Outcome {
+        // Ethernet clients only (htype 1, hlen 6); checked on the bytes first because
+        // dhcproto's `chaddr()` slices by the wire's hlen and would panic past 16.
+        if req.payload.len() < netboot_common::wire::BOOTP_OPTIONS_OFF || req.payload[1..3] != [1, 6] {
+            return silent(Silence::Malformed);
+        }
+        let Ok(msg) = Message::decode(&mut Decoder::new(req.payload)) else { return silent(Silence::Malformed) };
+        if msg.opcode() != Opcode::BootRequest || msg.hlen() != 6 {
+            return silent(Silence::Malformed);
+        }
+        let Some(kind) = msg.opts().msg_type() else { return silent(Silence::NotARequest) };
+        let mac = MacAddr(msg.chaddr().try_into().expect("checked length"));
+        let client_id = match msg.opts().get(OptionCode::ClientIdentifier) {
+            Some(DhcpOption::ClientIdentifier(id)) => Some(id.clone()),
+            _ => None,
+        };
+        let ctx = Ctx {
+            client: ClientKey::new(mac, client_id.as_deref()),
+            class: classify(&msg),
+            mac,
+            raw: req.payload,
+            req,
+            msg,
+        };
+        if !ctx.msg.giaddr().is_unspecified() && self.params.mode == DhcpMode::Authoritative {
+            let served = self.params.subnet.is_some_and(|n| n.contains(&ctx.msg.giaddr()));
+            if !served {
+                return silent(Silence::UnknownSubnet);
+            }
+        }
+        if self.params.mode == DhcpMode::Proxy {
+            return self.proxy(&ctx, kind);
+        }
+        match kind {
+            MessageType::Discover => self.discover(&ctx),
+            MessageType::Request => self.request(&ctx),
+            MessageType::Release => self.release(&ctx),
+            MessageType::Decline => self.decline(&ctx),
+            MessageType::Inform => self.inform(&ctx),
+            _ => silent(Silence::NotARequest),
+        }
+    }
+
+    fn reservation(&self, mac: MacAddr) -> Option<&Host> {
+        self.params.reservations.get(&mac)
+    }
+
+    fn discover(&mut self, c: &Ctx) -> Outcome {
+        let now = c.req.now;
+        let ip = if let Some(h) = self.reservation(c.mac) {
+            h.ip
+        } else if let Some(l) = self.leases.for_client(&c.client).filter(|l| self.leases.available_to(l.ip, &c.client, now)) {
+            l.ip
+        } else if let Some(want) = requested_ip(&c.msg).filter(|ip| self.leases.available_to(*ip, &c.client, now)) {
+            want
+        } else {
+            match self.leases.allocate(&c.client, now) {
+                Some(ip) => ip,
+                None => return silent(Silence::PoolExhausted),
+            }
+        };
+        // Keep a bound lease bound (a rebooting client re-discovering); hold a new one briefly.
+        let existing = self.leases.get(ip).filter(|l| l.client == c.client && l.state == LeaseState::Bound && l.expires > now);
+        let lease = match existing {
+            Some(l) => l.clone(),
+            None => self.lease(c, ip, LeaseState::Offered, now + OFFER_HOLD_SECS),
+        };
+        self.leases.upsert(lease.clone());
+        let payload = self.build(c, MessageType::Offer, ip);
+        self.reply(c, MessageType::Offer, payload, ip, vec![lease])
+    }
+
+    fn request(&mut self, c: &Ctx) -> Outcome {
+        let now = c.req.now;
+        let server_id = match c.msg.opts().get(OptionCode::ServerIdentifier) {
+            Some(DhcpOption::ServerIdentifier(ip)) => Some(*ip),
+            _ => None,
+        };
+        let requested = requested_ip(&c.msg);
+        let ciaddr = c.msg.ciaddr();
+        if let Some(sid) = server_id {
+            // SELECTING: the client chose a server.
+            if sid != self.params.server_ip {
+                // Not us: free what we offered it.
+                let ours = self.leases.for_client(&c.client).filter(|l| l.state == LeaseState::Offered).cloned();
+                let commit = ours
+                    .map(|mut l| {
+                        l.state = LeaseState::Released;
+                        l.expires = now;
+                        self.leases.upsert(l.clone());
+                        vec![l]
+                    })
+                    .unwrap_or_default();
+                return Outcome::Silent { why: Silence::OtherServer, commit };
+            }
+            let Some(ip) = requested.or((!ciaddr.is_unspecified()).then_some(ciaddr)) else {
+                return self.nak(c);
+            };
+            return self.ack_if_ours(c, ip, true);
+        }
+        match (requested, ciaddr.is_unspecified()) {
+            // INIT-REBOOT: a client reusing an address it remembers.
+            (Some(ip), true) => self.ack_if_ours(c, ip, false),
+            // RENEWING (unicast) or REBINDING (broadcast): ciaddr is the address in use.
+            (_, false) => self.ack_if_ours(c, ciaddr, false),
+            (None, true) => self.nak(c),
+        }
+    }
+
+    /// ACK `ip` to the client when it is (or may become) its address; NAK when it cannot be;
+    /// silence when we know nothing and RFC 2131 says so (`selecting` = false).
+    fn ack_if_ours(&mut self, c: &Ctx, ip: Ipv4Addr, selecting: bool) -> Outcome {
+        let now = c.req.now;
+        if let Some(h) = self.reservation(c.mac) {
+            if h.ip != ip {
+                return self.nak(c);
+            }
+        } else {
+            if self.params.subnet.is_some_and(|n| !n.contains(&ip)) {
+                return self.nak(c); // wrong network: the client moved
+            }
+            let known = self.leases.for_client(&c.client).is_some_and(|l| l.ip == ip && l.state != LeaseState::Released);
+            if !known {
+                if self.leases.held_by_other(ip, &c.client, now) || !self.leases.in_pool(ip) {
+                    return self.nak(c);
+                }
+                if !selecting && !self.leases.available_to(ip, &c.client, now) {
+                    return silent(Silence::NoRecord);
+                }
+                if selecting && !self.leases.available_to(ip, &c.client, now) {
+                    return self.nak(c);
+                }
+            }
+        }
+        let lease = self.lease(c, ip, LeaseState::Bound, now + u64::from(self.params.lease_secs));
+        self.leases.upsert(lease.clone());
+        let payload = self.build(c, MessageType::Ack, ip);
+        self.reply(c, MessageType::Ack, payload, ip, vec![lease])
+    }
+
+    fn nak(&self, c: &Ctx) -> Outcome {
+        let payload = self.build(c, MessageType::Nak, Ipv4Addr::UNSPECIFIED);
+        self.reply(c, MessageType::Nak, payload, Ipv4Addr::UNSPECIFIED, Vec::new())
+    }
+
+    fn release(&mut self, c: &Ctx) -> Outcome {
+        let ip = c.msg.ciaddr();
+        let commit = match self.leases.get(ip).filter(|l| l.client == c.client).cloned() {
+            Some(mut l) if self.is_to_us(c) => {
+                l.state = LeaseState::Released;
+                l.expires = c.req.now;
+                self.leases.upsert(l.clone());
+                vec![l]
+            }
+            _ => Vec::new(),
+        };
+        Outcome::Silent { why: Silence::NoReplyDue, commit }
+    }
+
+    fn decline(&mut self, c: &Ctx) -> Outcome {
+        let Some(ip) = requested_ip(&c.msg) else { return silent(Silence::NoReplyDue) };
+        if !self.is_to_us(c) || self.leases.get(ip).is_none_or(|l| l.client != c.client) {
+            return silent(Silence::NoReplyDue);
+        }
+        // Someone else answers ARP for it: keep it out of the pool for a lease time.
+        let mut l = self.lease(c, ip, LeaseState::Declined, c.req.now + u64::from(self.params.lease_secs));
+        l.hostname = None;
+        self.leases.upsert(l.clone());
+        Outcome::Silent { why: Silence::NoReplyDue, commit: vec![l] }
+    }
+
+    fn inform(&self, c: &Ctx) -> Outcome {
+        let payload = self.build(c, MessageType::Ack, Ipv4Addr::UNSPECIFIED);
+        self.reply(c, MessageType::Ack, payload, Ipv4Addr::UNSPECIFIED, Vec::new())
+    }
+
+    fn is_to_us(&self, c: &Ctx) -> bool {
+        match c.msg.opts().get(OptionCode::ServerIdentifier) {
+            Some(DhcpOption::ServerIdentifier(ip)) => *ip == self.params.server_ip,
+            _ => true,
+        }
+    }
+
+    /// ProxyDHCP: boot clients get boot information without an address; a DISCOVER on 67 gets
+    /// an OFFER, a REQUEST on 4011 an ACK back to its source.
+    fn proxy(&mut self, c: &Ctx, kind: MessageType) -> Outcome {
+        if c.class.class == ClientClass::Plain || self.boot_file(c.class).is_none() {
+            return silent(Silence::ProxyIgnored);
+        }
+        let reply_kind = match (kind, c.req.local_port) {
+            (MessageType::Discover, DHCP_SERVER_PORT) => MessageType::Offer,
+            (MessageType::Request, PXE_PROXY_PORT) => MessageType::Ack,
+            (MessageType::Request, _) if self.is_to_us(c) && has_server_id(&c.msg) => MessageType::Ack,
+            _ => return silent(Silence::ProxyIgnored),
+        };
+        let payload = self.build(c, reply_kind, Ipv4Addr::UNSPECIFIED);
+        self.reply(c, reply_kind, payload, Ipv4Addr::UNSPECIFIED, Vec::new())
+    }
+
+    fn lease(&self, c: &Ctx, ip: Ipv4Addr, state: LeaseState, expires: u64) -> Lease {
+        Lease {
+            ip,
+            client: c.client.clone(),
+            mac: c.mac,
+            hostname: self.reservation(c.mac).and_then(|h| h.hostname.clone()).or_else(|| match c.msg.opts().get(OptionCode::Hostname) {
+                Some(DhcpOption::Hostname(h)) => Some(h.clone()),
+                _ => None,
+            }),
+            state,
+            expires,
+        }
+    }
+
+    /// The boot file or URL for a class and architecture; `None` for plain clients and unknown
+    /// PXE architectures.
+    fn boot_file(&self, c: Classification) -> Option<&str> {
+        let b = &self.params.boot;
+        let file: &String = match c.class {
+            ClientClass::Plain => return None,
+            ClientClass::Ipxe => &b.ipxe_script,
+            ClientClass::Http => &b.http_client,
+            ClientClass::Pxe => match c.arch.unwrap_or(arch::BIOS) {
+                arch::BIOS => &b.bios,
+                arch::EFI_IA32 => &b.uefi_ia32,
+                arch::EFI_X64 | arch::EFI_BC => &b.uefi_x64,
+                arch::EFI_ARM64 => &b.uefi_arm64,
+                _ => return None,
+            },
+        };
+        Some(file.as_str()).filter(|s| !s.is_empty())
+    }
+
+    /// Encodes the reply message. Deterministic: the same request and lease state give the same
+    /// bytes (the XDP reply cache depends on it).
+    fn build(&self, c: &Ctx, kind: MessageType, yiaddr: Ipv4Addr) -> Vec<u8> {
+        let p = &self.params;
+        let req = &c.msg;
+        let mut m = Message::default();
+        m.set_opcode(Opcode::BootReply)
+            .set_htype(req.htype())
+            .set_xid(req.xid())
+            .set_flags(req.flags())
+            .set_giaddr(req.giaddr())
+            .set_chaddr(req.chaddr())
+            .set_yiaddr(yiaddr)
+            .set_ciaddr(Ipv4Addr::UNSPECIFIED)
+            .set_siaddr(Ipv4Addr::UNSPECIFIED)
+            .set_secs(0)
+            .set_hops(0);
+        let mut o = DhcpOptions::new();
+        o.insert(DhcpOption::MessageType(kind));
+        o.insert(DhcpOption::ServerIdentifier(p.server_ip));
+        if kind == MessageType::Nak {
+            // RFC 2131 table 3: a NAK carries no address, file or configuration.
+            if let Some(id) = client_id(req) {
+                o.insert(DhcpOption::ClientIdentifier(id));
+            }
+            if !req.giaddr().is_unspecified() {
+                m.set_flags(Flags::default().set_broadcast());
+            }
+            m.set_opts(o);
+            return self.encode(c, m);
+        }
+        let informing = req.opts().msg_type() == Some(MessageType::Inform);
+        let proxy = p.mode == DhcpMode::Proxy;
+        if informing || (kind == MessageType::Ack && !req.ciaddr().is_unspecified()) {
+            m.set_ciaddr(req.ciaddr());
+        }
+        if !proxy {
+            if let Some(net) = p.subnet {
+                o.insert(DhcpOption::SubnetMask(net.netmask()));
+                o.insert(DhcpOption::BroadcastAddr(net.broadcast()));
+            }
+            if let Some(r) = p.router {
+                o.insert(DhcpOption::Router(vec![r]));
+            }
+            if !p.dns.is_empty() {
+                o.insert(DhcpOption::DomainNameServer(p.dns.clone()));
+            }
+            if let Some(d) = &p.domain {
+                o.insert(DhcpOption::DomainName(d.clone()));
+                if let Ok(name) = Name::from_ascii(format!("{}.", d.trim_end_matches('.'))) {
+                    o.insert(DhcpOption::DomainSearch(vec![name.into()]));
+                }
+            }
+            if let Some(h) = self.reservation(c.mac).and_then(|h| h.hostname.clone()) {
+                o.insert(DhcpOption::Hostname(h));
+            }
+            if !informing {
+                let secs = p.lease_secs;
+                o.insert(DhcpOption::AddressLeaseTime(secs));
+                o.insert(DhcpOption::Renewal(secs / 2));
+                o.insert(DhcpOption::Rebinding((u64::from(secs) * 7 / 8) as u32));
+            }
+        }
+        if let Some(file) = self.boot_file(c.class) {
+            m.set_siaddr(p.server_ip);
+            m.set_sname_str(p.server_ip.to_string());
+            if file.len() < 128 {
+                m.set_fname_str(file);
+            }
+            o.insert(DhcpOption::TFTPServerName(p.server_ip.to_string().into_bytes()));
+            o.insert(DhcpOption::BootfileName(file.as_bytes().to_vec()));
+            match c.class.class {
+                ClientClass::Ipxe => {
+                    // 175.176 = 1 (no-pxedhcp): iPXE skips its wait for ProxyDHCP offers.
+                    o.insert(DhcpOption::Unknown(UnknownOption::new(OptionCode::Unknown(175), vec![176, 1, 1])));
+                }
+                ClientClass::Http => {
+                    o.insert(DhcpOption::ClassIdentifier(b"HTTPClient".to_vec()));
+                }
+                ClientClass::Pxe if proxy => {
+                    o.insert(DhcpOption::ClassIdentifier(b"PXEClient".to_vec()));
+                    // PXE_DISCOVERY_CONTROL = 8: use the boot file of this offer, no discovery.
+                    o.insert(DhcpOption::VendorExtensions(vec![6, 1, 8, 255]));
+                }
+                _ => {}
+            }
+            if proxy && c.class.class == ClientClass::Ipxe {
+                o.insert(DhcpOption::ClassIdentifier(b"PXEClient".to_vec()));
+            }
+            if proxy {
+                if let Some(DhcpOption::ClientMachineIdentifier(uuid)) = req.opts().get(OptionCode::ClientMachineIdentifier) {
+                    o.insert(DhcpOption::ClientMachineIdentifier(uuid.clone()));
+                }
+            }
+        }
+        // RFC 6842: echo the client identifier.
+        if let Some(id) = client_id(req) {
+            o.insert(DhcpOption::ClientIdentifier(id));
+        }
+        m.set_opts(o);
+        self.encode(c, m)
+    }
+
+    /// Encodes with option 82 echoed verbatim (RFC 3046), trimmed to the client's maximum
+    /// message size (option 57, at least 576), padded to the BOOTP minimum.
+    fn encode(&self, c: &Ctx, mut m: Message) -> Vec<u8> {
+        if let Some(rai) = raw_option(c.raw, 82) {
+            m.opts_mut().insert(DhcpOption::Unknown(UnknownOption::new(OptionCode::RelayAgentInformation, rai.to_vec())));
+        }
+        let max = match c.msg.opts().get(OptionCode::MaxMessageSize) {
+            Some(DhcpOption::MaxMessageSize(n)) => usize::from(*n).max(576),
+            _ => 576,
+        } - 28; // IPv4 + UDP headers
+        let mut bytes = m.to_vec().unwrap_or_default();
+        for optional in [OptionCode::DomainSearch, OptionCode::DomainName, OptionCode::Hostname] {
+            if bytes.len() <= max {
+                break;
+            }
+            m.opts_mut().remove(optional);
+            bytes = m.to_vec().unwrap_or_default();
+        }
+        if bytes.len() < MIN_BOOTP_LEN {
+            bytes.resize(MIN_BOOTP_LEN, 0);
+        }
+        bytes
+    }
+
+    fn reply(&self, c: &Ctx, kind: MessageType, payload: Vec<u8>, yiaddr: Ipv4Addr, commit: Vec<Lease>) -> Outcome {
+        let m = &c.msg;
+        let dest = if c.req.local_port == PXE_PROXY_PORT {
+            Destination::Unicast { ip: c.req.src_ip, port: c.req.src_port }
+        } else if !m.giaddr().is_unspecified() {
+            Destination::Relay(m.giaddr())
+        } else if kind == MessageType::Nak {
+            Destination::Broadcast
+        } else if !m.ciaddr().is_unspecified() {
+            Destination::Unicast { ip: m.ciaddr(), port: DHCP_CLIENT_PORT }
+        } else if m.flags().broadcast() || yiaddr.is_unspecified() {
+            Destination::Broadcast
+        } else {
+            Destination::LinkUnicast { mac: c.mac, ip: yiaddr }
+        };
+        Outcome::Reply(Reply { kind, payload, dest, mac: c.mac, class: c.class.class, arch: c.class.arch, commit })
+    }
+}
+
+fn requested_ip(m: &Message) -> Option<Ipv4Addr> {
+    match m.opts().get(OptionCode::RequestedIpAddress) {
+        Some(DhcpOption::RequestedIpAddress(ip)) => Some(*ip),
+        _ => None,
+    }
+}
+
+fn has_server_id(m: &Message) -> bool {
+    m.opts().get(OptionCode::ServerIdentifier).is_some()
+}
+
+fn client_id(m: &Message) -> Option<Vec<u8>> {
+    match m.opts().get(OptionCode::ClientIdentifier) {
+        Some(DhcpOption::ClientIdentifier(id)) => Some(id.clone()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,207 @@
+//! Ethernet / IPv4 / UDP frames: the wire envelope of DHCP and TFTP replies that leave through a
+//! packet socket, an AF_XDP ring or the XDP reply cache. Building and parsing are symmetric and
+//! the checksums are always computed (never left zero or to offload).
+
+use crate::mac::MacAddr;
+use netboot_common::wire::{ETH_HLEN, ETH_P_8021Q, ETH_P_IP, IPPROTO_UDP, UDP_HLEN, VLAN_HLEN};
+use std::net::Ipv4Addr;
+
+pub const IPV4_HLEN: usize = 20;
+
+/// The addressing of one UDP datagram on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpEnvelope {
+    pub src_mac: MacAddr,
+    pub dst_mac: MacAddr,
+    /// 802.1Q VLAN id, if the frame is tagged.
+    pub vlan: Option<u16>,
+    pub src_ip: Ipv4Addr,
+    pub dst_ip: Ipv4Addr,
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// IPv4 TTL; 64 unless a protocol says otherwise.
+    pub ttl: u8,
+}
+
+impl UdpEnvelope {
+    /// Length of the headers in front of the payload.
+    pub fn header_len(&self) -> usize {
+        ETH_HLEN + self.vlan.map_or(0, |_| VLAN_HLEN) + IPV4_HLEN + UDP_HLEN
+    }
+
+    /// Builds the whole frame around `payload`.
+    pub fn build(&self, payload: &[u8]) -> Vec<u8> {
+        let mut f = Vec::with_capacity(self.header_len() + payload.len());
+        f.extend_from_slice(&self.dst_mac.octets());
+        f.extend_from_slice(&self.src_mac.octets());
+        if let Some(vid) = self.vlan {
+            f.extend_from_slice(&ETH_P_8021Q.to_be_bytes());
+            f.extend_from_slice(&(vid & 0x0fff).to_be_bytes());
+        }
+        f.extend_from_slice(&ETH_P_IP.to_be_bytes());
+        let ip_at = f.len();
+        let total = (IPV4_HLEN + UDP_HLEN + payload.len()) as u16;
+        f.extend_from_slice(&[0x45, 0, 0, 0, 0, 0, 0, 0, self.ttl, IPPROTO_UDP, 0, 0]);
+        f[ip_at + 2..ip_at + 4].copy_from_slice(&total.to_be_bytes());
+        f.extend_from_slice(&self.src_ip.octets());
+        f.extend_from_slice(&self.dst_ip.octets());
+        let ip_csum = checksum(&[&f[ip_at..ip_at + IPV4_HLEN]]);
+        f[ip_at + 10..ip_at + 12].copy_from_slice(&ip_csum.to_be_bytes());
+
+        let udp_len = (UDP_HLEN + payload.len()) as u16;
+        let udp_at = f.len();
+        f.extend_from_slice(&self.src_port.to_be_bytes());
+        f.extend_from_slice(&self.dst_port.to_be_bytes());
+        f.extend_from_slice(&udp_len.to_be_bytes());
+        f.extend_from_slice(&[0, 0]);
+        f.extend_from_slice(payload);
+        let csum = udp_checksum(self.src_ip, self.dst_ip, &f[udp_at..]);
+        f[udp_at + 6..udp_at + 8].copy_from_slice(&csum.to_be_bytes());
+        f
+    }
+}
+
+/// A parsed frame: the envelope and where the payload is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedUdp<'a> {
+    pub envelope: UdpEnvelope,
+    /// Offset of the UDP header in the frame.
+    pub udp_offset: usize,
+    pub payload: &'a [u8],
+}
+
+/// Parses an Ethernet (optionally 802.1Q) / IPv4 / UDP frame. Checks lengths and the IPv4
+/// header checksum; IP options are skipped.
+pub fn parse_udp(frame: &[u8]) -> Option<ParsedUdp<'_>> {
+    let mut at = ETH_HLEN;
+    let mut ethertype = u16::from_be_bytes(frame.get(12..14)?.try_into().ok()?);
+    let mut vlan = None;
+    if ethertype == ETH_P_8021Q {
+        let tag = frame.get(14..18)?;
+        vlan = Some(u16::from_be_bytes([tag[0], tag[1]]) & 0x0fff);
+        ethertype = u16::from_be_bytes([tag[2], tag[3]]);
+        at += VLAN_HLEN;
+    }
+    if ethertype != ETH_P_IP {
+        return None;
+    }
+    let ip = frame.get(at..at + IPV4_HLEN)?;
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    if ip[0] >> 4 != 4 || ihl < IPV4_HLEN || ip[9] != IPPROTO_UDP {
+        return None;
+    }
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    let ip_all = frame.get(at..at + total)?;
+    if checksum(&[&ip_all[..ihl]]) != 0 {
+        return None;
+    }
+    let udp = ip_all.get(ihl..)?;
+    let udp_len = usize::from(u16::from_be_bytes(udp.get(4..6)?.try_into().ok()?));
+    if udp_len < UDP_HLEN || udp_len > udp.len() {
+        return None;
+    }
+    let mac = |r: std::ops::Range<usize>| MacAddr(frame[r].try_into().expect("6 bytes"));
+    Some(ParsedUdp {
+        envelope: UdpEnvelope {
+            dst_mac: mac(0..6),
+            src_mac: mac(6..12),
+            vlan,
+            src_ip: Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
+            dst_ip: Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
+            src_port: u16::from_be_bytes([udp[0], udp[1]]),
+            dst_port: u16::from_be_bytes([udp[2], udp[3]]),
+            ttl: ip[8],
+        },
+        udp_offset: at + ihl,
+        payload: &udp[UDP_HLEN..udp_len],
+    })
+}
+
+/// Whether the UDP checksum of a frame parsed by [`parse_udp`] is right (0 = not computed).
+pub fn udp_checksum_ok(frame: &[u8]) -> bool {
+    let Some(p) = parse_udp(frame) else { return false };
+    let udp = &frame[p.udp_offset..p.udp_offset + UDP_HLEN + p.payload.len()];
+    let stored = u16::from_be_bytes([udp[6], udp[7]]);
+    stored == 0 || pseudo_sum(p.envelope.src_ip, p.envelope.dst_ip, udp) == 0xffff
+}
+
+/// The UDP checksum of `udp` (header with a zero checksum field, then payload).
+pub fn udp_checksum(src: Ipv4Addr, dst: Ipv4Addr, udp: &[u8]) -> u16 {
+    match !pseudo_sum(src, dst, udp) {
+        0 => 0xffff, // RFC 768: a computed zero is sent as all ones
+        c => c,
+    }
+}
+
+fn pseudo_sum(src: Ipv4Addr, dst: Ipv4Addr, udp: &[u8]) -> u16 {
+    let len = (udp.len() as u16).to_be_bytes();
+    !checksum(&[&src.octets(), &dst.octets(), &[0, IPPROTO_UDP], &len, udp])
+}
+
+/// The Internet checksum (RFC 1071) over the concatenation of `parts` (each even-length except
+/// possibly the last).
+pub fn checksum(parts: &[&[u8]]) -> u16 {
+    let mut sum: u32 = 0;
+    for part in parts {
+        let mut chunks = part.chunks_exact(2);
+        for c in &mut chunks {
+            sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+        }
+        if let [last] = chunks.remainder() {
+            sum += u32::from(*last) << 8;
+        }
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(vlan: Option<u16>) -> UdpEnvelope {
+        UdpEnvelope {
+            src_mac: "02:00:00:00:00:01".parse().unwrap(),
+            dst_mac: MacAddr([0xff; 6]),
+            vlan,
+            src_ip: Ipv4Addr::new(10, 0, 0, 1),
+            dst_ip: Ipv4Addr::BROADCAST,
+            src_port: 67,
+            dst_port: 68,
+            ttl: 64,
+        }
+    }
+
+    #[test]
+    fn build_then_parse_is_identity_with_valid_checksums() {
+        for vlan in [None, Some(42)] {
+            let payload: Vec<u8> = (0..301u32).map(|i| i as u8).collect();
+            let f = env(vlan).build(&payload);
+            assert_eq!(f.len(), env(vlan).header_len() + payload.len());
+            let p = parse_udp(&f).unwrap();
+            assert_eq!(p.envelope, env(vlan));
+            assert_eq!(p.payload, &payload[..]);
+            assert!(udp_checksum_ok(&f));
+        }
+    }
+
+    #[test]
+    fn corrupted_frames_are_rejected() {
+        let mut f = env(None).build(b"hello");
+        f[ETH_HLEN + 8] ^= 1; // TTL: the IPv4 header checksum catches it
+        assert!(parse_udp(&f).is_none());
+        let mut f = env(None).build(b"hello");
+        let n = f.len();
+        f[n - 1] ^= 1;
+        assert!(!udp_checksum_ok(&f));
+        assert!(parse_udp(&f[..30]).is_none());
+    }
+
+    #[test]
+    fn checksum_matches_rfc1071_example() {
+        // RFC 1071 §3: 00 01 f2 03 f4 f5 f6 f7 sums to ddf2 (checksum = !ddf2).
+        assert_eq!(checksum(&[&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]]), !0xddf2);
+    }
+}
