@@ -1,35 +1,85 @@
 //! The agent: everything `netboot-xdp attach` runs on one interface, until a signal.
 
 use crate::config::Config;
-use crate::fastpath::{Loaded, XdpModeArg};
-use crate::runtime::AgentRecord;
+use crate::dhcp::store::{LeaseStore, SqliteStore};
+use crate::dhcp::{DhcpServer, ServerParams, io};
+use crate::fastpath::{Loaded, StartError, XdpModeArg};
+use crate::iface::Interface;
+use crate::runtime::{AgentRecord, write_stats};
+use crate::stats::Stats;
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
 
 /// Runs the agent on `iface` in the foreground until SIGINT or SIGTERM, then detaches.
-pub async fn run(iface: &str, config_path: &Path, mode: XdpModeArg) -> anyhow::Result<()> {
-    let _config = Config::load(config_path)?;
-    if let Some(rec) = AgentRecord::read(iface).filter(AgentRecord::is_running) {
-        anyhow::bail!("{iface} is already served by netboot-xdp pid {} (netboot-xdp detach {iface})", rec.pid);
+///
+/// Start order: the config (a bad one stops everything), root, the interface, the lease store,
+/// the DHCP sockets, then the XDP program; anything that fails undoes what came before.
+pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyhow::Result<()> {
+    let config = Config::load(config_path)?;
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(StartError::NotRoot.into());
     }
-    let fastpath = Loaded::new()?.attach(iface, mode)?;
+    let iface = Interface::lookup(iface_name).map_err(|_| StartError::NoSuchInterface(iface_name.into()))?;
+    if let Some(rec) = AgentRecord::read(iface_name).filter(AgentRecord::is_running) {
+        anyhow::bail!("{iface_name} is already served by netboot-xdp pid {} (netboot-xdp detach {iface_name})", rec.pid);
+    }
+    let server_ip = iface.server_ip(config.server.address)?;
+
+    let mut store = SqliteStore::open(&config.server.state_dir)?;
+    let stored = store.load()?;
+    let pools = config.dhcp.pools.iter().map(|p| *p.get_ref()).collect();
+    let server = DhcpServer::new(ServerParams::from_config(&config, server_ip), pools, stored);
+    let stats = Arc::new(Stats::default());
+    let dhcp = io::Service::bind(&iface, server, Box::new(store) as Box<dyn LeaseStore>, stats.clone())?;
+
+    let fastpath = Loaded::new()?.attach(iface_name, mode)?;
     let record = AgentRecord {
         pid: std::process::id(),
-        iface: iface.to_string(),
+        iface: iface_name.to_string(),
         xdp_mode: fastpath.mode().to_string(),
-        config: config_path.to_path_buf(),
+        config: config_path.canonicalize().unwrap_or_else(|_| config_path.to_path_buf()),
+        state_dir: config.server.state_dir.clone(),
     };
     record.write()?;
-    tracing::info!(iface, mode = fastpath.mode(), "XDP attached; serving until SIGINT/SIGTERM");
+    tracing::info!(iface = iface_name, mode = fastpath.mode(), server = %server_ip, "XDP attached; serving until SIGINT/SIGTERM");
 
-    let signal = wait_for_shutdown().await;
-    tracing::info!(iface, "{signal}: detaching");
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let dhcp_task = tokio::spawn(dhcp.run(stop_rx.clone()));
+    let stats_task = {
+        let (stats, iface, mut stop) = (stats.clone(), iface_name.to_string(), stop_rx.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => write_stats(&iface, &stats.snapshot()),
+                    _ = stop.changed() => break,
+                }
+            }
+        })
+    };
+
+    let outcome = tokio::select! {
+        signal = wait_for_shutdown() => { tracing::info!(iface = iface_name, "{signal}: detaching"); Ok(()) }
+        r = dhcp_task => match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.context("DHCP service failed")),
+            Err(e) => Err(anyhow::anyhow!("DHCP service panicked: {e}")),
+        },
+    };
+    let _ = stop_tx.send(true);
+    let _ = stats_task.await;
+    // Give the DHCP task (if still running) a moment to flush its committed replies.
+    tokio::time::sleep(Duration::from_millis(50)).await;
     let counters = fastpath.counters().ok();
     fastpath.detach()?;
-    AgentRecord::remove(iface);
+    AgentRecord::remove(iface_name);
     if let Some(c) = counters {
-        tracing::info!(iface, "final counters: {:?}", c.nonzero());
+        tracing::info!(iface = iface_name, "final XDP counters: {:?}", c.nonzero());
     }
-    Ok(())
+    tracing::info!(iface = iface_name, "final agent counters: {:?}", stats.snapshot());
+    outcome
 }
 
 async fn wait_for_shutdown() -> &'static str {

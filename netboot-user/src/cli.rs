@@ -37,6 +37,15 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the leases of the lease store (of the running agent, or of `-c FILE`'s state_dir).
+    Leases {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// Read the state_dir of this config instead of the running agent's.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
     /// Validate a config file; prints file:line:column and the problem when it is invalid.
     Check {
         #[arg(short, long)]
@@ -47,6 +56,8 @@ pub enum Command {
 /// Entry point of the binary: parses arguments, runs, and turns errors into one line on stderr
 /// and a non-zero exit code.
 pub fn main() -> ExitCode {
+    // Behave like a Unix tool when the reader goes away (`netboot-xdp leases | head`).
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -71,6 +82,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Detach { iface } => detach(&iface),
         Command::Status { iface, json } => status(iface.as_deref(), json),
+        Command::Leases { json, config } => leases(json, config.as_deref()),
         Command::Check { config } => {
             let c = Config::load(&config)?;
             println!(
@@ -127,6 +139,7 @@ fn status(iface: Option<&str>, json: bool) -> anyhow::Result<()> {
             "agent_running": rec.as_ref().is_some_and(AgentRecord::is_running),
             "xdp_mode": rec.as_ref().map(|r| r.xdp_mode.clone()),
             "counters": counters.named(),
+            "agent": crate::runtime::read_stats(i).unwrap_or_default(),
         }));
     }
     if json {
@@ -146,10 +159,56 @@ fn status(iface: Option<&str>, json: bool) -> anyhow::Result<()> {
             if r["agent_running"].as_bool() == Some(true) { "running" } else { "not running" }
         );
         if let Some(map) = r["counters"].as_object() {
+            println!("  XDP (in kernel):");
             for c in netboot_common::Counter::ALL {
-                println!("  {:<18} {}", c.name(), map[c.name()]);
+                println!("    {:<26} {}", c.name(), map[c.name()]);
             }
         }
+        if let Some(map) = r["agent"].as_object() {
+            println!("  agent:");
+            for (k, v) in map {
+                println!("    {k:<26} {v}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn leases(json: bool, config: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use crate::dhcp::store::{LeaseStore, SqliteStore};
+    let state_dir = match config {
+        Some(c) => Config::load(c)?.server.state_dir,
+        None => match AgentRecord::all().into_iter().next() {
+            Some(rec) => rec.state_dir,
+            None => crate::config::ServerConfig::default().state_dir,
+        },
+    };
+    let mut leases = SqliteStore::read_only(&state_dir)?.load()?;
+    leases.sort_by_key(|l| l.ip);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+    if json {
+        let v: Vec<_> = leases
+            .iter()
+            .map(|l| {
+                serde_json::json!({
+                    "ip": l.ip.to_string(),
+                    "mac": l.mac.to_string(),
+                    "client": l.client.to_text(),
+                    "hostname": l.hostname,
+                    "state": l.state.as_str(),
+                    "expires": l.expires,
+                    "active": l.holds(now),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("{:<16} {:<18} {:<9} {:>9}  {}", "IP", "MAC", "STATE", "EXPIRES", "HOSTNAME");
+    for l in &leases {
+        let left = l.expires.saturating_sub(now);
+        let expires = if l.holds(now) { format!("{left}s") } else { "-".into() };
+        println!("{:<16} {:<18} {:<9} {:>9}  {}", l.ip, l.mac, l.state.as_str(), expires, l.hostname.as_deref().unwrap_or(""));
     }
     Ok(())
 }

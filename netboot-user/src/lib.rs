@@ -12,6 +12,8 @@ pub mod config;
 pub mod dhcp;
 pub mod fastpath;
 pub mod frame;
+pub mod iface;
 pub mod lab;
 pub mod mac;
 pub mod runtime;
+pub mod stats;

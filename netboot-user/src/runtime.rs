@@ -12,6 +12,8 @@ pub struct AgentRecord {
     /// `native` or `skb`.
     pub xdp_mode: String,
     pub config: PathBuf,
+    /// Where the lease store is (for `netboot-xdp leases`).
+    pub state_dir: PathBuf,
 }
 
 fn dir() -> PathBuf {
@@ -37,6 +39,23 @@ impl AgentRecord {
 
     pub fn remove(iface: &str) {
         let _ = std::fs::remove_file(path(iface));
+        let _ = std::fs::remove_file(stats_path(iface));
+    }
+
+    /// Records of every attached interface.
+    pub fn all() -> Vec<AgentRecord> {
+        let mut v: Vec<AgentRecord> = std::fs::read_dir(dir())
+            .map(|rd| {
+                rd.filter_map(|e| {
+                    let name = e.ok()?.file_name().into_string().ok()?;
+                    let iface = name.strip_suffix(".json").filter(|n| !n.ends_with(".stats") && !n.starts_with('.'))?;
+                    AgentRecord::read(iface)
+                })
+                .collect()
+            })
+            .unwrap_or_default();
+        v.sort_by(|a, b| a.iface.cmp(&b.iface));
+        v
     }
 
     /// Whether the recorded process is still alive (a zombie that has exited but not been
@@ -47,4 +66,23 @@ impl AgentRecord {
         let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
         !matches!(state, None | Some('Z') | Some('X'))
     }
+}
+
+fn stats_path(iface: &str) -> PathBuf {
+    dir().join(format!("{iface}.stats.json"))
+}
+
+/// Writes the agent's counters for `status` (atomically: write then rename).
+pub fn write_stats(iface: &str, stats: &std::collections::BTreeMap<String, u64>) {
+    let tmp = dir().join(format!(".{iface}.stats.tmp"));
+    if let Ok(bytes) = serde_json::to_vec(stats) {
+        if std::fs::write(&tmp, bytes).is_ok() {
+            let _ = std::fs::rename(tmp, stats_path(iface));
+        }
+    }
+}
+
+/// The agent's counters as last written.
+pub fn read_stats(iface: &str) -> Option<std::collections::BTreeMap<String, u64>> {
+    serde_json::from_slice(&std::fs::read(stats_path(iface)).ok()?).ok()
 }

@@ -2,8 +2,10 @@
 //! the lease table and its durable store, and the socket I/O of the agent.
 
 pub mod classify;
+pub mod io;
 pub mod leases;
 pub mod server;
+pub mod store;
 
 pub use classify::{Classification, classify};
 pub use leases::{ClientKey, Lease, LeaseState, LeaseTable};

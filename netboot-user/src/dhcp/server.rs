@@ -107,6 +107,8 @@ pub struct Reply {
     pub mac: MacAddr,
     pub class: ClientClass,
     pub arch: Option<u16>,
+    /// The port the request arrived on (the reply leaves from it).
+    pub local_port: u16,
     /// Lease records to commit durably before the reply is sent (invariant 1).
     pub commit: Vec<Lease>,
 }
@@ -574,7 +576,16 @@ impl DhcpServer {
         } else {
             Destination::LinkUnicast { mac: c.mac, ip: yiaddr }
         };
-        Outcome::Reply(Reply { kind, payload, dest, mac: c.mac, class: c.class.class, arch: c.class.arch, commit })
+        Outcome::Reply(Reply {
+            kind,
+            payload,
+            dest,
+            mac: c.mac,
+            class: c.class.class,
+            arch: c.class.arch,
+            local_port: c.req.local_port,
+            commit,
+        })
     }
 }
 

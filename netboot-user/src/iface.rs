@@ -1,0 +1,92 @@
+//! What the agent needs to know about its interface: index, MAC and IPv4 addresses. Read
+//! through the kernel (ioctl, getifaddrs), not /sys, so it is right inside any network
+//! namespace.
+
+use crate::mac::MacAddr;
+use anyhow::bail;
+use ipnet::Ipv4Net;
+use std::ffi::{CStr, CString};
+use std::net::Ipv4Addr;
+
+#[derive(Debug, Clone)]
+pub struct Interface {
+    pub name: String,
+    pub index: u32,
+    pub mac: MacAddr,
+    pub ipv4: Vec<Ipv4Net>,
+}
+
+impl Interface {
+    pub fn lookup(name: &str) -> anyhow::Result<Interface> {
+        let c = CString::new(name)?;
+        let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+        if index == 0 {
+            bail!("no such interface: {name}");
+        }
+        Ok(Interface { name: name.into(), index, mac: hw_addr(name)?, ipv4: ipv4_addrs(name) })
+    }
+
+    /// The address to serve from: `configured`, or the interface's first IPv4 address.
+    pub fn server_ip(&self, configured: Option<Ipv4Addr>) -> anyhow::Result<Ipv4Addr> {
+        match (configured, self.ipv4.first()) {
+            (Some(ip), _) => Ok(ip),
+            (None, Some(net)) => Ok(net.addr()),
+            (None, None) => bail!("{} has no IPv4 address: add one or set [server] address", self.name),
+        }
+    }
+}
+
+fn hw_addr(name: &str) -> anyhow::Result<MacAddr> {
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        bail!("socket: {}", std::io::Error::last_os_error());
+    }
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut req) };
+    let err = std::io::Error::last_os_error();
+    unsafe { libc::close(fd) };
+    if rc != 0 {
+        bail!("cannot read the MAC address of {name}: {err}");
+    }
+    let sa = unsafe { req.ifr_ifru.ifru_hwaddr };
+    let mut mac = [0u8; 6];
+    for (m, b) in mac.iter_mut().zip(sa.sa_data.iter()) {
+        *m = *b as u8;
+    }
+    Ok(MacAddr(mac))
+}
+
+fn ipv4_addrs(name: &str) -> Vec<Ipv4Net> {
+    let mut out = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return out;
+    }
+    let mut cur = head;
+    while !cur.is_null() {
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || unsafe { CStr::from_ptr(ifa.ifa_name) }.to_bytes() != name.as_bytes() {
+            continue;
+        }
+        if unsafe { (*ifa.ifa_addr).sa_family } as i32 != libc::AF_INET {
+            continue;
+        }
+        let addr = unsafe { *(ifa.ifa_addr as *const libc::sockaddr_in) };
+        let ip = Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr));
+        let prefix = if ifa.ifa_netmask.is_null() {
+            32
+        } else {
+            let m = unsafe { *(ifa.ifa_netmask as *const libc::sockaddr_in) };
+            u32::from_be(m.sin_addr.s_addr).count_ones() as u8
+        };
+        if let Ok(net) = Ipv4Net::new(ip, prefix) {
+            out.push(net);
+        }
+    }
+    unsafe { libc::freeifaddrs(head) };
+    out
+}
