@@ -91,3 +91,58 @@ pub fn find_option(frame: &[u8], code: u8) -> Option<(usize, usize)> {
     }
     None
 }
+
+/// A DHCP test client in a lab's client namespace: sends a captured request (with the
+/// broadcast flag set, so replies reach a plain UDP socket) and collects the replies.
+pub mod probe {
+    use netboot::lab::Lab;
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+    use std::time::{Duration, Instant};
+
+    pub struct Probe {
+        sock: UdpSocket,
+    }
+
+    impl Probe {
+        /// A socket on port 68 of the lab's client interface.
+        pub fn open(lab: &Lab) -> Probe {
+            let dev = lab.client_if.clone();
+            let sock = lab
+                .client
+                .run(move || -> std::io::Result<UdpSocket> {
+                    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+                    s.set_reuse_address(true)?;
+                    s.set_broadcast(true)?;
+                    s.bind_device(Some(dev.as_bytes()))?;
+                    s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, 68)).into())?;
+                    Ok(s.into())
+                })
+                .unwrap()
+                .expect("probe socket");
+            Probe { sock }
+        }
+
+        /// Broadcasts `payload` to port 67 with the BOOTP broadcast flag set, then collects
+        /// replies whose xid matches for `wait`.
+        pub fn exchange(&self, payload: &[u8], wait: Duration) -> Vec<Vec<u8>> {
+            let mut p = payload.to_vec();
+            if p.len() > 11 {
+                p[10] |= 0x80;
+            }
+            self.sock.send_to(&p, (Ipv4Addr::BROADCAST, 67)).expect("send");
+            let deadline = Instant::now() + wait;
+            let mut out = Vec::new();
+            let mut buf = [0u8; 2048];
+            while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+                self.sock.set_read_timeout(Some(left.max(Duration::from_millis(1)))).unwrap();
+                match self.sock.recv_from(&mut buf) {
+                    Ok((n, _)) if n > 8 && p.len() > 8 && buf[4..8] == p[4..8] => out.push(buf[..n].to_vec()),
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+            out
+        }
+    }
+}

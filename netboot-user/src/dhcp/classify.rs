@@ -27,6 +27,23 @@ pub fn classify(msg: &Message) -> Classification {
     Classification { class: ClientClass::classify(ipxe_user_class, has_ipxe_encap, vendor, arch.is_some()), arch }
 }
 
+/// Whether the option area is well formed the way the XDP program requires it: every option
+/// inside the message and an END. The core and the kernel reject the same messages.
+pub fn options_well_formed(packet: &[u8]) -> bool {
+    let mut i = wire::BOOTP_OPTIONS_OFF;
+    while i < packet.len() {
+        match packet[i] {
+            wire::opt::PAD => i += 1,
+            wire::opt::END => return true,
+            _ => match packet.get(i + 1) {
+                Some(len) if i + 2 + usize::from(*len) <= packet.len() => i += 2 + usize::from(*len),
+                _ => return false,
+            },
+        }
+    }
+    false
+}
+
 /// The raw payload of option `code` in an encoded DHCP message, for options that must be echoed
 /// byte for byte (82, RFC 3046). Only the main option area is searched.
 pub fn raw_option(packet: &[u8], code: u8) -> Option<&[u8]> {

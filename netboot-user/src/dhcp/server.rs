@@ -205,7 +205,12 @@ impl DhcpServer {
     pub fn handle(&mut self, req: Request<'_>) -> Outcome {
         // Ethernet clients only (htype 1, hlen 6); checked on the bytes first because
         // dhcproto's `chaddr()` slices by the wire's hlen and would panic past 16.
-        if req.payload.len() < netboot_common::wire::BOOTP_OPTIONS_OFF || req.payload[1..3] != [1, 6] {
+        use netboot_common::wire::{BOOTP_OPTIONS_OFF, DHCP_MAGIC, bootp};
+        if req.payload.len() < BOOTP_OPTIONS_OFF
+            || req.payload[1..3] != [1, 6]
+            || req.payload[bootp::MAGIC..BOOTP_OPTIONS_OFF] != DHCP_MAGIC
+            || !super::classify::options_well_formed(req.payload)
+        {
             return silent(Silence::Malformed);
         }
         let Ok(msg) = Message::decode(&mut Decoder::new(req.payload)) else { return silent(Silence::Malformed) };

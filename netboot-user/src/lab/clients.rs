@@ -1,5 +1,5 @@
 //! Real DHCP clients run in a lab's client namespace, each bounded in time with `timeout`.
-//! They never touch the host's configuration: scripts are `/bin/true`, lease and pid files are
+//! They never touch the host's configuration: scripts are `/bin/true` or a test's recorder, lease and pid files are
 //! private temporary files.
 
 use super::Lab;
@@ -13,20 +13,30 @@ fn bounded(lab: &Lab, secs: u32, program: &str) -> Command {
 
 /// `udhcpc`: sends DISCOVERs (at most `tries`, one second apart), quits at the first lease.
 pub fn udhcpc(lab: &Lab, tries: u32) -> std::io::Result<Output> {
+    udhcpc_with_script(lab, tries, "/bin/true")
+}
+
+/// `udhcpc` running `script` on its events (`bound` with the lease in the environment).
+pub fn udhcpc_with_script(lab: &Lab, tries: u32, script: &str) -> std::io::Result<Output> {
     bounded(lab, tries + 3, "udhcpc")
-        .args(["-i", &lab.client_if, "-n", "-q", "-f", "-t", &tries.to_string(), "-T", "1", "-A", "1", "-s", "/bin/true"])
+        .args(["-i", &lab.client_if, "-n", "-q", "-f", "-t", &tries.to_string(), "-T", "1", "-A", "1", "-s", script])
         .output()
 }
 
 /// ISC `dhclient` in one-shot mode with a 3 s timeout, private lease/pid files and no script.
 pub fn dhclient(lab: &Lab) -> std::io::Result<Output> {
+    dhclient_with_script(lab, "/bin/true")
+}
+
+/// ISC `dhclient` running `script` (`reason=BOUND` with `new_*` variables in the environment).
+pub fn dhclient_with_script(lab: &Lab, script: &str) -> std::io::Result<Output> {
     let dir = std::env::temp_dir().join(format!("nbx-dhclient-{}", lab.id));
     std::fs::create_dir_all(&dir)?;
     let conf = dir.join("dhclient.conf");
     std::fs::write(&conf, "timeout 3;\nretry 1;\ninitial-interval 1;\n")?;
     let p = |n: &str| dir.join(n).to_string_lossy().into_owned();
     let out = bounded(lab, 8, "dhclient")
-        .args(["-1", "-d", "-v", "-sf", "/bin/true", "-cf", &p("dhclient.conf"), "-lf", &p("leases"), "-pf", &p("pid")])
+        .args(["-1", "-d", "-v", "-sf", script, "-cf", &p("dhclient.conf"), "-lf", &p("leases"), "-pf", &p("pid")])
         .arg(&lab.client_if)
         .output();
     let _ = std::fs::remove_dir_all(&dir);

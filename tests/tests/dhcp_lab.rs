@@ -1,0 +1,283 @@
+//! The DHCP server in the lab with real clients: dhclient, udhcpc, perfdhcp, and captured
+//! PXE/iPXE/UEFI requests replayed from the client namespace.
+
+use dhcproto::v4::{DhcpOption, Message, MessageType, OptionCode};
+use dhcproto::{Decodable, Decoder, Encodable};
+use netboot::frame::parse_udp;
+use netboot::iface::Interface;
+use netboot::lab::{Agent, Lab, LabSpec, clients};
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+use tests::probe::Probe;
+use tests::{bin, fixture_frames, require_root};
+
+struct Setup {
+    lab: Lab,
+    dir: PathBuf,
+    config: PathBuf,
+}
+
+const BASE: &str = "[dhcp]\nsubnet = \"10.77.0.0/16\"\npools = [\"10.77.1.1-10.77.99.254\"]\nrouter = \"10.77.0.1\"\ndns = [\"10.77.0.53\"]\ndomain = \"lab.example\"\nlease_time = \"1h\"\n";
+
+fn setup(extra: &str) -> Setup {
+    let lab = Lab::create(&LabSpec { server: "10.77.0.1/16".parse().unwrap(), client: Some("10.77.0.2/16".parse().unwrap()) })
+        .expect("lab");
+    let dir = std::env::temp_dir().join(format!("nbx-dhcp-{}", lab.id));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("netboot.toml");
+    let text = format!("[server]\naddress = \"10.77.0.1\"\nstate_dir = \"{}\"\n{BASE}{extra}", dir.join("state").display());
+    std::fs::write(&config, text).unwrap();
+    Setup { lab, dir, config }
+}
+
+fn start(s: &Setup) -> Agent {
+    Agent::start(&s.lab, &bin("netboot-xdp"), &s.config, &[]).expect("agent")
+}
+
+/// A client script that appends its environment to `<dir>/<name>.env` (one run per file).
+fn recorder(dir: &Path, name: &str) -> (String, PathBuf) {
+    let env = dir.join(format!("{name}.env"));
+    let script = dir.join(format!("{name}.sh"));
+    std::fs::write(&script, format!("#!/bin/sh\n{{ echo \"event=$1\"; env; echo ====; }} >> {}\n", env.display())).unwrap();
+    Command::new("chmod").arg("+x").arg(&script).status().unwrap();
+    (script.display().to_string(), env)
+}
+
+/// The environment of the first recorded event where `key=value`.
+fn event(env_file: &Path, key: &str, value: &str) -> BTreeMap<String, String> {
+    let text = std::fs::read_to_string(env_file).unwrap_or_default();
+    for block in text.split("====\n") {
+        let vars: BTreeMap<String, String> =
+            block.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        if vars.get(key).is_some_and(|v| v == value) {
+            return vars;
+        }
+    }
+    panic!("no event {key}={value} in {}:\n{text}", env_file.display())
+}
+
+fn client_mac(lab: &Lab) -> String {
+    let dev = lab.client_if.clone();
+    lab.client.run(move || Interface::lookup(&dev).unwrap().mac.to_string()).unwrap()
+}
+
+#[test]
+fn udhcpc_and_dhclient_get_leases_with_the_configured_options() {
+    if !require_root("udhcpc_and_dhclient_get_leases_with_the_configured_options") {
+        return;
+    }
+    let s = setup("");
+    // Reserve the client's MAC so the address and hostname are known in advance.
+    let mac = client_mac(&s.lab);
+    let mut text = std::fs::read_to_string(&s.config).unwrap();
+    text.push_str(&format!("[[dhcp.host]]\nmac = \"{mac}\"\nip = \"10.77.0.77\"\nhostname = \"node-077\"\n"));
+    std::fs::write(&s.config, text).unwrap();
+    let agent = start(&s);
+
+    let (script, env) = recorder(&s.dir, "udhcpc");
+    let out = clients::udhcpc_with_script(&s.lab, 3, &script).unwrap();
+    let e = event(&env, "event", "bound");
+    assert_eq!(e["ip"], "10.77.0.77", "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(e["subnet"], "255.255.0.0");
+    assert_eq!(e["router"].trim(), "10.77.0.1");
+    assert_eq!(e["dns"].trim(), "10.77.0.53");
+    assert_eq!(e["domain"], "lab.example");
+    assert_eq!(e["lease"], "3600");
+    assert_eq!(e["serverid"], "10.77.0.1");
+    assert_eq!(e["hostname"], "node-077");
+    assert_eq!(e["broadcast"], "10.77.255.255");
+
+    let (script, env) = recorder(&s.dir, "dhclient");
+    clients::dhclient_with_script(&s.lab, &script).unwrap();
+    let e = event(&env, "reason", "BOUND");
+    assert_eq!(e["new_ip_address"], "10.77.0.77");
+    assert_eq!(e["new_subnet_mask"], "255.255.0.0");
+    assert_eq!(e["new_routers"], "10.77.0.1");
+    assert_eq!(e["new_domain_name_servers"], "10.77.0.53");
+    assert_eq!(e["new_domain_name"], "lab.example");
+    assert_eq!(e["new_dhcp_lease_time"], "3600");
+    assert_eq!(e["new_host_name"], "node-077");
+    assert_eq!(e["new_dhcp_server_identifier"], "10.77.0.1");
+
+    let out = Command::new(bin("netboot-xdp")).args(["leases", "--json", "-c"]).arg(&s.config).output().unwrap();
+    let leases: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let l = leases.as_array().unwrap().iter().find(|l| l["ip"] == "10.77.0.77").expect("lease recorded");
+    assert_eq!(l["mac"], mac.as_str());
+    assert_eq!(l["state"], "bound");
+    assert_eq!(l["hostname"], "node-077");
+    drop(agent);
+}
+
+/// Parses perfdhcp's report: (sent, received, drops) per exchange.
+fn perfdhcp_report(out: &str) -> Vec<(u64, u64, u64)> {
+    let grab = |key: &str| -> Vec<u64> {
+        out.lines().filter_map(|l| l.trim().strip_prefix(key)).filter_map(|v| v.trim().split_whitespace().next()?.parse().ok()).collect()
+    };
+    let (s, r, d) = (grab("sent packets:"), grab("received packets:"), grab("drops:"));
+    s.into_iter().zip(r).zip(d).map(|((s, r), d)| (s, r, d)).collect()
+}
+
+#[test]
+fn perfdhcp_1000_clients_complete_dora_relayed_and_as_ipxe() {
+    if !require_root("perfdhcp_1000_clients_complete_dora_relayed_and_as_ipxe") {
+        return;
+    }
+    let s = setup("");
+    let agent = start(&s);
+    let out = clients::perfdhcp(&s.lab, 1000, 250, &[]).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let report = perfdhcp_report(&text);
+    assert_eq!(report, vec![(1000, 1000, 0), (1000, 1000, 0)], "{text}\n{}", agent.log_text());
+
+    // The same 1000 MACs again as iPXE (user class "iPXE"): they keep their addresses and get
+    // the boot script URL (counted by class on the way out).
+    let before = agent.status().unwrap()["agent"].clone();
+    let out = clients::perfdhcp(&s.lab, 1000, 250, &["-o", "77,69505845"]).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(perfdhcp_report(&text), vec![(1000, 1000, 0), (1000, 1000, 0)], "{text}");
+    let after = agent.status().unwrap()["agent"].clone();
+    let ipxe = after["dhcp_sent_class_ipxe"].as_u64().unwrap_or(0) - before["dhcp_sent_class_ipxe"].as_u64().unwrap_or(0);
+    assert_eq!(ipxe, 2000);
+    let xdp = agent.counters().unwrap();
+    assert_eq!(xdp["relayed"], 4000, "perfdhcp relays every request: {xdp:?}");
+
+    let out = Command::new(bin("netboot-xdp")).args(["leases", "--json", "-c"]).arg(&s.config).output().unwrap();
+    let leases: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let bound: Vec<_> = leases.as_array().unwrap().iter().filter(|l| l["state"] == "bound").collect();
+    assert_eq!(bound.len(), 1000, "one lease per MAC, kept across the second run");
+    let ips: std::collections::HashSet<_> = bound.iter().map(|l| l["ip"].as_str().unwrap()).collect();
+    assert_eq!(ips.len(), 1000);
+    drop(agent);
+}
+
+fn decode(reply: &[u8]) -> Message {
+    Message::decode(&mut Decoder::new(reply)).unwrap()
+}
+
+fn file(m: &Message) -> String {
+    m.fname_str().and_then(Result::ok).unwrap_or_default().trim_end_matches('\0').to_string()
+}
+
+/// The payload of a captured frame, with its MAC replaced and option 93 set (when given).
+fn captured(name: &str, idx: usize, mac: [u8; 6], arch: Option<u16>) -> Vec<u8> {
+    let frame = fixture_frames(name)[idx].clone();
+    let p = parse_udp(&frame).unwrap();
+    let mut m = Message::decode(&mut Decoder::new(p.payload)).unwrap();
+    m.set_chaddr(&mac);
+    m.opts_mut().remove(OptionCode::ClientIdentifier);
+    if let Some(a) = arch {
+        m.opts_mut().insert(DhcpOption::ClientSystemArchitecture(a.into()));
+    }
+    m.to_vec().unwrap()
+}
+
+#[test]
+fn pxe_ipxe_and_http_boot_requests_get_their_files() {
+    if !require_root("pxe_ipxe_and_http_boot_requests_get_their_files") {
+        return;
+    }
+    let s = setup("[boot]\nbios = \"undionly.kpxe\"\nuefi_x64 = \"ipxe.efi\"\nuefi_arm64 = \"ipxe-arm64.efi\"\n");
+    let agent = start(&s);
+    let probe = Probe::open(&s.lab);
+    let wait = Duration::from_millis(1500);
+
+    for (i, (arch, want)) in [(0u16, "undionly.kpxe"), (7, "ipxe.efi"), (9, "ipxe.efi"), (11, "ipxe-arm64.efi"), (6, "ipxe-ia32.efi")].into_iter().enumerate() {
+        let replies = probe.exchange(&captured("uefi-pxe", 0, [2, 0, 0, 0, 7, i as u8], Some(arch)), wait);
+        assert_eq!(replies.len(), 1, "arch {arch}: {}", agent.log_text());
+        let m = decode(&replies[0]);
+        assert_eq!(m.opts().msg_type(), Some(MessageType::Offer));
+        assert_eq!(file(&m), want, "arch {arch}");
+        assert_eq!(m.siaddr(), Ipv4Addr::new(10, 77, 0, 1), "next-server");
+        assert!(m.opts().get(OptionCode::TFTPServerName).is_some() && m.opts().get(OptionCode::BootfileName).is_some());
+    }
+
+    // The REQUEST of the real EDK2 capture, for the address we offered: ACK with the same file.
+    let offer = decode(&probe.exchange(&captured("uefi-pxe", 0, [2, 0, 0, 0, 8, 1], None), wait)[0]);
+    let mut req = Message::decode(&mut Decoder::new(&captured("uefi-pxe", 1, [2, 0, 0, 0, 8, 1], None))).unwrap();
+    req.opts_mut().insert(DhcpOption::RequestedIpAddress(offer.yiaddr()));
+    req.opts_mut().insert(DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 77, 0, 1)));
+    let ack = decode(&probe.exchange(&req.to_vec().unwrap(), wait)[0]);
+    assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
+    assert_eq!((ack.yiaddr(), file(&ack)), (offer.yiaddr(), "ipxe.efi".to_string()));
+
+    // iPXE (captured from QEMU): the script URL and 175.176 = 1.
+    let m = decode(&probe.exchange(&captured("ipxe", 0, [2, 0, 0, 0, 9, 1], None), wait)[0]);
+    assert_eq!(file(&m), "http://10.77.0.1:8080/boot.ipxe");
+    let raw = m.to_vec().unwrap();
+    assert_eq!(netboot::dhcp::classify::raw_option(&raw, 175), Some(&[176u8, 1, 1][..]));
+
+    // UEFI HTTP boot: the HTTPClient form of the EDK2 capture.
+    let mut http = Message::decode(&mut Decoder::new(&captured("uefi-pxe", 0, [2, 0, 0, 0, 9, 2], Some(16)))).unwrap();
+    http.opts_mut().insert(DhcpOption::ClassIdentifier(b"HTTPClient:Arch:00016:UNDI:003000".to_vec()));
+    let m = decode(&probe.exchange(&http.to_vec().unwrap(), wait)[0]);
+    assert_eq!(file(&m), "http://10.77.0.1:8080/ipxe.efi");
+    assert!(matches!(m.opts().get(OptionCode::ClassIdentifier), Some(DhcpOption::ClassIdentifier(v)) if v == b"HTTPClient"));
+    drop(agent);
+}
+
+#[test]
+fn malformed_requests_are_counted_and_get_no_reply() {
+    if !require_root("malformed_requests_are_counted_and_get_no_reply") {
+        return;
+    }
+    let s = setup("");
+    let agent = start(&s);
+    let probe = Probe::open(&s.lab);
+    let good = captured("dhclient", 0, [2, 0, 0, 0, 5, 1], None);
+    let mut bad_cookie = good.clone();
+    bad_cookie[236] = 0;
+    let mut htype = good.clone();
+    htype[1] = 6;
+    let mut no_end = good.clone();
+    let end = no_end.iter().rposition(|b| *b == 255).unwrap();
+    no_end.truncate(end);
+    for (what, payload) in [("bad cookie", bad_cookie), ("htype 6", htype), ("truncated header", good[..100].to_vec()), ("no END", no_end)] {
+        assert!(probe.exchange(&payload, Duration::from_millis(400)).is_empty(), "{what} was answered");
+    }
+    let st = agent.status().unwrap();
+    let x = &st["counters"];
+    assert_eq!(x["malformed_bootp"].as_u64().unwrap() + x["malformed_options"].as_u64().unwrap(), 4, "{st}");
+    // The agent saw them too (XDP passes them) and stayed silent, counting why.
+    assert!(st["agent"]["dhcp_silent_malformed"].as_u64().unwrap_or(0) >= 3, "{st}");
+    // And is still serving.
+    assert_eq!(probe.exchange(&good, Duration::from_millis(1500)).len(), 1);
+    drop(agent);
+}
+
+#[test]
+fn leases_survive_kill_9_and_restart() {
+    if !require_root("leases_survive_kill_9_and_restart") {
+        return;
+    }
+    let s = setup("");
+    let agent = start(&s);
+    let (script, env) = recorder(&s.dir, "before");
+    clients::udhcpc_with_script(&s.lab, 3, &script).unwrap();
+    let first = event(&env, "event", "bound")["ip"].clone();
+    let out = clients::perfdhcp(&s.lab, 200, 200, &[]).unwrap();
+    assert_eq!(perfdhcp_report(&String::from_utf8_lossy(&out.stdout))[1].1, 200);
+
+    let pid = agent.status().unwrap()["agent_pid"].as_u64().unwrap();
+    unsafe { libc_kill(pid as i32, 9) };
+    drop(agent); // reaps the killed process
+    let out = Command::new(bin("netboot-xdp")).args(["leases", "--json", "-c"]).arg(&s.config).output().unwrap();
+    let leases: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let bound = leases.as_array().unwrap().iter().filter(|l| l["state"] == "bound").count();
+    assert_eq!(bound, 201, "every ACKed lease is on disk after kill -9");
+
+    let agent = start(&s);
+    assert_eq!(agent.status().unwrap()["agent"]["dhcp_leases_loaded"].as_u64(), Some(201));
+    let (script, env) = recorder(&s.dir, "after");
+    clients::udhcpc_with_script(&s.lab, 3, &script).unwrap();
+    assert_eq!(event(&env, "event", "bound")["ip"], first, "the client keeps its address");
+    drop(agent);
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
