@@ -146,3 +146,10 @@ pub mod probe {
         }
     }
 }
+
+/// Serializes the lab tests of one test binary: they measure timing-sensitive exchanges
+/// (perfdhcp counts a reply later than 1 s as a drop) and must not share the two cores.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}

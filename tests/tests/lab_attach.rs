@@ -34,6 +34,7 @@ fn attach_counts_real_clients_and_detaches_on_sigterm() {
     if !require_root("attach_counts_real_clients_and_detaches_on_sigterm") {
         return;
     }
+    let _serial = tests::serial();
     let lab = lab();
     let cfg = write_config(&lab, CONFIG);
     let agent = Agent::start(&lab, &bin("netboot-xdp"), &cfg, &[]).unwrap();
@@ -74,6 +75,7 @@ fn skb_mode_and_detach_command() {
     if !require_root("skb_mode_and_detach_command") {
         return;
     }
+    let _serial = tests::serial();
     let lab = lab();
     let cfg = write_config(&lab, CONFIG);
     let agent = Agent::start(&lab, &bin("netboot-xdp"), &cfg, &["--xdp-mode", "skb"]).unwrap();
@@ -106,6 +108,7 @@ fn cannot_start_errors_are_one_clear_line() {
     if !require_root("cannot_start_errors_are_one_clear_line") {
         return;
     }
+    let _serial = tests::serial();
     let dir = std::env::temp_dir().join(format!("nbx-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let good = dir.join("good.toml");

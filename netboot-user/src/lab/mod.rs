@@ -1,11 +1,15 @@
 //! The lab: a server namespace and a client namespace joined by a veth pair, for the demo, the
 //! tests and the bench (DESIGN.md §6).
 //!
-//! Every lab has a unique id; its namespaces are `nbx-<id>-srv` / `nbx-<id>-cli` and its
-//! interfaces `nbx<id>s` (server side) / `nbx<id>c` (client side). A lab removes exactly what it
-//! created: on drop, and on SIGINT/SIGTERM/SIGHUP through a process-wide handler. The client end
-//! gets what native XDP on the server end needs: an XDP_PASS program (TOOLCHAIN.md P3) and TX
-//! checksum offload off (P4).
+//! Every lab has a unique id; its namespaces are `nbx-<id>-srv` / `nbx-<id>-cli` (and
+//! `nbx-<id>-<segment>` for extra hosts). The server end of the veth pair is `nbx<id>s`; its
+//! other end `nbx<id>x` is a port of the bridge `nbx<id>c` in the client namespace, the
+//! interface clients use. More hosts (a peer DHCP server, QEMU taps) join that bridge, as
+//! machines join a boot network's switch.
+//!
+//! A lab removes exactly what it created: on drop, and on SIGINT/SIGTERM/SIGHUP through a
+//! process-wide handler. The client end of the veth gets what native XDP on the server end
+//! needs: an XDP_PASS program (TOOLCHAIN.md P3) and TX checksum offload off (P4).
 
 mod agent;
 pub mod clients;
@@ -43,7 +47,10 @@ pub struct Lab {
     pub server: NetNs,
     pub client: NetNs,
     pub server_if: String,
+    /// The bridge in the client namespace: the clients' interface.
     pub client_if: String,
+    /// The veth end in the client namespace, a port of `client_if`.
+    pub link_if: String,
     pub server_addr: Ipv4Net,
     /// false after [`Lab::keep`]: the lab outlives this process (`xtask lab up`).
     owned: bool,
@@ -73,6 +80,7 @@ impl Lab {
             client: NetNs::named(&format!("nbx-{id}-cli")),
             server_if: format!("nbx{id}s"),
             client_if: format!("nbx{id}c"),
+            link_if: format!("nbx{id}x"),
             server_addr: spec.server,
             owned: true,
         };
@@ -85,8 +93,15 @@ impl Lab {
         self.client.add()?;
         run_checked(Command::new("ip").args([
             "link", "add", &self.server_if, "netns", self.server.name(), "type", "veth", "peer", "name",
-            &self.client_if, "netns", self.client.name(),
+            &self.link_if, "netns", self.client.name(),
         ]))?;
+        // A fixed bridge MAC: a bridge otherwise takes its lowest port MAC, which changes as
+        // segments join.
+        let mac = lab_mac(&self.id, 0);
+        run_checked(self.client.command("ip").args([
+            "link", "add", &self.client_if, "address", &mac, "type", "bridge", "forward_delay", "0",
+        ]))?;
+        run_checked(self.client.command("ip").args(["link", "set", &self.link_if, "master", &self.client_if]))?;
         for (ns, dev, addr) in [
             (&self.server, &self.server_if, Some(spec.server)),
             (&self.client, &self.client_if, spec.client),
@@ -97,11 +112,56 @@ impl Lab {
             }
             run_checked(ns.command("ip").args(["link", "set", dev, "up"]))?;
         }
-        // P4: frames the client sends must carry final checksums, or native-XDP and AF_XDP
-        // replies built from them are dropped as UdpInCsumErrors.
-        run_checked(self.client.command("ethtool").args(["-K", &self.client_if, "tx", "off"]))?;
+        run_checked(self.client.command("ip").args(["link", "set", &self.link_if, "up"]))?;
+        // P4: frames leaving towards the server must carry final checksums, or native-XDP and
+        // AF_XDP replies built from them are dropped as UdpInCsumErrors.
+        run_checked(self.client.command("ethtool").args(["-K", &self.link_if, "tx", "off"]))?;
         self.attach_peer_pass()?;
-        Ok(())
+        self.wait_forwarding(&self.link_if)
+    }
+
+    /// Waits (at most 10 s) until `port` forwards on the client bridge and both ends are up:
+    /// the kernel enables a new veth port about a second after link-up, and frames sent before
+    /// that are lost.
+    fn wait_forwarding(&self, port: &str) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let port_ok = run_checked(self.client.command("bridge").args(["link", "show", "dev", port]))
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("state forwarding"));
+            let up = |ns: &NetNs, dev: &str| {
+                run_checked(ns.command("ip").args(["-o", "link", "show", "dev", dev]))
+                    .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("state UP"))
+            };
+            if port_ok && up(&self.client, &self.client_if) && up(&self.server, &self.server_if) {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("lab {}: {port} did not start forwarding within 10 s", self.id);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// Adds a host `nbx-<id>-<name>` on the client bridge, with `addr` on its interface
+    /// `nbx<id><tag>` (`tag`: one character, unique per segment). Removed with the lab.
+    pub fn add_segment(&self, name: &str, tag: char, addr: Option<Ipv4Net>) -> anyhow::Result<Segment> {
+        let ns = NetNs::named(&format!("nbx-{}-{name}", self.id));
+        let dev = format!("nbx{}{tag}", self.id);
+        let port = format!("nbx{}{}", self.id, tag.to_ascii_uppercase());
+        ns.add()?;
+        run_checked(Command::new("ip").args([
+            "link", "add", &dev, "netns", ns.name(), "type", "veth", "peer", "name", &port, "netns", self.client.name(),
+        ]))?;
+        run_checked(self.client.command("ip").args(["link", "set", &port, "master", &self.client_if]))?;
+        run_checked(self.client.command("ip").args(["link", "set", &port, "up"]))?;
+        run_checked(ns.command("ip").args(["link", "set", "lo", "up"]))?;
+        if let Some(a) = addr {
+            run_checked(ns.command("ip").args(["addr", "add", &a.to_string(), "dev", &dev]))?;
+        }
+        run_checked(ns.command("ip").args(["link", "set", &dev, "up"]))?;
+        run_checked(ns.command("ethtool").args(["-K", &dev, "tx", "off"]))?;
+        self.wait_forwarding(&port)?;
+        Ok(Segment { ns, iface: dev })
     }
 
     /// P3: native XDP_TX on the server end is only delivered if the receiving (client) end has
@@ -117,7 +177,7 @@ impl Lab {
             .context("object has no xdp_pass program")?
             .try_into()?;
         prog.load()?;
-        let dev = self.client_if.clone();
+        let dev = self.link_if.clone();
         let link_id = self.client.run(|| prog.attach(&dev, XdpMode::Driver))??;
         let link = prog.take_link(link_id)?;
         let fd_link = FdLink::try_from(link).context("peer XDP link is not a bpf_link")?;
@@ -140,10 +200,15 @@ impl Lab {
         LIVE.lock().unwrap().retain(|i| *i != self.id);
     }
 
-    /// Removes the lab `id`: its namespaces (which takes the veth pair along) and its pins.
+    /// Removes the lab `id`: its namespaces (which takes the veth pairs along) and its pins.
     pub fn destroy(id: &str) -> anyhow::Result<()> {
         let mut first_err = None;
-        for ns in [format!("nbx-{id}-srv"), format!("nbx-{id}-cli")] {
+        let prefix = format!("nbx-{id}-");
+        let mut names: Vec<String> = std::fs::read_dir("/run/netns")
+            .map(|rd| rd.filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|n| n.starts_with(&prefix)).collect())
+            .unwrap_or_default();
+        names.sort();
+        for ns in names {
             if let Err(e) = NetNs::named(&ns).delete() {
                 first_err.get_or_insert(e);
             }
@@ -183,6 +248,20 @@ impl Drop for Lab {
             }
         }
     }
+}
+
+/// A host added to the client bridge by [`Lab::add_segment`].
+#[derive(Debug)]
+pub struct Segment {
+    pub ns: NetNs,
+    pub iface: String,
+}
+
+/// A locally administered MAC derived from the lab id.
+fn lab_mac(id: &str, n: u8) -> String {
+    let h = id.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3));
+    let b = h.to_be_bytes();
+    format!("02:6e:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], n)
 }
 
 fn lab_pin_dir(id: &str) -> PathBuf {
