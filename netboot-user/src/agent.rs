@@ -42,6 +42,9 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
         config: config_path.canonicalize().unwrap_or_else(|_| config_path.to_path_buf()),
         state_dir: config.server.state_dir.clone(),
     };
+    // Counters first, so that `status` is complete as soon as the record says we run.
+    std::fs::create_dir_all("/run/netboot-xdp").ok();
+    write_stats(iface_name, &stats.snapshot());
     record.write()?;
     tracing::info!(iface = iface_name, mode = fastpath.mode(), server = %server_ip, "XDP attached; serving until SIGINT/SIGTERM");
 

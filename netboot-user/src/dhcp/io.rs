@@ -161,6 +161,7 @@ impl Service {
             server_ip: server.params().server_ip,
             stats: stats.clone(),
         });
+        stats.add("dhcp_leases_loaded", server.leases().len() as u64);
         Ok(Service { server, store, stats, sock67, sock4011, tx })
     }
 
@@ -183,7 +184,6 @@ impl Service {
             (Some(_), Err(_)) => commit_stats.bump("dhcp_dropped_commit_failed"),
             (None, _) => {}
         });
-        stats.add("dhcp_leases_loaded", server.leases().len() as u64);
         tracing::info!(server = %server.params().server_ip, mode = ?server.params().mode, leases = server.leases().len(), "DHCP service up");
 
         let mut buf67 = vec![0u8; 4096];
