@@ -542,23 +542,34 @@ impl DhcpServer {
         self.encode(c, m)
     }
 
-    /// Encodes with option 82 echoed verbatim (RFC 3046), trimmed to the client's maximum
-    /// message size (option 57, at least 576), padded to the BOOTP minimum.
+    /// Encodes, trimmed to the client's maximum message size (option 57, at least 576), with
+    /// option 82 echoed verbatim as the last option (RFC 3046 §2.2), padded to the BOOTP
+    /// minimum.
     fn encode(&self, c: &Ctx, mut m: Message) -> Vec<u8> {
-        if let Some(rai) = raw_option(c.raw, 82) {
-            m.opts_mut().insert(DhcpOption::Unknown(UnknownOption::new(OptionCode::RelayAgentInformation, rai.to_vec())));
-        }
+        let rai = raw_option(c.raw, 82).map(|d| {
+            let mut o = vec![82, d.len() as u8];
+            o.extend_from_slice(d);
+            o
+        });
+        let extra = rai.as_ref().map_or(0, Vec::len);
         let max = match c.msg.opts().get(OptionCode::MaxMessageSize) {
             Some(DhcpOption::MaxMessageSize(n)) => usize::from(*n).max(576),
             _ => 576,
         } - 28; // IPv4 + UDP headers
         let mut bytes = m.to_vec().unwrap_or_default();
         for optional in [OptionCode::DomainSearch, OptionCode::DomainName, OptionCode::Hostname] {
-            if bytes.len() <= max {
+            if bytes.len() + extra <= max {
                 break;
             }
             m.opts_mut().remove(optional);
             bytes = m.to_vec().unwrap_or_default();
+        }
+        if let Some(rai) = rai {
+            // dhcproto ends the options with END; 82 goes right before it.
+            if bytes.last() == Some(&netboot_common::wire::opt::END) {
+                let end = bytes.len() - 1;
+                bytes.splice(end..end, rai);
+            }
         }
         if bytes.len() < MIN_BOOTP_LEN {
             bytes.resize(MIN_BOOTP_LEN, 0);

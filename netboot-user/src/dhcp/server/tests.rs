@@ -345,3 +345,50 @@ fn garbage_never_panics_and_is_never_answered_as_a_request() {
 }
 
 use crate::config::Pool;
+
+#[test]
+fn relay_agent_information_is_echoed_verbatim_and_last() {
+    let cfg = config("");
+    let mut s = server(&cfg);
+    let f = frames("perfdhcp")[0].clone();
+    let p = parse_udp(&f).unwrap();
+    // Insert option 82 (circuit-id "eth0/1", remote-id 6 bytes) before END.
+    let rai: Vec<u8> = vec![1, 6, b'e', b't', b'h', b'0', b'/', b'1', 2, 6, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff];
+    let mut payload = p.payload.to_vec();
+    let end = netboot_common::wire::BOOTP_OPTIONS_OFF
+        + payload[netboot_common::wire::BOOTP_OPTIONS_OFF..].iter().position(|b| *b == 255).unwrap();
+    let mut opt82 = vec![82, rai.len() as u8];
+    opt82.extend_from_slice(&rai);
+    payload.splice(end..end, opt82);
+    let r = reply(handle_payload(&mut s, &payload, NOW));
+    assert_eq!(r.dest, Destination::Relay(Ipv4Addr::new(10, 78, 0, 2)));
+    assert_eq!(raw_option(&r.payload, 82), Some(&rai[..]));
+    // RFC 3046 §2.2: the last option before END.
+    let at = r.payload.windows(2 + rai.len()).position(|w| w[0] == 82 && w[2..] == rai[..]).unwrap();
+    assert_eq!(r.payload[at + 2 + rai.len()], 255);
+}
+
+#[test]
+fn tens_of_thousands_of_reservations_from_a_hosts_file() {
+    let dir = std::env::temp_dir().join(format!("nbx-hosts-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut csv = String::from("mac,ip,hostname,vars\n");
+    for i in 0..30_000u32 {
+        let b = i.to_be_bytes();
+        csv.push_str(&format!("52:54:00:{:02x}:{:02x}:{:02x},10.78.{}.{},node-{i:05},rack=r{}\n", b[1], b[2], b[3], 100 + i / 250, 1 + i % 250, i / 40));
+    }
+    std::fs::write(dir.join("hosts.csv"), csv).unwrap();
+    std::fs::write(dir.join("n.toml"), "[server]\naddress = \"10.78.0.1\"\n[dhcp]\nsubnet = \"10.78.0.0/16\"\nhosts_file = \"hosts.csv\"\n").unwrap();
+    let cfg = Config::load(&dir.join("n.toml")).unwrap();
+    assert_eq!(cfg.dhcp.reservations().count(), 30_000);
+    let mut s = DhcpServer::new(ServerParams::from_config(&cfg, SERVER), Vec::new(), Vec::new());
+    // The EDK2 client as node 29999 (52:54:00:00:75:2f).
+    let mut f = frames("uefi-pxe")[0].clone();
+    let p = parse_udp(&f).unwrap();
+    let chaddr = p.udp_offset + 8 + 28;
+    f[chaddr..chaddr + 6].copy_from_slice(&[0x52, 0x54, 0, 0, 0x75, 0x2f]);
+    let m = decode(&reply(handle_frame(&mut s, &f, NOW)));
+    assert_eq!(m.yiaddr(), Ipv4Addr::new(10, 78, 219, 250));
+    assert_eq!(m.opts().get(OptionCode::Hostname), Some(&DhcpOption::Hostname("node-29999".into())));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
