@@ -1,6 +1,6 @@
-//! `cargo xtask demo`: the product on the lab. Until the DHCP, TFTP and storm issues land it
-//! shows what the foundation does: attach, classify a burst of real client packets in the
-//! kernel, and count every decision.
+//! `cargo xtask demo`: the product on the lab. Until the fast-path, TFTP and storm issues land
+//! it shows what is there: attach, real DHCP clients served by the agent (leases on disk), every
+//! request classified and counted in the kernel.
 
 use netboot::lab::{Agent, Lab, LabSpec, clients};
 use std::time::Instant;
@@ -33,10 +33,24 @@ pub fn run() -> anyhow::Result<()> {
         Ok(_) => println!("  {what}: sent"),
         Err(e) => println!("  {what}: could not run ({e})"),
     };
-    run("udhcpc, 2 DISCOVERs", clients::udhcpc(&lab, 2));
-    run("dhclient, one-shot", clients::dhclient(&lab));
-    run("perfdhcp, 50 DISCOVERs from 50 MACs (relayed)", clients::perfdhcp(&lab, 50, 200, &["-i"]));
-    run("perfdhcp as iPXE (-o 77,69505845), 50 DISCOVERs", clients::perfdhcp(&lab, 50, 200, &["-i", "-o", "77,69505845"]));
+    run("udhcpc", clients::udhcpc(&lab, 2));
+    run("dhclient", clients::dhclient(&lab));
+    let perf = |r: std::io::Result<std::process::Output>| {
+        r.map(|o| {
+            let text = String::from_utf8_lossy(&o.stdout).into_owned();
+            let pick = |k: &str| text.lines().filter(|l| l.starts_with(k)).map(|l| l[k.len()..].trim().to_string()).collect::<Vec<_>>().join("/");
+            println!("    perfdhcp: sent {} received {} (DISCOVER-OFFER/REQUEST-ACK)", pick("sent packets:"), pick("received packets:"));
+            o
+        })
+    };
+    run("perfdhcp, 500 clients, full DORA through a relay", perf(clients::perfdhcp(&lab, 500, 250, &[])));
+    run("perfdhcp as iPXE (-o 77,69505845), the same 500", perf(clients::perfdhcp(&lab, 500, 250, &["-o", "77,69505845"])));
+    let leases = std::process::Command::new(&bin).args(["leases", "-c"]).arg(&config).output()?;
+    let rows: Vec<String> = String::from_utf8_lossy(&leases.stdout).lines().map(str::to_string).collect();
+    println!("\nleases on disk (netboot-xdp leases): {} rows; the first ones:", rows.len().saturating_sub(1));
+    for r in rows.iter().take(4) {
+        println!("  {r}");
+    }
 
     println!("\nin-kernel classification (netboot-xdp status {}):", lab.server_if);
     let out = std::process::Command::new(&bin).args(["status", &lab.server_if]).output()?;
@@ -45,7 +59,7 @@ pub fn run() -> anyhow::Result<()> {
             println!("{line}");
         }
     }
-    println!("\n(counters at zero are not shown; the DHCP server, XDP replies, TFTP and the boot storm arrive with the next issues)");
+    println!("\n(counters at zero are not shown; in-kernel replies, TFTP, HTTP and the boot storm arrive with the next issues)");
     agent.stop()?;
     let _ = std::fs::remove_dir_all(&dir);
     println!("lab {} removed; demo took {:.1} s", lab.id, t0.elapsed().as_secs_f64());
