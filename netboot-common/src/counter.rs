@@ -66,8 +66,27 @@ counters! {
     ArchOther = "arch_other",
     /// No option 93.
     ArchNone = "arch_none",
-    /// Frames handed to the kernel stack (every frame today).
+    /// OFFERs answered in the kernel from the reply cache.
+    FastOffer = "fast_offer",
+    /// ACKs answered in the kernel from the reply cache.
+    FastAck = "fast_ack",
+    /// DISCOVER/REQUEST with no cache entry for its client, class and kind: to the agent.
+    CacheMiss = "cache_miss",
+    /// Not eligible for the fast path: relayed, VLAN-tagged, ciaddr set, option 82: to the agent.
+    FastIneligible = "fast_ineligible",
+    /// An entry exists but the request differs from it (client id, requested address, server
+    /// id): to the agent.
+    FastMismatch = "fast_mismatch",
+    /// An IPv4 header or UDP checksum is wrong: passed (the kernel drops it), never answered.
+    BadChecksum = "bad_checksum",
+    /// The event ring buffer was full: the ACK went to the agent instead.
+    RingbufFull = "ringbuf_full",
+    /// Resizing or writing the frame failed: passed.
+    FastError = "fast_error",
+    /// Frames handed to the kernel stack.
     XdpPass = "xdp_pass",
+    /// Frames answered with XDP_TX.
+    XdpTx = "xdp_tx",
 }
 
 /// Number of counters; the size of the `COUNTERS` map.

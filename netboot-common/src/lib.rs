@@ -5,6 +5,7 @@
 //! map names, counter indices, client classes, wire constants the classifier matches on.
 #![no_std]
 
+pub mod cache;
 pub mod counter;
 pub mod wire;
 
@@ -17,6 +18,10 @@ pub mod maps {
     pub const COUNTERS: &str = "COUNTERS";
     /// `PerCpuArray<[u8; SCRATCH_LEN]>`: per-CPU copy of the DHCP options being parsed.
     pub const SCRATCH: &str = "SCRATCH";
+    /// `LruHashMap<CacheKey, CacheEntry>`: the reply cache.
+    pub const REPLY_CACHE: &str = "REPLY_CACHE";
+    /// `RingBuf` of `AckEvent`s.
+    pub const EVENTS: &str = "EVENTS";
 }
 
 /// Name of the XDP program in the object.

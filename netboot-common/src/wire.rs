@@ -42,10 +42,14 @@ pub mod bootp {
 /// DHCP option codes the classifier and server use.
 pub mod opt {
     pub const PAD: u8 = 0;
+    pub const REQUESTED_IP: u8 = 50;
     pub const OVERLOAD: u8 = 52;
     pub const MESSAGE_TYPE: u8 = 53;
+    pub const SERVER_ID: u8 = 54;
     pub const VENDOR_CLASS: u8 = 60;
+    pub const CLIENT_ID: u8 = 61;
     pub const USER_CLASS: u8 = 77;
+    pub const RELAY_INFO: u8 = 82;
     pub const CLIENT_ARCH: u8 = 93;
     pub const IPXE_ENCAP: u8 = 175;
     pub const END: u8 = 255;

@@ -17,12 +17,15 @@ use aya_ebpf::{
 };
 use netboot_common::{
     Counter, SCRATCH_LEN,
+    cache::{REQUEST_MAX, TEMPLATE_MAX},
     counter::NUM_COUNTERS,
     wire::{
         self, BOOTP_OPTIONS_OFF, ClientClass, DHCP_MAGIC, DHCP_SERVER_PORT, ETH_HLEN, ETH_P_8021AD,
         ETH_P_8021Q, ETH_P_IP, IPPROTO_UDP, UDP_HLEN, VLAN_HLEN, VendorClass, bootp, opt,
     },
 };
+
+mod reply;
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NUM_COUNTERS, 0);
@@ -31,13 +34,20 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NUM_COUNTERS, 
 /// indices, and the facts found are kept here (not in registers) so that the verifier does not
 /// have to explore every combination of them at every loop iteration.
 #[map]
-static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 #[repr(C)]
-struct Scratch {
+pub struct Scratch {
     opts: [u8; SCRATCH_LEN],
     facts: Facts,
     walk: Walk,
+    /// The reply being finished.
+    reply: [u8; TEMPLATE_MAX],
+    /// The UDP pseudo-header of the reply, for its checksum.
+    pseudo: [u8; 12],
+    _pad: [u8; 4],
+    /// A copy of the request's UDP segment, to verify its checksum.
+    request: [u8; REQUEST_MAX],
 }
 
 /// Position of the option walk.
@@ -51,7 +61,7 @@ struct Walk {
 
 /// What the option walk found.
 #[repr(C)]
-struct Facts {
+pub struct Facts {
     msg_type: u8,
     ipxe_user_class: u8,
     ipxe_encap: u8,
@@ -59,6 +69,16 @@ struct Facts {
     has_arch: u8,
     overload: u8,
     arch: u16,
+    /// Option 61: offset in `opts` and length (0xff = absent).
+    client_id_off: u16,
+    client_id_len: u8,
+    relay_info: u8,
+    /// Option 50 and 54 (`has_*` = 1 when present).
+    requested_ip: [u8; 4],
+    server_id: [u8; 4],
+    has_requested_ip: u8,
+    has_server_id: u8,
+    _pad: [u8; 2],
 }
 
 const MASK: usize = SCRATCH_LEN - 1;
@@ -67,7 +87,7 @@ const MAX_OPTIONS: u32 = 256;
 const IPV4_HLEN: usize = 20;
 
 #[inline(always)]
-fn bump(c: Counter) {
+pub fn bump(c: Counter) {
     if let Some(p) = COUNTERS.get_ptr_mut(c as u32) {
         unsafe { *p += 1 }
     }
@@ -91,16 +111,44 @@ fn be16(b: [u8; 2]) -> u16 {
 #[xdp]
 pub fn netboot(ctx: XdpContext) -> u32 {
     bump(Counter::Packets);
-    if let Err(c) = classify(&ctx) {
-        bump(c);
-    }
-    bump(Counter::XdpPass);
-    xdp_action::XDP_PASS
+    let action = match classify(&ctx) {
+        Ok(req) => match reply::answer(&ctx, &req) {
+            Ok(action) => action,
+            Err(c) => {
+                bump(c);
+                xdp_action::XDP_PASS
+            }
+        },
+        Err(c) => {
+            bump(c);
+            xdp_action::XDP_PASS
+        }
+    };
+    bump(if action == xdp_action::XDP_TX { Counter::XdpTx } else { Counter::XdpPass });
+    action
+}
+
+/// A fully validated, classified client request: what the reply cache lookup needs.
+pub struct Classified {
+    pub class: ClientClass,
+    pub msg_type: u8,
+    /// Option 93, or `None`.
+    pub arch: Option<u16>,
+    pub vlan: bool,
+    pub chaddr: [u8; 6],
+    pub xid: [u8; 4],
+    pub flags: [u8; 2],
+    pub ciaddr: [u8; 4],
+    pub giaddr: [u8; 4],
+    /// The IPv4 header (no options) and the UDP length, for checksum verification.
+    pub ip_hdr: [u8; 20],
+    pub udp_len: u16,
+    pub udp_csum: u16,
 }
 
 /// Parses one frame and counts what it is. `Err` carries the counter of the reason it stopped.
 #[inline(always)]
-fn classify(ctx: &XdpContext) -> Result<(), Counter> {
+fn classify(ctx: &XdpContext) -> Result<Classified, Counter> {
     // Ethernet, with at most one 802.1Q / 802.1ad tag.
     let eth = unsafe { *bytes_at::<ETH_HLEN>(ctx, 0).map_err(|_| Counter::NotDhcp)? };
     let mut ethertype = be16([eth[12], eth[13]]);
@@ -162,7 +210,8 @@ fn classify(ctx: &XdpContext) -> Result<(), Counter> {
     if head[bootp::HTYPE] != wire::HTYPE_ETHER || head[bootp::HLEN] != 6 {
         return Err(Counter::MalformedBootp);
     }
-    let giaddr = unsafe { *bytes_at::<4>(ctx, bootp_off + bootp::GIADDR)? };
+    let fixed = unsafe { *bytes_at::<{ bootp::CHADDR + 6 }>(ctx, bootp_off)? };
+    let giaddr = [fixed[bootp::GIADDR], fixed[bootp::GIADDR + 1], fixed[bootp::GIADDR + 2], fixed[bootp::GIADDR + 3]];
     let magic = unsafe { *bytes_at::<4>(ctx, bootp_off + bootp::MAGIC)? };
     if magic != DHCP_MAGIC {
         return Err(Counter::MalformedBootp);
@@ -197,8 +246,33 @@ fn classify(ctx: &XdpContext) -> Result<(), Counter> {
         bump(Counter::Relayed);
     }
     bump(Counter::for_class(class));
-    bump(Counter::for_arch(if f.has_arch != 0 { Some(f.arch) } else { None }));
-    Ok(())
+    let arch = if f.has_arch != 0 { Some(f.arch) } else { None };
+    bump(Counter::for_arch(arch));
+    let at4 = |o: usize| [fixed[o], fixed[o + 1], fixed[o + 2], fixed[o + 3]];
+    Ok(Classified {
+        class,
+        msg_type: f.msg_type,
+        arch,
+        vlan: l3 != ETH_HLEN,
+        chaddr: [
+            fixed[bootp::CHADDR],
+            fixed[bootp::CHADDR + 1],
+            fixed[bootp::CHADDR + 2],
+            fixed[bootp::CHADDR + 3],
+            fixed[bootp::CHADDR + 4],
+            fixed[bootp::CHADDR + 5],
+        ],
+        xid: at4(bootp::XID),
+        flags: [fixed[bootp::FLAGS], fixed[bootp::FLAGS + 1]],
+        ciaddr: at4(bootp::CIADDR),
+        giaddr,
+        ip_hdr: [
+            hdrs[0], hdrs[1], hdrs[2], hdrs[3], hdrs[4], hdrs[5], hdrs[6], hdrs[7], hdrs[8], hdrs[9],
+            hdrs[10], hdrs[11], hdrs[12], hdrs[13], hdrs[14], hdrs[15], hdrs[16], hdrs[17], hdrs[18], hdrs[19],
+        ],
+        udp_len: udp_len as u16,
+        udp_csum: be16([hdrs[26], hdrs[27]]),
+    })
 }
 
 /// Copies `len` (1..=SCRATCH_LEN) option bytes from the frame into the scratch buffer.
@@ -216,7 +290,7 @@ fn load_options(ctx: &XdpContext, off: usize, len: usize, s: &mut Scratch) -> Re
 }
 
 #[inline(always)]
-fn byte(s: &Scratch, i: usize) -> u8 {
+pub fn byte(s: &Scratch, i: usize) -> u8 {
     s.opts[i & MASK]
 }
 
@@ -240,6 +314,14 @@ fn walk_options(s: &mut Scratch, len: usize) -> Result<(), Counter> {
         has_arch: 0,
         overload: 0,
         arch: 0,
+        client_id_off: 0,
+        client_id_len: 0xff,
+        relay_info: 0,
+        requested_ip: [0; 4],
+        server_id: [0; 4],
+        has_requested_ip: 0,
+        has_server_id: 0,
+        _pad: [0; 2],
     };
     s.walk = Walk { pos: 0, len: len as u32, status: WALK_RUNNING, _pad: 0 };
     let step: extern "C" fn(u32, *mut c_void) -> i64 = walk_step;
@@ -317,6 +399,19 @@ fn record_option(s: &mut Scratch, code: u8, data: usize, olen: usize) -> Result<
             s.facts.arch = be16([byte(s, data), byte(s, data + 1)]);
         }
         opt::OVERLOAD => s.facts.overload = 1,
+        opt::CLIENT_ID => {
+            s.facts.client_id_off = data as u16;
+            s.facts.client_id_len = olen as u8;
+        }
+        opt::RELAY_INFO => s.facts.relay_info = 1,
+        opt::REQUESTED_IP if olen == 4 => {
+            s.facts.requested_ip = [byte(s, data), byte(s, data + 1), byte(s, data + 2), byte(s, data + 3)];
+            s.facts.has_requested_ip = 1;
+        }
+        opt::SERVER_ID if olen == 4 => {
+            s.facts.server_id = [byte(s, data), byte(s, data + 1), byte(s, data + 2), byte(s, data + 3)];
+            s.facts.has_server_id = 1;
+        }
         _ => {}
     }
     Ok(())

@@ -8,13 +8,12 @@
 
 use super::server::{Destination, DhcpServer, Outcome, Reply, Request};
 use super::store::{Committer, Job, LeaseStore};
-use crate::frame::UdpEnvelope;
 use crate::iface::Interface;
 use crate::mac::MacAddr;
 use crate::stats::Stats;
 use anyhow::Context;
 use dhcproto::v4::MessageType;
-use netboot_common::wire::{DHCP_CLIENT_PORT, DHCP_SERVER_PORT, PXE_PROXY_PORT};
+use netboot_common::wire::{DHCP_SERVER_PORT, PXE_PROXY_PORT};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -82,21 +81,6 @@ struct Transmitter {
 }
 
 impl Transmitter {
-    /// The frame a broadcast or link-unicast reply goes out as.
-    fn frame(&self, dst_mac: MacAddr, dst_ip: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
-        UdpEnvelope {
-            src_mac: self.mac,
-            dst_mac,
-            vlan: None,
-            src_ip: self.server_ip,
-            dst_ip,
-            src_port: DHCP_SERVER_PORT,
-            dst_port: DHCP_CLIENT_PORT,
-            ttl: 64,
-        }
-        .build(payload)
-    }
-
     async fn send(&self, r: &Reply) {
         let result = match r.dest {
             Destination::Relay(giaddr) => {
@@ -110,10 +94,11 @@ impl Transmitter {
                 };
                 sock.send_to(&r.payload, SocketAddrV4::new(ip, port)).await.map(|_| ())
             }
-            Destination::Broadcast => {
-                self.l2.send(MacAddr([0xff; 6]), &self.frame(MacAddr([0xff; 6]), Ipv4Addr::BROADCAST, &r.payload))
+            Destination::Broadcast | Destination::LinkUnicast { .. } => {
+                let frame = r.frame(self.mac, self.server_ip).expect("link-layer destination");
+                let dst = MacAddr(frame[..6].try_into().expect("6 bytes"));
+                self.l2.send(dst, &frame)
             }
-            Destination::LinkUnicast { mac, ip } => self.l2.send(mac, &self.frame(mac, ip, &r.payload)),
         };
         match result {
             Ok(()) => {

@@ -605,6 +605,110 @@ impl DhcpServer {
     }
 }
 
+impl Reply {
+    /// The whole frame of a reply that leaves through the packet socket (broadcast or link
+    /// unicast); `None` for replies routed through the UDP socket (relay, unicast).
+    pub fn frame(&self, src_mac: MacAddr, server_ip: Ipv4Addr) -> Option<Vec<u8>> {
+        let (dst_mac, dst_ip) = match self.dest {
+            Destination::Broadcast => (MacAddr([0xff; 6]), Ipv4Addr::BROADCAST),
+            Destination::LinkUnicast { mac, ip } => (mac, ip),
+            Destination::Relay(_) | Destination::Unicast { .. } => return None,
+        };
+        Some(
+            crate::frame::UdpEnvelope {
+                src_mac,
+                dst_mac,
+                vlan: None,
+                src_ip: server_ip,
+                dst_ip,
+                src_port: DHCP_SERVER_PORT,
+                dst_port: DHCP_CLIENT_PORT,
+                ttl: 64,
+            }
+            .build(&self.payload),
+        )
+    }
+}
+
+/// The two replies a cached client gets, compiled for a request with xid 0 and flags 0.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedReplies {
+    pub ip: Ipv4Addr,
+    pub offer: Reply,
+    pub ack: Reply,
+}
+
+impl DhcpServer {
+    /// What this server answers a DISCOVER and a REQUEST (SELECTING or INIT-REBOOT, for its
+    /// address, not relayed) from `mac` presenting `class`/`arch` and `client_id`, if the answer
+    /// is fixed: the client has a reservation or a bound lease at `now`. Replies that the client's
+    /// option 57 could make the core trim (longer than 548 bytes) are not cacheable.
+    pub fn cached_replies(
+        &self,
+        mac: MacAddr,
+        class: ClientClass,
+        arch: Option<u16>,
+        client_id: Option<&[u8]>,
+        now: u64,
+    ) -> Option<CachedReplies> {
+        if self.params.mode != DhcpMode::Authoritative {
+            return None;
+        }
+        let key = ClientKey::new(mac, client_id);
+        let ip = match self.reservation(mac) {
+            Some(h) => h.ip,
+            None => self.leases.for_client(&key).filter(|l| l.state == LeaseState::Bound && l.expires > now)?.ip,
+        };
+        let mut m = Message::default();
+        m.set_opcode(Opcode::BootRequest).set_chaddr(&mac.0).set_xid(0).set_flags(Flags::default());
+        let o = m.opts_mut();
+        o.insert(DhcpOption::MessageType(MessageType::Discover));
+        if let Some(id) = client_id {
+            o.insert(DhcpOption::ClientIdentifier(id.to_vec()));
+        }
+        match class {
+            ClientClass::Ipxe => {
+                o.insert(DhcpOption::UserClass(b"iPXE".to_vec()));
+            }
+            ClientClass::Http => {
+                o.insert(DhcpOption::ClassIdentifier(b"HTTPClient".to_vec()));
+            }
+            ClientClass::Pxe => {
+                o.insert(DhcpOption::ClassIdentifier(b"PXEClient".to_vec()));
+            }
+            ClientClass::Plain => {}
+        }
+        if let Some(a) = arch.filter(|_| class != ClientClass::Plain) {
+            o.insert(DhcpOption::ClientSystemArchitecture(a.into()));
+        }
+        let raw = m.to_vec().ok()?;
+        let ctx = Ctx {
+            client: key,
+            class: Classification { class, arch: if class == ClientClass::Plain { None } else { arch } },
+            mac,
+            raw: &raw,
+            req: Request { payload: &raw, local_port: DHCP_SERVER_PORT, src_ip: Ipv4Addr::UNSPECIFIED, src_port: DHCP_CLIENT_PORT, now },
+            msg: m.clone(),
+        };
+        if classify(&ctx.msg) != ctx.class {
+            return None; // the facts do not describe a client of this class
+        }
+        let reply = |kind| {
+            let payload = self.build(&ctx, kind, ip);
+            match self.reply(&ctx, kind, payload, ip, Vec::new()) {
+                Outcome::Reply(r) => Some(r),
+                Outcome::Silent { .. } => None,
+            }
+        };
+        let offer = reply(MessageType::Offer)?;
+        let ack = reply(MessageType::Ack)?;
+        if offer.payload.len() > 548 || ack.payload.len() > 548 {
+            return None;
+        }
+        Some(CachedReplies { ip, offer, ack })
+    }
+}
+
 fn requested_ip(m: &Message) -> Option<Ipv4Addr> {
     match m.opts().get(OptionCode::RequestedIpAddress) {
         Some(DhcpOption::RequestedIpAddress(ip)) => Some(*ip),

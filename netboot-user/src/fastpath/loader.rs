@@ -85,6 +85,11 @@ impl Loaded {
         self.program().fd().expect("loaded").as_fd().as_raw_fd()
     }
 
+    /// Takes a map out of the object (the reply cache, the event ring buffer) for its owner.
+    pub fn take_map(&mut self, name: &str) -> Option<aya::maps::Map> {
+        self.ebpf.take_map(name)
+    }
+
     pub fn counters(&self) -> anyhow::Result<Counters> {
         let map = self.ebpf.map(maps::COUNTERS).ok_or_else(|| anyhow::anyhow!("no COUNTERS map"))?;
         let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)?;
@@ -139,6 +144,10 @@ impl FastPath {
 
     pub fn counters(&self) -> anyhow::Result<Counters> {
         self.loaded.counters()
+    }
+
+    pub fn take_map(&mut self, name: &str) -> Option<aya::maps::Map> {
+        self.loaded.take_map(name)
     }
 
     fn pin(&mut self) -> Result<(), StartError> {

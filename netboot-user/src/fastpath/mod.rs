@@ -1,6 +1,7 @@
 //! The XDP fast path as the agent sees it: the embedded program object, loading and attaching it,
 //! its pinned maps, its counters, and a `BPF_PROG_TEST_RUN` harness.
 
+pub mod cache;
 pub mod counters;
 pub mod loader;
 pub mod pins;

@@ -1,0 +1,81 @@
+//! The reply cache: replies the agent compiled, keyed by client, answered by the XDP program.
+
+/// Largest reply frame a cache entry holds (a power of two: lengths are bounded by masking).
+pub const TEMPLATE_MAX: usize = 512;
+/// Longest UDP segment of a request the fast path answers (its checksum is verified in a
+/// per-CPU copy of this size).
+pub const REQUEST_MAX: usize = 1024;
+/// Longest client identifier (option 61) an entry can require.
+pub const CLIENT_ID_MAX: usize = 32;
+/// Entries of the LRU reply cache (each about 600 bytes).
+pub const CACHE_ENTRIES: u32 = 65536;
+/// Bytes of the ring buffer for in-kernel ACK events.
+pub const EVENTS_BYTES: u32 = 1 << 20;
+
+/// Which reply: the message type of the request it answers.
+pub const KIND_OFFER: u8 = 1;
+pub const KIND_ACK: u8 = 5;
+
+/// Key of a cache entry: who asks, as what, for what.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct CacheKey {
+    pub mac: [u8; 6],
+    /// [`crate::wire::ClientClass`] as u8.
+    pub class: u8,
+    /// [`KIND_OFFER`] or [`KIND_ACK`].
+    pub kind: u8,
+    /// Option 93 for PXE clients (it picks the file); 0xffff for other classes.
+    pub arch: u16,
+    pub _pad: [u8; 2],
+}
+
+/// A compiled reply: the whole frame as the agent would send it to `chaddr`/`yiaddr` for a
+/// request with xid 0 and flags 0. The XDP program copies it, patches xid, flags and (for the
+/// broadcast flag) the destination, recomputes both checksums and transmits it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CacheEntry {
+    /// Frame length.
+    pub len: u16,
+    /// Length of the client identifier the request must carry (0: it must carry none).
+    pub client_id_len: u8,
+    pub _pad: u8,
+    /// The address the reply gives (a REQUEST must ask for it).
+    pub yiaddr: [u8; 4],
+    /// Our address (a REQUEST's option 54, if present, must be it).
+    pub server_ip: [u8; 4],
+    pub client_id: [u8; CLIENT_ID_MAX],
+    pub frame: [u8; TEMPLATE_MAX],
+}
+
+/// Sent to the agent for each ACK the kernel answers, so that the lease is renewed on disk.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct AckEvent {
+    pub mac: [u8; 6],
+    pub class: u8,
+    pub _pad: u8,
+    pub ip: [u8; 4],
+    pub xid: u32,
+}
+
+/// Offsets in an untagged reply frame (Ethernet, IPv4 without options, UDP, BOOTP).
+pub mod off {
+    pub const ETH_DST: usize = 0;
+    pub const IP: usize = 14;
+    pub const IP_CSUM: usize = IP + 10;
+    pub const IP_DST: usize = IP + 16;
+    pub const UDP: usize = 34;
+    pub const UDP_CSUM: usize = UDP + 6;
+    pub const BOOTP: usize = 42;
+    pub const XID: usize = BOOTP + 4;
+    pub const FLAGS: usize = BOOTP + 10;
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    unsafe impl aya::Pod for super::CacheKey {}
+    unsafe impl aya::Pod for super::CacheEntry {}
+    unsafe impl aya::Pod for super::AckEvent {}
+}

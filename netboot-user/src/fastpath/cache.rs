@@ -1,0 +1,112 @@
+//! The reply compiler and the reply-cache map.
+//!
+//! The compiler asks the DHCP core what it would answer a client (the core's
+//! [`DhcpServer::cached_replies`]) and turns the two replies into cache entries: the frame the
+//! agent would send for a request with xid 0 and flags 0, plus what the XDP program must check
+//! before sending it. Entries are installed only for clients whose address is durable
+//! (invariant 1): reservations, and leases after their commit.
+
+use crate::dhcp::{CachedReplies, DhcpServer, Reply};
+use crate::mac::MacAddr;
+use aya::maps::{HashMap as BpfHashMap, Map, MapData};
+use netboot_common::cache::{CLIENT_ID_MAX, CacheEntry, CacheKey, KIND_ACK, KIND_OFFER, TEMPLATE_MAX, off};
+use netboot_common::wire::ClientClass;
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
+
+/// What identifies the replies of one client as the kernel sees its requests.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Presentation {
+    pub mac: MacAddr,
+    pub class: ClientClass,
+    /// Option 93 (PXE clients only).
+    pub arch: Option<u16>,
+    pub client_id: Option<Vec<u8>>,
+}
+
+impl Presentation {
+    fn key(&self, kind: u8) -> CacheKey {
+        CacheKey {
+            mac: self.mac.0,
+            class: self.class as u8,
+            kind,
+            arch: match self.class {
+                ClientClass::Pxe => self.arch.unwrap_or(0),
+                _ => 0xffff,
+            },
+            _pad: [0; 2],
+        }
+    }
+}
+
+/// Compiles the OFFER and ACK entries of a client, or nothing when its answer is not fixed or
+/// does not fit an entry.
+pub fn compile(
+    server: &DhcpServer,
+    who: &Presentation,
+    src_mac: MacAddr,
+    now: u64,
+) -> Vec<(CacheKey, CacheEntry)> {
+    let Some(CachedReplies { ip, offer, ack }) =
+        server.cached_replies(who.mac, who.class, who.arch, who.client_id.as_deref(), now)
+    else {
+        return Vec::new();
+    };
+    let server_ip = server.params().server_ip;
+    [(KIND_OFFER, offer), (KIND_ACK, ack)]
+        .into_iter()
+        .filter_map(|(kind, reply)| Some((who.key(kind), entry(&reply, who, ip, src_mac, server_ip)?)))
+        .collect()
+}
+
+fn entry(reply: &Reply, who: &Presentation, ip: Ipv4Addr, src_mac: MacAddr, server_ip: Ipv4Addr) -> Option<CacheEntry> {
+    let frame = reply.frame(src_mac, server_ip)?;
+    let cid = who.client_id.as_deref().unwrap_or_default();
+    if frame.len() > TEMPLATE_MAX || cid.len() > CLIENT_ID_MAX || frame.len() < off::BOOTP + 300 {
+        return None;
+    }
+    let mut e = CacheEntry {
+        len: frame.len() as u16,
+        client_id_len: cid.len() as u8,
+        _pad: 0,
+        yiaddr: ip.octets(),
+        server_ip: server_ip.octets(),
+        client_id: [0; CLIENT_ID_MAX],
+        frame: [0; TEMPLATE_MAX],
+    };
+    e.client_id[..cid.len()].copy_from_slice(cid);
+    e.frame[..frame.len()].copy_from_slice(&frame);
+    Some(e)
+}
+
+/// The `REPLY_CACHE` map, with the keys installed per client so that a client's entries can be
+/// removed when its address changes hands.
+pub struct ReplyCache {
+    map: BpfHashMap<MapData, CacheKey, CacheEntry>,
+    by_mac: HashMap<MacAddr, HashSet<CacheKey>>,
+}
+
+impl ReplyCache {
+    pub fn new(map: Map) -> anyhow::Result<ReplyCache> {
+        Ok(ReplyCache { map: BpfHashMap::try_from(map)?, by_mac: HashMap::new() })
+    }
+
+    pub fn install(&mut self, mac: MacAddr, entries: &[(CacheKey, CacheEntry)]) -> anyhow::Result<()> {
+        for (k, e) in entries {
+            self.map.insert(k, e, 0)?;
+            self.by_mac.entry(mac).or_default().insert(*k);
+        }
+        Ok(())
+    }
+
+    /// Removes every entry of `mac`.
+    pub fn forget(&mut self, mac: MacAddr) {
+        for k in self.by_mac.remove(&mac).unwrap_or_default() {
+            let _ = self.map.remove(&k);
+        }
+    }
+
+    pub fn clients(&self) -> usize {
+        self.by_mac.len()
+    }
+}
