@@ -46,6 +46,7 @@ pub mod opt {
     pub const OVERLOAD: u8 = 52;
     pub const MESSAGE_TYPE: u8 = 53;
     pub const SERVER_ID: u8 = 54;
+    pub const MAX_MESSAGE_SIZE: u8 = 57;
     pub const VENDOR_CLASS: u8 = 60;
     pub const CLIENT_ID: u8 = 61;
     pub const USER_CLASS: u8 = 77;

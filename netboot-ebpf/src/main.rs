@@ -78,8 +78,28 @@ pub struct Facts {
     server_id: [u8; 4],
     has_requested_ip: u8,
     has_server_id: u8,
-    _pad: [u8; 2],
+    /// An option the fast path depends on appeared twice (RFC 3396 concatenation is the
+    /// agent's business).
+    duplicate: u8,
+    _pad: u8,
+    /// Bit per option of [`TRACKED`] seen so far.
+    seen: u32,
 }
+
+/// Options whose repetition makes a request ineligible for the fast path.
+const TRACKED: [u8; 11] = [
+    opt::MESSAGE_TYPE,
+    opt::REQUESTED_IP,
+    opt::SERVER_ID,
+    opt::VENDOR_CLASS,
+    opt::CLIENT_ID,
+    opt::USER_CLASS,
+    opt::CLIENT_ARCH,
+    opt::IPXE_ENCAP,
+    opt::RELAY_INFO,
+    opt::OVERLOAD,
+    opt::MAX_MESSAGE_SIZE,
+];
 
 const MASK: usize = SCRATCH_LEN - 1;
 /// Most option entries (PAD included) walked before giving up as `unsupported`.
@@ -321,7 +341,9 @@ fn walk_options(s: &mut Scratch, len: usize) -> Result<(), Counter> {
         server_id: [0; 4],
         has_requested_ip: 0,
         has_server_id: 0,
-        _pad: [0; 2],
+        duplicate: 0,
+        _pad: 0,
+        seen: 0,
     };
     s.walk = Walk { pos: 0, len: len as u32, status: WALK_RUNNING, _pad: 0 };
     let step: extern "C" fn(u32, *mut c_void) -> i64 = walk_step;
@@ -370,6 +392,16 @@ const WALK_MALFORMED: u32 = 2;
 
 #[inline(always)]
 fn record_option(s: &mut Scratch, code: u8, data: usize, olen: usize) -> Result<(), Counter> {
+    let mut k = 0;
+    while k < TRACKED.len() {
+        if TRACKED[k] == code {
+            if s.facts.seen & (1 << k) != 0 {
+                s.facts.duplicate = 1;
+            }
+            s.facts.seen |= 1 << k;
+        }
+        k += 1;
+    }
     match code {
         opt::MESSAGE_TYPE => {
             if olen != 1 {

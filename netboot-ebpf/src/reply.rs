@@ -54,7 +54,7 @@ pub fn answer(ctx: &XdpContext, req: &Classified) -> Result<u32, Counter> {
     };
     let s = unsafe { &mut *SCRATCH.get_ptr_mut(0).ok_or(Counter::FastError)? };
     // The cached reply is for an untagged, unrelayed client in INIT/SELECTING/INIT-REBOOT.
-    if req.vlan || req.giaddr != [0; 4] || req.ciaddr != [0; 4] || s.facts.relay_info != 0 {
+    if req.vlan || req.giaddr != [0; 4] || req.ciaddr != [0; 4] || s.facts.relay_info != 0 || s.facts.duplicate != 0 {
         return Err(Counter::FastIneligible);
     }
     let entry = unsafe { REPLY_CACHE.get(&key(req, kind)) }.ok_or(Counter::CacheMiss)?;

@@ -1,7 +1,8 @@
 //! The client classifier of DESIGN.md §2 on a decoded message: the same decision the XDP
 //! program makes (both call [`ClientClass::classify`]), from dhcproto's view of the options.
 
-use dhcproto::v4::{DhcpOption, Message, OptionCode};
+use dhcproto::v4::{DhcpOption, Message, OptionCode, UnknownOption};
+use dhcproto::{Decodable, Decoder};
 use netboot_common::wire::{self, ClientClass, VendorClass};
 
 /// What a request says about the booting client.
@@ -25,6 +26,35 @@ pub fn classify(msg: &Message) -> Classification {
         _ => None,
     };
     Classification { class: ClientClass::classify(ipxe_user_class, has_ipxe_encap, vendor, arch.is_some()), arch }
+}
+
+/// Decodes a DHCP message so that every option in it is seen. dhcproto stops at the first
+/// option whose value it cannot interpret (say a 3-byte option 154) and drops the rest, which
+/// would make the core see a different client than the XDP program, which walks the raw
+/// options. So each option dhcproto dropped is decoded alone, or kept as an unknown option.
+pub fn decode(payload: &[u8]) -> Option<Message> {
+    let mut msg = Message::decode(&mut Decoder::new(payload)).ok()?;
+    let mut i = wire::BOOTP_OPTIONS_OFF;
+    while i < payload.len() {
+        match payload[i] {
+            wire::opt::PAD => i += 1,
+            wire::opt::END => break,
+            code => {
+                let len = usize::from(*payload.get(i + 1)?);
+                let raw = payload.get(i..i + 2 + len)?;
+                let oc = OptionCode::from(code);
+                if msg.opts().get(oc).is_none() {
+                    let opt = DhcpOption::decode(&mut Decoder::new(raw))
+                        .ok()
+                        .filter(|o| OptionCode::from(o) == oc)
+                        .unwrap_or_else(|| DhcpOption::Unknown(UnknownOption::new(oc, raw[2..].to_vec())));
+                    msg.opts_mut().insert(opt);
+                }
+                i += 2 + len;
+            }
+        }
+    }
+    Some(msg)
 }
 
 /// Whether the option area is well formed the way the XDP program requires it: every option

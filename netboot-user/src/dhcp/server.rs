@@ -12,7 +12,7 @@ use crate::mac::MacAddr;
 use dhcproto::v4::{
     DhcpOption, DhcpOptions, Flags, Message, MessageType, Opcode, OptionCode, UnknownOption,
 };
-use dhcproto::{Decodable, Decoder, Encodable, Name};
+use dhcproto::{Encodable, Name};
 use ipnet::Ipv4Net;
 use netboot_common::wire::{ClientClass, DHCP_CLIENT_PORT, DHCP_SERVER_PORT, PXE_PROXY_PORT, arch};
 use std::collections::{HashMap, HashSet};
@@ -213,7 +213,7 @@ impl DhcpServer {
         {
             return silent(Silence::Malformed);
         }
-        let Ok(msg) = Message::decode(&mut Decoder::new(req.payload)) else { return silent(Silence::Malformed) };
+        let Some(msg) = super::classify::decode(req.payload) else { return silent(Silence::Malformed) };
         if msg.opcode() != Opcode::BootRequest || msg.hlen() != 6 {
             return silent(Silence::Malformed);
         }

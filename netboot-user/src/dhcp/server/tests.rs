@@ -1,6 +1,7 @@
 //! The core against real client captures (tests/fixtures) and hand-made edge cases.
 
 use super::*;
+use dhcproto::{Decodable, Decoder};
 use crate::config::Config;
 use crate::frame::parse_udp;
 use std::path::Path;

@@ -1,0 +1,304 @@
+//! Invariant 2: an XDP reply is byte-identical to the reply the userspace core builds for the
+//! same request. For every captured client request the reply compiler installs the client's
+//! entries, `BPF_PROG_TEST_RUN` runs the request through the program, and the output frame must
+//! equal the frame the agent's core would send. Mutated requests are never answered with a
+//! reply the core would not send.
+
+use dhcproto::v4::{DhcpOption, Message, OptionCode};
+use dhcproto::{Decodable, Decoder, Encodable};
+use netboot::config::Config;
+use netboot::dhcp::{DhcpServer, Outcome, Request, ServerParams, classify};
+use netboot::fastpath::cache::{Presentation, ReplyCache, compile};
+use netboot::fastpath::{Counters, Loaded, testrun};
+use netboot::frame::{UdpEnvelope, parse_udp};
+use netboot::mac::MacAddr;
+use netboot_common::{Counter, maps};
+use std::net::Ipv4Addr;
+use std::path::Path;
+use tests::{XorShift, fixture_frames, require_root};
+
+const NOW: u64 = 1_800_000_000;
+const SERVER: Ipv4Addr = Ipv4Addr::new(10, 78, 0, 1);
+const SERVER_MAC: MacAddr = MacAddr([0x02, 0x6e, 0x62, 0, 0, 1]);
+
+/// A request as the core and the compiler see it.
+struct Req {
+    frame: Vec<u8>,
+    msg: Message,
+    mac: MacAddr,
+}
+
+fn req(frame: Vec<u8>) -> Req {
+    let p = parse_udp(&frame).expect("UDP frame");
+    let msg = Message::decode(&mut Decoder::new(p.payload)).expect("DHCP");
+    let mac = MacAddr(msg.chaddr().try_into().unwrap());
+    Req { frame, msg, mac }
+}
+
+/// Re-encodes `msg` into the frame of `base` (same envelope), with valid checksums.
+fn reframe(base: &[u8], msg: &Message) -> Vec<u8> {
+    let p = parse_udp(base).unwrap();
+    let mut payload = msg.to_vec().unwrap();
+    payload.resize(payload.len().max(p.payload.len()), 0);
+    UdpEnvelope { ttl: p.envelope.ttl, ..p.envelope }.build(&payload)
+}
+
+fn server(reserved: &[(MacAddr, Ipv4Addr)]) -> DhcpServer {
+    let mut text = String::from(
+        "[server]\naddress = \"10.78.0.1\"\n[dhcp]\nsubnet = \"10.78.0.0/16\"\npools = [\"10.78.2.1-10.78.2.200\"]\nrouter = \"10.78.0.1\"\ndns = [\"10.78.0.53\"]\ndomain = \"lab.example\"\n",
+    );
+    for (i, (mac, ip)) in reserved.iter().enumerate() {
+        text.push_str(&format!("[[dhcp.host]]\nmac = \"{mac}\"\nip = \"{ip}\"\nhostname = \"node-{i:03}\"\n"));
+    }
+    let cfg = Config::parse(Path::new("diff.toml"), &text).unwrap();
+    let pools = cfg.dhcp.pools.iter().map(|p| *p.get_ref()).collect();
+    DhcpServer::new(ServerParams::from_config(&cfg, SERVER), pools, Vec::new())
+}
+
+/// The frame the core sends for `r`, if it sends one through the packet socket.
+fn core_frame(server: &mut DhcpServer, frame: &[u8]) -> Option<Vec<u8>> {
+    let p = parse_udp(frame)?;
+    let out = server.handle(Request { payload: p.payload, local_port: 67, src_ip: p.envelope.src_ip, src_port: p.envelope.src_port, now: NOW });
+    match out {
+        Outcome::Reply(r) => r.frame(SERVER_MAC, SERVER),
+        Outcome::Silent { .. } => None,
+    }
+}
+
+fn presentation(r: &Req) -> Presentation {
+    let c = classify(&r.msg);
+    let client_id = match r.msg.opts().get(OptionCode::ClientIdentifier) {
+        Some(DhcpOption::ClientIdentifier(id)) => Some(id.clone()),
+        _ => None,
+    };
+    Presentation { mac: r.mac, class: c.class, arch: c.arch, client_id }
+}
+
+struct Prog {
+    loaded: Loaded,
+    cache: ReplyCache,
+}
+
+impl Prog {
+    fn load() -> Prog {
+        let mut loaded = Loaded::new().expect("load");
+        let cache = ReplyCache::new(loaded.take_map(maps::REPLY_CACHE).unwrap()).unwrap();
+        Prog { loaded, cache }
+    }
+
+    fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>, Counters) {
+        let before = self.loaded.counters().unwrap();
+        let fd = self.loaded.program_fd();
+        let r = testrun::run(fd, frame, 1).unwrap();
+        (r.action, r.output, self.loaded.counters().unwrap().delta(&before))
+    }
+}
+
+/// The captured requests, each with the address it must be given (its REQUEST's option 50,
+/// or a fixed one), and variants that isolate one rule.
+fn corpus() -> Vec<(String, Vec<u8>)> {
+    let mut v = Vec::new();
+    for name in ["dhclient", "udhcpc", "ipxe", "uefi-pxe"] {
+        for (i, f) in fixture_frames(name).into_iter().enumerate() {
+            v.push((format!("{name}[{i}]"), f));
+        }
+    }
+    // EDK2 DISCOVER without the broadcast flag: link unicast to chaddr/yiaddr.
+    let uefi = fixture_frames("uefi-pxe")[0].clone();
+    let mut m = req(uefi.clone()).msg;
+    m.set_flags(Default::default());
+    v.push(("uefi-pxe unicast".into(), reframe(&uefi, &m)));
+    // UEFI HTTP boot and other architectures, from the EDK2 capture.
+    let mut m = req(uefi.clone()).msg;
+    m.opts_mut().insert(DhcpOption::ClassIdentifier(b"HTTPClient:Arch:00016:UNDI:003000".to_vec()));
+    m.opts_mut().insert(DhcpOption::ClientSystemArchitecture(16u16.into()));
+    v.push(("http boot".into(), reframe(&uefi, &m)));
+    for arch in [0u16, 6, 9, 11] {
+        let mut m = req(uefi.clone()).msg;
+        m.opts_mut().insert(DhcpOption::ClientSystemArchitecture(arch.into()));
+        v.push((format!("pxe arch {arch}"), reframe(&uefi, &m)));
+    }
+    v
+}
+
+/// The address each client is reserved: what its captured REQUEST asked for, else 10.78.1.99.
+fn reservations(corpus: &[(String, Vec<u8>)]) -> Vec<(MacAddr, Ipv4Addr)> {
+    let mut out: Vec<(MacAddr, Ipv4Addr)> = Vec::new();
+    for (_, f) in corpus {
+        let r = req(f.clone());
+        let asked = match r.msg.opts().get(OptionCode::RequestedIpAddress) {
+            Some(DhcpOption::RequestedIpAddress(ip)) => Some(*ip),
+            _ => None,
+        };
+        match out.iter_mut().find(|(m, _)| *m == r.mac) {
+            Some(e) => {
+                if let Some(ip) = asked {
+                    e.1 = ip;
+                }
+            }
+            None => out.push((r.mac, asked.unwrap_or(Ipv4Addr::new(10, 78, 1, 99)))),
+        }
+    }
+    // Distinct addresses (dhclient and udhcpc ran on the same interface, so share a MAC).
+    out
+}
+
+#[test]
+fn xdp_replies_are_byte_identical_to_the_core() {
+    if !require_root("xdp_replies_are_byte_identical_to_the_core") {
+        return;
+    }
+    let corpus = corpus();
+    let reserved = reservations(&corpus);
+    let mut prog = Prog::load();
+    let mut tx = 0;
+    for (what, frame) in &corpus {
+        let r = req(frame.clone());
+        let mut core = server(&reserved);
+        let who = presentation(&r);
+        let entries = compile(&core, &who, SERVER_MAC, NOW);
+        assert_eq!(entries.len(), 2, "{what}: compiled entries");
+        prog.cache.install(r.mac, &entries).unwrap();
+
+        let expected = core_frame(&mut core, frame).unwrap_or_else(|| panic!("{what}: the core does not answer"));
+        let (action, out, d) = prog.run(frame);
+        assert_eq!(action, testrun::XDP_TX, "{what}: not answered in the kernel: {:?}", d.nonzero());
+        if out != expected {
+            let first = out.iter().zip(&expected).position(|(a, b)| a != b);
+            panic!("{what}: XDP reply differs from the core's (len {} vs {}, first difference at byte {first:?})", out.len(), expected.len());
+        }
+        assert!(netboot::frame::udp_checksum_ok(&out), "{what}: UDP checksum");
+        assert_eq!(d.get(Counter::FastOffer) + d.get(Counter::FastAck), 1, "{what}");
+        tx += 1;
+        prog.cache.forget(r.mac);
+    }
+    assert_eq!(tx, corpus.len());
+}
+
+#[test]
+fn ineligible_and_mismatched_requests_go_to_the_agent() {
+    if !require_root("ineligible_and_mismatched_requests_go_to_the_agent") {
+        return;
+    }
+    let mut prog = Prog::load();
+    let uefi = fixture_frames("uefi-pxe");
+    let r = req(uefi[0].clone());
+    let reserved = [(r.mac, Ipv4Addr::new(10, 78, 1, 50))];
+    let core = server(&reserved);
+    let entries = compile(&core, &presentation(&r), SERVER_MAC, NOW);
+    prog.cache.install(r.mac, &entries).unwrap();
+    let pass = |prog: &mut Prog, what: &str, frame: &[u8], counter: Counter| {
+        let (action, out, d) = prog.run(frame);
+        assert_eq!(action, testrun::XDP_PASS, "{what}");
+        assert_eq!(out, frame, "{what}: modified");
+        assert_eq!(d.get(counter), 1, "{what}: {:?}", d.nonzero());
+    };
+    // The cached client, answered.
+    assert_eq!(prog.run(&uefi[0]).0, testrun::XDP_TX);
+    // Another MAC: miss.
+    let mut m = r.msg.clone();
+    m.set_chaddr(&[2, 0, 0, 0, 0, 9]);
+    pass(&mut prog, "unknown MAC", &reframe(&uefi[0], &m), Counter::CacheMiss);
+    // Another class for the same MAC (iPXE): miss.
+    let mut m = r.msg.clone();
+    m.opts_mut().insert(DhcpOption::UserClass(b"iPXE".to_vec()));
+    pass(&mut prog, "other class", &reframe(&uefi[0], &m), Counter::CacheMiss);
+    // A client identifier the entry was not compiled for.
+    let mut m = r.msg.clone();
+    m.opts_mut().insert(DhcpOption::ClientIdentifier(vec![0xff, 1, 2, 3]));
+    pass(&mut prog, "client id", &reframe(&uefi[0], &m), Counter::FastMismatch);
+    // REQUEST for another address, or naming another server.
+    let mut m = req(uefi[1].clone()).msg;
+    m.opts_mut().insert(DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 78, 1, 51)));
+    pass(&mut prog, "REQUEST other address", &reframe(&uefi[1], &m), Counter::FastMismatch);
+    let mut m = req(uefi[1].clone()).msg;
+    m.opts_mut().insert(DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 78, 1, 50)));
+    m.opts_mut().insert(DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 78, 0, 9)));
+    pass(&mut prog, "REQUEST other server", &reframe(&uefi[1], &m), Counter::FastMismatch);
+    // Relayed, renewing (ciaddr), VLAN-tagged: the agent's.
+    let mut m = r.msg.clone();
+    m.set_giaddr(Ipv4Addr::new(10, 78, 0, 2));
+    pass(&mut prog, "relayed", &reframe(&uefi[0], &m), Counter::FastIneligible);
+    let mut m = r.msg.clone();
+    m.set_ciaddr(Ipv4Addr::new(10, 78, 1, 50));
+    pass(&mut prog, "ciaddr", &reframe(&uefi[0], &m), Counter::FastIneligible);
+    let mut tagged = uefi[0][..12].to_vec();
+    tagged.extend_from_slice(&[0x81, 0x00, 0x00, 0x2a]);
+    tagged.extend_from_slice(&uefi[0][12..]);
+    pass(&mut prog, "vlan", &tagged, Counter::FastIneligible);
+    // Bad checksums: the kernel would drop these, so the fast path must not answer them.
+    let mut f = uefi[0].clone();
+    f[14 + 8] ^= 1; // TTL without fixing the IPv4 checksum
+    pass(&mut prog, "bad IPv4 checksum", &f, Counter::BadChecksum);
+    let mut f = uefi[0].clone();
+    f[42 + 44 + 10] ^= 0x5a; // a byte of sname, without fixing the UDP checksum
+    pass(&mut prog, "bad UDP checksum", &f, Counter::BadChecksum);
+    // After `forget`, the client is the agent's again.
+    prog.cache.forget(r.mac);
+    pass(&mut prog, "forgotten", &uefi[0], Counter::CacheMiss);
+}
+
+/// Random edits of cached clients' requests: whenever the kernel answers, the core answers the
+/// same edited request with the same bytes.
+#[test]
+fn mutated_requests_never_get_a_reply_the_core_would_not_send() {
+    if !require_root("mutated_requests_never_get_a_reply_the_core_would_not_send") {
+        return;
+    }
+    let corpus = corpus();
+    let reserved = reservations(&corpus);
+    let mut prog = Prog::load();
+    let mut rng = XorShift(0xfa57_0b07_1234_5678);
+    let (mut answered, mut total) = (0, 0);
+    for (what, frame) in corpus.iter().take(9) {
+        let r = req(frame.clone());
+        let core = server(&reserved);
+        prog.cache.install(r.mac, &compile(&core, &presentation(&r), SERVER_MAC, NOW)).unwrap();
+        for _ in 0..300 {
+            let mut f = frame.clone();
+            for _ in 0..1 + rng.below(3) {
+                let at = 14 + rng.below(f.len() - 14);
+                f[at] = rng.next() as u8;
+            }
+            // Half of them with valid checksums, so that the edit reaches the DHCP checks.
+            if rng.below(2) == 0 {
+                f[24] = 0;
+                f[25] = 0;
+                let c = netboot::frame::checksum(&[&f[14..34]]);
+                f[24..26].copy_from_slice(&c.to_be_bytes());
+                let rebuilt = parse_udp(&f).map(|p| UdpEnvelope { ttl: p.envelope.ttl, ..p.envelope }.build(p.payload));
+                if let Some(g) = rebuilt {
+                    f = g;
+                }
+            }
+            total += 1;
+            let (action, out, _) = prog.run(&f);
+            if action == testrun::XDP_TX {
+                answered += 1;
+                let mut core = server(&reserved);
+                let expected = core_frame(&mut core, &f);
+                if Some(&out) != expected.as_ref() {
+                    let p = parse_udp(&f).unwrap();
+                    eprintln!("request options: {:?}", netboot_test_dump(p.payload));
+                    eprintln!("dhcproto: {:?}", Message::decode(&mut Decoder::new(p.payload)).map(|m| m.opts().iter().map(|(c, _)| u8::from(*c)).collect::<Vec<_>>()));
+                }
+                assert_eq!(Some(out), expected, "{what}: the kernel answered an edited request differently from the core");
+            }
+        }
+        prog.cache.forget(r.mac);
+    }
+    eprintln!("{answered} of {total} edited requests answered in the kernel, each as the core would");
+}
+
+fn netboot_test_dump(payload: &[u8]) -> Vec<(u8, usize)> {
+    let mut v = Vec::new();
+    let mut i = 240;
+    while i < payload.len() {
+        match payload[i] {
+            0 => i += 1,
+            255 => { v.push((255, 0)); break; }
+            c => { let l = payload.get(i + 1).copied().unwrap_or(0) as usize; v.push((c, l)); i += 2 + l; }
+        }
+    }
+    v
+}
