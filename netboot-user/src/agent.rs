@@ -1,6 +1,11 @@
 //! The agent: everything `netboot-xdp attach` runs on one interface, until a signal.
 
-use crate::config::Config;
+use crate::config::{Config, DhcpMode};
+use crate::dhcp::io::FastPathLink;
+use crate::fastpath::cache::ReplyCache;
+use crate::fastpath::sync::CacheSync;
+use aya::maps::RingBuf;
+use netboot_common::maps;
 use crate::dhcp::store::{LeaseStore, SqliteStore};
 use crate::dhcp::{DhcpServer, ServerParams, io};
 use crate::fastpath::{Loaded, StartError, XdpModeArg};
@@ -34,7 +39,14 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
     let stats = Arc::new(Stats::default());
     let dhcp = io::Service::bind(&iface, server, Box::new(store) as Box<dyn LeaseStore>, stats.clone())?;
 
-    let fastpath = Loaded::new()?.attach(iface_name, mode)?;
+    let mut fastpath = Loaded::new()?.attach(iface_name, mode)?;
+    let dhcp = match (fastpath.take_map(maps::REPLY_CACHE), fastpath.take_map(maps::EVENTS)) {
+        (Some(cache), Some(events)) if config.dhcp.mode == DhcpMode::Authoritative => dhcp.with_fast_path(FastPathLink {
+            sync: CacheSync::new(ReplyCache::new(cache)?, iface.mac),
+            events: RingBuf::try_from(events)?,
+        }),
+        _ => dhcp,
+    };
     let record = AgentRecord {
         pid: std::process::id(),
         iface: iface_name.to_string(),

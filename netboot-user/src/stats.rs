@@ -20,6 +20,10 @@ impl Stats {
         }
     }
 
+    pub fn set(&self, name: &str, v: u64) {
+        self.counters.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), v);
+    }
+
     pub fn bump(&self, name: &str) {
         self.add(name, 1);
     }

@@ -6,7 +6,15 @@
 //! an AF_PACKET socket (a client without an address cannot be reached through IP). Replies that
 //! carry a lease go out only after the committer made it durable (invariant 1).
 
+use super::classify::raw_option;
+use super::leases::LeaseState;
 use super::server::{Destination, DhcpServer, Outcome, Reply, Request};
+use crate::fastpath::cache::Presentation;
+use crate::fastpath::sync::{CacheSync, Pending};
+use aya::maps::{MapData, RingBuf};
+use netboot_common::cache::AckEvent;
+use std::sync::Mutex;
+use tokio::io::unix::AsyncFd;
 use super::store::{Committer, Job, LeaseStore};
 use crate::iface::Interface;
 use crate::mac::MacAddr;
@@ -122,6 +130,18 @@ fn kind_name(k: MessageType) -> &'static str {
     }
 }
 
+/// The XDP side the DHCP service keeps in step: the reply cache and the kernel's ACK events.
+pub struct FastPathLink {
+    pub sync: CacheSync,
+    pub events: RingBuf<MapData>,
+}
+
+/// What to do once a commit is durable.
+struct AfterCommit {
+    reply: Option<Reply>,
+    cache: Option<Pending>,
+}
+
 /// The bound sockets and the core, ready to run.
 pub struct Service {
     server: DhcpServer,
@@ -130,11 +150,23 @@ pub struct Service {
     sock67: Arc<UdpSocket>,
     sock4011: Option<Arc<UdpSocket>>,
     tx: Arc<Transmitter>,
+    fast: Option<FastPathLink>,
 }
 
 impl Service {
     /// Binds the sockets (67, and 4011 in proxy mode). Must run inside a tokio runtime.
     pub fn bind(iface: &Interface, server: DhcpServer, store: Box<dyn LeaseStore>, stats: Arc<Stats>) -> anyhow::Result<Service> {
+        Service::bind_with(iface, server, store, stats, None)
+    }
+
+    /// As [`Service::bind`], keeping the XDP reply cache in step when `fast` is given.
+    pub fn bind_with(
+        iface: &Interface,
+        server: DhcpServer,
+        store: Box<dyn LeaseStore>,
+        stats: Arc<Stats>,
+        fast: Option<FastPathLink>,
+    ) -> anyhow::Result<Service> {
         let proxy = server.params().mode == crate::config::DhcpMode::Proxy;
         let sock67 = Arc::new(udp_socket(&iface.name, DHCP_SERVER_PORT)?);
         let sock4011 = if proxy { Some(Arc::new(udp_socket(&iface.name, PXE_PROXY_PORT)?)) } else { None };
@@ -147,12 +179,43 @@ impl Service {
             stats: stats.clone(),
         });
         stats.add("dhcp_leases_loaded", server.leases().len() as u64);
-        Ok(Service { server, store, stats, sock67, sock4011, tx })
+        Ok(Service { server, store, stats, sock67, sock4011, tx, fast })
+    }
+
+    /// Keeps the XDP reply cache in step from now on.
+    pub fn with_fast_path(mut self, fast: FastPathLink) -> Service {
+        self.fast = Some(fast);
+        self
     }
 
     /// Serves until `shutdown` changes; then lets queued commits finish and their replies go.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-        let Service { mut server, store, stats, sock67, sock4011, tx } = self;
+        let Service { mut server, store, stats, sock67, sock4011, tx, fast } = self;
+        let (sync, events) = match fast {
+            Some(f) => {
+                let events = unsafe { AsyncFd::register_with_interest(f.events, tokio::io::Interest::READABLE) }
+                    .map_err(|e| anyhow::anyhow!("event ring buffer: {e}"))?;
+                (Some(Arc::new(Mutex::new(f.sync))), Some(events))
+            }
+            None => (None, None),
+        };
+        let mut events = events;
+        let now = unix_now();
+        if let Some(sync) = &sync {
+            // Reservations and bound leases are durable already: cache them now.
+            let mut sync = sync.lock().unwrap_or_else(|e| e.into_inner());
+            let mut macs: Vec<MacAddr> = server.params().reservations.keys().copied().collect();
+            macs.extend(server.leases().iter().filter(|l| l.state == LeaseState::Bound && l.expires > now).map(|l| l.mac));
+            macs.sort();
+            macs.dedup();
+            for mac in macs {
+                let p = sync.prepare(&server, mac, &CacheSync::presentations(mac, None), now);
+                sync.install(p);
+            }
+            stats.add("fast_cached_clients_at_start", sync.clients() as u64);
+            tracing::info!(clients = sync.clients(), "reply cache compiled");
+        }
+
         // Replies leave from one task, in order: directly, or after their commit.
         let (send_tx, mut send_rx) = mpsc::unbounded_channel::<Reply>();
         let sender = tokio::spawn(async move {
@@ -162,17 +225,27 @@ impl Service {
         });
         let committed = send_tx.clone();
         let commit_stats = stats.clone();
-        let committer = Committer::start(store, move |reply: Option<Reply>, result| match (reply, result) {
-            (Some(r), Ok(())) => {
-                let _ = committed.send(r);
+        let commit_sync = sync.clone();
+        let committer = Committer::start(store, move |after: AfterCommit, result| match result {
+            Ok(()) => {
+                if let (Some(p), Some(sync)) = (after.cache, &commit_sync) {
+                    sync.lock().unwrap_or_else(|e| e.into_inner()).install(p);
+                }
+                if let Some(r) = after.reply {
+                    let _ = committed.send(r);
+                }
             }
-            (Some(_), Err(_)) => commit_stats.bump("dhcp_dropped_commit_failed"),
-            (None, _) => {}
+            Err(_) => {
+                if after.reply.is_some() {
+                    commit_stats.bump("dhcp_dropped_commit_failed");
+                }
+            }
         });
         tracing::info!(server = %server.params().server_ip, mode = ?server.params().mode, leases = server.leases().len(), "DHCP service up");
 
         let mut buf67 = vec![0u8; 4096];
         let mut buf4011 = vec![0u8; 4096];
+        let mut sweep = tokio::time::interval(std::time::Duration::from_secs(5));
         loop {
             let (n, from, port) = tokio::select! {
                 r = sock67.recv_from(&mut buf67) => match r {
@@ -183,29 +256,93 @@ impl Service {
                     Ok((n, from)) => (n, from, PXE_PROXY_PORT),
                     Err(e) => { tracing::warn!("recv on port 4011: {e}"); continue; }
                 },
+                r = async { events.as_mut().expect("guarded").readable_mut().await }, if events.is_some() => {
+                    let mut guard = r?;
+                    let acks: Vec<AckEvent> = {
+                        let ring = guard.get_inner_mut();
+                        let mut v = Vec::new();
+                        while let Some(item) = ring.next() {
+                            if item.len() >= std::mem::size_of::<AckEvent>() {
+                                v.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<AckEvent>()) });
+                            }
+                        }
+                        v
+                    };
+                    guard.clear_ready();
+                    let now = unix_now();
+                    for ev in acks {
+                        let (mac, ip) = (MacAddr(ev.mac), Ipv4Addr::from(ev.ip));
+                        stats.bump("fast_acks_recorded");
+                        if let Some(lease) = server.record_kernel_ack(mac, ip, now) {
+                            if let Some(sync) = &sync {
+                                sync.lock().unwrap_or_else(|e| e.into_inner()).renewed(mac, lease.expires);
+                            }
+                            committer.submit(Job { leases: vec![lease], then: AfterCommit { reply: None, cache: None } })?;
+                        }
+                    }
+                    continue;
+                },
+                _ = sweep.tick() => {
+                    if let Some(sync) = &sync {
+                        let n = sync.lock().unwrap_or_else(|e| e.into_inner()).sweep(unix_now());
+                        stats.add("fast_cache_swept", n as u64);
+                    }
+                    continue;
+                },
                 _ = shutdown.changed() => break,
             };
             let payload = if port == DHCP_SERVER_PORT { &buf67[..n] } else { &buf4011[..n] };
             let SocketAddr::V4(from) = from else { continue };
             stats.bump("dhcp_received");
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+            let now = unix_now();
             let outcome = server.handle(Request { payload, local_port: port, src_ip: *from.ip(), src_port: from.port(), now });
             match outcome {
                 Outcome::Reply(r) => {
                     tracing::debug!(mac = %r.mac, class = r.class.name(), kind = kind_name(r.kind), dest = ?r.dest, "reply");
+                    let mut cache = None;
+                    if let Some(sync) = &sync {
+                        let mut sync = sync.lock().unwrap_or_else(|e| e.into_inner());
+                        if r.kind == MessageType::Nak {
+                            sync.forget(r.mac);
+                        }
+                        for l in &r.commit {
+                            sync.displace(l.ip, l.mac);
+                        }
+                        if r.kind == MessageType::Ack || server.is_reserved(r.mac) {
+                            let seen = Presentation {
+                                mac: r.mac,
+                                class: r.class,
+                                arch: r.arch,
+                                client_id: raw_option(&r.payload, 61).map(<[u8]>::to_vec),
+                            };
+                            cache = Some(sync.prepare(&server, r.mac, &CacheSync::presentations(r.mac, Some(seen)), now));
+                        }
+                    }
                     if r.commit.is_empty() {
+                        if let (Some(p), Some(sync)) = (cache, &sync) {
+                            sync.lock().unwrap_or_else(|e| e.into_inner()).install(p); // a reservation: durable
+                        }
                         let _ = send_tx.send(r);
                     } else {
-                        committer.submit(Job { leases: r.commit.clone(), then: Some(r) })?;
+                        committer.submit(Job { leases: r.commit.clone(), then: AfterCommit { reply: Some(r), cache } })?;
                     }
                 }
                 Outcome::Silent { why, commit } => {
                     stats.bump(&format!("dhcp_silent_{}", why.name()));
                     tracing::debug!(from = %from, "no reply: {}", why.name());
                     if !commit.is_empty() {
-                        committer.submit(Job { leases: commit, then: None })?;
+                        if let Some(sync) = &sync {
+                            let mut sync = sync.lock().unwrap_or_else(|e| e.into_inner());
+                            for l in &commit {
+                                sync.forget(l.mac); // released, declined, or taken elsewhere
+                            }
+                        }
+                        committer.submit(Job { leases: commit, then: AfterCommit { reply: None, cache: None } })?;
                     }
                 }
+            }
+            if let Some(sync) = &sync {
+                stats.set("fast_cached_clients", sync.lock().unwrap_or_else(|e| e.into_inner()).clients() as u64);
             }
         }
         tokio::task::spawn_blocking(move || committer.shutdown()).await?;
@@ -213,4 +350,8 @@ impl Service {
         let _ = sender.await;
         Ok(())
     }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs()
 }

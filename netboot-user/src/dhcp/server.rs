@@ -639,6 +639,32 @@ pub struct CachedReplies {
 }
 
 impl DhcpServer {
+    /// Records an ACK the XDP program sent from the cache: the client's lease is bound again
+    /// for a lease time from `now`. Returns the lease to commit.
+    pub fn record_kernel_ack(&mut self, mac: MacAddr, ip: Ipv4Addr, now: u64) -> Option<Lease> {
+        let expires = now + u64::from(self.params.lease_secs);
+        let lease = match self.leases.get(ip).filter(|l| l.mac == mac) {
+            Some(l) => Lease { state: LeaseState::Bound, expires, ..l.clone() },
+            None => {
+                // A reservation answered before the agent ever recorded it.
+                let h = self.reservation(mac).filter(|h| h.ip == ip)?;
+                Lease { ip, client: ClientKey::new(mac, None), mac, hostname: h.hostname.clone(), state: LeaseState::Bound, expires }
+            }
+        };
+        self.leases.upsert(lease.clone());
+        Some(lease)
+    }
+
+    /// The MAC of the client an address is recorded for.
+    pub fn holder(&self, ip: Ipv4Addr) -> Option<MacAddr> {
+        self.leases.get(ip).map(|l| l.mac)
+    }
+
+    /// Whether `mac` has a reservation.
+    pub fn is_reserved(&self, mac: MacAddr) -> bool {
+        self.params.reservations.contains_key(&mac)
+    }
+
     /// What this server answers a DISCOVER and a REQUEST (SELECTING or INIT-REBOOT, for its
     /// address, not relayed) from `mac` presenting `class`/`arch` and `client_id`, if the answer
     /// is fixed: the client has a reservation or a bound lease at `now`. Replies that the client's

@@ -5,6 +5,7 @@ pub mod cache;
 pub mod counters;
 pub mod loader;
 pub mod pins;
+pub mod sync;
 pub mod testrun;
 
 pub use counters::Counters;

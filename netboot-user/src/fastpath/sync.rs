@@ -1,0 +1,129 @@
+//! Keeps the reply cache in step with the lease store.
+//!
+//! Entries are compiled by the DHCP service from its core and installed only after the lease
+//! they answer with is durable (invariant 1): at start for reservations and bound leases, and
+//! after each commit for the client just served. They are removed when the address may change
+//! hands: release, decline, expiry (swept), or another client getting the address.
+
+use super::cache::{Presentation, ReplyCache, compile};
+use crate::dhcp::DhcpServer;
+use crate::mac::MacAddr;
+use netboot_common::cache::{CacheEntry, CacheKey};
+use netboot_common::wire::{ClientClass, arch};
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+
+/// Compiled entries waiting for their lease's commit.
+#[derive(Default)]
+pub struct Pending {
+    pub mac: Option<MacAddr>,
+    pub ip: Option<Ipv4Addr>,
+    /// Lease expiry (Unix seconds); `None` for a reservation.
+    pub expires: Option<u64>,
+    pub entries: Vec<(CacheKey, CacheEntry)>,
+}
+
+pub struct CacheSync {
+    cache: ReplyCache,
+    src_mac: MacAddr,
+    /// Per cached client: its address and when its entries stop being valid.
+    clients: HashMap<MacAddr, (Ipv4Addr, Option<u64>)>,
+    owner: HashMap<Ipv4Addr, MacAddr>,
+}
+
+impl CacheSync {
+    pub fn new(cache: ReplyCache, src_mac: MacAddr) -> CacheSync {
+        CacheSync { cache, src_mac, clients: HashMap::new(), owner: HashMap::new() }
+    }
+
+    /// The presentations worth caching for a client: the one just seen, and the next steps of
+    /// a boot chain (iPXE with client id 01:mac; the PXE ROM of a BIOS or UEFI x64 machine).
+    pub fn presentations(mac: MacAddr, seen: Option<Presentation>) -> Vec<Presentation> {
+        let mut hw_id = vec![1];
+        hw_id.extend_from_slice(&mac.0);
+        let mut v = vec![
+            Presentation { mac, class: ClientClass::Ipxe, arch: None, client_id: Some(hw_id) },
+            Presentation { mac, class: ClientClass::Pxe, arch: Some(arch::BIOS), client_id: None },
+            Presentation { mac, class: ClientClass::Pxe, arch: Some(arch::EFI_X64), client_id: None },
+        ];
+        if let Some(s) = seen {
+            if !v.contains(&s) {
+                v.insert(0, s);
+            }
+        }
+        v
+    }
+
+    /// Compiles (without installing) the entries of `mac` for `presentations`.
+    pub fn prepare(&self, server: &DhcpServer, mac: MacAddr, presentations: &[Presentation], now: u64) -> Pending {
+        let mut p = Pending { mac: Some(mac), ..Default::default() };
+        for who in presentations {
+            p.entries.extend(compile(server, who, self.src_mac, now));
+        }
+        if let Some((_, e)) = p.entries.first() {
+            let ip = Ipv4Addr::from(e.yiaddr);
+            p.ip = Some(ip);
+            p.expires = if server.is_reserved(mac) {
+                None
+            } else {
+                server.leases().get(ip).map(|l| l.expires)
+            };
+        }
+        p
+    }
+
+    /// Installs entries whose lease is now durable.
+    pub fn install(&mut self, p: Pending) {
+        let (Some(mac), Some(ip)) = (p.mac, p.ip) else { return };
+        if let Some(prev) = self.owner.get(&ip).copied().filter(|m| *m != mac) {
+            self.forget(prev);
+        }
+        if let Err(e) = self.cache.install(mac, &p.entries) {
+            tracing::warn!(%mac, "reply cache install failed: {e}");
+            self.forget(mac);
+            return;
+        }
+        self.clients.insert(mac, (ip, p.expires));
+        self.owner.insert(ip, mac);
+    }
+
+    /// Removes every entry of `mac`.
+    pub fn forget(&mut self, mac: MacAddr) {
+        self.cache.forget(mac);
+        if let Some((ip, _)) = self.clients.remove(&mac) {
+            if self.owner.get(&ip) == Some(&mac) {
+                self.owner.remove(&ip);
+            }
+        }
+    }
+
+    /// Before `ip` is given to `mac`: whoever else is cached with it loses its entries.
+    pub fn displace(&mut self, ip: Ipv4Addr, mac: MacAddr) {
+        if let Some(prev) = self.owner.get(&ip).copied().filter(|m| *m != mac) {
+            self.forget(prev);
+        }
+    }
+
+    /// A kernel ACK renewed `mac`'s lease until `expires`.
+    pub fn renewed(&mut self, mac: MacAddr, expires: u64) {
+        if let Some((_, e)) = self.clients.get_mut(&mac) {
+            if e.is_some() {
+                *e = Some(expires);
+            }
+        }
+    }
+
+    /// Removes the entries of leases that expired by `now` (a little early, to be safe).
+    pub fn sweep(&mut self, now: u64) -> usize {
+        let stale: Vec<MacAddr> =
+            self.clients.iter().filter(|(_, (_, e))| e.is_some_and(|t| t <= now + 5)).map(|(m, _)| *m).collect();
+        for m in &stale {
+            self.forget(*m);
+        }
+        stale.len()
+    }
+
+    pub fn clients(&self) -> usize {
+        self.clients.len()
+    }
+}
