@@ -397,3 +397,72 @@ fn proxy_dhcp_beside_dnsmasq() {
 fn probe_unicast(lab: &Lab) -> std::net::UdpSocket {
     lab.client.run(|| std::net::UdpSocket::bind("10.77.0.2:0")).unwrap().unwrap()
 }
+
+fn lease_of(config: &Path, ip: &str) -> serde_json::Value {
+    let out = Command::new(bin("netboot-xdp")).args(["leases", "--json", "-c"]).arg(config).output().unwrap();
+    let leases: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    leases.as_array().unwrap().iter().find(|l| l["ip"] == ip).cloned().unwrap_or_default()
+}
+
+/// Once a client's lease is on disk, its next DORA is answered by the XDP program: the same
+/// address, the ACK recorded on disk by the agent from the kernel's event.
+#[test]
+fn known_clients_are_answered_in_the_kernel() {
+    if !require_root("known_clients_are_answered_in_the_kernel") {
+        return;
+    }
+    let _serial = tests::serial();
+    let s = setup("");
+    let agent = start(&s);
+    let counters = || agent.counters().unwrap();
+    let agent_stat = |k: &str| agent.status().unwrap()["agent"][k].as_u64().unwrap_or(0);
+
+    for (name, run) in [("udhcpc", 0), ("dhclient", 1)] {
+        let record = |tag: &str| {
+            let (script, env) = recorder(&s.dir, &format!("{name}-{tag}"));
+            if run == 0 {
+                clients::udhcpc_with_script(&s.lab, 3, &script).unwrap();
+                event(&env, "event", "bound")["ip"].clone()
+            } else {
+                clients::dhclient_with_script(&s.lab, &script).unwrap();
+                event(&env, "reason", "BOUND")["new_ip_address"].clone()
+            }
+        };
+        let before = counters();
+        let first = record("slow");
+        let after_first = counters();
+        // dhclient reuses udhcpc's lease (same MAC) and is already in the cache.
+        if run == 0 {
+            assert_eq!(after_first["fast_offer"], before["fast_offer"], "{name}: first DORA must be the agent's");
+        }
+        let expires_before = lease_of(&s.config, &first)["expires"].as_u64().unwrap();
+        std::thread::sleep(Duration::from_millis(1100)); // so that a renewal moves `expires`
+        let second = record("fast");
+        let after = counters();
+        assert_eq!(second, first, "{name}: same address from the kernel");
+        assert_eq!(after["fast_offer"] - after_first["fast_offer"], 1, "{name}: {after:?}");
+        assert_eq!(after["fast_ack"] - after_first["fast_ack"], 1, "{name}: {after:?}");
+        assert_eq!(after["xdp_tx"] - after_first["xdp_tx"], 2, "{name}");
+        // The agent recorded the kernel's ACK: the lease was renewed on disk.
+        assert!(tests::eventually(3, || lease_of(&s.config, &first)["expires"].as_u64().unwrap() > expires_before), "{name}: kernel ACK not recorded");
+    }
+    assert!(tests::eventually(3, || agent_stat("fast_acks_recorded") >= 2));
+
+    // A reserved iPXE client is cached from the start: its very first DORA is the kernel's.
+    drop(agent);
+    let mut text = std::fs::read_to_string(&s.config).unwrap();
+    text.push_str("[[dhcp.host]]\nmac = \"52:54:00:00:00:11\"\nip = \"10.77.0.111\"\nhostname = \"node-111\"\n");
+    std::fs::write(&s.config, text).unwrap();
+    let agent = start(&s);
+    let probe = Probe::open(&s.lab);
+    let ipxe = parse_udp(&fixture_frames("ipxe")[0]).unwrap().payload.to_vec();
+    let before = agent.counters().unwrap();
+    let replies = probe.exchange(&ipxe, Duration::from_millis(1500));
+    assert_eq!(replies.len(), 1);
+    let m = decode(&replies[0]);
+    assert_eq!(m.yiaddr(), Ipv4Addr::new(10, 77, 0, 111));
+    assert_eq!(file(&m), "http://10.77.0.1:8080/boot.ipxe");
+    let after = agent.counters().unwrap();
+    assert_eq!(after["fast_offer"] - before["fast_offer"], 1, "{after:?}");
+    drop(agent);
+}
