@@ -39,7 +39,7 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
     let stats = Arc::new(Stats::default());
     let dhcp = io::Service::bind(&iface, server, Box::new(store) as Box<dyn LeaseStore>, stats.clone())?;
 
-    let mut fastpath = Loaded::new()?.attach(iface_name, mode)?;
+    let mut fastpath = Loaded::pinned(iface_name)?.attach(iface_name, mode)?;
     let dhcp = match (fastpath.take_map(maps::REPLY_CACHE), fastpath.take_map(maps::EVENTS)) {
         (Some(cache), Some(events)) if config.dhcp.mode == DhcpMode::Authoritative => dhcp.with_fast_path(FastPathLink {
             sync: CacheSync::new(ReplyCache::new(cache)?, iface.mac),

@@ -466,3 +466,45 @@ fn known_clients_are_answered_in_the_kernel() {
     assert_eq!(after["fast_offer"] - before["fast_offer"], 1, "{after:?}");
     drop(agent);
 }
+
+/// Invariant 4: kill -9 of the agent does not interrupt boots of cached clients (program, link
+/// and maps are pinned); a new agent adopts them; SIGTERM removes everything.
+#[test]
+fn kill_9_keeps_kernel_answers_and_restart_adopts() {
+    if !require_root("kill_9_keeps_kernel_answers_and_restart_adopts") {
+        return;
+    }
+    let _serial = tests::serial();
+    let s = setup("[[dhcp.host]]\nmac = \"52:54:00:00:00:11\"\nip = \"10.77.0.111\"\n");
+    let agent = start(&s);
+    let probe = Probe::open(&s.lab);
+    let ipxe = parse_udp(&fixture_frames("ipxe")[0]).unwrap().payload.to_vec();
+    let ask = || probe.exchange(&ipxe, Duration::from_millis(1000));
+    assert_eq!(ask().len(), 1);
+    let fast = |c: &BTreeMap<String, u64>| c["fast_offer"];
+    let before = fast(&agent.counters().unwrap());
+
+    let pid = agent.status().unwrap()["agent_pid"].as_u64().unwrap();
+    unsafe { libc_kill(pid as i32, 9) };
+    drop(agent);
+    // The kernel still answers, and status still reads the pinned counters.
+    let replies = ask();
+    assert_eq!(replies.len(), 1, "no answer after kill -9");
+    assert_eq!(decode(&replies[0]).yiaddr(), Ipv4Addr::new(10, 77, 0, 111));
+    let out = Command::new(bin("netboot-xdp")).args(["status", &s.lab.server_if, "--json"]).output().unwrap();
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(st["agent_running"], false);
+    assert_eq!(st["counters"]["fast_offer"].as_u64().unwrap(), before + 1);
+
+    // A new agent adopts the pinned link and maps: counters go on, answers go on.
+    let agent = start(&s);
+    assert!(agent.log_text().contains("adopted"), "{}", agent.log_text());
+    assert_eq!(ask().len(), 1);
+    assert_eq!(fast(&agent.counters().unwrap()), before + 2);
+
+    // A clean stop removes program, link and pins.
+    assert!(agent.stop().unwrap().success());
+    let link = s.lab.server.command("ip").args(["link", "show", "dev", &s.lab.server_if]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&link.stdout).contains("prog/xdp"), "still attached after SIGTERM");
+    assert!(ask().is_empty(), "answered with no agent and no program");
+}

@@ -212,8 +212,9 @@ impl Service {
                 let p = sync.prepare(&server, mac, &CacheSync::presentations(mac, None), now);
                 sync.install(p);
             }
+            let pruned = sync.prune_unknown();
             stats.add("fast_cached_clients_at_start", sync.clients() as u64);
-            tracing::info!(clients = sync.clients(), "reply cache compiled");
+            tracing::info!(clients = sync.clients(), pruned, "reply cache compiled");
         }
 
         // Replies leave from one task, in order: directly, or after their commit.

@@ -109,4 +109,15 @@ impl ReplyCache {
     pub fn clients(&self) -> usize {
         self.by_mac.len()
     }
+
+    /// Removes the entries this process did not install (left in an adopted map by an agent
+    /// that died). Returns how many.
+    pub fn prune_unknown(&mut self) -> usize {
+        let known: HashSet<CacheKey> = self.by_mac.values().flatten().copied().collect();
+        let stale: Vec<CacheKey> = self.map.keys().filter_map(Result::ok).filter(|k| !known.contains(k)).collect();
+        for k in &stale {
+            let _ = self.map.remove(k);
+        }
+        stale.len()
+    }
 }

@@ -4,7 +4,11 @@ use super::{Counters, OBJECT, pins};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray},
-    programs::{Xdp, XdpMode, xdp::XdpLinkId},
+    programs::{
+        Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+    },
 };
 use netboot_common::{PROGRAM_NAME, maps};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
@@ -36,6 +40,11 @@ pub enum StartError {
     Pin { path: String, reason: String },
 }
 
+/// The maps that live in bpffs, so that they outlive an agent that dies (invariant 4).
+const PINNED_MAPS: [&str; 3] = [maps::COUNTERS, maps::REPLY_CACHE, maps::EVENTS];
+/// The pinned XDP link in an interface's pin directory.
+const LINK_PIN: &str = "link";
+
 /// The object loaded into the kernel (maps created, program verified) but not attached.
 pub struct Loaded {
     ebpf: Ebpf,
@@ -44,10 +53,41 @@ pub struct Loaded {
 impl Loaded {
     /// Loads the embedded object and verifies the XDP program.
     pub fn new() -> Result<Loaded, StartError> {
+        Loaded::load(None)
+    }
+
+    /// Loads with the maps pinned in `iface`'s pin directory: maps pinned there by an agent
+    /// that died are adopted with their contents (counters, reply cache, pending events).
+    pub fn pinned(iface: &str) -> Result<Loaded, StartError> {
+        let dir = pins::iface_dir(iface);
+        let pin_err = |reason: String| StartError::Pin { path: dir.display().to_string(), reason };
+        pins::ensure_bpffs().map_err(|e| pin_err(format!("mounting bpffs: {e}")))?;
+        std::fs::create_dir_all(&dir).map_err(|e| pin_err(e.to_string()))?;
+        match Loaded::load(Some(&dir)) {
+            Err(StartError::BpfUnavailable(why)) if dir.join(maps::COUNTERS).exists() => {
+                // Pins of an incompatible older build: start clean.
+                tracing::warn!(iface, "cannot adopt the pinned maps ({why}); replacing them");
+                pins::remove_iface_dir(iface).map_err(|e| pin_err(e.to_string()))?;
+                std::fs::create_dir_all(&dir).map_err(|e| pin_err(e.to_string()))?;
+                Loaded::load(Some(&dir))
+            }
+            r => r,
+        }
+    }
+
+    fn load(pin_dir: Option<&std::path::Path>) -> Result<Loaded, StartError> {
         if unsafe { libc::geteuid() } != 0 {
             return Err(StartError::NotRoot);
         }
-        let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(|e| {
+        let mut loader = EbpfLoader::new();
+        let paths: Vec<(&str, std::path::PathBuf)> = match pin_dir {
+            Some(d) => PINNED_MAPS.iter().map(|m| (*m, d.join(m))).collect(),
+            None => Vec::new(),
+        };
+        for (name, path) in &paths {
+            loader.map_pin_path(*name, path.as_path());
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(|e| {
             StartError::BpfUnavailable(format!("{e} ({})", root_cause(&e)))
         })?;
         let prog: &mut Xdp = ebpf
@@ -96,7 +136,9 @@ impl Loaded {
         Counters::read(&map)
     }
 
-    /// Attaches to `iface` and pins the maps under [`pins::iface_dir`].
+    /// Attaches to `iface`. With a link pinned by an agent that died, the new program replaces
+    /// the old one inside that link: the interface is never without its program. Otherwise a
+    /// new link is created and pinned, so that the program outlives this process if it dies.
     pub fn attach(mut self, iface: &str, mode: XdpModeArg) -> Result<FastPath, StartError> {
         let c = std::ffi::CString::new(iface).map_err(|_| StartError::NoSuchInterface(iface.into()))?;
         if unsafe { libc::if_nametoindex(c.as_ptr()) } == 0 {
@@ -106,20 +148,63 @@ impl Loaded {
             iface: iface.into(),
             reason: format!("{e} ({})", root_cause(&e)),
         };
-        let (link, mode_name) = match mode {
-            XdpModeArg::Native => (self.program().attach(iface, XdpMode::Driver).map_err(attach_err)?, "native"),
-            XdpModeArg::Skb => (self.program().attach(iface, XdpMode::Skb).map_err(attach_err)?, "skb"),
-            XdpModeArg::Auto => match self.program().attach(iface, XdpMode::Driver) {
-                Ok(link) => (link, "native"),
-                Err(e) => {
-                    tracing::warn!(iface, "native XDP unavailable ({}); falling back to skb mode", root_cause(&e));
-                    (self.program().attach(iface, XdpMode::Skb).map_err(attach_err)?, "skb")
+        let dir = pins::iface_dir(iface);
+        let pin_err = |reason: String| StartError::Pin { path: dir.display().to_string(), reason };
+        pins::ensure_bpffs().map_err(|e| pin_err(format!("mounting bpffs: {e}")))?;
+        std::fs::create_dir_all(&dir).map_err(|e| pin_err(e.to_string()))?;
+        let link_pin = dir.join(LINK_PIN);
+
+        let adopted = match PinnedLink::from_pin(&link_pin) {
+            Ok(pinned) => {
+                let fd_link: FdLink = pinned.into();
+                let link = XdpLink::try_from(fd_link).map_err(|e| pin_err(format!("pinned link: {e}")))?;
+                match self.program().attach_to_link(link) {
+                    Ok(id) => Some(id),
+                    Err(e) => {
+                        tracing::warn!(iface, "cannot replace the program in the pinned link ({e}); attaching anew");
+                        let _ = std::fs::remove_file(&link_pin);
+                        None
+                    }
                 }
-            },
+            }
+            Err(_) => None,
         };
-        let mut fp = FastPath { loaded: self, iface: iface.into(), mode: mode_name, link: Some(link) };
-        fp.pin()?;
-        Ok(fp)
+        let (link, mode_name) = match adopted {
+            Some(id) => {
+                tracing::info!(iface, "adopted the XDP link pinned by a previous agent");
+                (id, recorded_mode(iface))
+            }
+            None => {
+                let (id, mode_name) = match mode {
+                    XdpModeArg::Native => (self.program().attach(iface, XdpMode::Driver).map_err(attach_err)?, "native"),
+                    XdpModeArg::Skb => (self.program().attach(iface, XdpMode::Skb).map_err(attach_err)?, "skb"),
+                    XdpModeArg::Auto => match self.program().attach(iface, XdpMode::Driver) {
+                        Ok(link) => (link, "native"),
+                        Err(e) => {
+                            tracing::warn!(iface, "native XDP unavailable ({}); falling back to skb mode", root_cause(&e));
+                            (self.program().attach(iface, XdpMode::Skb).map_err(attach_err)?, "skb")
+                        }
+                    },
+                };
+                // Pin the link: the program then stays attached if this process dies.
+                let taken = self.program().take_link(id).map_err(attach_err)?;
+                let fd_link = FdLink::try_from(taken).map_err(|e| pin_err(format!("link is not a bpf_link: {e}")))?;
+                let pinned = fd_link.pin(&link_pin).map_err(|e| pin_err(format!("pinning the link: {e}")))?;
+                let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| pin_err(e.to_string()))?;
+                let id = self.program().attach_to_link(link).map_err(attach_err)?;
+                (id, mode_name)
+            }
+        };
+        Ok(FastPath { loaded: self, iface: iface.into(), mode: mode_name, link: Some(link) })
+    }
+}
+
+/// The mode a previous agent recorded for `iface` (the adopted link keeps it).
+fn recorded_mode(iface: &str) -> &'static str {
+    match crate::runtime::AgentRecord::read(iface).map(|r| r.xdp_mode) {
+        Some(m) if m == "skb" => "skb",
+        Some(_) => "native",
+        None => "adopted",
     }
 }
 
@@ -150,31 +235,25 @@ impl FastPath {
         self.loaded.take_map(name)
     }
 
-    fn pin(&mut self) -> Result<(), StartError> {
-        let dir = pins::iface_dir(&self.iface);
-        let pin_err = |reason: String| StartError::Pin { path: dir.display().to_string(), reason };
-        pins::ensure_bpffs().map_err(|e| pin_err(format!("mounting bpffs: {e}")))?;
-        // Pins left by an agent that died without cleaning up are stale: nothing reads them.
-        pins::remove_iface_dir(&self.iface).map_err(|e| pin_err(e.to_string()))?;
-        std::fs::create_dir_all(&dir).map_err(|e| pin_err(e.to_string()))?;
-        for name in [maps::COUNTERS] {
-            let map = self.loaded.ebpf.map(name).ok_or_else(|| pin_err(format!("no map {name}")))?;
-            map.pin(dir.join(name)).map_err(|e| pin_err(format!("{name}: {e}")))?;
-        }
-        Ok(())
-    }
-
     /// Detaches the program and removes the pins.
     pub fn detach(mut self) -> anyhow::Result<()> {
         self.detach_inner()
     }
 
     fn detach_inner(&mut self) -> anyhow::Result<()> {
+        // Unpin first: the link then lives only through our fd, and detaching destroys it.
+        pins::remove_iface_dir(&self.iface)?;
         if let Some(link) = self.link.take() {
             self.loaded.program().detach(link)?;
         }
-        pins::remove_iface_dir(&self.iface)?;
         Ok(())
+    }
+
+    /// Leaves program, link and maps pinned and running without this process (as if it had
+    /// died): for tests of adoption.
+    pub fn abandon(mut self) {
+        self.link = None;
+        std::mem::forget(self);
     }
 }
 

@@ -123,6 +123,12 @@ impl CacheSync {
         stale.len()
     }
 
+    /// After the start-up compile: drops entries an earlier agent left that the lease store
+    /// no longer backs.
+    pub fn prune_unknown(&mut self) -> usize {
+        self.cache.prune_unknown()
+    }
+
     pub fn clients(&self) -> usize {
         self.clients.len()
     }
