@@ -2,6 +2,8 @@
 //! rate tests against netboot-xdp and its peers.
 
 mod demo;
+mod dhcp_rate;
+mod dhcpgen;
 
 use clap::{Parser, Subcommand};
 use netboot::lab::{Lab, LabSpec};
@@ -18,6 +20,9 @@ struct Cli {
 enum Cmd {
     /// Build a lab, attach netboot-xdp, send a burst of real client packets, show the counters.
     Demo,
+    /// DHCP rate: XDP cost per reply, N clients at once against netboot-xdp (userspace and
+    /// kernel paths), dnsmasq and Kea.
+    DhcpRate(dhcp_rate::Args),
     /// Manage labs by hand.
     Lab {
         #[command(subcommand)]
@@ -54,6 +59,7 @@ fn main() {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Demo => demo::run(),
+        Cmd::DhcpRate(args) => dhcp_rate::run(&args),
         Cmd::Lab { cmd: LabCmd::Up { server, client } } => Lab::create(&LabSpec { server, client }).map(|lab| {
             println!("lab {}", lab.id);
             println!("  server: netns {} dev {} addr {}", lab.server.name(), lab.server_if, lab.server_addr);

@@ -19,6 +19,7 @@ const PACKAGES: &[&str] = &[
     "isc-dhcp-client", // dhclient
     "udhcpc",
     "kea-admin", // perfdhcp
+    "kea-dhcp4-server", // a peer of the bench
     "tftp-hpa",
     "atftp",
     "curl",
