@@ -1,6 +1,7 @@
-//! `cargo xtask demo`: the product on the lab. Until the fast-path, TFTP and storm issues land
-//! it shows what is there: attach, real DHCP clients served by the agent (leases on disk), every
-//! request classified and counted in the kernel.
+//! `cargo xtask demo`: the product on the lab. Until the TFTP, HTTP and storm issues land it
+//! shows what is there: attach, real DHCP clients served by the agent (leases on disk), every
+//! request classified and counted in the kernel, and known machines answered by the XDP
+//! program.
 
 use netboot::lab::{Agent, Lab, LabSpec, clients};
 use std::time::Instant;
@@ -45,6 +46,26 @@ pub fn run() -> anyhow::Result<()> {
     };
     run("perfdhcp, 500 clients, full DORA through a relay", perf(clients::perfdhcp(&lab, 500, 250, &[])));
     run("perfdhcp as iPXE (-o 77,69505845), the same 500", perf(clients::perfdhcp(&lab, 500, 250, &["-o", "77,69505845"])));
+    // A small storm of PXE ROMs: first as new machines (the agent answers), then again (their
+    // leases are on disk: the XDP program answers).
+    let storm = crate::dhcpgen::Config {
+        clients: 1000,
+        base: 0x10000,
+        persona: crate::dhcpgen::Persona::Pxe,
+        window: 256,
+        retry: std::time::Duration::from_secs(1),
+        deadline: std::time::Duration::from_secs(30),
+    };
+    for pass in ["new machines, agent", "same machines again, XDP fast path"] {
+        let r = crate::dhcpgen::run(&lab, &storm)?;
+        println!(
+            "  1000 PXE ROMs ({pass}): {} leased in {:.3} s, {:.0} DORA/s, p99 {:.1} ms",
+            r.leased,
+            r.wall.as_secs_f64(),
+            r.rate(),
+            r.pct(0.99).as_secs_f64() * 1e3
+        );
+    }
     let leases = std::process::Command::new(&bin).args(["leases", "-c"]).arg(&config).output()?;
     let rows: Vec<String> = String::from_utf8_lossy(&leases.stdout).lines().map(str::to_string).collect();
     println!("\nleases on disk (netboot-xdp leases): {} rows; the first ones:", rows.len().saturating_sub(1));
@@ -59,7 +80,7 @@ pub fn run() -> anyhow::Result<()> {
             println!("{line}");
         }
     }
-    println!("\n(counters at zero are not shown; in-kernel replies, TFTP, HTTP and the boot storm arrive with the next issues)");
+    println!("\n(counters at zero are not shown; TFTP, HTTP and the whole-chain boot storm arrive with the next issues)");
     agent.stop()?;
     let _ = std::fs::remove_dir_all(&dir);
     println!("lab {} removed; demo took {:.1} s", lab.id, t0.elapsed().as_secs_f64());
