@@ -222,7 +222,7 @@ fn prog_test_run_cost() -> anyhow::Result<(u32, u32)> {
     let server = DhcpServer::new(ServerParams::from_config(&cfg, "10.77.0.1".parse()?), Vec::new(), Vec::new());
     let mut loaded = Loaded::new()?;
     let mut cache = ReplyCache::new(loaded.take_map(netboot_common::maps::REPLY_CACHE).context("no cache map")?)?;
-    let who = Presentation { mac, class: netboot_common::wire::ClientClass::Pxe, arch: Some(0), client_id: None };
+    let who = Presentation { mac, class: netboot_common::wire::ClientClass::Pxe, arch: Some(0), client_id: None, relay: None };
     cache.install(mac, &compile(&server, &who, netboot::mac::MacAddr([2, 0, 0, 0, 0, 1]), 0))?;
     let clients_cfg = dhcpgen::Config { clients: 2, base: 0, persona: Persona::Pxe, window: 0, retry: Duration::from_secs(1), deadline: Duration::from_secs(1) };
     // Client 1 has the reservation (02:b0:00:00:00:01); client 0 is unknown.

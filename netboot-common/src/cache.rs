@@ -28,10 +28,13 @@ pub struct CacheKey {
     /// Option 93 for PXE clients (it picks the file); 0xffff for other classes.
     pub arch: u16,
     pub _pad: [u8; 2],
+    /// giaddr of a relayed request (0.0.0.0 for clients on the link): a relayed reply goes to
+    /// that relay, so it is a different entry.
+    pub relay: [u8; 4],
 }
 
-/// A compiled reply: the whole frame as the agent would send it to `chaddr`/`yiaddr` for a
-/// request with xid 0 and flags 0. The XDP program copies it, patches xid, flags and (for the
+/// A compiled reply: the whole frame as the agent would send it (to `chaddr`/`yiaddr`, or to the
+/// relay) for a request with xid 0 and flags 0. The XDP program copies it, patches xid, flags and (for the
 /// broadcast flag) the destination, recomputes both checksums and transmits it.
 #[repr(C)]
 #[derive(Clone, Copy)]

@@ -7,7 +7,7 @@
 use crate::{Classified, SCRATCH, Scratch, bump, byte};
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::generated::{bpf_csum_diff, bpf_xdp_adjust_tail, bpf_xdp_load_bytes, bpf_xdp_store_bytes},
+    helpers::generated::{bpf_csum_diff, bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_load_bytes, bpf_xdp_store_bytes},
     macros::map,
     maps::{LruHashMap, RingBuf},
     programs::XdpContext,
@@ -43,6 +43,7 @@ fn key(req: &Classified, kind: u8) -> CacheKey {
             _ => 0xffff,
         },
         _pad: [0; 2],
+        relay: req.giaddr,
     }
 }
 
@@ -53,8 +54,9 @@ pub fn answer(ctx: &XdpContext, req: &Classified) -> Result<u32, Counter> {
         _ => return Ok(xdp_action::XDP_PASS),
     };
     let s = unsafe { &mut *SCRATCH.get_ptr_mut(0).ok_or(Counter::FastError)? };
-    // The cached reply is for an untagged, unrelayed client in INIT/SELECTING/INIT-REBOOT.
-    if req.vlan || req.giaddr != [0; 4] || req.ciaddr != [0; 4] || s.facts.relay_info != 0 || s.facts.duplicate != 0 {
+    // The cached reply is for an untagged client in INIT/SELECTING/INIT-REBOOT, on the link or
+    // behind a relay that adds no option 82 (82 is echoed per request).
+    if req.vlan || req.ciaddr != [0; 4] || s.facts.relay_info != 0 || s.facts.duplicate != 0 {
         return Err(Counter::FastIneligible);
     }
     let entry = unsafe { REPLY_CACHE.get(&key(req, kind)) }.ok_or(Counter::CacheMiss)?;
@@ -172,8 +174,8 @@ fn finish(s: &mut Scratch, e: &CacheEntry, req: &Classified, len: usize) {
     let r = &mut s.reply;
     r[off::XID..off::XID + 4].copy_from_slice(&req.xid);
     r[off::FLAGS..off::FLAGS + 2].copy_from_slice(&req.flags);
-    if req.flags[0] & 0x80 != 0 {
-        // The client asked for a broadcast reply (RFC 2131 §4.1).
+    if req.flags[0] & 0x80 != 0 && req.giaddr == [0; 4] {
+        // The client asked for a broadcast reply (RFC 2131 §4.1); a relay is always unicast.
         r[off::ETH_DST..off::ETH_DST + 6].copy_from_slice(&[0xff; 6]);
         r[off::IP_DST..off::IP_DST + 4].copy_from_slice(&[0xff; 4]);
     }
@@ -233,7 +235,11 @@ fn write_frame(ctx: &XdpContext, s: &mut Scratch, len: usize) -> Result<(), Coun
     let cur = ctx.data_end() - ctx.data();
     let delta = len as i32 - cur as i32;
     if delta != 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
-        return Err(Counter::FastError);
+        // Growing needs tailroom, which a frame built from a small skb (veth) may lack; the
+        // headroom XDP guarantees (256 bytes) serves as well: start the frame earlier.
+        if delta < 0 || delta > 256 || unsafe { bpf_xdp_adjust_head(ctx.ctx, -delta) } != 0 {
+            return Err(Counter::FastError);
+        }
     }
     let n = opaque(len as u32) & (TEMPLATE_MAX as u32 * 2 - 1);
     if n == 0 || n as usize > TEMPLATE_MAX {

@@ -90,3 +90,41 @@ fn ipv4_addrs(name: &str) -> Vec<Ipv4Net> {
     unsafe { libc::freeifaddrs(head) };
     out
 }
+
+/// MACs of DHCP relays on the link, from the kernel's neighbour table (`/proc/net/arp` of this
+/// network namespace), so that replies to a relay can leave as frames identical to those the
+/// XDP program sends. Unknown addresses are looked up again at most every 100 ms.
+#[derive(Debug, Default)]
+pub struct RelayMacs {
+    known: std::sync::Mutex<(std::collections::HashMap<Ipv4Addr, MacAddr>, Option<std::time::Instant>)>,
+}
+
+impl RelayMacs {
+    pub fn get(&self, iface: &str, ip: Ipv4Addr) -> Option<MacAddr> {
+        let mut k = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = k.0.get(&ip) {
+            return Some(*m);
+        }
+        if k.1.is_some_and(|t| t.elapsed() < std::time::Duration::from_millis(100)) {
+            return None;
+        }
+        k.1 = Some(std::time::Instant::now());
+        k.0 = read_arp(iface);
+        k.0.get(&ip).copied()
+    }
+}
+
+/// Complete entries of `/proc/net/arp` on `iface`.
+fn read_arp(iface: &str) -> std::collections::HashMap<Ipv4Addr, MacAddr> {
+    let text = std::fs::read_to_string("/proc/net/arp").unwrap_or_default();
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // IP address, HW type, Flags, HW address, Mask, Device; flag 0x2 = complete.
+            let complete = u32::from_str_radix(f.get(2)?.trim_start_matches("0x"), 16).ok()? & 0x2 != 0;
+            (complete && *f.get(5)? == iface).then_some(())?;
+            Some((f[0].parse().ok()?, f[3].parse().ok()?))
+        })
+        .collect()
+}

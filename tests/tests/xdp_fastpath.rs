@@ -23,16 +23,18 @@ const SERVER_MAC: MacAddr = MacAddr([0x02, 0x6e, 0x62, 0, 0, 1]);
 
 /// A request as the core and the compiler see it.
 struct Req {
-    frame: Vec<u8>,
     msg: Message,
     mac: MacAddr,
+    /// The relay (giaddr, its MAC = the frame's source) of a relayed request.
+    relay: Option<(Ipv4Addr, MacAddr)>,
 }
 
 fn req(frame: Vec<u8>) -> Req {
     let p = parse_udp(&frame).expect("UDP frame");
     let msg = Message::decode(&mut Decoder::new(p.payload)).expect("DHCP");
     let mac = MacAddr(msg.chaddr().try_into().unwrap());
-    Req { frame, msg, mac }
+    let relay = (!msg.giaddr().is_unspecified()).then(|| (msg.giaddr(), p.envelope.src_mac));
+    Req { msg, mac, relay }
 }
 
 /// Re-encodes `msg` into the frame of `base` (same envelope), with valid checksums.
@@ -55,12 +57,13 @@ fn server(reserved: &[(MacAddr, Ipv4Addr)]) -> DhcpServer {
     DhcpServer::new(ServerParams::from_config(&cfg, SERVER), pools, Vec::new())
 }
 
-/// The frame the core sends for `r`, if it sends one through the packet socket.
+/// The frame the core sends for `r`, if it sends one through the packet socket (a relay's
+/// MAC is known to the agent from its neighbour table; here it is the request's source).
 fn core_frame(server: &mut DhcpServer, frame: &[u8]) -> Option<Vec<u8>> {
     let p = parse_udp(frame)?;
     let out = server.handle(Request { payload: p.payload, local_port: 67, src_ip: p.envelope.src_ip, src_port: p.envelope.src_port, now: NOW });
     match out {
-        Outcome::Reply(r) => r.frame(SERVER_MAC, SERVER),
+        Outcome::Reply(r) => r.frame(SERVER_MAC, SERVER, Some(p.envelope.src_mac)),
         Outcome::Silent { .. } => None,
     }
 }
@@ -71,7 +74,7 @@ fn presentation(r: &Req) -> Presentation {
         Some(DhcpOption::ClientIdentifier(id)) => Some(id.clone()),
         _ => None,
     };
-    Presentation { mac: r.mac, class: c.class, arch: c.arch, client_id }
+    Presentation { mac: r.mac, class: c.class, arch: c.arch, client_id, relay: r.relay }
 }
 
 struct Prog {
@@ -103,6 +106,9 @@ fn corpus() -> Vec<(String, Vec<u8>)> {
             v.push((format!("{name}[{i}]"), f));
         }
     }
+    // perfdhcp through its relay (giaddr 10.78.0.2), plain and as iPXE.
+    v.push(("perfdhcp relayed".into(), fixture_frames("perfdhcp")[0].clone()));
+    v.push(("perfdhcp -o 77 relayed".into(), fixture_frames("perfdhcp-ipxe")[0].clone()));
     // EDK2 DISCOVER without the broadcast flag: link unicast to chaddr/yiaddr.
     let uefi = fixture_frames("uefi-pxe")[0].clone();
     let mut m = req(uefi.clone()).msg;
@@ -215,10 +221,10 @@ fn ineligible_and_mismatched_requests_go_to_the_agent() {
     m.opts_mut().insert(DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 78, 1, 50)));
     m.opts_mut().insert(DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 78, 0, 9)));
     pass(&mut prog, "REQUEST other server", &reframe(&uefi[1], &m), Counter::FastMismatch);
-    // Relayed, renewing (ciaddr), VLAN-tagged: the agent's.
+    // Through a relay it is another entry; renewing (ciaddr) and VLAN-tagged: the agent's.
     let mut m = r.msg.clone();
     m.set_giaddr(Ipv4Addr::new(10, 78, 0, 2));
-    pass(&mut prog, "relayed", &reframe(&uefi[0], &m), Counter::FastIneligible);
+    pass(&mut prog, "relayed", &reframe(&uefi[0], &m), Counter::CacheMiss);
     let mut m = r.msg.clone();
     m.set_ciaddr(Ipv4Addr::new(10, 78, 1, 50));
     pass(&mut prog, "ciaddr", &reframe(&uefi[0], &m), Counter::FastIneligible);
@@ -250,7 +256,7 @@ fn mutated_requests_never_get_a_reply_the_core_would_not_send() {
     let mut prog = Prog::load();
     let mut rng = XorShift(0xfa57_0b07_1234_5678);
     let (mut answered, mut total) = (0, 0);
-    for (what, frame) in corpus.iter().take(9) {
+    for (what, frame) in corpus.iter().take(11) {
         let r = req(frame.clone());
         let core = server(&reserved);
         prog.cache.install(r.mac, &compile(&core, &presentation(&r), SERVER_MAC, NOW)).unwrap();

@@ -16,7 +16,7 @@ use netboot_common::cache::AckEvent;
 use std::sync::Mutex;
 use tokio::io::unix::AsyncFd;
 use super::store::{Committer, Job, LeaseStore};
-use crate::iface::Interface;
+use crate::iface::{Interface, RelayMacs};
 use crate::mac::MacAddr;
 use crate::stats::Stats;
 use anyhow::Context;
@@ -86,14 +86,22 @@ struct Transmitter {
     mac: MacAddr,
     server_ip: Ipv4Addr,
     stats: Arc<Stats>,
+    iface: String,
+    relays: Arc<RelayMacs>,
 }
 
 impl Transmitter {
     async fn send(&self, r: &Reply) {
         let result = match r.dest {
-            Destination::Relay(giaddr) => {
-                self.sock67.send_to(&r.payload, SocketAddrV4::new(giaddr, DHCP_SERVER_PORT)).await.map(|_| ())
-            }
+            Destination::Relay(giaddr) => match self.relays.get(&self.iface, giaddr) {
+                // As the XDP program would send it; until the relay's MAC is known, the kernel
+                // routes and resolves it.
+                Some(relay_mac) => {
+                    let frame = r.frame(self.mac, self.server_ip, Some(relay_mac)).expect("relay frame");
+                    self.l2.send(relay_mac, &frame)
+                }
+                None => self.sock67.send_to(&r.payload, SocketAddrV4::new(giaddr, DHCP_SERVER_PORT)).await.map(|_| ()),
+            },
             Destination::Unicast { ip, port } => {
                 // Answer from the port the request came to (4011 for ProxyDHCP requests).
                 let sock = match &self.sock4011 {
@@ -103,7 +111,7 @@ impl Transmitter {
                 sock.send_to(&r.payload, SocketAddrV4::new(ip, port)).await.map(|_| ())
             }
             Destination::Broadcast | Destination::LinkUnicast { .. } => {
-                let frame = r.frame(self.mac, self.server_ip).expect("link-layer destination");
+                let frame = r.frame(self.mac, self.server_ip, None).expect("link-layer destination");
                 let dst = MacAddr(frame[..6].try_into().expect("6 bytes"));
                 self.l2.send(dst, &frame)
             }
@@ -177,6 +185,8 @@ impl Service {
             mac: iface.mac,
             server_ip: server.params().server_ip,
             stats: stats.clone(),
+            iface: iface.name.clone(),
+            relays: Arc::new(RelayMacs::default()),
         });
         stats.add("dhcp_leases_loaded", server.leases().len() as u64);
         Ok(Service { server, store, stats, sock67, sock4011, tx, fast })
@@ -191,6 +201,7 @@ impl Service {
     /// Serves until `shutdown` changes; then lets queued commits finish and their replies go.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         let Service { mut server, store, stats, sock67, sock4011, tx, fast } = self;
+        let (relays, iface) = (tx.relays.clone(), tx.iface.clone());
         let (sync, events) = match fast {
             Some(f) => {
                 let events = unsafe { AsyncFd::register_with_interest(f.events, tokio::io::Interest::READABLE) }
@@ -310,11 +321,16 @@ impl Service {
                             sync.displace(l.ip, l.mac);
                         }
                         if r.kind == MessageType::Ack || server.is_reserved(r.mac) {
+                            let relay = match r.dest {
+                                Destination::Relay(g) => relays.get(&iface, g).map(|m| (g, m)),
+                                _ => None,
+                            };
                             let seen = Presentation {
                                 mac: r.mac,
                                 class: r.class,
                                 arch: r.arch,
                                 client_id: raw_option(&r.payload, 61).map(<[u8]>::to_vec),
+                                relay,
                             };
                             cache = Some(sync.prepare(&server, r.mac, &CacheSync::presentations(r.mac, Some(seen)), now));
                         }

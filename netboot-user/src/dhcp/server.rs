@@ -606,13 +606,15 @@ impl DhcpServer {
 }
 
 impl Reply {
-    /// The whole frame of a reply that leaves through the packet socket (broadcast or link
-    /// unicast); `None` for replies routed through the UDP socket (relay, unicast).
-    pub fn frame(&self, src_mac: MacAddr, server_ip: Ipv4Addr) -> Option<Vec<u8>> {
-        let (dst_mac, dst_ip) = match self.dest {
-            Destination::Broadcast => (MacAddr([0xff; 6]), Ipv4Addr::BROADCAST),
-            Destination::LinkUnicast { mac, ip } => (mac, ip),
-            Destination::Relay(_) | Destination::Unicast { .. } => return None,
+    /// The whole frame of a reply that leaves through the packet socket: broadcast, link
+    /// unicast, or to a relay whose MAC is known (`relay_mac`). `None` for replies routed
+    /// through the UDP socket (unicast to ciaddr, a relay whose MAC is unknown).
+    pub fn frame(&self, src_mac: MacAddr, server_ip: Ipv4Addr, relay_mac: Option<MacAddr>) -> Option<Vec<u8>> {
+        let (dst_mac, dst_ip, dst_port) = match self.dest {
+            Destination::Broadcast => (MacAddr([0xff; 6]), Ipv4Addr::BROADCAST, DHCP_CLIENT_PORT),
+            Destination::LinkUnicast { mac, ip } => (mac, ip, DHCP_CLIENT_PORT),
+            Destination::Relay(giaddr) => (relay_mac?, giaddr, DHCP_SERVER_PORT),
+            Destination::Unicast { .. } => return None,
         };
         Some(
             crate::frame::UdpEnvelope {
@@ -622,7 +624,7 @@ impl Reply {
                 src_ip: server_ip,
                 dst_ip,
                 src_port: DHCP_SERVER_PORT,
-                dst_port: DHCP_CLIENT_PORT,
+                dst_port,
                 ttl: 64,
             }
             .build(&self.payload),
@@ -666,15 +668,17 @@ impl DhcpServer {
     }
 
     /// What this server answers a DISCOVER and a REQUEST (SELECTING or INIT-REBOOT, for its
-    /// address, not relayed) from `mac` presenting `class`/`arch` and `client_id`, if the answer
-    /// is fixed: the client has a reservation or a bound lease at `now`. Replies that the client's
-    /// option 57 could make the core trim (longer than 548 bytes) are not cacheable.
+    /// address, directly or through the relay `giaddr`) from `mac` presenting `class`/`arch` and
+    /// `client_id`, if the answer is fixed: the client has a reservation or a bound lease at
+    /// `now`. Replies that the client's option 57 could make the core trim (longer than 548
+    /// bytes) are not cacheable.
     pub fn cached_replies(
         &self,
         mac: MacAddr,
         class: ClientClass,
         arch: Option<u16>,
         client_id: Option<&[u8]>,
+        giaddr: Option<Ipv4Addr>,
         now: u64,
     ) -> Option<CachedReplies> {
         if self.params.mode != DhcpMode::Authoritative {
@@ -687,6 +691,12 @@ impl DhcpServer {
         };
         let mut m = Message::default();
         m.set_opcode(Opcode::BootRequest).set_chaddr(&mac.0).set_xid(0).set_flags(Flags::default());
+        if let Some(g) = giaddr {
+            if !self.params.subnet.is_some_and(|n| n.contains(&g)) {
+                return None; // handle() would not answer it
+            }
+            m.set_giaddr(g);
+        }
         let o = m.opts_mut();
         o.insert(DhcpOption::MessageType(MessageType::Discover));
         if let Some(id) = client_id {

@@ -22,6 +22,8 @@ pub struct Presentation {
     /// Option 93 (PXE clients only).
     pub arch: Option<u16>,
     pub client_id: Option<Vec<u8>>,
+    /// The relay the requests come through (giaddr and the relay's MAC), if any.
+    pub relay: Option<(Ipv4Addr, MacAddr)>,
 }
 
 impl Presentation {
@@ -35,6 +37,7 @@ impl Presentation {
                 _ => 0xffff,
             },
             _pad: [0; 2],
+            relay: self.relay.map_or([0; 4], |(ip, _)| ip.octets()),
         }
     }
 }
@@ -48,7 +51,7 @@ pub fn compile(
     now: u64,
 ) -> Vec<(CacheKey, CacheEntry)> {
     let Some(CachedReplies { ip, offer, ack }) =
-        server.cached_replies(who.mac, who.class, who.arch, who.client_id.as_deref(), now)
+        server.cached_replies(who.mac, who.class, who.arch, who.client_id.as_deref(), who.relay.map(|r| r.0), now)
     else {
         return Vec::new();
     };
@@ -60,7 +63,7 @@ pub fn compile(
 }
 
 fn entry(reply: &Reply, who: &Presentation, ip: Ipv4Addr, src_mac: MacAddr, server_ip: Ipv4Addr) -> Option<CacheEntry> {
-    let frame = reply.frame(src_mac, server_ip)?;
+    let frame = reply.frame(src_mac, server_ip, who.relay.map(|r| r.1))?;
     let cid = who.client_id.as_deref().unwrap_or_default();
     if frame.len() > TEMPLATE_MAX || cid.len() > CLIENT_ID_MAX || frame.len() < off::BOOTP + 300 {
         return None;

@@ -38,13 +38,15 @@ impl CacheSync {
 
     /// The presentations worth caching for a client: the one just seen, and the next steps of
     /// a boot chain (iPXE with client id 01:mac; the PXE ROM of a BIOS or UEFI x64 machine).
+    /// Behind a relay, the next steps come through the same relay.
     pub fn presentations(mac: MacAddr, seen: Option<Presentation>) -> Vec<Presentation> {
         let mut hw_id = vec![1];
         hw_id.extend_from_slice(&mac.0);
+        let relay = seen.as_ref().and_then(|s| s.relay);
         let mut v = vec![
-            Presentation { mac, class: ClientClass::Ipxe, arch: None, client_id: Some(hw_id) },
-            Presentation { mac, class: ClientClass::Pxe, arch: Some(arch::BIOS), client_id: None },
-            Presentation { mac, class: ClientClass::Pxe, arch: Some(arch::EFI_X64), client_id: None },
+            Presentation { mac, class: ClientClass::Ipxe, arch: None, client_id: Some(hw_id), relay },
+            Presentation { mac, class: ClientClass::Pxe, arch: Some(arch::BIOS), client_id: None, relay },
+            Presentation { mac, class: ClientClass::Pxe, arch: Some(arch::EFI_X64), client_id: None, relay },
         ];
         if let Some(s) = seen {
             if !v.contains(&s) {
