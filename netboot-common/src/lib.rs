@@ -30,6 +30,10 @@ pub const PROGRAM_NAME: &str = "netboot";
 /// `XDP_TX` frames are received there (TOOLCHAIN.md P3).
 pub const PASS_PROGRAM_NAME: &str = "xdp_pass";
 
+/// The lab's lossy-link program and its map (share of frames dropped, in 1/65536).
+pub const LAB_LOSS_PROGRAM_NAME: &str = "lab_loss";
+pub const LAB_LOSS_MAP: &str = "LAB_LOSS";
+
 /// Length of the per-CPU scratch buffer the DHCP options are copied into. A power of two, so that
 /// an index can be bounded with a mask the verifier understands. 2048 covers every option area
 /// that fits in a 1500-byte frame.

@@ -473,6 +473,19 @@ fn prefix_eq<const N: usize>(s: &Scratch, data: usize, prefix: &[u8; N]) -> bool
     true
 }
 
+/// Loss the lab injects on a link, in units of 1/65536 of the frames (`lab_loss`).
+#[map]
+static LAB_LOSS: aya_ebpf::maps::Array<u32> = aya_ebpf::maps::Array::with_max_entries(1, 0);
+
+/// The lab's lossy link: drops the configured share of the frames arriving on the client end
+/// (tests of retransmission; never attached by the agent).
+#[xdp]
+pub fn lab_loss(_ctx: XdpContext) -> u32 {
+    let share = LAB_LOSS.get(0).copied().unwrap_or(0);
+    let r = unsafe { aya_ebpf::helpers::generated::bpf_get_prandom_u32() } & 0xffff;
+    if r < share { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
+}
+
 /// Installed by the lab on the client end of a veth pair: a receiving veth needs an XDP program
 /// for native-mode XDP_TX frames to be delivered (TOOLCHAIN.md P3).
 #[xdp]

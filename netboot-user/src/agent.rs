@@ -1,6 +1,7 @@
 //! The agent: everything `netboot-xdp attach` runs on one interface, until a signal.
 
-use crate::config::{Config, DhcpMode};
+use crate::config::{Config, DhcpMode, TftpEngine};
+use crate::tftp;
 use crate::dhcp::io::FastPathLink;
 use crate::fastpath::cache::ReplyCache;
 use crate::fastpath::sync::CacheSync;
@@ -39,6 +40,7 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
     let stats = Arc::new(Stats::default());
     let dhcp = io::Service::bind(&iface, server, Box::new(store) as Box<dyn LeaseStore>, stats.clone())?;
 
+    let tftp = tftp_service(&config, &iface, server_ip, stats.clone())?;
     let mut fastpath = Loaded::pinned(iface_name)?.attach(iface_name, mode)?;
     let dhcp = match (fastpath.take_map(maps::REPLY_CACHE), fastpath.take_map(maps::EVENTS)) {
         (Some(cache), Some(events)) if config.dhcp.mode == DhcpMode::Authoritative => dhcp.with_fast_path(FastPathLink {
@@ -62,6 +64,7 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let dhcp_task = tokio::spawn(dhcp.run(stop_rx.clone()));
+    let tftp_task = tftp.map(|t| tokio::spawn(t.run(stop_rx.clone())));
     let stats_task = {
         let (stats, iface, mut stop) = (stats.clone(), iface_name.to_string(), stop_rx.clone());
         tokio::spawn(async move {
@@ -85,6 +88,9 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
     };
     let _ = stop_tx.send(true);
     let _ = stats_task.await;
+    if let Some(t) = tftp_task {
+        let _ = t.await;
+    }
     // Give the DHCP task (if still running) a moment to flush its committed replies.
     tokio::time::sleep(Duration::from_millis(50)).await;
     let counters = fastpath.counters().ok();
@@ -95,6 +101,28 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
     }
     tracing::info!(iface = iface_name, "final agent counters: {:?}", stats.snapshot());
     outcome
+}
+
+/// The TFTP service, if `tftp.root` exists (a boot server without TFTP files is possible, e.g.
+/// HTTP boot only: a warning, not an error).
+fn tftp_service(config: &Config, iface: &Interface, server_ip: std::net::Ipv4Addr, stats: Arc<Stats>) -> anyhow::Result<Option<tftp::socket::Service>> {
+    let t = &config.tftp;
+    let files = match tftp::FileCache::new(&t.root) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(root = %t.root.display(), "TFTP disabled: tftp.root: {e}");
+            return Ok(None);
+        }
+    };
+    if t.engine == TftpEngine::Afxdp {
+        tracing::warn!("tftp.engine = \"afxdp\": the AF_XDP engine is not built yet; serving with the socket engine");
+    }
+    let limits = tftp::Limits {
+        max_blksize: *t.max_blksize.get_ref(),
+        max_windowsize: *t.max_windowsize.get_ref(),
+        max_payload: (iface.mtu.saturating_sub(28)).clamp(512, 65_507) as u16,
+    };
+    Ok(Some(tftp::socket::Service::bind(iface, server_ip, files, limits, stats)?))
 }
 
 async fn wait_for_shutdown() -> &'static str {

@@ -14,6 +14,7 @@ pub struct Interface {
     pub index: u32,
     pub mac: MacAddr,
     pub ipv4: Vec<Ipv4Net>,
+    pub mtu: u32,
 }
 
 impl Interface {
@@ -23,7 +24,7 @@ impl Interface {
         if index == 0 {
             bail!("no such interface: {name}");
         }
-        Ok(Interface { name: name.into(), index, mac: hw_addr(name)?, ipv4: ipv4_addrs(name) })
+        Ok(Interface { name: name.into(), index, mac: hw_addr(name)?, ipv4: ipv4_addrs(name), mtu: mtu(name).unwrap_or(1500) })
     }
 
     /// The address to serve from: `configured`, or the interface's first IPv4 address.
@@ -34,6 +35,20 @@ impl Interface {
             (None, None) => bail!("{} has no IPv4 address: add one or set [server] address", self.name),
         }
     }
+}
+
+fn mtu(name: &str) -> Option<u32> {
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFMTU, &mut req) };
+    unsafe { libc::close(fd) };
+    (rc == 0).then(|| unsafe { req.ifr_ifru.ifru_mtu } as u32)
 }
 
 fn hw_addr(name: &str) -> anyhow::Result<MacAddr> {

@@ -17,3 +17,4 @@ pub mod lab;
 pub mod mac;
 pub mod runtime;
 pub mod stats;
+pub mod tftp;

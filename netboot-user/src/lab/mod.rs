@@ -185,6 +185,25 @@ impl Lab {
         Ok(())
     }
 
+    /// Makes the link lose `percent` of the frames the server sends to the clients (an XDP
+    /// program on the client end replaces the pass-through one inside the pinned link).
+    /// `tc netem` needs a kernel module this machine kind does not have.
+    pub fn set_loss(&self, percent: f64) -> anyhow::Result<()> {
+        use aya::programs::{Xdp, links::{FdLink, PinnedLink}, xdp::XdpLink};
+        let mut ebpf = aya::EbpfLoader::new().load(OBJECT)?;
+        let share = ((percent / 100.0) * 65536.0).round().clamp(0.0, 65536.0) as u32;
+        let mut map: aya::maps::Array<_, u32> = aya::maps::Array::try_from(ebpf.map_mut(netboot_common::LAB_LOSS_MAP).context("no LAB_LOSS map")?)?;
+        map.set(0, share, 0)?;
+        let prog: &mut Xdp = ebpf.program_mut(netboot_common::LAB_LOSS_PROGRAM_NAME).context("no lab_loss program")?.try_into()?;
+        prog.load()?;
+        let pinned = PinnedLink::from_pin(self.pin_dir().join("peer_pass")).context("the lab's peer link pin")?;
+        let link = XdpLink::try_from(FdLink::from(pinned))?;
+        prog.attach_to_link(link)?;
+        // The link keeps the program; the map lives as long as the program references it.
+        std::mem::forget(ebpf);
+        Ok(())
+    }
+
     fn pin_dir(&self) -> PathBuf {
         lab_pin_dir(&self.id)
     }

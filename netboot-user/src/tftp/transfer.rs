@@ -1,0 +1,332 @@
+//! One read transfer as a sans-IO state machine: packets and the time in, packets out.
+//!
+//! Option negotiation (RFC 2347): blksize (RFC 2348), tsize and timeout (RFC 2349),
+//! windowsize (RFC 7440). Windows are lock-step as RFC 7440 describes: the client ACKs the last
+//! block of a window (or the last block it got in order), and the next window starts after the
+//! block it acknowledged. A duplicate or old ACK is ignored (no Sorcerer's Apprentice); only the
+//! retransmission timer resends. Block numbers roll over from 65535 to 0, as tftp-hpa and iPXE
+//! expect. The timer adapts to the measured round trip (a lost block costs hundreds of
+//! milliseconds, not the peers' 1–5 s) and backs off exponentially.
+
+use super::packet::{ErrorCode, Packet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Limits from the config and the interface.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_blksize: u16,
+    pub max_windowsize: u16,
+    /// Largest UDP payload the link carries (MTU - 28).
+    pub max_payload: u16,
+}
+
+/// Negotiated transfer parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Params {
+    pub blksize: usize,
+    pub windowsize: u64,
+    /// Longest retransmission timeout (the client's `timeout` option, else 1 s).
+    pub max_rto: Duration,
+}
+
+const INITIAL_RTO: Duration = Duration::from_millis(250);
+const MIN_RTO: Duration = Duration::from_millis(50);
+const MAX_TRIES: u32 = 8;
+
+/// Parses the request's options; returns the parameters and the OACK options (empty: no OACK).
+pub fn negotiate(requested: &[(String, String)], file_len: u64, limits: Limits) -> (Params, Vec<(String, String)>) {
+    let mut p = Params { blksize: 512, windowsize: 1, max_rto: Duration::from_secs(1) };
+    let mut oack = Vec::new();
+    for (k, v) in requested {
+        let Ok(n) = v.parse::<u64>() else { continue };
+        match k.as_str() {
+            "blksize" if (8..=65464).contains(&n) => {
+                let b = n.min(u64::from(limits.max_blksize)).min(u64::from(limits.max_payload) - 4);
+                p.blksize = b as usize;
+                oack.push((k.clone(), b.to_string()));
+            }
+            "tsize" => oack.push((k.clone(), file_len.to_string())),
+            "timeout" if (1..=255).contains(&n) => {
+                p.max_rto = Duration::from_secs(n);
+                oack.push((k.clone(), n.to_string()));
+            }
+            "windowsize" if (1..=65535).contains(&n) => {
+                let w = n.min(u64::from(limits.max_windowsize)).max(1);
+                p.windowsize = w;
+                oack.push((k.clone(), w.to_string()));
+            }
+            _ => {} // unknown or out of range: not acknowledged, the default applies
+        }
+    }
+    (p, oack)
+}
+
+/// What the I/O layer does next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Send these packets (in order).
+    Send(Vec<Vec<u8>>),
+    /// Nothing to do (duplicate or stray packet).
+    Wait,
+    /// The last block is acknowledged.
+    Done,
+    /// Give up: send this ERROR (if any) and stop.
+    Abort(Option<Vec<u8>>, &'static str),
+}
+
+pub struct Transfer {
+    data: Arc<[u8]>,
+    p: Params,
+    /// Data blocks in the file (the last is shorter than blksize, possibly empty).
+    blocks: u64,
+    /// An OACK waiting for its ACK 0.
+    oack: Option<Vec<u8>>,
+    /// Blocks acknowledged so far.
+    acked: u64,
+    last_send: Instant,
+    rto: Duration,
+    srtt: Option<Duration>,
+    tries: u32,
+    /// Packets resent because of the timer.
+    pub retransmits: u64,
+}
+
+impl Transfer {
+    pub fn new(data: Arc<[u8]>, p: Params, oack: Vec<(String, String)>, now: Instant) -> Transfer {
+        let blocks = data.len() as u64 / p.blksize as u64 + 1;
+        let oack = (!oack.is_empty()).then(|| Packet::OptionAck { options: oack }.to_vec());
+        Transfer { data, p, blocks, oack, acked: 0, last_send: now, rto: INITIAL_RTO.min(p.max_rto), srtt: None, tries: 0, retransmits: 0 }
+    }
+
+    pub fn params(&self) -> Params {
+        self.p
+    }
+
+    /// The first packets: the OACK, or the first window.
+    pub fn start(&mut self, now: Instant) -> Vec<Vec<u8>> {
+        self.last_send = now;
+        match &self.oack {
+            Some(o) => vec![o.clone()],
+            None => self.window(),
+        }
+    }
+
+    /// When the retransmission timer fires.
+    pub fn deadline(&self) -> Instant {
+        self.last_send + self.rto
+    }
+
+    fn block(&self, n: u64) -> Vec<u8> {
+        let start = ((n - 1) * self.p.blksize as u64) as usize;
+        let end = (start + self.p.blksize).min(self.data.len());
+        Packet::Data { block: (n % 65536) as u16, data: &self.data[start.min(end)..end] }.to_vec()
+    }
+
+    /// The window after the last acknowledged block.
+    fn window(&self) -> Vec<Vec<u8>> {
+        let last = (self.acked + self.p.windowsize).min(self.blocks);
+        (self.acked + 1..=last).map(|n| self.block(n)).collect()
+    }
+
+    /// The block a wire number acknowledges, if it is in the window in flight.
+    fn resolve_ack(&self, wire: u16) -> Option<u64> {
+        let last = (self.acked + self.p.windowsize).min(self.blocks);
+        (self.acked + 1..=last).find(|n| n % 65536 == u64::from(wire))
+    }
+
+    pub fn on_packet(&mut self, bytes: &[u8], now: Instant) -> Step {
+        match Packet::parse(bytes) {
+            Ok(Packet::Ack { block }) => {
+                if self.oack.is_some() {
+                    if block != 0 {
+                        return Step::Wait;
+                    }
+                    self.oack = None;
+                    self.sample(now);
+                    self.last_send = now;
+                    return Step::Send(self.window());
+                }
+                let Some(n) = self.resolve_ack(block) else { return Step::Wait };
+                self.sample(now);
+                self.acked = n;
+                if self.acked == self.blocks {
+                    return Step::Done;
+                }
+                self.last_send = now;
+                Step::Send(self.window())
+            }
+            Ok(Packet::Error { .. }) => Step::Abort(None, "client sent an error"),
+            Ok(_) => Step::Abort(Some(Packet::error(ErrorCode::IllegalOperation, "unexpected packet")), "unexpected packet"),
+            Err(_) => Step::Wait,
+        }
+    }
+
+    /// The timer fired: resend what is in flight, or give up.
+    pub fn on_timeout(&mut self, now: Instant) -> Step {
+        self.tries += 1;
+        if self.tries > MAX_TRIES {
+            return Step::Abort(Some(Packet::error(ErrorCode::NotDefined, "timed out")), "client stopped answering");
+        }
+        self.rto = (self.rto * 2).min(self.p.max_rto);
+        self.last_send = now;
+        let pkts = match &self.oack {
+            Some(o) => vec![o.clone()],
+            None => self.window(),
+        };
+        self.retransmits += pkts.len() as u64;
+        Step::Send(pkts)
+    }
+
+    /// Round-trip sample (Karn: not after a retransmission).
+    fn sample(&mut self, now: Instant) {
+        if self.tries == 0 {
+            let rtt = now.saturating_duration_since(self.last_send);
+            let srtt = match self.srtt {
+                None => rtt,
+                Some(s) => (s * 7 + rtt) / 8,
+            };
+            self.srtt = Some(srtt);
+            self.rto = (srtt * 4).clamp(MIN_RTO, self.p.max_rto);
+        }
+        self.tries = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits { max_blksize: 1468, max_windowsize: 32, max_payload: 1472 };
+
+    fn opts(o: &[(&str, &str)]) -> Vec<(String, String)> {
+        o.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn ack(n: u16) -> Vec<u8> {
+        Packet::Ack { block: n }.to_vec()
+    }
+
+    /// Plays a perfect client; returns the received file and the packets sent by the server.
+    fn fetch(data: &[u8], o: &[(&str, &str)]) -> (Vec<u8>, usize) {
+        let (p, oack) = negotiate(&opts(o), data.len() as u64, LIMITS);
+        let now = Instant::now();
+        let mut t = Transfer::new(data.into(), p, oack, now);
+        let mut got = Vec::new();
+        let mut sent = 0;
+        let mut pending = t.start(now);
+        let mut expect: u64 = 1;
+        loop {
+            sent += pending.len();
+            let mut last_block = None;
+            for pkt in &pending {
+                match Packet::parse(pkt).unwrap() {
+                    Packet::OptionAck { .. } => last_block = Some(0u16),
+                    Packet::Data { block, data } => {
+                        assert_eq!(u64::from(block), expect % 65536);
+                        got.extend_from_slice(data);
+                        expect += 1;
+                        last_block = Some(block);
+                    }
+                    p => panic!("{p:?}"),
+                }
+            }
+            match t.on_packet(&ack(last_block.unwrap()), now) {
+                Step::Send(p) => pending = p,
+                Step::Done => return (got, sent),
+                s => panic!("{s:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn negotiation_caps_and_echoes() {
+        let (p, oack) = negotiate(&opts(&[("blksize", "65464"), ("tsize", "0"), ("windowsize", "64"), ("timeout", "3"), ("bogus", "1")]), 1234, LIMITS);
+        assert_eq!(p.blksize, 1468);
+        assert_eq!(p.windowsize, 32);
+        assert_eq!(p.max_rto, Duration::from_secs(3));
+        assert_eq!(oack, opts(&[("blksize", "1468"), ("tsize", "1234"), ("windowsize", "32"), ("timeout", "3")]));
+        let (p, oack) = negotiate(&opts(&[("blksize", "4")]), 1, LIMITS);
+        assert_eq!((p.blksize, oack.len()), (512, 0));
+    }
+
+    #[test]
+    fn files_arrive_whole_with_and_without_options() {
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        assert_eq!(fetch(&data, &[]).0, data);
+        assert_eq!(fetch(&data, &[("blksize", "1432"), ("tsize", "0")]).0, data);
+        let (got, sent) = fetch(&data, &[("blksize", "1468"), ("windowsize", "8")]);
+        assert_eq!(got, data);
+        assert_eq!(sent, 1 + data.len() / 1468 + 1);
+        // A multiple of blksize ends with an empty block.
+        let even = vec![1u8; 1024];
+        let (got, sent) = fetch(&even, &[]);
+        assert_eq!((got.len(), sent), (1024, 3));
+        assert_eq!(fetch(&[], &[]).0, Vec::<u8>::new());
+    }
+
+    #[test]
+    fn block_numbers_roll_over() {
+        // 70,000 blocks of 8 bytes: past 65535 the numbers go on from 0.
+        let data = vec![0x5a; 8 * 70_000 + 3];
+        let (got, _) = fetch(&data, &[("blksize", "8"), ("windowsize", "16")]);
+        assert_eq!(got, data);
+    }
+
+    #[test]
+    fn duplicate_acks_are_not_answered_and_loss_costs_one_timer() {
+        let data = vec![9u8; 512 * 10];
+        let (p, oack) = negotiate(&[], data.len() as u64, LIMITS);
+        let t0 = Instant::now();
+        let mut t = Transfer::new(data.into(), p, oack, t0);
+        assert_eq!(t.start(t0).len(), 1);
+        assert!(matches!(t.on_packet(&ack(1), t0), Step::Send(ref v) if v.len() == 1));
+        // The same ACK again (the Sorcerer's Apprentice trigger): nothing is sent.
+        assert_eq!(t.on_packet(&ack(1), t0), Step::Wait);
+        assert_eq!(t.on_packet(&ack(0), t0), Step::Wait);
+        // Block 2 is lost: the timer resends it, well under a second later.
+        assert!(t.deadline() - t0 <= Duration::from_millis(250));
+        match t.on_timeout(t.deadline()) {
+            Step::Send(v) => assert_eq!(Packet::parse(&v[0]).unwrap(), Packet::Data { block: 2, data: &[9u8; 512][..] }),
+            s => panic!("{s:?}"),
+        }
+        assert_eq!(t.retransmits, 1);
+    }
+
+    #[test]
+    fn windows_restart_after_the_last_block_in_order() {
+        let data = vec![1u8; 512 * 20];
+        let (p, oack) = negotiate(&opts(&[("windowsize", "4")]), data.len() as u64, LIMITS);
+        let now = Instant::now();
+        let mut t = Transfer::new(data.into(), p, oack, now);
+        t.start(now);
+        let w = match t.on_packet(&ack(0), now) { Step::Send(v) => v, s => panic!("{s:?}") };
+        assert_eq!(w.len(), 4);
+        // Block 3 lost: the client ACKs 2; the next window is 3..=6.
+        match t.on_packet(&ack(2), now) {
+            Step::Send(v) => {
+                let blocks: Vec<u16> = v.iter().map(|p| match Packet::parse(p).unwrap() { Packet::Data { block, .. } => block, _ => 0 }).collect();
+                assert_eq!(blocks, vec![3, 4, 5, 6]);
+            }
+            s => panic!("{s:?}"),
+        }
+    }
+
+    #[test]
+    fn a_silent_client_is_given_up() {
+        let (p, oack) = negotiate(&[], 10, LIMITS);
+        let mut now = Instant::now();
+        let mut t = Transfer::new(vec![0u8; 10].into(), p, oack, now);
+        t.start(now);
+        let mut steps = 0;
+        loop {
+            now = t.deadline();
+            steps += 1;
+            if let Step::Abort(..) = t.on_timeout(now) {
+                break;
+            }
+            assert!(steps < 20);
+        }
+        assert_eq!(steps, MAX_TRIES + 1);
+    }
+}

@@ -1,0 +1,165 @@
+//! TFTP in the lab with real clients: tftp-hpa, atftp and curl fetch files byte-exact; writes
+//! and paths leaving the root are refused; block numbers roll over; transfers finish through
+//! 5 % packet loss.
+
+use netboot::lab::{Agent, Lab, LabSpec};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use tests::{bin, require_root};
+
+struct Setup {
+    lab: Lab,
+    dir: PathBuf,
+    root: PathBuf,
+    agent: Agent,
+}
+
+/// Deterministic bytes that no short period can fake.
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn setup(files: &[(&str, Vec<u8>)]) -> Setup {
+    let lab = Lab::create(&LabSpec { server: "10.77.0.1/16".parse().unwrap(), client: Some("10.77.0.2/16".parse().unwrap()) }).unwrap();
+    let dir = std::env::temp_dir().join(format!("nbx-tftp-{}", lab.id));
+    let _ = std::fs::remove_dir_all(&dir);
+    let root = dir.join("root");
+    std::fs::create_dir_all(root.join("efi")).unwrap();
+    for (name, data) in files {
+        std::fs::write(root.join(name), data).unwrap();
+    }
+    std::fs::write(dir.join("secret"), b"outside the root").unwrap();
+    std::os::unix::fs::symlink(dir.join("secret"), root.join("escape")).unwrap();
+    let config = dir.join("netboot.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\naddress = \"10.77.0.1\"\nstate_dir = \"{}\"\n[dhcp]\nsubnet = \"10.77.0.0/16\"\n[tftp]\nroot = \"{}\"\nengine = \"socket\"\nmax_blksize = 1468\nmax_windowsize = 32\n",
+            dir.join("state").display(),
+            root.display()
+        ),
+    )
+    .unwrap();
+    let agent = Agent::start(&lab, &bin("netboot-xdp"), &config, &[]).unwrap();
+    Setup { lab, dir, root, agent }
+}
+
+fn client(s: &Setup, secs: u32, program: &str, args: &[&str]) -> Output {
+    let mut c = s.lab.client.command("timeout");
+    c.args(["-s", "KILL", &secs.to_string(), program]).args(args).current_dir(&s.dir);
+    c.output().unwrap()
+}
+
+fn same(a: &Path, b: &Path) -> bool {
+    std::fs::read(a).ok() == std::fs::read(b).ok()
+}
+
+#[test]
+fn real_clients_fetch_files_byte_exact() {
+    if !require_root("real_clients_fetch_files_byte_exact") {
+        return;
+    }
+    let _serial = tests::serial();
+    let undionly = std::fs::read("/usr/lib/ipxe/undionly.kpxe").unwrap_or_else(|_| pattern(74_213, 1));
+    let s = setup(&[("undionly.kpxe", undionly), ("efi/ipxe.efi", pattern(870_000, 2)), ("empty", Vec::new()), ("x1024", vec![7; 1024])]);
+    let out = |n: &str| s.dir.join(n);
+    let o = |n: &str| out(n).display().to_string();
+
+    // tftp-hpa: no options (512-byte blocks), binary mode.
+    let r = client(&s, 20, "tftp", &["-m", "binary", "10.77.0.1", "-c", "get", "undionly.kpxe", &o("hpa.kpxe")]);
+    assert!(same(&out("hpa.kpxe"), &s.root.join("undionly.kpxe")), "tftp-hpa: {r:?}");
+    // atftp with blksize 1468 and windowsize 8 (RFC 7440).
+    let r = client(&s, 30, "atftp", &["--option", "blksize 1468", "--option", "windowsize 8", "-g", "-r", "efi/ipxe.efi", "-l", &o("atftp.efi"), "10.77.0.1"]);
+    assert!(same(&out("atftp.efi"), &s.root.join("efi/ipxe.efi")), "atftp: {r:?}");
+    // curl with blksize 1432 (what iPXE asks) and tsize.
+    let r = client(&s, 20, "curl", &["-sS", "--tftp-blksize", "1432", "-o", &o("curl.kpxe"), "tftp://10.77.0.1/undionly.kpxe"]);
+    assert!(same(&out("curl.kpxe"), &s.root.join("undionly.kpxe")), "curl: {r:?}");
+    // Edge sizes: empty, and an exact multiple of the block size.
+    for f in ["empty", "x1024"] {
+        let r = client(&s, 10, "tftp", &["-m", "binary", "10.77.0.1", "-c", "get", f, &o(&format!("{f}.out"))]);
+        assert!(same(&out(&format!("{f}.out")), &s.root.join(f)), "{f}: {r:?}");
+    }
+    let st = s.agent.status().unwrap();
+    assert!(tests::eventually(3, || s.agent.status().unwrap()["agent"]["tftp_transfers_completed"].as_u64().unwrap_or(0) >= 5), "{st}");
+}
+
+#[test]
+fn writes_and_paths_outside_the_root_are_refused() {
+    if !require_root("writes_and_paths_outside_the_root_are_refused") {
+        return;
+    }
+    let _serial = tests::serial();
+    let s = setup(&[("a", b"a".to_vec())]);
+    std::fs::write(s.dir.join("upload"), b"data").unwrap();
+    let text = |r: &Output| format!("{}{}", String::from_utf8_lossy(&r.stdout), String::from_utf8_lossy(&r.stderr));
+    let r = client(&s, 10, "tftp", &["-m", "binary", "10.77.0.1", "-c", "put", "upload", "upload"]);
+    assert!(text(&r).contains("Error code 2"), "write: {}", text(&r));
+    assert!(!s.root.join("upload").exists());
+    // tftp-hpa sends the name as given (curl would normalize `..` away first).
+    for path in ["../secret", "efi/../../secret", "/etc/passwd", "escape"] {
+        let dest = s.dir.join("got");
+        let _ = std::fs::remove_file(&dest);
+        let r = client(&s, 10, "tftp", &["-m", "binary", "10.77.0.1", "-c", "get", path, &dest.display().to_string()]);
+        assert_ne!(std::fs::read(&dest).ok().as_deref(), Some(&b"outside the root"[..]), "{path} leaked");
+        assert!(text(&r).contains("Error code 2"), "{path}: {}", text(&r));
+    }
+    let r = client(&s, 10, "tftp", &["-m", "binary", "10.77.0.1", "-c", "get", "missing", "/dev/null"]);
+    assert!(text(&r).contains("Error code 1"), "{}", text(&r));
+    let a = s.agent.status().unwrap();
+    assert!(tests::eventually(3, || {
+        let a = s.agent.status().unwrap();
+        a["agent"]["tftp_refused_write"].as_u64() == Some(1) && a["agent"]["tftp_refused_path"].as_u64() == Some(4)
+    }), "{a}");
+}
+
+#[test]
+fn a_40_mib_file_crosses_the_block_number_rollover() {
+    if !require_root("a_40_mib_file_crosses_the_block_number_rollover") {
+        return;
+    }
+    let _serial = tests::serial();
+    // 40 MiB at 512-byte blocks is 81,921 blocks: the numbers wrap past 65535.
+    let s = setup(&[("big.img", pattern(40 << 20, 3))]);
+    let dest = s.dir.join("big.out");
+    let r = client(&s, 120, "atftp", &["--option", "windowsize 16", "-g", "-r", "big.img", "-l", &dest.display().to_string(), "10.77.0.1"]);
+    assert!(same(&dest, &s.root.join("big.img")), "{r:?}");
+}
+
+#[test]
+fn a_hundred_transfers_complete_through_5_percent_loss() {
+    if !require_root("a_hundred_transfers_complete_through_5_percent_loss") {
+        return;
+    }
+    let _serial = tests::serial();
+    let s = setup(&[("undionly.kpxe", pattern(74_213, 4))]);
+    // 5 % of the frames from the server are dropped on arrival at the client end.
+    s.lab.set_loss(5.0).unwrap();
+    let t0 = std::time::Instant::now();
+    let children: Vec<_> = (0..100)
+        .map(|i| {
+            let dest = s.dir.join(format!("out{i}"));
+            let mut c = s.lab.client.command("timeout");
+            c.args(["-s", "KILL", "120", "curl", "-sS", "--tftp-blksize", "1432", "-o", &dest.display().to_string(), "tftp://10.77.0.1/undionly.kpxe"]);
+            (dest, c.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap())
+        })
+        .collect();
+    let mut failed = Vec::new();
+    for (dest, child) in children {
+        let out = child.wait_with_output().unwrap();
+        if !same(&dest, &s.root.join("undionly.kpxe")) {
+            failed.push(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+    }
+    assert!(failed.is_empty(), "{} of 100 failed: {:?}", failed.len(), failed.first());
+    eprintln!("100 transfers through 5% loss in {:.1} s", t0.elapsed().as_secs_f64());
+    let retx = s.agent.status().unwrap()["agent"]["tftp_retransmits"].as_u64().unwrap_or(0);
+    assert!(tests::eventually(3, || s.agent.status().unwrap()["agent"]["tftp_retransmits"].as_u64().unwrap_or(0) > 0), "no retransmissions under loss? {retx}");
+}
