@@ -163,3 +163,21 @@ fn a_hundred_transfers_complete_through_5_percent_loss() {
     let retx = s.agent.status().unwrap()["agent"]["tftp_retransmits"].as_u64().unwrap_or(0);
     assert!(tests::eventually(3, || s.agent.status().unwrap()["agent"]["tftp_retransmits"].as_u64().unwrap_or(0) > 0), "no retransmissions under loss? {retx}");
 }
+
+/// A thousand machines fetch undionly.kpxe at once (one efficient client process).
+#[test]
+fn a_thousand_concurrent_transfers_complete() {
+    if !require_root("a_thousand_concurrent_transfers_complete") {
+        return;
+    }
+    let _serial = tests::serial();
+    let file = pattern(74_213, 5);
+    let s = setup(&[("undionly.kpxe", file.clone())]);
+    let req = netboot::tftp::client::Request { file: "undionly.kpxe".into(), blksize: Some(1432), windowsize: None, tsize: true };
+    let t0 = std::time::Instant::now();
+    let got = netboot::lab::tftp_fetch::fetch_many(&s.lab, "10.77.0.1:69".parse().unwrap(), &req, 1000, std::time::Duration::from_secs(10)).unwrap();
+    let wall = t0.elapsed();
+    let bad: Vec<_> = got.iter().filter(|f| f.data != file).map(|f| f.error.clone()).collect();
+    assert!(bad.is_empty(), "{} of 1000 failed, e.g. {:?}", bad.len(), bad.first());
+    eprintln!("1000 concurrent transfers of 74 KiB in {:.2} s", wall.as_secs_f64());
+}

@@ -14,6 +14,7 @@
 mod agent;
 pub mod clients;
 mod netns;
+pub mod tftp_fetch;
 
 pub use agent::Agent;
 pub use netns::{NetNs, run_checked};

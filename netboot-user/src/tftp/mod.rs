@@ -2,6 +2,7 @@
 //! `transfer`); `files` is the confined, caching file store; `socket` is the portable engine
 //! on tokio UDP sockets.
 
+pub mod client;
 pub mod files;
 pub mod packet;
 pub mod socket;
