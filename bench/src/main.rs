@@ -4,6 +4,7 @@
 mod demo;
 mod dhcp_rate;
 mod dhcpgen;
+mod tftp_rate;
 
 use clap::{Parser, Subcommand};
 use netboot::lab::{Lab, LabSpec};
@@ -23,6 +24,8 @@ enum Cmd {
     /// DHCP rate: XDP cost per reply, N clients at once against netboot-xdp (userspace and
     /// kernel paths), dnsmasq and Kea.
     DhcpRate(dhcp_rate::Args),
+    /// TFTP: concurrent fetches of boot files against netboot-xdp, tftpd-hpa, atftpd, dnsmasq.
+    TftpRate(tftp_rate::Args),
     /// Manage labs by hand.
     Lab {
         #[command(subcommand)]
@@ -60,6 +63,7 @@ fn main() {
     let r = match cli.cmd {
         Cmd::Demo => demo::run(),
         Cmd::DhcpRate(args) => dhcp_rate::run(&args),
+        Cmd::TftpRate(args) => tftp_rate::run(&args),
         Cmd::Lab { cmd: LabCmd::Up { server, client } } => Lab::create(&LabSpec { server, client }).map(|lab| {
             println!("lab {}", lab.id);
             println!("  server: netns {} dev {} addr {}", lab.server.name(), lab.server_if, lab.server_addr);

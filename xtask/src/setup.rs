@@ -20,6 +20,7 @@ const PACKAGES: &[&str] = &[
     "udhcpc",
     "kea-admin", // perfdhcp
     "kea-dhcp4-server", // a peer of the bench
+    "libwrap0",         // tftpd-hpa and atftpd (bench peers, unpacked from their packages)
     "tftp-hpa",
     "atftp",
     "curl",

@@ -31,8 +31,8 @@ pub struct Params {
 }
 
 const INITIAL_RTO: Duration = Duration::from_millis(250);
-const MIN_RTO: Duration = Duration::from_millis(50);
-const MAX_TRIES: u32 = 8;
+const MIN_RTO: Duration = Duration::from_millis(100);
+const MAX_TRIES: u32 = 12;
 
 /// Parses the request's options; returns the parameters and the OACK options (empty: no OACK).
 pub fn negotiate(requested: &[(String, String)], file_len: u64, limits: Limits) -> (Params, Vec<(String, String)>) {

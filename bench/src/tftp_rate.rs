@@ -1,0 +1,199 @@
+//! `netboot-bench tftp-rate`: concurrent TFTP fetches against netboot-xdp and the peers, with
+//! the same one-process client (netboot-user's `lab::tftp_fetch`), on one lab per server.
+//!
+//! Peers are run as an operator would for a storm (PEERS.md): tftpd-hpa and atftpd come from
+//! their Debian packages, unpacked into `target/peers` (the two conflict as installed packages,
+//! and an installed tftpd-hpa would start a service on the host); dnsmasq with `--tftp-max`
+//! above the concurrency.
+
+use anyhow::{Context, bail};
+use netboot::lab::tftp_fetch::fetch_many;
+use netboot::lab::{Agent, Lab, LabSpec};
+use netboot::tftp::client::Request;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Concurrent transfers per run (comma-separated).
+    #[arg(long, default_value = "1,100,1000")]
+    pub transfers: String,
+    /// Servers (comma-separated): netboot-xdp, tftpd-hpa, atftpd, dnsmasq.
+    #[arg(long, default_value = "netboot-xdp,tftpd-hpa,atftpd,dnsmasq")]
+    pub servers: String,
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// The files of DESIGN.md's boot chain: undionly.kpxe (74 KiB) and ipxe.efi (850 KiB).
+const CASES: [(&str, usize, u16); 3] = [("undionly.kpxe", 74_213, 512), ("undionly.kpxe", 74_213, 1432), ("ipxe.efi", 870_000, 1468)];
+
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let counts: Vec<usize> = args.transfers.split(',').map(|s| s.trim().parse()).collect::<Result<_, _>>().context("--transfers")?;
+    let mut rows = Vec::new();
+    println!("{:<12} {:<14} {:>6} {:>6} {:>8} {:>9} {:>8} {:>8} {:>6} {:>12}", "server", "file", "blksz", "n", "wall s", "MiB/s", "p50 ms", "p99 ms", "fail", "CPU ms/xfer");
+    for server in args.servers.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let lab = Lab::create(&LabSpec { server: "10.77.0.1/16".parse()?, client: Some("10.77.0.2/16".parse()?) })?;
+        let dir = std::env::temp_dir().join(format!("netboot-bench-tftp-{}", lab.id));
+        let _ = std::fs::remove_dir_all(&dir);
+        let root = dir.join("root");
+        std::fs::create_dir_all(&root)?;
+        for (name, size, _) in CASES {
+            std::fs::write(root.join(name), file_bytes(size))?;
+        }
+        let (mut guard, pid) = start(server, &lab, &dir, &root)?;
+        std::thread::sleep(Duration::from_millis(300));
+        if let Guard::Child(c) = &mut guard {
+            if let Some(st) = c.try_wait()? {
+                bail!("{server} exited at start ({st})");
+            }
+        }
+        for (name, size, blksize) in CASES {
+            for &n in &counts {
+                let req = Request { file: name.into(), blksize: (blksize != 512).then_some(blksize), windowsize: None, tsize: true };
+                let cpu0 = cpu_of(pid);
+                let t0 = Instant::now();
+                let got = fetch_many(&lab, "10.77.0.1:69".parse()?, &req, n, Duration::from_secs(15))?;
+                let wall = t0.elapsed();
+                let cpu = cpu_of(pid) - cpu0;
+                let expected = file_bytes(size);
+                let failed = got.iter().filter(|f| f.data != expected).count();
+                let mut lat: Vec<Duration> = got.iter().filter(|f| f.error.is_none()).map(|f| f.elapsed).collect();
+                lat.sort();
+                let pct = |p: f64| lat.get(((lat.len().max(1) - 1) as f64 * p).round() as usize).copied().unwrap_or_default();
+                let mib = (size * (n - failed)) as f64 / (1 << 20) as f64 / wall.as_secs_f64();
+                let cpu_per = cpu.as_secs_f64() * 1e3 / n as f64;
+                println!(
+                    "{:<12} {:<14} {:>6} {:>6} {:>8.3} {:>9.1} {:>8.1} {:>8.1} {:>6} {:>12.2}",
+                    server, name, blksize, n, wall.as_secs_f64(), mib, pct(0.5).as_secs_f64() * 1e3, pct(0.99).as_secs_f64() * 1e3, failed, cpu_per
+                );
+                rows.push(serde_json::json!({
+                    "server": server, "file": name, "bytes": size, "blksize": blksize, "transfers": n,
+                    "wall_s": wall.as_secs_f64(), "mib_per_s": mib, "p50_ms": pct(0.5).as_secs_f64() * 1e3,
+                    "p99_ms": pct(0.99).as_secs_f64() * 1e3, "failed": failed, "server_cpu_ms_per_transfer": cpu_per,
+                }));
+            }
+        }
+        drop(guard);
+    }
+    if let Some(p) = &args.json {
+        std::fs::write(p, serde_json::to_string_pretty(&rows)?)?;
+        println!("wrote {}", p.display());
+    }
+    Ok(())
+}
+
+fn file_bytes(size: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ size as u64;
+    (0..size)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A running server; stopped on drop.
+enum Guard {
+    // Held for its Drop (SIGTERM to the agent).
+    #[allow(dead_code)]
+    Agent(Agent),
+    Child(Child),
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Guard::Child(c) = self {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn start(server: &str, lab: &Lab, dir: &Path, root: &Path) -> anyhow::Result<(Guard, u32)> {
+    let quiet = |c: &mut Command| {
+        c.stdout(Stdio::null()).stderr(Stdio::null());
+    };
+    Ok(match server {
+        "netboot-xdp" => {
+            let config = dir.join("netboot.toml");
+            std::fs::write(
+                &config,
+                format!(
+                    "[server]\naddress = \"10.77.0.1\"\nstate_dir = \"{}\"\n[dhcp]\nsubnet = \"10.77.0.0/16\"\n[tftp]\nroot = \"{}\"\nengine = \"socket\"\n",
+                    dir.join("state").display(),
+                    root.display()
+                ),
+            )?;
+            let agent = Agent::start(lab, &crate::bin_dir().join("netboot-xdp"), &config, &[])?;
+            let pid = agent.status()?["agent_pid"].as_u64().unwrap_or(0) as u32;
+            (Guard::Agent(agent), pid)
+        }
+        "tftpd-hpa" => {
+            let bin = peer_binary("tftpd-hpa", "usr/sbin/in.tftpd")?;
+            let mut c = lab.server.command(&bin.to_string_lossy());
+            c.args(["-L", "-s", "-u", "root", "-a", "10.77.0.1:69", "-B", "1468"]).arg(root);
+            quiet(&mut c);
+            let child = c.spawn().context("in.tftpd")?;
+            let pid = child.id();
+            (Guard::Child(child), pid)
+        }
+        "atftpd" => {
+            let bin = peer_binary("atftpd", "usr/sbin/atftpd")?;
+            let mut c = lab.server.command(&bin.to_string_lossy());
+            c.args(["--daemon", "--no-fork", "--port", "69", "--bind-address", "10.77.0.1", "--maxthread", "2000", "--logfile", "/dev/null", "--user", "root.root"]).arg(root);
+            quiet(&mut c);
+            let child = c.spawn().context("atftpd")?;
+            let pid = child.id();
+            (Guard::Child(child), pid)
+        }
+        "dnsmasq" => {
+            let mut c = lab.server.command("dnsmasq");
+            c.args(["--keep-in-foreground", "--conf-file=/dev/null", "--port=0", "--bind-interfaces", "--enable-tftp", "--tftp-max=2000", "--log-facility=-"])
+                .arg(format!("--interface={}", lab.server_if))
+                .arg(format!("--tftp-root={}", root.display()))
+                .arg(format!("--pid-file={}", dir.join("dnsmasq.pid").display()));
+            quiet(&mut c);
+            let child = c.spawn().context("dnsmasq")?;
+            let pid = child.id();
+            (Guard::Child(child), pid)
+        }
+        other => bail!("unknown server {other:?}"),
+    })
+}
+
+/// A peer's binary from its Debian package, unpacked under target/peers (downloaded once).
+fn peer_binary(package: &str, path: &str) -> anyhow::Result<PathBuf> {
+    // One tree per package: atftpd also ships a /usr/sbin/in.tftpd.
+    let base = crate::bin_dir().join("../peers");
+    let tree = base.join(package);
+    let bin = tree.join(path);
+    if bin.exists() {
+        return Ok(bin);
+    }
+    std::fs::create_dir_all(&base)?;
+    let st = Command::new("apt-get").arg("download").arg(package).current_dir(&base).stdout(Stdio::null()).stderr(Stdio::null()).status()?;
+    if !st.success() {
+        bail!("apt-get download {package} failed");
+    }
+    for e in std::fs::read_dir(&base)?.flatten() {
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "deb") && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(package)) {
+            Command::new("dpkg").arg("-x").arg(&p).arg(&tree).status()?;
+        }
+    }
+    anyhow::ensure!(bin.exists(), "{} not in package {package}", bin.display());
+    Ok(bin)
+}
+
+/// CPU of a process and its reaped children (tftpd-hpa forks per transfer).
+fn cpu_of(pid: u32) -> Duration {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return Duration::ZERO };
+    let f: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+    let ticks: u64 = [11, 12, 13, 14].iter().filter_map(|i| f.get(*i)?.parse::<u64>().ok()).sum();
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_millis(ticks * 1000 / hz)
+}
