@@ -19,6 +19,7 @@ pub struct Fetched {
 /// Runs `n` reads of `req` against `server` (port 69) concurrently; each gives up after
 /// `give_up` without progress.
 pub fn fetch_many(lab: &Lab, server: SocketAddr, req: &Request, n: usize, give_up: Duration) -> anyhow::Result<Vec<Fetched>> {
+    raise_fd_limit(n as u64 + 256);
     let sockets: Vec<UdpSocket> = lab.client.run(move || -> std::io::Result<Vec<UdpSocket>> {
         (0..n)
             .map(|_| {
@@ -84,5 +85,14 @@ async fn one(sock: tokio::net::UdpSocket, server: SocketAddr, req: &Request, giv
             ClientStep::Failed(e) => return Ok(fail(&c, e)),
             ClientStep::Wait => {}
         }
+    }
+}
+
+/// One socket per transfer: lift the soft open-file limit (often 1024) towards the hard one.
+fn raise_fd_limit(want: u64) {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 && lim.rlim_cur < want {
+        lim.rlim_cur = want.min(lim.rlim_max);
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
     }
 }
