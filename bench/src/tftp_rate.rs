@@ -85,15 +85,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 }
 
 fn file_bytes(size: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ size as u64;
-    (0..size)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    netboot::lab::pattern(size, 0x9e37_79b9_7f4a_7c15 ^ size as u64)
 }
 
 /// A running server; stopped on drop.

@@ -33,6 +33,23 @@ pub struct CacheKey {
     pub relay: [u8; 4],
 }
 
+impl CacheKey {
+    /// The one definition of a key, used by the XDP program for a request and by the agent's
+    /// compiler for a client: the PXE architecture counts (it picks the file), other classes'
+    /// do not; `relay` is the giaddr (zero on the link).
+    #[inline(always)]
+    pub const fn new(mac: [u8; 6], class: crate::wire::ClientClass, kind: u8, arch: Option<u16>, relay: [u8; 4]) -> CacheKey {
+        let arch = match class {
+            crate::wire::ClientClass::Pxe => match arch {
+                Some(a) => a,
+                None => 0,
+            },
+            _ => 0xffff,
+        };
+        CacheKey { mac, class: class as u8, kind, arch, _pad: [0; 2], relay }
+    }
+}
+
 /// A compiled reply: the whole frame as the agent would send it (to `chaddr`/`yiaddr`, or to the
 /// relay) for a request with xid 0 and flags 0. The XDP program copies it, patches xid, flags and (for the
 /// broadcast flag) the destination, recomputes both checksums and transmits it.

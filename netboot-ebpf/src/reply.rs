@@ -18,7 +18,7 @@ use netboot_common::{
         AckEvent, CACHE_ENTRIES, CLIENT_ID_MAX, CacheEntry, CacheKey, EVENTS_BYTES, KIND_ACK,
         KIND_OFFER, REQUEST_MAX, TEMPLATE_MAX, off,
     },
-    wire::{ClientClass, msg},
+    wire::msg,
 };
 
 #[map]
@@ -31,20 +31,10 @@ const TMASK: usize = TEMPLATE_MAX - 1;
 /// The smallest reply frame: headers and a 300-byte BOOTP message.
 const MIN_FRAME: usize = off::BOOTP + 300;
 
-/// The cache key of a request (the agent's compiler builds the same).
+/// The cache key of a request (the agent's compiler builds the same with `CacheKey::new`).
 #[inline(always)]
 fn key(req: &Classified, kind: u8) -> CacheKey {
-    CacheKey {
-        mac: req.chaddr,
-        class: req.class as u8,
-        kind,
-        arch: match req.class {
-            ClientClass::Pxe => req.arch.unwrap_or(0),
-            _ => 0xffff,
-        },
-        _pad: [0; 2],
-        relay: req.giaddr,
-    }
+    CacheKey::new(req.chaddr, req.class, kind, req.arch, req.giaddr)
 }
 
 pub fn answer(ctx: &XdpContext, req: &Classified) -> Result<u32, Counter> {

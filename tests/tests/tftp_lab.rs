@@ -14,18 +14,7 @@ struct Setup {
     agent: Agent,
 }
 
-/// Deterministic bytes that no short period can fake.
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+use netboot::lab::pattern;
 
 fn setup(files: &[(&str, Vec<u8>)]) -> Setup {
     let lab = Lab::create(&LabSpec { server: "10.77.0.1/16".parse().unwrap(), client: Some("10.77.0.2/16".parse().unwrap()) }).unwrap();

@@ -28,17 +28,7 @@ pub struct Presentation {
 
 impl Presentation {
     fn key(&self, kind: u8) -> CacheKey {
-        CacheKey {
-            mac: self.mac.0,
-            class: self.class as u8,
-            kind,
-            arch: match self.class {
-                ClientClass::Pxe => self.arch.unwrap_or(0),
-                _ => 0xffff,
-            },
-            _pad: [0; 2],
-            relay: self.relay.map_or([0; 4], |(ip, _)| ip.octets()),
-        }
+        CacheKey::new(self.mac.0, self.class, kind, self.arch, self.relay.map_or([0; 4], |(ip, _)| ip.octets()))
     }
 }
 

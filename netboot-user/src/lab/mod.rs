@@ -288,6 +288,20 @@ fn lab_pin_dir(id: &str) -> PathBuf {
     PathBuf::from("/sys/fs/bpf/netboot-lab").join(id)
 }
 
+/// Deterministic test bytes with no short period (xorshift), for files the lab serves and
+/// checks byte for byte.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 /// A short id unique among concurrent runs: pid, time and a counter, base 36.
 fn new_id() -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
