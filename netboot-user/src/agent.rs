@@ -41,6 +41,7 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
     let dhcp = io::Service::bind(&iface, server, Box::new(store) as Box<dyn LeaseStore>, stats.clone())?;
 
     let tftp = tftp_service(&config, &iface, server_ip, stats.clone())?;
+    let http_listener = crate::http::bind(config.http.listen).await?;
     let mut fastpath = Loaded::pinned(iface_name)?.attach(iface_name, mode)?;
     let dhcp = match (fastpath.take_map(maps::REPLY_CACHE), fastpath.take_map(maps::EVENTS)) {
         (Some(cache), Some(events)) if config.dhcp.mode == DhcpMode::Authoritative => dhcp.with_fast_path(FastPathLink {
@@ -65,6 +66,11 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
     let (stop_tx, stop_rx) = watch::channel(false);
     let dhcp_task = tokio::spawn(dhcp.run(stop_rx.clone()));
     let tftp_task = tftp.map(|t| tokio::spawn(t.run(stop_rx.clone())));
+    if !config.http.root.is_dir() {
+        tracing::warn!(root = %config.http.root.display(), "http.root is not a directory: scripts and files will not be found");
+    }
+    let http_state = crate::http::HttpState::new(&config, server_ip, iface_name, stats.clone());
+    let http_task = tokio::spawn(crate::http::serve(http_listener, http_state, stop_rx.clone()));
     let stats_task = {
         let (stats, iface, mut stop) = (stats.clone(), iface_name.to_string(), stop_rx.clone());
         tokio::spawn(async move {
@@ -90,6 +96,11 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
     let _ = stats_task.await;
     if let Some(t) = tftp_task {
         let _ = t.await;
+    }
+    match http_task.await {
+        Ok(Err(e)) => tracing::error!("HTTP service: {e:#}"),
+        Err(e) => tracing::error!("HTTP service panicked: {e}"),
+        Ok(Ok(())) => {}
     }
     // Give the DHCP task (if still running) a moment to flush its committed replies.
     tokio::time::sleep(Duration::from_millis(50)).await;

@@ -12,6 +12,7 @@ pub mod config;
 pub mod dhcp;
 pub mod fastpath;
 pub mod frame;
+pub mod http;
 pub mod iface;
 pub mod lab;
 pub mod mac;

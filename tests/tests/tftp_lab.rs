@@ -4,7 +4,7 @@
 
 use netboot::lab::{Agent, Lab, LabSpec};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use tests::{bin, require_root};
 
 struct Setup {

