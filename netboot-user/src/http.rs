@@ -4,8 +4,8 @@
 //!   for the node: `mac`, `ip`, `hostname`, `class`, `arch`, `vars`, `server`. Every value is
 //!   reduced to characters that cannot change an iPXE script's meaning (no newline, `$`, `;`,
 //!   quotes, spaces), so a hostname or a variable cannot inject commands.
-//! - Static files under `http.root` with HEAD, Range, Last-Modified (tower-http's ServeDir),
-//!   confined to the root: `..` is refused by ServeDir and symlinks leaving the root here.
+//! - Static files under `http.root` with HEAD, Range, Last-Modified (tower-http's ServeDir) and
+//!   ETag/If-None-Match (here), confined to the root: `..` and symlinks leaving it are refused.
 //! - `GET /api/v1/leases`: the lease store as JSON; `GET /metrics`: Prometheus text.
 
 use crate::config::{Config, Host};
@@ -91,9 +91,28 @@ async fn confine_and_count(State(st): State<Arc<HttpState>>, req: Request, next:
                 st.stats.bump("http_refused_path");
                 return StatusCode::FORBIDDEN.into_response();
             }
+            // ETag from size and modification time (ServeDir gives Last-Modified only).
+            if let Some(tag) = std::fs::metadata(&real).ok().filter(|m| m.is_file()).map(|m| etag(&m)) {
+                let matches = req.headers().get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).is_some_and(|v| {
+                    v.split(',').any(|t| t.trim() == tag || t.trim() == "*")
+                });
+                if matches {
+                    return (StatusCode::NOT_MODIFIED, [(header::ETAG, tag)]).into_response();
+                }
+                let mut resp = next.run(req).await;
+                if let Ok(v) = header::HeaderValue::from_str(&tag) {
+                    resp.headers_mut().insert(header::ETAG, v);
+                }
+                return resp;
+            }
         }
     }
     next.run(req).await
+}
+
+fn etag(m: &std::fs::Metadata) -> String {
+    let mtime = m.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).unwrap_or_default();
+    format!("\"{:x}-{:x}\"", m.len(), mtime.as_nanos())
 }
 
 fn percent_decode(s: &str) -> String {

@@ -89,6 +89,9 @@ fn scripts_files_leases_and_metrics() {
     let head = s.lab.client.command("curl").args(["-sI", "--max-time", "5", &format!("{base}/vmlinuz")]).output().unwrap();
     let head = String::from_utf8_lossy(&head.stdout).to_lowercase();
     assert!(head.contains("content-length: 1048576") && head.contains("last-modified"), "{head}");
+    let etag = head.lines().find_map(|l| l.strip_prefix("etag: ")).expect("ETag").trim().to_string();
+    let (code, body) = curl(&s, &["-H", &format!("If-None-Match: {etag}"), &format!("{base}/vmlinuz")]);
+    assert_eq!((code, body.len()), (304, 0), "conditional GET with the ETag");
 
     // Confinement: `..` (sent as is) and a symlink out of the root.
     let (code, body) = curl(&s, &["--path-as-is", &format!("{base}/../secret")]);
