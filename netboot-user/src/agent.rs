@@ -86,6 +86,7 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
 
     let outcome = tokio::select! {
         signal = wait_for_shutdown() => { tracing::info!(iface = iface_name, "{signal}: detaching"); Ok(()) }
+        _ = interface_gone(iface_name) => Err(anyhow::anyhow!("{iface_name} disappeared; stopping")),
         r = dhcp_task => match r {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(e.context("DHCP service failed")),
@@ -105,7 +106,9 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
     // Give the DHCP task (if still running) a moment to flush its committed replies.
     tokio::time::sleep(Duration::from_millis(50)).await;
     let counters = fastpath.counters().ok();
-    fastpath.detach()?;
+    if let Err(e) = fastpath.detach() {
+        tracing::warn!(iface = iface_name, "detach: {e:#}");
+    }
     AgentRecord::remove(iface_name);
     if let Some(c) = counters {
         tracing::info!(iface = iface_name, "final XDP counters: {:?}", c.nonzero());
@@ -134,6 +137,18 @@ fn tftp_service(config: &Config, iface: &Interface, server_ip: std::net::Ipv4Add
         max_payload: (iface.mtu.saturating_sub(28)).clamp(512, 65_507) as u16,
     };
     Ok(Some(tftp::socket::Service::bind(iface, server_ip, files, limits, stats)?))
+}
+
+/// Resolves when the interface no longer exists (deleted, or its namespace removed).
+async fn interface_gone(iface: &str) {
+    let Ok(name) = std::ffi::CString::new(iface) else { return };
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if unsafe { libc::if_nametoindex(name.as_ptr()) } == 0 {
+            return;
+        }
+    }
 }
 
 async fn wait_for_shutdown() -> &'static str {
