@@ -37,6 +37,24 @@ impl Interface {
     }
 }
 
+/// A UDP socket on `addr` bound to the interface `dev` (SO_BINDTODEVICE), non-blocking, for
+/// tokio. `many_clients`: it also accepts broadcasts and gets a 4 MiB receive buffer for
+/// bursts (the DHCP ports).
+pub fn udp_socket(dev: &str, addr: std::net::SocketAddr, many_clients: bool) -> anyhow::Result<tokio::net::UdpSocket> {
+    use anyhow::Context;
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_address(true)?;
+    if many_clients {
+        s.set_broadcast(true)?;
+        s.set_recv_buffer_size(4 << 20).ok();
+    }
+    s.bind_device(Some(dev.as_bytes())).with_context(|| format!("SO_BINDTODEVICE {dev}"))?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into()).with_context(|| format!("cannot bind UDP {addr} on {dev}"))?;
+    Ok(tokio::net::UdpSocket::from_std(s.into())?)
+}
+
 fn mtu(name: &str) -> Option<u32> {
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {

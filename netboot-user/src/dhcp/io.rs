@@ -16,30 +16,22 @@ use netboot_common::cache::AckEvent;
 use std::sync::Mutex;
 use tokio::io::unix::AsyncFd;
 use super::store::{Committer, Job, LeaseStore};
-use crate::iface::{Interface, RelayMacs};
+use crate::iface::{Interface, RelayMacs, udp_socket};
 use crate::mac::MacAddr;
 use crate::stats::Stats;
 use anyhow::Context;
 use dhcproto::v4::MessageType;
 use netboot_common::wire::{DHCP_SERVER_PORT, PXE_PROXY_PORT};
-use socket2::{Domain, Protocol, Socket, Type};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 
-/// A UDP socket on `port` bound to `iface`, receiving broadcasts.
-fn udp_socket(iface: &str, port: u16) -> anyhow::Result<UdpSocket> {
-    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
-    s.set_reuse_address(true)?;
-    s.set_broadcast(true)?;
-    s.bind_device(Some(iface.as_bytes())).with_context(|| format!("SO_BINDTODEVICE {iface}"))?;
-    s.set_nonblocking(true)?;
-    s.set_recv_buffer_size(4 << 20).ok();
-    s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())
-        .with_context(|| format!("cannot bind UDP port {port} on {iface} (another DHCP server running?)"))?;
-    Ok(UdpSocket::from_std(s.into())?)
+/// A DHCP port on `iface`.
+fn dhcp_socket(iface: &str, port: u16) -> anyhow::Result<UdpSocket> {
+    udp_socket(iface, SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)), true)
+        .with_context(|| format!("DHCP port {port} (another DHCP server running?)"))
 }
 
 /// A send-only AF_PACKET socket on one interface: whole Ethernet frames out.
@@ -164,20 +156,9 @@ pub struct Service {
 impl Service {
     /// Binds the sockets (67, and 4011 in proxy mode). Must run inside a tokio runtime.
     pub fn bind(iface: &Interface, server: DhcpServer, store: Box<dyn LeaseStore>, stats: Arc<Stats>) -> anyhow::Result<Service> {
-        Service::bind_with(iface, server, store, stats, None)
-    }
-
-    /// As [`Service::bind`], keeping the XDP reply cache in step when `fast` is given.
-    pub fn bind_with(
-        iface: &Interface,
-        server: DhcpServer,
-        store: Box<dyn LeaseStore>,
-        stats: Arc<Stats>,
-        fast: Option<FastPathLink>,
-    ) -> anyhow::Result<Service> {
         let proxy = server.params().mode == crate::config::DhcpMode::Proxy;
-        let sock67 = Arc::new(udp_socket(&iface.name, DHCP_SERVER_PORT)?);
-        let sock4011 = if proxy { Some(Arc::new(udp_socket(&iface.name, PXE_PROXY_PORT)?)) } else { None };
+        let sock67 = Arc::new(dhcp_socket(&iface.name, DHCP_SERVER_PORT)?);
+        let sock4011 = if proxy { Some(Arc::new(dhcp_socket(&iface.name, PXE_PROXY_PORT)?)) } else { None };
         let tx = Arc::new(Transmitter {
             sock67: sock67.clone(),
             sock4011: sock4011.clone(),
@@ -189,7 +170,7 @@ impl Service {
             relays: Arc::new(RelayMacs::default()),
         });
         stats.add("dhcp_leases_loaded", server.leases().len() as u64);
-        Ok(Service { server, store, stats, sock67, sock4011, tx, fast })
+        Ok(Service { server, store, stats, sock67, sock4011, tx, fast: None })
     }
 
     /// Keeps the XDP reply cache in step from now on.
@@ -257,6 +238,7 @@ impl Service {
 
         let mut buf67 = vec![0u8; 4096];
         let mut buf4011 = vec![0u8; 4096];
+        // Expiry sweep, and the cached-clients gauge (kept off the per-packet path).
         let mut sweep = tokio::time::interval(std::time::Duration::from_secs(5));
         loop {
             let (n, from, port) = tokio::select! {
@@ -296,8 +278,9 @@ impl Service {
                 },
                 _ = sweep.tick() => {
                     if let Some(sync) = &sync {
-                        let n = sync.lock().unwrap_or_else(|e| e.into_inner()).sweep(unix_now());
-                        stats.add("fast_cache_swept", n as u64);
+                        let mut sync = sync.lock().unwrap_or_else(|e| e.into_inner());
+                        stats.add("fast_cache_swept", sync.sweep(unix_now()) as u64);
+                        stats.set("fast_cached_clients", sync.clients() as u64);
                     }
                     continue;
                 },
@@ -357,9 +340,6 @@ impl Service {
                         committer.submit(Job { leases: commit, then: AfterCommit { reply: None, cache: None } })?;
                     }
                 }
-            }
-            if let Some(sync) = &sync {
-                stats.set("fast_cached_clients", sync.lock().unwrap_or_else(|e| e.into_inner()).clients() as u64);
             }
         }
         tokio::task::spawn_blocking(move || committer.shutdown()).await?;

@@ -248,13 +248,6 @@ impl FastPath {
         }
         Ok(())
     }
-
-    /// Leaves program, link and maps pinned and running without this process (as if it had
-    /// died): for tests of adoption.
-    pub fn abandon(mut self) {
-        self.link = None;
-        std::mem::forget(self);
-    }
 }
 
 impl Drop for FastPath {

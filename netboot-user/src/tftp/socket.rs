@@ -4,10 +4,8 @@
 use super::files::{FileCache, Refusal};
 use super::packet::{ErrorCode, Packet};
 use super::transfer::{Limits, Step, Transfer, negotiate};
-use crate::iface::Interface;
+use crate::iface::{Interface, udp_socket};
 use crate::stats::Stats;
-use anyhow::Context;
-use socket2::{Domain, Protocol, Socket, Type};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,15 +13,6 @@ use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
 pub const TFTP_PORT: u16 = 69;
-
-fn udp_socket(iface: &str, addr: SocketAddr) -> anyhow::Result<UdpSocket> {
-    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
-    s.set_reuse_address(true)?;
-    s.bind_device(Some(iface.as_bytes())).with_context(|| format!("SO_BINDTODEVICE {iface}"))?;
-    s.set_nonblocking(true)?;
-    s.bind(&addr.into()).with_context(|| format!("cannot bind UDP {addr} on {iface}"))?;
-    Ok(UdpSocket::from_std(s.into())?)
-}
 
 pub struct Service {
     listen: UdpSocket,
@@ -36,7 +25,7 @@ pub struct Service {
 
 impl Service {
     pub fn bind(iface: &Interface, server_ip: Ipv4Addr, files: FileCache, limits: Limits, stats: Arc<Stats>) -> anyhow::Result<Service> {
-        let listen = udp_socket(&iface.name, SocketAddr::from((Ipv4Addr::UNSPECIFIED, TFTP_PORT)))?;
+        let listen = udp_socket(&iface.name, SocketAddr::from((Ipv4Addr::UNSPECIFIED, TFTP_PORT)), false)?;
         Ok(Service { listen, files: Arc::new(files), limits, iface: iface.name.clone(), server_ip, stats })
     }
 
@@ -78,7 +67,7 @@ struct TransferCtx {
 
 impl TransferCtx {
     async fn serve(self, request: &[u8], client: SocketAddr) -> anyhow::Result<()> {
-        let sock = udp_socket(&self.iface, SocketAddr::from((self.server_ip, 0)))?;
+        let sock = udp_socket(&self.iface, SocketAddr::from((self.server_ip, 0)), false)?;
         sock.connect(client).await?;
         let fail = |code: ErrorCode, msg: &str, counter: &str| {
             self.stats.bump(counter);
