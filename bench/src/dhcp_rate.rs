@@ -8,11 +8,12 @@
 //!   Kea configured equivalently (no ping check, leases in a temporary directory).
 
 use crate::dhcpgen::{self, Persona, Report};
+use crate::proc::cpu_of;
 use anyhow::Context;
 use netboot::lab::{Agent, Lab, LabSpec};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -153,15 +154,6 @@ fn tmpdir(lab: &Lab, what: &str) -> anyhow::Result<PathBuf> {
     Ok(d)
 }
 
-/// User + system CPU of a process so far.
-fn cpu_of(pid: u32) -> Duration {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return Duration::ZERO };
-    let f: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
-    let ticks = f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Duration::from_millis(ticks * 1000 / hz)
-}
-
 fn start_dnsmasq(lab: &Lab, dir: &Path, clients: u32) -> anyhow::Result<Child> {
     // As a competent operator runs it for a storm (PEERS.md): no ping, enough leases.
     lab.server
@@ -193,7 +185,6 @@ fn start_kea(lab: &Lab, dir: &Path) -> anyhow::Result<Child> {
     });
     let file = dir.join("kea.json");
     std::fs::write(&file, serde_json::to_string_pretty(&cfg)?)?;
-    let _ = Instant::now();
     lab.server
         .command("kea-dhcp4")
         .arg("-c")

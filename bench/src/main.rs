@@ -4,6 +4,7 @@
 mod demo;
 mod dhcp_rate;
 mod dhcpgen;
+mod proc;
 mod tftp_rate;
 
 use clap::{Parser, Subcommand};

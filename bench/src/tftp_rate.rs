@@ -9,6 +9,7 @@
 use anyhow::{Context, bail};
 use netboot::lab::tftp_fetch::fetch_many;
 use netboot::lab::{Agent, Lab, LabSpec};
+use crate::proc::cpu_of;
 use netboot::tftp::client::Request;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -179,13 +180,4 @@ fn peer_binary(package: &str, path: &str) -> anyhow::Result<PathBuf> {
     }
     anyhow::ensure!(bin.exists(), "{} not in package {package}", bin.display());
     Ok(bin)
-}
-
-/// CPU of a process and its reaped children (tftpd-hpa forks per transfer).
-fn cpu_of(pid: u32) -> Duration {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return Duration::ZERO };
-    let f: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
-    let ticks: u64 = [11, 12, 13, 14].iter().filter_map(|i| f.get(*i)?.parse::<u64>().ok()).sum();
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Duration::from_millis(ticks * 1000 / hz)
 }
