@@ -147,10 +147,7 @@ async fn boot_script(State(st): State<Arc<HttpState>>, Query(q): Query<BTreeMap<
     };
     let mac: Option<MacAddr> = q.get("mac").and_then(|m| m.parse().ok());
     let host = mac.and_then(|m| st.hosts.get(&m));
-    let leased = mac.and_then(|m| {
-        let mut store = SqliteStore::read_only(&st.state_dir).ok()?;
-        store.load().ok()?.into_iter().filter(|l| l.mac == m).max_by_key(|l| l.expires)
-    });
+    let leased = mac.and_then(|m| SqliteStore::read_only(&st.state_dir).ok()?.latest_for_mac(m).ok().flatten());
     let ip = host.map(|h| h.ip).or(leased.as_ref().map(|l| l.ip));
     let hostname = host.and_then(|h| h.hostname.clone()).or(leased.and_then(|l| l.hostname));
     let vars: BTreeMap<String, String> =

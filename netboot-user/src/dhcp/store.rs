@@ -46,25 +46,23 @@ impl SqliteStore {
                 state    TEXT NOT NULL,
                 expires  INTEGER NOT NULL
             );
-            CREATE INDEX IF NOT EXISTS leases_client ON leases(client);",
+            CREATE INDEX IF NOT EXISTS leases_client ON leases(client);
+            CREATE INDEX IF NOT EXISTS leases_mac ON leases(mac);",
         )
         .with_context(|| format!("cannot create the schema in {}", path.display()))?;
         Ok(SqliteStore { conn })
     }
 
-    /// Opens the store of `state_dir` read-only (for `netboot-xdp leases` while an agent runs).
-    pub fn read_only(state_dir: &Path) -> anyhow::Result<SqliteStore> {
-        let path = state_dir.join(DB_FILE);
-        let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .with_context(|| format!("no lease store at {}", path.display()))?;
-        Ok(SqliteStore { conn })
+    /// The latest lease recorded for `mac` (for the HTTP handoff: one indexed query, not a load
+    /// of the whole store per script).
+    pub fn latest_for_mac(&self, mac: MacAddr) -> anyhow::Result<Option<Lease>> {
+        Ok(self.select("WHERE mac = ?1 ORDER BY expires DESC LIMIT 1", [mac.to_string()])?.pop())
     }
-}
 
-impl LeaseStore for SqliteStore {
-    fn load(&mut self) -> anyhow::Result<Vec<Lease>> {
-        let mut stmt = self.conn.prepare("SELECT ip, client, mac, hostname, state, expires FROM leases ORDER BY ip")?;
-        let rows = stmt.query_map([], |r| {
+    /// Leases of the rows `tail` (a WHERE/ORDER clause) selects; unreadable rows are skipped.
+    fn select<P: rusqlite::Params>(&self, tail: &str, params: P) -> anyhow::Result<Vec<Lease>> {
+        let mut stmt = self.conn.prepare(&format!("SELECT ip, client, mac, hostname, state, expires FROM leases {tail}"))?;
+        let rows = stmt.query_map(params, |r| {
             Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, Option<String>>(3)?, r.get::<_, String>(4)?, r.get::<_, i64>(5)?))
         })?;
         let mut out = Vec::new();
@@ -86,6 +84,20 @@ impl LeaseStore for SqliteStore {
             }
         }
         Ok(out)
+    }
+
+    /// Opens the store of `state_dir` read-only (for `netboot-xdp leases` while an agent runs).
+    pub fn read_only(state_dir: &Path) -> anyhow::Result<SqliteStore> {
+        let path = state_dir.join(DB_FILE);
+        let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .with_context(|| format!("no lease store at {}", path.display()))?;
+        Ok(SqliteStore { conn })
+    }
+}
+
+impl LeaseStore for SqliteStore {
+    fn load(&mut self) -> anyhow::Result<Vec<Lease>> {
+        self.select("ORDER BY ip", [])
     }
 
     fn commit(&mut self, batch: &[&Lease]) -> anyhow::Result<()> {
