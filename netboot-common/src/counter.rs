@@ -87,6 +87,15 @@ counters! {
     XdpPass = "xdp_pass",
     /// Frames answered with XDP_TX.
     XdpTx = "xdp_tx",
+    /// Replies sent from the cache, by kind and class (each also counts in fast_offer/fast_ack).
+    FastOfferIpxe = "fast_offer_ipxe",
+    FastOfferHttp = "fast_offer_http",
+    FastOfferPxe = "fast_offer_pxe",
+    FastOfferPlain = "fast_offer_plain",
+    FastAckIpxe = "fast_ack_ipxe",
+    FastAckHttp = "fast_ack_http",
+    FastAckPxe = "fast_ack_pxe",
+    FastAckPlain = "fast_ack_plain",
 }
 
 /// Number of counters; the size of the `COUNTERS` map.
@@ -115,6 +124,21 @@ impl Counter {
             ClientClass::Http => Counter::ClassHttp,
             ClientClass::Pxe => Counter::ClassPxe,
             ClientClass::Plain => Counter::ClassPlain,
+        }
+    }
+
+    /// The per-class counter of a reply sent from the cache.
+    pub const fn for_fast_reply(ack: bool, class: crate::wire::ClientClass) -> Counter {
+        use crate::wire::ClientClass;
+        match (ack, class) {
+            (false, ClientClass::Ipxe) => Counter::FastOfferIpxe,
+            (false, ClientClass::Http) => Counter::FastOfferHttp,
+            (false, ClientClass::Pxe) => Counter::FastOfferPxe,
+            (false, ClientClass::Plain) => Counter::FastOfferPlain,
+            (true, ClientClass::Ipxe) => Counter::FastAckIpxe,
+            (true, ClientClass::Http) => Counter::FastAckHttp,
+            (true, ClientClass::Pxe) => Counter::FastAckPxe,
+            (true, ClientClass::Plain) => Counter::FastAckPlain,
         }
     }
 

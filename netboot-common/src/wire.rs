@@ -133,6 +133,16 @@ impl ClientClass {
         }
     }
 
+    /// The class of a `repr(u8)` value from the kernel (an `AckEvent`); unknown values are Plain.
+    pub const fn from_u8(v: u8) -> ClientClass {
+        match v {
+            1 => ClientClass::Pxe,
+            2 => ClientClass::Ipxe,
+            3 => ClientClass::Http,
+            _ => ClientClass::Plain,
+        }
+    }
+
     pub const fn name(self) -> &'static str {
         match self {
             ClientClass::Plain => "plain",

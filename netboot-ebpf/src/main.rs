@@ -1,8 +1,9 @@
 //! The netboot-xdp XDP program.
 //!
-//! parse → classify → count → act. Today every frame is passed (XDP_PASS); the classifier and
-//! its counters are the first half of the fast path. The program is strict: anything it does not
-//! fully understand is counted and passed (DESIGN.md invariant 3), never answered.
+//! parse → classify → count → act. A fully validated DISCOVER or REQUEST that hits the reply
+//! cache is answered in place (`reply`, XDP_TX); everything else is passed to the agent. The
+//! program is strict: anything it does not fully understand is counted and passed (DESIGN.md
+//! invariant 3), never answered.
 #![no_std]
 #![no_main]
 

@@ -82,6 +82,7 @@ pub fn answer(ctx: &XdpContext, req: &Classified) -> Result<u32, Counter> {
     }
     write_frame(ctx, s, len)?;
     bump(if kind == KIND_ACK { Counter::FastAck } else { Counter::FastOffer });
+    bump(Counter::for_fast_reply(kind == KIND_ACK, req.class));
     Ok(xdp_action::XDP_TX)
 }
 

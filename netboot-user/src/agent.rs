@@ -11,7 +11,8 @@ use crate::dhcp::store::{LeaseStore, SqliteStore};
 use crate::dhcp::{DhcpServer, ServerParams, io};
 use crate::fastpath::{Loaded, StartError, XdpModeArg};
 use crate::iface::Interface;
-use crate::runtime::{AgentRecord, write_stats};
+use crate::runtime::AgentRecord;
+use crate::timeline::Timelines;
 use crate::stats::Stats;
 use std::path::Path;
 use std::sync::Arc;
@@ -21,7 +22,9 @@ use tokio::sync::watch;
 /// Runs the agent on `iface` in the foreground until SIGINT or SIGTERM, then detaches.
 ///
 /// Start order: the config (a bad one stops everything), root, the interface, the lease store,
-/// the DHCP sockets, then the XDP program; anything that fails undoes what came before.
+/// the DHCP and TFTP sockets, the HTTP listener and control socket, then the XDP program;
+/// anything that fails undoes what came before. Then the config is watched (SIGHUP, file
+/// changes) and reloaded in place (see [`crate::reload`]).
 pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
     if unsafe { libc::geteuid() } != 0 {
@@ -38,11 +41,15 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
     let pools = config.dhcp.pools.iter().map(|p| *p.get_ref()).collect();
     let server = DhcpServer::new(ServerParams::from_config(&config, server_ip), pools, stored);
     let stats = Arc::new(Stats::default());
-    let dhcp = io::Service::bind(&iface, server, Box::new(store) as Box<dyn LeaseStore>, stats.clone())?;
+    let timelines = Arc::new(Timelines::new(iface_name));
+    let dhcp = io::Service::bind(&iface, server, Box::new(store) as Box<dyn LeaseStore>, stats.clone(), timelines.clone())?;
 
-    let tftp = tftp_service(&config, &iface, server_ip, stats.clone())?;
+    let tftp = tftp_service(&config, &iface, server_ip, stats.clone(), timelines.clone())?;
     let http_listener = crate::http::bind(config.http.listen).await?;
-    let mut fastpath = Loaded::pinned(iface_name)?.attach(iface_name, mode)?;
+    let control = crate::runtime::bind_control(iface_name)?;
+    let mut fastpath = Loaded::pinned(iface_name)
+        .and_then(|l| l.attach(iface_name, mode))
+        .inspect_err(|_| AgentRecord::remove(iface_name))?;
     let dhcp = match (fastpath.take_map(maps::REPLY_CACHE), fastpath.take_map(maps::EVENTS)) {
         (Some(cache), Some(events)) if config.dhcp.mode == DhcpMode::Authoritative => dhcp.with_fast_path(FastPathLink {
             sync: CacheSync::new(ReplyCache::new(cache)?, iface.mac),
@@ -57,32 +64,20 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
         config: config_path.canonicalize().unwrap_or_else(|_| config_path.to_path_buf()),
         state_dir: config.server.state_dir.clone(),
     };
-    // Counters first, so that `status` is complete as soon as the record says we run.
-    std::fs::create_dir_all("/run/netboot-xdp").ok();
-    write_stats(iface_name, &stats.snapshot());
-    record.write()?;
-    tracing::info!(iface = iface_name, mode = fastpath.mode(), server = %server_ip, "XDP attached; serving until SIGINT/SIGTERM");
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let dhcp_task = tokio::spawn(dhcp.run(stop_rx.clone()));
-    let tftp_task = tftp.map(|t| tokio::spawn(t.run(stop_rx.clone())));
     if !config.http.root.is_dir() {
         tracing::warn!(root = %config.http.root.display(), "http.root is not a directory: scripts and files will not be found");
     }
-    let http_state = crate::http::HttpState::new(&config, server_ip, iface_name, stats.clone());
-    let http_task = tokio::spawn(crate::http::serve(http_listener, http_state, stop_rx.clone()));
-    let stats_task = {
-        let (stats, iface, mut stop) = (stats.clone(), iface_name.to_string(), stop_rx.clone());
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(250));
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => write_stats(&iface, &stats.snapshot()),
-                    _ = stop.changed() => break,
-                }
-            }
-        })
-    };
+    let http_state = crate::http::HttpState::new(&config, server_ip, record.clone(), stats.clone(), timelines);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (config_tx, configs) = watch::channel(Arc::new(config));
+    let dhcp_task = tokio::spawn(dhcp.with_reload(configs.clone()).run(stop_rx.clone()));
+    let tftp_task = tftp.map(|t| tokio::spawn(t.run(configs.clone(), stop_rx.clone())));
+    let http_task = tokio::spawn(crate::http::serve(http_listener, control, http_state, configs, stop_rx.clone()));
+    let reload_task = tokio::spawn(crate::reload::run(config_path.to_path_buf(), config_tx, stats.clone(), stop_rx.clone()));
+    // The record last: once it says we run, the control socket answers.
+    record.write()?;
+    tracing::info!(iface = iface_name, mode = fastpath.mode(), server = %server_ip, "XDP attached; serving until SIGINT/SIGTERM (SIGHUP reloads the config)");
 
     let outcome = tokio::select! {
         signal = wait_for_shutdown() => { tracing::info!(iface = iface_name, "{signal}: detaching"); Ok(()) }
@@ -94,7 +89,7 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
         },
     };
     let _ = stop_tx.send(true);
-    let _ = stats_task.await;
+    let _ = reload_task.await;
     if let Some(t) = tftp_task {
         let _ = t.await;
     }
@@ -119,7 +114,13 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
 
 /// The TFTP service, if `tftp.root` exists (a boot server without TFTP files is possible, e.g.
 /// HTTP boot only: a warning, not an error).
-fn tftp_service(config: &Config, iface: &Interface, server_ip: std::net::Ipv4Addr, stats: Arc<Stats>) -> anyhow::Result<Option<tftp::socket::Service>> {
+fn tftp_service(
+    config: &Config,
+    iface: &Interface,
+    server_ip: std::net::Ipv4Addr,
+    stats: Arc<Stats>,
+    timelines: Arc<Timelines>,
+) -> anyhow::Result<Option<tftp::socket::Service>> {
     let t = &config.tftp;
     let files = match tftp::FileCache::new(&t.root) {
         Ok(f) => f,
@@ -136,7 +137,7 @@ fn tftp_service(config: &Config, iface: &Interface, server_ip: std::net::Ipv4Add
         max_windowsize: *t.max_windowsize.get_ref(),
         max_payload: (iface.mtu.saturating_sub(28)).clamp(512, 65_507) as u16,
     };
-    Ok(Some(tftp::socket::Service::bind(iface, server_ip, files, limits, stats)?))
+    Ok(Some(tftp::socket::Service::bind(iface, server_ip, files, limits, stats, timelines)?))
 }
 
 /// Resolves when the interface no longer exists (deleted, or its namespace removed).

@@ -30,7 +30,7 @@ pub enum Command {
     },
     /// Stop the agent on IFACE and remove its XDP program and pins.
     Detach { iface: String },
-    /// Show the XDP counters of a running attach (all attached interfaces without IFACE).
+    /// Show the XDP and agent counters of an attached interface (all of them without IFACE).
     Status {
         iface: Option<String>,
         /// Machine-readable output.
@@ -61,6 +61,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
@@ -131,16 +132,19 @@ fn status(iface: Option<&str>, json: bool) -> anyhow::Result<()> {
         if !dir.exists() {
             anyhow::bail!("{i}: not attached (no pins under {})", dir.display());
         }
-        let counters = Counters::from_pin(&dir)?;
-        let rec = AgentRecord::read(i);
-        reports.push(serde_json::json!({
-            "iface": i,
-            "agent_pid": rec.as_ref().map(|r| r.pid),
-            "agent_running": rec.as_ref().is_some_and(AgentRecord::is_running),
-            "xdp_mode": rec.as_ref().map(|r| r.xdp_mode.clone()),
-            "counters": counters.named(),
-            "agent": crate::runtime::read_stats(i).unwrap_or_default(),
-        }));
+        // From the running agent; without one, what the pins say (the kernel keeps answering).
+        let report = match AgentRecord::read(i).filter(AgentRecord::is_running) {
+            Some(_) => serde_json::from_slice(&crate::runtime::control_get(i, "/api/v1/status")?)?,
+            None => serde_json::json!({
+                "iface": i,
+                "agent_pid": null,
+                "agent_running": false,
+                "xdp_mode": null,
+                "counters": Counters::from_pin(&dir)?.named(),
+                "agent": {},
+            }),
+        };
+        reports.push(report);
     }
     if json {
         let out = if iface.is_some() { reports.remove(0) } else { serde_json::Value::Array(reports) };
@@ -176,39 +180,31 @@ fn status(iface: Option<&str>, json: bool) -> anyhow::Result<()> {
 
 fn leases(json: bool, config: Option<&std::path::Path>) -> anyhow::Result<()> {
     use crate::dhcp::store::{LeaseStore, SqliteStore};
-    let state_dir = match config {
-        Some(c) => Config::load(c)?.server.state_dir,
-        None => match AgentRecord::all().into_iter().next() {
-            Some(rec) => rec.state_dir,
-            None => crate::config::ServerConfig::default().state_dir,
-        },
-    };
-    let mut leases = SqliteStore::read_only(&state_dir)?.load()?;
-    leases.sort_by_key(|l| l.ip);
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+    let running = AgentRecord::all().into_iter().find(AgentRecord::is_running);
+    let leases: Vec<serde_json::Value> = match (config, running) {
+        // The running agent answers (its lease store, as it serves it).
+        (None, Some(rec)) => serde_json::from_slice(&crate::runtime::control_get(&rec.iface, "/api/v1/leases")?)?,
+        (config, _) => {
+            let state_dir = match config {
+                Some(c) => Config::load(c)?.server.state_dir,
+                None => crate::config::ServerConfig::default().state_dir,
+            };
+            let mut leases = SqliteStore::read_only(&state_dir)?.load()?;
+            leases.sort_by_key(|l| l.ip);
+            leases.iter().map(|l| l.to_json(now)).collect()
+        }
+    };
     if json {
-        let v: Vec<_> = leases
-            .iter()
-            .map(|l| {
-                serde_json::json!({
-                    "ip": l.ip.to_string(),
-                    "mac": l.mac.to_string(),
-                    "client": l.client.to_text(),
-                    "hostname": l.hostname,
-                    "state": l.state.as_str(),
-                    "expires": l.expires,
-                    "active": l.holds(now),
-                })
-            })
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        println!("{}", serde_json::to_string_pretty(&leases)?);
         return Ok(());
     }
     println!("{:<16} {:<18} {:<9} {:>9}  {}", "IP", "MAC", "STATE", "EXPIRES", "HOSTNAME");
     for l in &leases {
-        let left = l.expires.saturating_sub(now);
-        let expires = if l.holds(now) { format!("{left}s") } else { "-".into() };
-        println!("{:<16} {:<18} {:<9} {:>9}  {}", l.ip, l.mac, l.state.as_str(), expires, l.hostname.as_deref().unwrap_or(""));
+        let text = |k: &str| l[k].as_str().unwrap_or("").to_string();
+        let left = l["expires"].as_u64().unwrap_or(0).saturating_sub(now);
+        let expires = if l["active"].as_bool() == Some(true) { format!("{left}s") } else { "-".into() };
+        println!("{:<16} {:<18} {:<9} {:>9}  {}", text("ip"), text("mac"), text("state"), expires, text("hostname"));
     }
     Ok(())
 }

@@ -6,45 +6,90 @@
 //!   quotes, spaces), so a hostname or a variable cannot inject commands.
 //! - Static files under `http.root` with HEAD, Range, Last-Modified (tower-http's ServeDir) and
 //!   ETag/If-None-Match (here), confined to the root: `..` and symlinks leaving it are refused.
-//! - `GET /api/v1/leases`: the lease store as JSON; `GET /metrics`: Prometheus text.
+//! - `GET /api/v1/nodes[?stage=S][&idle=SECS]` and `/api/v1/nodes/MAC`: boot timelines
+//!   ([`crate::timeline`]).
+//! - `GET /api/v1/leases`: the lease store as JSON; `GET /api/v1/status`: what
+//!   `netboot-xdp status --json` prints; `GET /metrics`: Prometheus text ([`crate::metrics`]).
+//!
+//! The same routes are served on the agent's control socket (`/run/netboot-xdp/IFACE.sock`),
+//! which the CLI uses whatever `http.listen` is.
 
 use crate::config::{Config, Host};
 use crate::dhcp::store::{LeaseStore, SqliteStore};
 use crate::fastpath::{Counters, pins};
 use crate::mac::MacAddr;
 use crate::stats::Stats;
-use axum::extract::{Query, Request, State};
+use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::Extension;
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use std::collections::{BTreeMap, HashMap};
-use std::net::Ipv4Addr;
+use crate::runtime::AgentRecord;
+use crate::stats::Stage;
+use crate::timeline::{Milestone, Timelines};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use tower::ServiceExt;
 use tokio::sync::watch;
 
-pub struct HttpState {
+/// What the HTTP layer takes from the config; replaced as a whole on reload.
+pub struct View {
     pub root: PathBuf,
     pub script: PathBuf,
-    pub server: Ipv4Addr,
     pub hosts: HashMap<MacAddr, Host>,
+}
+
+impl View {
+    pub fn new(config: &Config) -> View {
+        View {
+            root: config.http.root.clone(),
+            script: config.http.script.clone(),
+            hosts: config.dhcp.reservations().map(|h| (h.mac, h.clone())).collect(),
+        }
+    }
+}
+
+pub struct HttpState {
+    view: RwLock<Arc<View>>,
+    pub server: Ipv4Addr,
     pub state_dir: PathBuf,
-    pub iface: String,
+    pub agent: AgentRecord,
     pub stats: Arc<Stats>,
+    pub timelines: Arc<Timelines>,
 }
 
 impl HttpState {
-    pub fn new(config: &Config, server: Ipv4Addr, iface: &str, stats: Arc<Stats>) -> HttpState {
+    pub fn new(config: &Config, server: Ipv4Addr, agent: AgentRecord, stats: Arc<Stats>, timelines: Arc<Timelines>) -> HttpState {
         HttpState {
-            root: config.http.root.clone(),
-            script: config.http.script.clone(),
+            view: RwLock::new(Arc::new(View::new(config))),
             server,
-            hosts: config.dhcp.reservations().map(|h| (h.mac, h.clone())).collect(),
             state_dir: config.server.state_dir.clone(),
-            iface: iface.to_string(),
+            agent,
             stats,
+            timelines,
         }
+    }
+
+    pub fn view(&self) -> Arc<View> {
+        self.view.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The status of the agent: what `netboot-xdp status --json` prints.
+    pub fn status(&self) -> serde_json::Value {
+        let counters = Counters::from_pin(&pins::iface_dir(&self.agent.iface)).ok();
+        serde_json::json!({
+            "iface": self.agent.iface,
+            "agent_pid": self.agent.pid,
+            "agent_running": true,
+            "xdp_mode": self.agent.xdp_mode,
+            "config": self.agent.config,
+            "counters": counters.map(|c| c.named()),
+            "agent": self.stats.snapshot(),
+            "nodes": self.timelines.nodes().len(),
+        })
     }
 }
 
@@ -53,61 +98,118 @@ pub async fn bind(listen: std::net::SocketAddr) -> anyhow::Result<tokio::net::Tc
     tokio::net::TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {listen} (http.listen): {e}"))
 }
 
-/// Serves until `shutdown` changes.
-pub async fn serve(listener: tokio::net::TcpListener, state: HttpState, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-    let app = router(Arc::new(state));
-    tracing::info!(listen = %listener.local_addr()?, "HTTP service up");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.changed().await;
+/// Serves `listener` (nodes and operators) and the control socket `control` (the CLI) until
+/// `shutdown` changes; each config published on `configs` applies to the next request.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    control: tokio::net::UnixListener,
+    state: HttpState,
+    mut configs: watch::Receiver<Arc<Config>>,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let state = Arc::new(state);
+    let follow = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            while configs.changed().await.is_ok() {
+                let view = Arc::new(View::new(&configs.borrow_and_update()));
+                *state.view.write().unwrap_or_else(|e| e.into_inner()) = view;
+            }
         })
-        .await?;
+    };
+    let app = router(state);
+    tracing::info!(listen = %listener.local_addr()?, "HTTP service up");
+    let until = |mut s: watch::Receiver<bool>| async move {
+        let _ = s.changed().await;
+    };
+    let tcp = axum::serve(listener, app.clone().into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(until(shutdown.clone()));
+    let unix = axum::serve(control, app).with_graceful_shutdown(until(shutdown));
+    let result = tokio::try_join!(async { tcp.await }, async { unix.await });
+    follow.abort();
+    result?;
     Ok(())
 }
 
 pub fn router(state: Arc<HttpState>) -> axum::Router {
-    let files = tower_http::services::ServeDir::new(&state.root);
     axum::Router::new()
         .route("/boot.ipxe", get(boot_script))
         .route("/api/v1/leases", get(leases))
+        .route("/api/v1/nodes", get(nodes))
+        .route("/api/v1/nodes/{mac}", get(node))
+        .route("/api/v1/status", get(status))
         .route("/metrics", get(metrics))
-        .fallback_service(files)
+        .fallback(static_file)
         .layer(middleware::from_fn_with_state(state.clone(), confine_and_count))
         .with_state(state)
 }
 
-/// Counts requests and refuses paths that resolve (through symlinks) outside the root.
-async fn confine_and_count(State(st): State<Arc<HttpState>>, req: Request, next: Next) -> Response {
-    st.stats.bump("http_requests");
-    let path = req.uri().path().trim_start_matches('/').to_string();
-    if !path.is_empty() && !matches!(path.as_str(), "boot.ipxe" | "metrics") && !path.starts_with("api/") {
-        let decoded = percent_decode(&path);
-        if decoded.split('/').any(|c| c == "..") {
-            st.stats.bump("http_refused_path");
-            return StatusCode::FORBIDDEN.into_response();
-        }
-        if let (Ok(root), Ok(real)) = (st.root.canonicalize(), st.root.join(&decoded).canonicalize()) {
-            if !real.starts_with(&root) {
-                st.stats.bump("http_refused_path");
-                return StatusCode::FORBIDDEN.into_response();
-            }
-            // ETag from size and modification time (ServeDir gives Last-Modified only).
-            if let Some(tag) = std::fs::metadata(&real).ok().filter(|m| m.is_file()).map(|m| etag(&m)) {
-                let matches = req.headers().get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).is_some_and(|v| {
-                    v.split(',').any(|t| t.trim() == tag || t.trim() == "*")
-                });
-                if matches {
-                    return (StatusCode::NOT_MODIFIED, [(header::ETAG, tag)]).into_response();
-                }
-                let mut resp = next.run(req).await;
-                if let Ok(v) = header::HeaderValue::from_str(&tag) {
-                    resp.headers_mut().insert(header::ETAG, v);
-                }
-                return resp;
-            }
-        }
+/// The address of the peer (absent on the control socket).
+#[derive(Clone, Copy)]
+struct Peer(Option<Ipv4Addr>);
+
+async fn static_file(State(st): State<Arc<HttpState>>, req: Request) -> Response {
+    let files = tower_http::services::ServeDir::new(&st.view().root);
+    match files.oneshot(req).await {
+        Ok(r) => r.into_response(),
+        Err(never) => match never {},
     }
-    next.run(req).await
+}
+
+/// Counts and times every request, refuses paths that resolve (through symlinks) outside the
+/// root, adds an ETag to files, and records files fetched on the node's timeline.
+async fn confine_and_count(State(st): State<Arc<HttpState>>, mut req: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    st.stats.bump("http_requests");
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().and_then(|c| match c.0 {
+        SocketAddr::V4(a) => Some(*a.ip()),
+        SocketAddr::V6(a) => a.ip().to_ipv4_mapped(),
+    });
+    req.extensions_mut().insert(Peer(peer));
+    let path = req.uri().path().trim_start_matches('/').to_string();
+    let is_file = !path.is_empty() && !matches!(path.as_str(), "boot.ipxe" | "metrics") && !path.starts_with("api/");
+    let resp = if is_file { serve_file(&st, &path, req, next).await } else { next.run(req).await };
+    let took = started.elapsed();
+    st.stats.observe(Stage::HttpRequest, took);
+    if let (true, Some(ip)) = (is_file, peer) {
+        let bytes = resp.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
+        let what = Milestone::File { path: format!("/{path}"), status: resp.status().as_u16(), bytes, ms: took.as_millis() as u64 };
+        st.timelines.record_by_ip(ip, what);
+    }
+    resp
+}
+
+async fn serve_file(st: &HttpState, path: &str, req: Request, next: Next) -> Response {
+    let decoded = percent_decode(path);
+    if decoded.split('/').any(|c| c == "..") {
+        st.stats.bump("http_refused_path");
+        return StatusCode::FORBIDDEN.into_response();
+    }
+    let root = st.view().root.clone();
+    let (Ok(root), Ok(real)) = (root.canonicalize(), root.join(&decoded).canonicalize()) else {
+        return next.run(req).await; // not there: ServeDir answers 404
+    };
+    if !real.starts_with(&root) {
+        st.stats.bump("http_refused_path");
+        return StatusCode::FORBIDDEN.into_response();
+    }
+    // ETag from size and modification time (ServeDir gives Last-Modified only).
+    let Some(tag) = std::fs::metadata(&real).ok().filter(|m| m.is_file()).map(|m| etag(&m)) else {
+        return next.run(req).await;
+    };
+    let matches = req
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == tag || t.trim() == "*"));
+    if matches {
+        return (StatusCode::NOT_MODIFIED, [(header::ETAG, tag)]).into_response();
+    }
+    let mut resp = next.run(req).await;
+    if let Ok(v) = header::HeaderValue::from_str(&tag) {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    resp
 }
 
 fn etag(m: &std::fs::Metadata) -> String {
@@ -138,20 +240,43 @@ pub fn ipxe_safe(s: &str) -> String {
     s.chars().map(|c| if c.is_ascii_alphanumeric() || "._:-/=+,@".contains(c) { c } else { '_' }).collect()
 }
 
-async fn boot_script(State(st): State<Arc<HttpState>>, Query(q): Query<BTreeMap<String, String>>) -> Response {
+async fn boot_script(
+    State(st): State<Arc<HttpState>>,
+    Extension(peer): Extension<Peer>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Response {
     st.stats.bump("http_scripts");
-    let path = st.root.join(&st.script);
+    let mac: Option<MacAddr> = q.get("mac").and_then(|m| m.parse().ok());
+    let (resp, known) = render_script(&st, mac, &q);
+    let what = Milestone::Script { status: resp.status().as_u16(), known };
+    match (mac, peer.0) {
+        (Some(mac), _) => st.timelines.record(mac, what),
+        (None, Some(ip)) => {
+            st.timelines.record_by_ip(ip, what);
+        }
+        (None, None) => {}
+    }
+    resp
+}
+
+/// The script for `mac`, and whether the node is known (reserved or leased).
+fn render_script(st: &HttpState, mac: Option<MacAddr>, q: &BTreeMap<String, String>) -> (Response, bool) {
+    let view = st.view();
+    let path = view.root.join(&view.script);
     let source = match std::fs::read_to_string(&path) {
         Ok(s) => s,
-        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read template {}: {e}\n", path.display())).into_response(),
+        Err(e) => {
+            let msg = format!("cannot read template {}: {e}\n", path.display());
+            return ((StatusCode::INTERNAL_SERVER_ERROR, msg).into_response(), false);
+        }
     };
-    let mac: Option<MacAddr> = q.get("mac").and_then(|m| m.parse().ok());
-    let host = mac.and_then(|m| st.hosts.get(&m));
+    let host = mac.and_then(|m| view.hosts.get(&m));
     let leased = mac.and_then(|m| SqliteStore::read_only(&st.state_dir).ok()?.latest_for_mac(m).ok().flatten());
     let ip = host.map(|h| h.ip).or(leased.as_ref().map(|l| l.ip));
     let hostname = host.and_then(|h| h.hostname.clone()).or(leased.and_then(|l| l.hostname));
     let vars: BTreeMap<String, String> =
         host.map(|h| h.vars.iter().map(|(k, v)| (ipxe_safe(k), ipxe_safe(v))).collect()).unwrap_or_default();
+    let known = host.is_some() || ip.is_some();
     let ctx = minijinja::context! {
         mac => mac.map(|m| m.to_string()),
         ip => ip.map(|i| i.to_string()),
@@ -160,7 +285,7 @@ async fn boot_script(State(st): State<Arc<HttpState>>, Query(q): Query<BTreeMap<
         arch => q.get("arch").map(|a| ipxe_safe(a)),
         vars => vars,
         server => st.server.to_string(),
-        known => host.is_some() || ip.is_some(),
+        known => known,
     };
     let mut env = minijinja::Environment::new();
     // Every value printed is made iPXE-safe, whatever the template does with it.
@@ -168,40 +293,67 @@ async fn boot_script(State(st): State<Arc<HttpState>>, Query(q): Query<BTreeMap<
         let s = if value.is_none() || value.is_undefined() { String::new() } else { value.to_string() };
         out.write_str(&ipxe_safe(&s)).map_err(minijinja::Error::from)
     });
-    let name = st.script.display().to_string();
+    let name = view.script.display().to_string();
     let rendered = env.add_template(&name, &source).and_then(|_| env.get_template(&name)?.render(ctx));
-    match rendered {
+    let resp = match rendered {
         Ok(s) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], s).into_response(),
         Err(e) => {
             st.stats.bump("http_template_errors");
             let line = e.line().map(|l| format!(":{l}")).unwrap_or_default();
             (StatusCode::INTERNAL_SERVER_ERROR, format!("template {}{line}: {e}\n", path.display())).into_response()
         }
-    }
+    };
+    (resp, known)
 }
 
 async fn leases(State(st): State<Arc<HttpState>>) -> Response {
+    let now = crate::timeline::unix_ms() / 1000;
     match SqliteStore::read_only(&st.state_dir).and_then(|mut s| s.load()) {
-        Ok(leases) => axum::Json(leases).into_response(),
+        Ok(mut leases) => {
+            leases.sort_by_key(|l| l.ip);
+            axum::Json(leases.iter().map(|l| l.to_json(now)).collect::<Vec<_>>()).into_response()
+        }
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}\n")).into_response(),
     }
 }
 
+/// Every node's timeline; `?stage=S` keeps the nodes whose latest stage is S, `?idle=SECS`
+/// those whose latest event is at least SECS old (the stuck ones, in a storm).
+async fn nodes(State(st): State<Arc<HttpState>>, Query(q): Query<BTreeMap<String, String>>) -> Response {
+    let idle_ms = match q.get("idle").map(|v| v.parse::<f64>()) {
+        Some(Ok(s)) if s >= 0.0 => Some((s * 1000.0) as u64),
+        Some(_) => return (StatusCode::BAD_REQUEST, "idle: seconds expected\n").into_response(),
+        None => None,
+    };
+    let now = crate::timeline::unix_ms();
+    let nodes: Vec<_> = st
+        .timelines
+        .nodes()
+        .into_iter()
+        .filter(|n| q.get("stage").is_none_or(|s| s == n.stage))
+        .filter(|n| idle_ms.is_none_or(|i| now.saturating_sub(n.last_ms) >= i))
+        .collect();
+    axum::Json(nodes).into_response()
+}
+
+async fn node(State(st): State<Arc<HttpState>>, axum::extract::Path(mac): axum::extract::Path<String>) -> Response {
+    let Ok(mac) = mac.parse::<MacAddr>() else {
+        return (StatusCode::BAD_REQUEST, format!("not a MAC address: {}\n", ipxe_safe(&mac))).into_response();
+    };
+    match st.timelines.node(mac) {
+        Some(n) => axum::Json(n).into_response(),
+        None => (StatusCode::NOT_FOUND, format!("no timeline for {mac}\n")).into_response(),
+    }
+}
+
+async fn status(State(st): State<Arc<HttpState>>) -> Response {
+    axum::Json(st.status()).into_response()
+}
+
 async fn metrics(State(st): State<Arc<HttpState>>) -> Response {
-    let mut out = String::new();
-    out.push_str("# HELP netboot_xdp_decisions_total In-kernel decisions of the XDP program, by kind.\n");
-    out.push_str("# TYPE netboot_xdp_decisions_total counter\n");
-    if let Ok(c) = Counters::from_pin(&pins::iface_dir(&st.iface)) {
-        for (name, v) in c.named() {
-            out.push_str(&format!("netboot_xdp_decisions_total{{iface=\"{}\",decision=\"{name}\"}} {v}\n", st.iface));
-        }
-    }
-    out.push_str("# HELP netboot_agent_events_total Events counted by the agent, by kind.\n");
-    out.push_str("# TYPE netboot_agent_events_total counter\n");
-    for (name, v) in st.stats.snapshot() {
-        out.push_str(&format!("netboot_agent_events_total{{iface=\"{}\",event=\"{}\"}} {v}\n", st.iface, ipxe_safe(&name)));
-    }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+    let xdp = Counters::from_pin(&pins::iface_dir(&st.agent.iface)).ok();
+    let text = crate::metrics::render(&st.agent.iface, xdp.as_ref(), &st.stats, st.timelines.nodes().len());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 #[cfg(test)]

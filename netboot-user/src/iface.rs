@@ -124,15 +124,16 @@ fn ipv4_addrs(name: &str) -> Vec<Ipv4Net> {
     out
 }
 
-/// MACs of DHCP relays on the link, from the kernel's neighbour table (`/proc/net/arp` of this
-/// network namespace), so that replies to a relay can leave as frames identical to those the
-/// XDP program sends. Unknown addresses are looked up again at most every 100 ms.
+/// IPv4 → MAC of neighbours on an interface, from the kernel's neighbour table (`/proc/net/arp`
+/// of this network namespace), re-read at most every 100 ms on a miss: the MAC of a DHCP relay
+/// (so that replies to it leave as frames identical to the XDP program's), or of a booting node
+/// seen only by its address.
 #[derive(Debug, Default)]
-pub struct RelayMacs {
+pub struct NeighborCache {
     known: std::sync::Mutex<(std::collections::HashMap<Ipv4Addr, MacAddr>, Option<std::time::Instant>)>,
 }
 
-impl RelayMacs {
+impl NeighborCache {
     pub fn get(&self, iface: &str, ip: Ipv4Addr) -> Option<MacAddr> {
         let mut k = self.known.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(m) = k.0.get(&ip) {

@@ -4,6 +4,9 @@
 //! - [`fastpath`]: the XDP program: loading, attaching, pins, counters, test runs.
 //! - [`agent`]: the running agent that ties the pieces together on one interface.
 //! - [`lab`]: network namespaces joined by veth for the demo, tests and bench.
+//! - [`dhcp`], [`tftp`], [`http`]: the services of the boot chain.
+//! - [`timeline`], [`stats`], [`metrics`]: what each node did; counters and latencies.
+//! - [`reload`]: live configuration reload.
 //! - [`cli`]: the `netboot-xdp` command line.
 
 pub mod agent;
@@ -16,6 +19,9 @@ pub mod http;
 pub mod iface;
 pub mod lab;
 pub mod mac;
+pub mod metrics;
+pub mod reload;
 pub mod runtime;
 pub mod stats;
 pub mod tftp;
+pub mod timeline;

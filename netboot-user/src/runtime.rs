@@ -1,6 +1,7 @@
-//! The run-time record of an attached agent: `/run/netboot-xdp/<iface>.json`, written by
-//! `attach`, read by `status` and `detach`. (bpffs holds only BPF objects, so this lives in
-//! /run.)
+//! The run-time files of an attached agent under `/run/netboot-xdp`: its record `<iface>.json`
+//! (written by `attach`, read by `status`, `leases` and `detach`) and its control socket
+//! `<iface>.sock`, on which the CLI asks the running agent. (bpffs holds only BPF objects, so
+//! these live in /run.)
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -39,7 +40,7 @@ impl AgentRecord {
 
     pub fn remove(iface: &str) {
         let _ = std::fs::remove_file(path(iface));
-        let _ = std::fs::remove_file(stats_path(iface));
+        let _ = std::fs::remove_file(control_path(iface));
     }
 
     /// Records of every attached interface.
@@ -48,7 +49,7 @@ impl AgentRecord {
             .map(|rd| {
                 rd.filter_map(|e| {
                     let name = e.ok()?.file_name().into_string().ok()?;
-                    let iface = name.strip_suffix(".json").filter(|n| !n.ends_with(".stats") && !n.starts_with('.'))?;
+                    let iface = name.strip_suffix(".json").filter(|n| !n.starts_with('.'))?;
                     AgentRecord::read(iface)
                 })
                 .collect()
@@ -68,21 +69,44 @@ impl AgentRecord {
     }
 }
 
-fn stats_path(iface: &str) -> PathBuf {
-    dir().join(format!("{iface}.stats.json"))
+/// The agent's control socket: the HTTP routes of [`crate::http`], for the CLI.
+pub fn control_path(iface: &str) -> PathBuf {
+    dir().join(format!("{iface}.sock"))
 }
 
-/// Writes the agent's counters for `status` (atomically: write then rename).
-pub fn write_stats(iface: &str, stats: &std::collections::BTreeMap<String, u64>) {
-    let tmp = dir().join(format!(".{iface}.stats.tmp"));
-    if let Ok(bytes) = serde_json::to_vec(stats) {
-        if std::fs::write(&tmp, bytes).is_ok() {
-            let _ = std::fs::rename(tmp, stats_path(iface));
+/// Binds the control socket of `iface` (a stale one from a killed agent is replaced), only
+/// root may connect.
+pub fn bind_control(iface: &str) -> anyhow::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = control_path(iface);
+    std::fs::create_dir_all(dir())?;
+    let _ = std::fs::remove_file(&path);
+    let l = tokio::net::UnixListener::bind(&path).map_err(|e| anyhow::anyhow!("control socket {}: {e}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+/// `GET path` on the control socket of the agent on `iface`; the body of a 200 answer.
+pub fn control_get(iface: &str, path: &str) -> anyhow::Result<Vec<u8>> {
+    use http_body_util::BodyExt;
+    let sock = control_path(iface);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let stream = tokio::time::timeout(std::time::Duration::from_secs(5), tokio::net::UnixStream::connect(&sock))
+            .await
+            .map_err(|_| anyhow::anyhow!("{}: no answer within 5 s", sock.display()))?
+            .map_err(|e| anyhow::anyhow!("cannot reach the agent at {}: {e}", sock.display()))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let req = hyper::Request::get(path).header("host", "localhost").body(http_body_util::Empty::<bytes::Bytes>::new())?;
+        let resp = tokio::time::timeout(std::time::Duration::from_secs(30), sender.send_request(req))
+            .await
+            .map_err(|_| anyhow::anyhow!("agent on {iface}: no answer to {path} within 30 s"))??;
+        let status = resp.status();
+        let body = resp.into_body().collect().await?.to_bytes().to_vec();
+        if !status.is_success() {
+            anyhow::bail!("agent on {iface}: {path}: {status}: {}", String::from_utf8_lossy(&body).trim());
         }
-    }
-}
-
-/// The agent's counters as last written.
-pub fn read_stats(iface: &str) -> Option<std::collections::BTreeMap<String, u64>> {
-    serde_json::from_slice(&std::fs::read(stats_path(iface)).ok()?).ok()
+        Ok(body)
+    })
 }

@@ -155,7 +155,7 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 /// Polls `cond` every 50 ms for at most `secs` seconds; true if it held. For values the agent
-/// publishes periodically (its counters, every 250 ms).
+/// reaches asynchronously (counters after a client exchange, a reload).
 pub fn eventually(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
     loop {
@@ -166,5 +166,75 @@ pub fn eventually(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
             return false;
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// A lab with its own temporary directory and config file: what every lab test starts from.
+pub mod kit {
+    use netboot::iface::Interface;
+    use netboot::lab::{Agent, Lab, LabSpec};
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+
+    pub struct Setup {
+        pub lab: Lab,
+        /// `$TMPDIR/nbx-<tag>-<lab id>`: config, state, files, client scripts.
+        pub dir: PathBuf,
+        pub config: PathBuf,
+    }
+
+    impl Setup {
+        /// The lab 10.77.0.1/16 (server) – 10.77.0.2/16 (client), and `config(dir)` written to
+        /// `dir/netboot.toml`.
+        pub fn new(tag: &str, config: impl FnOnce(&Path) -> String) -> Setup {
+            let spec = LabSpec { server: "10.77.0.1/16".parse().unwrap(), client: Some("10.77.0.2/16".parse().unwrap()) };
+            let lab = Lab::create(&spec).expect("lab");
+            let dir = std::env::temp_dir().join(format!("nbx-{tag}-{}", lab.id));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join("netboot.toml");
+            std::fs::write(&path, config(&dir)).unwrap();
+            Setup { lab, dir, config: path }
+        }
+
+        /// `netboot-xdp attach` on the lab's server interface with this config.
+        pub fn start(&self) -> Agent {
+            Agent::start(&self.lab, &crate::bin("netboot-xdp"), &self.config, &[]).expect("agent")
+        }
+
+        /// The MAC of the client interface (what udhcpc and dhclient send).
+        pub fn client_mac(&self) -> String {
+            let dev = self.lab.client_if.clone();
+            self.lab.client.run(move || Interface::lookup(&dev).unwrap().mac.to_string()).unwrap()
+        }
+
+        /// A client script that appends its environment to `<dir>/<name>.env` (one run per file).
+        pub fn recorder(&self, name: &str) -> (String, PathBuf) {
+            let env = self.dir.join(format!("{name}.env"));
+            let script = self.dir.join(format!("{name}.sh"));
+            std::fs::write(&script, format!("#!/bin/sh\n{{ echo \"event=$1\"; env; echo ====; }} >> {}\n", env.display())).unwrap();
+            Command::new("chmod").arg("+x").arg(&script).status().unwrap();
+            (script.display().to_string(), env)
+        }
+    }
+
+    impl Drop for Setup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// The environment of the first recorded event where `key=value`.
+    pub fn event(env_file: &Path, key: &str, value: &str) -> BTreeMap<String, String> {
+        let text = std::fs::read_to_string(env_file).unwrap_or_default();
+        for block in text.split("====\n") {
+            let vars: BTreeMap<String, String> =
+                block.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            if vars.get(key).is_some_and(|v| v == value) {
+                return vars;
+            }
+        }
+        panic!("no event {key}={value} in {}:\n{text}", env_file.display())
     }
 }

@@ -4,7 +4,6 @@
 use dhcproto::v4::{DhcpOption, Message, MessageType, OptionCode};
 use dhcproto::{Decodable, Decoder, Encodable};
 use netboot::frame::parse_udp;
-use netboot::iface::Interface;
 use netboot::lab::{Agent, Lab, LabSpec, clients};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -12,57 +11,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 use tests::probe::Probe;
+use tests::kit::{Setup, event};
 use tests::{bin, fixture_frames, require_root};
-
-struct Setup {
-    lab: Lab,
-    dir: PathBuf,
-    config: PathBuf,
-}
 
 const BASE: &str = "[dhcp]\nsubnet = \"10.77.0.0/16\"\npools = [\"10.77.1.1-10.77.99.254\"]\nrouter = \"10.77.0.1\"\ndns = [\"10.77.0.53\"]\ndomain = \"lab.example\"\nlease_time = \"1h\"\n";
 
 fn setup(extra: &str) -> Setup {
-    let lab = Lab::create(&LabSpec { server: "10.77.0.1/16".parse().unwrap(), client: Some("10.77.0.2/16".parse().unwrap()) })
-        .expect("lab");
-    let dir = std::env::temp_dir().join(format!("nbx-dhcp-{}", lab.id));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("netboot.toml");
-    let text = format!("[server]\naddress = \"10.77.0.1\"\nstate_dir = \"{}\"\n{BASE}{extra}", dir.join("state").display());
-    std::fs::write(&config, text).unwrap();
-    Setup { lab, dir, config }
-}
-
-fn start(s: &Setup) -> Agent {
-    Agent::start(&s.lab, &bin("netboot-xdp"), &s.config, &[]).expect("agent")
-}
-
-/// A client script that appends its environment to `<dir>/<name>.env` (one run per file).
-fn recorder(dir: &Path, name: &str) -> (String, PathBuf) {
-    let env = dir.join(format!("{name}.env"));
-    let script = dir.join(format!("{name}.sh"));
-    std::fs::write(&script, format!("#!/bin/sh\n{{ echo \"event=$1\"; env; echo ====; }} >> {}\n", env.display())).unwrap();
-    Command::new("chmod").arg("+x").arg(&script).status().unwrap();
-    (script.display().to_string(), env)
-}
-
-/// The environment of the first recorded event where `key=value`.
-fn event(env_file: &Path, key: &str, value: &str) -> BTreeMap<String, String> {
-    let text = std::fs::read_to_string(env_file).unwrap_or_default();
-    for block in text.split("====\n") {
-        let vars: BTreeMap<String, String> =
-            block.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        if vars.get(key).is_some_and(|v| v == value) {
-            return vars;
-        }
-    }
-    panic!("no event {key}={value} in {}:\n{text}", env_file.display())
-}
-
-fn client_mac(lab: &Lab) -> String {
-    let dev = lab.client_if.clone();
-    lab.client.run(move || Interface::lookup(&dev).unwrap().mac.to_string()).unwrap()
+    Setup::new("dhcp", |dir| format!("[server]\naddress = \"10.77.0.1\"\nstate_dir = \"{}\"\n{BASE}{extra}", dir.join("state").display()))
 }
 
 #[test]
@@ -73,13 +28,13 @@ fn udhcpc_and_dhclient_get_leases_with_the_configured_options() {
     let _serial = tests::serial();
     let s = setup("");
     // Reserve the client's MAC so the address and hostname are known in advance.
-    let mac = client_mac(&s.lab);
+    let mac = s.client_mac();
     let mut text = std::fs::read_to_string(&s.config).unwrap();
     text.push_str(&format!("[[dhcp.host]]\nmac = \"{mac}\"\nip = \"10.77.0.77\"\nhostname = \"node-077\"\n"));
     std::fs::write(&s.config, text).unwrap();
-    let agent = start(&s);
+    let agent = s.start();
 
-    let (script, env) = recorder(&s.dir, "udhcpc");
+    let (script, env) = s.recorder("udhcpc");
     let out = clients::udhcpc_with_script(&s.lab, 3, &script).unwrap();
     let e = event(&env, "event", "bound");
     assert_eq!(e["ip"], "10.77.0.77", "{}", String::from_utf8_lossy(&out.stderr));
@@ -92,7 +47,7 @@ fn udhcpc_and_dhclient_get_leases_with_the_configured_options() {
     assert_eq!(e["hostname"], "node-077");
     assert_eq!(e["broadcast"], "10.77.255.255");
 
-    let (script, env) = recorder(&s.dir, "dhclient");
+    let (script, env) = s.recorder("dhclient");
     clients::dhclient_with_script(&s.lab, &script).unwrap();
     let e = event(&env, "reason", "BOUND");
     assert_eq!(e["new_ip_address"], "10.77.0.77");
@@ -142,7 +97,7 @@ fn perfdhcp_1000_clients_complete_dora_relayed_and_as_ipxe() {
     }
     let _serial = tests::serial();
     let s = setup("");
-    let agent = start(&s);
+    let agent = s.start();
     let out = clients::perfdhcp(&s.lab, 1000, 250, &[]).unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_complete(&text, 1000);
@@ -150,10 +105,13 @@ fn perfdhcp_1000_clients_complete_dora_relayed_and_as_ipxe() {
     // The same 1000 MACs again as iPXE (user class "iPXE"): they keep their addresses and get
     // the boot script URL (counted by class on the way out).
     // iPXE replies of the second run: from the agent, or (leases known) from the kernel.
-    let kernel = || { let c = agent.counters().unwrap(); c["fast_offer"] + c["fast_ack"] };
-    let kernel_before = kernel();
-    let sent_ipxe = || agent.status().unwrap()["agent"]["dhcp_sent_class_ipxe"].as_u64().unwrap_or(0) + kernel() - kernel_before;
-    let plain = || agent.status().unwrap()["agent"]["dhcp_sent_class_plain"].as_u64().unwrap_or(0);
+    let sent = |class: &str| {
+        let (agent_counters, xdp) = (&agent.status().unwrap()["agent"], agent.counters().unwrap());
+        let by_agent: u64 = ["offer", "ack"].iter().map(|k| agent_counters[format!("dhcp_sent_{k}_{class}")].as_u64().unwrap_or(0)).sum();
+        by_agent + xdp[&format!("fast_offer_{class}")] + xdp[&format!("fast_ack_{class}")]
+    };
+    let sent_ipxe = || sent("ipxe");
+    let plain = || sent("plain");
     assert!(tests::eventually(3, || plain() >= 1999));
     let out = clients::perfdhcp(&s.lab, 1000, 250, &["-o", "77,69505845"]).unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -199,7 +157,7 @@ fn pxe_ipxe_and_http_boot_requests_get_their_files() {
     }
     let _serial = tests::serial();
     let s = setup("[boot]\nbios = \"undionly.kpxe\"\nuefi_x64 = \"ipxe.efi\"\nuefi_arm64 = \"ipxe-arm64.efi\"\n");
-    let agent = start(&s);
+    let agent = s.start();
     let probe = Probe::open(&s.lab);
     let wait = Duration::from_millis(1500);
 
@@ -244,7 +202,7 @@ fn malformed_requests_are_counted_and_get_no_reply() {
     }
     let _serial = tests::serial();
     let s = setup("");
-    let agent = start(&s);
+    let agent = s.start();
     let probe = Probe::open(&s.lab);
     let good = captured("dhclient", 0, [2, 0, 0, 0, 5, 1], None);
     let mut bad_cookie = good.clone();
@@ -275,8 +233,8 @@ fn leases_survive_kill_9_and_restart() {
     }
     let _serial = tests::serial();
     let s = setup("");
-    let agent = start(&s);
-    let (script, env) = recorder(&s.dir, "before");
+    let agent = s.start();
+    let (script, env) = s.recorder("before");
     clients::udhcpc_with_script(&s.lab, 3, &script).unwrap();
     let first = event(&env, "event", "bound")["ip"].clone();
     let perf = clients::perfdhcp(&s.lab, 200, 200, &[]).unwrap();
@@ -292,9 +250,9 @@ fn leases_survive_kill_9_and_restart() {
     let acked = 1 + perfdhcp_report(&perf)[1].1 as usize;
     assert_eq!(bound, acked, "every ACKed lease is on disk after kill -9");
 
-    let agent = start(&s);
+    let agent = s.start();
     assert_eq!(agent.status().unwrap()["agent"]["dhcp_leases_loaded"].as_u64(), Some(acked as u64));
-    let (script, env) = recorder(&s.dir, "after");
+    let (script, env) = s.recorder("after");
     clients::udhcpc_with_script(&s.lab, 3, &script).unwrap();
     assert_eq!(event(&env, "event", "bound")["ip"], first, "the client keeps its address");
     drop(agent);
@@ -416,13 +374,13 @@ fn known_clients_are_answered_in_the_kernel() {
     }
     let _serial = tests::serial();
     let s = setup("");
-    let agent = start(&s);
+    let agent = s.start();
     let counters = || agent.counters().unwrap();
     let agent_stat = |k: &str| agent.status().unwrap()["agent"][k].as_u64().unwrap_or(0);
 
     for (name, run) in [("udhcpc", 0), ("dhclient", 1)] {
         let record = |tag: &str| {
-            let (script, env) = recorder(&s.dir, &format!("{name}-{tag}"));
+            let (script, env) = s.recorder(&format!("{name}-{tag}"));
             if run == 0 {
                 clients::udhcpc_with_script(&s.lab, 3, &script).unwrap();
                 event(&env, "event", "bound")["ip"].clone()
@@ -456,7 +414,7 @@ fn known_clients_are_answered_in_the_kernel() {
     let mut text = std::fs::read_to_string(&s.config).unwrap();
     text.push_str("[[dhcp.host]]\nmac = \"52:54:00:00:00:11\"\nip = \"10.77.0.111\"\nhostname = \"node-111\"\n");
     std::fs::write(&s.config, text).unwrap();
-    let agent = start(&s);
+    let agent = s.start();
     let probe = Probe::open(&s.lab);
     let ipxe = parse_udp(&fixture_frames("ipxe")[0]).unwrap().payload.to_vec();
     let before = agent.counters().unwrap();
@@ -479,7 +437,7 @@ fn kill_9_keeps_kernel_answers_and_restart_adopts() {
     }
     let _serial = tests::serial();
     let s = setup("[[dhcp.host]]\nmac = \"52:54:00:00:00:11\"\nip = \"10.77.0.111\"\n");
-    let agent = start(&s);
+    let agent = s.start();
     let probe = Probe::open(&s.lab);
     let ipxe = parse_udp(&fixture_frames("ipxe")[0]).unwrap().payload.to_vec();
     let ask = || probe.exchange(&ipxe, Duration::from_millis(1000));
@@ -500,7 +458,7 @@ fn kill_9_keeps_kernel_answers_and_restart_adopts() {
     assert_eq!(st["counters"]["fast_offer"].as_u64().unwrap(), before + 1);
 
     // A new agent adopts the pinned link and maps: counters go on, answers go on.
-    let agent = start(&s);
+    let agent = s.start();
     assert!(agent.log_text().contains("adopted"), "{}", agent.log_text());
     assert_eq!(ask().len(), 1);
     assert_eq!(fast(&agent.counters().unwrap()), before + 2);
@@ -521,7 +479,7 @@ fn relayed_known_clients_are_answered_in_the_kernel() {
     }
     let _serial = tests::serial();
     let s = setup("");
-    let agent = start(&s);
+    let agent = s.start();
     let first = clients::perfdhcp(&s.lab, 200, 200, &[]).unwrap();
     assert_complete(&String::from_utf8_lossy(&first.stdout), 200);
     let before = agent.counters().unwrap();
@@ -552,7 +510,7 @@ fn relayed_known_clients_are_answered_in_the_kernel() {
     assert!(drops <= 1 && received >= 199, "DISCOVER-OFFER with the agent dead: {text}");
     // The restarted agent adopts the maps and records the ACKs the kernel sent meanwhile
     // (about 140: 100 per second for the 1.4 s after the kill), waiting in the ring buffer.
-    let agent = start(&s);
+    let agent = s.start();
     assert!(tests::eventually(5, || agent.status().unwrap()["agent"]["fast_acks_recorded"].as_u64().unwrap_or(0) >= 100), "{}", agent.status().unwrap());
     drop(agent);
 }

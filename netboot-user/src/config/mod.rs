@@ -91,6 +91,9 @@ pub struct DhcpConfig {
     /// Reservations from `hosts_file`, filled in by [`Config::load`].
     #[serde(skip)]
     pub file_hosts: Vec<Host>,
+    /// `hosts_file` resolved against the config's directory.
+    #[serde(skip)]
+    pub hosts_path: Option<PathBuf>,
 }
 
 impl Default for DhcpConfig {
@@ -108,6 +111,7 @@ impl Default for DhcpConfig {
             hosts_file: None,
             hosts: Vec::new(),
             file_hosts: Vec::new(),
+            hosts_path: None,
         }
     }
 }
@@ -350,6 +354,7 @@ impl Config {
                 claim(&host, row_pos.location()).map_err(|m| row_pos.error(m))?;
                 cfg.dhcp.file_hosts.push(host);
             }
+            cfg.dhcp.hosts_path = Some(file);
         }
         Ok(cfg)
     }

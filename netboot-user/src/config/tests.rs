@@ -155,3 +155,11 @@ fn hosts_file_rows_load_and_errors_point_into_the_file() {
     assert!(e.contains("netboot.toml:3:14: cannot read hosts_file"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn the_shipped_example_config_is_valid() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/netboot.toml");
+    let c = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.dhcp.reservations().count(), 3);
+    assert_eq!(c.dhcp.hosts_path.as_deref(), Some(path.parent().unwrap().join("hosts.csv").as_path()));
+}

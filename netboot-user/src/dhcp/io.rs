@@ -7,8 +7,13 @@
 //! carry a lease go out only after the committer made it durable (invariant 1).
 
 use super::classify::raw_option;
-use super::leases::LeaseState;
-use super::server::{Destination, DhcpServer, Outcome, Reply, Request};
+use super::server::{Destination, DhcpServer, Outcome, Reply, Request, ServerParams};
+use crate::config::Config;
+use crate::metrics::reply_counter;
+use crate::stats::Stage;
+use crate::timeline::{Milestone, Path, Timelines};
+use netboot_common::wire::ClientClass;
+use std::time::Instant;
 use crate::fastpath::cache::Presentation;
 use crate::fastpath::sync::{CacheSync, Pending};
 use aya::maps::{MapData, RingBuf};
@@ -16,7 +21,7 @@ use netboot_common::cache::AckEvent;
 use std::sync::Mutex;
 use tokio::io::unix::AsyncFd;
 use super::store::{Committer, Job, LeaseStore};
-use crate::iface::{Interface, RelayMacs, udp_socket};
+use crate::iface::{Interface, NeighborCache, udp_socket};
 use crate::mac::MacAddr;
 use crate::stats::Stats;
 use anyhow::Context;
@@ -78,12 +83,14 @@ struct Transmitter {
     mac: MacAddr,
     server_ip: Ipv4Addr,
     stats: Arc<Stats>,
+    timelines: Arc<Timelines>,
     iface: String,
-    relays: Arc<RelayMacs>,
+    relays: Arc<NeighborCache>,
 }
 
 impl Transmitter {
-    async fn send(&self, r: &Reply) {
+    /// Sends `r`, a reply to a request received at `received`.
+    async fn send(&self, r: &Reply, received: Instant) {
         let result = match r.dest {
             Destination::Relay(giaddr) => match self.relays.get(&self.iface, giaddr) {
                 // As the XDP program would send it; until the relay's MAC is known, the kernel
@@ -111,7 +118,10 @@ impl Transmitter {
         match result {
             Ok(()) => {
                 self.stats.bump(&format!("dhcp_sent_{}", kind_name(r.kind)));
-                self.stats.bump(&format!("dhcp_sent_class_{}", r.class.name()));
+                self.stats.bump(&reply_counter(kind_name(r.kind), r.class));
+                self.stats.observe(Stage::DhcpReply, received.elapsed());
+                let yiaddr = r.payload.get(16..20).map_or(Ipv4Addr::UNSPECIFIED, |b| Ipv4Addr::new(b[0], b[1], b[2], b[3]));
+                self.timelines.record(r.mac, Milestone::dhcp(kind_name(r.kind), r.class, r.arch, yiaddr, Path::Agent));
             }
             Err(e) => {
                 self.stats.bump("dhcp_send_errors");
@@ -138,7 +148,8 @@ pub struct FastPathLink {
 
 /// What to do once a commit is durable.
 struct AfterCommit {
-    reply: Option<Reply>,
+    /// The reply, and when its request was received.
+    reply: Option<(Reply, Instant)>,
     cache: Option<Pending>,
 }
 
@@ -151,11 +162,18 @@ pub struct Service {
     sock4011: Option<Arc<UdpSocket>>,
     tx: Arc<Transmitter>,
     fast: Option<FastPathLink>,
+    reload: Option<watch::Receiver<Arc<Config>>>,
 }
 
 impl Service {
     /// Binds the sockets (67, and 4011 in proxy mode). Must run inside a tokio runtime.
-    pub fn bind(iface: &Interface, server: DhcpServer, store: Box<dyn LeaseStore>, stats: Arc<Stats>) -> anyhow::Result<Service> {
+    pub fn bind(
+        iface: &Interface,
+        server: DhcpServer,
+        store: Box<dyn LeaseStore>,
+        stats: Arc<Stats>,
+        timelines: Arc<Timelines>,
+    ) -> anyhow::Result<Service> {
         let proxy = server.params().mode == crate::config::DhcpMode::Proxy;
         let sock67 = Arc::new(dhcp_socket(&iface.name, DHCP_SERVER_PORT)?);
         let sock4011 = if proxy { Some(Arc::new(dhcp_socket(&iface.name, PXE_PROXY_PORT)?)) } else { None };
@@ -166,11 +184,18 @@ impl Service {
             mac: iface.mac,
             server_ip: server.params().server_ip,
             stats: stats.clone(),
+            timelines,
             iface: iface.name.clone(),
-            relays: Arc::new(RelayMacs::default()),
+            relays: Arc::new(NeighborCache::default()),
         });
         stats.add("dhcp_leases_loaded", server.leases().len() as u64);
-        Ok(Service { server, store, stats, sock67, sock4011, tx, fast: None })
+        Ok(Service { server, store, stats, sock67, sock4011, tx, fast: None, reload: None })
+    }
+
+    /// Applies every config published on `configs` (see [`crate::reload`]).
+    pub fn with_reload(mut self, configs: watch::Receiver<Arc<Config>>) -> Service {
+        self.reload = Some(configs);
+        self
     }
 
     /// Keeps the XDP reply cache in step from now on.
@@ -181,8 +206,8 @@ impl Service {
 
     /// Serves until `shutdown` changes; then lets queued commits finish and their replies go.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-        let Service { mut server, store, stats, sock67, sock4011, tx, fast } = self;
-        let (relays, iface) = (tx.relays.clone(), tx.iface.clone());
+        let Service { mut server, store, stats, sock67, sock4011, tx, fast, mut reload } = self;
+        let (relays, iface, timelines) = (tx.relays.clone(), tx.iface.clone(), tx.timelines.clone());
         let (sync, events) = match fast {
             Some(f) => {
                 let events = unsafe { AsyncFd::register_with_interest(f.events, tokio::io::Interest::READABLE) }
@@ -196,30 +221,22 @@ impl Service {
         if let Some(sync) = &sync {
             // Reservations and bound leases are durable already: cache them now.
             let mut sync = sync.lock().unwrap_or_else(|e| e.into_inner());
-            let mut macs: Vec<MacAddr> = server.params().reservations.keys().copied().collect();
-            macs.extend(server.leases().iter().filter(|l| l.state == LeaseState::Bound && l.expires > now).map(|l| l.mac));
-            macs.sort();
-            macs.dedup();
-            for mac in macs {
-                let p = sync.prepare(&server, mac, &CacheSync::presentations(mac, None), now);
-                sync.install(p);
-            }
-            let pruned = sync.prune_unknown();
+            let pruned = sync.resync(&server, now);
             stats.add("fast_cached_clients_at_start", sync.clients() as u64);
             tracing::info!(clients = sync.clients(), pruned, "reply cache compiled");
         }
 
         // Replies leave from one task, in order: directly, or after their commit.
-        let (send_tx, mut send_rx) = mpsc::unbounded_channel::<Reply>();
+        let (send_tx, mut send_rx) = mpsc::unbounded_channel::<(Reply, Instant)>();
         let sender = tokio::spawn(async move {
-            while let Some(r) = send_rx.recv().await {
-                tx.send(&r).await;
+            while let Some((r, received)) = send_rx.recv().await {
+                tx.send(&r, received).await;
             }
         });
         let committed = send_tx.clone();
         let commit_stats = stats.clone();
         let commit_sync = sync.clone();
-        let committer = Committer::start(store, move |after: AfterCommit, result| match result {
+        let committer = Committer::start(store, stats.clone(), move |after: AfterCommit, result| match result {
             Ok(()) => {
                 if let (Some(p), Some(sync)) = (after.cache, &commit_sync) {
                     sync.lock().unwrap_or_else(|e| e.into_inner()).install(p);
@@ -267,6 +284,7 @@ impl Service {
                     for ev in acks {
                         let (mac, ip) = (MacAddr(ev.mac), Ipv4Addr::from(ev.ip));
                         stats.bump("fast_acks_recorded");
+                        timelines.record(mac, Milestone::dhcp("ack", ClientClass::from_u8(ev.class), None, ip, Path::Kernel));
                         if let Some(lease) = server.record_kernel_ack(mac, ip, now) {
                             if let Some(sync) = &sync {
                                 sync.lock().unwrap_or_else(|e| e.into_inner()).renewed(mac, lease.expires);
@@ -284,8 +302,25 @@ impl Service {
                     }
                     continue;
                 },
+                r = async { reload.as_mut().expect("guarded").changed().await }, if reload.is_some() => {
+                    if r.is_err() {
+                        reload = None; // the publisher is gone: nothing more to apply
+                        continue;
+                    }
+                    let config = reload.as_mut().expect("guarded").borrow_and_update().clone();
+                    let params = ServerParams::from_config(&config, server.params().server_ip);
+                    server.reconfigure(params, config.dhcp.pools.iter().map(|p| *p.get_ref()).collect());
+                    if let Some(sync) = &sync {
+                        let mut sync = sync.lock().unwrap_or_else(|e| e.into_inner());
+                        sync.resync(&server, unix_now());
+                        stats.set("fast_cached_clients", sync.clients() as u64);
+                    }
+                    tracing::info!(reservations = server.params().reservations.len(), "DHCP: reloaded config applied");
+                    continue;
+                },
                 _ = shutdown.changed() => break,
             };
+            let received = Instant::now();
             let payload = if port == DHCP_SERVER_PORT { &buf67[..n] } else { &buf4011[..n] };
             let SocketAddr::V4(from) = from else { continue };
             stats.bump("dhcp_received");
@@ -322,9 +357,9 @@ impl Service {
                         if let (Some(p), Some(sync)) = (cache, &sync) {
                             sync.lock().unwrap_or_else(|e| e.into_inner()).install(p); // a reservation: durable
                         }
-                        let _ = send_tx.send(r);
+                        let _ = send_tx.send((r, received));
                     } else {
-                        committer.submit(Job { leases: r.commit.clone(), then: AfterCommit { reply: Some(r), cache } })?;
+                        committer.submit(Job { leases: r.commit.clone(), then: AfterCommit { reply: Some((r, received)), cache } })?;
                     }
                 }
                 Outcome::Silent { why, commit } => {

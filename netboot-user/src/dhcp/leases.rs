@@ -101,6 +101,19 @@ impl Lease {
     pub fn holds(&self, now: u64) -> bool {
         self.state != LeaseState::Released && self.expires > now
     }
+
+    /// The lease as `/api/v1/leases` and `netboot-xdp leases --json` show it.
+    pub fn to_json(&self, now: u64) -> serde_json::Value {
+        serde_json::json!({
+            "ip": self.ip.to_string(),
+            "mac": self.mac.to_string(),
+            "client": self.client.to_text(),
+            "hostname": self.hostname,
+            "state": self.state.as_str(),
+            "expires": self.expires,
+            "active": self.holds(now),
+        })
+    }
 }
 
 #[derive(Debug, Default)]

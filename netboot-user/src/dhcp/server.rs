@@ -193,6 +193,15 @@ impl DhcpServer {
         DhcpServer { params, leases }
     }
 
+    /// Applies a reloaded config: new parameters and pools over the same leases, as a restart
+    /// would (mode and server address stay as they are: their sockets need a restart).
+    pub fn reconfigure(&mut self, mut params: ServerParams, pools: Vec<crate::config::Pool>) {
+        params.mode = self.params.mode;
+        params.server_ip = self.params.server_ip;
+        let leases = self.leases.iter().cloned().collect::<Vec<_>>();
+        *self = DhcpServer::new(params, pools, leases);
+    }
+
     pub fn params(&self) -> &ServerParams {
         &self.params
     }

@@ -10,7 +10,7 @@ use crate::mac::MacAddr;
 use anyhow::Context;
 use rusqlite::{Connection, OpenFlags, params};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::stats::{Stage, Stats};
 use std::sync::{Arc, mpsc};
 use std::time::Instant;
 
@@ -123,17 +123,6 @@ impl LeaseStore for SqliteStore {
     }
 }
 
-/// Statistics of the commit pipeline.
-#[derive(Debug, Default)]
-pub struct CommitStats {
-    pub transactions: AtomicU64,
-    pub leases: AtomicU64,
-    pub failures: AtomicU64,
-    /// Sum of transaction times, microseconds (mean = sum / transactions).
-    pub busy_us: AtomicU64,
-    pub max_batch: AtomicU64,
-}
-
 /// One unit of work: leases to make durable, then `then` to release.
 pub struct Job<T> {
     pub leases: Vec<Lease>,
@@ -143,7 +132,6 @@ pub struct Job<T> {
 /// The committer thread's handle. Dropping it stops the thread after the queued jobs.
 pub struct Committer<T> {
     tx: mpsc::Sender<Job<T>>,
-    pub stats: Arc<CommitStats>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -151,13 +139,14 @@ impl<T: Send + 'static> Committer<T> {
     /// Starts the thread. After each batch is durable, every job's `then` is passed to `done`
     /// with `Ok`; if the transaction failed (full disk, I/O error), with the error, and the
     /// caller must not release what depended on it.
+    /// Counts `lease_commits`, `lease_commit_failures` and `lease_commit_leases` in `stats`, and
+    /// the time of each transaction as the `lease_commit` stage.
     pub fn start(
         mut store: Box<dyn LeaseStore>,
+        stats: Arc<Stats>,
         mut done: impl FnMut(T, Result<(), Arc<anyhow::Error>>) + Send + 'static,
     ) -> Committer<T> {
         let (tx, rx) = mpsc::channel::<Job<T>>();
-        let stats = Arc::new(CommitStats::default());
-        let st = stats.clone();
         let thread = std::thread::Builder::new()
             .name("lease-commit".into())
             .spawn(move || {
@@ -173,15 +162,14 @@ impl<T: Send + 'static> Committer<T> {
                     let batch: Vec<&Lease> = jobs.iter().flat_map(|j| j.leases.iter()).collect();
                     let t = Instant::now();
                     let result = store.commit(&batch).map_err(Arc::new);
-                    st.busy_us.fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
-                    st.transactions.fetch_add(1, Ordering::Relaxed);
-                    st.max_batch.fetch_max(batch.len() as u64, Ordering::Relaxed);
+                    stats.observe(Stage::LeaseCommit, t.elapsed());
                     match &result {
                         Ok(()) => {
-                            st.leases.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                            stats.bump("lease_commits");
+                            stats.add("lease_commit_leases", batch.len() as u64);
                         }
                         Err(e) => {
-                            st.failures.fetch_add(1, Ordering::Relaxed);
+                            stats.bump("lease_commit_failures");
                             tracing::error!("lease store commit of {} leases failed; their replies are dropped: {e:#}", batch.len());
                         }
                     }
@@ -192,7 +180,7 @@ impl<T: Send + 'static> Committer<T> {
                 }
             })
             .expect("spawn lease-commit thread");
-        Committer { tx, stats, thread: Some(thread) }
+        Committer { tx, thread: Some(thread) }
     }
 
     pub fn submit(&self, job: Job<T>) -> anyhow::Result<()> {
@@ -255,18 +243,19 @@ mod tests {
         let dir = tmpdir("batch");
         let store = SqliteStore::open(&dir).unwrap();
         let (out_tx, out_rx) = mpsc::channel();
-        let c = Committer::start(Box::new(store), move |n: u32, r| out_tx.send((n, r.is_ok())).unwrap());
+        let stats = Arc::new(Stats::default());
+        let c = Committer::start(Box::new(store), stats.clone(), move |n: u32, r| out_tx.send((n, r.is_ok())).unwrap());
         for i in 0..200u32 {
             c.submit(Job { leases: vec![lease((i % 250) as u8, LeaseState::Bound)], then: i }).unwrap();
         }
-        let stats = c.stats.clone();
         c.shutdown();
         let done: Vec<(u32, bool)> = out_rx.try_iter().collect();
         assert_eq!(done.len(), 200);
         assert!(done.iter().all(|(_, ok)| *ok));
-        let tx = stats.transactions.load(Ordering::Relaxed);
+        let tx = stats.get("lease_commits");
         assert!(tx >= 1 && tx <= 200, "{tx}");
-        assert_eq!(stats.leases.load(Ordering::Relaxed), 200);
+        assert_eq!(stats.get("lease_commit_leases"), 200);
+        assert_eq!(stats.latency()[&Stage::LeaseCommit].count(), tx);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

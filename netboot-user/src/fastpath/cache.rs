@@ -84,10 +84,17 @@ impl ReplyCache {
         Ok(ReplyCache { map: BpfHashMap::try_from(map)?, by_mac: HashMap::new() })
     }
 
+    /// Makes `entries` the entries of `mac`: new ones are written first, then the keys it had
+    /// before and no longer has are removed, so that a lookup never misses in between.
     pub fn install(&mut self, mac: MacAddr, entries: &[(CacheKey, CacheEntry)]) -> anyhow::Result<()> {
+        let keys = self.by_mac.entry(mac).or_default();
+        let before = std::mem::take(keys);
         for (k, e) in entries {
             self.map.insert(k, e, 0)?;
-            self.by_mac.entry(mac).or_default().insert(*k);
+            keys.insert(*k);
+        }
+        for k in before.difference(keys) {
+            let _ = self.map.remove(k);
         }
         Ok(())
     }

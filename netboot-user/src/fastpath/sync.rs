@@ -7,10 +7,11 @@
 
 use super::cache::{Presentation, ReplyCache, compile};
 use crate::dhcp::DhcpServer;
+use crate::dhcp::leases::LeaseState;
 use crate::mac::MacAddr;
 use netboot_common::cache::{CacheEntry, CacheKey};
 use netboot_common::wire::{ClientClass, arch};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 
 /// Compiled entries waiting for their lease's commit.
@@ -125,9 +126,27 @@ impl CacheSync {
         stale.len()
     }
 
-    /// After the start-up compile: drops entries an earlier agent left that the lease store
-    /// no longer backs.
-    pub fn prune_unknown(&mut self) -> usize {
+    /// Compiles and installs the entries of every client whose answer is durable
+    /// (reservations and bound leases), and removes the entries of every other client: at
+    /// start (then also what an earlier agent left in an adopted map) and after a reload.
+    /// Returns how many entries of unknown clients were removed.
+    pub fn resync(&mut self, server: &DhcpServer, now: u64) -> usize {
+        let mut macs: HashSet<MacAddr> = server.params().reservations.keys().copied().collect();
+        macs.extend(server.leases().iter().filter(|l| l.state == LeaseState::Bound && l.expires > now).map(|l| l.mac));
+        let gone: Vec<MacAddr> = self.clients.keys().filter(|m| !macs.contains(m)).copied().collect();
+        for m in gone {
+            self.forget(m);
+        }
+        let mut sorted: Vec<MacAddr> = macs.into_iter().collect();
+        sorted.sort();
+        for mac in sorted {
+            let p = self.prepare(server, mac, &CacheSync::presentations(mac, None), now);
+            if p.entries.is_empty() {
+                self.forget(mac);
+            } else {
+                self.install(p);
+            }
+        }
         self.cache.prune_unknown()
     }
 

@@ -3,12 +3,15 @@
 
 use super::files::{FileCache, Refusal};
 use super::packet::{ErrorCode, Packet};
-use super::transfer::{Limits, Step, Transfer, negotiate};
+use super::transfer::{Limits, Params, Step, Transfer, negotiate};
+use crate::config::Config;
+use crate::stats::Stage;
+use crate::timeline::{Milestone, Timelines};
 use crate::iface::{Interface, udp_socket};
 use crate::stats::Stats;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
@@ -21,15 +24,25 @@ pub struct Service {
     iface: String,
     server_ip: Ipv4Addr,
     stats: Arc<Stats>,
+    timelines: Arc<Timelines>,
 }
 
 impl Service {
-    pub fn bind(iface: &Interface, server_ip: Ipv4Addr, files: FileCache, limits: Limits, stats: Arc<Stats>) -> anyhow::Result<Service> {
+    pub fn bind(
+        iface: &Interface,
+        server_ip: Ipv4Addr,
+        files: FileCache,
+        limits: Limits,
+        stats: Arc<Stats>,
+        timelines: Arc<Timelines>,
+    ) -> anyhow::Result<Service> {
         let listen = udp_socket(&iface.name, SocketAddr::from((Ipv4Addr::UNSPECIFIED, TFTP_PORT)), false)?;
-        Ok(Service { listen, files: Arc::new(files), limits, iface: iface.name.clone(), server_ip, stats })
+        Ok(Service { listen, files: Arc::new(files), limits, iface: iface.name.clone(), server_ip, stats, timelines })
     }
 
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    /// Serves until `shutdown` changes. Each config published on `configs` applies to new
+    /// transfers (root, limits); running transfers keep the file and limits they started with.
+    pub async fn run(mut self, mut configs: watch::Receiver<Arc<Config>>, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         tracing::info!(root = %self.files.root().display(), "TFTP service up (socket engine)");
         let mut buf = vec![0u8; 2048];
         loop {
@@ -37,6 +50,13 @@ impl Service {
                 r = self.listen.recv_from(&mut buf) => match r {
                     Ok(x) => x,
                     Err(e) => { tracing::warn!("tftp recv: {e}"); continue; }
+                },
+                r = configs.changed() => {
+                    if r.is_ok() {
+                        let config = configs.borrow_and_update().clone();
+                        self.reconfigure(&config);
+                    }
+                    continue;
                 },
                 _ = shutdown.changed() => return Ok(()),
             };
@@ -47,6 +67,7 @@ impl Service {
                 iface: self.iface.clone(),
                 server_ip: self.server_ip,
                 stats: self.stats.clone(),
+                timelines: self.timelines.clone(),
             };
             tokio::spawn(async move {
                 if let Err(e) = ctx.serve(&request, from).await {
@@ -54,6 +75,18 @@ impl Service {
                 }
             });
         }
+    }
+
+    fn reconfigure(&mut self, config: &Config) {
+        let t = &config.tftp;
+        if t.root != self.files.root() {
+            match FileCache::new(&t.root) {
+                Ok(f) => self.files = Arc::new(f),
+                Err(e) => tracing::error!(root = %t.root.display(), "reload: tftp.root unusable, keeping {}: {e}", self.files.root().display()),
+            }
+        }
+        self.limits.max_blksize = *t.max_blksize.get_ref();
+        self.limits.max_windowsize = *t.max_windowsize.get_ref();
     }
 }
 
@@ -63,9 +96,36 @@ struct TransferCtx {
     iface: String,
     server_ip: Ipv4Addr,
     stats: Arc<Stats>,
+    timelines: Arc<Timelines>,
 }
 
 impl TransferCtx {
+    /// Counts and records the end of a transfer on the node's timeline.
+    fn finished(&self, client: SocketAddr, file: &str, params: &Params, t: &Transfer, took: Duration, bytes: u64, ok: bool) {
+        self.stats.add("tftp_retransmits", t.retransmits);
+        if ok {
+            self.stats.bump("tftp_transfers_completed");
+            self.stats.add("tftp_bytes", bytes);
+            self.stats.observe(Stage::TftpTransfer, took);
+        } else {
+            self.stats.bump("tftp_transfers_failed");
+        }
+        let what = Milestone::Tftp {
+            file: file.to_string(),
+            blksize: params.blksize.min(usize::from(u16::MAX)) as u16,
+            windowsize: params.windowsize.min(u64::from(u16::MAX)) as u16,
+            bytes,
+            ms: took.as_millis() as u64,
+            retransmits: t.retransmits,
+            ok,
+        };
+        if let SocketAddr::V4(c) = client {
+            if !self.timelines.record_by_ip(*c.ip(), what) {
+                tracing::debug!(%client, file, ok, "TFTP transfer of a client without a timeline");
+            }
+        }
+    }
+
     async fn serve(self, request: &[u8], client: SocketAddr) -> anyhow::Result<()> {
         let sock = udp_socket(&self.iface, SocketAddr::from((self.server_ip, 0)), false)?;
         sock.connect(client).await?;
@@ -128,18 +188,14 @@ impl TransferCtx {
                 }
                 Step::Wait => {}
                 Step::Done => {
-                    self.stats.bump("tftp_transfers_completed");
-                    self.stats.add("tftp_bytes", data.len() as u64);
-                    self.stats.add("tftp_retransmits", t.retransmits);
-                    tracing::debug!(%client, file, bytes = data.len(), blksize = params.blksize, ms = t0.elapsed().as_millis() as u64, retransmits = t.retransmits, "TFTP transfer done");
+                    self.finished(client, &file, &params, &t, t0.elapsed(), data.len() as u64, true);
                     return Ok(());
                 }
                 Step::Abort(err, why) => {
                     if let Some(e) = err {
                         let _ = sock.send(&e).await;
                     }
-                    self.stats.bump("tftp_transfers_failed");
-                    self.stats.add("tftp_retransmits", t.retransmits);
+                    self.finished(client, &file, &params, &t, t0.elapsed(), data.len() as u64, false);
                     anyhow::bail!("{file}: {why}");
                 }
             }

@@ -1,0 +1,252 @@
+//! Per-node boot timelines: what each machine did, when, along the boot chain of DESIGN.md §2
+//! (firmware DHCP → TFTP → iPXE DHCP → script → files). Fed by the DHCP service (its own
+//! replies and the kernel's ACK events), the TFTP engine and the HTTP layer; served at
+//! `/api/v1/nodes`. It answers the operator's question in a storm: which machines are stuck,
+//! and where.
+//!
+//! Nodes are keyed by MAC. TFTP and HTTP see only an address: it is mapped to the MAC the DHCP
+//! service gave it to, else to the MAC the kernel's neighbour table has for it.
+
+use crate::iface::NeighborCache;
+use crate::mac::MacAddr;
+use netboot_common::wire::ClientClass;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::sync::Mutex;
+
+/// Nodes kept at most; beyond this new nodes are counted, not recorded (memory stays bounded
+/// whatever a storm or a scan sends).
+pub const MAX_NODES: usize = 200_000;
+/// Events kept per node: the first ones (the boot chain) and the most recent ones (renewals).
+pub const MAX_EVENTS: usize = 48;
+const KEEP_FIRST: usize = 16;
+
+/// Which path answered a DHCP request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Path {
+    Kernel,
+    Agent,
+}
+
+/// One step of a node's boot.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "stage", rename_all = "snake_case")]
+pub enum Milestone {
+    /// DHCP of the firmware or OS (PXE ROM, UEFI PXE or HTTP boot, plain client).
+    Dhcp { kind: &'static str, class: &'static str, arch: Option<u16>, ip: Ipv4Addr, path: Path },
+    /// DHCP of iPXE (user class "iPXE" or option 175).
+    IpxeDhcp { kind: &'static str, arch: Option<u16>, ip: Ipv4Addr, path: Path },
+    /// A TFTP read, finished or abandoned.
+    Tftp { file: String, blksize: u16, windowsize: u16, bytes: u64, ms: u64, retransmits: u64, ok: bool },
+    /// The iPXE script was served.
+    Script { status: u16, known: bool },
+    /// A file under `http.root` was requested.
+    File { path: String, status: u16, bytes: Option<u64>, ms: u64 },
+}
+
+impl Milestone {
+    /// A DHCP reply of `kind` ("offer", "ack", "nak") to a client of `class`.
+    pub fn dhcp(kind: &'static str, class: ClientClass, arch: Option<u16>, ip: Ipv4Addr, path: Path) -> Milestone {
+        match class {
+            ClientClass::Ipxe => Milestone::IpxeDhcp { kind, arch, ip, path },
+            c => Milestone::Dhcp { kind, class: c.name(), arch, ip, path },
+        }
+    }
+
+    pub fn stage(&self) -> &'static str {
+        match self {
+            Milestone::Dhcp { .. } => "dhcp",
+            Milestone::IpxeDhcp { .. } => "ipxe_dhcp",
+            Milestone::Tftp { .. } => "tftp",
+            Milestone::Script { .. } => "script",
+            Milestone::File { .. } => "file",
+        }
+    }
+
+    /// The address a DHCP ACK bound, if this is one.
+    fn bound_ip(&self) -> Option<Ipv4Addr> {
+        match self {
+            Milestone::Dhcp { kind: "ack", ip, .. } | Milestone::IpxeDhcp { kind: "ack", ip, .. } => Some(*ip),
+            _ => None,
+        }
+    }
+
+    /// Whether this step is worth an info line (the rest is debug): bindings, transfers,
+    /// scripts and files; offers and renewals are not milestones of a boot.
+    fn is_milestone(&self) -> bool {
+        !matches!(self, Milestone::Dhcp { kind: "offer", .. } | Milestone::IpxeDhcp { kind: "offer", .. })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Event {
+    /// Unix time in milliseconds.
+    pub at_ms: u64,
+    #[serde(flatten)]
+    pub what: Milestone,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Node {
+    pub mac: MacAddr,
+    pub ip: Option<Ipv4Addr>,
+    /// The stage of the latest event, and when it happened: a node whose `stage` is `tftp` and
+    /// whose `last_ms` is a minute old is stuck after its transfer.
+    pub stage: &'static str,
+    pub first_ms: u64,
+    pub last_ms: u64,
+    /// Events dropped from the middle of a long history (renewals), if any.
+    pub events_dropped: u64,
+    pub events: Vec<Event>,
+}
+
+#[derive(Default)]
+struct Inner {
+    nodes: HashMap<MacAddr, Node>,
+    by_ip: HashMap<Ipv4Addr, MacAddr>,
+    nodes_dropped: u64,
+}
+
+pub struct Timelines {
+    iface: String,
+    inner: Mutex<Inner>,
+    neighbors: NeighborCache,
+}
+
+impl Timelines {
+    pub fn new(iface: &str) -> Timelines {
+        Timelines { iface: iface.to_string(), inner: Mutex::default(), neighbors: NeighborCache::default() }
+    }
+
+    /// Records a step of the node `mac`.
+    pub fn record(&self, mac: MacAddr, what: Milestone) {
+        let at_ms = unix_ms();
+        if what.is_milestone() {
+            tracing::info!(%mac, stage = what.stage(), "{}", describe(&what));
+        } else {
+            tracing::debug!(%mac, stage = what.stage(), "{}", describe(&what));
+        }
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let inner = &mut *g;
+        if !inner.nodes.contains_key(&mac) && inner.nodes.len() >= MAX_NODES {
+            inner.nodes_dropped += 1;
+            return;
+        }
+        if let Some(ip) = what.bound_ip() {
+            inner.by_ip.insert(ip, mac);
+        }
+        let node = inner.nodes.entry(mac).or_insert_with(|| Node {
+            mac,
+            ip: None,
+            stage: what.stage(),
+            first_ms: at_ms,
+            last_ms: at_ms,
+            events_dropped: 0,
+            events: Vec::new(),
+        });
+        if let Some(ip) = what.bound_ip() {
+            node.ip = Some(ip);
+        }
+        node.stage = what.stage();
+        node.last_ms = at_ms;
+        if node.events.len() >= MAX_EVENTS {
+            node.events.remove(KEEP_FIRST);
+            node.events_dropped += 1;
+        }
+        node.events.push(Event { at_ms, what });
+    }
+
+    /// Records a step of whichever node has `ip`; false if no node is known for it.
+    pub fn record_by_ip(&self, ip: Ipv4Addr, what: Milestone) -> bool {
+        let known = self.inner.lock().unwrap_or_else(|e| e.into_inner()).by_ip.get(&ip).copied();
+        match known.or_else(|| self.neighbors.get(&self.iface, ip)) {
+            Some(mac) => {
+                self.record(mac, what);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn node(&self, mac: MacAddr) -> Option<Node> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).nodes.get(&mac).cloned()
+    }
+
+    /// All nodes, ordered by MAC.
+    pub fn nodes(&self) -> Vec<Node> {
+        let mut v: Vec<Node> = self.inner.lock().unwrap_or_else(|e| e.into_inner()).nodes.values().cloned().collect();
+        v.sort_by_key(|n| n.mac);
+        v
+    }
+
+    /// Nodes not recorded because [`MAX_NODES`] was reached.
+    pub fn nodes_dropped(&self) -> u64 {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).nodes_dropped
+    }
+}
+
+fn describe(m: &Milestone) -> String {
+    match m {
+        Milestone::Dhcp { kind, class, arch, ip, path } => {
+            format!("DHCP {kind} {ip} to {class} client (arch {arch:?}) from the {path:?} path")
+        }
+        Milestone::IpxeDhcp { kind, ip, path, .. } => format!("iPXE DHCP {kind} {ip} from the {path:?} path"),
+        Milestone::Tftp { file, bytes, ms, retransmits, ok: true, .. } => {
+            format!("TFTP {file}: {bytes} bytes in {ms} ms, {retransmits} retransmits")
+        }
+        Milestone::Tftp { file, ms, .. } => format!("TFTP {file} failed after {ms} ms"),
+        Milestone::Script { status, known } => format!("iPXE script served ({status}, known node: {known})"),
+        Milestone::File { path, status, .. } => format!("HTTP {path} ({status})"),
+    }
+}
+
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mac(n: u8) -> MacAddr {
+        MacAddr([0x52, 0x54, 0, 0, 0, n])
+    }
+
+    #[test]
+    fn chain_is_recorded_in_order_and_ip_maps_to_the_node() {
+        let t = Timelines::new("lo");
+        let ip = Ipv4Addr::new(10, 0, 1, 7);
+        t.record(mac(1), Milestone::dhcp("offer", ClientClass::Pxe, Some(7), ip, Path::Kernel));
+        t.record(mac(1), Milestone::dhcp("ack", ClientClass::Pxe, Some(7), ip, Path::Agent));
+        let tftp = Milestone::Tftp { file: "ipxe.efi".into(), blksize: 1468, windowsize: 4, bytes: 10, ms: 3, retransmits: 0, ok: true };
+        assert!(t.record_by_ip(ip, tftp));
+        t.record(mac(1), Milestone::dhcp("ack", ClientClass::Ipxe, Some(7), ip, Path::Kernel));
+        t.record(mac(1), Milestone::Script { status: 200, known: true });
+        let n = t.node(mac(1)).unwrap();
+        let stages: Vec<&str> = n.events.iter().map(|e| e.what.stage()).collect();
+        assert_eq!(stages, ["dhcp", "dhcp", "tftp", "ipxe_dhcp", "script"]);
+        assert_eq!((n.ip, n.stage), (Some(ip), "script"));
+        assert!(!t.record_by_ip(Ipv4Addr::new(10, 9, 9, 9), Milestone::Script { status: 200, known: false }));
+        let json = serde_json::to_value(&n).unwrap();
+        assert_eq!(json["events"][2]["stage"], "tftp");
+        assert_eq!(json["events"][2]["blksize"], 1468);
+        assert_eq!(json["mac"], "52:54:00:00:00:01");
+    }
+
+    #[test]
+    fn history_is_bounded_and_keeps_the_boot_chain() {
+        let t = Timelines::new("lo");
+        let ip = Ipv4Addr::new(10, 0, 1, 8);
+        t.record(mac(2), Milestone::dhcp("ack", ClientClass::Pxe, Some(0), ip, Path::Agent));
+        for _ in 0..1000 {
+            t.record(mac(2), Milestone::dhcp("ack", ClientClass::Plain, None, ip, Path::Kernel));
+        }
+        let n = t.node(mac(2)).unwrap();
+        assert_eq!(n.events.len(), MAX_EVENTS);
+        assert_eq!(n.events[0].what.stage(), "dhcp");
+        assert!(matches!(n.events[0].what, Milestone::Dhcp { class: "pxe", .. }));
+        assert_eq!(n.events_dropped, 1001 - MAX_EVENTS as u64);
+    }
+}
