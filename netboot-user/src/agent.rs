@@ -73,7 +73,14 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
     let (config_tx, configs) = watch::channel(Arc::new(config));
     let dhcp_task = tokio::spawn(dhcp.with_reload(configs.clone()).run(stop_rx.clone()));
     let tftp_task = tftp.map(|t| tokio::spawn(t.run(configs.clone(), stop_rx.clone())));
-    let http_task = tokio::spawn(crate::http::serve(http_listener, control, http_state, configs, stop_rx.clone()));
+    let http_task = tokio::spawn(crate::http::serve(http_listener, control, http_state, configs.clone(), stop_rx.clone()));
+    let ra_task = match crate::ra::Responder::open(&iface, stats.clone()) {
+        Ok(r) => Some(tokio::spawn(r.run(configs.clone(), stop_rx.clone()))),
+        Err(e) => {
+            tracing::warn!("IPv6 router advertisements off (dhcp.ipv6_ra): {e}");
+            None
+        }
+    };
     let reload_task = tokio::spawn(crate::reload::run(config_path.to_path_buf(), config_tx, stats.clone(), stop_rx.clone()));
     // The record last: once it says we run, the control socket answers.
     record.write()?;
@@ -90,6 +97,9 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
     };
     let _ = stop_tx.send(true);
     let _ = reload_task.await;
+    if let Some(t) = ra_task {
+        let _ = t.await;
+    }
     if let Some(t) = tftp_task {
         let _ = t.await;
     }

@@ -1,7 +1,7 @@
 //! The HTTP handoff: per-node iPXE scripts, static boot files, leases and metrics.
 //!
-//! - `GET /boot.ipxe?mac=MAC`: `http.script` (a minijinja template under `http.root`) rendered
-//!   for the node: `mac`, `ip`, `hostname`, `class`, `arch`, `vars`, `server`. Every value is
+//! - `GET /boot.ipxe[?mac=MAC]`: `http.script` (a minijinja template under `http.root`) rendered
+//!   for the node (without `mac`, the node that has the requesting address): `mac`, `ip`, `hostname`, `class`, `arch`, `vars`, `server`. Every value is
 //!   reduced to characters that cannot change an iPXE script's meaning (no newline, `$`, `;`,
 //!   quotes, spaces), so a hostname or a variable cannot inject commands.
 //! - Static files under `http.root` with HEAD, Range, Last-Modified (tower-http's ServeDir) and
@@ -246,15 +246,15 @@ async fn boot_script(
     Query(q): Query<BTreeMap<String, String>>,
 ) -> Response {
     st.stats.bump("http_scripts");
-    let mac: Option<MacAddr> = q.get("mac").and_then(|m| m.parse().ok());
+    // `?mac=` if iPXE's URL carries it (`boot.ipxe?mac=${mac}`), else the node that has the
+    // requesting address.
+    let mac: Option<MacAddr> = match q.get("mac") {
+        Some(m) => m.parse().ok(),
+        None => peer.0.and_then(|ip| st.timelines.mac_of(ip)),
+    };
     let (resp, known) = render_script(&st, mac, &q);
-    let what = Milestone::Script { status: resp.status().as_u16(), known };
-    match (mac, peer.0) {
-        (Some(mac), _) => st.timelines.record(mac, what),
-        (None, Some(ip)) => {
-            st.timelines.record_by_ip(ip, what);
-        }
-        (None, None) => {}
+    if let Some(mac) = mac {
+        st.timelines.record(mac, Milestone::Script { status: resp.status().as_u16(), known });
     }
     resp
 }

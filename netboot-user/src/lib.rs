@@ -7,6 +7,7 @@
 //! - [`dhcp`], [`tftp`], [`http`]: the services of the boot chain.
 //! - [`timeline`], [`stats`], [`metrics`]: what each node did; counters and latencies.
 //! - [`reload`]: live configuration reload.
+//! - [`ra`]: IPv6 router advertisements that end iPXE's IPv6 wait.
 //! - [`cli`]: the `netboot-xdp` command line.
 
 pub mod agent;
@@ -20,6 +21,7 @@ pub mod iface;
 pub mod lab;
 pub mod mac;
 pub mod metrics;
+pub mod ra;
 pub mod reload;
 pub mod runtime;
 pub mod stats;

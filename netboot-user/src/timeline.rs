@@ -158,10 +158,15 @@ impl Timelines {
         node.events.push(Event { at_ms, what });
     }
 
+    /// The node that has `ip`: the MAC we bound it to, else the neighbour table's.
+    pub fn mac_of(&self, ip: Ipv4Addr) -> Option<MacAddr> {
+        let known = self.inner.lock().unwrap_or_else(|e| e.into_inner()).by_ip.get(&ip).copied();
+        known.or_else(|| self.neighbors.get(&self.iface, ip))
+    }
+
     /// Records a step of whichever node has `ip`; false if no node is known for it.
     pub fn record_by_ip(&self, ip: Ipv4Addr, what: Milestone) -> bool {
-        let known = self.inner.lock().unwrap_or_else(|e| e.into_inner()).by_ip.get(&ip).copied();
-        match known.or_else(|| self.neighbors.get(&self.iface, ip)) {
+        match self.mac_of(ip) {
             Some(mac) => {
                 self.record(mac, what);
                 true

@@ -253,3 +253,37 @@ unsafe extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
 }
+
+/// rdisc6 (a real router-solicitation client) gets our advertisement: router lifetime 0, no
+/// prefix, no DHCPv6 flags; with `ipv6_ra = false` (applied by reload) it gets none.
+#[test]
+fn ipv6_router_advertisements_are_on_by_default_and_switchable() {
+    if !require_root("ipv6_router_advertisements_are_on_by_default_and_switchable") {
+        return;
+    }
+    let _serial = tests::serial();
+    let mac = "52:54:00:aa:00:04";
+    let s = setup("ra", mac, "10.77.0.2");
+    let agent = s.start();
+    let rdisc6 = || {
+        let out = s.lab.client.command("timeout").args(["-s", "KILL", "15", "rdisc6", "-1", "-r", "3", "-w", "1000", &s.lab.client_if]).output().unwrap();
+        (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    };
+    let (ok, text) = rdisc6();
+    assert!(ok, "no advertisement: {text}\n{}", agent.log_text());
+    let field = |name: &str| text.lines().find(|l| l.trim_start().starts_with(name)).unwrap_or_else(|| panic!("no {name}: {text}")).to_string();
+    assert!(field("Router lifetime").contains(": 0 ") || field("Router lifetime").contains(":            0 "), "{text}");
+    assert!(field("Stateful address conf.").ends_with("No"), "{text}");
+    assert!(field("Stateful other conf.").ends_with("No"), "{text}");
+    assert!(!text.contains("Prefix"), "no prefix information: {text}");
+    assert!(text.to_lowercase().contains("source link-layer address"), "{text}");
+    assert!(agent.status().unwrap()["agent"]["ra_sent"].as_u64().unwrap_or(0) >= 1);
+
+    let text = std::fs::read_to_string(&s.config).unwrap().replace("[dhcp]\n", "[dhcp]\nipv6_ra = false\n");
+    std::fs::write(&s.config, text).unwrap();
+    assert!(tests::eventually(10, || agent.status().unwrap()["agent"]["config_reloads"] == 1));
+    let (ok, text) = rdisc6();
+    assert!(!ok, "an advertisement with ipv6_ra = false: {text}");
+    assert!(agent.status().unwrap()["agent"]["ra_solicitations_ignored"].as_u64().unwrap_or(0) >= 1);
+    drop(agent);
+}

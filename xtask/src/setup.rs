@@ -18,6 +18,7 @@ const PACKAGES: &[&str] = &[
     "util-linux",
     "isc-dhcp-client", // dhclient
     "udhcpc",
+    "ndisc6",          // rdisc6: a real router-solicitation client for the RA test
     "kea-admin", // perfdhcp
     "kea-dhcp4-server", // a peer of the bench
     "libwrap0",         // tftpd-hpa and atftpd (bench peers, unpacked from their packages)

@@ -15,6 +15,7 @@ mod agent;
 pub mod clients;
 mod netns;
 pub mod tftp_fetch;
+pub mod vm;
 
 pub use agent::Agent;
 pub use netns::{NetNs, run_checked};
@@ -108,6 +109,9 @@ impl Lab {
             (&self.client, &self.client_if, spec.client),
         ] {
             run_checked(ns.command("ip").args(["link", "set", "lo", "up"]))?;
+            // IPv6 link-local addresses usable at once (lab addresses are unique): no second of
+            // duplicate address detection before router solicitations and advertisements work.
+            run_checked(ns.command("sysctl").args(["-qw", &format!("net.ipv6.conf.{dev}.accept_dad=0")]))?;
             if let Some(a) = addr {
                 run_checked(ns.command("ip").args(["addr", "add", &a.to_string(), "dev", dev]))?;
             }

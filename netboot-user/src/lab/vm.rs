@@ -1,0 +1,110 @@
+//! QEMU virtual machines with real firmware on a lab's boot network: each VM's NIC is a tap
+//! device, a port of the client bridge, as a machine's NIC is a port of a boot network switch.
+//! TCG only (this machine kind's nested /dev/kvm cannot run firmware).
+
+use super::{Lab, run_checked};
+use crate::mac::MacAddr;
+use anyhow::Context;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::Instant;
+
+/// The firmware a VM network-boots with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Firmware {
+    /// SeaBIOS with QEMU's own NIC option ROM (iPXE, from ipxe-qemu): its first DHCP is
+    /// already iPXE's.
+    SeaBiosIpxeRom,
+    /// OVMF with the NIC ROM disabled: EDK2's own PXE client (PXEClient, arch 7) fetches
+    /// ipxe.efi over TFTP, then iPXE asks again.
+    OvmfPxe,
+}
+
+impl Firmware {
+    pub fn name(self) -> &'static str {
+        match self {
+            Firmware::SeaBiosIpxeRom => "seabios-ipxe-rom",
+            Firmware::OvmfPxe => "ovmf-pxe",
+        }
+    }
+}
+
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+/// A running VM; killed, and its tap removed, on drop.
+pub struct Vm {
+    child: Child,
+    lab_client: super::NetNs,
+    pub tap: String,
+    pub mac: MacAddr,
+    pub firmware: Firmware,
+    /// When QEMU was started (wall clock, Unix milliseconds), and the same as an Instant.
+    pub started_ms: u64,
+    pub started: Instant,
+    /// The VM's serial console (firmware and iPXE messages).
+    pub console: PathBuf,
+}
+
+impl Vm {
+    /// Starts VM number `n` (0..=99) of `lab` with `firmware` and `mac`; files go to `dir`.
+    pub fn start(lab: &Lab, n: u32, firmware: Firmware, mac: MacAddr, dir: &Path) -> anyhow::Result<Vm> {
+        anyhow::ensure!(n < 100, "VM number {n} out of range");
+        let tap = format!("nbx{}v{n}", lab.id);
+        let ns = &lab.client;
+        run_checked(ns.command("ip").args(["tuntap", "add", &tap, "mode", "tap"]))?;
+        let cleanup = |e: anyhow::Error| {
+            let _ = ns.command("ip").args(["link", "del", &tap]).status();
+            e
+        };
+        run_checked(ns.command("ip").args(["link", "set", &tap, "master", &lab.client_if])).map_err(cleanup)?;
+        run_checked(ns.command("ip").args(["link", "set", &tap, "up"])).map_err(cleanup)?;
+        let console = dir.join(format!("vm{n}.console"));
+        let mut cmd = ns.command("qemu-system-x86_64");
+        cmd.args(["-accel", "tcg,tb-size=64", "-m", "256", "-smp", "1", "-display", "none", "-monitor", "none", "-no-reboot"])
+            .arg("-serial")
+            .arg(format!("file:{}", console.display()))
+            .args(["-netdev", &format!("tap,id=n0,ifname={tap},script=no,downscript=no")]);
+        match firmware {
+            Firmware::SeaBiosIpxeRom => {
+                cmd.args(["-boot", "n", "-device", &format!("virtio-net-pci,netdev=n0,mac={mac}")]);
+            }
+            Firmware::OvmfPxe => {
+                let vars = dir.join(format!("vm{n}.vars.fd"));
+                std::fs::copy(OVMF_VARS, &vars).with_context(|| format!("{OVMF_VARS} (package ovmf)")).map_err(cleanup)?;
+                cmd.args(["-machine", "q35"])
+                    .args(["-drive", &format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}")])
+                    .args(["-drive", &format!("if=pflash,format=raw,file={}", vars.display())])
+                    .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac},romfile=")]);
+            }
+        }
+        let log = std::fs::File::create(dir.join(format!("vm{n}.qemu.log")))?;
+        let started = Instant::now();
+        let started_ms = crate::timeline::unix_ms();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("cannot start qemu-system-x86_64 (package qemu-system-x86)")
+            .map_err(cleanup)?;
+        Ok(Vm { child, lab_client: ns.clone(), tap, mac, firmware, started_ms, started, console })
+    }
+
+    /// Whether QEMU is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn console_text(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.console).unwrap_or_default()).into_owned()
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = self.lab_client.command("ip").args(["link", "del", &self.tap]).status();
+    }
+}
