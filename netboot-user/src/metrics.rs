@@ -74,7 +74,7 @@ pub fn render(iface: &str, xdp: Option<&Counters>, stats: &Stats, timeline_nodes
     t.sample("netboot_lease_commits_total", &[("result", "failed")], get("lease_commit_failures"));
 
     t.family("netboot_tftp_transfers_total", "counter", "TFTP read transfers, by outcome.");
-    for (outcome, key) in [("started", "tftp_transfers_started"), ("completed", "tftp_transfers_completed"), ("failed", "tftp_transfers_failed")] {
+    for (outcome, key) in [("started", "tftp_transfers_started"), ("completed", "tftp_transfers_completed"), ("size_probe", "tftp_size_probes"), ("failed", "tftp_transfers_failed")] {
         t.sample("netboot_tftp_transfers_total", &[("outcome", outcome)], get(key));
     }
     t.family("netboot_tftp_refused_total", "counter", "TFTP requests refused, by reason.");

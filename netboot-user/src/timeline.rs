@@ -30,6 +30,18 @@ pub enum Path {
     Agent,
 }
 
+/// How a TFTP read ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TftpOutcome {
+    /// Every block acknowledged.
+    Complete,
+    /// The client asked for the options (`tsize`) and stopped, as EDK2 does before it reads.
+    SizeProbe,
+    /// Given up (timeouts, an error from the client mid-transfer).
+    Failed,
+}
+
 /// One step of a node's boot.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "stage", rename_all = "snake_case")]
@@ -38,8 +50,8 @@ pub enum Milestone {
     Dhcp { kind: &'static str, class: &'static str, arch: Option<u16>, ip: Ipv4Addr, path: Path },
     /// DHCP of iPXE (user class "iPXE" or option 175).
     IpxeDhcp { kind: &'static str, arch: Option<u16>, ip: Ipv4Addr, path: Path },
-    /// A TFTP read, finished or abandoned.
-    Tftp { file: String, blksize: u16, windowsize: u16, bytes: u64, ms: u64, retransmits: u64, ok: bool },
+    /// A TFTP read, finished, probed or abandoned.
+    Tftp { file: String, blksize: u16, windowsize: u16, bytes: u64, ms: u64, retransmits: u64, outcome: TftpOutcome },
     /// The iPXE script was served.
     Script { status: u16, known: bool },
     /// A file under `http.root` was requested.
@@ -198,9 +210,10 @@ fn describe(m: &Milestone) -> String {
             format!("DHCP {kind} {ip} to {class} client (arch {arch:?}) from the {path:?} path")
         }
         Milestone::IpxeDhcp { kind, ip, path, .. } => format!("iPXE DHCP {kind} {ip} from the {path:?} path"),
-        Milestone::Tftp { file, bytes, ms, retransmits, ok: true, .. } => {
+        Milestone::Tftp { file, bytes, ms, retransmits, outcome: TftpOutcome::Complete, .. } => {
             format!("TFTP {file}: {bytes} bytes in {ms} ms, {retransmits} retransmits")
         }
+        Milestone::Tftp { file, outcome: TftpOutcome::SizeProbe, .. } => format!("TFTP {file}: size asked"),
         Milestone::Tftp { file, ms, .. } => format!("TFTP {file} failed after {ms} ms"),
         Milestone::Script { status, known } => format!("iPXE script served ({status}, known node: {known})"),
         Milestone::File { path, status, .. } => format!("HTTP {path} ({status})"),
@@ -225,7 +238,7 @@ mod tests {
         let ip = Ipv4Addr::new(10, 0, 1, 7);
         t.record(mac(1), Milestone::dhcp("offer", ClientClass::Pxe, Some(7), ip, Path::Kernel));
         t.record(mac(1), Milestone::dhcp("ack", ClientClass::Pxe, Some(7), ip, Path::Agent));
-        let tftp = Milestone::Tftp { file: "ipxe.efi".into(), blksize: 1468, windowsize: 4, bytes: 10, ms: 3, retransmits: 0, ok: true };
+        let tftp = Milestone::Tftp { file: "ipxe.efi".into(), blksize: 1468, windowsize: 4, bytes: 10, ms: 3, retransmits: 0, outcome: TftpOutcome::Complete };
         assert!(t.record_by_ip(ip, tftp));
         t.record(mac(1), Milestone::dhcp("ack", ClientClass::Ipxe, Some(7), ip, Path::Kernel));
         t.record(mac(1), Milestone::Script { status: 200, known: true });

@@ -108,8 +108,15 @@ fn check_chain(vm: &Vm, node: &serde_json::Value) -> f64 {
         // EDK2's PXE client: PXEClient arch 7, then TFTP of ipxe.efi, then iPXE.
         let pxe = find(node, "dhcp", Some("ack")).unwrap_or_else(|| panic!("no firmware DHCP ACK: {node:#}"));
         assert_eq!(pxe.1["class"], "pxe", "{node:#}");
-        let tftp = find(node, "tftp", None).unwrap_or_else(|| panic!("no TFTP: {node:#}"));
-        assert_eq!((tftp.1["file"].as_str(), tftp.1["ok"].as_bool()), (Some("ipxe.efi"), Some(true)), "{node:#}");
+        // EDK2 asks for the size first (a size probe), then reads.
+        let tftp = node["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .find(|(_, e)| e["stage"] == "tftp" && e["outcome"] == "complete")
+            .unwrap_or_else(|| panic!("no complete TFTP transfer: {node:#}"));
+        assert_eq!((tftp.1["file"].as_str(), tftp.1["blksize"].as_u64(), tftp.1["windowsize"].as_u64()), (Some("ipxe.efi"), Some(1468), Some(4)), "{node:#}");
         assert!(pxe.0 < tftp.0 && tftp.0 < ipxe.0, "{node:#}");
     }
     let ip = node["ip"].as_str().unwrap_or_default().to_string();

@@ -132,7 +132,7 @@ fn a_node_timeline_has_every_stage_of_the_chain() {
     assert_eq!(events[dhcp]["class"], "pxe");
     assert_eq!(events[dhcp]["ip"], "10.77.0.2");
     let t = &events[tftp];
-    assert_eq!((t["file"].as_str(), t["blksize"].as_u64(), t["bytes"].as_u64(), t["ok"].as_bool()), (Some("undionly.kpxe"), Some(512), Some(TFTP_FILE_LEN as u64), Some(true)));
+    assert_eq!((t["file"].as_str(), t["blksize"].as_u64(), t["bytes"].as_u64(), t["outcome"].as_str()), (Some("undionly.kpxe"), Some(512), Some(TFTP_FILE_LEN as u64), Some("complete")));
     assert_eq!(events[script_at]["known"], true);
     assert_eq!((events[file]["path"].as_str(), events[file]["status"].as_u64()), (Some("/vmlinuz"), Some(200)));
     assert_eq!(node["stage"], "file");

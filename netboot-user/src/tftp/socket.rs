@@ -3,10 +3,10 @@
 
 use super::files::{FileCache, Refusal};
 use super::packet::{ErrorCode, Packet};
-use super::transfer::{Limits, Params, Step, Transfer, negotiate};
+use super::transfer::{Limits, Params, SIZE_PROBE, Step, Transfer, negotiate};
 use crate::config::Config;
 use crate::stats::Stage;
-use crate::timeline::{Milestone, Timelines};
+use crate::timeline::{Milestone, TftpOutcome, Timelines};
 use crate::iface::{Interface, udp_socket};
 use crate::stats::Stats;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -101,14 +101,16 @@ struct TransferCtx {
 
 impl TransferCtx {
     /// Counts and records the end of a transfer on the node's timeline.
-    fn finished(&self, client: SocketAddr, file: &str, params: &Params, t: &Transfer, took: Duration, bytes: u64, ok: bool) {
+    fn finished(&self, client: SocketAddr, file: &str, params: &Params, t: &Transfer, took: Duration, bytes: u64, outcome: TftpOutcome) {
         self.stats.add("tftp_retransmits", t.retransmits);
-        if ok {
-            self.stats.bump("tftp_transfers_completed");
-            self.stats.add("tftp_bytes", bytes);
-            self.stats.observe(Stage::TftpTransfer, took);
-        } else {
-            self.stats.bump("tftp_transfers_failed");
+        match outcome {
+            TftpOutcome::Complete => {
+                self.stats.bump("tftp_transfers_completed");
+                self.stats.add("tftp_bytes", bytes);
+                self.stats.observe(Stage::TftpTransfer, took);
+            }
+            TftpOutcome::SizeProbe => self.stats.bump("tftp_size_probes"),
+            TftpOutcome::Failed => self.stats.bump("tftp_transfers_failed"),
         }
         let what = Milestone::Tftp {
             file: file.to_string(),
@@ -117,11 +119,11 @@ impl TransferCtx {
             bytes,
             ms: took.as_millis() as u64,
             retransmits: t.retransmits,
-            ok,
+            outcome,
         };
         if let SocketAddr::V4(c) = client {
             if !self.timelines.record_by_ip(*c.ip(), what) {
-                tracing::debug!(%client, file, ok, "TFTP transfer of a client without a timeline");
+                tracing::debug!(%client, file, ?outcome, "TFTP transfer of a client without a timeline");
             }
         }
     }
@@ -188,14 +190,15 @@ impl TransferCtx {
                 }
                 Step::Wait => {}
                 Step::Done => {
-                    self.finished(client, &file, &params, &t, t0.elapsed(), data.len() as u64, true);
+                    self.finished(client, &file, &params, &t, t0.elapsed(), data.len() as u64, TftpOutcome::Complete);
                     return Ok(());
                 }
                 Step::Abort(err, why) => {
                     if let Some(e) = err {
                         let _ = sock.send(&e).await;
                     }
-                    self.finished(client, &file, &params, &t, t0.elapsed(), data.len() as u64, false);
+                    let outcome = if why == SIZE_PROBE { TftpOutcome::SizeProbe } else { TftpOutcome::Failed };
+                    self.finished(client, &file, &params, &t, t0.elapsed(), data.len() as u64, outcome);
                     anyhow::bail!("{file}: {why}");
                 }
             }

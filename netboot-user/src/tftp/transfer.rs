@@ -63,6 +63,9 @@ pub fn negotiate(requested: &[(String, String)], file_len: u64, limits: Limits) 
 }
 
 /// What the I/O layer does next.
+/// The reason of [`Step::Abort`] when a client ends the transfer right after the OACK.
+pub const SIZE_PROBE: &str = "size probe: the client stopped after the option acknowledgement";
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum Step {
     /// Send these packets (in order).
@@ -156,6 +159,9 @@ impl Transfer {
                 self.last_send = now;
                 Step::Send(self.window())
             }
+            // After our OACK and before any data: a client that only wanted `tsize` (EDK2 and
+            // others ask for the size first, then read in a second request).
+            Ok(Packet::Error { .. }) if self.acked == 0 && self.oack.is_some() => Step::Abort(None, SIZE_PROBE),
             Ok(Packet::Error { .. }) => Step::Abort(None, "client sent an error"),
             Ok(_) => Step::Abort(Some(Packet::error(ErrorCode::IllegalOperation, "unexpected packet")), "unexpected packet"),
             Err(_) => Step::Wait,
