@@ -22,11 +22,16 @@ fn mac(n: u32) -> MacAddr {
 }
 
 fn setup(tag: &str, vms: u32) -> Setup {
+    setup_with(tag, vms, "uefi_x64 = \"ipxe.efi\"")
+}
+
+/// `boot` replaces the `[boot]` table's UEFI x64 line.
+fn setup_with(tag: &str, vms: u32, boot: &str) -> Setup {
     let s = Setup::new(tag, |dir| {
         let mut c = format!(
             "[server]\naddress = \"10.77.0.1\"\nstate_dir = \"{state}\"\n\
              [dhcp]\nsubnet = \"10.77.0.0/16\"\npools = [\"10.77.1.1-10.77.1.254\"]\nrouter = \"10.77.0.1\"\n\
-             [boot]\nbios = \"undionly.kpxe\"\nuefi_x64 = \"ipxe.efi\"\nipxe_script = \"http://{{server}}:8080/boot.ipxe\"\n\
+             [boot]\nbios = \"undionly.kpxe\"\n{boot}\nhttp_client = \"http://{{server}}:8080/ipxe.efi\"\nipxe_script = \"http://{{server}}:8080/boot.ipxe\"\n\
              [tftp]\nroot = \"{tftp}\"\n[http]\nlisten = \"0.0.0.0:8080\"\nroot = \"{http}\"\n",
             state = dir.join("state").display(),
             tftp = dir.join("tftp").display(),
@@ -43,6 +48,7 @@ fn setup(tag: &str, vms: u32) -> Setup {
     for f in ["ipxe.efi", "undionly.kpxe"] {
         std::fs::copy(Path::new("/usr/lib/ipxe").join(f), tftp.join(f)).unwrap_or_else(|e| panic!("/usr/lib/ipxe/{f} (package ipxe): {e}"));
     }
+    std::fs::copy("/usr/lib/ipxe/ipxe.efi", http.join("ipxe.efi")).unwrap();
     std::fs::write(http.join("boot.ipxe.j2"), SCRIPT).unwrap();
     std::fs::write(http.join("final.txt"), b"netboot-xdp e2e final\n").unwrap();
     s
@@ -78,7 +84,8 @@ fn wait_booted(s: &Setup, vms: &mut [Vm]) -> Vec<serde_json::Value> {
             }
             assert!(vm.running(), "VM {} ({}) exited: {}", vm.mac, vm.firmware.name(), vm.console_text());
             if let Some(node) = timeline(s, vm.mac) {
-                if find(&node, "file", None).is_some_and(|(_, e)| e["path"] == "/final.txt" && e["status"] == 200) {
+                let events = node["events"].as_array().cloned().unwrap_or_default();
+                if events.iter().any(|e| e["stage"] == "file" && e["path"] == "/final.txt" && e["status"] == 200) {
                     done[i] = Some(node);
                 }
             }
@@ -101,7 +108,7 @@ fn wait_booted(s: &Setup, vms: &mut [Vm]) -> Vec<serde_json::Value> {
 fn check_chain(vm: &Vm, node: &serde_json::Value) -> f64 {
     let ipxe = find(node, "ipxe_dhcp", Some("ack")).unwrap_or_else(|| panic!("no iPXE DHCP ACK: {node:#}"));
     let script = find(node, "script", None).unwrap_or_else(|| panic!("no script: {node:#}"));
-    let file = find(node, "file", None).unwrap();
+    let file = node["events"].as_array().unwrap().iter().enumerate().find(|(_, e)| e["stage"] == "file" && e["path"] == "/final.txt").unwrap();
     assert_eq!(script.1["known"], true, "{node:#}");
     assert!(ipxe.0 < script.0 && script.0 < file.0, "{node:#}");
     if vm.firmware == Firmware::OvmfPxe {
@@ -159,6 +166,29 @@ fn ovmf_pxe_chainloads_ipxe_to_its_script() {
     set_ra(&s, &agent, false);
     let off = boot_one(&s, 1, Firmware::OvmfPxe);
     eprintln!("e2e: OVMF PXE -> ipxe.efi: VM start to script {on:.1} s with RA, {off:.1} s without");
+    drop(agent);
+}
+
+/// UEFI HTTP boot with real firmware: with no TFTP file for UEFI x64, OVMF's PXE attempt gets an
+/// address but no file and gives up; its HTTP boot client then asks as `HTTPClient` and gets
+/// the URL of ipxe.efi.
+#[test]
+fn ovmf_http_boot_fetches_ipxe_over_http() {
+    if !require_root("ovmf_http_boot_fetches_ipxe_over_http") {
+        return;
+    }
+    let _serial = tests::serial();
+    let s = setup_with("e2e-http", 1, "uefi_x64 = \"\"");
+    let agent = s.start();
+    let mut vms = vec![Vm::start(&s.lab, 0, Firmware::OvmfPxe, mac(0), &s.dir).expect("VM")];
+    let nodes = wait_booted(&s, &mut vms);
+    let node = &nodes[0];
+    let http = node["events"].as_array().unwrap().iter().position(|e| e["stage"] == "dhcp" && e["class"] == "http" && e["kind"] == "ack");
+    let efi = node["events"].as_array().unwrap().iter().position(|e| e["stage"] == "file" && e["path"] == "/ipxe.efi" && e["status"] == 200);
+    let script = find(node, "script", None).map(|(i, _)| i);
+    assert!(http.is_some() && efi.is_some() && script.is_some() && http < efi && efi < script, "{node:#}");
+    let secs = (find(node, "script", None).unwrap().1["at_ms"].as_u64().unwrap() - vms[0].started_ms) as f64 / 1000.0;
+    eprintln!("e2e: OVMF HTTP boot -> ipxe.efi over HTTP: VM start to script {secs:.1} s");
     drop(agent);
 }
 

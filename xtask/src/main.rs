@@ -32,6 +32,12 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Setup, build, then run only the QEMU end-to-end boots (tests/tests/e2e_qemu.rs; they
+    /// are part of `test` too). Extra arguments go to the test binary, e.g. a test name.
+    E2e {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Setup, build, then run the demo on a lab of network namespaces.
     Demo {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -62,11 +68,14 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
         Cmd::Test { args } => {
             setup::run()?;
             build()?;
-            let mut c = cargo();
-            c.args(["test", "--release"]).args(&args);
-            // Integration tests run the release binaries built above.
-            c.env("NETBOOT_BIN_DIR", bin_dir());
-            status(&mut c)
+            test(&[], &args)
+        }
+        Cmd::E2e { args } => {
+            setup::run()?;
+            build()?;
+            let mut args = args;
+            args.push("--nocapture".into()); // the figures
+            test(&["-p", "tests", "--test", "e2e_qemu"], &[["--".to_string()].as_slice(), &args].concat())
         }
         Cmd::Demo { args } => {
             setup::run()?;
@@ -78,6 +87,14 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             status(Command::new(bin_dir().join("netboot-bench")).arg("lab").args(&args))
         }
     }
+}
+
+/// `cargo test --release SELECT ARGS`; integration tests run the release binaries built above.
+fn test(select: &[&str], args: &[String]) -> anyhow::Result<()> {
+    let mut c = cargo();
+    c.args(["test", "--release"]).args(select).args(args);
+    c.env("NETBOOT_BIN_DIR", bin_dir());
+    status(&mut c)
 }
 
 fn root() -> PathBuf {
