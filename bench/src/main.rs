@@ -1,10 +1,11 @@
-//! `netboot-bench`: the demo, the lab by hand, and (as the bench issue lands) boot storms and
-//! rate tests against netboot-xdp and its peers.
+//! `netboot-bench`: boot storms and rate tests against netboot-xdp and its peers, the demo, and
+//! the lab by hand.
 
-mod demo;
 mod dhcp_rate;
 mod dhcpgen;
+mod peers;
 mod proc;
+mod storm;
 mod tftp_rate;
 
 use clap::{Parser, Subcommand};
@@ -20,8 +21,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Build a lab, attach netboot-xdp, send a burst of real client packets, show the counters.
+    /// The demo: a 1000-machine boot storm against netboot-xdp (storm --nodes 1000).
     Demo,
+    /// Boot storm: N simulated machines through DHCP (PXE ROM), TFTP, DHCP (iPXE) and HTTP,
+    /// against netboot-xdp and its peers.
+    Storm(storm::Args),
     /// DHCP rate: XDP cost per reply, N clients at once against netboot-xdp (userspace and
     /// kernel paths), dnsmasq and Kea.
     DhcpRate(dhcp_rate::Args),
@@ -62,7 +66,8 @@ pub fn bin_dir() -> PathBuf {
 fn main() {
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Cmd::Demo => demo::run(),
+        Cmd::Demo => storm::run(&storm::Args::demo()),
+        Cmd::Storm(args) => storm::run(&args),
         Cmd::DhcpRate(args) => dhcp_rate::run(&args),
         Cmd::TftpRate(args) => tftp_rate::run(&args),
         Cmd::Lab { cmd: LabCmd::Up { server, client } } => Lab::create(&LabSpec { server, client }).map(|lab| {

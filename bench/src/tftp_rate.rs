@@ -9,10 +9,10 @@
 use anyhow::{Context, bail};
 use netboot::lab::tftp_fetch::fetch_many;
 use netboot::lab::{Agent, Lab, LabSpec};
-use crate::proc::cpu_of;
+use crate::peers::{Running, peer_binary};
 use netboot::tftp::client::Request;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[derive(clap::Args, Debug)]
@@ -43,21 +43,17 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         for (name, size, _) in CASES {
             std::fs::write(root.join(name), file_bytes(size))?;
         }
-        let (mut guard, pid) = start(server, &lab, &dir, &root)?;
+        let mut guard = start(server, &lab, &dir, &root)?;
         std::thread::sleep(Duration::from_millis(300));
-        if let Guard::Child(c) = &mut guard {
-            if let Some(st) = c.try_wait()? {
-                bail!("{server} exited at start ({st})");
-            }
-        }
+        guard.check_alive(server)?;
         for (name, size, blksize) in CASES {
             for &n in &counts {
                 let req = Request { file: name.into(), blksize: (blksize != 512).then_some(blksize), windowsize: None, tsize: true };
-                let cpu0 = cpu_of(pid);
+                let cpu0 = guard.cpu();
                 let t0 = Instant::now();
                 let got = fetch_many(&lab, "10.77.0.1:69".parse()?, &req, n, Duration::from_secs(15))?;
                 let wall = t0.elapsed();
-                let cpu = cpu_of(pid) - cpu0;
+                let cpu = guard.cpu() - cpu0;
                 let expected = file_bytes(size);
                 let failed = got.iter().filter(|f| f.data != expected).count();
                 let mut lat: Vec<Duration> = got.iter().filter(|f| f.error.is_none()).map(|f| f.elapsed).collect();
@@ -89,24 +85,7 @@ fn file_bytes(size: usize) -> Vec<u8> {
     netboot::lab::pattern(size, 0x9e37_79b9_7f4a_7c15 ^ size as u64)
 }
 
-/// A running server; stopped on drop.
-enum Guard {
-    // Held for its Drop (SIGTERM to the agent).
-    #[allow(dead_code)]
-    Agent(Agent),
-    Child(Child),
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if let Guard::Child(c) = self {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn start(server: &str, lab: &Lab, dir: &Path, root: &Path) -> anyhow::Result<(Guard, u32)> {
+fn start(server: &str, lab: &Lab, dir: &Path, root: &Path) -> anyhow::Result<Running> {
     let quiet = |c: &mut Command| {
         c.stdout(Stdio::null()).stderr(Stdio::null());
     };
@@ -121,27 +100,21 @@ fn start(server: &str, lab: &Lab, dir: &Path, root: &Path) -> anyhow::Result<(Gu
                     root.display()
                 ),
             )?;
-            let agent = Agent::start(lab, &crate::bin_dir().join("netboot-xdp"), &config, &[])?;
-            let pid = agent.status()?["agent_pid"].as_u64().unwrap_or(0) as u32;
-            (Guard::Agent(agent), pid)
+            Running::Agent(Agent::start(lab, &crate::bin_dir().join("netboot-xdp"), &config, &[])?)
         }
         "tftpd-hpa" => {
             let bin = peer_binary("tftpd-hpa", "usr/sbin/in.tftpd")?;
             let mut c = lab.server.command(&bin.to_string_lossy());
             c.args(["-L", "-s", "-u", "root", "-a", "10.77.0.1:69", "-B", "1468"]).arg(root);
             quiet(&mut c);
-            let child = c.spawn().context("in.tftpd")?;
-            let pid = child.id();
-            (Guard::Child(child), pid)
+            Running::Children(vec![c.spawn().context("in.tftpd")?])
         }
         "atftpd" => {
             let bin = peer_binary("atftpd", "usr/sbin/atftpd")?;
             let mut c = lab.server.command(&bin.to_string_lossy());
             c.args(["--daemon", "--no-fork", "--port", "69", "--bind-address", "10.77.0.1", "--maxthread", "2000", "--logfile", "/dev/null", "--user", "root.root"]).arg(root);
             quiet(&mut c);
-            let child = c.spawn().context("atftpd")?;
-            let pid = child.id();
-            (Guard::Child(child), pid)
+            Running::Children(vec![c.spawn().context("atftpd")?])
         }
         "dnsmasq" => {
             let mut c = lab.server.command("dnsmasq");
@@ -150,34 +123,8 @@ fn start(server: &str, lab: &Lab, dir: &Path, root: &Path) -> anyhow::Result<(Gu
                 .arg(format!("--tftp-root={}", root.display()))
                 .arg(format!("--pid-file={}", dir.join("dnsmasq.pid").display()));
             quiet(&mut c);
-            let child = c.spawn().context("dnsmasq")?;
-            let pid = child.id();
-            (Guard::Child(child), pid)
+            Running::Children(vec![c.spawn().context("dnsmasq")?])
         }
         other => bail!("unknown server {other:?}"),
     })
-}
-
-/// A peer's binary from its Debian package, unpacked under target/peers (downloaded once).
-fn peer_binary(package: &str, path: &str) -> anyhow::Result<PathBuf> {
-    // One tree per package: atftpd also ships a /usr/sbin/in.tftpd.
-    let base = crate::bin_dir().join("../peers");
-    let tree = base.join(package);
-    let bin = tree.join(path);
-    if bin.exists() {
-        return Ok(bin);
-    }
-    std::fs::create_dir_all(&base)?;
-    let st = Command::new("apt-get").arg("download").arg(package).current_dir(&base).stdout(Stdio::null()).stderr(Stdio::null()).status()?;
-    if !st.success() {
-        bail!("apt-get download {package} failed");
-    }
-    for e in std::fs::read_dir(&base)?.flatten() {
-        let p = e.path();
-        if p.extension().is_some_and(|x| x == "deb") && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(package)) {
-            Command::new("dpkg").arg("-x").arg(&p).arg(&tree).status()?;
-        }
-    }
-    anyhow::ensure!(bin.exists(), "{} not in package {package}", bin.display());
-    Ok(bin)
 }

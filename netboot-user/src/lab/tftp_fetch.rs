@@ -34,7 +34,7 @@ pub fn fetch_many(lab: &Lab, server: SocketAddr, req: &Request, n: usize, give_u
         let mut tasks = Vec::with_capacity(n);
         for s in sockets {
             let req = req.clone();
-            tasks.push(tokio::spawn(async move { one(tokio::net::UdpSocket::from_std(s)?, server, &req, give_up).await }));
+            tasks.push(tokio::spawn(async move { fetch(tokio::net::UdpSocket::from_std(s)?, server, &req, give_up).await }));
         }
         let mut out = Vec::with_capacity(n);
         for t in tasks {
@@ -44,7 +44,8 @@ pub fn fetch_many(lab: &Lab, server: SocketAddr, req: &Request, n: usize, give_u
     })
 }
 
-async fn one(sock: tokio::net::UdpSocket, server: SocketAddr, req: &Request, give_up: Duration) -> anyhow::Result<Fetched> {
+/// One read of `req` from `server` on `sock` (a fresh socket: its port is the transfer's TID).
+pub async fn fetch(sock: tokio::net::UdpSocket, server: SocketAddr, req: &Request, give_up: Duration) -> anyhow::Result<Fetched> {
     let t0 = Instant::now();
     let rrq = req.rrq();
     sock.send_to(&rrq, server).await?;
@@ -89,7 +90,7 @@ async fn one(sock: tokio::net::UdpSocket, server: SocketAddr, req: &Request, giv
 }
 
 /// One socket per transfer: lift the soft open-file limit (often 1024) towards the hard one.
-fn raise_fd_limit(want: u64) {
+pub fn raise_fd_limit(want: u64) {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 && lim.rlim_cur < want {
         lim.rlim_cur = want.min(lim.rlim_max);

@@ -1,0 +1,199 @@
+//! The simulated machines' shared DHCP wire: one AF_PACKET socket on the lab's bridge port
+//! (each machine has its own MAC, which a kernel socket cannot give it), a classic BPF filter so
+//! that only DHCP replies (UDP to port 68) are copied to us, and a receive thread that hands
+//! each reply to the machine whose chaddr it carries.
+
+use netboot::frame::{UdpEnvelope, parse_udp};
+use netboot::mac::MacAddr;
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+
+pub struct DhcpLink {
+    fd: OwnedFd,
+    ifindex: i32,
+    routes: HashMap<[u8; 6], UnboundedSender<Vec<u8>>>,
+    stop: AtomicBool,
+    pub sent: AtomicU64,
+    pub send_errors: AtomicU64,
+}
+
+/// cBPF: IPv4, UDP, not a later fragment, destination port 68.
+fn dhcp_reply_filter() -> [libc::sock_filter; 10] {
+    let op = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
+    const LDH: u16 = 0x28; // ldh [k]
+    const LDB: u16 = 0x30; // ldb [k]
+    const JEQ: u16 = 0x15; // jeq #k
+    const JSET: u16 = 0x45; // jset #k
+    const LDXMSH: u16 = 0xb1; // ldx 4*([k]&0xf)
+    const LDHX: u16 = 0x48; // ldh [x+k]
+    const RET: u16 = 0x06;
+    [
+        op(LDH, 0, 0, 12),
+        op(JEQ, 0, 8, 0x0800),
+        op(LDB, 0, 0, 23),
+        op(JEQ, 0, 6, 17),
+        op(LDH, 0, 0, 20),
+        op(JSET, 4, 0, 0x1fff),
+        op(LDXMSH, 0, 0, 14),
+        op(LDHX, 0, 0, 16),
+        op(JEQ, 0, 1, 68),
+        op(RET, 0, 0, 0xffff), // accept; the jumps that fail land on the drop after it
+    ]
+}
+
+impl DhcpLink {
+    /// Opens the socket on `dev` (call inside the client namespace); one route per MAC.
+    pub fn open(dev: &str, macs: &[MacAddr]) -> anyhow::Result<(Arc<DhcpLink>, Vec<UnboundedReceiver<Vec<u8>>>)> {
+        let proto = (libc::ETH_P_ALL as u16).to_be() as i32;
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto) };
+        anyhow::ensure!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut filter = dhcp_reply_filter().to_vec();
+        filter.push(libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: 0 }); // drop
+        let prog = libc::sock_fprog { len: filter.len() as u16, filter: filter.as_mut_ptr() };
+        let rc = unsafe {
+            libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, (&prog as *const libc::sock_fprog).cast(), std::mem::size_of::<libc::sock_fprog>() as u32)
+        };
+        anyhow::ensure!(rc == 0, "SO_ATTACH_FILTER: {}", std::io::Error::last_os_error());
+        let c = std::ffi::CString::new(dev)?;
+        let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) } as i32;
+        anyhow::ensure!(ifindex > 0, "no interface {dev}");
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = proto as u16;
+        sll.sll_ifindex = ifindex;
+        let rc = unsafe { libc::bind(fd.as_raw_fd(), (&sll as *const libc::sockaddr_ll).cast(), std::mem::size_of::<libc::sockaddr_ll>() as u32) };
+        anyhow::ensure!(rc == 0, "bind to {dev}: {}", std::io::Error::last_os_error());
+        let big: libc::c_int = 64 << 20;
+        for opt in [libc::SO_RCVBUFFORCE, libc::SO_SNDBUFFORCE] {
+            unsafe { libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, opt, (&big as *const libc::c_int).cast(), 4) };
+        }
+        let tv = libc::timeval { tv_sec: 0, tv_usec: 50_000 };
+        unsafe { libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&tv as *const libc::timeval).cast(), std::mem::size_of::<libc::timeval>() as u32) };
+        let mut routes = HashMap::with_capacity(macs.len());
+        let mut rxs = Vec::with_capacity(macs.len());
+        for m in macs {
+            let (tx, rx) = unbounded_channel();
+            routes.insert(m.0, tx);
+            rxs.push(rx);
+        }
+        let link = Arc::new(DhcpLink { fd, ifindex, routes, stop: AtomicBool::new(false), sent: AtomicU64::new(0), send_errors: AtomicU64::new(0) });
+        Ok((link, rxs))
+    }
+
+    /// Receives and dispatches until [`DhcpLink::stop`] (run on a thread of its own).
+    pub fn receive(&self) {
+        let mut buf = vec![0u8; 2048];
+        while !self.stop.load(Ordering::Relaxed) {
+            let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n <= 0 {
+                continue;
+            }
+            let Some(p) = parse_udp(&buf[..n as usize]) else { continue };
+            // BOOTP: op 2 (reply); chaddr at 28.
+            if p.envelope.src_port != 67 || p.payload.len() < 240 || p.payload[0] != 2 {
+                continue;
+            }
+            let chaddr: [u8; 6] = p.payload[28..34].try_into().expect("6 bytes");
+            if let Some(tx) = self.routes.get(&chaddr) {
+                let _ = tx.send(p.payload.to_vec());
+            }
+        }
+    }
+
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Broadcasts a DHCP message from `mac` (0.0.0.0:68 → 255.255.255.255:67), as a client
+    /// without an address does.
+    pub fn broadcast(&self, mac: MacAddr, payload: &[u8]) {
+        let mut p = payload.to_vec();
+        p.resize(p.len().max(300), 0); // RFC 1542 minimum, as ROMs send
+        let frame = UdpEnvelope {
+            src_mac: mac,
+            dst_mac: MacAddr([0xff; 6]),
+            vlan: None,
+            src_ip: Ipv4Addr::UNSPECIFIED,
+            dst_ip: Ipv4Addr::BROADCAST,
+            src_port: 68,
+            dst_port: 67,
+            ttl: 64,
+        }
+        .build(&p);
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_ifindex = self.ifindex;
+        sll.sll_halen = 6;
+        sll.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+        let rc = unsafe {
+            libc::sendto(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0, (&sll as *const libc::sockaddr_ll).cast(), std::mem::size_of::<libc::sockaddr_ll>() as u32)
+        };
+        if rc < 0 {
+            self.send_errors.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.sent.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs the filter program over a frame (a tiny cBPF interpreter for the opcodes used).
+    fn accepts(frame: &[u8]) -> bool {
+        let mut prog = dhcp_reply_filter().to_vec();
+        prog.push(libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: 0 });
+        let (mut a, mut x, mut pc) = (0u32, 0u32, 0usize);
+        let byte = |i: usize| frame.get(i).copied().map(u32::from);
+        loop {
+            let i = prog[pc];
+            pc += 1;
+            match i.code {
+                0x28 => a = (byte(i.k as usize).unwrap_or(0) << 8) | byte(i.k as usize + 1).unwrap_or(0),
+                0x30 => a = byte(i.k as usize).unwrap_or(0),
+                0xb1 => x = 4 * (byte(i.k as usize).unwrap_or(0) & 0xf),
+                0x48 => a = (byte((x + i.k) as usize).unwrap_or(0) << 8) | byte((x + i.k) as usize + 1).unwrap_or(0),
+                0x15 => pc += if a == i.k { i.jt } else { i.jf } as usize,
+                0x45 => pc += if a & i.k != 0 { i.jt } else { i.jf } as usize,
+                0x06 => return i.k != 0,
+                c => panic!("opcode {c:#x}"),
+            }
+        }
+    }
+
+    fn udp(dst_port: u16) -> Vec<u8> {
+        UdpEnvelope {
+            src_mac: MacAddr([2; 6]),
+            dst_mac: MacAddr([0xff; 6]),
+            vlan: None,
+            src_ip: Ipv4Addr::new(10, 0, 0, 1),
+            dst_ip: Ipv4Addr::BROADCAST,
+            src_port: 67,
+            dst_port,
+            ttl: 64,
+        }
+        .build(&[0u8; 300])
+    }
+
+    #[test]
+    fn the_filter_keeps_dhcp_replies_only() {
+        assert!(accepts(&udp(68)));
+        assert!(!accepts(&udp(69)));
+        assert!(!accepts(&udp(67)));
+        let mut tcp = udp(68);
+        tcp[23] = 6;
+        assert!(!accepts(&tcp));
+        let mut arp = udp(68);
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        assert!(!accepts(&arp));
+        let mut fragment = udp(68);
+        fragment[20..22].copy_from_slice(&[0x00, 0x10]);
+        assert!(!accepts(&fragment));
+    }
+}

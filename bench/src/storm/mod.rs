@@ -1,0 +1,218 @@
+//! `netboot-bench storm --nodes N`: N simulated machines powered on at once (or ramped) boot
+//! through the whole chain against a server under test — netboot-xdp, dnsmasq, or Kea with
+//! tftpd-hpa — each on a fresh lab, from one process on the client side. Reports per-stage
+//! latencies, the time until all booted, retransmits, failures and CPU, as a table, JSON and a
+//! plot of the fraction booted over time. Every run checks correctness: each machine got its
+//! reserved address (so all are distinct), the file for its arch, byte-exact files, the script
+//! URL and a script; a violation fails the run.
+
+mod link;
+mod machine;
+mod report;
+mod servers;
+
+use link::DhcpLink;
+use machine::{Behaviour, Expect, Identity, Outcome, Progress, Reached, STAGES};
+use netboot::lab::{Lab, LabSpec};
+use netboot::mac::MacAddr;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ArchMix {
+    Bios,
+    Uefi,
+    /// Every other machine UEFI x64.
+    Mix,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Machines to boot.
+    #[arg(long, default_value_t = 1000)]
+    pub nodes: u32,
+    /// Servers, comma-separated: netboot-xdp, dnsmasq, kea+tftpd-hpa (or `all`).
+    #[arg(long, default_value = "netboot-xdp")]
+    pub server: String,
+    /// Firmware architectures: BIOS PXE ROMs, UEFI x64, or half and half.
+    #[arg(long, value_enum, default_value_t = ArchMix::Bios)]
+    pub arch: ArchMix,
+    /// TFTP blksize the ROMs ask (512 like old ROMs, 1432 like iPXE, 1468 like UEFI).
+    #[arg(long, default_value_t = 1432)]
+    pub rom_blksize: u16,
+    /// TFTP windowsize UEFI machines ask (none by default).
+    #[arg(long)]
+    pub uefi_windowsize: Option<u16>,
+    /// Also fetch the kernel and initrd the script names.
+    #[arg(long)]
+    pub files: bool,
+    /// Power machines on evenly over this many seconds instead of all at once.
+    #[arg(long, default_value_t = 0.0)]
+    pub ramp: f64,
+    /// Give up on machines not booted this many seconds after the start.
+    #[arg(long, default_value_t = 180)]
+    pub deadline: u64,
+    /// Write the results as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Where to write the plot (SVG); default target/storm-<nodes>.svg.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+}
+
+impl Args {
+    /// `cargo xtask demo`: 1000 machines, half BIOS and half UEFI, against netboot-xdp.
+    pub fn demo() -> Args {
+        Args {
+            nodes: 1000,
+            server: "netboot-xdp".into(),
+            arch: ArchMix::Mix,
+            rom_blksize: 1432,
+            uefi_windowsize: None,
+            files: false,
+            ramp: 0.0,
+            deadline: 180,
+            json: None,
+            plot: None,
+        }
+    }
+}
+
+/// One server's run.
+pub struct Run {
+    pub server: String,
+    pub outcomes: Vec<Outcome>,
+    pub wall: Duration,
+    pub server_cpu: Duration,
+    pub client_cpu: Duration,
+}
+
+pub fn identities(n: u32, mix: ArchMix) -> anyhow::Result<Vec<Identity>> {
+    anyhow::ensure!((1..=62_500).contains(&n), "--nodes must be 1..=62500 (one /16 of reservations)");
+    Ok((0..n)
+        .map(|i| {
+            let b = i.to_be_bytes();
+            let arch = match mix {
+                ArchMix::Bios => 0,
+                ArchMix::Uefi => 7,
+                ArchMix::Mix => if i % 2 == 1 { 7 } else { 0 },
+            };
+            Identity { index: i, mac: MacAddr([0x02, 0x5b, b[0], b[1], b[2], b[3]]), arch, ip: Ipv4Addr::new(10, 77, 2 + (i / 250) as u8, 1 + (i % 250) as u8) }
+        })
+        .collect())
+}
+
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let servers: Vec<String> = if args.server == "all" {
+        servers::SERVERS.iter().map(|s| s.to_string()).collect()
+    } else {
+        args.server.split(',').map(|s| s.trim().to_string()).collect()
+    };
+    let machines = identities(args.nodes, args.arch)?;
+    let read = |f: &str| std::fs::read(format!("/usr/lib/ipxe/{f}")).map_err(|e| anyhow::anyhow!("/usr/lib/ipxe/{f} (package ipxe): {e}"));
+    let expect = Expect {
+        bios_file: "undionly.kpxe".into(),
+        uefi_file: "ipxe.efi".into(),
+        bios_bytes: Arc::new(read("undionly.kpxe")?),
+        uefi_bytes: Arc::new(read("ipxe.efi")?),
+        script_url: servers::SCRIPT_URL.into(),
+    };
+    let how = Behaviour { rom_blksize: args.rom_blksize, uefi_windowsize: args.uefi_windowsize, fetch_files: args.files };
+    println!(
+        "storm: {} machines ({:?}, ROM TFTP blksize {}, UEFI windowsize {:?}{}), {}",
+        args.nodes,
+        args.arch,
+        args.rom_blksize,
+        args.uefi_windowsize,
+        if args.files { ", kernel and initrd" } else { "" },
+        if args.ramp > 0.0 { format!("powered on over {} s", args.ramp) } else { "all powered on at once".into() }
+    );
+    let mut runs = Vec::new();
+    for server in &servers {
+        let lab = Lab::create(&LabSpec { server: "10.77.0.1/16".parse()?, client: Some("10.77.0.2/16".parse()?) })?;
+        let dir = std::env::temp_dir().join(format!("netboot-storm-{}", lab.id));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        servers::write_files(&dir, &expect.bios_bytes, &expect.uefi_bytes)?;
+        let running = servers::start(server, &lab, &dir, &machines)?;
+        let cpu0 = running.cpu();
+        let (outcomes, wall, client_cpu) = storm(&lab, &machines, &expect, how, args)?;
+        let server_cpu = running.cpu().saturating_sub(cpu0);
+        drop(running);
+        drop(lab);
+        let _ = std::fs::remove_dir_all(&dir);
+        let r = Run { server: server.clone(), outcomes, wall, server_cpu, client_cpu };
+        report::print(&r, args.nodes);
+        runs.push(r);
+    }
+    report::compare(&runs);
+    let plot = args.plot.clone().unwrap_or_else(|| crate::bin_dir().join(format!("../storm-{}.svg", args.nodes)));
+    report::plot(&runs, &plot)?;
+    println!("plot: {}", plot.canonicalize().unwrap_or(plot.clone()).display());
+    if let Some(p) = &args.json {
+        std::fs::write(p, serde_json::to_string_pretty(&report::json(&runs, args))?)?;
+        println!("json: {}", p.display());
+    }
+    let violations: usize = runs.iter().map(|r| r.outcomes.iter().filter(|o| o.violation()).count() + report::duplicate_addresses(r)).sum();
+    anyhow::ensure!(violations == 0, "{violations} correctness violations (see above)");
+    Ok(())
+}
+
+/// Boots `machines` from the lab's client namespace; returns their outcomes, the wall time
+/// until the last one finished, and this process's CPU.
+fn storm(lab: &Lab, machines: &[Identity], expect: &Expect, how: Behaviour, args: &Args) -> anyhow::Result<(Vec<Outcome>, Duration, Duration)> {
+    let dev = lab.link_if.clone();
+    let (ramp, deadline) = (args.ramp, Duration::from_secs(args.deadline));
+    let n = machines.len();
+    lab.client.run(move || -> anyhow::Result<(Vec<Outcome>, Duration, Duration)> {
+        netboot::lab::tftp_fetch::raise_fd_limit(2 * n as u64 + 1024);
+        let macs: Vec<MacAddr> = machines.iter().map(|m| m.mac).collect();
+        let (link, rxs) = DhcpLink::open(&dev, &macs)?;
+        // Threads started here inherit the client namespace.
+        let receiver = {
+            let link = link.clone();
+            std::thread::spawn(move || link.receive())
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        let progress = Arc::new(Progress::default());
+        let cpu0 = crate::proc::self_cpu();
+        let t0 = Instant::now();
+        let outcomes = rt.block_on(async {
+            let bar = report::progress_bar(n as u64, progress.clone());
+            let mut tasks = Vec::with_capacity(n);
+            for (i, (id, rx)) in machines.iter().cloned().zip(rxs).enumerate() {
+                let (link, expect, progress) = (link.clone(), expect.clone(), progress.clone());
+                let power_on = if ramp > 0.0 { ramp * i as f64 / n as f64 } else { 0.0 };
+                tasks.push(tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs_f64(power_on)).await;
+                    let reached = Reached::new(0);
+                    let left = deadline.saturating_sub(t0.elapsed());
+                    let mut out = match tokio::time::timeout(left, machine::boot(&id, &link, rx, &expect, how, &progress, &reached)).await {
+                        Ok(out) => out,
+                        Err(_) => {
+                            progress.failed.fetch_add(1, Ordering::Relaxed);
+                            let stage = STAGES[reached.load(Ordering::Relaxed).min(STAGES.len() - 1)];
+                            Outcome { index: id.index, mac: id.mac.to_string(), failure: Some((stage.into(), format!("not booted within the {deadline:?} deadline"))), ..Default::default() }
+                        }
+                    };
+                    out.power_on = power_on;
+                    out
+                }));
+            }
+            let mut outcomes = Vec::with_capacity(n);
+            for t in tasks {
+                outcomes.push(t.await.expect("machine task"));
+            }
+            bar.finish_and_clear();
+            outcomes
+        });
+        let wall = t0.elapsed();
+        let cpu = crate::proc::self_cpu().saturating_sub(cpu0);
+        link.stop();
+        let _ = receiver.join();
+        Ok((outcomes, wall, cpu))
+    })?
+}

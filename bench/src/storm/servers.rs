@@ -1,0 +1,141 @@
+//! The servers a storm runs against, configured for the same work: reservations for every
+//! machine, BIOS → undionly.kpxe and UEFI x64 → ipxe.efi over TFTP, iPXE → the script URL with
+//! 175.176 = 1 (no ProxyDHCP wait), the script and files over HTTP on port 8080. Peers are set
+//! up as a competent operator would for a storm (PEERS.md: no ping check, enough leases and
+//! TFTP transfers); what each one gets is written under the run's directory.
+
+use super::machine::Identity;
+use crate::peers::{Running, peer_binary};
+use anyhow::Context;
+use netboot::lab::{Agent, Lab};
+use std::path::Path;
+use std::process::{Child, Stdio};
+
+pub const SERVERS: [&str; 3] = ["netboot-xdp", "dnsmasq", "kea+tftpd-hpa"];
+pub const SERVER_IP: &str = "10.77.0.1";
+pub const SCRIPT_URL: &str = "http://10.77.0.1:8080/boot.ipxe";
+
+/// The files every server serves, under `dir/tftp` and `dir/http`.
+pub fn write_files(dir: &Path, bios: &[u8], uefi: &[u8]) -> anyhow::Result<()> {
+    let (tftp, http) = (dir.join("tftp"), dir.join("http"));
+    std::fs::create_dir_all(&tftp)?;
+    std::fs::create_dir_all(&http)?;
+    std::fs::write(tftp.join("undionly.kpxe"), bios)?;
+    std::fs::write(tftp.join("ipxe.efi"), uefi)?;
+    // netboot-xdp renders a per-node template; the peers serve the same script statically.
+    std::fs::write(http.join("boot.ipxe.j2"), "#!ipxe\nkernel http://{{ server }}:8080/vmlinuz initrd=initrd.img ip=dhcp hostname={{ hostname }}\ninitrd http://{{ server }}:8080/initrd.img\nboot\n")?;
+    std::fs::write(http.join("boot.ipxe"), "#!ipxe\nkernel http://10.77.0.1:8080/vmlinuz initrd=initrd.img ip=dhcp\ninitrd http://10.77.0.1:8080/initrd.img\nboot\n")?;
+    std::fs::write(http.join("vmlinuz"), netboot::lab::pattern(256 << 10, 11))?;
+    std::fs::write(http.join("initrd.img"), netboot::lab::pattern(512 << 10, 12))?;
+    Ok(())
+}
+
+pub fn start(server: &str, lab: &Lab, dir: &Path, machines: &[Identity]) -> anyhow::Result<Running> {
+    let mut running = match server {
+        "netboot-xdp" => netboot_xdp(lab, dir, machines)?,
+        "dnsmasq" => Running::Children(vec![dnsmasq(lab, dir, machines)?]),
+        "kea+tftpd-hpa" => Running::Children(vec![kea(lab, dir, machines)?, tftpd_hpa(lab, dir)?, http_server(lab, dir)?]),
+        other => anyhow::bail!("unknown server {other:?} (one of {})", SERVERS.join(", ")),
+    };
+    if let Running::Children(c) = &mut running {
+        if server == "dnsmasq" {
+            c.push(http_server(lab, dir)?);
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    running.check_alive(server)?;
+    Ok(running)
+}
+
+fn netboot_xdp(lab: &Lab, dir: &Path, machines: &[Identity]) -> anyhow::Result<Running> {
+    let mut hosts = String::from("mac,ip,hostname\n");
+    for m in machines {
+        hosts.push_str(&format!("{},{},node-{:05}\n", m.mac, m.ip, m.index));
+    }
+    std::fs::write(dir.join("hosts.csv"), hosts)?;
+    let config = dir.join("netboot.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\naddress = \"{SERVER_IP}\"\nstate_dir = \"{state}\"\n\
+             [dhcp]\nsubnet = \"10.77.0.0/16\"\nlease_time = \"1h\"\nhosts_file = \"hosts.csv\"\n\
+             [boot]\nbios = \"undionly.kpxe\"\nuefi_x64 = \"ipxe.efi\"\nipxe_script = \"http://{{server}}:8080/boot.ipxe\"\n\
+             [tftp]\nroot = \"{tftp}\"\nengine = \"socket\"\n\
+             [http]\nlisten = \"0.0.0.0:8080\"\nroot = \"{http}\"\nscript = \"boot.ipxe.j2\"\n",
+            state = dir.join("state").display(),
+            tftp = dir.join("tftp").display(),
+            http = dir.join("http").display(),
+        ),
+    )?;
+    Ok(Running::Agent(Agent::start(lab, &crate::bin_dir().join("netboot-xdp"), &config, &[])?))
+}
+
+fn quiet(c: &mut std::process::Command) -> &mut std::process::Command {
+    c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null())
+}
+
+fn dnsmasq(lab: &Lab, dir: &Path, machines: &[Identity]) -> anyhow::Result<Child> {
+    let hosts: String = machines.iter().map(|m| format!("{},{}\n", m.mac, m.ip)).collect();
+    std::fs::write(dir.join("dnsmasq.hosts"), hosts)?;
+    let n = machines.len();
+    let mut c = lab.server.command("dnsmasq");
+    c.args(["--keep-in-foreground", "--conf-file=/dev/null", "--port=0", "--bind-interfaces", "--dhcp-authoritative", "--no-ping"])
+        .arg(format!("--interface={}", lab.server_if))
+        .args(["--dhcp-range=10.77.0.0,static,255.255.0.0,1h", "--dhcp-option=3,10.77.0.1"])
+        .arg(format!("--dhcp-hostsfile={}", dir.join("dnsmasq.hosts").display()))
+        .arg(format!("--dhcp-lease-max={}", n * 2 + 1000))
+        .arg(format!("--dhcp-leasefile={}", dir.join("dnsmasq.leases").display()))
+        .args(["--dhcp-match=set:efi64,option:client-arch,7", "--dhcp-userclass=set:ipxe,iPXE", "--dhcp-match=set:ipxe,175"])
+        .arg(format!("--dhcp-boot=tag:ipxe,{SCRIPT_URL}"))
+        .arg(format!("--dhcp-boot=tag:!ipxe,tag:efi64,ipxe.efi,,{SERVER_IP}"))
+        .arg(format!("--dhcp-boot=tag:!ipxe,tag:!efi64,undionly.kpxe,,{SERVER_IP}"))
+        .arg("--dhcp-option=tag:ipxe,encap:175,176,1b")
+        .arg("--enable-tftp")
+        .arg(format!("--tftp-root={}", dir.join("tftp").display()))
+        .arg(format!("--tftp-max={}", n + 100))
+        .arg(format!("--pid-file={}", dir.join("dnsmasq.pid").display()))
+        .arg("--log-facility=-");
+    quiet(&mut c).spawn().context("starting dnsmasq")
+}
+
+fn kea(lab: &Lab, dir: &Path, machines: &[Identity]) -> anyhow::Result<Child> {
+    let reservations: Vec<serde_json::Value> =
+        machines.iter().map(|m| serde_json::json!({ "hw-address": m.mac.to_string(), "ip-address": m.ip.to_string() })).collect();
+    let cfg = serde_json::json!({
+        "Dhcp4": {
+            "interfaces-config": { "interfaces": [lab.server_if], "dhcp-socket-type": "raw" },
+            "lease-database": { "type": "memfile", "persist": true, "name": dir.join("kea-leases.csv") },
+            "valid-lifetime": 3600,
+            "multi-threading": { "enable-multi-threading": true, "thread-pool-size": 2, "packet-queue-size": 256 },
+            "option-def": [{ "name": "ipxe-encap", "code": 175, "type": "binary" }],
+            "client-classes": [
+                { "name": "ipxe", "test": "option[77].hex == 'iPXE'", "boot-file-name": SCRIPT_URL,
+                  "option-data": [{ "name": "ipxe-encap", "data": "B00101", "always-send": true }] },
+                { "name": "efi64", "test": "not member('ipxe') and option[93].hex == 0x0007", "next-server": SERVER_IP, "boot-file-name": "ipxe.efi" },
+                { "name": "bios", "test": "not member('ipxe') and option[93].hex == 0x0000", "next-server": SERVER_IP, "boot-file-name": "undionly.kpxe" }
+            ],
+            "subnet4": [{ "id": 1, "subnet": "10.77.0.0/16", "reservations": reservations,
+                          "option-data": [{ "name": "routers", "data": SERVER_IP }] }],
+            "loggers": [{ "name": "kea-dhcp4", "severity": "WARN", "output_options": [{ "output": dir.join("kea.log") }] }]
+        }
+    });
+    let file = dir.join("kea.json");
+    std::fs::write(&file, serde_json::to_string_pretty(&cfg)?)?;
+    let mut c = lab.server.command("kea-dhcp4");
+    c.arg("-c").arg(&file).env("KEA_PIDFILE_DIR", dir).env("KEA_LOCKFILE_DIR", dir);
+    quiet(&mut c).spawn().context("starting kea-dhcp4 (Debian package kea-dhcp4-server)")
+}
+
+fn tftpd_hpa(lab: &Lab, dir: &Path) -> anyhow::Result<Child> {
+    let bin = peer_binary("tftpd-hpa", "usr/sbin/in.tftpd")?;
+    let mut c = lab.server.command(&bin.to_string_lossy());
+    c.args(["-L", "-s", "-u", "root", "-a", "10.77.0.1:69", "-B", "1468"]).arg(dir.join("tftp"));
+    quiet(&mut c).spawn().context("in.tftpd")
+}
+
+/// The peers have no HTTP server: Python's threading one serves their (static) script and files.
+fn http_server(lab: &Lab, dir: &Path) -> anyhow::Result<Child> {
+    let mut c = lab.server.command("python3");
+    c.args(["-m", "http.server", "8080", "--bind", SERVER_IP, "--directory"]).arg(dir.join("http"));
+    quiet(&mut c).spawn().context("python3 -m http.server")
+}
