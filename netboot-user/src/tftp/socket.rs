@@ -1,17 +1,16 @@
 //! The socket engine: a listening socket on port 69 bound to the interface, and one task with
 //! its own UDP socket (its TID) per transfer.
 
-use super::files::{FileCache, Refusal};
-use super::packet::{ErrorCode, Packet};
-use super::transfer::{Limits, Params, SIZE_PROBE, Step, Transfer, negotiate};
+use super::files::FileCache;
+use super::session::{self, Opened};
+use super::transfer::{Limits, Step};
 use crate::config::Config;
-use crate::stats::Stage;
-use crate::timeline::{Milestone, TftpOutcome, Timelines};
+use crate::timeline::Timelines;
 use crate::iface::{Interface, udp_socket};
 use crate::stats::Stats;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
@@ -36,7 +35,8 @@ impl Service {
         stats: Arc<Stats>,
         timelines: Arc<Timelines>,
     ) -> anyhow::Result<Service> {
-        let listen = udp_socket(&iface.name, SocketAddr::from((Ipv4Addr::UNSPECIFIED, TFTP_PORT)), false)?;
+        // Many clients: every machine of a storm sends its RRQ at about the same moment.
+        let listen = udp_socket(&iface.name, SocketAddr::from((Ipv4Addr::UNSPECIFIED, TFTP_PORT)), true)?;
         Ok(Service { listen, files: Arc::new(files), limits, iface: iface.name.clone(), server_ip, stats, timelines })
     }
 
@@ -100,81 +100,24 @@ struct TransferCtx {
 }
 
 impl TransferCtx {
-    /// Counts and records the end of a transfer on the node's timeline.
-    fn finished(&self, client: SocketAddr, file: &str, params: &Params, t: &Transfer, took: Duration, bytes: u64, outcome: TftpOutcome) {
-        self.stats.add("tftp_retransmits", t.retransmits);
-        match outcome {
-            TftpOutcome::Complete => {
-                self.stats.bump("tftp_transfers_completed");
-                self.stats.add("tftp_bytes", bytes);
-                self.stats.observe(Stage::TftpTransfer, took);
-            }
-            TftpOutcome::SizeProbe => self.stats.bump("tftp_size_probes"),
-            TftpOutcome::Failed => self.stats.bump("tftp_transfers_failed"),
-        }
-        let what = Milestone::Tftp {
-            file: file.to_string(),
-            blksize: params.blksize.min(usize::from(u16::MAX)) as u16,
-            windowsize: params.windowsize.min(u64::from(u16::MAX)) as u16,
-            bytes,
-            ms: took.as_millis() as u64,
-            retransmits: t.retransmits,
-            outcome,
-        };
-        if let SocketAddr::V4(c) = client {
-            if !self.timelines.record_by_ip(*c.ip(), what) {
-                tracing::debug!(%client, file, ?outcome, "TFTP transfer of a client without a timeline");
-            }
-        }
-    }
-
     async fn serve(self, request: &[u8], client: SocketAddr) -> anyhow::Result<()> {
+        let SocketAddr::V4(client4) = client else { return Ok(()) };
         let sock = udp_socket(&self.iface, SocketAddr::from((self.server_ip, 0)), false)?;
         sock.connect(client).await?;
-        let fail = |code: ErrorCode, msg: &str, counter: &str| {
-            self.stats.bump(counter);
-            Packet::error(code, msg)
-        };
-        let (file, mode, options) = match Packet::parse(request) {
-            Ok(Packet::Request { write: false, file, mode, options }) => (file, mode, options),
-            Ok(Packet::Request { write: true, .. }) => {
-                sock.send(&fail(ErrorCode::AccessViolation, "read-only server", "tftp_refused_write")).await?;
+        let (mut s, first) = match session::open(&self.files, self.limits, request, client4, &self.stats, Instant::now()) {
+            Opened::Transfer(s, first) => (s, first),
+            Opened::Refused(error) => {
+                sock.send(&error).await?;
                 return Ok(());
             }
-            _ => {
-                self.stats.bump("tftp_malformed");
-                return Ok(()); // not a request: no answer
-            }
+            Opened::Ignored => return Ok(()),
         };
-        let bytes = match self.files.get(&file) {
-            Ok(b) => b,
-            Err(Refusal::NotFound) => {
-                sock.send(&fail(ErrorCode::FileNotFound, "file not found", "tftp_not_found")).await?;
-                return Ok(());
-            }
-            Err(Refusal::OutsideRoot) => {
-                tracing::warn!(%client, file, "TFTP request outside the root refused");
-                sock.send(&fail(ErrorCode::AccessViolation, "access violation", "tftp_refused_path")).await?;
-                return Ok(());
-            }
-        };
-        let data: Arc<[u8]> = match mode.as_str() {
-            "octet" => bytes,
-            "netascii" => netascii(&bytes).into(),
-            _ => {
-                sock.send(&fail(ErrorCode::IllegalOperation, "unknown mode", "tftp_bad_mode")).await?;
-                return Ok(());
-            }
-        };
-        let (params, oack) = negotiate(&options, data.len() as u64, self.limits);
-        self.stats.bump("tftp_transfers_started");
-        let t0 = Instant::now();
-        let mut t = Transfer::new(data.clone(), params, oack, t0);
-        for p in t.start(t0) {
+        for p in first {
             sock.send(&p).await?;
         }
         let mut buf = vec![0u8; 2048];
         loop {
+            let t = &mut s.transfer;
             let step = tokio::select! {
                 r = sock.recv(&mut buf) => match r {
                     Ok(n) => t.on_packet(&buf[..n], Instant::now()),
@@ -190,31 +133,17 @@ impl TransferCtx {
                 }
                 Step::Wait => {}
                 Step::Done => {
-                    self.finished(client, &file, &params, &t, t0.elapsed(), data.len() as u64, TftpOutcome::Complete);
+                    s.finish(client4, None, &self.stats, &self.timelines);
                     return Ok(());
                 }
                 Step::Abort(err, why) => {
                     if let Some(e) = err {
                         let _ = sock.send(&e).await;
                     }
-                    let outcome = if why == SIZE_PROBE { TftpOutcome::SizeProbe } else { TftpOutcome::Failed };
-                    self.finished(client, &file, &params, &t, t0.elapsed(), data.len() as u64, outcome);
-                    anyhow::bail!("{file}: {why}");
+                    s.finish(client4, Some(why), &self.stats, &self.timelines);
+                    anyhow::bail!("{}: {why}", s.file);
                 }
             }
         }
     }
-}
-
-/// RFC 764 netascii: LF → CR LF, CR → CR NUL.
-fn netascii(b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(b.len() + b.len() / 16);
-    for &c in b {
-        match c {
-            b'\n' => out.extend_from_slice(b"\r\n"),
-            b'\r' => out.extend_from_slice(b"\r\0"),
-            c => out.push(c),
-        }
-    }
-    out
 }
