@@ -96,6 +96,11 @@ counters! {
     FastAckHttp = "fast_ack_http",
     FastAckPxe = "fast_ack_pxe",
     FastAckPlain = "fast_ack_plain",
+    /// A UDP frame to our TFTP port or a TFTP transfer port of the AF_XDP engine (an outcome).
+    TftpSteered = "tftp_steered",
+    /// Steered, but no AF_XDP socket on this RX queue: passed to the kernel.
+    TftpNoSocket = "tftp_no_socket",
+    XdpRedirect = "xdp_redirect",
 }
 
 /// Number of counters; the size of the `COUNTERS` map.
@@ -159,6 +164,7 @@ impl Counter {
 /// success: one of the `msg_*` counters.
 pub const OUTCOMES: &[Counter] = &[
     Counter::NotDhcp,
+    Counter::TftpSteered,
     Counter::Truncated,
     Counter::MalformedIp,
     Counter::BootReply,

@@ -22,7 +22,27 @@ pub mod maps {
     pub const REPLY_CACHE: &str = "REPLY_CACHE";
     /// `RingBuf` of `AckEvent`s.
     pub const EVENTS: &str = "EVENTS";
+    /// `XskMap`: the TFTP engine's AF_XDP socket per RX queue (not pinned: it lives with them).
+    pub const XSKS: &str = "XSKS";
+    /// `Array<TftpSteer>` (one entry): which frames go to the AF_XDP sockets.
+    pub const TFTP_STEER: &str = "TFTP_STEER";
 }
+
+/// Which UDP frames the XDP program redirects to the TFTP engine's AF_XDP sockets: to
+/// `server_ip`, port 69 or a transfer port in `port_lo..=port_hi`, untagged, no IP options, not
+/// fragmented. All zero (the default) steers nothing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TftpSteer {
+    pub server_ip: [u8; 4],
+    pub port_lo: u16,
+    pub port_hi: u16,
+    pub enabled: u8,
+    pub _pad: [u8; 3],
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for TftpSteer {}
 
 /// Name of the XDP program in the object.
 pub const PROGRAM_NAME: &str = "netboot";

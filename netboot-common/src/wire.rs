@@ -11,6 +11,8 @@ pub const UDP_HLEN: usize = 8;
 
 pub const DHCP_SERVER_PORT: u16 = 67;
 pub const DHCP_CLIENT_PORT: u16 = 68;
+/// TFTP's well-known port (RFC 1350).
+pub const TFTP_PORT: u16 = 69;
 /// PXE ProxyDHCP port (PXE spec 2.1).
 pub const PXE_PROXY_PORT: u16 = 4011;
 

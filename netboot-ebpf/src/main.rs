@@ -13,11 +13,11 @@ use aya_ebpf::{
     bindings::xdp_action,
     helpers::generated::{bpf_loop, bpf_xdp_load_bytes},
     macros::{map, xdp},
-    maps::PerCpuArray,
+    maps::{Array, PerCpuArray, XskMap},
     programs::XdpContext,
 };
 use netboot_common::{
-    Counter, SCRATCH_LEN,
+    Counter, SCRATCH_LEN, TftpSteer,
     cache::{REQUEST_MAX, TEMPLATE_MAX},
     counter::NUM_COUNTERS,
     wire::{
@@ -30,6 +30,14 @@ mod reply;
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NUM_COUNTERS, 0);
+
+/// The TFTP engine's AF_XDP sockets, by RX queue.
+#[map]
+static XSKS: XskMap = XskMap::with_max_entries(64, 0);
+
+/// Which frames are the TFTP engine's (set by the agent when its AF_XDP engine runs).
+#[map]
+static TFTP_STEER: Array<TftpSteer> = Array::with_max_entries(1, 0);
 
 /// Per-CPU working memory: the option area is copied here so that it can be walked with masked
 /// indices, and the facts found are kept here (not in registers) so that the verifier does not
@@ -133,20 +141,55 @@ fn be16(b: [u8; 2]) -> u16 {
 pub fn netboot(ctx: XdpContext) -> u32 {
     bump(Counter::Packets);
     let action = match classify(&ctx) {
-        Ok(req) => match reply::answer(&ctx, &req) {
+        Ok(Frame::Dhcp(req)) => match reply::answer(&ctx, &req) {
             Ok(action) => action,
             Err(c) => {
                 bump(c);
                 xdp_action::XDP_PASS
             }
         },
+        Ok(Frame::Tftp) => {
+            bump(Counter::TftpSteered);
+            // The lower bits of the flags: the action when the queue has no socket.
+            let queue = unsafe { (*ctx.ctx).rx_queue_index };
+            match XSKS.redirect(queue, u64::from(xdp_action::XDP_PASS)) {
+                Ok(a) if a == xdp_action::XDP_REDIRECT => a,
+                _ => {
+                    bump(Counter::TftpNoSocket);
+                    xdp_action::XDP_PASS
+                }
+            }
+        }
         Err(c) => {
             bump(c);
             xdp_action::XDP_PASS
         }
     };
-    bump(if action == xdp_action::XDP_TX { Counter::XdpTx } else { Counter::XdpPass });
+    bump(match action {
+        xdp_action::XDP_TX => Counter::XdpTx,
+        xdp_action::XDP_REDIRECT => Counter::XdpRedirect,
+        _ => Counter::XdpPass,
+    });
     action
+}
+
+/// What a frame is, for the program's purposes.
+pub enum Frame {
+    Dhcp(Classified),
+    /// For the TFTP engine's AF_XDP socket.
+    Tftp,
+}
+
+/// Whether an untagged, unfragmented IPv4/UDP frame (headers without options in `hdrs`) is the
+/// TFTP engine's.
+#[inline(always)]
+fn tftp_steered(hdrs: &[u8; IPV4_HLEN + UDP_HLEN]) -> bool {
+    let Some(steer) = TFTP_STEER.get(0) else { return false };
+    if steer.enabled == 0 || hdrs[16..20] != steer.server_ip {
+        return false;
+    }
+    let dport = be16([hdrs[22], hdrs[23]]);
+    dport == wire::TFTP_PORT || (steer.port_lo <= dport && dport <= steer.port_hi)
 }
 
 /// A fully validated, classified client request: what the reply cache lookup needs.
@@ -169,7 +212,7 @@ pub struct Classified {
 
 /// Parses one frame and counts what it is. `Err` carries the counter of the reason it stopped.
 #[inline(always)]
-fn classify(ctx: &XdpContext) -> Result<Classified, Counter> {
+fn classify(ctx: &XdpContext) -> Result<Frame, Counter> {
     // Ethernet, with at most one 802.1Q / 802.1ad tag.
     let eth = unsafe { *bytes_at::<ETH_HLEN>(ctx, 0).map_err(|_| Counter::NotDhcp)? };
     let mut ethertype = be16([eth[12], eth[13]]);
@@ -199,6 +242,10 @@ fn classify(ctx: &XdpContext) -> Result<Classified, Counter> {
     }
     let dport = be16([hdrs[22], hdrs[23]]);
     if dport != DHCP_SERVER_PORT {
+        let whole = be16([hdrs[6], hdrs[7]]) & 0x3fff == 0;
+        if l3 == ETH_HLEN && whole && tftp_steered(&hdrs) {
+            return Ok(Frame::Tftp);
+        }
         return Err(Counter::NotDhcp);
     }
     let frame_len = ctx.data_end() - ctx.data();
@@ -270,7 +317,7 @@ fn classify(ctx: &XdpContext) -> Result<Classified, Counter> {
     let arch = if f.has_arch != 0 { Some(f.arch) } else { None };
     bump(Counter::for_arch(arch));
     let at4 = |o: usize| [fixed[o], fixed[o + 1], fixed[o + 2], fixed[o + 3]];
-    Ok(Classified {
+    Ok(Frame::Dhcp(Classified {
         class,
         msg_type: f.msg_type,
         arch,
@@ -293,7 +340,7 @@ fn classify(ctx: &XdpContext) -> Result<Classified, Counter> {
         ],
         udp_len: udp_len as u16,
         udp_csum: be16([hdrs[26], hdrs[27]]),
-    })
+    }))
 }
 
 /// Copies `len` (1..=SCRATCH_LEN) option bytes from the frame into the scratch buffer.

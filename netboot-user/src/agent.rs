@@ -67,12 +67,18 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
     if !config.http.root.is_dir() {
         tracing::warn!(root = %config.http.root.display(), "http.root is not a directory: scripts and files will not be found");
     }
+    let http_timelines = timelines.clone();
     let http_state = crate::http::HttpState::new(&config, server_ip, record.clone(), stats.clone(), timelines);
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let config_engine = config.tftp.engine;
     let (config_tx, configs) = watch::channel(Arc::new(config));
     let dhcp_task = tokio::spawn(dhcp.with_reload(configs.clone()).run(stop_rx.clone()));
-    let tftp_task = tftp.map(|t| tokio::spawn(t.run(configs.clone(), stop_rx.clone())));
+    let afxdp = match (&tftp, config_engine) {
+        (Some((_, files, limits)), TftpEngine::Afxdp) => afxdp_engine(&mut fastpath, &iface, server_ip, files.clone(), *limits, &stats, &http_timelines, &configs),
+        _ => None,
+    };
+    let tftp_task = tftp.map(|(t, _, _)| tokio::spawn(t.run(configs.clone(), stop_rx.clone())));
     let http_task = tokio::spawn(crate::http::serve(http_listener, control, http_state, configs.clone(), stop_rx.clone()));
     let ra_task = match crate::ra::Responder::open(&iface, stats.clone()) {
         Ok(r) => Some(tokio::spawn(r.run(configs.clone(), stop_rx.clone()))),
@@ -96,6 +102,9 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
         },
     };
     let _ = stop_tx.send(true);
+    if let Some(engine) = afxdp {
+        engine.stop();
+    }
     let _ = reload_task.await;
     if let Some(t) = ra_task {
         let _ = t.await;
@@ -122,15 +131,16 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
     outcome
 }
 
-/// The TFTP service, if `tftp.root` exists (a boot server without TFTP files is possible, e.g.
-/// HTTP boot only: a warning, not an error).
+/// The TFTP socket service (and its files and limits, for the AF_XDP engine), if `tftp.root`
+/// exists (a boot server without TFTP files is possible, e.g. HTTP boot only: a warning, not an
+/// error).
 fn tftp_service(
     config: &Config,
     iface: &Interface,
     server_ip: std::net::Ipv4Addr,
     stats: Arc<Stats>,
     timelines: Arc<Timelines>,
-) -> anyhow::Result<Option<tftp::socket::Service>> {
+) -> anyhow::Result<Option<(tftp::socket::Service, Arc<tftp::FileCache>, tftp::Limits)>> {
     let t = &config.tftp;
     let files = match tftp::FileCache::new(&t.root) {
         Ok(f) => f,
@@ -139,15 +149,40 @@ fn tftp_service(
             return Ok(None);
         }
     };
-    if t.engine == TftpEngine::Afxdp {
-        tracing::warn!("tftp.engine = \"afxdp\": the AF_XDP engine is not built yet; serving with the socket engine");
-    }
     let limits = tftp::Limits {
         max_blksize: *t.max_blksize.get_ref(),
         max_windowsize: *t.max_windowsize.get_ref(),
         max_payload: (iface.mtu.saturating_sub(28)).clamp(512, 65_507) as u16,
     };
-    Ok(Some(tftp::socket::Service::bind(iface, server_ip, files, limits, stats, timelines)?))
+    let files = Arc::new(files);
+    Ok(Some((tftp::socket::Service::bind(iface, server_ip, files.clone(), limits, stats, timelines)?, files, limits)))
+}
+
+/// The AF_XDP TFTP engine beside the socket engine, or `None` (with the reason logged) when
+/// AF_XDP is unavailable: the socket engine then serves everything.
+#[allow(clippy::too_many_arguments)]
+fn afxdp_engine(
+    fastpath: &mut crate::fastpath::FastPath,
+    iface: &Interface,
+    server_ip: std::net::Ipv4Addr,
+    files: Arc<tftp::FileCache>,
+    limits: tftp::Limits,
+    stats: &Arc<Stats>,
+    timelines: &Arc<Timelines>,
+    configs: &watch::Receiver<Arc<Config>>,
+) -> Option<tftp::afxdp::Engine> {
+    let started = (|| -> anyhow::Result<tftp::afxdp::Engine> {
+        let xsks = aya::maps::XskMap::try_from(fastpath.take_map(maps::XSKS).ok_or_else(|| anyhow::anyhow!("no XSKS map"))?)?;
+        let steer = aya::maps::Array::try_from(fastpath.take_map(maps::TFTP_STEER).ok_or_else(|| anyhow::anyhow!("no TFTP_STEER map"))?)?;
+        tftp::afxdp::Engine::start(iface, server_ip, files, limits, xsks, steer, stats.clone(), timelines.clone(), configs.clone())
+    })();
+    match started {
+        Ok(e) => Some(e),
+        Err(e) => {
+            tracing::warn!("tftp.engine = \"afxdp\": AF_XDP unavailable ({e:#}); the socket engine serves TFTP");
+            None
+        }
+    }
 }
 
 /// Resolves when the interface no longer exists (deleted, or its namespace removed).

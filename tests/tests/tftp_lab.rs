@@ -12,11 +12,49 @@ struct Setup {
     dir: PathBuf,
     root: PathBuf,
     agent: Agent,
+    engine: &'static str,
 }
+
+impl Setup {
+    /// The engine under test served: with `afxdp`, frames went to the AF_XDP socket (none fell
+    /// back to the kernel); with `socket`, none were redirected.
+    fn served_by_engine(&self) {
+        let c = self.agent.counters().unwrap();
+        if self.engine == "afxdp" {
+            assert!(c["xdp_redirect"] > 0 && c["tftp_no_socket"] == 0, "the AF_XDP engine did not serve: {c:?}\n{}", self.agent.log_text());
+        } else {
+            assert_eq!(c["xdp_redirect"], 0, "{c:?}");
+        }
+    }
+}
+
+/// Each test runs once per engine.
+macro_rules! on_both_engines {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn socket() {
+                super::$name("socket")
+            }
+            #[test]
+            fn afxdp() {
+                super::$name("afxdp")
+            }
+        }
+    )*};
+}
+
+on_both_engines!(
+    real_clients_fetch_files_byte_exact,
+    writes_and_paths_outside_the_root_are_refused,
+    a_40_mib_file_crosses_the_block_number_rollover,
+    a_hundred_transfers_complete_through_5_percent_loss,
+    a_thousand_concurrent_transfers_complete,
+);
 
 use netboot::lab::pattern;
 
-fn setup(files: &[(&str, Vec<u8>)]) -> Setup {
+fn setup(engine: &'static str, files: &[(&str, Vec<u8>)]) -> Setup {
     let lab = Lab::create(&LabSpec { server: "10.77.0.1/16".parse().unwrap(), client: Some("10.77.0.2/16".parse().unwrap()) }).unwrap();
     let dir = std::env::temp_dir().join(format!("nbx-tftp-{}", lab.id));
     let _ = std::fs::remove_dir_all(&dir);
@@ -31,14 +69,14 @@ fn setup(files: &[(&str, Vec<u8>)]) -> Setup {
     std::fs::write(
         &config,
         format!(
-            "[server]\naddress = \"10.77.0.1\"\nstate_dir = \"{}\"\n[dhcp]\nsubnet = \"10.77.0.0/16\"\n[tftp]\nroot = \"{}\"\nengine = \"socket\"\nmax_blksize = 1468\nmax_windowsize = 32\n",
+            "[server]\naddress = \"10.77.0.1\"\nstate_dir = \"{}\"\n[dhcp]\nsubnet = \"10.77.0.0/16\"\n[tftp]\nroot = \"{}\"\nengine = \"{engine}\"\nmax_blksize = 1468\nmax_windowsize = 32\n",
             dir.join("state").display(),
             root.display()
         ),
     )
     .unwrap();
     let agent = Agent::start(&lab, &bin("netboot-xdp"), &config, &[]).unwrap();
-    Setup { lab, dir, root, agent }
+    Setup { lab, dir, root, agent, engine }
 }
 
 fn client(s: &Setup, secs: u32, program: &str, args: &[&str]) -> Output {
@@ -51,14 +89,13 @@ fn same(a: &Path, b: &Path) -> bool {
     std::fs::read(a).ok() == std::fs::read(b).ok()
 }
 
-#[test]
-fn real_clients_fetch_files_byte_exact() {
+fn real_clients_fetch_files_byte_exact(engine: &'static str) {
     if !require_root("real_clients_fetch_files_byte_exact") {
         return;
     }
     let _serial = tests::serial();
     let undionly = std::fs::read("/usr/lib/ipxe/undionly.kpxe").unwrap_or_else(|_| pattern(74_213, 1));
-    let s = setup(&[("undionly.kpxe", undionly), ("efi/ipxe.efi", pattern(870_000, 2)), ("empty", Vec::new()), ("x1024", vec![7; 1024])]);
+    let s = setup(engine, &[("undionly.kpxe", undionly), ("efi/ipxe.efi", pattern(870_000, 2)), ("empty", Vec::new()), ("x1024", vec![7; 1024])]);
     let out = |n: &str| s.dir.join(n);
     let o = |n: &str| out(n).display().to_string();
 
@@ -78,15 +115,15 @@ fn real_clients_fetch_files_byte_exact() {
     }
     let st = s.agent.status().unwrap();
     assert!(tests::eventually(3, || s.agent.status().unwrap()["agent"]["tftp_transfers_completed"].as_u64().unwrap_or(0) >= 5), "{st}");
+    s.served_by_engine();
 }
 
-#[test]
-fn writes_and_paths_outside_the_root_are_refused() {
+fn writes_and_paths_outside_the_root_are_refused(engine: &'static str) {
     if !require_root("writes_and_paths_outside_the_root_are_refused") {
         return;
     }
     let _serial = tests::serial();
-    let s = setup(&[("a", b"a".to_vec())]);
+    let s = setup(engine, &[("a", b"a".to_vec())]);
     std::fs::write(s.dir.join("upload"), b"data").unwrap();
     let text = |r: &Output| format!("{}{}", String::from_utf8_lossy(&r.stdout), String::from_utf8_lossy(&r.stderr));
     let r = client(&s, 10, "tftp", &["-m", "binary", "10.77.0.1", "-c", "put", "upload", "upload"]);
@@ -107,28 +144,28 @@ fn writes_and_paths_outside_the_root_are_refused() {
         let a = s.agent.status().unwrap();
         a["agent"]["tftp_refused_write"].as_u64() == Some(1) && a["agent"]["tftp_refused_path"].as_u64() == Some(4)
     }), "{a}");
+    s.served_by_engine();
 }
 
-#[test]
-fn a_40_mib_file_crosses_the_block_number_rollover() {
+fn a_40_mib_file_crosses_the_block_number_rollover(engine: &'static str) {
     if !require_root("a_40_mib_file_crosses_the_block_number_rollover") {
         return;
     }
     let _serial = tests::serial();
     // 40 MiB at 512-byte blocks is 81,921 blocks: the numbers wrap past 65535.
-    let s = setup(&[("big.img", pattern(40 << 20, 3))]);
+    let s = setup(engine, &[("big.img", pattern(40 << 20, 3))]);
     let dest = s.dir.join("big.out");
     let r = client(&s, 120, "atftp", &["--option", "windowsize 16", "-g", "-r", "big.img", "-l", &dest.display().to_string(), "10.77.0.1"]);
     assert!(same(&dest, &s.root.join("big.img")), "{r:?}");
+    s.served_by_engine();
 }
 
-#[test]
-fn a_hundred_transfers_complete_through_5_percent_loss() {
+fn a_hundred_transfers_complete_through_5_percent_loss(engine: &'static str) {
     if !require_root("a_hundred_transfers_complete_through_5_percent_loss") {
         return;
     }
     let _serial = tests::serial();
-    let s = setup(&[("undionly.kpxe", pattern(74_213, 4))]);
+    let s = setup(engine, &[("undionly.kpxe", pattern(74_213, 4))]);
     // 5 % of the frames from the server are dropped on arrival at the client end.
     s.lab.set_loss(5.0).unwrap();
     let t0 = std::time::Instant::now();
@@ -151,17 +188,17 @@ fn a_hundred_transfers_complete_through_5_percent_loss() {
     eprintln!("100 transfers through 5% loss in {:.1} s", t0.elapsed().as_secs_f64());
     let retx = s.agent.status().unwrap()["agent"]["tftp_retransmits"].as_u64().unwrap_or(0);
     assert!(tests::eventually(3, || s.agent.status().unwrap()["agent"]["tftp_retransmits"].as_u64().unwrap_or(0) > 0), "no retransmissions under loss? {retx}");
+    s.served_by_engine();
 }
 
 /// A thousand machines fetch undionly.kpxe at once (one efficient client process).
-#[test]
-fn a_thousand_concurrent_transfers_complete() {
+fn a_thousand_concurrent_transfers_complete(engine: &'static str) {
     if !require_root("a_thousand_concurrent_transfers_complete") {
         return;
     }
     let _serial = tests::serial();
     let file = pattern(74_213, 5);
-    let s = setup(&[("undionly.kpxe", file.clone())]);
+    let s = setup(engine, &[("undionly.kpxe", file.clone())]);
     let req = netboot::tftp::client::Request { file: "undionly.kpxe".into(), blksize: Some(1432), windowsize: None, tsize: true };
     let t0 = std::time::Instant::now();
     let got = netboot::lab::tftp_fetch::fetch_many(&s.lab, "10.77.0.1:69".parse().unwrap(), &req, 1000, std::time::Duration::from_secs(10)).unwrap();
@@ -169,4 +206,5 @@ fn a_thousand_concurrent_transfers_complete() {
     let bad: Vec<_> = got.iter().filter(|f| f.data != file).map(|f| f.error.clone()).collect();
     assert!(bad.is_empty(), "{} of 1000 failed, e.g. {:?}", bad.len(), bad.first());
     eprintln!("1000 concurrent transfers of 74 KiB in {:.2} s", wall.as_secs_f64());
+    s.served_by_engine();
 }

@@ -14,7 +14,7 @@ use std::time::Instant;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
-pub const TFTP_PORT: u16 = 69;
+pub use netboot_common::wire::TFTP_PORT;
 
 pub struct Service {
     listen: UdpSocket,
@@ -30,14 +30,14 @@ impl Service {
     pub fn bind(
         iface: &Interface,
         server_ip: Ipv4Addr,
-        files: FileCache,
+        files: Arc<FileCache>,
         limits: Limits,
         stats: Arc<Stats>,
         timelines: Arc<Timelines>,
     ) -> anyhow::Result<Service> {
         // Many clients: every machine of a storm sends its RRQ at about the same moment.
         let listen = udp_socket(&iface.name, SocketAddr::from((Ipv4Addr::UNSPECIFIED, TFTP_PORT)), true)?;
-        Ok(Service { listen, files: Arc::new(files), limits, iface: iface.name.clone(), server_ip, stats, timelines })
+        Ok(Service { listen, files, limits, iface: iface.name.clone(), server_ip, stats, timelines })
     }
 
     /// Serves until `shutdown` changes. Each config published on `configs` applies to new

@@ -1,0 +1,416 @@
+//! The AF_XDP engine (`tftp.engine = "afxdp"`): the XDP program redirects frames for our TFTP
+//! port and for the engine's transfer ports (`TFTP_STEER`) to an AF_XDP socket per RX queue;
+//! one thread answers them all. A request opens a transfer (the same sans-IO [`session`] and
+//! [`Transfer`] as the socket engine); each ACK is answered with the next DATA frames, built
+//! whole (Ethernet, IPv4, UDP with its checksum) straight from the cached file, and sent on the
+//! queue the client's frames arrive on. Timers live in one heap; no socket, no task, no syscall
+//! per transfer.
+//!
+//! What the XDP program does not steer (VLAN-tagged, IP options, fragments) reaches the socket
+//! engine, which keeps port 69 open beside this one.
+
+use super::files::FileCache;
+use super::session::{self, Opened, Session};
+use super::transfer::{Limits, Step};
+use crate::config::Config;
+use crate::frame::{UdpEnvelope, parse_udp, udp_checksum_ok};
+use crate::iface::Interface;
+use crate::mac::MacAddr;
+use crate::stats::Stats;
+use crate::timeline::Timelines;
+use anyhow::Context;
+use aya::maps::{Array, MapData, XskMap};
+use netboot_common::TftpSteer;
+use netboot_common::wire::TFTP_PORT;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use xdp::slab::{HeapSlab, Slab};
+
+/// UMEM frames per socket (2 KiB each: 16 MiB), of which `FILL` are lent to the kernel for RX.
+const FRAMES: u32 = 8192;
+const FILL: u32 = 2048;
+const RING: u32 = 4096;
+const BATCH: usize = 64;
+
+/// One AF_XDP socket with its own UMEM, bound to one RX queue.
+struct Xsk {
+    sock: xdp::socket::XdpSocket,
+    umem: xdp::Umem,
+    fill: xdp::WakableFillRing,
+    rx: xdp::RxRing,
+    tx: xdp::WakableTxRing,
+    completion: xdp::CompletionRing,
+}
+
+impl Xsk {
+    fn open(iface: &Interface, queue: u32) -> anyhow::Result<Xsk> {
+        let name = std::ffi::CString::new(iface.name.as_str())?;
+        let nic = xdp::nic::NicIndex::lookup_by_name(&name)?.with_context(|| format!("no interface {}", iface.name))?;
+        let cfg = xdp::umem::UmemCfgBuilder { frame_size: xdp::umem::FrameSize::TwoK, frame_count: FRAMES, ..Default::default() }.build()?;
+        let mut umem = xdp::Umem::map(cfg).context("UMEM")?;
+        let mut builder = xdp::socket::XdpSocketBuilder::new().context("AF_XDP socket")?;
+        let rings = xdp::RingConfigBuilder { rx_count: RING, tx_count: RING, fill_count: RING, completion_count: RING }.build()?;
+        let (rings, mut flags) = builder.build_wakable_rings(&umem, rings).context("AF_XDP rings")?;
+        // Copy mode: veth and most NICs without zero-copy support.
+        flags.force_copy();
+        let sock = builder.bind(nic, queue, flags).with_context(|| format!("binding AF_XDP to {} queue {queue}", iface.name))?;
+        let xdp::WakableRings { mut fill_ring, rx_ring, completion_ring, tx_ring } = rings;
+        unsafe { fill_ring.enqueue(&mut umem, FILL as usize, true)? };
+        Ok(Xsk {
+            sock,
+            umem,
+            fill: fill_ring,
+            rx: rx_ring.context("no RX ring")?,
+            tx: tx_ring.context("no TX ring")?,
+            completion: completion_ring,
+        })
+    }
+}
+
+/// A running transfer.
+struct Live {
+    session: Session,
+    client_mac: MacAddr,
+    tid: u16,
+    queue: usize,
+}
+
+/// Ports the engine's transfers use (their TIDs): above the kernel's ephemeral range, so that
+/// no kernel socket of this host is starved by the redirect.
+fn transfer_ports() -> (u16, u16) {
+    let hi_ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u16>().ok())
+        .unwrap_or(60999);
+    (hi_ephemeral.saturating_add(1).max(1024), 65535)
+}
+
+/// RX queues of `iface` (ETHTOOL_GCHANNELS: combined or rx channels; 1 if it cannot say).
+fn rx_queues(iface: &str) -> u32 {
+    #[repr(C)]
+    #[derive(Default)]
+    struct Channels {
+        cmd: u32,
+        max_rx: u32,
+        max_tx: u32,
+        max_other: u32,
+        max_combined: u32,
+        rx: u32,
+        tx: u32,
+        other: u32,
+        combined: u32,
+    }
+    const ETHTOOL_GCHANNELS: u32 = 0x3c;
+    let mut ch = Channels { cmd: ETHTOOL_GCHANNELS, ..Default::default() };
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return 1;
+    }
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(iface.bytes()) {
+        *d = s as libc::c_char;
+    }
+    req.ifr_ifru.ifru_data = (&mut ch as *mut Channels).cast();
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCETHTOOL, &mut req) };
+    unsafe { libc::close(fd) };
+    if rc != 0 { 1 } else { (ch.combined + ch.rx).clamp(1, 64) }
+}
+
+/// The engine's thread; stops (and its sockets close, emptying the XSKMAP) on [`Engine::stop`].
+pub struct Engine {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    steer: Array<MapData, TftpSteer>,
+}
+
+impl Engine {
+    /// Opens a socket per RX queue of `iface`, registers them in `xsks` and steers TFTP to
+    /// them through `steer`. Fails (and changes nothing) when AF_XDP is unavailable.
+    pub fn start(
+        iface: &Interface,
+        server_ip: Ipv4Addr,
+        files: Arc<FileCache>,
+        limits: Limits,
+        mut xsks: XskMap<MapData>,
+        mut steer: Array<MapData, TftpSteer>,
+        stats: Arc<Stats>,
+        timelines: Arc<Timelines>,
+        configs: watch::Receiver<Arc<Config>>,
+    ) -> anyhow::Result<Engine> {
+        let queues = rx_queues(&iface.name);
+        let mut socks = Vec::new();
+        for q in 0..queues {
+            let x = Xsk::open(iface, q)?;
+            xsks.set(q, x.sock.raw_fd(), 0).with_context(|| format!("XSKMAP entry for queue {q}"))?;
+            socks.push(x);
+        }
+        let (port_lo, port_hi) = transfer_ports();
+        steer.set(0, TftpSteer { server_ip: server_ip.octets(), port_lo, port_hi, enabled: 1, _pad: [0; 3] }, 0)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut worker = Worker {
+            socks,
+            xsks,
+            mac: iface.mac,
+            server_ip,
+            files,
+            limits,
+            stats,
+            timelines,
+            configs,
+            transfers: HashMap::new(),
+            timers: BinaryHeap::new(),
+            ports: (port_lo, port_hi),
+            next_tid: port_lo,
+            out: Vec::new(),
+        };
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new().name("tftp-afxdp".into()).spawn(move || worker.run(&flag))?;
+        tracing::info!(queues, ports = %format!("{port_lo}-{port_hi}"), "TFTP AF_XDP engine up");
+        Ok(Engine { stop, thread: Some(thread), steer })
+    }
+
+    pub fn stop(mut self) {
+        let _ = self.steer.set(0, TftpSteer::default(), 0);
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Worker {
+    socks: Vec<Xsk>,
+    /// Kept open: the sockets' entries live as long as the map.
+    #[allow(dead_code)]
+    xsks: XskMap<MapData>,
+    mac: MacAddr,
+    server_ip: Ipv4Addr,
+    files: Arc<FileCache>,
+    limits: Limits,
+    stats: Arc<Stats>,
+    timelines: Arc<Timelines>,
+    configs: watch::Receiver<Arc<Config>>,
+    /// By client address and port: a TID pair is unique per client, so ports can repeat across
+    /// clients.
+    transfers: HashMap<SocketAddrV4, Live>,
+    timers: BinaryHeap<Reverse<(Instant, SocketAddrV4)>>,
+    ports: (u16, u16),
+    next_tid: u16,
+    /// Frames to send: (queue, frame).
+    out: Vec<(usize, Vec<u8>)>,
+}
+
+impl Worker {
+    fn run(&mut self, stop: &AtomicBool) {
+        let mut slab = HeapSlab::with_capacity(BATCH);
+        while !stop.load(Ordering::Relaxed) {
+            if self.configs.has_changed().unwrap_or(false) {
+                let config = self.configs.borrow_and_update().clone();
+                self.reconfigure(&config);
+            }
+            let now = Instant::now();
+            self.expire(now);
+            self.flush();
+            let wait = self.timers.peek().map_or(Duration::from_millis(100), |Reverse((t, _))| t.saturating_duration_since(now)).min(Duration::from_millis(100));
+            let mut fds: Vec<libc::pollfd> = self.socks.iter().map(|x| libc::pollfd { fd: x.sock.raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
+            let ms = wait.as_micros().div_ceil(1000) as i32;
+            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+            for q in 0..self.socks.len() {
+                loop {
+                    let x = &mut self.socks[q];
+                    let n = unsafe { x.rx.recv(&x.umem, &mut slab) };
+                    if n == 0 {
+                        break;
+                    }
+                    let now = Instant::now();
+                    while let Some(packet) = slab.pop_back() {
+                        self.on_frame(q, &packet, now);
+                        self.socks[q].umem.free_packet(packet);
+                    }
+                    let x = &mut self.socks[q];
+                    if let Err(e) = unsafe { x.fill.enqueue(&mut x.umem, n, true) } {
+                        tracing::warn!("AF_XDP fill ring: {e}");
+                    }
+                    if n < BATCH {
+                        break;
+                    }
+                }
+            }
+            self.flush();
+        }
+        tracing::info!(live = self.transfers.len(), "TFTP AF_XDP engine stopped");
+    }
+
+    fn reconfigure(&mut self, config: &Config) {
+        let t = &config.tftp;
+        if t.root != self.files.root() {
+            match FileCache::new(&t.root) {
+                Ok(f) => self.files = Arc::new(f),
+                Err(e) => tracing::error!(root = %t.root.display(), "reload: tftp.root unusable, keeping {}: {e}", self.files.root().display()),
+            }
+        }
+        self.limits.max_blksize = *t.max_blksize.get_ref();
+        self.limits.max_windowsize = *t.max_windowsize.get_ref();
+    }
+
+    fn on_frame(&mut self, queue: usize, frame: &[u8], now: Instant) {
+        let Some(p) = parse_udp(frame) else {
+            self.stats.bump("tftp_xsk_malformed");
+            return;
+        };
+        if !udp_checksum_ok(frame) {
+            self.stats.bump("tftp_xsk_bad_checksum");
+            return;
+        }
+        let e = p.envelope;
+        let client = SocketAddrV4::new(e.src_ip, e.src_port);
+        if e.dst_port == TFTP_PORT {
+            self.on_request(queue, client, e.src_mac, p.payload, now);
+            return;
+        }
+        let Some(live) = self.transfers.get_mut(&client).filter(|l| l.tid == e.dst_port) else {
+            // Not a transfer of ours (an old TID after the end): RFC 1350 says answer with an
+            // error to that TID; a quiet drop costs the client nothing it would not retry.
+            self.stats.bump("tftp_xsk_unknown_tid");
+            return;
+        };
+        live.queue = queue;
+        let step = live.session.transfer.on_packet(p.payload, now);
+        self.on_step(client, step);
+    }
+
+    fn on_request(&mut self, queue: usize, client: SocketAddrV4, client_mac: MacAddr, request: &[u8], now: Instant) {
+        if self.transfers.contains_key(&client) {
+            // The client sent its request again: the transfer's own timer covers it.
+            self.stats.bump("tftp_duplicate_requests");
+            return;
+        }
+        let tid = self.allocate_tid();
+        match session::open(&self.files, self.limits, request, client, &self.stats, now) {
+            Opened::Transfer(session, first) => {
+                for p in &first {
+                    self.out.push((queue, self.frame(client, client_mac, tid, p)));
+                }
+                self.timers.push(Reverse((session.transfer.deadline(), client)));
+                self.transfers.insert(client, Live { session, client_mac, tid, queue });
+            }
+            Opened::Refused(error) => self.out.push((queue, self.frame(client, client_mac, tid, &error))),
+            Opened::Ignored => {}
+        }
+    }
+
+    fn allocate_tid(&mut self) -> u16 {
+        let t = self.next_tid;
+        self.next_tid = if t >= self.ports.1 { self.ports.0 } else { t + 1 };
+        t
+    }
+
+    fn on_step(&mut self, client: SocketAddrV4, step: Step) {
+        let Some(live) = self.transfers.get(&client) else { return };
+        let (queue, mac, tid) = (live.queue, live.client_mac, live.tid);
+        match step {
+            Step::Send(pkts) => {
+                for p in &pkts {
+                    self.out.push((queue, self.frame(client, mac, tid, p)));
+                }
+                self.timers.push(Reverse((live.session.transfer.deadline(), client)));
+            }
+            Step::Wait => {}
+            Step::Done => {
+                let live = self.transfers.remove(&client).expect("present");
+                live.session.finish(client, None, &self.stats, &self.timelines);
+            }
+            Step::Abort(error, why) => {
+                if let Some(e) = error {
+                    self.out.push((queue, self.frame(client, mac, tid, &e)));
+                }
+                let live = self.transfers.remove(&client).expect("present");
+                live.session.finish(client, Some(why), &self.stats, &self.timelines);
+            }
+        }
+    }
+
+    /// Runs the timers that are due.
+    fn expire(&mut self, now: Instant) {
+        while let Some(Reverse((t, client))) = self.timers.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(live) = self.transfers.get_mut(&client) else { continue };
+            if live.session.transfer.deadline() > now {
+                continue; // rescheduled since
+            }
+            let step = live.session.transfer.on_timeout(now);
+            if let Step::Wait = step {
+                self.timers.push(Reverse((live.session.transfer.deadline(), client)));
+            }
+            self.on_step(client, step);
+        }
+    }
+
+    fn frame(&self, client: SocketAddrV4, client_mac: MacAddr, tid: u16, payload: &[u8]) -> Vec<u8> {
+        UdpEnvelope {
+            src_mac: self.mac,
+            dst_mac: client_mac,
+            vlan: None,
+            src_ip: self.server_ip,
+            dst_ip: *client.ip(),
+            src_port: tid,
+            dst_port: client.port(),
+            ttl: 64,
+        }
+        .build(payload)
+    }
+
+    /// Sends the queued frames, in batches per queue; what does not fit (no free frame, a full
+    /// ring) is dropped and left to the transfers' timers.
+    fn flush(&mut self) {
+        if self.out.is_empty() {
+            return;
+        }
+        let out = std::mem::take(&mut self.out);
+        let mut slab = HeapSlab::with_capacity(BATCH);
+        for (q, x) in self.socks.iter_mut().enumerate() {
+            x.completion.dequeue(&mut x.umem, RING as usize);
+            for (_, frame) in out.iter().filter(|(fq, _)| *fq == q) {
+                let Some(mut packet) = (unsafe { x.umem.alloc() }) else {
+                    self.stats.bump("tftp_xsk_tx_dropped");
+                    continue;
+                };
+                if packet.insert(0, frame).is_err() {
+                    x.umem.free_packet(packet);
+                    self.stats.bump("tftp_xsk_tx_dropped");
+                    continue;
+                }
+                if let Some(p) = slab.push_front(packet) {
+                    x.umem.free_packet(p);
+                }
+                if slab.available() == 0 {
+                    send(x, &mut slab, &self.stats);
+                }
+            }
+            if !slab.is_empty() {
+                send(x, &mut slab, &self.stats);
+            }
+        }
+        self.out = out;
+        self.out.clear(); // keep the allocation
+    }
+}
+
+fn send(x: &mut Xsk, slab: &mut HeapSlab, stats: &Stats) {
+    if let Err(e) = unsafe { x.tx.send(slab, true) } {
+        tracing::debug!("AF_XDP send: {e}");
+    }
+    // What the ring did not take goes back to the UMEM.
+    while let Some(p) = slab.pop_back() {
+        stats.bump("tftp_xsk_tx_dropped");
+        x.umem.free_packet(p);
+    }
+}
