@@ -60,7 +60,7 @@ fn netboot_xdp(lab: &Lab, dir: &Path, machines: &[Identity]) -> anyhow::Result<R
             "[server]\naddress = \"{SERVER_IP}\"\nstate_dir = \"{state}\"\n\
              [dhcp]\nsubnet = \"10.77.0.0/16\"\nlease_time = \"1h\"\nhosts_file = \"hosts.csv\"\n\
              [boot]\nbios = \"undionly.kpxe\"\nuefi_x64 = \"ipxe.efi\"\nipxe_script = \"http://{{server}}:8080/boot.ipxe\"\n\
-             [tftp]\nroot = \"{tftp}\"\nengine = \"socket\"\n\
+             [tftp]\nroot = \"{tftp}\"\nengine = \"afxdp\"\n\
              [http]\nlisten = \"0.0.0.0:8080\"\nroot = \"{http}\"\nscript = \"boot.ipxe.j2\"\n",
             state = dir.join("state").display(),
             tftp = dir.join("tftp").display(),
