@@ -43,11 +43,20 @@ impl Drop for Running {
     fn drop(&mut self) {
         if let Running::Children(children) = self {
             for c in children.iter_mut() {
+                // The whole group: tftpd-hpa forks a child per transfer.
+                unsafe { libc::kill(-(c.id() as i32), libc::SIGKILL) };
                 let _ = c.kill();
                 let _ = c.wait();
             }
         }
     }
+}
+
+/// Makes `cmd` the leader of a new process group, so that [`Running`] can stop it with every
+/// process it forks.
+pub fn own_group(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    cmd.process_group(0)
 }
 
 /// A peer's binary from its Debian package, unpacked under target/peers (downloaded once):

@@ -20,8 +20,9 @@ pub struct Args {
     /// Concurrent transfers per run (comma-separated).
     #[arg(long, default_value = "1,100,1000")]
     pub transfers: String,
-    /// Servers (comma-separated): netboot-xdp, tftpd-hpa, atftpd, dnsmasq.
-    #[arg(long, default_value = "netboot-xdp,tftpd-hpa,atftpd,dnsmasq")]
+    /// Servers (comma-separated): netboot-xdp (socket engine), netboot-xdp-afxdp, tftpd-hpa,
+    /// atftpd, dnsmasq.
+    #[arg(long, default_value = "netboot-xdp,netboot-xdp-afxdp,tftpd-hpa,atftpd,dnsmasq")]
     pub servers: String,
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -87,15 +88,16 @@ fn file_bytes(size: usize) -> Vec<u8> {
 
 fn start(server: &str, lab: &Lab, dir: &Path, root: &Path) -> anyhow::Result<Running> {
     let quiet = |c: &mut Command| {
-        c.stdout(Stdio::null()).stderr(Stdio::null());
+        crate::peers::own_group(c).stdout(Stdio::null()).stderr(Stdio::null());
     };
     Ok(match server {
-        "netboot-xdp" => {
+        "netboot-xdp" | "netboot-xdp-afxdp" => {
+            let engine = if server == "netboot-xdp" { "socket" } else { "afxdp" };
             let config = dir.join("netboot.toml");
             std::fs::write(
                 &config,
                 format!(
-                    "[server]\naddress = \"10.77.0.1\"\nstate_dir = \"{}\"\n[dhcp]\nsubnet = \"10.77.0.0/16\"\n[tftp]\nroot = \"{}\"\nengine = \"socket\"\n",
+                    "[server]\naddress = \"10.77.0.1\"\nstate_dir = \"{}\"\n[dhcp]\nsubnet = \"10.77.0.0/16\"\n[tftp]\nroot = \"{}\"\nengine = \"{engine}\"\n",
                     dir.join("state").display(),
                     root.display()
                 ),

@@ -93,9 +93,19 @@ impl HttpState {
     }
 }
 
-/// Binds `http.listen` (at start, so that a busy port stops the agent with a clear error).
+/// Binds `http.listen` (at start, so that a busy port stops the agent with a clear error), with
+/// an accept backlog for a storm: thousands of iPXE clients connect within a second, and a SYN
+/// dropped on a full queue costs its client a 1 s retransmission (the kernel caps the backlog at
+/// `net.core.somaxconn`).
 pub async fn bind(listen: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {listen} (http.listen): {e}"))
+    use socket2::{Domain, Socket, Type};
+    let err = |e: std::io::Error| anyhow::anyhow!("cannot listen on {listen} (http.listen): {e}");
+    let s = Socket::new(Domain::for_address(listen), Type::STREAM, None).map_err(err)?;
+    s.set_reuse_address(true).map_err(err)?;
+    s.set_nonblocking(true).map_err(err)?;
+    s.bind(&listen.into()).map_err(err)?;
+    s.listen(65_535).map_err(err)?;
+    tokio::net::TcpListener::from_std(s.into()).map_err(err)
 }
 
 /// Serves `listener` (nodes and operators) and the control socket `control` (the CLI) until

@@ -1,7 +1,8 @@
 //! One simulated machine's network boot, with real client behaviour:
 //!
 //! 1. DHCP as its PXE ROM (options 53, 55, 57, 60 `PXEClient:Arch:…`, 93, 94, 97), broadcast,
-//!    retransmitted after 4, 8, 16, 32 s (PXE 2.1); it takes the first OFFER with a boot file.
+//!    retransmitted after 4, 8, 16, 32 s (PXE 2.1); it takes the first OFFER with a boot file;
+//!    a REQUEST that gets neither ACK nor NAK after the same retransmissions starts over.
 //! 2. TFTP of the boot file the ACK names (`blksize` as asked, `tsize`, `windowsize` for UEFI
 //!    when asked), byte-exact.
 //! 3. DHCP as iPXE (user class `iPXE`, option 175, client id 01:mac), retransmitted after 1, 2,
@@ -263,9 +264,9 @@ impl Machine<'_> {
                     }
                 }
             }
-            return Err("no ACK to the REQUEST".into());
+            // No ACK: start over with a DISCOVER, as firmware does.
         }
-        Err("NAKed every time".into())
+        Err("no ACK after every DISCOVER/REQUEST round".into())
     }
 
     fn send(&self, ipxe: bool, xid: u32, kind: MessageType, secs: u16, requested: Option<(Ipv4Addr, Ipv4Addr)>) {

@@ -70,8 +70,9 @@ fn netboot_xdp(lab: &Lab, dir: &Path, machines: &[Identity]) -> anyhow::Result<R
     Ok(Running::Agent(Agent::start(lab, &crate::bin_dir().join("netboot-xdp"), &config, &[])?))
 }
 
+/// No output, and a process group of its own (see [`crate::peers::own_group`]).
 fn quiet(c: &mut std::process::Command) -> &mut std::process::Command {
-    c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null())
+    crate::peers::own_group(c).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null())
 }
 
 fn dnsmasq(lab: &Lab, dir: &Path, machines: &[Identity]) -> anyhow::Result<Child> {
