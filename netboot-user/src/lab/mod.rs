@@ -232,6 +232,23 @@ impl Lab {
             .map(|rd| rd.filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|n| n.starts_with(&prefix)).collect())
             .unwrap_or_default();
         names.sort();
+        // Processes left in the lab's namespaces (servers under test, clients) were started
+        // for it: SIGTERM (an agent detaches and removes its pins), then SIGKILL after 2 s.
+        let pids = |ns: &str| -> Vec<i32> {
+            let out = Command::new("ip").args(["netns", "pids", ns]).output().map(|o| o.stdout).unwrap_or_default();
+            let me = std::process::id() as i32;
+            String::from_utf8_lossy(&out).split_whitespace().filter_map(|p| p.parse().ok()).filter(|p| *p != me).collect()
+        };
+        let mut left: Vec<i32> = names.iter().flat_map(|n| pids(n)).collect();
+        if !left.is_empty() {
+            left.iter().for_each(|p| unsafe { libc::kill(*p, libc::SIGTERM); });
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            while !left.is_empty() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                left.retain(|p| unsafe { libc::kill(*p, 0) } == 0);
+            }
+            left.iter().for_each(|p| unsafe { libc::kill(*p, libc::SIGKILL); });
+        }
         for ns in names {
             if let Err(e) = NetNs::named(&ns).delete() {
                 first_err.get_or_insert(e);

@@ -91,8 +91,11 @@ impl ClientTransfer {
                 self.last_activity = now;
                 let expected = (self.received + 1) % 65536;
                 if u64::from(block) != expected {
-                    // Out of order (a lost block): ACK the last in-order one at once (RFC 7440).
-                    return if self.since_ack > 0 { ClientStep::Send(self.ack(self.received)) } else { ClientStep::Wait };
+                    // A block again (our ACK was lost: the server resent it) or out of order (a
+                    // lost block): ACK the last in-order one at once (RFC 1350, RFC 7440). Without
+                    // it a lost ACK deadlocks a lock-step transfer: the server resends, and each
+                    // resend keeps the client's own timer from firing.
+                    return ClientStep::Send(self.ack(self.received));
                 }
                 self.received += 1;
                 self.since_ack += 1;
@@ -126,6 +129,17 @@ impl ClientTransfer {
 mod tests {
     use super::super::transfer::{Limits, Step, Transfer, negotiate};
     use super::*;
+
+    /// A lost ACK: the server resends the block, and the client must ACK it again.
+    #[test]
+    fn a_resent_block_is_acknowledged_again() {
+        let now = Instant::now();
+        let mut c = ClientTransfer::new(now);
+        let block1 = Packet::Data { block: 1, data: &[7u8; 512] }.to_vec();
+        assert_eq!(c.on_packet(&block1, now), ClientStep::Send(Packet::Ack { block: 1 }.to_vec()));
+        assert_eq!(c.on_packet(&block1, now), ClientStep::Send(Packet::Ack { block: 1 }.to_vec()), "the duplicate is ACKed");
+        assert_eq!(c.data.len(), 512, "and not stored twice");
+    }
 
     /// The client and the server core against each other, with every 7th server packet lost.
     #[test]

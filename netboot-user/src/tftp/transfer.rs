@@ -96,6 +96,12 @@ pub struct Transfer {
 }
 
 impl Transfer {
+    /// Whether every block has been sent and only the last ACK is awaited: a client that got
+    /// the last block closes its port, so a new request from that port is a new client.
+    pub fn awaiting_final_ack(&self) -> bool {
+        self.oack.is_none() && self.acked + self.p.windowsize >= self.blocks
+    }
+
     pub fn new(data: Arc<[u8]>, p: Params, oack: Vec<(String, String)>, now: Instant) -> Transfer {
         let blocks = data.len() as u64 / p.blksize as u64 + 1;
         let oack = (!oack.is_empty()).then(|| Packet::OptionAck { options: oack }.to_vec());
