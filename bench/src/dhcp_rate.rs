@@ -172,29 +172,7 @@ fn start_dnsmasq(lab: &Lab, dir: &Path, clients: u32) -> anyhow::Result<Child> {
 }
 
 fn start_kea(lab: &Lab, dir: &Path) -> anyhow::Result<Child> {
-    let cfg = serde_json::json!({
-        "Dhcp4": {
-            "interfaces-config": { "interfaces": [lab.server_if], "dhcp-socket-type": "raw" },
-            "lease-database": { "type": "memfile", "persist": true, "name": dir.join("leases.csv") },
-            "valid-lifetime": 3600,
-            "multi-threading": { "enable-multi-threading": true, "thread-pool-size": 2, "packet-queue-size": 256 },
-            "subnet4": [{ "id": 1, "subnet": "10.77.0.0/16", "pools": [{ "pool": "10.77.1.1 - 10.77.250.254" }],
-                          "option-data": [{ "name": "routers", "data": "10.77.0.1" }] }],
-            "loggers": [{ "name": "kea-dhcp4", "severity": "WARN", "output_options": [{ "output": dir.join("kea.log") }] }]
-        }
-    });
-    let file = dir.join("kea.json");
-    std::fs::write(&file, serde_json::to_string_pretty(&cfg)?)?;
-    lab.server
-        .command("kea-dhcp4")
-        .arg("-c")
-        .arg(&file)
-        .env("KEA_PIDFILE_DIR", dir)
-        .env("KEA_LOCKFILE_DIR", dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting kea-dhcp4 (Debian package kea-dhcp4-server)")
+    crate::peers::kea(lab, dir, serde_json::json!({ "pools": [{ "pool": "10.77.1.1 - 10.77.250.254" }] }), serde_json::json!({}))
 }
 
 const RUNS: u32 = 200_000;

@@ -13,7 +13,7 @@ use netboot::frame::{UdpEnvelope, parse_udp};
 use netboot::lab::Lab;
 use netboot::mac::MacAddr;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use crate::rawsock::PacketSocket;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -112,59 +112,6 @@ fn frame(mac: MacAddr, m: &Message) -> Vec<u8> {
     .build(&payload)
 }
 
-struct Sock {
-    fd: OwnedFd,
-    ifindex: i32,
-}
-
-impl Sock {
-    /// An AF_PACKET socket on `dev` receiving every frame that arrives there. ETH_P_ALL, not
-    /// ETH_P_IP: `dev` is a bridge port, and the bridge consumes frames before the
-    /// protocol-specific taps run.
-    fn open(dev: &str) -> std::io::Result<Sock> {
-        let proto = (libc::ETH_P_ALL as u16).to_be() as i32;
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let c = std::ffi::CString::new(dev).expect("no NUL");
-        let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) } as i32;
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = proto as u16;
-        sll.sll_ifindex = ifindex;
-        let rc = unsafe { libc::bind(fd.as_raw_fd(), (&sll as *const libc::sockaddr_ll).cast(), std::mem::size_of::<libc::sockaddr_ll>() as u32) };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let big: libc::c_int = 64 << 20;
-        for opt in [libc::SO_RCVBUFFORCE, libc::SO_SNDBUFFORCE] {
-            unsafe { libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, opt, (&big as *const libc::c_int).cast(), 4) };
-        }
-        let tv = libc::timeval { tv_sec: 0, tv_usec: 20_000 };
-        unsafe { libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&tv as *const libc::timeval).cast(), std::mem::size_of::<libc::timeval>() as u32) };
-        Ok(Sock { fd, ifindex })
-    }
-
-    fn send(&self, frame: &[u8]) -> bool {
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_ifindex = self.ifindex;
-        sll.sll_halen = 6;
-        sll.sll_addr[..6].copy_from_slice(&frame[..6]);
-        let rc = unsafe {
-            libc::sendto(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0, (&sll as *const libc::sockaddr_ll).cast(), std::mem::size_of::<libc::sockaddr_ll>() as u32)
-        };
-        rc >= 0
-    }
-
-    fn recv(&self, buf: &mut [u8]) -> Option<usize> {
-        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        (n > 0).then_some(n as usize)
-    }
-}
-
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Idle,
@@ -192,7 +139,7 @@ fn cpu_time() -> Duration {
 /// Runs the clients from the lab's client side; returns when all are bound or at the deadline.
 pub fn run(lab: &Lab, cfg: &Config) -> anyhow::Result<Report> {
     let dev = lab.link_if.clone();
-    let sock = Arc::new(lab.client.run(move || Sock::open(&dev))??);
+    let sock = Arc::new(lab.client.run(move || PacketSocket::open(&dev, None))??);
     let n = cfg.clients as usize;
     let macs: Vec<MacAddr> = (0..cfg.clients).map(|i| mac_of(cfg, i)).collect();
     let discovers: Vec<Vec<u8>> = (0..n).map(|i| frame(macs[i], &message(cfg, macs[i], i as u32 + 1, MessageType::Discover))).collect();

@@ -5,6 +5,7 @@ mod dhcp_rate;
 mod dhcpgen;
 mod peers;
 mod proc;
+mod rawsock;
 mod storm;
 mod tftp_rate;
 

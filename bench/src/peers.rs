@@ -1,9 +1,9 @@
 //! Servers under test, as the bench runs them: netboot-xdp through its CLI, peers as child
 //! processes in the lab's server namespace; and the peers' binaries.
 
-use anyhow::bail;
-use netboot::lab::Agent;
-use std::path::PathBuf;
+use anyhow::{Context, bail};
+use netboot::lab::{Agent, Lab};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 /// A running server (one or more processes); stopped on drop.
@@ -82,4 +82,35 @@ pub fn peer_binary(package: &str, path: &str) -> anyhow::Result<PathBuf> {
     }
     anyhow::ensure!(bin.exists(), "{} not in package {package}", bin.display());
     Ok(bin)
+}
+
+/// Kea 2.2's DHCPv4 server as the bench runs it (PEERS.md): memfile with `persist`, 2 threads,
+/// raw sockets, the lab's /16 with the router; `subnet` keys are added to the subnet (pools,
+/// reservations) and `extra` keys to `Dhcp4` (client classes, option definitions).
+pub fn kea(lab: &Lab, dir: &Path, subnet: serde_json::Value, extra: serde_json::Value) -> anyhow::Result<Child> {
+    let mut sub = serde_json::json!({ "id": 1, "subnet": "10.77.0.0/16", "option-data": [{ "name": "routers", "data": "10.77.0.1" }] });
+    merge(&mut sub, subnet);
+    let mut dhcp4 = serde_json::json!({
+        "interfaces-config": { "interfaces": [lab.server_if], "dhcp-socket-type": "raw" },
+        "lease-database": { "type": "memfile", "persist": true, "name": dir.join("kea-leases.csv") },
+        "valid-lifetime": 3600,
+        "multi-threading": { "enable-multi-threading": true, "thread-pool-size": 2, "packet-queue-size": 256 },
+        "subnet4": [sub],
+        "loggers": [{ "name": "kea-dhcp4", "severity": "WARN", "output_options": [{ "output": dir.join("kea.log") }] }]
+    });
+    merge(&mut dhcp4, extra);
+    let file = dir.join("kea.json");
+    std::fs::write(&file, serde_json::to_string_pretty(&serde_json::json!({ "Dhcp4": dhcp4 }))?)?;
+    own_group(lab.server.command("kea-dhcp4").arg("-c").arg(&file).env("KEA_PIDFILE_DIR", dir).env("KEA_LOCKFILE_DIR", dir))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting kea-dhcp4 (Debian package kea-dhcp4-server)")
+}
+
+fn merge(into: &mut serde_json::Value, from: serde_json::Value) {
+    if let (Some(a), serde_json::Value::Object(b)) = (into.as_object_mut(), from) {
+        a.extend(b);
+    }
 }

@@ -7,14 +7,13 @@ use netboot::frame::{UdpEnvelope, parse_udp};
 use netboot::mac::MacAddr;
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use crate::rawsock::PacketSocket;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 pub struct DhcpLink {
-    fd: OwnedFd,
-    ifindex: i32,
+    sock: PacketSocket,
     routes: HashMap<[u8; 6], UnboundedSender<Vec<u8>>>,
     stop: AtomicBool,
     pub sent: AtomicU64,
@@ -48,32 +47,9 @@ fn dhcp_reply_filter() -> [libc::sock_filter; 10] {
 impl DhcpLink {
     /// Opens the socket on `dev` (call inside the client namespace); one route per MAC.
     pub fn open(dev: &str, macs: &[MacAddr]) -> anyhow::Result<(Arc<DhcpLink>, Vec<UnboundedReceiver<Vec<u8>>>)> {
-        let proto = (libc::ETH_P_ALL as u16).to_be() as i32;
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto) };
-        anyhow::ensure!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let mut filter = dhcp_reply_filter().to_vec();
         filter.push(libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: 0 }); // drop
-        let prog = libc::sock_fprog { len: filter.len() as u16, filter: filter.as_mut_ptr() };
-        let rc = unsafe {
-            libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, (&prog as *const libc::sock_fprog).cast(), std::mem::size_of::<libc::sock_fprog>() as u32)
-        };
-        anyhow::ensure!(rc == 0, "SO_ATTACH_FILTER: {}", std::io::Error::last_os_error());
-        let c = std::ffi::CString::new(dev)?;
-        let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) } as i32;
-        anyhow::ensure!(ifindex > 0, "no interface {dev}");
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = proto as u16;
-        sll.sll_ifindex = ifindex;
-        let rc = unsafe { libc::bind(fd.as_raw_fd(), (&sll as *const libc::sockaddr_ll).cast(), std::mem::size_of::<libc::sockaddr_ll>() as u32) };
-        anyhow::ensure!(rc == 0, "bind to {dev}: {}", std::io::Error::last_os_error());
-        let big: libc::c_int = 64 << 20;
-        for opt in [libc::SO_RCVBUFFORCE, libc::SO_SNDBUFFORCE] {
-            unsafe { libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, opt, (&big as *const libc::c_int).cast(), 4) };
-        }
-        let tv = libc::timeval { tv_sec: 0, tv_usec: 50_000 };
-        unsafe { libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&tv as *const libc::timeval).cast(), std::mem::size_of::<libc::timeval>() as u32) };
+        let sock = PacketSocket::open(dev, Some(&filter))?;
         let mut routes = HashMap::with_capacity(macs.len());
         let mut rxs = Vec::with_capacity(macs.len());
         for m in macs {
@@ -81,7 +57,7 @@ impl DhcpLink {
             routes.insert(m.0, tx);
             rxs.push(rx);
         }
-        let link = Arc::new(DhcpLink { fd, ifindex, routes, stop: AtomicBool::new(false), sent: AtomicU64::new(0), send_errors: AtomicU64::new(0) });
+        let link = Arc::new(DhcpLink { sock, routes, stop: AtomicBool::new(false), sent: AtomicU64::new(0), send_errors: AtomicU64::new(0) });
         Ok((link, rxs))
     }
 
@@ -89,11 +65,8 @@ impl DhcpLink {
     pub fn receive(&self) {
         let mut buf = vec![0u8; 2048];
         while !self.stop.load(Ordering::Relaxed) {
-            let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n <= 0 {
-                continue;
-            }
-            let Some(p) = parse_udp(&buf[..n as usize]) else { continue };
+            let Some(n) = self.sock.recv(&mut buf) else { continue };
+            let Some(p) = parse_udp(&buf[..n]) else { continue };
             // BOOTP: op 2 (reply); chaddr at 28.
             if p.envelope.src_port != 67 || p.payload.len() < 240 || p.payload[0] != 2 {
                 continue;
@@ -125,18 +98,10 @@ impl DhcpLink {
             ttl: 64,
         }
         .build(&p);
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_ifindex = self.ifindex;
-        sll.sll_halen = 6;
-        sll.sll_addr[..6].copy_from_slice(&[0xff; 6]);
-        let rc = unsafe {
-            libc::sendto(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0, (&sll as *const libc::sockaddr_ll).cast(), std::mem::size_of::<libc::sockaddr_ll>() as u32)
-        };
-        if rc < 0 {
-            self.send_errors.fetch_add(1, Ordering::Relaxed);
-        } else {
+        if self.sock.send(&frame) {
             self.sent.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.send_errors.fetch_add(1, Ordering::Relaxed);
         }
     }
 }

@@ -103,29 +103,16 @@ fn dnsmasq(lab: &Lab, dir: &Path, machines: &[Identity]) -> anyhow::Result<Child
 fn kea(lab: &Lab, dir: &Path, machines: &[Identity]) -> anyhow::Result<Child> {
     let reservations: Vec<serde_json::Value> =
         machines.iter().map(|m| serde_json::json!({ "hw-address": m.mac.to_string(), "ip-address": m.ip.to_string() })).collect();
-    let cfg = serde_json::json!({
-        "Dhcp4": {
-            "interfaces-config": { "interfaces": [lab.server_if], "dhcp-socket-type": "raw" },
-            "lease-database": { "type": "memfile", "persist": true, "name": dir.join("kea-leases.csv") },
-            "valid-lifetime": 3600,
-            "multi-threading": { "enable-multi-threading": true, "thread-pool-size": 2, "packet-queue-size": 256 },
-            "option-def": [{ "name": "ipxe-encap", "code": 175, "type": "binary" }],
-            "client-classes": [
-                { "name": "ipxe", "test": "option[77].hex == 'iPXE'", "boot-file-name": SCRIPT_URL,
-                  "option-data": [{ "name": "ipxe-encap", "data": "B00101", "always-send": true }] },
-                { "name": "efi64", "test": "not member('ipxe') and option[93].hex == 0x0007", "next-server": SERVER_IP, "boot-file-name": "ipxe.efi" },
-                { "name": "bios", "test": "not member('ipxe') and option[93].hex == 0x0000", "next-server": SERVER_IP, "boot-file-name": "undionly.kpxe" }
-            ],
-            "subnet4": [{ "id": 1, "subnet": "10.77.0.0/16", "reservations": reservations,
-                          "option-data": [{ "name": "routers", "data": SERVER_IP }] }],
-            "loggers": [{ "name": "kea-dhcp4", "severity": "WARN", "output_options": [{ "output": dir.join("kea.log") }] }]
-        }
+    let classes = serde_json::json!({
+        "option-def": [{ "name": "ipxe-encap", "code": 175, "type": "binary" }],
+        "client-classes": [
+            { "name": "ipxe", "test": "option[77].hex == 'iPXE'", "boot-file-name": SCRIPT_URL,
+              "option-data": [{ "name": "ipxe-encap", "data": "B00101", "always-send": true }] },
+            { "name": "efi64", "test": "not member('ipxe') and option[93].hex == 0x0007", "next-server": SERVER_IP, "boot-file-name": "ipxe.efi" },
+            { "name": "bios", "test": "not member('ipxe') and option[93].hex == 0x0000", "next-server": SERVER_IP, "boot-file-name": "undionly.kpxe" }
+        ]
     });
-    let file = dir.join("kea.json");
-    std::fs::write(&file, serde_json::to_string_pretty(&cfg)?)?;
-    let mut c = lab.server.command("kea-dhcp4");
-    c.arg("-c").arg(&file).env("KEA_PIDFILE_DIR", dir).env("KEA_LOCKFILE_DIR", dir);
-    quiet(&mut c).spawn().context("starting kea-dhcp4 (Debian package kea-dhcp4-server)")
+    crate::peers::kea(lab, dir, serde_json::json!({ "reservations": reservations }), classes)
 }
 
 fn tftpd_hpa(lab: &Lab, dir: &Path) -> anyhow::Result<Child> {

@@ -272,15 +272,7 @@ impl Worker {
     }
 
     fn reconfigure(&mut self, config: &Config) {
-        let t = &config.tftp;
-        if t.root != self.files.root() {
-            match FileCache::new(&t.root) {
-                Ok(f) => self.files = Arc::new(f),
-                Err(e) => tracing::error!(root = %t.root.display(), "reload: tftp.root unusable, keeping {}: {e}", self.files.root().display()),
-            }
-        }
-        self.limits.max_blksize = *t.max_blksize.get_ref();
-        self.limits.max_windowsize = *t.max_windowsize.get_ref();
+        session::reconfigure(&mut self.files, &mut self.limits, config);
     }
 
     fn on_frame(&mut self, queue: usize, frame: &[u8], now: Instant) {

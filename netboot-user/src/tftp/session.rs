@@ -101,6 +101,20 @@ impl Session {
     }
 }
 
+/// Applies a reloaded config to an engine: a new `tftp.root` and new limits serve new
+/// transfers; running ones keep the file and limits they started with.
+pub fn reconfigure(files: &mut Arc<FileCache>, limits: &mut Limits, config: &crate::config::Config) {
+    let t = &config.tftp;
+    if t.root != files.root() {
+        match FileCache::new(&t.root) {
+            Ok(f) => *files = Arc::new(f),
+            Err(e) => tracing::error!(root = %t.root.display(), "reload: tftp.root unusable, keeping {}: {e}", files.root().display()),
+        }
+    }
+    limits.max_blksize = *t.max_blksize.get_ref();
+    limits.max_windowsize = *t.max_windowsize.get_ref();
+}
+
 /// RFC 764 netascii: LF → CR LF, CR → CR NUL.
 fn netascii(b: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(b.len() + b.len() / 16);
