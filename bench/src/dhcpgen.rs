@@ -9,7 +9,7 @@
 
 use dhcproto::v4::{DhcpOption, Flags, HType, Message, MessageType, Opcode, OptionCode};
 use dhcproto::{Decodable, Decoder, Encodable};
-use netboot::frame::{UdpEnvelope, parse_udp};
+use netboot::frame::parse_udp;
 use netboot::lab::Lab;
 use netboot::mac::MacAddr;
 use std::net::Ipv4Addr;
@@ -97,19 +97,7 @@ fn message(cfg: &Config, mac: MacAddr, xid: u32, kind: MessageType) -> Message {
 }
 
 fn frame(mac: MacAddr, m: &Message) -> Vec<u8> {
-    let mut payload = m.to_vec().expect("encode");
-    payload.resize(payload.len().max(300), 0);
-    UdpEnvelope {
-        src_mac: mac,
-        dst_mac: MacAddr([0xff; 6]),
-        vlan: None,
-        src_ip: Ipv4Addr::UNSPECIFIED,
-        dst_ip: Ipv4Addr::BROADCAST,
-        src_port: 68,
-        dst_port: 67,
-        ttl: 64,
-    }
-    .build(&payload)
+    crate::rawsock::dhcp_broadcast(mac, &m.to_vec().expect("encode"))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -1,7 +1,28 @@
 //! An AF_PACKET socket on one interface of the lab: whole Ethernet frames in and out, for the
 //! clients that need their own MAC addresses (the DHCP generator, the storm's machines).
 
+use netboot::frame::UdpEnvelope;
+use netboot::mac::MacAddr;
+use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+/// A DHCP message from a client without an address, as firmware sends it: 0.0.0.0:68 →
+/// 255.255.255.255:67 from `mac`, padded to the 300 bytes of RFC 1542.
+pub fn dhcp_broadcast(mac: MacAddr, payload: &[u8]) -> Vec<u8> {
+    let mut p = payload.to_vec();
+    p.resize(p.len().max(300), 0);
+    UdpEnvelope {
+        src_mac: mac,
+        dst_mac: MacAddr([0xff; 6]),
+        vlan: None,
+        src_ip: Ipv4Addr::UNSPECIFIED,
+        dst_ip: Ipv4Addr::BROADCAST,
+        src_port: 68,
+        dst_port: 67,
+        ttl: 64,
+    }
+    .build(&p)
+}
 
 pub struct PacketSocket {
     fd: OwnedFd,

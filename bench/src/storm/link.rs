@@ -3,10 +3,9 @@
 //! that only DHCP replies (UDP to port 68) are copied to us, and a receive thread that hands
 //! each reply to the machine whose chaddr it carries.
 
-use netboot::frame::{UdpEnvelope, parse_udp};
+use netboot::frame::parse_udp;
 use netboot::mac::MacAddr;
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
 use crate::rawsock::PacketSocket;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -85,19 +84,7 @@ impl DhcpLink {
     /// Broadcasts a DHCP message from `mac` (0.0.0.0:68 → 255.255.255.255:67), as a client
     /// without an address does.
     pub fn broadcast(&self, mac: MacAddr, payload: &[u8]) {
-        let mut p = payload.to_vec();
-        p.resize(p.len().max(300), 0); // RFC 1542 minimum, as ROMs send
-        let frame = UdpEnvelope {
-            src_mac: mac,
-            dst_mac: MacAddr([0xff; 6]),
-            vlan: None,
-            src_ip: Ipv4Addr::UNSPECIFIED,
-            dst_ip: Ipv4Addr::BROADCAST,
-            src_port: 68,
-            dst_port: 67,
-            ttl: 64,
-        }
-        .build(&p);
+        let frame = crate::rawsock::dhcp_broadcast(mac, payload);
         if self.sock.send(&frame) {
             self.sent.fetch_add(1, Ordering::Relaxed);
         } else {
@@ -109,6 +96,8 @@ impl DhcpLink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use netboot::frame::UdpEnvelope;
+    use std::net::Ipv4Addr;
 
     /// Runs the filter program over a frame (a tiny cBPF interpreter for the opcodes used).
     fn accepts(frame: &[u8]) -> bool {
