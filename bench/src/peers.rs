@@ -94,7 +94,7 @@ pub fn kea(lab: &Lab, dir: &Path, subnet: serde_json::Value, extra: serde_json::
         "interfaces-config": { "interfaces": [lab.server_if], "dhcp-socket-type": "raw" },
         "lease-database": { "type": "memfile", "persist": true, "name": dir.join("kea-leases.csv") },
         "valid-lifetime": 3600,
-        "multi-threading": { "enable-multi-threading": true, "thread-pool-size": 2, "packet-queue-size": 256 },
+        "multi-threading": { "enable-multi-threading": true, "thread-pool-size": 2, "packet-queue-size": 16384 },
         "subnet4": [sub],
         "loggers": [{ "name": "kea-dhcp4", "severity": "WARN", "output_options": [{ "output": dir.join("kea.log") }] }]
     });

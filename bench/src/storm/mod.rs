@@ -133,6 +133,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let mut runs = Vec::new();
     for server in &servers {
         let lab = Lab::create(&LabSpec { server: "10.77.0.1/16".parse()?, client: Some("10.77.0.2/16".parse()?) })?;
+        // What an operator expecting a storm sets on a boot server, for every server alike: a
+        // default socket receive buffer that holds a burst (dnsmasq and Kea do not size their
+        // own; netboot-xdp does). Per network namespace: this changes the lab only.
+        netboot::lab::run_checked(lab.server.command("sysctl").args(["-qw", "net.core.rmem_default=16777216", "net.core.rmem_max=16777216"]))?;
         let dir = std::env::temp_dir().join(format!("netboot-storm-{}", lab.id));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
