@@ -124,23 +124,29 @@ fn detach(iface: &str) -> anyhow::Result<()> {
 fn status(iface: Option<&str>, json: bool) -> anyhow::Result<()> {
     let ifaces: Vec<String> = match iface {
         Some(i) => vec![i.to_string()],
-        None => pins::pinned_ifaces(),
+        None => {
+            let mut v = pins::pinned_ifaces();
+            v.extend(AgentRecord::all().into_iter().filter(AgentRecord::is_running).map(|r| r.iface));
+            v.sort();
+            v.dedup();
+            v
+        }
     };
     let mut reports = Vec::new();
     for i in &ifaces {
-        let dir = pins::iface_dir(i);
-        if !dir.exists() {
-            anyhow::bail!("{i}: not attached (no pins under {})", dir.display());
-        }
-        // From the running agent; without one, what the pins say (the kernel keeps answering).
+        // From the running agent (its control socket is in /run, visible from any mount
+        // namespace); without one, what the pins say (the kernel keeps answering).
         let report = match AgentRecord::read(i).filter(AgentRecord::is_running) {
             Some(_) => serde_json::from_slice(&crate::runtime::control_get(i, "/api/v1/status")?)?,
+            None if !pins::iface_dir(i).exists() => {
+                anyhow::bail!("{i}: not attached (no running agent, no pins under {})", pins::iface_dir(i).display())
+            }
             None => serde_json::json!({
                 "iface": i,
                 "agent_pid": null,
                 "agent_running": false,
                 "xdp_mode": null,
-                "counters": Counters::from_pin(&dir)?.named(),
+                "counters": Counters::from_pin(&pins::iface_dir(i))?.named(),
                 "agent": {},
             }),
         };

@@ -30,6 +30,15 @@ pub enum Path {
     Agent,
 }
 
+impl Path {
+    pub fn name(self) -> &'static str {
+        match self {
+            Path::Kernel => "kernel",
+            Path::Agent => "agent",
+        }
+    }
+}
+
 /// How a TFTP read ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -207,9 +216,9 @@ impl Timelines {
 fn describe(m: &Milestone) -> String {
     match m {
         Milestone::Dhcp { kind, class, arch, ip, path } => {
-            format!("DHCP {kind} {ip} to {class} client (arch {arch:?}) from the {path:?} path")
+            format!("DHCP {kind} {ip} to {class} client (arch {arch:?}) from the {} path", path.name())
         }
-        Milestone::IpxeDhcp { kind, ip, path, .. } => format!("iPXE DHCP {kind} {ip} from the {path:?} path"),
+        Milestone::IpxeDhcp { kind, ip, path, .. } => format!("iPXE DHCP {kind} {ip} from the {} path", path.name()),
         Milestone::Tftp { file, bytes, ms, retransmits, outcome: TftpOutcome::Complete, .. } => {
             format!("TFTP {file}: {bytes} bytes in {ms} ms, {retransmits} retransmits")
         }
