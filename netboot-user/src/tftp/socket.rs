@@ -18,12 +18,8 @@ pub use netboot_common::wire::TFTP_PORT;
 
 pub struct Service {
     listen: UdpSocket,
-    files: Arc<FileCache>,
-    limits: Limits,
-    iface: String,
-    server_ip: Ipv4Addr,
-    stats: Arc<Stats>,
-    timelines: Arc<Timelines>,
+    /// What each new transfer starts with (a reload replaces its files and limits).
+    ctx: TransferCtx,
 }
 
 impl Service {
@@ -37,13 +33,13 @@ impl Service {
     ) -> anyhow::Result<Service> {
         // Many clients: every machine of a storm sends its RRQ at about the same moment.
         let listen = udp_socket(&iface.name, SocketAddr::from((Ipv4Addr::UNSPECIFIED, TFTP_PORT)), true)?;
-        Ok(Service { listen, files, limits, iface: iface.name.clone(), server_ip, stats, timelines })
+        Ok(Service { listen, ctx: TransferCtx { files, limits, iface: iface.name.clone(), server_ip, stats, timelines } })
     }
 
     /// Serves until `shutdown` changes. Each config published on `configs` applies to new
     /// transfers (root, limits); running transfers keep the file and limits they started with.
     pub async fn run(mut self, mut configs: watch::Receiver<Arc<Config>>, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-        tracing::info!(root = %self.files.root().display(), "TFTP service up (socket engine)");
+        tracing::info!(root = %self.ctx.files.root().display(), "TFTP service up (socket engine)");
         let mut buf = vec![0u8; 2048];
         loop {
             let (n, from) = tokio::select! {
@@ -54,21 +50,14 @@ impl Service {
                 r = configs.changed() => {
                     if r.is_ok() {
                         let config = configs.borrow_and_update().clone();
-                        self.reconfigure(&config);
+                        session::reconfigure(&mut self.ctx.files, &mut self.ctx.limits, &config);
                     }
                     continue;
                 },
                 _ = shutdown.changed() => return Ok(()),
             };
             let request = buf[..n].to_vec();
-            let ctx = TransferCtx {
-                files: self.files.clone(),
-                limits: self.limits,
-                iface: self.iface.clone(),
-                server_ip: self.server_ip,
-                stats: self.stats.clone(),
-                timelines: self.timelines.clone(),
-            };
+            let ctx = self.ctx.clone();
             tokio::spawn(async move {
                 if let Err(e) = ctx.serve(&request, from).await {
                     tracing::debug!(%from, "tftp transfer: {e:#}");
@@ -76,12 +65,9 @@ impl Service {
             });
         }
     }
-
-    fn reconfigure(&mut self, config: &Config) {
-        session::reconfigure(&mut self.files, &mut self.limits, config);
-    }
 }
 
+#[derive(Clone)]
 struct TransferCtx {
     files: Arc<FileCache>,
     limits: Limits,
