@@ -88,7 +88,7 @@ impl HttpState {
             "config": self.agent.config,
             "counters": counters.map(|c| c.named()),
             "agent": self.stats.snapshot(),
-            "nodes": self.timelines.nodes().len(),
+            "nodes": self.timelines.len(),
         })
     }
 }
@@ -362,7 +362,7 @@ async fn status(State(st): State<Arc<HttpState>>) -> Response {
 
 async fn metrics(State(st): State<Arc<HttpState>>) -> Response {
     let xdp = Counters::from_pin(&pins::iface_dir(&st.agent.iface)).ok();
-    let text = crate::metrics::render(&st.agent.iface, xdp.as_ref(), &st.stats, st.timelines.nodes().len());
+    let text = crate::metrics::render(&st.agent.iface, xdp.as_ref(), &st.stats, st.timelines.len());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 

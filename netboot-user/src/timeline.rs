@@ -200,6 +200,15 @@ impl Timelines {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).nodes.get(&mac).cloned()
     }
 
+    /// How many nodes have a timeline.
+    pub fn len(&self) -> usize {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// All nodes, ordered by MAC.
     pub fn nodes(&self) -> Vec<Node> {
         let mut v: Vec<Node> = self.inner.lock().unwrap_or_else(|e| e.into_inner()).nodes.values().cloned().collect();
