@@ -17,6 +17,7 @@ pub mod dhcp;
 pub mod fastpath;
 pub mod frame;
 pub mod http;
+pub mod http_client;
 pub mod iface;
 pub mod lab;
 pub mod mac;

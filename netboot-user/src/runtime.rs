@@ -88,7 +88,6 @@ pub fn bind_control(iface: &str) -> anyhow::Result<tokio::net::UnixListener> {
 
 /// `GET path` on the control socket of the agent on `iface`; the body of a 200 answer.
 pub fn control_get(iface: &str, path: &str) -> anyhow::Result<Vec<u8>> {
-    use http_body_util::BodyExt;
     let sock = control_path(iface);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
@@ -96,14 +95,9 @@ pub fn control_get(iface: &str, path: &str) -> anyhow::Result<Vec<u8>> {
             .await
             .map_err(|_| anyhow::anyhow!("{}: no answer within 5 s", sock.display()))?
             .map_err(|e| anyhow::anyhow!("cannot reach the agent at {}: {e}", sock.display()))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-        tokio::spawn(conn);
-        let req = hyper::Request::get(path).header("host", "localhost").body(http_body_util::Empty::<bytes::Bytes>::new())?;
-        let resp = tokio::time::timeout(std::time::Duration::from_secs(30), sender.send_request(req))
+        let (status, body) = tokio::time::timeout(std::time::Duration::from_secs(30), crate::http_client::get(stream, "localhost", path, "netboot-xdp"))
             .await
             .map_err(|_| anyhow::anyhow!("agent on {iface}: no answer to {path} within 30 s"))??;
-        let status = resp.status();
-        let body = resp.into_body().collect().await?.to_bytes().to_vec();
         if !status.is_success() {
             anyhow::bail!("agent on {iface}: {path}: {status}: {}", String::from_utf8_lossy(&body).trim());
         }
