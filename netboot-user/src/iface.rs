@@ -64,35 +64,54 @@ pub fn udp_socket(dev: &str, addr: std::net::SocketAddr, many_clients: bool) -> 
     Ok(tokio::net::UdpSocket::from_std(s.into())?)
 }
 
-fn mtu(name: &str) -> Option<u32> {
+/// The interface ioctl `request` on `name` (`fill` sets what the request needs besides the
+/// name); the filled request.
+fn ifreq_ioctl(name: &str, request: libc::c_ulong, fill: impl FnOnce(&mut libc::ifreq)) -> std::io::Result<libc::ifreq> {
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
-        return None;
+        return Err(std::io::Error::last_os_error());
     }
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
         *d = s as libc::c_char;
     }
-    let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFMTU, &mut req) };
+    fill(&mut req);
+    let rc = unsafe { libc::ioctl(fd, request, &mut req) };
+    let err = std::io::Error::last_os_error();
     unsafe { libc::close(fd) };
-    (rc == 0).then(|| unsafe { req.ifr_ifru.ifru_mtu } as u32)
+    if rc != 0 { Err(err) } else { Ok(req) }
+}
+
+fn mtu(name: &str) -> Option<u32> {
+    let req = ifreq_ioctl(name, libc::SIOCGIFMTU, |_| {}).ok()?;
+    Some(unsafe { req.ifr_ifru.ifru_mtu } as u32)
+}
+
+/// RX queues of `name` (ETHTOOL_GCHANNELS: combined plus rx-only channels; 1 if it cannot say).
+pub fn rx_queues(name: &str) -> u32 {
+    #[repr(C)]
+    #[derive(Default)]
+    struct Channels {
+        cmd: u32,
+        max_rx: u32,
+        max_tx: u32,
+        max_other: u32,
+        max_combined: u32,
+        rx: u32,
+        tx: u32,
+        other: u32,
+        combined: u32,
+    }
+    const ETHTOOL_GCHANNELS: u32 = 0x3c;
+    let mut ch = Channels { cmd: ETHTOOL_GCHANNELS, ..Default::default() };
+    match ifreq_ioctl(name, libc::SIOCETHTOOL, |r| r.ifr_ifru.ifru_data = (&mut ch as *mut Channels).cast()) {
+        Ok(_) => (ch.combined + ch.rx).clamp(1, 64),
+        Err(_) => 1,
+    }
 }
 
 fn hw_addr(name: &str) -> anyhow::Result<MacAddr> {
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        bail!("socket: {}", std::io::Error::last_os_error());
-    }
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
-        *d = s as libc::c_char;
-    }
-    let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut req) };
-    let err = std::io::Error::last_os_error();
-    unsafe { libc::close(fd) };
-    if rc != 0 {
-        bail!("cannot read the MAC address of {name}: {err}");
-    }
+    let req = ifreq_ioctl(name, libc::SIOCGIFHWADDR, |_| {}).map_err(|e| anyhow::anyhow!("cannot read the MAC address of {name}: {e}"))?;
     let sa = unsafe { req.ifr_ifru.ifru_hwaddr };
     let mut mac = [0u8; 6];
     for (m, b) in mac.iter_mut().zip(sa.sa_data.iter()) {

@@ -94,37 +94,6 @@ fn transfer_ports() -> (u16, u16) {
     (hi_ephemeral.saturating_add(1).max(1024), 65535)
 }
 
-/// RX queues of `iface` (ETHTOOL_GCHANNELS: combined or rx channels; 1 if it cannot say).
-fn rx_queues(iface: &str) -> u32 {
-    #[repr(C)]
-    #[derive(Default)]
-    struct Channels {
-        cmd: u32,
-        max_rx: u32,
-        max_tx: u32,
-        max_other: u32,
-        max_combined: u32,
-        rx: u32,
-        tx: u32,
-        other: u32,
-        combined: u32,
-    }
-    const ETHTOOL_GCHANNELS: u32 = 0x3c;
-    let mut ch = Channels { cmd: ETHTOOL_GCHANNELS, ..Default::default() };
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return 1;
-    }
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in req.ifr_name.iter_mut().zip(iface.bytes()) {
-        *d = s as libc::c_char;
-    }
-    req.ifr_ifru.ifru_data = (&mut ch as *mut Channels).cast();
-    let rc = unsafe { libc::ioctl(fd, libc::SIOCETHTOOL, &mut req) };
-    unsafe { libc::close(fd) };
-    if rc != 0 { 1 } else { (ch.combined + ch.rx).clamp(1, 64) }
-}
-
 /// The engine's thread; stops (and its sockets close, emptying the XSKMAP) on [`Engine::stop`].
 pub struct Engine {
     stop: Arc<AtomicBool>,
@@ -146,7 +115,7 @@ impl Engine {
         timelines: Arc<Timelines>,
         configs: watch::Receiver<Arc<Config>>,
     ) -> anyhow::Result<Engine> {
-        let queues = rx_queues(&iface.name);
+        let queues = crate::iface::rx_queues(&iface.name);
         let mut socks = Vec::new();
         for q in 0..queues {
             let x = Xsk::open(iface, q)?;
