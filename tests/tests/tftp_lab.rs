@@ -2,17 +2,24 @@
 //! and paths leaving the root are refused; block numbers roll over; transfers finish through
 //! 5 % packet loss.
 
-use netboot::lab::{Agent, Lab, LabSpec};
+use netboot::lab::Agent;
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use tests::{bin, require_root};
+use tests::{kit, require_root};
 
+/// A lab with an agent serving `root` with one engine (the agent stops before the lab goes).
 struct Setup {
-    lab: Lab,
-    dir: PathBuf,
-    root: PathBuf,
     agent: Agent,
+    root: PathBuf,
     engine: &'static str,
+    kit: kit::Setup,
+}
+
+impl std::ops::Deref for Setup {
+    type Target = kit::Setup;
+    fn deref(&self) -> &kit::Setup {
+        &self.kit
+    }
 }
 
 impl Setup {
@@ -55,28 +62,22 @@ on_both_engines!(
 use netboot::lab::pattern;
 
 fn setup(engine: &'static str, files: &[(&str, Vec<u8>)]) -> Setup {
-    let lab = Lab::create(&LabSpec { server: "10.77.0.1/16".parse().unwrap(), client: Some("10.77.0.2/16".parse().unwrap()) }).unwrap();
-    let dir = std::env::temp_dir().join(format!("nbx-tftp-{}", lab.id));
-    let _ = std::fs::remove_dir_all(&dir);
-    let root = dir.join("root");
+    let kit = kit::Setup::new("tftp", |dir| {
+        format!(
+            "[server]\naddress = \"10.77.0.1\"\nstate_dir = \"{}\"\n[dhcp]\nsubnet = \"10.77.0.0/16\"\n[tftp]\nroot = \"{}\"\nengine = \"{engine}\"\nmax_blksize = 1468\nmax_windowsize = 32\n",
+            dir.join("state").display(),
+            dir.join("root").display()
+        )
+    });
+    let root = kit.dir.join("root");
     std::fs::create_dir_all(root.join("efi")).unwrap();
     for (name, data) in files {
         std::fs::write(root.join(name), data).unwrap();
     }
-    std::fs::write(dir.join("secret"), b"outside the root").unwrap();
-    std::os::unix::fs::symlink(dir.join("secret"), root.join("escape")).unwrap();
-    let config = dir.join("netboot.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\naddress = \"10.77.0.1\"\nstate_dir = \"{}\"\n[dhcp]\nsubnet = \"10.77.0.0/16\"\n[tftp]\nroot = \"{}\"\nengine = \"{engine}\"\nmax_blksize = 1468\nmax_windowsize = 32\n",
-            dir.join("state").display(),
-            root.display()
-        ),
-    )
-    .unwrap();
-    let agent = Agent::start(&lab, &bin("netboot-xdp"), &config, &[]).unwrap();
-    Setup { lab, dir, root, agent, engine }
+    std::fs::write(kit.dir.join("secret"), b"outside the root").unwrap();
+    std::os::unix::fs::symlink(kit.dir.join("secret"), root.join("escape")).unwrap();
+    let agent = kit.start();
+    Setup { agent, root, engine, kit }
 }
 
 fn client(s: &Setup, secs: u32, program: &str, args: &[&str]) -> Output {
