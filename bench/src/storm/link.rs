@@ -8,15 +8,13 @@ use netboot::mac::MacAddr;
 use std::collections::HashMap;
 use crate::rawsock::PacketSocket;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 pub struct DhcpLink {
     sock: PacketSocket,
     routes: HashMap<[u8; 6], UnboundedSender<Vec<u8>>>,
     stop: AtomicBool,
-    pub sent: AtomicU64,
-    pub send_errors: AtomicU64,
 }
 
 /// cBPF: IPv4, UDP, not a later fragment, destination port 68.
@@ -56,7 +54,7 @@ impl DhcpLink {
             routes.insert(m.0, tx);
             rxs.push(rx);
         }
-        let link = Arc::new(DhcpLink { sock, routes, stop: AtomicBool::new(false), sent: AtomicU64::new(0), send_errors: AtomicU64::new(0) });
+        let link = Arc::new(DhcpLink { sock, routes, stop: AtomicBool::new(false) });
         Ok((link, rxs))
     }
 
@@ -85,11 +83,9 @@ impl DhcpLink {
     /// without an address does.
     pub fn broadcast(&self, mac: MacAddr, payload: &[u8]) {
         let frame = crate::rawsock::dhcp_broadcast(mac, payload);
-        if self.sock.send(&frame) {
-            self.sent.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.send_errors.fetch_add(1, Ordering::Relaxed);
-        }
+        // A frame the socket refuses is lost like one dropped on the wire: the machine's
+        // retransmission covers it.
+        self.sock.send(&frame);
     }
 }
 
