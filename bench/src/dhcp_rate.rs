@@ -75,6 +75,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         let pid = agent.status()?["agent_pid"].as_u64().unwrap_or(0) as u32;
         let c0 = cpu_of(pid);
         let cold = dhcpgen::run(&lab, &clients_cfg(0))?;
+        // The leases are committed; the reply compiler may still be filling the cache. The
+        // fast path is measured once the agent is idle again.
+        settle(pid);
         let c1 = cpu_of(pid);
         rows.push(Row { server: "netboot-xdp userspace path (first DORA)".into(), report: cold, server_cpu: c1 - c0 });
         let warm = dhcpgen::run(&lab, &clients_cfg(0))?;
@@ -141,6 +144,20 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         println!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// Waits (at most 30 s) until process `pid` uses less than 5 % of a CPU.
+fn settle(pid: u32) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut last = cpu_of(pid);
+    while std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = cpu_of(pid);
+        if now - last < Duration::from_millis(5) {
+            return;
+        }
+        last = now;
+    }
 }
 
 fn lab() -> anyhow::Result<Lab> {

@@ -1,21 +1,23 @@
-//! A DHCP load generator for the lab: many simulated clients in one process, raw frames through
-//! an AF_PACKET socket on the client side of the lab (perfdhcp relays everything and cannot
-//! push fast enough for the kernel path).
+//! A DHCP load generator for the lab: many simulated clients in one thread, raw frames through
+//! AF_XDP sockets on the client end of the lab (perfdhcp relays everything and cannot push fast
+//! enough for the kernel path; a packet socket costs an skb, the bridge and a copy per reply).
 //!
 //! Each client runs DORA like a PXE ROM without the broadcast flag: DISCOVER broadcast, OFFER
-//! (link unicast to its MAC), REQUEST broadcast for the offered address, ACK. Frames are
-//! prebuilt; a sender thread paces DISCOVERs (all at once, or a window of outstanding
-//! exchanges) and retransmits after `retry`; the receiver matches replies by xid.
+//! (link unicast to its MAC), REQUEST broadcast for the offered address, ACK. DISCOVERs are
+//! prebuilt; each REQUEST is a prebuilt frame with the offered address and the server
+//! identifier patched in. The loop paces DISCOVERs (all at once, or a window of outstanding
+//! exchanges), matches replies by xid and MAC, and retransmits after `retry`.
 
-use dhcproto::v4::{DhcpOption, Flags, HType, Message, MessageType, Opcode, OptionCode};
-use dhcproto::{Decodable, Decoder, Encodable};
-use netboot::frame::parse_udp;
+use dhcproto::v4::{DhcpOption, Flags, HType, Message, MessageType, Opcode};
+use dhcproto::Encodable;
+use netboot::dhcp::classify::raw_option;
+use netboot::frame::{parse_udp, udp_checksum};
 use netboot::lab::Lab;
 use netboot::mac::MacAddr;
+use netboot::xsk::{Xsk, XskSizes};
+use netboot_common::wire::{DHCP_CLIENT_PORT, DHCP_SERVER_PORT, ETH_HLEN, bootp, msg, opt};
 use std::net::Ipv4Addr;
-use crate::rawsock::PacketSocket;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// What the simulated clients present themselves as.
@@ -100,6 +102,85 @@ fn frame(mac: MacAddr, m: &Message) -> Vec<u8> {
     crate::rawsock::dhcp_broadcast(mac, &m.to_vec().expect("encode"))
 }
 
+/// Offset of the IPv4 header, of the UDP header and of the DHCP message in the generator's
+/// frames (untagged, no IP options).
+const IP: usize = ETH_HLEN;
+const UDP: usize = IP + 20;
+const DHCP: usize = UDP + 8;
+
+/// A client's REQUEST, prebuilt with zero requested address and server identifier, and where
+/// those two go.
+struct RequestTemplate {
+    frame: Vec<u8>,
+    requested_at: usize,
+    server_at: usize,
+}
+
+impl RequestTemplate {
+    fn new(cfg: &Config, mac: MacAddr, xid: u32) -> RequestTemplate {
+        let mut m = message(cfg, mac, xid, MessageType::Request);
+        m.opts_mut().insert(DhcpOption::RequestedIpAddress(Ipv4Addr::UNSPECIFIED));
+        m.opts_mut().insert(DhcpOption::ServerIdentifier(Ipv4Addr::UNSPECIFIED));
+        let frame = frame(mac, &m);
+        let at = |code| {
+            let payload = &frame[DHCP..];
+            let value = raw_option(payload, code).expect("option in the template");
+            DHCP + (value.as_ptr() as usize - payload.as_ptr() as usize)
+        };
+        RequestTemplate { requested_at: at(opt::REQUESTED_IP), server_at: at(opt::SERVER_ID), frame }
+    }
+
+    /// Writes the REQUEST for `offered` from `server` into `buf`; returns its length.
+    fn write(&self, buf: &mut [u8], offered: Ipv4Addr, server: Ipv4Addr) -> usize {
+        let f = &mut buf[..self.frame.len()];
+        f.copy_from_slice(&self.frame);
+        f[self.requested_at..self.requested_at + 4].copy_from_slice(&offered.octets());
+        f[self.server_at..self.server_at + 4].copy_from_slice(&server.octets());
+        f[UDP + 6..UDP + 8].fill(0);
+        let csum = udp_checksum(Ipv4Addr::UNSPECIFIED, Ipv4Addr::BROADCAST, &f[UDP..]);
+        f[UDP + 6..UDP + 8].copy_from_slice(&csum.to_be_bytes());
+        f.len()
+    }
+}
+
+/// What the generator reads from a server's reply.
+struct Reply {
+    xid: u32,
+    chaddr: [u8; 6],
+    yiaddr: Ipv4Addr,
+    kind: u8,
+    server: Ipv4Addr,
+}
+
+impl Reply {
+    /// The facts of a DHCP reply frame, read in place (a full dhcproto decode per reply would
+    /// cost more than the kernel's whole answer).
+    fn parse(frame: &[u8]) -> Option<Reply> {
+        let p = parse_udp(frame)?;
+        if p.envelope.src_port != DHCP_SERVER_PORT || p.envelope.dst_port != DHCP_CLIENT_PORT {
+            return None;
+        }
+        let b = p.payload;
+        if b.len() < netboot_common::wire::BOOTP_OPTIONS_OFF || b[bootp::OP] != 2 {
+            return None;
+        }
+        let ip = |at: usize| Ipv4Addr::new(b[at], b[at + 1], b[at + 2], b[at + 3]);
+        let kind = *raw_option(b, opt::MESSAGE_TYPE)?.first()?;
+        let server = raw_option(b, opt::SERVER_ID).filter(|v| v.len() == 4).map_or(Ipv4Addr::UNSPECIFIED, |v| ip_of(v));
+        Some(Reply {
+            xid: u32::from_be_bytes(b[bootp::XID..bootp::XID + 4].try_into().ok()?),
+            chaddr: b[bootp::CHADDR..bootp::CHADDR + 6].try_into().ok()?,
+            yiaddr: ip(bootp::YIADDR),
+            kind,
+            server,
+        })
+    }
+}
+
+fn ip_of(v: &[u8]) -> Ipv4Addr {
+    Ipv4Addr::new(v[0], v[1], v[2], v[3])
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Idle,
@@ -113,7 +194,6 @@ struct Client {
     started: Option<Instant>,
     last_sent: Option<Instant>,
     offered: Ipv4Addr,
-    server: Ipv4Addr,
     done: Option<Instant>,
 }
 
@@ -124,129 +204,199 @@ fn cpu_time() -> Duration {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
+/// DISCOVERs sent per turn of the loop before replies are read again.
+const SEND_BURST: usize = 256;
+
+/// The frames of every client, built before the clock starts.
+struct Frames {
+    macs: Vec<MacAddr>,
+    discovers: Vec<Vec<u8>>,
+    requests: Vec<RequestTemplate>,
+}
+
 /// Runs the clients from the lab's client side; returns when all are bound or at the deadline.
+///
+/// One thread per RX queue of the lab's client end, each pinned to its own CPU with its own
+/// AF_XDP socket and its share of the clients (client i belongs to thread i mod threads). A
+/// veth delivers a reply on the queue of the CPU that sent the request, so each thread gets its
+/// own clients' replies; one that lands elsewhere is handed to its owner.
 pub fn run(lab: &Lab, cfg: &Config) -> anyhow::Result<Report> {
-    let dev = lab.link_if.clone();
-    let sock = Arc::new(lab.client.run(move || PacketSocket::open(&dev, None))??);
     let n = cfg.clients as usize;
+    // Room for a whole all-at-once burst of replies in the RX rings.
+    let ring = (n as u32).next_power_of_two().clamp(4096, 16384);
+    let mut port = lab.client_xsk(DHCP_CLIENT_PORT..=DHCP_CLIENT_PORT, XskSizes { frames: 2 * ring, fill: ring, ring })?;
     let macs: Vec<MacAddr> = (0..cfg.clients).map(|i| mac_of(cfg, i)).collect();
-    let discovers: Vec<Vec<u8>> = (0..n).map(|i| frame(macs[i], &message(cfg, macs[i], i as u32 + 1, MessageType::Discover))).collect();
-    let clients: Arc<Mutex<Vec<Client>>> = Arc::new(Mutex::new(
-        (0..n).map(|_| Client { phase: Phase::Idle, started: None, last_sent: None, offered: Ipv4Addr::UNSPECIFIED, server: Ipv4Addr::UNSPECIFIED, done: None }).collect(),
-    ));
-    let bound = Arc::new(AtomicU64::new(0));
-    let retransmits = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
+    let frames = Frames {
+        discovers: (0..n).map(|i| frame(macs[i], &message(cfg, macs[i], i as u32 + 1, MessageType::Discover))).collect(),
+        requests: (0..n).map(|i| RequestTemplate::new(cfg, macs[i], i as u32 + 1)).collect(),
+        macs,
+    };
+    let socks = &mut port.socks;
+    let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());
+    socks.truncate(cpus.max(1));
+    let threads = socks.len();
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..threads).map(|_| std::sync::mpsc::channel::<Reply>()).unzip();
+    let all_bound = AtomicUsize::new(0);
     let cpu0 = cpu_time();
     let t0 = Instant::now();
-
-    // Receiver: OFFER → REQUEST, ACK → bound.
-    let rx = {
-        let (sock, clients, bound, stop) = (sock.clone(), clients.clone(), bound.clone(), stop.clone());
-        let persona_cfg = Config { clients: cfg.clients, base: cfg.base, persona: cfg.persona, window: cfg.window, retry: cfg.retry, deadline: cfg.deadline };
-        let macs = macs.clone();
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; 2048];
-            while !stop.load(Ordering::Relaxed) {
-                let Some(len) = sock.recv(&mut buf) else { continue };
-                let Some(p) = parse_udp(&buf[..len]) else { continue };
-                if p.envelope.src_port != 67 || p.envelope.dst_port != 68 {
-                    continue;
-                }
-                let Ok(m) = Message::decode(&mut Decoder::new(p.payload)) else { continue };
-                let i = m.xid() as usize;
-                if i == 0 || i > macs.len() || m.chaddr() != macs[i - 1].0 {
-                    continue;
-                }
-                let i = i - 1;
-                let mut cl = clients.lock().unwrap();
-                let c = &mut cl[i];
-                match (m.opts().msg_type(), c.phase) {
-                    (Some(MessageType::Offer), Phase::Discovering) => {
-                        let sid = match m.opts().get(OptionCode::ServerIdentifier) {
-                            Some(DhcpOption::ServerIdentifier(s)) => *s,
-                            _ => continue,
-                        };
-                        c.offered = m.yiaddr();
-                        c.server = sid;
-                        c.phase = Phase::Requesting;
-                        c.last_sent = Some(Instant::now());
-                        drop(cl);
-                        let mut req = message(&persona_cfg, macs[i], i as u32 + 1, MessageType::Request);
-                        req.opts_mut().insert(DhcpOption::RequestedIpAddress(m.yiaddr()));
-                        req.opts_mut().insert(DhcpOption::ServerIdentifier(sid));
-                        sock.send(&frame(macs[i], &req));
-                    }
-                    (Some(MessageType::Ack), Phase::Requesting) if m.yiaddr() == c.offered => {
-                        c.phase = Phase::Bound;
-                        c.done = Some(Instant::now());
-                        bound.fetch_add(1, Ordering::Relaxed);
-                    }
-                    _ => {}
-                }
-            }
-        })
-    };
-
-    // Sender: DISCOVERs within the window, then retransmissions, until all bound.
-    let window = if cfg.window == 0 { n } else { cfg.window as usize };
-    let mut next = 0usize;
-    let mut last_scan = Instant::now();
-    while (bound.load(Ordering::Relaxed) as usize) < n && t0.elapsed() < cfg.deadline {
-        let in_flight = next - bound.load(Ordering::Relaxed) as usize;
-        if next < n && in_flight < window {
-            let burst = (window - in_flight).min(n - next).min(256);
-            for _ in 0..burst {
-                {
-                    let mut cl = clients.lock().unwrap();
-                    cl[next].phase = Phase::Discovering;
-                    cl[next].started = Some(Instant::now());
-                    cl[next].last_sent = cl[next].started;
-                }
-                sock.send(&discovers[next]);
-                next += 1;
-            }
-            continue;
-        }
-        if last_scan.elapsed() >= Duration::from_millis(50) {
-            last_scan = Instant::now();
-            let now = Instant::now();
-            let mut resend = Vec::new();
-            {
-                let mut cl = clients.lock().unwrap();
-                for (i, c) in cl.iter_mut().enumerate().take(next) {
-                    if matches!(c.phase, Phase::Discovering | Phase::Requesting) && c.last_sent.is_some_and(|t| now - t >= cfg.retry) {
-                        c.last_sent = Some(now);
-                        if c.phase == Phase::Requesting {
-                            // Start over, as a client whose REQUEST went unanswered would.
-                            c.phase = Phase::Discovering;
-                        }
-                        resend.push(i);
-                    }
-                }
-            }
-            retransmits.fetch_add(resend.len() as u64, Ordering::Relaxed);
-            for i in resend {
-                sock.send(&discovers[i]);
-            }
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    }
-    let wall = t0.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    let _ = rx.join();
-    let cl = clients.lock().unwrap();
-    let mut latencies: Vec<Duration> = cl.iter().filter_map(|c| Some(c.done? - c.started?)).collect();
+    let results: Vec<Shard> = std::thread::scope(|s| {
+        let handles: Vec<_> = socks
+            .iter_mut()
+            .zip(receivers)
+            .enumerate()
+            .map(|(t, (sock, inbox))| {
+                let (frames, senders, all_bound) = (&frames, senders.clone(), &all_bound);
+                let window = if cfg.window == 0 { n } else { (cfg.window as usize).div_ceil(threads) };
+                s.spawn(move || {
+                    pin_to_cpu(t);
+                    let mut shard = Shard::new(t, threads, n);
+                    shard.run(sock, frames, all_bound, &inbox, &senders, window, cfg, t0);
+                    shard
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("generator thread")).collect()
+    });
+    let wall = results.iter().map(|r| r.finished.unwrap_or(t0.elapsed())).max().unwrap_or_default().min(t0.elapsed());
+    let mut latencies: Vec<Duration> = results.iter().flat_map(|r| r.clients.iter().filter_map(|c| Some(c.done? - c.started?))).collect();
     latencies.sort();
     Ok(Report {
         clients: cfg.clients,
-        leased: bound.load(Ordering::Relaxed) as u32,
+        leased: results.iter().map(|r| r.bound).sum::<usize>() as u32,
         wall,
-        retransmits: retransmits.load(Ordering::Relaxed),
+        retransmits: results.iter().map(|r| r.retransmits).sum(),
         latencies,
-        addresses: cl.iter().filter(|c| c.phase == Phase::Bound).map(|c| c.offered).collect(),
+        addresses: results.iter().flat_map(|r| r.clients.iter().filter(|c| c.phase == Phase::Bound).map(|c| c.offered)).collect(),
         client_cpu: cpu_time() - cpu0,
     })
+}
+
+fn pin_to_cpu(cpu: usize) {
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// One thread's clients: `t`, `t + threads`, `t + 2 threads`, …
+struct Shard {
+    t: usize,
+    threads: usize,
+    clients: Vec<Client>,
+    bound: usize,
+    retransmits: u64,
+    /// When the last of these clients was bound (from the common start).
+    finished: Option<Duration>,
+}
+
+impl Shard {
+    fn new(t: usize, threads: usize, n: usize) -> Shard {
+        let mine = (t..n).step_by(threads).count();
+        let clients = (0..mine).map(|_| Client { phase: Phase::Idle, started: None, last_sent: None, offered: Ipv4Addr::UNSPECIFIED, done: None }).collect();
+        Shard { t, threads, clients, bound: 0, retransmits: 0, finished: None }
+    }
+
+    /// Global index of local client `k`.
+    fn global(&self, k: usize) -> usize {
+        k * self.threads + self.t
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run(&mut self, sock: &mut Xsk, frames: &Frames, all_bound: &AtomicUsize, inbox: &std::sync::mpsc::Receiver<Reply>, owners: &[std::sync::mpsc::Sender<Reply>], window: usize, cfg: &Config, t0: Instant) {
+        let mine = self.clients.len();
+        let mut next = 0usize;
+        let mut replies: Vec<Reply> = Vec::with_capacity(Xsk::rx_batch());
+        let mut last_scan = Instant::now();
+        // Until every thread is done: a thread whose clients are all bound still hands on the
+        // replies that land on its queue.
+        while all_bound.load(Ordering::Relaxed) < frames.macs.len() && t0.elapsed() < cfg.deadline {
+            // New exchanges, within the window.
+            let mut sent = 0;
+            while next < mine && next - self.bound < window && sent < SEND_BURST {
+                let now = Instant::now();
+                let c = &mut self.clients[next];
+                c.phase = Phase::Discovering;
+                c.started = Some(now);
+                c.last_sent = Some(now);
+                let d = &frames.discovers[self.global(next)];
+                sock.push(|buf| copy_frame(buf, d));
+                next += 1;
+                sent += 1;
+            }
+            sock.flush();
+
+            // Replies: OFFER → REQUEST, ACK → bound.
+            let mut received = 0;
+            loop {
+                let k = sock.recv(|f| replies.extend(Reply::parse(f)));
+                received += k;
+                replies.extend(inbox.try_iter());
+                let now = Instant::now();
+                for r in replies.drain(..) {
+                    let i = r.xid as usize;
+                    if i == 0 || i > frames.macs.len() || r.chaddr != frames.macs[i - 1].0 {
+                        continue;
+                    }
+                    let i = i - 1;
+                    if i % self.threads != self.t {
+                        let _ = owners[i % self.threads].send(r);
+                        continue;
+                    }
+                    let c = &mut self.clients[i / self.threads];
+                    match (r.kind, c.phase) {
+                        (msg::OFFER, Phase::Discovering) if !r.server.is_unspecified() => {
+                            c.offered = r.yiaddr;
+                            c.phase = Phase::Requesting;
+                            c.last_sent = Some(now);
+                            let t = &frames.requests[i];
+                            sock.push(|buf| t.write(buf, r.yiaddr, r.server));
+                        }
+                        (msg::ACK, Phase::Requesting) if r.yiaddr == c.offered => {
+                            c.phase = Phase::Bound;
+                            c.done = Some(now);
+                            self.bound += 1;
+                            all_bound.fetch_add(1, Ordering::Relaxed);
+                            if self.bound == mine {
+                                self.finished = Some(t0.elapsed());
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                if k < Xsk::rx_batch() {
+                    break;
+                }
+            }
+            sock.flush();
+
+            // Retransmissions: a client without an answer after `retry` starts over.
+            if last_scan.elapsed() >= Duration::from_millis(50) {
+                last_scan = Instant::now();
+                let now = last_scan;
+                for k in 0..next {
+                    let c = &mut self.clients[k];
+                    if matches!(c.phase, Phase::Discovering | Phase::Requesting) && c.last_sent.is_some_and(|t| now - t >= cfg.retry) {
+                        c.last_sent = Some(now);
+                        c.phase = Phase::Discovering;
+                        self.retransmits += 1;
+                        let d = &frames.discovers[k * self.threads + self.t];
+                        sock.push(|buf| copy_frame(buf, d));
+                    }
+                }
+                sock.flush();
+            }
+            if sent == 0 && received == 0 {
+                let mut fd = libc::pollfd { fd: sock.raw_fd(), events: libc::POLLIN, revents: 0 };
+                unsafe { libc::poll(&mut fd, 1, 1) };
+            }
+        }
+    }
+}
+
+fn copy_frame(buf: &mut [u8], frame: &[u8]) -> usize {
+    buf[..frame.len()].copy_from_slice(frame);
+    frame.len()
 }
 
 /// The DISCOVER frame of client `i` (for single-packet measurements).

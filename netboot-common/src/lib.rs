@@ -54,6 +54,11 @@ pub const PASS_PROGRAM_NAME: &str = "xdp_pass";
 pub const LAB_LOSS_PROGRAM_NAME: &str = "lab_loss";
 pub const LAB_LOSS_MAP: &str = "LAB_LOSS";
 
+/// The bench's client end (AF_XDP sockets for a load generator) and its maps.
+pub const LAB_CLIENT_PROGRAM_NAME: &str = "lab_client_xsk";
+pub const LAB_CLIENT_PORTS_MAP: &str = "LAB_CLIENT_PORTS";
+pub const LAB_CLIENT_XSKS_MAP: &str = "LAB_CLIENT_XSKS";
+
 /// Length of the per-CPU scratch buffer the DHCP options are copied into. A power of two, so that
 /// an index can be bounded with a mask the verifier understands. 2048 covers every option area
 /// that fits in a 1500-byte frame.

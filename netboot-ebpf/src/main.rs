@@ -534,6 +534,50 @@ pub fn lab_loss(_ctx: XdpContext) -> u32 {
     if r < share { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
 }
 
+/// Which UDP destination ports the lab's client end hands to the bench's AF_XDP sockets
+/// (`lab_client_xsk`): `[lo, hi]`, inclusive; `[0, 0]` hands over nothing.
+#[map]
+static LAB_CLIENT_PORTS: Array<[u16; 2]> = Array::with_max_entries(1, 0);
+
+/// The bench's AF_XDP sockets on the lab's client end, by RX queue.
+#[map]
+static LAB_CLIENT_XSKS: XskMap = XskMap::with_max_entries(64, 0);
+
+/// The bench's client end: untagged IPv4/UDP frames (no IP options) to a port in
+/// `LAB_CLIENT_PORTS` go to the AF_XDP socket of their queue, so that a load generator receives
+/// replies without an skb, a bridge or a socket lookup each; everything else passes. Never
+/// attached by the agent.
+#[xdp]
+pub fn lab_client_xsk(ctx: XdpContext) -> u32 {
+    const IP: usize = ETH_HLEN;
+    const UDP: usize = IP + 20;
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + UDP + UDP_HLEN > end {
+        return xdp_action::XDP_PASS;
+    }
+    let b = start as *const u8;
+    // Bounds checked once above; every read below is inside it.
+    let (ethertype, ver_ihl, proto, dport) = unsafe {
+        (
+            be16(*(b.add(12) as *const [u8; 2])),
+            *b.add(IP),
+            *b.add(IP + 9),
+            be16(*(b.add(UDP + 2) as *const [u8; 2])),
+        )
+    };
+    if ethertype != ETH_P_IP || ver_ihl != 0x45 || proto != IPPROTO_UDP {
+        return xdp_action::XDP_PASS;
+    }
+    let Some(&[lo, hi]) = LAB_CLIENT_PORTS.get(0) else {
+        return xdp_action::XDP_PASS;
+    };
+    if dport < lo || dport > hi || lo == 0 {
+        return xdp_action::XDP_PASS;
+    }
+    let queue = unsafe { (*ctx.ctx).rx_queue_index };
+    LAB_CLIENT_XSKS.redirect(queue, u64::from(xdp_action::XDP_PASS)).unwrap_or(xdp_action::XDP_PASS)
+}
+
 /// Installed by the lab on the client end of a veth pair: a receiving veth needs an XDP program
 /// for native-mode XDP_TX frames to be delivered (TOOLCHAIN.md P3).
 #[xdp]

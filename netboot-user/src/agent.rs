@@ -47,7 +47,10 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
     let tftp = tftp_service(&config, &iface, server_ip, stats.clone(), timelines.clone())?;
     let http_listener = crate::http::bind(config.http.listen).await?;
     let control = crate::runtime::bind_control(iface_name)?;
-    let mut fastpath = Loaded::pinned(iface_name)
+    let clients = config.dhcp.reservations().count() as u64 + config.dhcp.pools.iter().map(|p| u64::from(p.get_ref().len())).sum::<u64>();
+    let cache_entries = crate::fastpath::cache_entries(clients);
+    tracing::info!(entries = cache_entries, clients, "reply cache sized for the reservations and pools");
+    let mut fastpath = Loaded::pinned(iface_name, cache_entries)
         .and_then(|l| l.attach(iface_name, mode))
         .inspect_err(|_| AgentRecord::remove(iface_name))?;
     let dhcp = match (fastpath.take_map(maps::REPLY_CACHE), fastpath.take_map(maps::EVENTS)) {

@@ -31,33 +31,45 @@ impl UdpEnvelope {
 
     /// Builds the whole frame around `payload`.
     pub fn build(&self, payload: &[u8]) -> Vec<u8> {
-        let mut f = Vec::with_capacity(self.header_len() + payload.len());
-        f.extend_from_slice(&self.dst_mac.octets());
-        f.extend_from_slice(&self.src_mac.octets());
-        if let Some(vid) = self.vlan {
-            f.extend_from_slice(&ETH_P_8021Q.to_be_bytes());
-            f.extend_from_slice(&(vid & 0x0fff).to_be_bytes());
-        }
-        f.extend_from_slice(&ETH_P_IP.to_be_bytes());
-        let ip_at = f.len();
-        let total = (IPV4_HLEN + UDP_HLEN + payload.len()) as u16;
-        f.extend_from_slice(&[0x45, 0, 0, 0, 0, 0, 0, 0, self.ttl, IPPROTO_UDP, 0, 0]);
-        f[ip_at + 2..ip_at + 4].copy_from_slice(&total.to_be_bytes());
-        f.extend_from_slice(&self.src_ip.octets());
-        f.extend_from_slice(&self.dst_ip.octets());
-        let ip_csum = checksum(&[&f[ip_at..ip_at + IPV4_HLEN]]);
-        f[ip_at + 10..ip_at + 12].copy_from_slice(&ip_csum.to_be_bytes());
-
-        let udp_len = (UDP_HLEN + payload.len()) as u16;
-        let udp_at = f.len();
-        f.extend_from_slice(&self.src_port.to_be_bytes());
-        f.extend_from_slice(&self.dst_port.to_be_bytes());
-        f.extend_from_slice(&udp_len.to_be_bytes());
-        f.extend_from_slice(&[0, 0]);
-        f.extend_from_slice(payload);
-        let csum = udp_checksum(self.src_ip, self.dst_ip, &f[udp_at..]);
-        f[udp_at + 6..udp_at + 8].copy_from_slice(&csum.to_be_bytes());
+        let mut f = vec![0; self.header_len() + payload.len()];
+        self.write(&mut f, payload);
         f
+    }
+
+    /// Writes the whole frame around `payload` at the start of `buf` (a UMEM frame, say);
+    /// returns its length, or 0 when it does not fit.
+    pub fn write(&self, buf: &mut [u8], payload: &[u8]) -> usize {
+        let len = self.header_len() + payload.len();
+        let Some(f) = buf.get_mut(..len) else { return 0 };
+        f[0..6].copy_from_slice(&self.dst_mac.octets());
+        f[6..12].copy_from_slice(&self.src_mac.octets());
+        let mut at = 12;
+        if let Some(vid) = self.vlan {
+            f[at..at + 2].copy_from_slice(&ETH_P_8021Q.to_be_bytes());
+            f[at + 2..at + 4].copy_from_slice(&(vid & 0x0fff).to_be_bytes());
+            at += VLAN_HLEN;
+        }
+        f[at..at + 2].copy_from_slice(&ETH_P_IP.to_be_bytes());
+        let ip_at = at + 2;
+        let udp_at = ip_at + IPV4_HLEN;
+        let total = (IPV4_HLEN + UDP_HLEN + payload.len()) as u16;
+        let ip = &mut f[ip_at..udp_at];
+        ip.copy_from_slice(&[0x45, 0, 0, 0, 0, 0, 0, 0, self.ttl, IPPROTO_UDP, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        ip[2..4].copy_from_slice(&total.to_be_bytes());
+        ip[12..16].copy_from_slice(&self.src_ip.octets());
+        ip[16..20].copy_from_slice(&self.dst_ip.octets());
+        let ip_csum = checksum(&[ip]);
+        ip[10..12].copy_from_slice(&ip_csum.to_be_bytes());
+
+        let udp = &mut f[udp_at..];
+        udp[0..2].copy_from_slice(&self.src_port.to_be_bytes());
+        udp[2..4].copy_from_slice(&self.dst_port.to_be_bytes());
+        udp[4..6].copy_from_slice(&((UDP_HLEN + payload.len()) as u16).to_be_bytes());
+        udp[6..8].fill(0);
+        udp[UDP_HLEN..].copy_from_slice(payload);
+        let csum = udp_checksum(self.src_ip, self.dst_ip, udp);
+        udp[6..8].copy_from_slice(&csum.to_be_bytes());
+        len
     }
 }
 
@@ -141,14 +153,20 @@ fn pseudo_sum(src: Ipv4Addr, dst: Ipv4Addr, udp: &[u8]) -> u16 {
 /// The Internet checksum (RFC 1071) over the concatenation of `parts` (each even-length except
 /// possibly the last).
 pub fn checksum(parts: &[&[u8]]) -> u16 {
-    let mut sum: u32 = 0;
+    // 32-bit words into a 64-bit sum: a word's upper half is congruent to itself modulo 0xffff,
+    // so this is the 16-bit one's-complement sum at half the additions.
+    let mut sum: u64 = 0;
     for part in parts {
-        let mut chunks = part.chunks_exact(2);
-        for c in &mut chunks {
-            sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+        let mut words = part.chunks_exact(4);
+        for w in &mut words {
+            sum += u64::from(u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
         }
-        if let [last] = chunks.remainder() {
-            sum += u32::from(*last) << 8;
+        let mut halves = words.remainder().chunks_exact(2);
+        for h in &mut halves {
+            sum += u64::from(u16::from_be_bytes([h[0], h[1]]));
+        }
+        if let [last] = halves.remainder() {
+            sum += u64::from(*last) << 8;
         }
     }
     while sum >> 16 != 0 {
@@ -184,6 +202,29 @@ mod tests {
             assert_eq!(p.envelope, env(vlan));
             assert_eq!(p.payload, &payload[..]);
             assert!(udp_checksum_ok(&f));
+        }
+    }
+
+    #[test]
+    fn checksum_is_the_16_bit_ones_complement_sum_however_the_parts_are_split() {
+        let naive = |b: &[u8]| {
+            let mut sum: u32 = 0;
+            for c in b.chunks(2) {
+                sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+            }
+            while sum >> 16 != 0 {
+                sum = (sum & 0xffff) + (sum >> 16);
+            }
+            !(sum as u16)
+        };
+        let data: Vec<u8> = (0..1501u32).map(|i| (i * 151 + i / 7) as u8).collect();
+        for len in [0, 1, 2, 3, 4, 5, 7, 8, 20, 301, 1500, 1501] {
+            let d = &data[..len];
+            assert_eq!(checksum(&[d]), naive(d), "len {len}");
+            // Split at every even offset (what callers do: pseudo-header, then segment).
+            for cut in (0..=len).step_by(2).take(40) {
+                assert_eq!(checksum(&[&d[..cut], &d[cut..]]), naive(d), "len {len} cut {cut}");
+            }
         }
     }
 

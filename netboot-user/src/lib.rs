@@ -28,3 +28,4 @@ pub mod runtime;
 pub mod stats;
 pub mod tftp;
 pub mod timeline;
+pub mod xsk;

@@ -95,9 +95,17 @@ impl Milestone {
     }
 
     /// Whether this step is worth an info line (the rest is debug): bindings, transfers,
-    /// scripts and files; offers and renewals are not milestones of a boot.
+    /// scripts and files; offers and renewals are not milestones of a boot. Neither are the
+    /// kernel's ACKs: they come at the rate the XDP program answers a storm, a line each would
+    /// cost the agent more than the answers cost the kernel; the timeline and `/metrics` have them.
     fn is_milestone(&self) -> bool {
-        !matches!(self, Milestone::Dhcp { kind: "offer", .. } | Milestone::IpxeDhcp { kind: "offer", .. })
+        !matches!(
+            self,
+            Milestone::Dhcp { kind: "offer", .. }
+                | Milestone::IpxeDhcp { kind: "offer", .. }
+                | Milestone::Dhcp { path: Path::Kernel, .. }
+                | Milestone::IpxeDhcp { path: Path::Kernel, .. }
+        )
     }
 }
 

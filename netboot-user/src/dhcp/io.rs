@@ -281,16 +281,24 @@ impl Service {
                     };
                     guard.clear_ready();
                     let now = unix_now();
+                    stats.add("fast_acks_recorded", acks.len() as u64);
+                    // One commit for the whole drain: the renewals of a storm in few transactions.
+                    let mut renewed = Vec::with_capacity(acks.len());
                     for ev in acks {
                         let (mac, ip) = (MacAddr(ev.mac), Ipv4Addr::from(ev.ip));
-                        stats.bump("fast_acks_recorded");
                         timelines.record(mac, Milestone::dhcp("ack", ClientClass::from_u8(ev.class), None, ip, Path::Kernel));
                         if let Some(lease) = server.record_kernel_ack(mac, ip, now) {
-                            if let Some(sync) = &sync {
-                                sync.lock().unwrap_or_else(|e| e.into_inner()).renewed(mac, lease.expires);
-                            }
-                            committer.submit(Job { leases: vec![lease], then: AfterCommit { reply: None, cache: None } })?;
+                            renewed.push(lease);
                         }
+                    }
+                    if let Some(sync) = &sync {
+                        let mut sync = sync.lock().unwrap_or_else(|e| e.into_inner());
+                        for lease in &renewed {
+                            sync.renewed(lease.mac, lease.expires);
+                        }
+                    }
+                    if !renewed.is_empty() {
+                        committer.submit(Job { leases: renewed, then: AfterCommit { reply: None, cache: None } })?;
                     }
                     continue;
                 },

@@ -53,29 +53,30 @@ pub struct Loaded {
 impl Loaded {
     /// Loads the embedded object and verifies the XDP program.
     pub fn new() -> Result<Loaded, StartError> {
-        Loaded::load(None)
+        Loaded::load(None, None)
     }
 
     /// Loads with the maps pinned in `iface`'s pin directory: maps pinned there by an agent
-    /// that died are adopted with their contents (counters, reply cache, pending events).
-    pub fn pinned(iface: &str) -> Result<Loaded, StartError> {
+    /// that died are adopted with their contents (counters, reply cache, pending events). A new
+    /// reply cache gets `cache_entries` entries (an adopted one keeps its size).
+    pub fn pinned(iface: &str, cache_entries: u32) -> Result<Loaded, StartError> {
         let dir = pins::iface_dir(iface);
         let pin_err = |reason: String| StartError::Pin { path: dir.display().to_string(), reason };
         pins::ensure_bpffs().map_err(|e| pin_err(format!("mounting bpffs: {e}")))?;
         std::fs::create_dir_all(&dir).map_err(|e| pin_err(e.to_string()))?;
-        match Loaded::load(Some(&dir)) {
+        match Loaded::load(Some(&dir), Some(cache_entries)) {
             Err(StartError::BpfUnavailable(why)) if dir.join(maps::COUNTERS).exists() => {
                 // Pins of an incompatible older build: start clean.
                 tracing::warn!(iface, "cannot adopt the pinned maps ({why}); replacing them");
                 pins::remove_iface_dir(iface).map_err(|e| pin_err(e.to_string()))?;
                 std::fs::create_dir_all(&dir).map_err(|e| pin_err(e.to_string()))?;
-                Loaded::load(Some(&dir))
+                Loaded::load(Some(&dir), Some(cache_entries))
             }
             r => r,
         }
     }
 
-    fn load(pin_dir: Option<&std::path::Path>) -> Result<Loaded, StartError> {
+    fn load(pin_dir: Option<&std::path::Path>, cache_entries: Option<u32>) -> Result<Loaded, StartError> {
         if unsafe { libc::geteuid() } != 0 {
             return Err(StartError::NotRoot);
         }
@@ -86,6 +87,9 @@ impl Loaded {
         };
         for (name, path) in &paths {
             loader.map_pin_path(*name, path.as_path());
+        }
+        if let Some(n) = cache_entries {
+            loader.map_max_entries(maps::REPLY_CACHE, n);
         }
         let mut ebpf = loader.load(OBJECT).map_err(|e| {
             StartError::BpfUnavailable(format!("{e} ({})", root_cause(&e)))

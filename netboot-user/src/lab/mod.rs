@@ -93,9 +93,12 @@ impl Lab {
     fn build(&self, spec: &LabSpec) -> anyhow::Result<()> {
         self.server.add()?;
         self.client.add()?;
+        // A queue per CPU on both ends, as a multi-queue NIC has: XDP and AF_XDP run per queue,
+        // and a veth hands a frame to the peer's queue of the sending CPU.
+        let queues = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8).to_string();
         run_checked(Command::new("ip").args([
-            "link", "add", &self.server_if, "netns", self.server.name(), "type", "veth", "peer", "name",
-            &self.link_if, "netns", self.client.name(),
+            "link", "add", &self.server_if, "netns", self.server.name(), "numtxqueues", &queues, "numrxqueues", &queues,
+            "type", "veth", "peer", "name", &self.link_if, "netns", self.client.name(), "numtxqueues", &queues, "numrxqueues", &queues,
         ]))?;
         // A fixed bridge MAC: a bridge otherwise takes its lowest port MAC, which changes as
         // segments join.
@@ -194,19 +197,53 @@ impl Lab {
     /// program on the client end replaces the pass-through one inside the pinned link).
     /// `tc netem` needs a kernel module this machine kind does not have.
     pub fn set_loss(&self, percent: f64) -> anyhow::Result<()> {
-        use aya::programs::{Xdp, links::{FdLink, PinnedLink}, xdp::XdpLink};
-        let mut ebpf = aya::EbpfLoader::new().load(OBJECT)?;
         let share = ((percent / 100.0) * 65536.0).round().clamp(0.0, 65536.0) as u32;
-        let mut map: aya::maps::Array<_, u32> = aya::maps::Array::try_from(ebpf.map_mut(netboot_common::LAB_LOSS_MAP).context("no LAB_LOSS map")?)?;
-        map.set(0, share, 0)?;
-        let prog: &mut Xdp = ebpf.program_mut(netboot_common::LAB_LOSS_PROGRAM_NAME).context("no lab_loss program")?.try_into()?;
-        prog.load()?;
-        let pinned = PinnedLink::from_pin(self.pin_dir().join("peer_pass")).context("the lab's peer link pin")?;
-        let link = XdpLink::try_from(FdLink::from(pinned))?;
-        prog.attach_to_link(link)?;
+        let ebpf = self.replace_client_program(netboot_common::LAB_LOSS_PROGRAM_NAME, |ebpf| {
+            let mut map: aya::maps::Array<_, u32> =
+                aya::maps::Array::try_from(ebpf.map_mut(netboot_common::LAB_LOSS_MAP).context("no LAB_LOSS map")?)?;
+            Ok(map.set(0, share, 0)?)
+        })?;
         // The link keeps the program; the map lives as long as the program references it.
         std::mem::forget(ebpf);
         Ok(())
+    }
+
+    /// AF_XDP sockets on the client end, one per RX queue, for a load generator: IPv4/UDP
+    /// frames to a port in `ports` that arrive there (the servers' replies) go to them instead
+    /// of the bridge. The pass-through program comes back when the value is dropped.
+    pub fn client_xsk(&self, ports: std::ops::RangeInclusive<u16>, sizes: crate::xsk::XskSizes) -> anyhow::Result<ClientXsk> {
+        let dev = self.link_if.clone();
+        let queues = self.client.run(|| crate::iface::rx_queues(&dev))?;
+        let open = |q| -> anyhow::Result<crate::xsk::Xsk> {
+            // A closed socket's queue stays busy until the kernel has freed the last frame it
+            // sent; wait (bounded) for a previous generator's sockets to let go.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            loop {
+                match self.client.run(|| crate::xsk::Xsk::open(&dev, q, sizes))? {
+                    Err(e) if format!("{e:#}").contains("busy") && std::time::Instant::now() < deadline => {
+                        std::thread::sleep(std::time::Duration::from_millis(50))
+                    }
+                    r => return r,
+                }
+            }
+        };
+        let socks = (0..queues).map(open).collect::<anyhow::Result<Vec<_>>>()?;
+        let ebpf = self.replace_client_program(netboot_common::LAB_CLIENT_PROGRAM_NAME, |ebpf| {
+            let mut xsks = aya::maps::XskMap::try_from(ebpf.map_mut(netboot_common::LAB_CLIENT_XSKS_MAP).context("no client XSKMAP")?)?;
+            for (q, x) in socks.iter().enumerate() {
+                xsks.set(q as u32, x.raw_fd(), 0)?;
+            }
+            let mut range: aya::maps::Array<_, [u16; 2]> =
+                aya::maps::Array::try_from(ebpf.map_mut(netboot_common::LAB_CLIENT_PORTS_MAP).context("no client ports map")?)?;
+            Ok(range.set(0, [*ports.start(), *ports.end()], 0)?)
+        })?;
+        Ok(ClientXsk { socks, _ebpf: ebpf, lab_pins: self.pin_dir() })
+    }
+
+    /// Loads `program` (after `setup` has filled its maps) and puts it in place of the client
+    /// end's program, inside the pinned link.
+    fn replace_client_program(&self, program: &str, setup: impl FnOnce(&mut aya::Ebpf) -> anyhow::Result<()>) -> anyhow::Result<aya::Ebpf> {
+        replace_client_program(&self.pin_dir(), program, setup)
     }
 
     fn pin_dir(&self) -> PathBuf {
@@ -287,6 +324,34 @@ impl Drop for Lab {
             if let Err(e) = Lab::destroy(&self.id) {
                 eprintln!("lab {}: teardown: {e:#}", self.id);
             }
+        }
+    }
+}
+
+fn replace_client_program(pins: &std::path::Path, program: &str, setup: impl FnOnce(&mut aya::Ebpf) -> anyhow::Result<()>) -> anyhow::Result<aya::Ebpf> {
+    use aya::programs::{Xdp, links::{FdLink, PinnedLink}, xdp::XdpLink};
+    let mut ebpf = aya::EbpfLoader::new().load(OBJECT)?;
+    setup(&mut ebpf)?;
+    let prog: &mut Xdp = ebpf.program_mut(program).with_context(|| format!("no {program} program"))?.try_into()?;
+    prog.load()?;
+    let pinned = PinnedLink::from_pin(pins.join("peer_pass")).context("the lab's peer link pin")?;
+    let link = XdpLink::try_from(FdLink::from(pinned))?;
+    prog.attach_to_link(link)?;
+    Ok(ebpf)
+}
+
+/// The bench's AF_XDP sockets on the lab's client end ([`Lab::client_xsk`]), by RX queue.
+pub struct ClientXsk {
+    pub socks: Vec<crate::xsk::Xsk>,
+    /// Holds the maps the program uses.
+    _ebpf: aya::Ebpf,
+    lab_pins: PathBuf,
+}
+
+impl Drop for ClientXsk {
+    fn drop(&mut self) {
+        if let Err(e) = replace_client_program(&self.lab_pins, netboot_common::PASS_PROGRAM_NAME, |_| Ok(())) {
+            tracing::warn!("restoring the lab's pass-through program: {e:#}");
         }
     }
 }

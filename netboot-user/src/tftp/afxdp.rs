@@ -18,6 +18,7 @@ use crate::iface::Interface;
 use crate::mac::MacAddr;
 use crate::stats::Stats;
 use crate::timeline::Timelines;
+use crate::xsk::{Xsk, XskSizes};
 use anyhow::Context;
 use aya::maps::{Array, MapData, XskMap};
 use netboot_common::TftpSteer;
@@ -29,52 +30,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
-use xdp::slab::{HeapSlab, Slab};
-
-/// UMEM frames per socket (2 KiB each: 16 MiB), of which `FILL` are lent to the kernel for RX.
-const FRAMES: u32 = 8192;
-const FILL: u32 = 2048;
-const RING: u32 = 4096;
-/// Frames taken from the RX ring at a time.
-const BATCH: usize = 64;
-/// Frames queued per TX wakeup: what the kernel transmits per wakeup in copy mode, so that the
-/// TX ring does not fill with frames that wait (and time out) behind each other.
-const TX_BATCH: usize = 32;
-
-/// One AF_XDP socket with its own UMEM, bound to one RX queue.
-struct Xsk {
-    sock: xdp::socket::XdpSocket,
-    umem: xdp::Umem,
-    fill: xdp::WakableFillRing,
-    rx: xdp::RxRing,
-    tx: xdp::WakableTxRing,
-    completion: xdp::CompletionRing,
-}
-
-impl Xsk {
-    fn open(iface: &Interface, queue: u32) -> anyhow::Result<Xsk> {
-        let name = std::ffi::CString::new(iface.name.as_str())?;
-        let nic = xdp::nic::NicIndex::lookup_by_name(&name)?.with_context(|| format!("no interface {}", iface.name))?;
-        let cfg = xdp::umem::UmemCfgBuilder { frame_size: xdp::umem::FrameSize::TwoK, frame_count: FRAMES, ..Default::default() }.build()?;
-        let mut umem = xdp::Umem::map(cfg).context("UMEM")?;
-        let mut builder = xdp::socket::XdpSocketBuilder::new().context("AF_XDP socket")?;
-        let rings = xdp::RingConfigBuilder { rx_count: RING, tx_count: RING, fill_count: RING, completion_count: RING }.build()?;
-        let (rings, mut flags) = builder.build_wakable_rings(&umem, rings).context("AF_XDP rings")?;
-        // Copy mode: veth and most NICs without zero-copy support.
-        flags.force_copy();
-        let sock = builder.bind(nic, queue, flags).with_context(|| format!("binding AF_XDP to {} queue {queue}", iface.name))?;
-        let xdp::WakableRings { mut fill_ring, rx_ring, completion_ring, tx_ring } = rings;
-        unsafe { fill_ring.enqueue(&mut umem, FILL as usize, true)? };
-        Ok(Xsk {
-            sock,
-            umem,
-            fill: fill_ring,
-            rx: rx_ring.context("no RX ring")?,
-            tx: tx_ring.context("no TX ring")?,
-            completion: completion_ring,
-        })
-    }
-}
 
 /// A running transfer.
 struct Live {
@@ -118,8 +73,8 @@ impl Engine {
         let queues = crate::iface::rx_queues(&iface.name);
         let mut socks = Vec::new();
         for q in 0..queues {
-            let x = Xsk::open(iface, q)?;
-            xsks.set(q, x.sock.raw_fd(), 0).with_context(|| format!("XSKMAP entry for queue {q}"))?;
+            let x = Xsk::open(&iface.name, q, XskSizes::DEFAULT)?;
+            xsks.set(q, x.raw_fd(), 0).with_context(|| format!("XSKMAP entry for queue {q}"))?;
             socks.push(x);
         }
         let (port_lo, port_hi) = transfer_ports();
@@ -174,13 +129,12 @@ struct Worker {
     timers: BinaryHeap<Reverse<(Instant, SocketAddrV4)>>,
     ports: (u16, u16),
     next_tid: u16,
-    /// Frames to send: (queue, frame).
-    out: Vec<(usize, Vec<u8>)>,
+    /// Frames to send, written into the queue's UMEM at the next flush.
+    out: Vec<Outgoing>,
 }
 
 impl Worker {
     fn run(&mut self, stop: &AtomicBool) {
-        let mut slab = HeapSlab::with_capacity(BATCH);
         let mut published = Instant::now();
         while !stop.load(Ordering::Relaxed) {
             if published.elapsed() >= Duration::from_secs(1) {
@@ -195,30 +149,16 @@ impl Worker {
             self.expire(now);
             self.flush();
             let wait = self.timers.peek().map_or(Duration::from_millis(100), |Reverse((t, _))| t.saturating_duration_since(now)).min(Duration::from_millis(100));
-            let mut fds: Vec<libc::pollfd> = self.socks.iter().map(|x| libc::pollfd { fd: x.sock.raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
+            let mut fds: Vec<libc::pollfd> = self.socks.iter().map(|x| libc::pollfd { fd: x.raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
             let ms = wait.as_micros().div_ceil(1000) as i32;
             unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
-            for q in 0..self.socks.len() {
-                loop {
-                    let x = &mut self.socks[q];
-                    let n = unsafe { x.rx.recv(&x.umem, &mut slab) };
-                    if n == 0 {
-                        break;
-                    }
-                    let now = Instant::now();
-                    while let Some(packet) = slab.pop_back() {
-                        self.on_frame(q, &packet, now);
-                        self.socks[q].umem.free_packet(packet);
-                    }
-                    let x = &mut self.socks[q];
-                    if let Err(e) = unsafe { x.fill.enqueue(&mut x.umem, n, true) } {
-                        tracing::warn!("AF_XDP fill ring: {e}");
-                    }
-                    if n < BATCH {
-                        break;
-                    }
-                }
+            // The sockets leave `self` while their frames are handled (which needs `&mut self`).
+            let mut socks = std::mem::take(&mut self.socks);
+            for (q, x) in socks.iter_mut().enumerate() {
+                let now = Instant::now();
+                while x.recv(|frame| self.on_frame(q, frame, now)) == Xsk::rx_batch() {}
             }
+            self.socks = socks;
             self.flush();
         }
         tracing::info!(live = self.transfers.len(), "TFTP AF_XDP engine stopped");
@@ -226,17 +166,15 @@ impl Worker {
 
     /// The kernel's drop counters of the sockets, summed (`tftp_xsk_rx_*`).
     fn publish_socket_stats(&self) {
-        let mut sum = [0u64; 3];
-        for x in &self.socks {
-            if let Ok(st) = x.sock.statistics() {
-                sum[0] += st.rx_dropped;
-                sum[1] += st.rx_ring_full;
-                sum[2] += st.rx_fill_ring_empty_descs;
-            }
+        let mut sum = crate::xsk::XskDrops::default();
+        for d in self.socks.iter().map(Xsk::drops) {
+            sum.rx_dropped += d.rx_dropped;
+            sum.rx_ring_full += d.rx_ring_full;
+            sum.rx_fill_empty += d.rx_fill_empty;
         }
-        self.stats.set("tftp_xsk_rx_dropped", sum[0]);
-        self.stats.set("tftp_xsk_rx_ring_full", sum[1]);
-        self.stats.set("tftp_xsk_rx_fill_empty", sum[2]);
+        self.stats.set("tftp_xsk_rx_dropped", sum.rx_dropped);
+        self.stats.set("tftp_xsk_rx_ring_full", sum.rx_ring_full);
+        self.stats.set("tftp_xsk_rx_fill_empty", sum.rx_fill_empty);
         self.stats.set("tftp_xsk_live_transfers", self.transfers.len() as u64);
     }
 
@@ -285,13 +223,13 @@ impl Worker {
         let tid = self.allocate_tid();
         match session::open(&self.files, self.limits, request, client, &self.stats, now) {
             Opened::Transfer(session, first) => {
-                for p in &first {
-                    self.out.push((queue, self.frame(client, client_mac, tid, p)));
+                for p in first {
+                    self.out.push(self.outgoing(queue, client, client_mac, tid, p));
                 }
                 self.timers.push(Reverse((session.transfer.deadline(), client)));
                 self.transfers.insert(client, Live { session, client_mac, tid, queue });
             }
-            Opened::Refused(error) => self.out.push((queue, self.frame(client, client_mac, tid, &error))),
+            Opened::Refused(error) => self.out.push(self.outgoing(queue, client, client_mac, tid, error)),
             Opened::Ignored => {}
         }
     }
@@ -307,8 +245,8 @@ impl Worker {
         let (queue, mac, tid) = (live.queue, live.client_mac, live.tid);
         match step {
             Step::Send(pkts) => {
-                for p in &pkts {
-                    self.out.push((queue, self.frame(client, mac, tid, p)));
+                for p in pkts {
+                    self.out.push(self.outgoing(queue, client, mac, tid, p));
                 }
                 self.timers.push(Reverse((live.session.transfer.deadline(), client)));
             }
@@ -319,7 +257,7 @@ impl Worker {
             }
             Step::Abort(error, why) => {
                 if let Some(e) = error {
-                    self.out.push((queue, self.frame(client, mac, tid, &e)));
+                    self.out.push(self.outgoing(queue, client, mac, tid, e));
                 }
                 let live = self.transfers.remove(&client).expect("present");
                 live.session.finish(client, Some(why), &self.stats, &self.timelines);
@@ -346,8 +284,8 @@ impl Worker {
         }
     }
 
-    fn frame(&self, client: SocketAddrV4, client_mac: MacAddr, tid: u16, payload: &[u8]) -> Vec<u8> {
-        UdpEnvelope {
+    fn outgoing(&self, queue: usize, client: SocketAddrV4, client_mac: MacAddr, tid: u16, payload: Vec<u8>) -> Outgoing {
+        let envelope = UdpEnvelope {
             src_mac: self.mac,
             dst_mac: client_mac,
             vlan: None,
@@ -356,56 +294,30 @@ impl Worker {
             src_port: tid,
             dst_port: client.port(),
             ttl: 64,
-        }
-        .build(payload)
+        };
+        Outgoing { queue, envelope, payload }
     }
 
-    /// Sends the queued frames, in batches per queue; what does not fit (no free frame, a full
-    /// ring) is dropped and left to the transfers' timers.
+    /// Writes the queued frames into their queues' UMEM and sends them; what does not fit (no
+    /// free frame, a full ring) is dropped and left to the transfers' timers.
     fn flush(&mut self) {
-        if self.out.is_empty() {
-            return;
-        }
-        let out = std::mem::take(&mut self.out);
-        let mut slab = HeapSlab::with_capacity(TX_BATCH);
-        for (q, x) in self.socks.iter_mut().enumerate() {
-            x.completion.dequeue(&mut x.umem, RING as usize);
-            for (_, frame) in out.iter().filter(|(fq, _)| *fq == q) {
-                let Some(mut packet) = (unsafe { x.umem.alloc() }) else {
-                    self.stats.bump("tftp_xsk_tx_dropped");
-                    continue;
-                };
-                if packet.insert(0, frame).is_err() {
-                    x.umem.free_packet(packet);
-                    self.stats.bump("tftp_xsk_tx_dropped");
-                    continue;
-                }
-                if let Some(p) = slab.push_front(packet) {
-                    x.umem.free_packet(p);
-                }
-                if slab.available() == 0 {
-                    send(x, &mut slab, &self.stats);
-                }
-            }
-            if !slab.is_empty() {
-                send(x, &mut slab, &self.stats);
+        for o in self.out.drain(..) {
+            if !self.socks[o.queue].push(|buf| o.envelope.write(buf, &o.payload)) {
+                self.stats.bump("tftp_xsk_tx_dropped");
             }
         }
-        self.out = out;
-        self.out.clear(); // keep the allocation
+        for x in &mut self.socks {
+            let dropped = x.flush();
+            if dropped > 0 {
+                self.stats.add("tftp_xsk_tx_dropped", dropped as u64);
+            }
+        }
     }
 }
 
-fn send(x: &mut Xsk, slab: &mut HeapSlab, stats: &Stats) {
-    // In copy mode one wakeup transmits at most 32 descriptors (the kernel's TX batch): one
-    // wakeup per TX_BATCH frames. (Kicking again until the ring is empty overran the 256-frame
-    // veth ring of the lab's receiving end and lost a third of a 10000-machine storm.)
-    if let Err(e) = unsafe { x.tx.send(slab, true) } {
-        tracing::debug!("AF_XDP send: {e}");
-    }
-    // What the ring did not take goes back to the UMEM.
-    while let Some(p) = slab.pop_back() {
-        stats.bump("tftp_xsk_tx_dropped");
-        x.umem.free_packet(p);
-    }
+/// A frame to send: its addressing and its UDP payload.
+struct Outgoing {
+    queue: usize,
+    envelope: UdpEnvelope,
+    payload: Vec<u8>,
 }
