@@ -287,18 +287,19 @@ impl Service {
                     for ev in acks {
                         let (mac, ip) = (MacAddr(ev.mac), Ipv4Addr::from(ev.ip));
                         timelines.record(mac, Milestone::dhcp("ack", ClientClass::from_u8(ev.class), None, ip, Path::Kernel));
-                        if let Some(lease) = server.record_kernel_ack(mac, ip, now) {
-                            renewed.push(lease);
-                        }
+                        renewed.extend(server.record_kernel_ack(mac, ip, now));
                     }
                     if let Some(sync) = &sync {
                         let mut sync = sync.lock().unwrap_or_else(|e| e.into_inner());
-                        for lease in &renewed {
-                            sync.renewed(lease.mac, lease.expires);
+                        for ack in &renewed {
+                            sync.renewed(ack.lease.mac, ack.lease.expires);
                         }
                     }
-                    if !renewed.is_empty() {
-                        committer.submit(Job { leases: renewed, then: AfterCommit { reply: None, cache: None } })?;
+                    let recorded = renewed.len();
+                    let leases: Vec<_> = renewed.into_iter().filter(|a| a.persist).map(|a| a.lease).collect();
+                    stats.add("fast_acks_in_memory_only", (recorded - leases.len()) as u64);
+                    if !leases.is_empty() {
+                        committer.submit(Job { leases, then: AfterCommit { reply: None, cache: None } })?;
                     }
                     continue;
                 },

@@ -9,4 +9,4 @@ pub mod store;
 
 pub use classify::{Classification, classify};
 pub use leases::{ClientKey, Lease, LeaseState, LeaseTable};
-pub use server::{CachedReplies, Destination, DhcpServer, Outcome, Reply, Request, ServerParams, Silence};
+pub use server::{CachedReplies, Destination, DhcpServer, KernelAck, Outcome, Reply, Request, ServerParams, Silence};

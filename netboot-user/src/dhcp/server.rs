@@ -164,6 +164,22 @@ fn silent(why: Silence) -> Outcome {
 pub struct DhcpServer {
     params: ServerParams,
     leases: LeaseTable,
+    /// The expiry each address has in the store, as far as this core handed leases to it.
+    persisted: HashMap<Ipv4Addr, u64>,
+}
+
+/// A kernel ACK as the core recorded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelAck {
+    /// The renewed lease (in the table already).
+    pub lease: Lease,
+    /// Whether it must go to the store: a renewal within [`DhcpServer::renewal_slack`] of the
+    /// stored expiry stays in memory only.
+    pub persist: bool,
+}
+
+fn renewal_slack(lease_secs: u32) -> u64 {
+    u64::from(lease_secs / 4)
 }
 
 /// A decoded request with the facts every handler needs.
@@ -189,8 +205,23 @@ impl DhcpServer {
             excluded.insert(net.broadcast());
         }
         let mut leases = LeaseTable::new(pools, excluded);
-        leases.load(stored);
-        DhcpServer { params, leases }
+        // A renewal the kernel answered may end up to the slack later than the store says:
+        // addresses are held that much longer after a restart (never given away early).
+        let slack = renewal_slack(params.lease_secs);
+        let persisted = stored.iter().map(|l| (l.ip, l.expires)).collect();
+        leases.load(stored.into_iter().map(|l| match l.state {
+            LeaseState::Bound => Lease { expires: l.expires + slack, ..l },
+            _ => l,
+        }));
+        DhcpServer { params, leases, persisted }
+    }
+
+    /// How much later than the stored expiry a lease renewed by the kernel may end before the
+    /// renewal is written: a quarter of the lease time. Every boot renews twice within seconds
+    /// (the PXE ROM, then iPXE), and a storm of reboots renews thousands of leases at once; the
+    /// second write of each would be the agent's main cost while the kernel answers.
+    pub fn renewal_slack(&self) -> u64 {
+        renewal_slack(self.params.lease_secs)
     }
 
     /// Applies a reloaded config: new parameters and pools over the same leases, as a restart
@@ -199,7 +230,11 @@ impl DhcpServer {
         params.mode = self.params.mode;
         params.server_ip = self.params.server_ip;
         let leases = self.leases.iter().cloned().collect::<Vec<_>>();
-        *self = DhcpServer::new(params, pools, leases);
+        let persisted = std::mem::take(&mut self.persisted);
+        let mut rebuilt = DhcpServer::new(params, pools, Vec::new());
+        rebuilt.leases.load(leases);
+        rebuilt.persisted = persisted;
+        *self = rebuilt;
     }
 
     pub fn params(&self) -> &ServerParams {
@@ -211,7 +246,21 @@ impl DhcpServer {
     }
 
     /// Handles one request. Never panics on any input.
+    /// Answers one request. The leases the outcome carries are to be committed before any
+    /// reply is sent.
     pub fn handle(&mut self, req: Request<'_>) -> Outcome {
+        let outcome = self.answer(req);
+        let commit = match &outcome {
+            Outcome::Reply(r) => &r.commit,
+            Outcome::Silent { commit, .. } => commit,
+        };
+        for l in commit {
+            self.persisted.insert(l.ip, l.expires);
+        }
+        outcome
+    }
+
+    fn answer(&mut self, req: Request<'_>) -> Outcome {
         // Ethernet clients only (htype 1, hlen 6); checked on the bytes first because
         // dhcproto's `chaddr()` slices by the wire's hlen and would panic past 16.
         use netboot_common::wire::{BOOTP_OPTIONS_OFF, DHCP_MAGIC, bootp};
@@ -651,8 +700,9 @@ pub struct CachedReplies {
 
 impl DhcpServer {
     /// Records an ACK the XDP program sent from the cache: the client's lease is bound again
-    /// for a lease time from `now`. Returns the lease to commit.
-    pub fn record_kernel_ack(&mut self, mac: MacAddr, ip: Ipv4Addr, now: u64) -> Option<Lease> {
+    /// for a lease time from `now`; it is to be committed unless the store's expiry is within
+    /// the renewal slack of the new one.
+    pub fn record_kernel_ack(&mut self, mac: MacAddr, ip: Ipv4Addr, now: u64) -> Option<KernelAck> {
         let expires = now + u64::from(self.params.lease_secs);
         let lease = match self.leases.get(ip).filter(|l| l.mac == mac) {
             Some(l) => Lease { state: LeaseState::Bound, expires, ..l.clone() },
@@ -663,7 +713,11 @@ impl DhcpServer {
             }
         };
         self.leases.upsert(lease.clone());
-        Some(lease)
+        let persist = self.persisted.get(&ip).is_none_or(|stored| expires >= stored + self.renewal_slack());
+        if persist {
+            self.persisted.insert(ip, expires);
+        }
+        Some(KernelAck { lease, persist })
     }
 
     /// The MAC of the client an address is recorded for.

@@ -393,3 +393,44 @@ fn tens_of_thousands_of_reservations_from_a_hosts_file() {
     assert_eq!(m.opts().get(OptionCode::Hostname), Some(&DhcpOption::Hostname("node-29999".into())));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn kernel_renewals_within_the_slack_stay_in_memory_and_a_restart_holds_the_address_longer() {
+    let cfg = config(""); // lease time 1 h: slack 15 min
+    let mut s = server(&cfg);
+    assert_eq!(s.renewal_slack(), 900);
+    let f = frames("udhcpc");
+    let ip = decode(&reply(handle_frame(&mut s, &f[0], NOW))).yiaddr();
+    let ack = reply(handle_payload(&mut s, &request_for(&f[1], ip, Some(SERVER)), NOW));
+    let mac = ack.commit[0].mac;
+    let stored = ack.commit[0].clone();
+
+    // iPXE's DORA seconds after the ROM's: renewed in memory, not written.
+    let k = s.record_kernel_ack(mac, ip, NOW + 5).unwrap();
+    assert!(!k.persist);
+    assert_eq!(s.leases().get(ip).unwrap().expires, NOW + 5 + 3600);
+    // Still measured against what the store has, however many renewals came in between.
+    assert!(!s.record_kernel_ack(mac, ip, NOW + 899).unwrap().persist);
+    let k = s.record_kernel_ack(mac, ip, NOW + 900).unwrap();
+    assert!(k.persist);
+    assert_eq!(k.lease.expires, NOW + 900 + 3600);
+    assert!(!s.record_kernel_ack(mac, ip, NOW + 901).unwrap().persist);
+
+    // A reservation the kernel answered before the agent ever recorded it is written.
+    let cfg = config("[[dhcp.host]]\nmac = \"02:00:00:00:00:99\"\nip = \"10.78.0.99\"\n");
+    let mut r = server(&cfg);
+    assert!(r.record_kernel_ack("02:00:00:00:00:99".parse().unwrap(), "10.78.0.99".parse().unwrap(), NOW).unwrap().persist);
+
+    // After a restart from the store (the unwritten renewals lost), the address is held a slack
+    // longer than the store says, so never given away before the client's lease ends; a reload
+    // does not add the slack again.
+    let pools = cfg.dhcp.pools.iter().map(|p| *p.get_ref()).collect();
+    let mut restarted = DhcpServer::new(ServerParams::from_config(&config(""), SERVER), pools, vec![stored.clone()]);
+    assert_eq!(restarted.leases().get(ip).unwrap().expires, stored.expires + 900);
+    let c = config("");
+    restarted.reconfigure(ServerParams::from_config(&c, SERVER), c.dhcp.pools.iter().map(|p| *p.get_ref()).collect());
+    assert_eq!(restarted.leases().get(ip).unwrap().expires, stored.expires + 900);
+    let other = ClientKey::new(MacAddr([2, 0, 0, 0, 0, 0x42]), None);
+    assert!(restarted.leases().held_by_other(ip, &other, stored.expires + 899));
+    assert!(!restarted.leases().held_by_other(ip, &other, stored.expires + 900));
+}
