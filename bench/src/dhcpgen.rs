@@ -206,6 +206,8 @@ fn cpu_time() -> Duration {
 
 /// DISCOVERs sent per turn of the loop before replies are read again.
 const SEND_BURST: usize = 256;
+/// Idle turns of the loop spent yielding before sleeping in poll.
+const IDLE_SPINS: u32 = 200;
 
 /// The frames of every client, built before the clock starts.
 struct Frames {
@@ -308,6 +310,7 @@ impl Shard {
         let mut next = 0usize;
         let mut replies: Vec<Reply> = Vec::with_capacity(Xsk::rx_batch());
         let mut last_scan = Instant::now();
+        let mut idle = 0u32;
         // Until every thread is done: a thread whose clients are all bound still hands on the
         // replies that land on its queue.
         while all_bound.load(Ordering::Relaxed) < frames.macs.len() && t0.elapsed() < cfg.deadline {
@@ -386,9 +389,18 @@ impl Shard {
                 }
                 sock.flush();
             }
+            // Nothing to do: yield for a while (a reply is usually microseconds away), then
+            // sleep in poll so that a slow server gets the CPUs.
             if sent == 0 && received == 0 {
-                let mut fd = libc::pollfd { fd: sock.raw_fd(), events: libc::POLLIN, revents: 0 };
-                unsafe { libc::poll(&mut fd, 1, 1) };
+                idle += 1;
+                if idle < IDLE_SPINS {
+                    std::thread::yield_now();
+                } else {
+                    let mut fd = libc::pollfd { fd: sock.raw_fd(), events: libc::POLLIN, revents: 0 };
+                    unsafe { libc::poll(&mut fd, 1, 1) };
+                }
+            } else {
+                idle = 0;
             }
         }
     }
