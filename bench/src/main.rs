@@ -8,6 +8,7 @@ mod proc;
 mod rawsock;
 mod storm;
 mod tftp_rate;
+mod tftp_xsk;
 
 use clap::{Parser, Subcommand};
 use netboot::lab::{Lab, LabSpec};

@@ -1,5 +1,7 @@
 //! `netboot-bench tftp-rate`: concurrent TFTP fetches against netboot-xdp and the peers, with
-//! the same one-process client (netboot-user's `lab::tftp_fetch`), on one lab per server.
+//! the same one-process client on one lab per server: by default the AF_XDP client
+//! (`tftp_xsk`), which is not the bottleneck; `--client sockets` uses netboot-user's
+//! `lab::tftp_fetch` (a kernel UDP socket per transfer, as the tests do).
 //!
 //! Peers are run as an operator would for a storm (PEERS.md): tftpd-hpa and atftpd come from
 //! their Debian packages, unpacked into `target/peers` (the two conflict as installed packages,
@@ -24,8 +26,17 @@ pub struct Args {
     /// atftpd, dnsmasq.
     #[arg(long, default_value = "netboot-xdp,netboot-xdp-afxdp,tftpd-hpa,atftpd,dnsmasq")]
     pub servers: String,
+    /// The client: `xsk` (AF_XDP, one thread) or `sockets` (a kernel UDP socket per transfer).
+    #[arg(long, value_enum, default_value_t = Client::Xsk)]
+    pub client: Client,
     #[arg(long)]
     pub json: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Client {
+    Xsk,
+    Sockets,
 }
 
 /// The files of DESIGN.md's boot chain: undionly.kpxe (74 KiB) and ipxe.efi (850 KiB).
@@ -34,7 +45,7 @@ const CASES: [(&str, usize, u16); 3] = [("undionly.kpxe", 74_213, 512), ("undion
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let counts: Vec<usize> = args.transfers.split(',').map(|s| s.trim().parse()).collect::<Result<_, _>>().context("--transfers")?;
     let mut rows = Vec::new();
-    println!("{:<12} {:<14} {:>6} {:>6} {:>8} {:>9} {:>8} {:>8} {:>6} {:>12}", "server", "file", "blksz", "n", "wall s", "MiB/s", "p50 ms", "p99 ms", "fail", "CPU ms/xfer");
+    println!("{:<18} {:<14} {:>6} {:>6} {:>8} {:>9} {:>8} {:>8} {:>6} {:>6} {:>12}", "server", "file", "blksz", "n", "wall s", "MiB/s", "p50 ms", "p99 ms", "retx", "fail", "CPU ms/xfer");
     for server in args.servers.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let lab = Lab::create(&LabSpec { server: "10.77.0.1/16".parse()?, client: Some("10.77.0.2/16".parse()?) })?;
         let dir = std::env::temp_dir().join(format!("netboot-bench-tftp-{}", lab.id));
@@ -45,6 +56,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             std::fs::write(root.join(name), file_bytes(size))?;
         }
         let mut guard = start(server, &lab, &dir, &root)?;
+        let addr: std::net::SocketAddrV4 = "10.77.0.1:69".parse()?;
+        let mut xsk = match args.client {
+            Client::Xsk => Some(crate::tftp_xsk::XskClient::open(&lab, counts.iter().copied().max().unwrap_or(1))?),
+            Client::Sockets => None,
+        };
         std::thread::sleep(Duration::from_millis(300));
         guard.check_alive(server)?;
         for (name, size, blksize) in CASES {
@@ -52,27 +68,33 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 let req = Request { file: name.into(), blksize: (blksize != 512).then_some(blksize), windowsize: None, tsize: true };
                 let cpu0 = guard.cpu();
                 let t0 = Instant::now();
-                let got = fetch_many(&lab, "10.77.0.1:69".parse()?, &req, n, Duration::from_secs(15))?;
+                let got = match xsk.as_mut() {
+                    Some(c) => c.fetch_many(addr, &req, n, Duration::from_secs(15))?,
+                    None => fetch_many(&lab, addr.into(), &req, n, Duration::from_secs(15))?,
+                };
                 let wall = t0.elapsed();
                 let cpu = guard.cpu() - cpu0;
                 let expected = file_bytes(size);
                 let failed = got.iter().filter(|f| f.data != expected).count();
+                let retransmits: u64 = got.iter().map(|f| f.retransmits).sum();
                 let mut lat: Vec<Duration> = got.iter().filter(|f| f.error.is_none()).map(|f| f.elapsed).collect();
                 lat.sort();
                 let pct = |p: f64| lat.get(((lat.len().max(1) - 1) as f64 * p).round() as usize).copied().unwrap_or_default();
                 let mib = (size * (n - failed)) as f64 / (1 << 20) as f64 / wall.as_secs_f64();
                 let cpu_per = cpu.as_secs_f64() * 1e3 / n as f64;
                 println!(
-                    "{:<12} {:<14} {:>6} {:>6} {:>8.3} {:>9.1} {:>8.1} {:>8.1} {:>6} {:>12.2}",
-                    server, name, blksize, n, wall.as_secs_f64(), mib, pct(0.5).as_secs_f64() * 1e3, pct(0.99).as_secs_f64() * 1e3, failed, cpu_per
+                    "{:<18} {:<14} {:>6} {:>6} {:>8.3} {:>9.1} {:>8.1} {:>8.1} {:>6} {:>6} {:>12.2}",
+                    server, name, blksize, n, wall.as_secs_f64(), mib, pct(0.5).as_secs_f64() * 1e3, pct(0.99).as_secs_f64() * 1e3, retransmits, failed, cpu_per
                 );
                 rows.push(serde_json::json!({
                     "server": server, "file": name, "bytes": size, "blksize": blksize, "transfers": n,
                     "wall_s": wall.as_secs_f64(), "mib_per_s": mib, "p50_ms": pct(0.5).as_secs_f64() * 1e3,
-                    "p99_ms": pct(0.99).as_secs_f64() * 1e3, "failed": failed, "server_cpu_ms_per_transfer": cpu_per,
+                    "p99_ms": pct(0.99).as_secs_f64() * 1e3, "failed": failed, "client_retransmits": retransmits, "server_cpu_ms_per_transfer": cpu_per,
+                    "client": format!("{:?}", args.client).to_lowercase(),
                 }));
             }
         }
+        drop(xsk);
         drop(guard);
     }
     if let Some(p) = &args.json {

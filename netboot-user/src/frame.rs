@@ -153,26 +153,38 @@ fn pseudo_sum(src: Ipv4Addr, dst: Ipv4Addr, udp: &[u8]) -> u16 {
 /// The Internet checksum (RFC 1071) over the concatenation of `parts` (each even-length except
 /// possibly the last).
 pub fn checksum(parts: &[&[u8]]) -> u16 {
-    // 32-bit words into a 64-bit sum: a word's upper half is congruent to itself modulo 0xffff,
-    // so this is the 16-bit one's-complement sum at half the additions.
-    let mut sum: u64 = 0;
-    for part in parts {
-        let mut words = part.chunks_exact(4);
-        for w in &mut words {
-            sum += u64::from(u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
-        }
-        let mut halves = words.remainder().chunks_exact(2);
-        for h in &mut halves {
-            sum += u64::from(u16::from_be_bytes([h[0], h[1]]));
-        }
-        if let [last] = halves.remainder() {
-            sum += u64::from(*last) << 8;
-        }
+    let sum: u32 = parts.iter().map(|p| ones_sum(p)).sum();
+    !fold(u64::from(sum))
+}
+
+/// The 16-bit one's-complement sum of `b` as big-endian words (a trailing odd byte padded with
+/// zero), folded. Eight bytes at a time in native order with end-around carry: RFC 1071's
+/// sum is independent of byte order up to one swap at the end.
+fn ones_sum(b: &[u8]) -> u32 {
+    let mut words = b.chunks_exact(8);
+    let mut acc: u64 = 0;
+    for w in &mut words {
+        let (s, carry) = acc.overflowing_add(u64::from_ne_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]));
+        acc = s + u64::from(carry);
     }
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
+    let native = fold(acc);
+    let mut sum = u32::from(u16::from_be(native));
+    let mut halves = words.remainder().chunks_exact(2);
+    for h in &mut halves {
+        sum += u32::from(u16::from_be_bytes([h[0], h[1]]));
     }
-    !(sum as u16)
+    if let [last] = halves.remainder() {
+        sum += u32::from(*last) << 8;
+    }
+    u32::from(fold(u64::from(sum)))
+}
+
+/// Folds a one's-complement accumulator to 16 bits.
+fn fold(mut x: u64) -> u16 {
+    while x >> 16 != 0 {
+        x = (x & 0xffff) + (x >> 16);
+    }
+    x as u16
 }
 
 #[cfg(test)]

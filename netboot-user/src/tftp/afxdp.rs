@@ -37,6 +37,9 @@ struct Live {
     client_mac: MacAddr,
     tid: u16,
     queue: usize,
+    /// When this transfer's entry in the timer heap fires (one live entry per transfer; a
+    /// deadline that moved later is found when the entry fires, and rescheduled then).
+    timer_at: Option<Instant>,
 }
 
 /// Ports the engine's transfers use (their TIDs): above the kernel's ephemeral range, so that
@@ -226,8 +229,8 @@ impl Worker {
                 for p in first {
                     self.out.push(self.outgoing(queue, client, client_mac, tid, p));
                 }
-                self.timers.push(Reverse((session.transfer.deadline(), client)));
-                self.transfers.insert(client, Live { session, client_mac, tid, queue });
+                self.transfers.insert(client, Live { session, client_mac, tid, queue, timer_at: None });
+                self.schedule(client);
             }
             Opened::Refused(error) => self.out.push(self.outgoing(queue, client, client_mac, tid, error)),
             Opened::Ignored => {}
@@ -248,7 +251,7 @@ impl Worker {
                 for p in pkts {
                     self.out.push(self.outgoing(queue, client, mac, tid, p));
                 }
-                self.timers.push(Reverse((live.session.transfer.deadline(), client)));
+                self.schedule(client);
             }
             Step::Wait => {}
             Step::Done => {
@@ -265,6 +268,17 @@ impl Worker {
         }
     }
 
+    /// Puts the transfer's deadline in the timer heap, unless an entry that fires no later
+    /// is there already.
+    fn schedule(&mut self, client: SocketAddrV4) {
+        let Some(live) = self.transfers.get_mut(&client) else { return };
+        let due = live.session.transfer.deadline();
+        if live.timer_at.is_none_or(|t| due < t) {
+            live.timer_at = Some(due);
+            self.timers.push(Reverse((due, client)));
+        }
+    }
+
     /// Runs the timers that are due.
     fn expire(&mut self, now: Instant) {
         while let Some(Reverse((t, client))) = self.timers.peek().copied() {
@@ -273,14 +287,20 @@ impl Worker {
             }
             self.timers.pop();
             let Some(live) = self.transfers.get_mut(&client) else { continue };
+            if live.timer_at != Some(t) {
+                continue; // replaced by an earlier entry
+            }
+            live.timer_at = None;
             if live.session.transfer.deadline() > now {
-                continue; // rescheduled since
+                self.schedule(client); // the transfer made progress since
+                continue;
             }
             let step = live.session.transfer.on_timeout(now);
-            if let Step::Wait = step {
-                self.timers.push(Reverse((live.session.transfer.deadline(), client)));
-            }
+            let wait = matches!(step, Step::Wait);
             self.on_step(client, step);
+            if wait {
+                self.schedule(client);
+            }
         }
     }
 
