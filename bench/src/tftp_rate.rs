@@ -55,6 +55,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         for (name, size, _) in CASES {
             std::fs::write(root.join(name), file_bytes(size))?;
         }
+        // As in the storm: socket buffers that hold a burst of requests (what an operator
+        // expecting a storm sets; the peers do not size their sockets, netboot-xdp does).
+        netboot::lab::run_checked(lab.server.command("sysctl").args(["-qw", "net.core.rmem_default=16777216", "net.core.rmem_max=16777216"]))?;
         let mut guard = start(server, &lab, &dir, &root)?;
         let addr: std::net::SocketAddrV4 = "10.77.0.1:69".parse()?;
         let mut xsk = match args.client {
