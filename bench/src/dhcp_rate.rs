@@ -84,6 +84,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         let c2 = cpu_of(pid);
         let counters = agent.counters()?;
         println!("  kernel answers in the second run: fast_offer {} fast_ack {}", counters["fast_offer"], counters["fast_ack"]);
+        out.insert("kernel_offers".into(), counters["fast_offer"].into());
+        out.insert("kernel_acks".into(), counters["fast_ack"].into());
         rows.push(Row { server: "netboot-xdp XDP fast path (known clients)".into(), report: warm, server_cpu: c2 - c1 });
         agent.stop()?;
     }
