@@ -1,6 +1,7 @@
-//! A DHCP load generator for the lab: many simulated clients in one thread, raw frames through
-//! AF_XDP sockets on the client end of the lab (perfdhcp relays everything and cannot push fast
-//! enough for the kernel path; a packet socket costs an skb, the bridge and a copy per reply).
+//! A DHCP load generator for the lab: many simulated clients in one process (a thread per RX
+//! queue of the lab's client end), raw frames through AF_XDP sockets there (perfdhcp relays
+//! everything and cannot push fast enough for the kernel path; a packet socket costs an skb,
+//! the bridge and a copy per reply).
 //!
 //! Each client runs DORA like a PXE ROM without the broadcast flag: DISCOVER broadcast, OFFER
 //! (link unicast to its MAC), REQUEST broadcast for the offered address, ACK. DISCOVERs are
