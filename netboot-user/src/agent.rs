@@ -53,10 +53,12 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
     let mut fastpath = Loaded::pinned(iface_name, cache_entries)
         .and_then(|l| l.attach(iface_name, mode))
         .inspect_err(|_| AgentRecord::remove(iface_name))?;
+    let renewals = Arc::new(crate::dhcp::UnwrittenRenewals::default());
     let dhcp = match (fastpath.take_map(maps::REPLY_CACHE), fastpath.take_map(maps::EVENTS)) {
         (Some(cache), Some(events)) if config.dhcp.mode == DhcpMode::Authoritative => dhcp.with_fast_path(FastPathLink {
             sync: CacheSync::new(ReplyCache::new(cache)?, iface.mac),
             events: RingBuf::try_from(events)?,
+            renewals: renewals.clone(),
         }),
         _ => dhcp,
     };
@@ -71,7 +73,8 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
         tracing::warn!(root = %config.http.root.display(), "http.root is not a directory: scripts and files will not be found");
     }
     let http_timelines = timelines.clone();
-    let http_state = crate::http::HttpState::new(&config, server_ip, record.clone(), stats.clone(), timelines);
+    let mut http_state = crate::http::HttpState::new(&config, server_ip, record.clone(), stats.clone(), timelines);
+    http_state.renewals = renewals;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let config_engine = config.tftp.engine;

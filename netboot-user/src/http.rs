@@ -8,7 +8,7 @@
 //!   ETag/If-None-Match (here), confined to the root: `..` and symlinks leaving it are refused.
 //! - `GET /api/v1/nodes[?stage=S][&idle=SECS]` and `/api/v1/nodes/MAC`: boot timelines
 //!   ([`crate::timeline`]).
-//! - `GET /api/v1/leases`: the lease store as JSON; `GET /api/v1/status`: what
+//! - `GET /api/v1/leases`: the lease store as JSON (with the kernel's renewals not yet written); `GET /api/v1/status`: what
 //!   `netboot-xdp status --json` prints; `GET /metrics`: Prometheus text ([`crate::metrics`]).
 //!
 //! The same routes are served on the agent's control socket (`/run/netboot-xdp/IFACE.sock`),
@@ -59,6 +59,8 @@ pub struct HttpState {
     pub agent: AgentRecord,
     pub stats: Arc<Stats>,
     pub timelines: Arc<Timelines>,
+    /// Kernel renewals not in the store yet, shown in `/api/v1/leases`.
+    pub renewals: Arc<crate::dhcp::UnwrittenRenewals>,
 }
 
 impl HttpState {
@@ -70,6 +72,7 @@ impl HttpState {
             agent,
             stats,
             timelines,
+            renewals: Arc::default(),
         }
     }
 
@@ -320,6 +323,7 @@ async fn leases(State(st): State<Arc<HttpState>>) -> Response {
     let now = crate::timeline::unix_ms() / 1000;
     match SqliteStore::read_only(&st.state_dir).and_then(|mut s| s.load()) {
         Ok(mut leases) => {
+            st.renewals.overlay(&mut leases);
             leases.sort_by_key(|l| l.ip);
             axum::Json(leases.iter().map(|l| l.to_json(now)).collect::<Vec<_>>()).into_response()
         }

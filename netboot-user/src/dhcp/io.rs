@@ -144,6 +144,8 @@ fn kind_name(k: MessageType) -> &'static str {
 pub struct FastPathLink {
     pub sync: CacheSync,
     pub events: RingBuf<MapData>,
+    /// Where kernel renewals kept in memory are published (for `/api/v1/leases`).
+    pub renewals: Arc<crate::dhcp::UnwrittenRenewals>,
 }
 
 /// What to do once a commit is durable.
@@ -208,13 +210,13 @@ impl Service {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         let Service { mut server, store, stats, sock67, sock4011, tx, fast, mut reload } = self;
         let (relays, iface, timelines) = (tx.relays.clone(), tx.iface.clone(), tx.timelines.clone());
-        let (sync, events) = match fast {
+        let (sync, events, renewals) = match fast {
             Some(f) => {
                 let events = unsafe { AsyncFd::register_with_interest(f.events, tokio::io::Interest::READABLE) }
                     .map_err(|e| anyhow::anyhow!("event ring buffer: {e}"))?;
-                (Some(Arc::new(Mutex::new(f.sync))), Some(events))
+                (Some(Arc::new(Mutex::new(f.sync))), Some(events), f.renewals)
             }
-            None => (None, None),
+            None => (None, None, Arc::default()),
         };
         let mut events = events;
         let now = unix_now();
@@ -296,6 +298,9 @@ impl Service {
                         }
                     }
                     let recorded = renewed.len();
+                    for a in renewed.iter().filter(|a| !a.persist) {
+                        renewals.record(&a.lease);
+                    }
                     let leases: Vec<_> = renewed.into_iter().filter(|a| a.persist).map(|a| a.lease).collect();
                     stats.add("fast_acks_in_memory_only", (recorded - leases.len()) as u64);
                     if !leases.is_empty() {

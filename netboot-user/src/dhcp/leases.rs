@@ -116,6 +116,30 @@ impl Lease {
     }
 }
 
+/// Renewals the kernel answered that the store does not have yet (they end within the renewal
+/// slack of the stored expiry; `DhcpServer::record_kernel_ack`), shared with the HTTP API so
+/// that `/api/v1/leases` shows the expiry the client was given.
+#[derive(Debug, Default)]
+pub struct UnwrittenRenewals(std::sync::Mutex<HashMap<Ipv4Addr, (MacAddr, u64)>>);
+
+impl UnwrittenRenewals {
+    pub fn record(&self, lease: &Lease) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(lease.ip, (lease.mac, lease.expires));
+    }
+
+    /// Moves the expiry of each stored bound lease to its later unwritten renewal (same MAC).
+    pub fn overlay(&self, leases: &mut [Lease]) {
+        let m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        for l in leases.iter_mut().filter(|l| l.state == LeaseState::Bound) {
+            if let Some(&(mac, expires)) = m.get(&l.ip) {
+                if mac == l.mac && expires > l.expires {
+                    l.expires = expires;
+                }
+            }
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct LeaseTable {
     by_ip: HashMap<Ipv4Addr, Lease>,
@@ -279,5 +303,24 @@ mod tests {
         assert!(t.available_to(Ipv4Addr::new(10, 0, 0, 11), &key(1), 50));
         assert!(!t.available_to(Ipv4Addr::new(10, 0, 0, 11), &key(2), 50));
         assert!(t.held_by_other(Ipv4Addr::new(10, 0, 0, 11), &key(2), 50));
+    }
+
+    #[test]
+    fn unwritten_renewals_move_only_the_same_clients_bound_lease_later() {
+        let r = UnwrittenRenewals::default();
+        r.record(&lease([10, 0, 0, 1], 1, LeaseState::Bound, 2000));
+        r.record(&lease([10, 0, 0, 2], 2, LeaseState::Bound, 2000));
+        r.record(&lease([10, 0, 0, 3], 3, LeaseState::Bound, 500));
+        let mut stored = vec![
+            lease([10, 0, 0, 1], 1, LeaseState::Bound, 1000),    // renewed: moves
+            lease([10, 0, 0, 2], 9, LeaseState::Bound, 1000),    // another client now: stays
+            lease([10, 0, 0, 3], 3, LeaseState::Bound, 1000),    // stored is later: stays
+            lease([10, 0, 0, 4], 4, LeaseState::Released, 1000), // no renewal: stays
+        ];
+        r.overlay(&mut stored);
+        assert_eq!(stored.iter().map(|l| l.expires).collect::<Vec<_>>(), [2000, 1000, 1000, 1000]);
+        let mut released = vec![lease([10, 0, 0, 1], 1, LeaseState::Released, 1000)];
+        r.overlay(&mut released);
+        assert_eq!(released[0].expires, 1000, "a released lease is not revived");
     }
 }

@@ -8,5 +8,5 @@ pub mod server;
 pub mod store;
 
 pub use classify::{Classification, classify};
-pub use leases::{ClientKey, Lease, LeaseState, LeaseTable};
+pub use leases::{ClientKey, Lease, LeaseState, LeaseTable, UnwrittenRenewals};
 pub use server::{CachedReplies, Destination, DhcpServer, KernelAck, Outcome, Reply, Request, ServerParams, Silence};
