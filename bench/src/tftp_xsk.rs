@@ -5,173 +5,322 @@
 //! server, was the ceiling).
 //!
 //! The lab's client end hands frames to the transfers' ports to the AF_XDP sockets
-//! (`Lab::client_xsk`); everything else (ARP for the client address, which the bridge answers)
-//! passes. Frames leave with the bridge's MAC and address, as the kernel's would.
+//! (`Lab::client_xsk`); everything else (ARP for the client address, which the bridge answers;
+//! DHCP; HTTP) passes. Frames leave with the bridge's MAC and address, as the kernel's would.
+//!
+//! [`XskClient`] runs reads in slots (a slot is a port); [`XskClient::fetch_many`] runs a batch
+//! to the end on the calling thread, [`XskService`] runs the client on a thread of its own and
+//! takes reads from async tasks (the storm's machines).
 
 use netboot::frame::{UdpEnvelope, parse_udp};
 use netboot::iface::Interface;
 use netboot::lab::Lab;
 use netboot::lab::tftp_fetch::Fetched;
+use netboot::mac::MacAddr;
 use netboot::tftp::client::{ClientStep, ClientTransfer, Request};
 use netboot::xsk::{Xsk, XskSizes};
-use std::net::SocketAddrV4;
+use std::collections::VecDeque;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-/// The transfers' ports: `FIRST_PORT + i`, below the kernel's ephemeral range.
+/// The transfers' ports: `FIRST_PORT + slot`, below the kernel's ephemeral range.
 const FIRST_PORT: u16 = 10_000;
-const MAX_TRANSFERS: usize = 20_000;
+const MAX_SLOTS: usize = 20_000;
 /// The client's retry timer (the servers' are shorter, so it rarely fires).
 const RETRY: Duration = Duration::from_millis(1000);
 
+/// Where a read's result goes.
+type Done = Box<dyn FnOnce(Fetched) + Send>;
+
 struct Read {
     core: ClientTransfer,
+    server: SocketAddrV4,
     /// The server's port for this transfer (its TID), from its first reply.
     server_port: Option<u16>,
+    rrq: Vec<u8>,
     started: Instant,
-    result: Option<Fetched>,
+    give_up: Duration,
+    done: Option<Done>,
 }
 
-/// The client's end of the lab: AF_XDP sockets for the ports of up to `max` transfers.
+/// The client's end of the lab: AF_XDP sockets for the ports of `slots` reads at once.
 pub struct XskClient {
     port: netboot::lab::ClientXsk,
-    mac: netboot::mac::MacAddr,
-    ip: std::net::Ipv4Addr,
-    server_mac: netboot::mac::MacAddr,
-    max: usize,
+    mac: MacAddr,
+    ip: Ipv4Addr,
+    server_mac: MacAddr,
+    reads: Vec<Option<Read>>,
+    /// Free slots, the longest free first: a port is reused as late as possible, so that a
+    /// server's late duplicate for the last read on it is not taken for the new read's first
+    /// reply.
+    free: VecDeque<usize>,
+    frames: Vec<Vec<u8>>,
+    out: Vec<(usize, Vec<u8>)>,
+    last_scan: Instant,
+    idle: u32,
 }
 
 impl XskClient {
-    pub fn open(lab: &Lab, max: usize) -> anyhow::Result<XskClient> {
-        anyhow::ensure!((1..=MAX_TRANSFERS).contains(&max), "at most {MAX_TRANSFERS} transfers at once");
+    pub fn open(lab: &Lab, slots: usize) -> anyhow::Result<XskClient> {
+        anyhow::ensure!((1..=MAX_SLOTS).contains(&slots), "at most {MAX_SLOTS} transfers at once");
         let bridge = lab.client_if.clone();
         let me = lab.client.run(move || Interface::lookup(&bridge))??;
         let ip = me.ipv4.first().map(|n| n.addr()).ok_or_else(|| anyhow::anyhow!("the lab's client end has no address"))?;
         let server_if = lab.server_if.clone();
         let server_mac = lab.server.run(move || Interface::lookup(&server_if))??.mac;
-        let last = FIRST_PORT + max as u16 - 1;
-        let port = lab.client_xsk(FIRST_PORT..=last, XskSizes { frames: 16384, fill: 8192, ring: 8192 })?;
-        Ok(XskClient { port, mac: me.mac, ip, server_mac, max })
+        let last = FIRST_PORT + slots as u16 - 1;
+        let ring = (slots as u32).next_power_of_two().clamp(8192, 16384);
+        let port = lab.client_xsk(FIRST_PORT..=last, XskSizes { frames: 2 * ring, fill: ring, ring })?;
+        Ok(XskClient {
+            port,
+            mac: me.mac,
+            ip,
+            server_mac,
+            reads: (0..slots).map(|_| None).collect(),
+            free: (0..slots).collect(),
+            frames: Vec::new(),
+            out: Vec::new(),
+            last_scan: Instant::now(),
+            idle: 0,
+        })
     }
 
-    /// Runs `n` reads of `req` from `server` at once; each gives up after `give_up` without
-    /// progress.
-    pub fn fetch_many(&mut self, server: SocketAddrV4, req: &Request, n: usize, give_up: Duration) -> anyhow::Result<Vec<Fetched>> {
-        anyhow::ensure!((1..=self.max).contains(&n), "at most {} transfers at once", self.max);
-        let (mac, client_ip, server_mac) = (self.mac, self.ip, self.server_mac);
-        let last_port = FIRST_PORT + n as u16 - 1;
-        let socks = &mut self.port.socks;
-        let envelope = |local: u16, remote: u16| UdpEnvelope {
-            src_mac: mac,
-            dst_mac: server_mac,
+    /// Whether a read can start now.
+    pub fn has_free(&self) -> bool {
+        !self.free.is_empty()
+    }
+
+    /// Reads in progress.
+    pub fn active(&self) -> usize {
+        self.reads.len() - self.free.len()
+    }
+
+    /// Starts a read of `req` from `server`; `done` gets its result. False when every slot is
+    /// taken.
+    pub fn start(&mut self, server: SocketAddrV4, req: &Request, give_up: Duration, done: Done) -> bool {
+        let Some(slot) = self.free.pop_front() else { return false };
+        let now = Instant::now();
+        let rrq = req.rrq();
+        self.out.push((slot, rrq.clone()));
+        self.reads[slot] =
+            Some(Read { core: ClientTransfer::new(now), server, server_port: None, rrq, started: now, give_up, done: Some(done) });
+        true
+    }
+
+    /// One turn: sends what is queued, takes what arrived, runs the timers. Waits up to a
+    /// millisecond when nothing happened for a while.
+    pub fn turn(&mut self) {
+        self.send();
+        let mut received = 0;
+        for x in self.port.socks.iter_mut() {
+            loop {
+                let k = x.recv(|f| self.frames.push(f.to_vec()));
+                received += k;
+                if k < Xsk::rx_batch() {
+                    break;
+                }
+            }
+        }
+        let now = Instant::now();
+        let frames = std::mem::take(&mut self.frames);
+        for f in &frames {
+            self.on_frame(f, now);
+        }
+        self.frames = frames;
+        self.frames.clear();
+        if self.last_scan.elapsed() >= Duration::from_millis(20) {
+            self.last_scan = Instant::now();
+            self.timers(self.last_scan);
+        }
+        self.send();
+        if received == 0 {
+            self.idle += 1;
+            if self.idle < 200 {
+                std::thread::yield_now();
+            } else {
+                let mut fds: Vec<libc::pollfd> =
+                    self.port.socks.iter().map(|x| libc::pollfd { fd: x.raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
+                unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 1) };
+            }
+        } else {
+            self.idle = 0;
+        }
+    }
+
+    fn on_frame(&mut self, f: &[u8], now: Instant) {
+        let Some(p) = parse_udp(f) else { return };
+        let e = p.envelope;
+        let slots = self.reads.len() as u16;
+        if e.dst_ip != self.ip || e.dst_port < FIRST_PORT || e.dst_port - FIRST_PORT >= slots {
+            return;
+        }
+        let slot = usize::from(e.dst_port - FIRST_PORT);
+        let Some(r) = self.reads[slot].as_mut() else { return };
+        if e.src_ip != *r.server.ip() || *r.server_port.get_or_insert(e.src_port) != e.src_port {
+            return; // another host, or another TID
+        }
+        let step = r.core.on_packet(p.payload, now);
+        self.step(slot, step, now);
+    }
+
+    /// Resends the last packet of reads silent for `RETRY`; ends those silent for their give-up.
+    fn timers(&mut self, now: Instant) {
+        for slot in 0..self.reads.len() {
+            let Some(r) = self.reads[slot].as_mut() else { continue };
+            if r.core.idle_for(now) < RETRY {
+                continue;
+            }
+            if r.core.idle_for(now) >= r.give_up || r.started.elapsed() >= r.give_up * 4 {
+                self.end(slot, Err("timed out".into()), now);
+                continue;
+            }
+            let step = r.core.on_timeout(&r.rrq, now);
+            self.step(slot, step, now);
+        }
+    }
+
+    fn step(&mut self, slot: usize, step: ClientStep, now: Instant) {
+        match step {
+            ClientStep::Send(p) => self.out.push((slot, p)),
+            ClientStep::Wait => {}
+            ClientStep::Done(p) => {
+                self.out.push((slot, p));
+                self.end(slot, Ok(()), now);
+            }
+            ClientStep::Failed(e) => self.end(slot, Err(e), now),
+        }
+    }
+
+    fn end(&mut self, slot: usize, result: Result<(), String>, now: Instant) {
+        let Some(mut r) = self.reads[slot].take() else { return };
+        let fetched = match result {
+            Ok(()) => Fetched { data: std::mem::take(&mut r.core.data), elapsed: now - r.started, retransmits: r.core.retransmits, error: None },
+            Err(e) => Fetched { data: Vec::new(), elapsed: now - r.started, retransmits: r.core.retransmits, error: Some(e) },
+        };
+        if let Some(done) = r.done.take() {
+            done(fetched);
+        }
+        // The final ACK may still be queued: the slot's read is gone, its server kept below.
+        self.free.push_back(slot);
+        if let Some((_, last)) = self.out.iter().rev().find(|(s, _)| *s == slot) {
+            let last = last.clone();
+            self.out.retain(|(s, _)| *s != slot);
+            self.send_one(slot, r.server, r.server_port, &last);
+        }
+    }
+
+    fn send(&mut self) {
+        let out = std::mem::take(&mut self.out);
+        for (slot, payload) in &out {
+            if let Some(r) = &self.reads[*slot] {
+                let (server, port) = (r.server, r.server_port);
+                self.send_one(*slot, server, port, payload);
+            }
+        }
+        self.out = out;
+        self.out.clear();
+        for x in self.port.socks.iter_mut() {
+            x.flush();
+        }
+    }
+
+    fn send_one(&mut self, slot: usize, server: SocketAddrV4, server_port: Option<u16>, payload: &[u8]) {
+        let e = UdpEnvelope {
+            src_mac: self.mac,
+            dst_mac: self.server_mac,
             vlan: None,
-            src_ip: client_ip,
+            src_ip: self.ip,
             dst_ip: *server.ip(),
-            src_port: local,
-            dst_port: remote,
+            src_port: FIRST_PORT + slot as u16,
+            dst_port: server_port.unwrap_or(server.port()),
             ttl: 64,
         };
-        let rrq = req.rrq();
-        let t0 = Instant::now();
-        let mut reads: Vec<Read> = (0..n).map(|_| Read { core: ClientTransfer::new(t0), server_port: None, started: t0, result: None }).collect();
-        for i in 0..n {
-            let e = envelope(FIRST_PORT + i as u16, server.port());
-            socks[0].push(|buf| e.write(buf, &rrq));
-        }
-        socks[0].flush();
+        self.port.socks[0].push(|buf| e.write(buf, payload));
+    }
 
-        let mut left = n;
-        let mut frames: Vec<Vec<u8>> = Vec::new();
-        let mut out: Vec<(usize, Vec<u8>)> = Vec::new();
-        let mut last_scan = Instant::now();
-        let mut idle = 0u32;
-        while left > 0 {
-            let mut received = 0;
-            for x in socks.iter_mut() {
-                loop {
-                    let k = x.recv(|f| frames.push(f.to_vec()));
-                    received += k;
-                    if k < Xsk::rx_batch() {
+    /// Runs `n` reads of `req` from `server` at once to their end; each gives up after
+    /// `give_up` without progress.
+    pub fn fetch_many(&mut self, server: SocketAddrV4, req: &Request, n: usize, give_up: Duration) -> anyhow::Result<Vec<Fetched>> {
+        anyhow::ensure!(n <= self.free.len(), "at most {} transfers at once", self.free.len());
+        let results: Arc<Mutex<Vec<Option<Fetched>>>> = Arc::new(Mutex::new((0..n).map(|_| None).collect()));
+        for i in 0..n {
+            let results = results.clone();
+            self.start(server, req, give_up, Box::new(move |f| results.lock().unwrap()[i] = Some(f)));
+        }
+        while self.active() > 0 {
+            self.turn();
+        }
+        self.send();
+        let mut results = results.lock().unwrap();
+        Ok(results.iter_mut().map(|r| r.take().expect("every read ended")).collect())
+    }
+}
+
+struct Job {
+    server: SocketAddrV4,
+    req: Request,
+    give_up: Duration,
+    done: tokio::sync::oneshot::Sender<Fetched>,
+}
+
+/// An [`XskClient`] on a thread of its own, taking reads from async tasks.
+pub struct XskService {
+    jobs: Mutex<mpsc::Sender<Job>>,
+    stop: Arc<AtomicBool>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl XskService {
+    pub fn start(lab: &Lab, slots: usize) -> anyhow::Result<XskService> {
+        let mut client = XskClient::open(lab, slots)?;
+        let (jobs, inbox) = mpsc::channel::<Job>();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new().name("tftp-xsk-client".into()).spawn(move || {
+            let mut waiting: VecDeque<Job> = VecDeque::new();
+            loop {
+                waiting.extend(inbox.try_iter());
+                while client.has_free() {
+                    let Some(Job { server, req, give_up, done }) = waiting.pop_front() else { break };
+                    client.start(server, &req, give_up, Box::new(move |f| {
+                        let _ = done.send(f);
+                    }));
+                }
+                if client.active() == 0 && waiting.is_empty() {
+                    if flag.load(Ordering::Relaxed) {
                         break;
                     }
-                }
-            }
-            let now = Instant::now();
-            for f in frames.drain(..) {
-                let Some(p) = parse_udp(&f) else { continue };
-                let e = p.envelope;
-                if e.src_ip != *server.ip() || e.dst_ip != client_ip || !(FIRST_PORT..=last_port).contains(&e.dst_port) {
+                    match inbox.recv_timeout(Duration::from_millis(20)) {
+                        Ok(job) => waiting.push_back(job),
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    }
                     continue;
                 }
-                let i = usize::from(e.dst_port - FIRST_PORT);
-                let r = &mut reads[i];
-                if r.result.is_some() || *r.server_port.get_or_insert(e.src_port) != e.src_port {
-                    continue; // done already, or another TID
-                }
-                let step = r.core.on_packet(p.payload, now);
-                if step_of(r, i, step, now, &mut out) {
-                    left -= 1;
-                }
+                client.turn();
             }
-            // Timers: resend the last ACK (or the RRQ) after RETRY of silence; give up after give_up.
-            if last_scan.elapsed() >= Duration::from_millis(20) {
-                last_scan = Instant::now();
-                for (i, r) in reads.iter_mut().enumerate() {
-                    if r.result.is_some() || r.core.idle_for(last_scan) < RETRY {
-                        continue;
-                    }
-                    if r.core.idle_for(last_scan) >= give_up || r.started.elapsed() >= give_up * 4 {
-                        r.result = Some(failed(r, "timed out".into()));
-                        left -= 1;
-                        continue;
-                    }
-                    let step = r.core.on_timeout(&rrq, last_scan);
-                    step_of(r, i, step, last_scan, &mut out);
-                }
-            }
-            for (i, payload) in out.drain(..) {
-                let e = envelope(FIRST_PORT + i as u16, reads[i].server_port.unwrap_or(server.port()));
-                socks[0].push(|buf| e.write(buf, &payload));
-            }
-            socks[0].flush();
-            if received == 0 {
-                idle += 1;
-                if idle < 200 {
-                    std::thread::yield_now();
-                } else {
-                    let mut fds: Vec<libc::pollfd> = socks.iter().map(|x| libc::pollfd { fd: x.raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
-                    unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 1) };
-                }
-            } else {
-                idle = 0;
-            }
-        }
-        Ok(reads.into_iter().map(|r| r.result.expect("every read ended")).collect())
+            client.send();
+        })?;
+        Ok(XskService { jobs: Mutex::new(jobs), stop, thread: Mutex::new(Some(thread)) })
     }
-}
 
-/// Applies a step of read `i`; true when the read ended.
-fn step_of(r: &mut Read, i: usize, step: ClientStep, now: Instant, out: &mut Vec<(usize, Vec<u8>)>) -> bool {
-    match step {
-        ClientStep::Send(p) => out.push((i, p)),
-        ClientStep::Wait => {}
-        ClientStep::Done(p) => {
-            out.push((i, p));
-            r.result = Some(Fetched {
-                data: std::mem::take(&mut r.core.data),
-                elapsed: now - r.started,
-                retransmits: r.core.retransmits,
-                error: None,
-            });
-            return true;
+    /// Reads `req` from `server`.
+    pub async fn fetch(&self, server: SocketAddrV4, req: &Request, give_up: Duration) -> Fetched {
+        let (done, result) = tokio::sync::oneshot::channel();
+        let job = Job { server, req: req.clone(), give_up, done };
+        if self.jobs.lock().unwrap().send(job).is_err() {
+            return Fetched { data: Vec::new(), elapsed: Duration::ZERO, retransmits: 0, error: Some("the TFTP client thread is gone".into()) };
         }
-        ClientStep::Failed(e) => {
-            r.result = Some(failed(r, e));
-            return true;
+        result.await.unwrap_or_else(|_| Fetched { data: Vec::new(), elapsed: Duration::ZERO, retransmits: 0, error: Some("the TFTP client thread dropped the read".into()) })
+    }
+
+    /// Lets the reads in progress end, then stops the thread.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.lock().unwrap().take() {
+            let _ = t.join();
         }
     }
-    false
-}
-
-fn failed(r: &Read, why: String) -> Fetched {
-    Fetched { data: Vec::new(), elapsed: r.started.elapsed(), retransmits: r.core.retransmits, error: Some(why) }
 }

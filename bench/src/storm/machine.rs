@@ -4,19 +4,21 @@
 //!    retransmitted after 4, 8, 16, 32 s (PXE 2.1); it takes the first OFFER with a boot file;
 //!    a REQUEST that gets neither ACK nor NAK after the same retransmissions starts over.
 //! 2. TFTP of the boot file the ACK names (`blksize` as asked, `tsize`, `windowsize` for UEFI
-//!    when asked), byte-exact.
+//!    when asked), byte-exact, through the bench's AF_XDP TFTP client (a port of the client
+//!    address per read).
 //! 3. DHCP as iPXE (user class `iPXE`, option 175, client id 01:mac), retransmitted after 1, 2,
 //!    4, 8 s as iPXE does; without 175.176 = 1 in the OFFER it waits for ProxyDHCP offers until
 //!    3 s after its first DISCOVER, as iPXE does.
 //! 4. HTTP GET of the script URL the ACK names (and optionally the files the script names).
 
 use super::link::DhcpLink;
+use crate::tftp_xsk::XskService;
 use dhcproto::v4::{DhcpOption, Flags, HType, Message, MessageType, Opcode, OptionCode, UnknownOption};
 use dhcproto::{Decodable, Decoder, Encodable};
 use netboot::dhcp::classify::raw_option;
 use netboot::mac::MacAddr;
 use netboot::tftp::client::Request;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -106,6 +108,7 @@ impl Outcome {
 struct Machine<'a> {
     id: &'a Identity,
     link: &'a DhcpLink,
+    tftp: &'a XskService,
     replies: &'a mut UnboundedReceiver<Vec<u8>>,
     t0: Instant,
     out: Outcome,
@@ -125,6 +128,7 @@ type Fail = (String, String);
 pub async fn boot(
     id: &Identity,
     link: &DhcpLink,
+    tftp: &XskService,
     mut replies: UnboundedReceiver<Vec<u8>>,
     expect: &Expect,
     how: Behaviour,
@@ -132,7 +136,7 @@ pub async fn boot(
     reached: &Reached,
 ) -> Outcome {
     let out = Outcome { index: id.index, mac: id.mac.to_string(), ..Default::default() };
-    let mut m = Machine { id, link, replies: &mut replies, t0: Instant::now(), out, reached };
+    let mut m = Machine { id, link, tftp, replies: &mut replies, t0: Instant::now(), out, reached };
     if let Err((stage, why)) = m.chain(expect, how, progress).await {
         progress.failed.fetch_add(1, Ordering::Relaxed);
         m.out.failure = Some((stage, why));
@@ -169,10 +173,7 @@ impl Machine<'_> {
             windowsize: if self.id.arch == 0 { None } else { how.uefi_windowsize },
             tsize: true,
         };
-        let sock = tokio::net::UdpSocket::bind("0.0.0.0:0").await.map_err(|e| fail("tftp", e.to_string()))?;
-        let got = netboot::lab::tftp_fetch::fetch(sock, SocketAddr::from((tftp_server, 69)), &req, TFTP_GIVE_UP)
-            .await
-            .map_err(|e| fail("tftp", e.to_string()))?;
+        let got = self.tftp.fetch(SocketAddrV4::new(tftp_server, 69), &req, TFTP_GIVE_UP).await;
         self.out.tftp_retransmits = got.retransmits;
         if let Some(e) = got.error {
             return Err(fail("tftp", e));

@@ -171,6 +171,8 @@ fn storm(lab: &Lab, machines: &[Identity], expect: &Expect, how: Behaviour, args
     let dev = lab.link_if.clone();
     let (ramp, deadline) = (args.ramp, Duration::from_secs(args.deadline));
     let n = machines.len();
+    // TFTP from the machines through the bench's AF_XDP client (one thread, a port per read).
+    let tftp = Arc::new(crate::tftp_xsk::XskService::start(lab, n.min(20_000))?);
     lab.client.run(move || -> anyhow::Result<(Vec<Outcome>, Duration, Duration)> {
         netboot::lab::tftp_fetch::raise_fd_limit(2 * n as u64 + 1024);
         let macs: Vec<MacAddr> = machines.iter().map(|m| m.mac).collect();
@@ -188,13 +190,13 @@ fn storm(lab: &Lab, machines: &[Identity], expect: &Expect, how: Behaviour, args
             let bar = report::progress_bar(n as u64, progress.clone());
             let mut tasks = Vec::with_capacity(n);
             for (i, (id, rx)) in machines.iter().cloned().zip(rxs).enumerate() {
-                let (link, expect, progress) = (link.clone(), expect.clone(), progress.clone());
+                let (link, expect, progress, tftp) = (link.clone(), expect.clone(), progress.clone(), tftp.clone());
                 let power_on = if ramp > 0.0 { ramp * i as f64 / n as f64 } else { 0.0 };
                 tasks.push(tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_secs_f64(power_on)).await;
                     let reached = Reached::new(0);
                     let left = deadline.saturating_sub(t0.elapsed());
-                    let mut out = match tokio::time::timeout(left, machine::boot(&id, &link, rx, &expect, how, &progress, &reached)).await {
+                    let mut out = match tokio::time::timeout(left, machine::boot(&id, &link, &tftp, rx, &expect, how, &progress, &reached)).await {
                         Ok(out) => out,
                         Err(_) => {
                             progress.failed.fetch_add(1, Ordering::Relaxed);
@@ -215,6 +217,7 @@ fn storm(lab: &Lab, machines: &[Identity], expect: &Expect, how: Behaviour, args
         });
         let wall = t0.elapsed();
         let cpu = crate::proc::self_cpu().saturating_sub(cpu0);
+        tftp.stop();
         link.stop();
         let _ = receiver.join();
         Ok((outcomes, wall, cpu))
