@@ -77,7 +77,7 @@ fn run_window(args: &Args, window: u32, rows: &mut Vec<Row>, out: &mut serde_jso
     // netboot-xdp: cold (userspace path), then warm (kernel path), same lab, same clients.
     {
         let lab = lab()?;
-        let dir = tmpdir(&lab, "netboot")?;
+        let dir = lab.scratch_dir("bench-dhcp")?;
         let config = dir.join("netboot.toml");
         std::fs::write(
             &config,
@@ -108,7 +108,7 @@ fn run_window(args: &Args, window: u32, rows: &mut Vec<Row>, out: &mut serde_jso
     }
     for peer in args.peers.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let lab = lab()?;
-        let dir = tmpdir(&lab, peer)?;
+        let dir = lab.scratch_dir(&format!("bench-dhcp-{peer}"))?;
         let mut child = match peer {
             "dnsmasq" => start_dnsmasq(&lab, &dir, args.clients)?,
             "kea" => start_kea(&lab, &dir)?,
@@ -198,13 +198,6 @@ fn settle(pid: u32) {
 
 fn lab() -> anyhow::Result<Lab> {
     Lab::create(&LabSpec { server: "10.77.0.1/16".parse()?, client: None })
-}
-
-fn tmpdir(lab: &Lab, what: &str) -> anyhow::Result<PathBuf> {
-    let d = std::env::temp_dir().join(format!("netboot-bench-{}-{what}", lab.id));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d)?;
-    Ok(d)
 }
 
 fn start_dnsmasq(lab: &Lab, dir: &Path, clients: u32) -> anyhow::Result<Child> {

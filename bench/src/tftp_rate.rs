@@ -48,8 +48,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     println!("{:<18} {:<14} {:>6} {:>6} {:>8} {:>9} {:>8} {:>8} {:>6} {:>6} {:>12}", "server", "file", "blksz", "n", "wall s", "MiB/s", "p50 ms", "p99 ms", "retx", "fail", "CPU ms/xfer");
     for server in args.servers.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let lab = Lab::create(&LabSpec { server: "10.77.0.1/16".parse()?, client: Some("10.77.0.2/16".parse()?) })?;
-        let dir = std::env::temp_dir().join(format!("netboot-bench-tftp-{}", lab.id));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = lab.scratch_dir("bench-tftp")?;
         let root = dir.join("root");
         std::fs::create_dir_all(&root)?;
         for (name, size, _) in CASES {

@@ -172,15 +172,16 @@ pub fn eventually(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
 /// A lab with its own temporary directory and config file: what every lab test starts from.
 pub mod kit {
     use netboot::iface::Interface;
-    use netboot::lab::{Agent, Lab, LabSpec};
+    use netboot::lab::{Agent, Lab, LabSpec, ScratchDir};
     use std::collections::BTreeMap;
     use std::path::{Path, PathBuf};
     use std::process::Command;
 
     pub struct Setup {
         pub lab: Lab,
-        /// `$TMPDIR/nbx-<tag>-<lab id>`: config, state, files, client scripts.
-        pub dir: PathBuf,
+        /// `$TMPDIR/netboot-<tag>-<lab id>`: config, state, files, client scripts (removed
+        /// when dropped).
+        pub dir: ScratchDir,
         pub config: PathBuf,
     }
 
@@ -190,9 +191,7 @@ pub mod kit {
         pub fn new(tag: &str, config: impl FnOnce(&Path) -> String) -> Setup {
             let spec = LabSpec { server: "10.77.0.1/16".parse().unwrap(), client: Some("10.77.0.2/16".parse().unwrap()) };
             let lab = Lab::create(&spec).expect("lab");
-            let dir = std::env::temp_dir().join(format!("nbx-{tag}-{}", lab.id));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
+            let dir = lab.scratch_dir(tag).expect("lab directory");
             let path = dir.join("netboot.toml");
             std::fs::write(&path, config(&dir)).unwrap();
             Setup { lab, dir, config: path }
@@ -216,12 +215,6 @@ pub mod kit {
             std::fs::write(&script, format!("#!/bin/sh\n{{ echo \"event=$1\"; env; echo ====; }} >> {}\n", env.display())).unwrap();
             Command::new("chmod").arg("+x").arg(&script).status().unwrap();
             (script.display().to_string(), env)
-        }
-    }
-
-    impl Drop for Setup {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
 

@@ -77,15 +77,16 @@ fn perfdhcp_report(out: &str) -> Vec<(u64, u64, u64)> {
     s.into_iter().zip(r).zip(d).map(|((s, r), d)| (s, r, d)).collect()
 }
 
-/// Every exchange perfdhcp started completed. perfdhcp stops sending when its exit condition
-/// (`-n`) is met, so the REQUEST of the very last OFFER is never sent and that OFFER can be
-/// counted as a drop although it arrived (seen in captures): at most one DISCOVER-OFFER drop
-/// is perfdhcp's, not ours.
+/// Every exchange perfdhcp started completed. perfdhcp checks its exit condition (`-n`) between
+/// bursts, so it may start an exchange or two more than `n` (seen: 1002 of 1000); and it stops
+/// sending once the condition is met, so the REQUEST of the very last OFFER is never sent and
+/// that OFFER can be counted as a drop although it arrived (seen in captures): at most one
+/// DISCOVER-OFFER drop is perfdhcp's, not ours.
 fn assert_complete(text: &str, n: u64) {
     let r = perfdhcp_report(text);
     assert_eq!(r.len(), 2, "{text}");
     let (sent, received, drops) = r[0];
-    assert!(sent == n && received >= n - 1 && drops <= 1, "DISCOVER-OFFER: {text}");
+    assert!(sent >= n && sent <= n + 8 && received + 1 >= sent && drops <= 1, "DISCOVER-OFFER: {text}");
     let (sent, received, drops) = r[1];
     assert!(sent == received && drops == 0 && sent >= n - 1, "REQUEST-ACK: {text}");
 }
@@ -274,9 +275,7 @@ fn proxy_dhcp_beside_dnsmasq() {
     let _serial = tests::serial();
     let lab = Lab::create(&LabSpec { server: "10.77.0.1/16".parse().unwrap(), client: Some("10.77.0.2/16".parse().unwrap()) })
         .expect("lab");
-    let dir = std::env::temp_dir().join(format!("nbx-proxy-{}", lab.id));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = lab.scratch_dir("proxy").unwrap();
     let peer = lab.add_segment("dnsmasq", 'd', Some("10.77.0.3/16".parse().unwrap())).unwrap();
     let pidfile = dir.join("dnsmasq.pid");
     let st = peer

@@ -1,25 +1,19 @@
 //! `netboot-xdp attach` in a lab, driven through the normative CLI, with real DHCP clients
 //! (udhcpc, dhclient, perfdhcp) in the client namespace.
 
-use netboot::lab::{Agent, Lab, LabSpec, clients};
-use std::path::PathBuf;
+use netboot::lab::{Agent, Lab, clients};
+use tests::kit::Setup;
 use std::process::Command;
 use tests::{bin, require_root};
 
-fn lab() -> Lab {
-    Lab::create(&LabSpec { server: "10.77.0.1/16".parse().unwrap(), client: Some("10.77.0.2/16".parse().unwrap()) })
-        .expect("create lab")
-}
-
-/// Writes the config with a fresh state_dir of the lab's own.
-fn write_config(lab: &Lab, body: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("nbx-test-{}", lab.id));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let p = dir.join("netboot.toml");
-    let body = body.replacen("[server]\n", &format!("[server]\nstate_dir = \"{}\"\n", dir.join("state").display()), 1);
-    std::fs::write(&p, body).unwrap();
-    p
+/// The lab and a config with a state directory of its own (both removed when dropped).
+fn setup() -> Setup {
+    Setup::new("attach", |dir| {
+        format!(
+            "[server]\naddress = \"10.77.0.1\"\nstate_dir = \"{}\"\n[dhcp]\nsubnet = \"10.77.0.0/16\"\npools = [\"10.77.1.1-10.77.9.254\"]\n",
+            dir.join("state").display()
+        )
+    })
 }
 
 const CONFIG: &str = "[server]\naddress = \"10.77.0.1\"\n[dhcp]\nsubnet = \"10.77.0.0/16\"\npools = [\"10.77.1.1-10.77.9.254\"]\n";
@@ -35,17 +29,17 @@ fn attach_counts_real_clients_and_detaches_on_sigterm() {
         return;
     }
     let _serial = tests::serial();
-    let lab = lab();
-    let cfg = write_config(&lab, CONFIG);
-    let agent = Agent::start(&lab, &bin("netboot-xdp"), &cfg, &[]).unwrap();
+    let s = setup();
+    let (lab, cfg) = (&s.lab, &s.config);
+    let agent = Agent::start(lab, &bin("netboot-xdp"), cfg, &[]).unwrap();
     let st = agent.status().unwrap();
     assert_eq!(st["xdp_mode"], "native", "{st}");
-    assert!(xdp_on(&lab).contains("prog/xdp"), "no XDP program on {}", lab.server_if);
+    assert!(xdp_on(lab).contains("prog/xdp"), "no XDP program on {}", lab.server_if);
 
-    clients::udhcpc(&lab, 2).unwrap();
-    clients::dhclient(&lab).unwrap();
-    let plain = clients::perfdhcp(&lab, 20, 200, &["-i"]).unwrap();
-    let ipxe = clients::perfdhcp(&lab, 30, 200, &["-i", "-o", "77,69505845"]).unwrap();
+    clients::udhcpc(lab, 2).unwrap();
+    clients::dhclient(lab).unwrap();
+    let plain = clients::perfdhcp(lab, 20, 200, &["-i"]).unwrap();
+    let ipxe = clients::perfdhcp(lab, 30, 200, &["-i", "-o", "77,69505845"]).unwrap();
     assert!(!plain.stdout.is_empty() && !ipxe.stdout.is_empty(), "perfdhcp did not run");
 
     let c = agent.counters().unwrap();
@@ -64,7 +58,7 @@ fn attach_counts_real_clients_and_detaches_on_sigterm() {
 
     let exit = agent.stop().unwrap();
     assert!(exit.success(), "agent exit {exit}");
-    assert!(!xdp_on(&lab).contains("prog/xdp"), "XDP program left attached after SIGTERM");
+    assert!(!xdp_on(lab).contains("prog/xdp"), "XDP program left attached after SIGTERM");
     let out = Command::new(bin("netboot-xdp")).args(["status", &lab.server_if]).output().unwrap();
     assert!(!out.status.success(), "status after detach should fail");
     assert!(String::from_utf8_lossy(&out.stderr).contains("not attached"));
@@ -76,17 +70,17 @@ fn skb_mode_and_detach_command() {
         return;
     }
     let _serial = tests::serial();
-    let lab = lab();
-    let cfg = write_config(&lab, CONFIG);
-    let agent = Agent::start(&lab, &bin("netboot-xdp"), &cfg, &["--xdp-mode", "skb"]).unwrap();
+    let s = setup();
+    let (lab, cfg) = (&s.lab, &s.config);
+    let agent = Agent::start(lab, &bin("netboot-xdp"), cfg, &["--xdp-mode", "skb"]).unwrap();
     assert_eq!(agent.status().unwrap()["xdp_mode"], "skb");
-    assert!(xdp_on(&lab).contains(" xdpgeneric "), "{}", xdp_on(&lab));
-    clients::udhcpc(&lab, 1).unwrap();
+    assert!(xdp_on(lab).contains(" xdpgeneric "), "{}", xdp_on(lab));
+    clients::udhcpc(lab, 1).unwrap();
     assert!(agent.counters().unwrap()["msg_discover"] >= 1);
 
     let out = Command::new(bin("netboot-xdp")).args(["detach", &lab.server_if]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(!xdp_on(&lab).contains("prog/xdp"), "still attached after detach");
+    assert!(!xdp_on(lab).contains("prog/xdp"), "still attached after detach");
     let out = Command::new(bin("netboot-xdp")).args(["detach", &lab.server_if]).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not attached"));

@@ -137,17 +137,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         // default socket receive buffer that holds a burst (dnsmasq and Kea do not size their
         // own; netboot-xdp does). Per network namespace: this changes the lab only.
         netboot::lab::run_checked(lab.server.command("sysctl").args(["-qw", "net.core.rmem_default=16777216", "net.core.rmem_max=16777216"]))?;
-        let dir = std::env::temp_dir().join(format!("netboot-storm-{}", lab.id));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
+        let dir = lab.scratch_dir("storm")?;
         servers::write_files(&dir, &expect.bios_bytes, &expect.uefi_bytes)?;
         let running = servers::start(server, &lab, &dir, &machines)?;
         let cpu0 = running.cpu();
         let (outcomes, wall, client_cpu) = storm(&lab, &machines, &expect, how, args)?;
         let server_cpu = running.cpu().saturating_sub(cpu0);
         drop(running);
+        drop(dir);
         drop(lab);
-        let _ = std::fs::remove_dir_all(&dir);
         let r = Run { server: server.clone(), outcomes, wall, server_cpu, client_cpu };
         report::print(&r, args.nodes);
         runs.push(r);

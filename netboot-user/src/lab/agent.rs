@@ -97,5 +97,11 @@ impl Drop for Agent {
         if self.child.is_some() {
             let _ = self.terminate();
         }
+        // The log stays for a failing test to be read; otherwise it goes with the agent.
+        if std::thread::panicking() {
+            eprintln!("agent log kept: {}", self.log.display());
+        } else {
+            let _ = std::fs::remove_file(&self.log);
+        }
     }
 }

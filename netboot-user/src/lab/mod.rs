@@ -246,6 +246,16 @@ impl Lab {
         replace_client_program(&self.pin_dir(), program, setup)
     }
 
+    /// A directory for this lab's files (configs, state, roots, logs of peers), named
+    /// `netboot-<what>-<lab id>` under the system's temporary directory, empty, removed when
+    /// dropped.
+    pub fn scratch_dir(&self, what: &str) -> anyhow::Result<ScratchDir> {
+        let dir = std::env::temp_dir().join(format!("netboot-{what}-{}", self.id));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(ScratchDir(dir))
+    }
+
     fn pin_dir(&self) -> PathBuf {
         lab_pin_dir(&self.id)
     }
@@ -353,6 +363,28 @@ impl Drop for ClientXsk {
         if let Err(e) = replace_client_program(&self.lab_pins, netboot_common::PASS_PROGRAM_NAME, |_| Ok(())) {
             tracing::warn!("restoring the lab's pass-through program: {e:#}");
         }
+    }
+}
+
+/// A lab's directory of files ([`Lab::scratch_dir`]); removed with everything in it when dropped.
+pub struct ScratchDir(PathBuf);
+
+impl std::ops::Deref for ScratchDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for ScratchDir {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
