@@ -15,7 +15,7 @@ use netboot::dhcp::classify::raw_option;
 use netboot::frame::{parse_udp, udp_checksum};
 use netboot::lab::Lab;
 use netboot::mac::MacAddr;
-use netboot::xsk::{Xsk, XskSizes};
+use netboot::xsk::{IdleWait, Xsk, XskSizes};
 use netboot_common::wire::{DHCP_CLIENT_PORT, DHCP_SERVER_PORT, ETH_HLEN, bootp, msg, opt};
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -198,17 +198,8 @@ struct Client {
     done: Option<Instant>,
 }
 
-fn cpu_time() -> Duration {
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(ru.ru_utime) + tv(ru.ru_stime)
-}
-
 /// DISCOVERs sent per turn of the loop before replies are read again.
 const SEND_BURST: usize = 256;
-/// Idle turns of the loop spent yielding before sleeping in poll.
-const IDLE_SPINS: u32 = 200;
 
 /// The frames of every client, built before the clock starts.
 struct Frames {
@@ -240,7 +231,7 @@ pub fn run(lab: &Lab, cfg: &Config) -> anyhow::Result<Report> {
     let threads = socks.len();
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..threads).map(|_| std::sync::mpsc::channel::<Reply>()).unzip();
     let all_bound = AtomicUsize::new(0);
-    let cpu0 = cpu_time();
+    let cpu0 = crate::proc::self_cpu();
     let t0 = Instant::now();
     let results: Vec<Shard> = std::thread::scope(|s| {
         let handles: Vec<_> = socks
@@ -270,7 +261,7 @@ pub fn run(lab: &Lab, cfg: &Config) -> anyhow::Result<Report> {
         retransmits: results.iter().map(|r| r.retransmits).sum(),
         latencies,
         addresses: results.iter().flat_map(|r| r.clients.iter().filter(|c| c.phase == Phase::Bound).map(|c| c.offered)).collect(),
-        client_cpu: cpu_time() - cpu0,
+        client_cpu: crate::proc::self_cpu() - cpu0,
     })
 }
 
@@ -311,7 +302,7 @@ impl Shard {
         let mut next = 0usize;
         let mut replies: Vec<Reply> = Vec::with_capacity(Xsk::rx_batch());
         let mut last_scan = Instant::now();
-        let mut idle = 0u32;
+        let mut wait = IdleWait::default();
         // Until every thread is done: a thread whose clients are all bound still hands on the
         // replies that land on its queue.
         while all_bound.load(Ordering::Relaxed) < frames.macs.len() && t0.elapsed() < cfg.deadline {
@@ -390,19 +381,7 @@ impl Shard {
                 }
                 sock.flush();
             }
-            // Nothing to do: yield for a while (a reply is usually microseconds away), then
-            // sleep in poll so that a slow server gets the CPUs.
-            if sent == 0 && received == 0 {
-                idle += 1;
-                if idle < IDLE_SPINS {
-                    std::thread::yield_now();
-                } else {
-                    let mut fd = libc::pollfd { fd: sock.raw_fd(), events: libc::POLLIN, revents: 0 };
-                    unsafe { libc::poll(&mut fd, 1, 1) };
-                }
-            } else {
-                idle = 0;
-            }
+            wait.after_turn(sent > 0 || received > 0, std::slice::from_ref(sock));
         }
     }
 }

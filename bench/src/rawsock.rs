@@ -1,5 +1,6 @@
 //! An AF_PACKET socket on one interface of the lab: whole Ethernet frames in and out, for the
-//! clients that need their own MAC addresses (the DHCP generator, the storm's machines).
+//! storm's machines, which need their own MAC addresses; and the frame of a DHCP broadcast
+//! (the DHCP generator's too).
 
 use netboot::frame::UdpEnvelope;
 use netboot::mac::MacAddr;

@@ -18,7 +18,7 @@ use netboot::lab::Lab;
 use netboot::lab::tftp_fetch::Fetched;
 use netboot::mac::MacAddr;
 use netboot::tftp::client::{ClientStep, ClientTransfer, Request};
-use netboot::xsk::{Xsk, XskSizes};
+use netboot::xsk::{IdleWait, XskSizes};
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -56,10 +56,10 @@ pub struct XskClient {
     /// server's late duplicate for the last read on it is not taken for the new read's first
     /// reply.
     free: VecDeque<usize>,
-    frames: Vec<Vec<u8>>,
-    out: Vec<(usize, Vec<u8>)>,
+    /// Packets to send: from the slot's port, to the server's address for that read.
+    out: Vec<(usize, SocketAddrV4, Vec<u8>)>,
     last_scan: Instant,
-    idle: u32,
+    wait: IdleWait,
 }
 
 impl XskClient {
@@ -80,10 +80,9 @@ impl XskClient {
             server_mac,
             reads: (0..slots).map(|_| None).collect(),
             free: (0..slots).collect(),
-            frames: Vec::new(),
             out: Vec::new(),
             last_scan: Instant::now(),
-            idle: 0,
+            wait: IdleWait::default(),
         })
     }
 
@@ -103,9 +102,9 @@ impl XskClient {
         let Some(slot) = self.free.pop_front() else { return false };
         let now = Instant::now();
         let rrq = req.rrq();
-        self.out.push((slot, rrq.clone()));
         self.reads[slot] =
-            Some(Read { core: ClientTransfer::new(now), server, server_port: None, rrq, started: now, give_up, done: Some(done) });
+            Some(Read { core: ClientTransfer::new(now), server, server_port: None, rrq: rrq.clone(), started: now, give_up, done: Some(done) });
+        self.queue(slot, rrq);
         true
     }
 
@@ -113,40 +112,18 @@ impl XskClient {
     /// millisecond when nothing happened for a while.
     pub fn turn(&mut self) {
         self.send();
-        let mut received = 0;
-        for x in self.port.socks.iter_mut() {
-            loop {
-                let k = x.recv(|f| self.frames.push(f.to_vec()));
-                received += k;
-                if k < Xsk::rx_batch() {
-                    break;
-                }
-            }
-        }
+        // The sockets leave `self` while their frames are handled (which needs `&mut self`;
+        // handling only queues packets, it sends none).
+        let mut socks = std::mem::take(&mut self.port.socks);
         let now = Instant::now();
-        let frames = std::mem::take(&mut self.frames);
-        for f in &frames {
-            self.on_frame(f, now);
-        }
-        self.frames = frames;
-        self.frames.clear();
+        let received: usize = socks.iter_mut().map(|x| x.recv_all(|f| self.on_frame(f, now))).sum();
+        self.port.socks = socks;
         if self.last_scan.elapsed() >= Duration::from_millis(20) {
             self.last_scan = Instant::now();
             self.timers(self.last_scan);
         }
         self.send();
-        if received == 0 {
-            self.idle += 1;
-            if self.idle < 200 {
-                std::thread::yield_now();
-            } else {
-                let mut fds: Vec<libc::pollfd> =
-                    self.port.socks.iter().map(|x| libc::pollfd { fd: x.raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
-                unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 1) };
-            }
-        } else {
-            self.idle = 0;
-        }
+        self.wait.after_turn(received > 0, &self.port.socks);
     }
 
     fn on_frame(&mut self, f: &[u8], now: Instant) {
@@ -183,10 +160,10 @@ impl XskClient {
 
     fn step(&mut self, slot: usize, step: ClientStep, now: Instant) {
         match step {
-            ClientStep::Send(p) => self.out.push((slot, p)),
+            ClientStep::Send(p) => self.queue(slot, p),
             ClientStep::Wait => {}
             ClientStep::Done(p) => {
-                self.out.push((slot, p));
+                self.queue(slot, p);
                 self.end(slot, Ok(()), now);
             }
             ClientStep::Failed(e) => self.end(slot, Err(e), now),
@@ -202,42 +179,35 @@ impl XskClient {
         if let Some(done) = r.done.take() {
             done(fetched);
         }
-        // The final ACK may still be queued: the slot's read is gone, its server kept below.
         self.free.push_back(slot);
-        if let Some((_, last)) = self.out.iter().rev().find(|(s, _)| *s == slot) {
-            let last = last.clone();
-            self.out.retain(|(s, _)| *s != slot);
-            self.send_one(slot, r.server, r.server_port, &last);
-        }
     }
 
+    /// Queues `payload` from read `slot` to its server: port 69 until the server's first reply
+    /// names the transfer's port.
+    fn queue(&mut self, slot: usize, payload: Vec<u8>) {
+        let Some(r) = &self.reads[slot] else { return };
+        let to = SocketAddrV4::new(*r.server.ip(), r.server_port.unwrap_or(r.server.port()));
+        self.out.push((slot, to, payload));
+    }
+
+    /// Sends what is queued (packets of reads that have ended too: their final ACK).
     fn send(&mut self) {
-        let out = std::mem::take(&mut self.out);
-        for (slot, payload) in &out {
-            if let Some(r) = &self.reads[*slot] {
-                let (server, port) = (r.server, r.server_port);
-                self.send_one(*slot, server, port, payload);
-            }
+        for (slot, to, payload) in self.out.drain(..) {
+            let e = UdpEnvelope {
+                src_mac: self.mac,
+                dst_mac: self.server_mac,
+                vlan: None,
+                src_ip: self.ip,
+                dst_ip: *to.ip(),
+                src_port: FIRST_PORT + slot as u16,
+                dst_port: to.port(),
+                ttl: 64,
+            };
+            self.port.socks[0].push(|buf| e.write(buf, &payload));
         }
-        self.out = out;
-        self.out.clear();
         for x in self.port.socks.iter_mut() {
             x.flush();
         }
-    }
-
-    fn send_one(&mut self, slot: usize, server: SocketAddrV4, server_port: Option<u16>, payload: &[u8]) {
-        let e = UdpEnvelope {
-            src_mac: self.mac,
-            dst_mac: self.server_mac,
-            vlan: None,
-            src_ip: self.ip,
-            dst_ip: *server.ip(),
-            src_port: FIRST_PORT + slot as u16,
-            dst_port: server_port.unwrap_or(server.port()),
-            ttl: 64,
-        };
-        self.port.socks[0].push(|buf| e.write(buf, payload));
     }
 
     /// Runs `n` reads of `req` from `server` at once to their end; each gives up after

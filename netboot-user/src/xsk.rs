@@ -108,9 +108,22 @@ impl Xsk {
         n
     }
 
-    /// Whether [`Xsk::recv`] would return a full batch (more may be waiting).
+    /// Frames [`Xsk::recv`] hands out at most: a call that returns this many may have left
+    /// more in the ring.
     pub const fn rx_batch() -> usize {
         RX_BATCH
+    }
+
+    /// [`Xsk::recv`] until the ring is empty; returns how many frames there were.
+    pub fn recv_all(&mut self, mut f: impl FnMut(&[u8])) -> usize {
+        let mut total = 0;
+        loop {
+            let n = self.recv(&mut f);
+            total += n;
+            if n < RX_BATCH {
+                return total;
+            }
+        }
     }
 
     /// Writes one frame in place into a free UMEM frame (`write` gets the frame's buffer and
@@ -166,5 +179,37 @@ impl Xsk {
             self.umem.free_packet(p);
         }
         dropped
+    }
+}
+
+/// Waits until one of `socks` has a frame to receive, at most `timeout_ms`.
+pub fn poll(socks: &[Xsk], timeout_ms: i32) {
+    let mut fds: Vec<libc::pollfd> = socks.iter().map(|x| libc::pollfd { fd: x.raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
+    unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+}
+
+/// How a load generator's busy loop waits after a turn that found nothing: it yields for a
+/// while (the next frame is usually microseconds away), then sleeps in [`poll`] for a
+/// millisecond at a time, so that a slow server gets the CPUs.
+#[derive(Debug, Default)]
+pub struct IdleWait {
+    idle: u32,
+}
+
+impl IdleWait {
+    /// Idle turns spent yielding before sleeping.
+    const SPINS: u32 = 200;
+
+    pub fn after_turn(&mut self, busy: bool, socks: &[Xsk]) {
+        if busy {
+            self.idle = 0;
+            return;
+        }
+        self.idle = self.idle.saturating_add(1);
+        if self.idle < Self::SPINS {
+            std::thread::yield_now();
+        } else {
+            poll(socks, 1);
+        }
     }
 }

@@ -152,14 +152,12 @@ impl Worker {
             self.expire(now);
             self.flush();
             let wait = self.timers.peek().map_or(Duration::from_millis(100), |Reverse((t, _))| t.saturating_duration_since(now)).min(Duration::from_millis(100));
-            let mut fds: Vec<libc::pollfd> = self.socks.iter().map(|x| libc::pollfd { fd: x.raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
-            let ms = wait.as_micros().div_ceil(1000) as i32;
-            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+            crate::xsk::poll(&self.socks, wait.as_micros().div_ceil(1000) as i32);
             // The sockets leave `self` while their frames are handled (which needs `&mut self`).
             let mut socks = std::mem::take(&mut self.socks);
             for (q, x) in socks.iter_mut().enumerate() {
                 let now = Instant::now();
-                while x.recv(|frame| self.on_frame(q, frame, now)) == Xsk::rx_batch() {}
+                x.recv_all(|frame| self.on_frame(q, frame, now));
             }
             self.socks = socks;
             self.flush();
