@@ -32,7 +32,10 @@ impl Agent {
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
-            .with_context(|| format!("cannot start {}", bin.display()))?;
+            .with_context(|| format!("cannot start {}", bin.display()))
+            .inspect_err(|_| {
+                let _ = std::fs::remove_file(&log);
+            })?;
         let mut agent = Agent { child: Some(child), bin: bin.to_path_buf(), iface: lab.server_if.clone(), log };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
