@@ -12,6 +12,9 @@ pub const CACHE_ENTRIES: u32 = 65536;
 /// Bytes of the ring buffer for in-kernel ACK events.
 pub const EVENTS_BYTES: u32 = 1 << 20;
 
+/// [`CacheEntry::not_after_ns`] of an entry that does not expire.
+pub const NEVER: u64 = u64::MAX;
+
 /// Which reply: the message type of the request it answers.
 pub const KIND_OFFER: u8 = 1;
 pub const KIND_ACK: u8 = 5;
@@ -56,6 +59,10 @@ impl CacheKey {
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct CacheEntry {
+    /// CLOCK_MONOTONIC nanoseconds (`bpf_ktime_get_ns`) after which the entry is not used:
+    /// a reply cache whose agent is gone stops answering when the lease's durable record
+    /// would no longer cover the reply. [`NEVER`] for reservations.
+    pub not_after_ns: u64,
     /// Frame length.
     pub len: u16,
     /// Length of the client identifier the request must carry (0: it must carry none).
@@ -68,6 +75,27 @@ pub struct CacheEntry {
     pub client_id: [u8; CLIENT_ID_MAX],
     pub frame: [u8; TEMPLATE_MAX],
 }
+
+/// The XDP program's limits (one entry of `LIMITS`); all zero = no limits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FastLimits {
+    /// DHCP requests per second per chaddr; 0 = unlimited.
+    pub per_client_pps: u32,
+    pub _pad: u32,
+}
+
+/// A client's request count in the current one-second window (`CLIENT_RATE`, LRU by chaddr).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClientRate {
+    pub window_start_ns: u64,
+    pub count: u32,
+    pub _pad: u32,
+}
+
+/// Entries of the per-client rate map (least recently seen clients fall out first).
+pub const CLIENT_RATE_ENTRIES: u32 = 65536;
 
 /// Sent to the agent for each ACK the kernel answers, so that the lease is renewed on disk.
 #[repr(C)]
@@ -98,4 +126,6 @@ mod pod {
     unsafe impl aya::Pod for super::CacheKey {}
     unsafe impl aya::Pod for super::CacheEntry {}
     unsafe impl aya::Pod for super::AckEvent {}
+    unsafe impl aya::Pod for super::FastLimits {}
+    unsafe impl aya::Pod for super::ClientRate {}
 }

@@ -101,6 +101,18 @@ counters! {
     /// Steered, but no AF_XDP socket on this RX queue: passed to the kernel.
     TftpNoSocket = "tftp_no_socket",
     XdpRedirect = "xdp_redirect",
+    /// Frames dropped (an outcome): a client over `dhcp.per_client_pps`.
+    XdpDrop = "xdp_drop",
+    /// DHCP requests from a client over `dhcp.per_client_pps` this second: dropped.
+    RateLimited = "rate_limited",
+    /// UDP checksums in the CHECKSUM_PARTIAL form of a local sender with TX offload (a veth, a
+    /// VM's tap): the pseudo-header sum, accepted as the kernel stack accepts it.
+    ChecksumPartial = "checksum_partial",
+    /// A cache entry past its deadline (no agent renewed it): to the agent.
+    FastExpired = "fast_expired",
+    /// Addressed to another host (destination MAC or IP neither ours nor broadcast): to the
+    /// kernel, never answered here.
+    FastNotForUs = "fast_not_for_us",
 }
 
 /// Number of counters; the size of the `COUNTERS` map.

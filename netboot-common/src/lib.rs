@@ -26,6 +26,10 @@ pub mod maps {
     pub const XSKS: &str = "XSKS";
     /// `Array<TftpSteer>` (one entry): which frames go to the AF_XDP sockets.
     pub const TFTP_STEER: &str = "TFTP_STEER";
+    /// `Array<FastLimits>` (one entry): limits set by the agent from the config.
+    pub const LIMITS: &str = "LIMITS";
+    /// `LruHashMap<[u8; 6], ClientRate>`: requests per client in the current second.
+    pub const CLIENT_RATE: &str = "CLIENT_RATE";
 }
 
 /// Which UDP frames the XDP program redirects to the TFTP engine's AF_XDP sockets: to

@@ -13,12 +13,12 @@ use aya_ebpf::{
     bindings::xdp_action,
     helpers::generated::{bpf_loop, bpf_xdp_load_bytes},
     macros::{map, xdp},
-    maps::{Array, PerCpuArray, XskMap},
+    maps::{Array, LruHashMap, PerCpuArray, XskMap},
     programs::XdpContext,
 };
 use netboot_common::{
     Counter, SCRATCH_LEN, TftpSteer,
-    cache::{REQUEST_MAX, TEMPLATE_MAX},
+    cache::{CLIENT_RATE_ENTRIES, ClientRate, FastLimits, REQUEST_MAX, TEMPLATE_MAX},
     counter::NUM_COUNTERS,
     wire::{
         self, BOOTP_OPTIONS_OFF, ClientClass, DHCP_MAGIC, DHCP_SERVER_PORT, ETH_HLEN, ETH_P_8021AD,
@@ -38,6 +38,14 @@ static XSKS: XskMap = XskMap::with_max_entries(64, 0);
 /// Which frames are the TFTP engine's (set by the agent when its AF_XDP engine runs).
 #[map]
 static TFTP_STEER: Array<TftpSteer> = Array::with_max_entries(1, 0);
+
+/// Limits the agent sets from the config.
+#[map]
+static LIMITS: Array<FastLimits> = Array::with_max_entries(1, 0);
+
+/// Requests per client (chaddr) in the current one-second window.
+#[map]
+static CLIENT_RATE: LruHashMap<[u8; 6], ClientRate> = LruHashMap::with_max_entries(CLIENT_RATE_ENTRIES, 0);
 
 /// Per-CPU working memory: the option area is copied here so that it can be walked with masked
 /// indices, and the facts found are kept here (not in registers) so that the verifier does not
@@ -78,7 +86,7 @@ pub struct Facts {
     has_arch: u8,
     overload: u8,
     arch: u16,
-    /// Option 61: offset in `opts` and length (0xff = absent).
+    /// Option 61: offset in `opts` and length (valid when `has_client_id`).
     client_id_off: u16,
     client_id_len: u8,
     relay_info: u8,
@@ -90,7 +98,8 @@ pub struct Facts {
     /// An option the fast path depends on appeared twice (RFC 3396 concatenation is the
     /// agent's business).
     duplicate: u8,
-    _pad: u8,
+    /// Option 61 present (its length alone cannot say: 255 is a valid length).
+    has_client_id: u8,
     /// Bit per option of [`TRACKED`] seen so far.
     seen: u32,
 }
@@ -124,7 +133,7 @@ pub fn bump(c: Counter) {
 
 /// A pointer to `LEN` bytes at `off`, bounds-checked against the end of the frame.
 #[inline(always)]
-fn bytes_at<const LEN: usize>(ctx: &XdpContext, off: usize) -> Result<*const [u8; LEN], Counter> {
+pub fn bytes_at<const LEN: usize>(ctx: &XdpContext, off: usize) -> Result<*const [u8; LEN], Counter> {
     let (start, end) = (ctx.data(), ctx.data_end());
     if start + off + LEN > end {
         return Err(Counter::Truncated);
@@ -141,6 +150,10 @@ fn be16(b: [u8; 2]) -> u16 {
 pub fn netboot(ctx: XdpContext) -> u32 {
     bump(Counter::Packets);
     let action = match classify(&ctx) {
+        Ok(Frame::Dhcp(req)) if over_rate(&req.chaddr) => {
+            bump(Counter::RateLimited);
+            xdp_action::XDP_DROP
+        }
         Ok(Frame::Dhcp(req)) => match reply::answer(&ctx, &req) {
             Ok(action) => action,
             Err(c) => {
@@ -168,9 +181,35 @@ pub fn netboot(ctx: XdpContext) -> u32 {
     bump(match action {
         xdp_action::XDP_TX => Counter::XdpTx,
         xdp_action::XDP_REDIRECT => Counter::XdpRedirect,
+        xdp_action::XDP_DROP => Counter::XdpDrop,
         _ => Counter::XdpPass,
     });
     action
+}
+
+/// Counts a request of `chaddr` in its one-second window; true when the client is over
+/// `per_client_pps` (the request is dropped: neither the kernel nor the agent answers a client
+/// that floods). Counting is per map entry, not atomic across CPUs: a client may get a few
+/// more through, never fewer.
+#[inline(never)]
+fn over_rate(chaddr: &[u8; 6]) -> bool {
+    let limit = match LIMITS.get(0) {
+        Some(l) if l.per_client_pps != 0 => l.per_client_pps,
+        _ => return false,
+    };
+    let now = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_ns() };
+    if let Some(r) = CLIENT_RATE.get_ptr_mut(chaddr) {
+        let r = unsafe { &mut *r };
+        if now.wrapping_sub(r.window_start_ns) < 1_000_000_000 {
+            r.count += 1;
+            return r.count > limit;
+        }
+        r.window_start_ns = now;
+        r.count = 1;
+        return false;
+    }
+    let _ = CLIENT_RATE.insert(chaddr, &ClientRate { window_start_ns: now, count: 1, _pad: 0 }, 0);
+    false
 }
 
 /// What a frame is, for the program's purposes.
@@ -240,21 +279,23 @@ fn classify(ctx: &XdpContext) -> Result<Frame, Counter> {
         let ihl_ok = hdrs[0] & 0x0f > 5;
         return Err(if ihl_ok { Counter::Unsupported } else { Counter::MalformedIp });
     }
+    // Lengths first, for every frame we act on: the TFTP engine gets only frames whose IPv4
+    // total length covers the headers and lies inside the frame.
+    let frame_len = ctx.data_end() - ctx.data();
+    let ip_len = be16([hdrs[2], hdrs[3]]) as usize;
     let dport = be16([hdrs[22], hdrs[23]]);
+    if ip_len < IPV4_HLEN + UDP_HLEN {
+        return Err(Counter::MalformedIp);
+    }
+    if l3 + ip_len > frame_len {
+        return Err(Counter::Truncated);
+    }
     if dport != DHCP_SERVER_PORT {
         let whole = be16([hdrs[6], hdrs[7]]) & 0x3fff == 0;
         if l3 == ETH_HLEN && whole && tftp_steered(&hdrs) {
             return Ok(Frame::Tftp);
         }
         return Err(Counter::NotDhcp);
-    }
-    let frame_len = ctx.data_end() - ctx.data();
-    let ip_len = be16([hdrs[2], hdrs[3]]) as usize;
-    if ip_len < IPV4_HLEN + UDP_HLEN {
-        return Err(Counter::MalformedIp);
-    }
-    if l3 + ip_len > frame_len {
-        return Err(Counter::Truncated);
     }
     let frag = be16([hdrs[6], hdrs[7]]);
     if frag & 0x3fff != 0 {
@@ -383,14 +424,14 @@ fn walk_options(s: &mut Scratch, len: usize) -> Result<(), Counter> {
         overload: 0,
         arch: 0,
         client_id_off: 0,
-        client_id_len: 0xff,
+        client_id_len: 0,
         relay_info: 0,
         requested_ip: [0; 4],
         server_id: [0; 4],
         has_requested_ip: 0,
         has_server_id: 0,
         duplicate: 0,
-        _pad: 0,
+        has_client_id: 0,
         seen: 0,
     };
     s.walk = Walk { pos: 0, len: len as u32, status: WALK_RUNNING, _pad: 0 };
@@ -482,6 +523,7 @@ fn record_option(s: &mut Scratch, code: u8, data: usize, olen: usize) -> Result<
         opt::CLIENT_ID => {
             s.facts.client_id_off = data as u16;
             s.facts.client_id_len = olen as u8;
+            s.facts.has_client_id = 1;
         }
         opt::RELAY_INFO => s.facts.relay_info = 1,
         opt::REQUESTED_IP if olen == 4 => {

@@ -7,7 +7,7 @@
 use crate::{Classified, SCRATCH, Scratch, bump, byte};
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::generated::{bpf_csum_diff, bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_load_bytes, bpf_xdp_store_bytes},
+    helpers::generated::{bpf_csum_diff, bpf_ktime_get_ns, bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_load_bytes, bpf_xdp_store_bytes},
     macros::map,
     maps::{LruHashMap, RingBuf},
     programs::XdpContext,
@@ -16,7 +16,7 @@ use netboot_common::{
     Counter,
     cache::{
         AckEvent, CACHE_ENTRIES, CLIENT_ID_MAX, CacheEntry, CacheKey, EVENTS_BYTES, KIND_ACK,
-        KIND_OFFER, REQUEST_MAX, TEMPLATE_MAX, off,
+        KIND_OFFER, NEVER, REQUEST_MAX, TEMPLATE_MAX, off,
     },
     wire::msg,
 };
@@ -50,6 +50,16 @@ pub fn answer(ctx: &XdpContext, req: &Classified) -> Result<u32, Counter> {
         return Err(Counter::FastIneligible);
     }
     let entry = unsafe { REPLY_CACHE.get(&key(req, kind)) }.ok_or(Counter::CacheMiss)?;
+    if entry.not_after_ns != NEVER && unsafe { bpf_ktime_get_ns() } > entry.not_after_ns {
+        return Err(Counter::FastExpired);
+    }
+    // To us or to everyone: the entry's frame leaves from our MAC, and names our address.
+    let ip_dst = [req.ip_hdr[16], req.ip_hdr[17], req.ip_hdr[18], req.ip_hdr[19]];
+    let dst_mac = unsafe { *crate::bytes_at::<6>(ctx, 0)? };
+    let ours_mac = dst_mac == [0xff; 6] || dst_mac == [entry.frame[6], entry.frame[7], entry.frame[8], entry.frame[9], entry.frame[10], entry.frame[11]];
+    if !ours_mac || (ip_dst != [0xff; 4] && ip_dst != entry.server_ip) {
+        return Err(Counter::FastNotForUs);
+    }
     // The kernel would drop a request with a bad checksum: so must we, or we would answer what
     // the agent never sees.
     if !checksums_ok(ctx, s, req) {
@@ -118,7 +128,16 @@ fn checksums_ok(ctx: &XdpContext, s: &mut Scratch, req: &Classified) -> bool {
     p[8] = 0;
     p[9] = 17;
     p[10..12].copy_from_slice(&req.udp_len.to_be_bytes());
-    let mut sum = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, s.pseudo.as_mut_ptr().cast(), 12, 0) };
+    let pseudo = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, s.pseudo.as_mut_ptr().cast(), 12, 0) };
+    // CHECKSUM_PARTIAL: a local sender with TX offload (a veth, a VM's virtio tap) leaves the
+    // pseudo-header sum in the field for hardware that never comes. The kernel stack accepts
+    // such a frame; so do we, in exactly that form (any other value is checked in full).
+    let partial = (!fold(pseudo as u64)).to_ne_bytes();
+    if s.request[6] == partial[0] && s.request[7] == partial[1] {
+        bump(Counter::ChecksumPartial);
+        return true;
+    }
+    let mut sum = pseudo;
     let words = (n + 3) & !3;
     let first = opaque(if words > 512 { 512 } else { words as u32 }) & 1023;
     if first > 512 {
@@ -140,11 +159,10 @@ fn checksums_ok(ctx: &XdpContext, s: &mut Scratch, req: &Classified) -> bool {
 #[inline(always)]
 fn client_id_matches(s: &Scratch, e: &CacheEntry) -> bool {
     let want = e.client_id_len;
-    let have = s.facts.client_id_len;
     if want == 0 {
-        return have == 0xff; // compiled for a client that sends no 61
+        return s.facts.has_client_id == 0; // compiled for a client that sends no 61
     }
-    if have != want || want as usize > CLIENT_ID_MAX {
+    if s.facts.has_client_id == 0 || s.facts.client_id_len != want || want as usize > CLIENT_ID_MAX {
         return false;
     }
     let base = s.facts.client_id_off as usize;

@@ -53,6 +53,10 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
     let mut fastpath = Loaded::pinned(iface_name, cache_entries)
         .and_then(|l| l.attach(iface_name, mode))
         .inspect_err(|_| AgentRecord::remove(iface_name))?;
+    let mut limits = crate::fastpath::limits::LimitsMap::new(
+        fastpath.take_map(maps::LIMITS).ok_or_else(|| anyhow::anyhow!("the XDP object has no LIMITS map"))?,
+    )?;
+    limits.apply(&config)?;
     let renewals = Arc::new(crate::dhcp::UnwrittenRenewals::default());
     let dhcp = match (fastpath.take_map(maps::REPLY_CACHE), fastpath.take_map(maps::EVENTS)) {
         (Some(cache), Some(events)) if config.dhcp.mode == DhcpMode::Authoritative => dhcp.with_fast_path(FastPathLink {
@@ -81,10 +85,11 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
     let (config_tx, configs) = watch::channel(Arc::new(config));
     let dhcp_task = tokio::spawn(dhcp.with_reload(configs.clone()).run(stop_rx.clone()));
     let afxdp = match (&tftp, config_engine) {
-        (Some((_, files, limits)), TftpEngine::Afxdp) => afxdp_engine(&mut fastpath, &iface, server_ip, files.clone(), *limits, &stats, &http_timelines, &configs),
+        (Some((_, source)), TftpEngine::Afxdp) => afxdp_engine(&mut fastpath, &iface, server_ip, source.clone(), &stats, &http_timelines, &configs),
         _ => None,
     };
-    let tftp_task = tftp.map(|(t, _, _)| tokio::spawn(t.run(configs.clone(), stop_rx.clone())));
+    let tftp_task = tftp.map(|(t, _)| tokio::spawn(t.run(configs.clone(), stop_rx.clone())));
+    tokio::spawn(limits.follow(configs.clone(), stop_rx.clone()));
     let http_task = tokio::spawn(crate::http::serve(http_listener, control, http_state, configs.clone(), stop_rx.clone()));
     let ra_task = match crate::ra::Responder::open(&iface, stats.clone()) {
         Ok(r) => Some(tokio::spawn(r.run(configs.clone(), stop_rx.clone()))),
@@ -137,7 +142,7 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
     outcome
 }
 
-/// The TFTP socket service (and its files and limits, for the AF_XDP engine), if `tftp.root`
+/// The TFTP socket service (and what its transfers start with, for the AF_XDP engine), if `tftp.root`
 /// exists (a boot server without TFTP files is possible, e.g. HTTP boot only: a warning, not an
 /// error).
 fn tftp_service(
@@ -146,7 +151,7 @@ fn tftp_service(
     server_ip: std::net::Ipv4Addr,
     stats: Arc<Stats>,
     timelines: Arc<Timelines>,
-) -> anyhow::Result<Option<(tftp::socket::Service, Arc<tftp::FileCache>, tftp::Limits)>> {
+) -> anyhow::Result<Option<(tftp::socket::Service, tftp::session::Source)>> {
     let t = &config.tftp;
     let files = match tftp::FileCache::new(&t.root) {
         Ok(f) => f,
@@ -159,9 +164,11 @@ fn tftp_service(
         max_blksize: *t.max_blksize.get_ref(),
         max_windowsize: *t.max_windowsize.get_ref(),
         max_payload: (iface.mtu.saturating_sub(28)).clamp(512, 65_507) as u16,
+        max_transfers: t.max_transfers,
+        max_transfers_per_client: t.max_transfers_per_client,
     };
-    let files = Arc::new(files);
-    Ok(Some((tftp::socket::Service::bind(iface, server_ip, files.clone(), limits, stats, timelines)?, files, limits)))
+    let source = tftp::session::Source { files: Arc::new(files), limits, admission: Arc::default() };
+    Ok(Some((tftp::socket::Service::bind(iface, server_ip, source.clone(), stats, timelines)?, source)))
 }
 
 /// The AF_XDP TFTP engine beside the socket engine, or `None` (with the reason logged) when
@@ -171,8 +178,7 @@ fn afxdp_engine(
     fastpath: &mut crate::fastpath::FastPath,
     iface: &Interface,
     server_ip: std::net::Ipv4Addr,
-    files: Arc<tftp::FileCache>,
-    limits: tftp::Limits,
+    source: tftp::session::Source,
     stats: &Arc<Stats>,
     timelines: &Arc<Timelines>,
     configs: &watch::Receiver<Arc<Config>>,
@@ -180,7 +186,7 @@ fn afxdp_engine(
     let started = (|| -> anyhow::Result<tftp::afxdp::Engine> {
         let xsks = aya::maps::XskMap::try_from(fastpath.take_map(maps::XSKS).ok_or_else(|| anyhow::anyhow!("no XSKS map"))?)?;
         let steer = aya::maps::Array::try_from(fastpath.take_map(maps::TFTP_STEER).ok_or_else(|| anyhow::anyhow!("no TFTP_STEER map"))?)?;
-        tftp::afxdp::Engine::start(iface, server_ip, files, limits, xsks, steer, stats.clone(), timelines.clone(), configs.clone())
+        tftp::afxdp::Engine::start(iface, server_ip, source, xsks, steer, stats.clone(), timelines.clone(), configs.clone())
     })();
     match started {
         Ok(e) => Some(e),

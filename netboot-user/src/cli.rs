@@ -207,7 +207,8 @@ fn leases(json: bool, config: Option<&std::path::Path>) -> anyhow::Result<()> {
     }
     println!("{:<16} {:<18} {:<9} {:>9}  {}", "IP", "MAC", "STATE", "EXPIRES", "HOSTNAME");
     for l in &leases {
-        let text = |k: &str| l[k].as_str().unwrap_or("").to_string();
+        // Hostnames come from clients: control characters (terminal escapes) are shown escaped.
+        let text = |k: &str| l[k].as_str().unwrap_or("").chars().flat_map(char::escape_debug).collect::<String>();
         let left = l["expires"].as_u64().unwrap_or(0).saturating_sub(now);
         let expires = if l["active"].as_bool() == Some(true) { format!("{left}s") } else { "-".into() };
         println!("{:<16} {:<18} {:<9} {:>9}  {}", text("ip"), text("mac"), text("state"), expires, text("hostname"));

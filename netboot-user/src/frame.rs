@@ -24,9 +24,12 @@ pub struct UdpEnvelope {
 }
 
 impl UdpEnvelope {
+    /// Length of the headers in front of the payload of an untagged frame.
+    pub const UNTAGGED_HEADER_LEN: usize = ETH_HLEN + IPV4_HLEN + UDP_HLEN;
+
     /// Length of the headers in front of the payload.
     pub fn header_len(&self) -> usize {
-        ETH_HLEN + self.vlan.map_or(0, |_| VLAN_HLEN) + IPV4_HLEN + UDP_HLEN
+        Self::UNTAGGED_HEADER_LEN + self.vlan.map_or(0, |_| VLAN_HLEN)
     }
 
     /// Builds the whole frame around `payload`.
@@ -104,7 +107,8 @@ pub fn parse_udp(frame: &[u8]) -> Option<ParsedUdp<'_>> {
     }
     let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
     let ip_all = frame.get(at..at + total)?;
-    if checksum(&[&ip_all[..ihl]]) != 0 {
+    // A total length below the header length is a hostile or broken frame, not a short read.
+    if checksum(&[ip_all.get(..ihl)?]) != 0 {
         return None;
     }
     let udp = ip_all.get(ihl..)?;
@@ -129,12 +133,22 @@ pub fn parse_udp(frame: &[u8]) -> Option<ParsedUdp<'_>> {
     })
 }
 
-/// Whether the UDP checksum of a frame parsed by [`parse_udp`] is right (0 = not computed).
+/// Whether the UDP checksum of a frame parsed by [`parse_udp`] is right (0 = not computed),
+/// or in the CHECKSUM_PARTIAL form a local sender with TX offload leaves (a veth, a VM's tap):
+/// the sum of the pseudo-header alone, which the kernel stack accepts from such a sender.
 pub fn udp_checksum_ok(frame: &[u8]) -> bool {
     let Some(p) = parse_udp(frame) else { return false };
     let udp = &frame[p.udp_offset..p.udp_offset + UDP_HLEN + p.payload.len()];
     let stored = u16::from_be_bytes([udp[6], udp[7]]);
-    stored == 0 || pseudo_sum(p.envelope.src_ip, p.envelope.dst_ip, udp) == 0xffff
+    let (src, dst) = (p.envelope.src_ip, p.envelope.dst_ip);
+    stored == 0 || pseudo_sum(src, dst, udp) == 0xffff || stored == partial_checksum(src, dst, udp.len())
+}
+
+/// The UDP checksum field as a sender with checksum offload leaves it: the folded sum of the
+/// pseudo-header only (not complemented), for the hardware to finish.
+pub fn partial_checksum(src: Ipv4Addr, dst: Ipv4Addr, udp_len: usize) -> u16 {
+    let len = (udp_len as u16).to_be_bytes();
+    !checksum(&[&src.octets(), &dst.octets(), &[0, IPPROTO_UDP], &len])
 }
 
 /// The UDP checksum of `udp` (header with a zero checksum field, then payload).
@@ -250,6 +264,36 @@ mod tests {
         f[n - 1] ^= 1;
         assert!(!udp_checksum_ok(&f));
         assert!(parse_udp(&f[..30]).is_none());
+    }
+
+    #[test]
+    fn any_total_length_and_header_length_is_parsed_without_panic() {
+        // Issue 13: a total length below the header length once panicked the AF_XDP thread.
+        let good = env(None).build(b"hello");
+        for ihl in 0..16u8 {
+            for total in 0..=good.len() as u16 + 4 {
+                let mut f = good.clone();
+                f[ETH_HLEN] = 0x40 | ihl;
+                f[ETH_HLEN + 2..ETH_HLEN + 4].copy_from_slice(&total.to_be_bytes());
+                let _ = parse_udp(&f);
+                let _ = udp_checksum_ok(&f);
+                for cut in [0, 13, 14, 33, 34, 41, f.len() - 1] {
+                    let _ = parse_udp(&f[..cut]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_checksum_partial_form_is_accepted_and_nothing_else_wrong() {
+        let mut f = env(None).build(b"hello, offload");
+        let udp_at = env(None).header_len() - UDP_HLEN;
+        let udp_len = f.len() - udp_at;
+        let partial = partial_checksum(env(None).src_ip, env(None).dst_ip, udp_len);
+        f[udp_at + 6..udp_at + 8].copy_from_slice(&partial.to_be_bytes());
+        assert!(udp_checksum_ok(&f));
+        f[udp_at + 7] ^= 1;
+        assert!(!udp_checksum_ok(&f));
     }
 
     #[test]

@@ -17,6 +17,7 @@
 use crate::config::{Config, Host};
 use crate::dhcp::store::{LeaseStore, SqliteStore};
 use crate::fastpath::{Counters, pins};
+use crate::http_listener::PeerAddr;
 use crate::mac::MacAddr;
 use crate::stats::Stats;
 use axum::extract::{ConnectInfo, Query, Request, State};
@@ -121,6 +122,7 @@ pub async fn serve(
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let state = Arc::new(state);
+    let max_connections = configs.borrow().http.max_connections;
     let follow = {
         let state = state.clone();
         tokio::spawn(async move {
@@ -130,12 +132,13 @@ pub async fn serve(
             }
         })
     };
+    let listener = crate::http_listener::LimitedListener::new(listener, max_connections, state.stats.clone());
     let app = router(state);
-    tracing::info!(listen = %listener.local_addr()?, "HTTP service up");
+    tracing::info!(listen = %axum::serve::Listener::local_addr(&listener)?, max_connections, "HTTP service up");
     let until = |mut s: watch::Receiver<bool>| async move {
         let _ = s.changed().await;
     };
-    let tcp = axum::serve(listener, app.clone().into_make_service_with_connect_info::<SocketAddr>())
+    let tcp = axum::serve(listener, app.clone().into_make_service_with_connect_info::<PeerAddr>())
         .with_graceful_shutdown(until(shutdown.clone()));
     let unix = axum::serve(control, app).with_graceful_shutdown(until(shutdown));
     let result = tokio::try_join!(async { tcp.await }, async { unix.await });
@@ -174,7 +177,7 @@ async fn static_file(State(st): State<Arc<HttpState>>, req: Request) -> Response
 async fn confine_and_count(State(st): State<Arc<HttpState>>, mut req: Request, next: Next) -> Response {
     let started = std::time::Instant::now();
     st.stats.bump("http_requests");
-    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().and_then(|c| match c.0 {
+    let peer = req.extensions().get::<ConnectInfo<PeerAddr>>().and_then(|c| match c.0.0 {
         SocketAddr::V4(a) => Some(*a.ip()),
         SocketAddr::V6(a) => a.ip().to_ipv4_mapped(),
     });
@@ -231,13 +234,15 @@ fn etag(m: &std::fs::Metadata) -> String {
 }
 
 fn percent_decode(s: &str) -> String {
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
+        // Bytes, not `str` slices: a '%' before a multi-byte character must not split it.
+        if let (b'%', Some(&h), Some(&l)) = (b[i], b.get(i + 1), b.get(i + 2)) {
+            if let (Some(h), Some(l)) = (hex(h), hex(l)) {
+                out.push(h << 4 | l);
                 i += 3;
                 continue;
             }
@@ -284,7 +289,23 @@ fn render_script(st: &HttpState, mac: Option<MacAddr>, q: &BTreeMap<String, Stri
         }
     };
     let host = mac.and_then(|m| view.hosts.get(&m));
-    let leased = mac.and_then(|m| SqliteStore::read_only(&st.state_dir).ok()?.latest_for_mac(m).ok().flatten());
+    let leased = match mac {
+        None => None,
+        Some(m) => match SqliteStore::read_only(&st.state_dir).and_then(|s| s.latest_for_mac(m)) {
+            Ok(l) => l,
+            Err(e) if host.is_some() => {
+                tracing::warn!(%m, "boot script: lease store unreadable, the reservation serves: {e:#}");
+                None
+            }
+            Err(e) => {
+                // Not "unknown node": the node may well be known; iPXE retries a 503.
+                st.stats.bump("http_store_unavailable");
+                tracing::warn!(%m, "boot script: lease store unreadable: {e:#}");
+                let resp = (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "2")], "lease store unavailable\n");
+                return (resp.into_response(), false);
+            }
+        },
+    };
     let ip = host.map(|h| h.ip).or(leased.as_ref().map(|l| l.ip));
     let hostname = host.and_then(|h| h.hostname.clone()).or(leased.and_then(|l| l.hostname));
     let vars: BTreeMap<String, String> =
@@ -372,7 +393,19 @@ async fn metrics(State(st): State<Arc<HttpState>>) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::ipxe_safe;
+    use super::{ipxe_safe, percent_decode};
+
+    #[test]
+    fn percent_decoding_never_splits_a_character() {
+        assert_eq!(percent_decode("a%41b"), "aAb");
+        assert_eq!(percent_decode("%2e%2E/x"), "../x");
+        // A '%' before a multi-byte character, at the end, or with bad hex stays as it is.
+        assert_eq!(percent_decode("%é1"), "%é1");
+        assert_eq!(percent_decode("%\u{1F600}"), "%\u{1F600}");
+        assert_eq!(percent_decode("x%4"), "x%4");
+        assert_eq!(percent_decode("%zz%"), "%zz%");
+        assert_eq!(percent_decode("%ff"), "\u{FFFD}");
+    }
 
     #[test]
     fn values_cannot_inject_ipxe_commands() {

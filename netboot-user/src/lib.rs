@@ -18,6 +18,7 @@ pub mod fastpath;
 pub mod frame;
 pub mod http;
 pub mod http_client;
+pub mod http_listener;
 pub mod iface;
 pub mod lab;
 pub mod mac;

@@ -60,13 +60,25 @@ impl AgentRecord {
     }
 
     /// Whether the recorded process is still alive (a zombie that has exited but not been
-    /// reaped by its parent is not).
+    /// reaped by its parent is not) and is the agent of this interface: a record left by an
+    /// agent that died names a pid some other process may have by now, which `detach` must
+    /// never signal.
     pub fn is_running(&self) -> bool {
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) else { return false };
         // Format: "pid (comm) S ...": the state follows the last ')'.
         let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
-        !matches!(state, None | Some('Z') | Some('X'))
+        if matches!(state, None | Some('Z') | Some('X')) {
+            return false;
+        }
+        let Ok(cmdline) = std::fs::read(format!("/proc/{}/cmdline", self.pid)) else { return false };
+        is_agent_cmdline(&cmdline, &self.iface)
     }
+}
+
+/// Whether a NUL-separated command line is `... attach IFACE ...`.
+fn is_agent_cmdline(cmdline: &[u8], iface: &str) -> bool {
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    args.windows(2).any(|w| w[0] == b"attach" && w[1] == iface.as_bytes())
 }
 
 /// The agent's control socket: the HTTP routes of [`crate::http`], for the CLI.
@@ -103,4 +115,16 @@ pub fn control_get(iface: &str, path: &str) -> anyhow::Result<Vec<u8>> {
         }
         Ok(body)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_the_agent_of_the_interface_is_recognised() {
+        use super::is_agent_cmdline;
+        assert!(is_agent_cmdline(b"/usr/bin/netboot-xdp\0attach\0eth1\0-c\0/etc/n.toml\0", "eth1"));
+        assert!(!is_agent_cmdline(b"/usr/bin/netboot-xdp\0attach\0eth2\0", "eth1"));
+        assert!(!is_agent_cmdline(b"/usr/sbin/sshd\0-D\0", "eth1"));
+        assert!(!is_agent_cmdline(b"", "eth1"));
+    }
 }

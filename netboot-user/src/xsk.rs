@@ -37,6 +37,10 @@ pub struct XskDrops {
     pub rx_fill_empty: u64,
 }
 
+/// The longest frame [`Xsk::push`] sends: a UMEM frame is 2 KiB, less the headroom the xdp
+/// crate keeps (a margin on top: never a DATA frame silently too long to send).
+pub const MAX_FRAME: usize = 2048 - 64;
+
 pub struct Xsk {
     sock: xdp::socket::XdpSocket,
     umem: xdp::Umem,

@@ -94,6 +94,13 @@ pub struct DhcpConfig {
     /// `hosts_file` resolved against the config's directory.
     #[serde(skip)]
     pub hosts_path: Option<PathBuf>,
+    /// Requests per second one client (chaddr) may send; beyond it the XDP program drops them
+    /// (0 = unlimited). A booting machine sends a few per second at most.
+    #[serde(default = "default_per_client_pps")]
+    pub per_client_pps: u32,
+    /// Addresses allocated to new clients per second, at most (0 = unlimited).
+    #[serde(default)]
+    pub new_clients_per_s: u32,
 }
 
 impl Default for DhcpConfig {
@@ -112,6 +119,8 @@ impl Default for DhcpConfig {
             hosts: Vec::new(),
             file_hosts: Vec::new(),
             hosts_path: None,
+            per_client_pps: default_per_client_pps(),
+            new_clients_per_s: 0,
         }
     }
 }
@@ -125,6 +134,10 @@ impl DhcpConfig {
 
 fn default_lease_time() -> Duration {
     Duration(std::time::Duration::from_secs(3600))
+}
+
+fn default_per_client_pps() -> u32 {
+    20
 }
 
 fn yes() -> bool {
@@ -210,6 +223,12 @@ pub struct TftpConfig {
     pub max_windowsize: Spanned<u16>,
     #[serde(default)]
     pub engine: TftpEngine,
+    /// Concurrent transfers, at most (0 = unlimited); a request beyond it gets an ERROR.
+    #[serde(default = "default_max_transfers")]
+    pub max_transfers: u32,
+    /// Concurrent transfers per client address, at most (0 = unlimited).
+    #[serde(default = "default_max_transfers_per_client")]
+    pub max_transfers_per_client: u32,
 }
 
 impl Default for TftpConfig {
@@ -219,6 +238,8 @@ impl Default for TftpConfig {
             max_blksize: default_max_blksize(),
             max_windowsize: default_max_windowsize(),
             engine: TftpEngine::default(),
+            max_transfers: default_max_transfers(),
+            max_transfers_per_client: default_max_transfers_per_client(),
         }
     }
 }
@@ -232,6 +253,12 @@ fn default_max_blksize() -> Spanned<u16> {
 fn default_max_windowsize() -> Spanned<u16> {
     Spanned::new(0..0, 32)
 }
+fn default_max_transfers() -> u32 {
+    16384
+}
+fn default_max_transfers_per_client() -> u32 {
+    4
+}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -242,11 +269,19 @@ pub struct HttpConfig {
     pub root: PathBuf,
     #[serde(default = "default_script")]
     pub script: PathBuf,
+    /// Open connections, at most (0 = unlimited); more wait in the listen backlog.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: default_listen(), root: default_http_root(), script: default_script() }
+        HttpConfig {
+            listen: default_listen(),
+            root: default_http_root(),
+            script: default_script(),
+            max_connections: default_max_connections(),
+        }
     }
 }
 
@@ -258,6 +293,9 @@ fn default_http_root() -> PathBuf {
 }
 fn default_script() -> PathBuf {
     PathBuf::from("boot.ipxe.j2")
+}
+fn default_max_connections() -> u32 {
+    16384
 }
 
 impl Config {
@@ -318,8 +356,8 @@ impl Config {
             return Err(at(bs.span(), format!("max_blksize {} out of range 512..=65464 (RFC 2348)", bs.get_ref())));
         }
         let ws = &cfg.tftp.max_windowsize;
-        if *ws.get_ref() == 0 {
-            return Err(at(ws.span(), "max_windowsize must be at least 1 (RFC 7440)".into()));
+        if !(1..=MAX_WINDOWSIZE).contains(ws.get_ref()) {
+            return Err(at(ws.span(), format!("max_windowsize {} out of range 1..={MAX_WINDOWSIZE} (RFC 7440)", ws.get_ref())));
         }
 
         // Reservations: inline ones, then the hosts file; a MAC or IP may be reserved once.
@@ -364,6 +402,10 @@ impl Config {
         template.replace("{server}", &server.to_string())
     }
 }
+
+/// The largest `max_windowsize`: blocks in flight per transfer are buffered and timed; beyond
+/// this a window only makes loss bursts longer.
+pub const MAX_WINDOWSIZE: u16 = 64;
 
 /// Byte offset of the first `key =` in `text`, for errors about defaulted-or-given keys.
 fn find_key(text: &str, key: &str) -> usize {

@@ -153,6 +153,14 @@ struct AfterCommit {
     /// The reply, and when its request was received.
     reply: Option<(Reply, Instant)>,
     cache: Option<Pending>,
+    /// The addresses and clients of the leases committed (what a failure makes unsure).
+    leases: Vec<(Ipv4Addr, MacAddr)>,
+}
+
+impl AfterCommit {
+    fn new(leases: &[super::leases::Lease], reply: Option<(Reply, Instant)>, cache: Option<Pending>) -> AfterCommit {
+        AfterCommit { reply, cache, leases: leases.iter().map(|l| (l.ip, l.mac)).collect() }
+    }
 }
 
 /// The bound sockets and the core, ready to run.
@@ -238,6 +246,8 @@ impl Service {
         let committed = send_tx.clone();
         let commit_stats = stats.clone();
         let commit_sync = sync.clone();
+        // Leases whose commit failed: the core must not count them as stored.
+        let (failed_tx, mut failed_rx) = mpsc::unbounded_channel::<Vec<(Ipv4Addr, MacAddr)>>();
         let committer = Committer::start(store, stats.clone(), move |after: AfterCommit, result| match result {
             Ok(()) => {
                 if let (Some(p), Some(sync)) = (after.cache, &commit_sync) {
@@ -251,6 +261,10 @@ impl Service {
                 if after.reply.is_some() {
                     commit_stats.bump("dhcp_dropped_commit_failed");
                 }
+                if let (Some(p), Some(sync)) = (after.cache, &commit_sync) {
+                    sync.lock().unwrap_or_else(|e| e.into_inner()).abandon(p);
+                }
+                let _ = failed_tx.send(after.leases);
             }
         });
         tracing::info!(server = %server.params().server_ip, mode = ?server.params().mode, leases = server.leases().len(), "DHCP service up");
@@ -304,7 +318,18 @@ impl Service {
                     let leases: Vec<_> = renewed.into_iter().filter(|a| a.persist).map(|a| a.lease).collect();
                     stats.add("fast_acks_in_memory_only", (recorded - leases.len()) as u64);
                     if !leases.is_empty() {
-                        committer.submit(Job { leases, then: AfterCommit { reply: None, cache: None } })?;
+                        let then = AfterCommit::new(&leases, None, None);
+                        committer.submit(Job { leases, then })?;
+                    }
+                    continue;
+                },
+                Some(failed) = failed_rx.recv() => {
+                    server.commit_failed(failed.iter().map(|(ip, _)| *ip));
+                    if let Some(sync) = &sync {
+                        let mut sync = sync.lock().unwrap_or_else(|e| e.into_inner());
+                        for (_, mac) in &failed {
+                            sync.forget(*mac);
+                        }
                     }
                     continue;
                 },
@@ -312,6 +337,7 @@ impl Service {
                     if let Some(sync) = &sync {
                         let mut sync = sync.lock().unwrap_or_else(|e| e.into_inner());
                         stats.add("fast_cache_swept", sync.sweep(unix_now()) as u64);
+                        stats.set("fast_cache_stale_installs", sync.stale_installs);
                         stats.set("fast_cached_clients", sync.clients() as u64);
                     }
                     continue;
@@ -373,7 +399,8 @@ impl Service {
                         }
                         let _ = send_tx.send((r, received));
                     } else {
-                        committer.submit(Job { leases: r.commit.clone(), then: AfterCommit { reply: Some((r, received)), cache } })?;
+                        let leases = r.commit.clone();
+                        committer.submit(Job { then: AfterCommit::new(&leases, Some((r, received)), cache), leases })?;
                     }
                 }
                 Outcome::Silent { why, commit } => {
@@ -386,7 +413,7 @@ impl Service {
                                 sync.forget(l.mac); // released, declined, or taken elsewhere
                             }
                         }
-                        committer.submit(Job { leases: commit, then: AfterCommit { reply: None, cache: None } })?;
+                        committer.submit(Job { then: AfterCommit::new(&commit, None, None), leases: commit })?;
                     }
                 }
             }

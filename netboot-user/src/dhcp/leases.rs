@@ -149,6 +149,10 @@ pub struct LeaseTable {
     excluded: HashSet<Ipv4Addr>,
     /// Next-fit allocation cursor: (pool index, offset in pool).
     cursor: (usize, u32),
+    /// Set by a scan that found the pools full: the earliest time a held address expires.
+    /// Until then (or until an address is released) allocation answers at once, not with
+    /// another scan of every address per DISCOVER.
+    full_until: Option<u64>,
 }
 
 impl LeaseTable {
@@ -203,7 +207,11 @@ impl LeaseTable {
 
     /// Finds a free pool address (next fit from the last allocation).
     pub fn allocate(&mut self, client: &ClientKey, now: u64) -> Option<Ipv4Addr> {
+        if self.full_until.is_some_and(|t| now < t) {
+            return None;
+        }
         let total: u64 = self.pools.iter().map(|p| u64::from(p.len())).sum();
+        let mut frees_at = u64::MAX;
         let (mut pi, mut off) = self.cursor;
         for _ in 0..total {
             if pi >= self.pools.len() {
@@ -220,9 +228,14 @@ impl LeaseTable {
             off += 1;
             if self.available_to(ip, client, now) {
                 self.cursor = (pi, off);
+                self.full_until = None;
                 return Some(ip);
             }
+            if let Some(l) = self.by_ip.get(&ip) {
+                frees_at = frees_at.min(l.expires);
+            }
         }
+        self.full_until = Some(frees_at);
         None
     }
 
@@ -245,6 +258,9 @@ impl LeaseTable {
         }
         if lease.state != LeaseState::Declined {
             self.by_client.insert(lease.client.clone(), lease.ip);
+        }
+        if lease.state == LeaseState::Released {
+            self.full_until = None;
         }
         self.by_ip.insert(lease.ip, lease);
     }
@@ -290,6 +306,25 @@ mod tests {
         assert_eq!(t.allocate(&key(9), 50), None);
         // After expiry everything but the excluded address is free again.
         assert_eq!(t.allocate(&key(9), 100), Some(Ipv4Addr::new(10, 0, 0, 10)));
+    }
+
+    #[test]
+    fn a_full_pool_is_scanned_once_until_an_address_can_be_free() {
+        let pool: Pool = "10.0.0.10-10.0.0.11".parse().unwrap();
+        let mut t = LeaseTable::new(vec![pool], HashSet::new());
+        t.upsert(lease([10, 0, 0, 10], 1, LeaseState::Bound, 100));
+        t.upsert(lease([10, 0, 0, 11], 2, LeaseState::Offered, 60));
+        assert_eq!(t.allocate(&key(9), 50), None);
+        assert_eq!(t.full_until, Some(60), "the earliest expiry of a held address");
+        // Memoized: a lease that would free up is not looked at before then...
+        t.by_ip.get_mut(&Ipv4Addr::new(10, 0, 0, 11)).unwrap().expires = 0;
+        assert_eq!(t.allocate(&key(9), 55), None);
+        // ...but at that time, or after a release, the pool is scanned again.
+        assert_eq!(t.allocate(&key(9), 60), Some(Ipv4Addr::new(10, 0, 0, 11)));
+        t.upsert(lease([10, 0, 0, 11], 9, LeaseState::Bound, 200));
+        assert_eq!(t.allocate(&key(8), 70), None);
+        t.upsert(lease([10, 0, 0, 10], 1, LeaseState::Released, 70));
+        assert_eq!(t.allocate(&key(8), 71), Some(Ipv4Addr::new(10, 0, 0, 10)));
     }
 
     #[test]

@@ -35,6 +35,9 @@ pub struct ServerParams {
     pub domain: Option<String>,
     pub boot: BootFiles,
     pub reservations: HashMap<MacAddr, Host>,
+    /// Addresses allocated from the pools per second, at most (`[dhcp] new_clients_per_s`;
+    /// 0 = unlimited): a flood of invented clients cannot take the pool faster.
+    pub new_clients_per_s: u32,
 }
 
 /// Boot file names and URLs, `{server}` already expanded.
@@ -69,6 +72,7 @@ impl ServerParams {
                 ipxe_script: x(&b.ipxe_script),
             },
             reservations: cfg.dhcp.reservations().map(|h| (h.mac, h.clone())).collect(),
+            new_clients_per_s: cfg.dhcp.new_clients_per_s,
         }
     }
 }
@@ -128,6 +132,11 @@ pub enum Silence {
     ProxyIgnored,
     /// No free address in the pools.
     PoolExhausted,
+    /// A new client over `new_clients_per_s` this second.
+    NewClientLimited,
+    /// DECLINE of an address the client does not hold bound (only an ACKed lease can be
+    /// declined: an offered one would let DISCOVER+DECLINE quarantine the pool).
+    DeclineIgnored,
     /// RFC 2131 says stay silent (INIT-REBOOT/REBINDING of a client we know nothing about).
     NoRecord,
     /// RELEASE and DECLINE are never answered (their lease change may still be committed).
@@ -143,6 +152,8 @@ impl Silence {
             Silence::UnknownSubnet => "unknown_subnet",
             Silence::ProxyIgnored => "proxy_ignored",
             Silence::PoolExhausted => "pool_exhausted",
+            Silence::NewClientLimited => "new_client_limited",
+            Silence::DeclineIgnored => "decline_ignored",
             Silence::NoRecord => "no_record",
             Silence::NoReplyDue => "no_reply_due",
         }
@@ -166,6 +177,19 @@ pub struct DhcpServer {
     leases: LeaseTable,
     /// The expiry each address has in the store, as far as this core handed leases to it.
     persisted: HashMap<Ipv4Addr, u64>,
+    /// Pool allocations in the current second: (second, count).
+    allocations: (u64, u32),
+}
+
+/// Which REQUEST state of RFC 2131 §4.3.2 an ACK is considered for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RequestState {
+    /// Option 54 names us: the client chose our OFFER.
+    Selecting,
+    /// No option 54, no ciaddr: a rebooting client verifying the address it remembers.
+    InitReboot,
+    /// ciaddr set: extending the lease in use.
+    Renewing,
 }
 
 /// A kernel ACK as the core recorded it.
@@ -213,7 +237,7 @@ impl DhcpServer {
             LeaseState::Bound => Lease { expires: l.expires + slack, ..l },
             _ => l,
         }));
-        DhcpServer { params, leases, persisted }
+        DhcpServer { params, leases, persisted, allocations: (0, 0) }
     }
 
     /// How much later than the stored expiry a lease renewed by the kernel may end before the
@@ -234,6 +258,7 @@ impl DhcpServer {
         let mut rebuilt = DhcpServer::new(params, pools, Vec::new());
         rebuilt.leases.load(leases);
         rebuilt.persisted = persisted;
+        rebuilt.allocations = self.allocations;
         *self = rebuilt;
     }
 
@@ -289,11 +314,8 @@ impl DhcpServer {
             req,
             msg,
         };
-        if !ctx.msg.giaddr().is_unspecified() && self.params.mode == DhcpMode::Authoritative {
-            let served = self.params.subnet.is_some_and(|n| n.contains(&ctx.msg.giaddr()));
-            if !served {
-                return silent(Silence::UnknownSubnet);
-            }
+        if !ctx.msg.giaddr().is_unspecified() && self.params.mode == DhcpMode::Authoritative && !self.serves_relay(ctx.msg.giaddr()) {
+            return silent(Silence::UnknownSubnet);
         }
         if self.params.mode == DhcpMode::Proxy {
             return self.proxy(&ctx, kind);
@@ -306,6 +328,14 @@ impl DhcpServer {
             MessageType::Inform => self.inform(&ctx),
             _ => silent(Silence::NotARequest),
         }
+    }
+
+    /// Whether a request relayed with `giaddr` is ours: a host address of our subnet other than
+    /// our own (a giaddr that is the subnet's broadcast or network address, or ours, would make
+    /// us send the reply to everyone or to ourselves).
+    fn serves_relay(&self, giaddr: Ipv4Addr) -> bool {
+        self.params.subnet.is_some_and(|n| n.contains(&giaddr) && giaddr != n.network() && giaddr != n.broadcast())
+            && giaddr != self.params.server_ip
     }
 
     fn reservation(&self, mac: MacAddr) -> Option<&Host> {
@@ -321,8 +351,14 @@ impl DhcpServer {
         } else if let Some(want) = requested_ip(&c.msg).filter(|ip| self.leases.available_to(*ip, &c.client, now)) {
             want
         } else {
+            if !self.allocation_allowed(now) {
+                return silent(Silence::NewClientLimited);
+            }
             match self.leases.allocate(&c.client, now) {
-                Some(ip) => ip,
+                Some(ip) => {
+                    self.allocations.1 += 1;
+                    ip
+                }
                 None => return silent(Silence::PoolExhausted),
             }
         };
@@ -335,6 +371,14 @@ impl DhcpServer {
         self.leases.upsert(lease.clone());
         let payload = self.build(c, MessageType::Offer, ip);
         self.reply(c, MessageType::Offer, payload, ip, vec![lease])
+    }
+
+    /// Whether one more address may be allocated this second (`new_clients_per_s`).
+    fn allocation_allowed(&mut self, now: u64) -> bool {
+        if self.allocations.0 != now {
+            self.allocations = (now, 0);
+        }
+        self.params.new_clients_per_s == 0 || self.allocations.1 < self.params.new_clients_per_s
     }
 
     fn request(&mut self, c: &Ctx) -> Outcome {
@@ -363,20 +407,23 @@ impl DhcpServer {
             let Some(ip) = requested.or((!ciaddr.is_unspecified()).then_some(ciaddr)) else {
                 return self.nak(c);
             };
-            return self.ack_if_ours(c, ip, true);
+            return self.ack_if_ours(c, ip, RequestState::Selecting);
         }
         match (requested, ciaddr.is_unspecified()) {
             // INIT-REBOOT: a client reusing an address it remembers.
-            (Some(ip), true) => self.ack_if_ours(c, ip, false),
+            (Some(ip), true) => self.ack_if_ours(c, ip, RequestState::InitReboot),
             // RENEWING (unicast) or REBINDING (broadcast): ciaddr is the address in use.
-            (_, false) => self.ack_if_ours(c, ciaddr, false),
+            (_, false) => self.ack_if_ours(c, ciaddr, RequestState::Renewing),
             (None, true) => self.nak(c),
         }
     }
 
     /// ACK `ip` to the client when it is (or may become) its address; NAK when it cannot be;
-    /// silence when we know nothing and RFC 2131 says so (`selecting` = false).
-    fn ack_if_ours(&mut self, c: &Ctx, ip: Ipv4Addr, selecting: bool) -> Outcome {
+    /// silence when we know nothing and RFC 2131 says so. Outside SELECTING only a client we
+    /// have a record of gets an address: a REQUEST with no OFFER before it never binds one
+    /// (§4.3.2: "If the DHCP server has no record of this client, then it MUST remain silent"),
+    /// or one frame per address would take the pool.
+    fn ack_if_ours(&mut self, c: &Ctx, ip: Ipv4Addr, state: RequestState) -> Outcome {
         let now = c.req.now;
         if let Some(h) = self.reservation(c.mac) {
             if h.ip != ip {
@@ -386,15 +433,21 @@ impl DhcpServer {
             if self.params.subnet.is_some_and(|n| !n.contains(&ip)) {
                 return self.nak(c); // wrong network: the client moved
             }
-            let known = self.leases.for_client(&c.client).is_some_and(|l| l.ip == ip && l.state != LeaseState::Released);
+            let record = self.leases.for_client(&c.client);
+            let known = record.is_some_and(|l| l.ip == ip && l.state != LeaseState::Released);
             if !known {
-                if self.leases.held_by_other(ip, &c.client, now) || !self.leases.in_pool(ip) {
-                    return self.nak(c);
+                match (state, record) {
+                    (RequestState::InitReboot, None) => return silent(Silence::NoRecord),
+                    // Renewing an address we never gave it: start over (RFC 2131 §4.4.5).
+                    (RequestState::Renewing, None) => return self.nak(c),
+                    // It remembers another address than the one we hold for it.
+                    (RequestState::InitReboot | RequestState::Renewing, Some(l)) if l.ip != ip => return self.nak(c),
+                    _ => {}
                 }
-                if !selecting && !self.leases.available_to(ip, &c.client, now) {
-                    return silent(Silence::NoRecord);
-                }
-                if selecting && !self.leases.available_to(ip, &c.client, now) {
+                if self.leases.held_by_other(ip, &c.client, now)
+                    || !self.leases.in_pool(ip)
+                    || !self.leases.available_to(ip, &c.client, now)
+                {
                     return self.nak(c);
                 }
             }
@@ -426,8 +479,13 @@ impl DhcpServer {
 
     fn decline(&mut self, c: &Ctx) -> Outcome {
         let Some(ip) = requested_ip(&c.msg) else { return silent(Silence::NoReplyDue) };
-        if !self.is_to_us(c) || self.leases.get(ip).is_none_or(|l| l.client != c.client) {
+        if !self.is_to_us(c) {
             return silent(Silence::NoReplyDue);
+        }
+        // A client declines an address it was ACKed and then found in use (RFC 2131 §3.1.5).
+        let bound = self.leases.get(ip).is_some_and(|l| l.client == c.client && l.state == LeaseState::Bound && l.holds(c.req.now));
+        if !bound {
+            return silent(Silence::DeclineIgnored);
         }
         // Someone else answers ARP for it: keep it out of the pool for a lease time.
         let mut l = self.lease(c, ip, LeaseState::Declined, c.req.now + u64::from(self.params.lease_secs));
@@ -720,6 +778,28 @@ impl DhcpServer {
         Some(KernelAck { lease, persist })
     }
 
+    /// Until when (Unix seconds) the kernel may answer `mac` for `ip` from its cache on its
+    /// own: `None` (always) for a reservation; for a lease, while an ACK it sends (a lease time
+    /// from then) ends within the renewal slack of the expiry in the store, which is how long
+    /// a restarted agent holds the address. A cache whose agent is gone cannot extend a lease
+    /// beyond what the store covers (invariant 1).
+    pub fn kernel_deadline(&self, mac: MacAddr, ip: Ipv4Addr) -> Option<u64> {
+        if self.reservation(mac).is_some_and(|h| h.ip == ip) {
+            return None;
+        }
+        let stored = self.persisted.get(&ip).copied().unwrap_or(0);
+        Some((stored + self.renewal_slack()).saturating_sub(u64::from(self.params.lease_secs)))
+    }
+
+    /// The commit of these addresses failed: what the store holds for them is unknown, so
+    /// nothing the kernel answers may rely on it (their cache entries are compiled again only
+    /// after a commit that succeeds).
+    pub fn commit_failed(&mut self, ips: impl IntoIterator<Item = Ipv4Addr>) {
+        for ip in ips {
+            self.persisted.remove(&ip);
+        }
+    }
+
     /// The MAC of the client an address is recorded for.
     pub fn holder(&self, ip: Ipv4Addr) -> Option<MacAddr> {
         self.leases.get(ip).map(|l| l.mac)
@@ -755,7 +835,7 @@ impl DhcpServer {
         let mut m = Message::default();
         m.set_opcode(Opcode::BootRequest).set_chaddr(&mac.0).set_xid(0).set_flags(Flags::default());
         if let Some(g) = giaddr {
-            if !self.params.subnet.is_some_and(|n| n.contains(&g)) {
+            if !self.serves_relay(g) {
                 return None; // handle() would not answer it
             }
             m.set_giaddr(g);

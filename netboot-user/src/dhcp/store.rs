@@ -35,6 +35,11 @@ impl SqliteStore {
         std::fs::create_dir_all(state_dir).with_context(|| format!("cannot create state_dir {}", state_dir.display()))?;
         let path = state_dir.join(DB_FILE);
         let conn = Connection::open(&path).with_context(|| format!("cannot open lease store {}", path.display()))?;
+        // Client MACs and hostnames are nobody else's business; SQLite gives the WAL and shm
+        // files the database's mode.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("cannot restrict {} to mode 0600", path.display()))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(
@@ -97,7 +102,8 @@ impl SqliteStore {
 
 impl LeaseStore for SqliteStore {
     fn load(&mut self) -> anyhow::Result<Vec<Lease>> {
-        self.select("ORDER BY ip", [])
+        // Oldest first: a client with rows for two addresses ends up with its latest.
+        self.select("ORDER BY expires, rowid", [])
     }
 
     fn commit(&mut self, batch: &[&Lease]) -> anyhow::Result<()> {
@@ -235,6 +241,27 @@ mod tests {
         drop(s);
         let loaded = SqliteStore::read_only(&dir).unwrap().load().unwrap();
         assert_eq!(loaded, vec![a2, b]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_latest_row_of_a_client_wins_at_load_and_the_file_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tmpdir("order");
+        let mut s = SqliteStore::open(&dir).unwrap();
+        // One client, two addresses whose text order ("10.0.0.10" < "10.0.0.9") is the
+        // opposite of their age: the later lease must be the one loaded last.
+        let old = Lease { ip: Ipv4Addr::new(10, 0, 0, 9), expires: 1_800_000_000, ..lease(1, LeaseState::Bound) };
+        let new = Lease { ip: Ipv4Addr::new(10, 0, 0, 10), expires: 1_800_003_600, ..lease(1, LeaseState::Bound) };
+        s.commit(&[&new]).unwrap();
+        s.commit(&[&old]).unwrap();
+        let loaded = s.load().unwrap();
+        assert_eq!(loaded.last().unwrap().ip, new.ip);
+        let mut table = crate::dhcp::leases::LeaseTable::default();
+        table.load(loaded);
+        assert_eq!(table.for_client(&new.client).unwrap().ip, new.ip);
+        let mode = std::fs::metadata(dir.join(DB_FILE)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

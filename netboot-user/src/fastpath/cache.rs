@@ -9,7 +9,7 @@
 use crate::dhcp::{CachedReplies, DhcpServer, Reply};
 use crate::mac::MacAddr;
 use aya::maps::{HashMap as BpfHashMap, Map, MapData};
-use netboot_common::cache::{CLIENT_ID_MAX, CacheEntry, CacheKey, KIND_ACK, KIND_OFFER, TEMPLATE_MAX, off};
+use netboot_common::cache::{CLIENT_ID_MAX, CacheEntry, CacheKey, KIND_ACK, KIND_OFFER, NEVER, TEMPLATE_MAX, off};
 use netboot_common::wire::ClientClass;
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
@@ -46,19 +46,39 @@ pub fn compile(
         return Vec::new();
     };
     let server_ip = server.params().server_ip;
+    let not_after_ns = match server.kernel_deadline(who.mac, ip) {
+        None => NEVER,
+        Some(t) if t > now => monotonic_ns().saturating_add((t - now).saturating_mul(1_000_000_000)),
+        Some(_) => return Vec::new(), // the store does not cover a kernel answer now
+    };
     [(KIND_OFFER, offer), (KIND_ACK, ack)]
         .into_iter()
-        .filter_map(|(kind, reply)| Some((who.key(kind), entry(&reply, who, ip, src_mac, server_ip)?)))
+        .filter_map(|(kind, reply)| Some((who.key(kind), entry(&reply, who, ip, src_mac, server_ip, not_after_ns)?)))
         .collect()
 }
 
-fn entry(reply: &Reply, who: &Presentation, ip: Ipv4Addr, src_mac: MacAddr, server_ip: Ipv4Addr) -> Option<CacheEntry> {
+/// CLOCK_MONOTONIC in nanoseconds: the XDP program's clock (`bpf_ktime_get_ns`).
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn entry(
+    reply: &Reply,
+    who: &Presentation,
+    ip: Ipv4Addr,
+    src_mac: MacAddr,
+    server_ip: Ipv4Addr,
+    not_after_ns: u64,
+) -> Option<CacheEntry> {
     let frame = reply.frame(src_mac, server_ip, who.relay.map(|r| r.1))?;
     let cid = who.client_id.as_deref().unwrap_or_default();
     if frame.len() > TEMPLATE_MAX || cid.len() > CLIENT_ID_MAX || frame.len() < off::BOOTP + 300 {
         return None;
     }
     let mut e = CacheEntry {
+        not_after_ns,
         len: frame.len() as u16,
         client_id_len: cid.len() as u8,
         _pad: 0,

@@ -42,6 +42,39 @@ pub enum StartError {
 
 /// The maps that live in bpffs, so that they outlive an agent that dies (invariant 4).
 const PINNED_MAPS: [&str; 3] = [maps::COUNTERS, maps::REPLY_CACHE, maps::EVENTS];
+
+/// Key size, value size and (where the object fixes it) entries of each pinned map as this
+/// build defines them.
+fn pinned_layout(name: &str) -> (u32, u32, Option<u32>) {
+    use netboot_common::cache::{CacheEntry, CacheKey, EVENTS_BYTES};
+    use netboot_common::counter::NUM_COUNTERS;
+    let size = |n: usize| n as u32;
+    match name {
+        maps::COUNTERS => (4, 8, Some(NUM_COUNTERS)),
+        maps::REPLY_CACHE => (size(std::mem::size_of::<CacheKey>()), size(std::mem::size_of::<CacheEntry>()), None),
+        _ => (0, 0, Some(EVENTS_BYTES)), // the ring buffer
+    }
+}
+
+/// Why the maps pinned in `dir` cannot be adopted by this build, if they cannot.
+pub fn incompatible_pins(dir: &std::path::Path) -> Option<String> {
+    for name in PINNED_MAPS {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = match aya::maps::MapInfo::from_pin(&path) {
+            Ok(i) => i,
+            Err(e) => return Some(format!("{name}: {e}")),
+        };
+        let (key, value, entries) = pinned_layout(name);
+        let found = (info.key_size(), info.value_size(), info.max_entries());
+        if found.0 != key || found.1 != value || entries.is_some_and(|n| n != found.2) {
+            return Some(format!("{name}: key/value/entries {found:?}, this build needs ({key}, {value}, {entries:?})"));
+        }
+    }
+    None
+}
 /// The pinned XDP link in an interface's pin directory.
 const LINK_PIN: &str = "link";
 
@@ -64,6 +97,13 @@ impl Loaded {
         let pin_err = |reason: String| StartError::Pin { path: dir.display().to_string(), reason };
         pins::ensure_bpffs().map_err(|e| pin_err(format!("mounting bpffs: {e}")))?;
         std::fs::create_dir_all(&dir).map_err(|e| pin_err(e.to_string()))?;
+        if let Some(why) = incompatible_pins(&dir) {
+            // An upgrade changed a map's layout: the old maps cannot serve the new program
+            // (loading it against them would fail on every start).
+            tracing::warn!(iface, "pinned maps of another build ({why}); replacing them");
+            pins::remove_iface_dir(iface).map_err(|e| pin_err(e.to_string()))?;
+            std::fs::create_dir_all(&dir).map_err(|e| pin_err(e.to_string()))?;
+        }
         match Loaded::load(Some(&dir), Some(cache_entries)) {
             Err(StartError::BpfUnavailable(why)) if dir.join(maps::COUNTERS).exists() => {
                 // Pins of an incompatible older build: start clean.

@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod counters;
+pub mod limits;
 pub mod loader;
 pub mod pins;
 pub mod sync;

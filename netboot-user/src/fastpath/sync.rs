@@ -4,6 +4,12 @@
 //! they answer with is durable (invariant 1): at start for reservations and bound leases, and
 //! after each commit for the client just served. They are removed when the address may change
 //! hands: release, decline, expiry (swept), or another client getting the address.
+//!
+//! Entries are compiled when a request is handled and installed when its commit is durable;
+//! whatever happened to the client in between (a release, a NAK, its address given to another,
+//! a reload) makes them stale. Each change bumps the client's generation (a reload bumps every
+//! client's), and an install whose generation moved is dropped: the client's next request goes
+//! to the agent, which answers from what is true now.
 
 use super::cache::{Presentation, ReplyCache, compile};
 use crate::dhcp::DhcpServer;
@@ -22,6 +28,8 @@ pub struct Pending {
     /// Lease expiry (Unix seconds); `None` for a reservation.
     pub expires: Option<u64>,
     pub entries: Vec<(CacheKey, CacheEntry)>,
+    /// The client's generation and the reload epoch when the entries were compiled.
+    generation: (u64, u64),
 }
 
 pub struct CacheSync {
@@ -30,11 +38,26 @@ pub struct CacheSync {
     /// Per cached client: its address and when its entries stop being valid.
     clients: HashMap<MacAddr, (Ipv4Addr, Option<u64>)>,
     owner: HashMap<Ipv4Addr, MacAddr>,
+    /// Per client with compiled entries waiting for a commit: its generation, bumped when its
+    /// entries are removed (a compile from before is stale), and how many compiles wait.
+    generations: HashMap<MacAddr, (u64, u32)>,
+    /// Bumped by every resync (a reload): every compile from before is stale.
+    epoch: u64,
+    /// Installs dropped because the client changed since its entries were compiled.
+    pub stale_installs: u64,
 }
 
 impl CacheSync {
     pub fn new(cache: ReplyCache, src_mac: MacAddr) -> CacheSync {
-        CacheSync { cache, src_mac, clients: HashMap::new(), owner: HashMap::new() }
+        CacheSync {
+            cache,
+            src_mac,
+            clients: HashMap::new(),
+            owner: HashMap::new(),
+            generations: HashMap::new(),
+            epoch: 0,
+            stale_installs: 0,
+        }
     }
 
     /// The presentations worth caching for a client: the one just seen, and the next steps of
@@ -58,12 +81,15 @@ impl CacheSync {
     }
 
     /// Compiles (without installing) the entries of `mac` for `presentations`.
-    pub fn prepare(&self, server: &DhcpServer, mac: MacAddr, presentations: &[Presentation], now: u64) -> Pending {
-        let mut p = Pending { mac: Some(mac), ..Default::default() };
+    pub fn prepare(&mut self, server: &DhcpServer, mac: MacAddr, presentations: &[Presentation], now: u64) -> Pending {
+        let mut p = Pending { mac: Some(mac), generation: (0, self.epoch), ..Default::default() };
         for who in presentations {
             p.entries.extend(compile(server, who, self.src_mac, now));
         }
         if let Some((_, e)) = p.entries.first() {
+            let g = self.generations.entry(mac).or_default();
+            g.1 += 1;
+            p.generation.0 = g.0;
             let ip = Ipv4Addr::from(e.yiaddr);
             p.ip = Some(ip);
             p.expires = if server.is_reserved(mac) {
@@ -75,9 +101,15 @@ impl CacheSync {
         p
     }
 
-    /// Installs entries whose lease is now durable.
+    /// Installs entries whose lease is now durable, unless the client changed since they were
+    /// compiled.
     pub fn install(&mut self, p: Pending) {
         let (Some(mac), Some(ip)) = (p.mac, p.ip) else { return };
+        let generation = self.settle(mac);
+        if p.generation != (generation, self.epoch) {
+            self.stale_installs += 1;
+            return;
+        }
         if let Some(prev) = self.owner.get(&ip).copied().filter(|m| *m != mac) {
             self.forget(prev);
         }
@@ -90,8 +122,29 @@ impl CacheSync {
         self.owner.insert(ip, mac);
     }
 
-    /// Removes every entry of `mac`.
+    /// Entries compiled for a commit that failed: never installed.
+    pub fn abandon(&mut self, p: Pending) {
+        if let (Some(mac), Some(_)) = (p.mac, p.ip) {
+            self.settle(mac);
+        }
+    }
+
+    /// One compile of `mac` is done with; returns the client's generation.
+    fn settle(&mut self, mac: MacAddr) -> u64 {
+        let Some(g) = self.generations.get_mut(&mac) else { return 0 };
+        let generation = g.0;
+        g.1 = g.1.saturating_sub(1);
+        if g.1 == 0 {
+            self.generations.remove(&mac);
+        }
+        generation
+    }
+
+    /// Removes every entry of `mac`; entries compiled for it and not installed yet are stale.
     pub fn forget(&mut self, mac: MacAddr) {
+        if let Some(g) = self.generations.get_mut(&mac) {
+            g.0 += 1;
+        }
         self.cache.forget(mac);
         if let Some((ip, _)) = self.clients.remove(&mac) {
             if self.owner.get(&ip) == Some(&mac) {
@@ -131,6 +184,7 @@ impl CacheSync {
     /// start (then also what an earlier agent left in an adopted map) and after a reload.
     /// Returns how many entries of unknown clients were removed.
     pub fn resync(&mut self, server: &DhcpServer, now: u64) -> usize {
+        self.epoch += 1;
         let mut macs: HashSet<MacAddr> = server.params().reservations.keys().copied().collect();
         macs.extend(server.leases().iter().filter(|l| l.state == LeaseState::Bound && l.expires > now).map(|l| l.mac));
         let gone: Vec<MacAddr> = self.clients.keys().filter(|m| !macs.contains(m)).copied().collect();

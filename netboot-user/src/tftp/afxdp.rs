@@ -9,9 +9,8 @@
 //! What the XDP program does not steer (VLAN-tagged, IP options, fragments) reaches the socket
 //! engine, which keeps port 69 open beside this one.
 
-use super::files::FileCache;
-use super::session::{self, Opened, Session};
-use super::transfer::{Limits, Step};
+use super::session::{self, Opened, Session, Source};
+use super::transfer::Step;
 use crate::config::Config;
 use crate::frame::{UdpEnvelope, parse_udp, udp_checksum_ok};
 use crate::iface::Interface;
@@ -65,8 +64,7 @@ impl Engine {
     pub fn start(
         iface: &Interface,
         server_ip: Ipv4Addr,
-        files: Arc<FileCache>,
-        limits: Limits,
+        source: Source,
         mut xsks: XskMap<MapData>,
         mut steer: Array<MapData, TftpSteer>,
         stats: Arc<Stats>,
@@ -80,6 +78,10 @@ impl Engine {
             xsks.set(q, x.raw_fd(), 0).with_context(|| format!("XSKMAP entry for queue {q}"))?;
             socks.push(x);
         }
+        // Jumbo frames and a large blksize: DATA must fit a UMEM frame (Ethernet, IPv4, UDP).
+        let mut source = source;
+        let fits = (crate::xsk::MAX_FRAME - crate::frame::UdpEnvelope::UNTAGGED_HEADER_LEN) as u16;
+        source.limits.max_payload = source.limits.max_payload.min(fits);
         let (port_lo, port_hi) = transfer_ports();
         steer.set(0, TftpSteer { server_ip: server_ip.octets(), port_lo, port_hi, enabled: 1, _pad: [0; 3] }, 0)?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -88,8 +90,7 @@ impl Engine {
             xsks,
             mac: iface.mac,
             server_ip,
-            files,
-            limits,
+            source,
             stats,
             timelines,
             configs,
@@ -121,8 +122,7 @@ struct Worker {
     xsks: XskMap<MapData>,
     mac: MacAddr,
     server_ip: Ipv4Addr,
-    files: Arc<FileCache>,
-    limits: Limits,
+    source: Source,
     stats: Arc<Stats>,
     timelines: Arc<Timelines>,
     configs: watch::Receiver<Arc<Config>>,
@@ -180,7 +180,7 @@ impl Worker {
     }
 
     fn reconfigure(&mut self, config: &Config) {
-        session::reconfigure(&mut self.files, &mut self.limits, config);
+        session::reconfigure(&mut self.source, config);
     }
 
     fn on_frame(&mut self, queue: usize, frame: &[u8], now: Instant) {
@@ -222,7 +222,7 @@ impl Worker {
             old.session.finish(client, Some("replaced by a new request from the same port"), &self.stats, &self.timelines);
         }
         let tid = self.allocate_tid();
-        match session::open(&self.files, self.limits, request, client, &self.stats, now) {
+        match session::open(&self.source, request, client, &self.stats, now) {
             Opened::Transfer(session, first) => {
                 for p in first {
                     self.out.push(self.outgoing(queue, client, client_mac, tid, p));

@@ -127,7 +127,7 @@ impl ClientTransfer {
 
 #[cfg(test)]
 mod tests {
-    use super::super::transfer::{Limits, Step, Transfer, negotiate};
+    use super::super::transfer::{Step, Transfer, negotiate};
     use super::*;
 
     /// A lost ACK: the server resends the block, and the client must ACK it again.
@@ -149,7 +149,7 @@ mod tests {
             let req = Request { file: "f".into(), blksize, windowsize: window, tsize: true };
             let rrq = req.rrq();
             let Ok(Packet::Request { options, .. }) = Packet::parse(&rrq) else { panic!() };
-            let limits = Limits { max_blksize: 1468, max_windowsize: 32, max_payload: 1472 };
+            let limits = crate::tftp::transfer::TEST_LIMITS;
             let (p, oack) = negotiate(&options, data.len() as u64, limits);
             let mut now = Instant::now();
             let mut server = Transfer::new(data.clone().into(), p, oack, now);

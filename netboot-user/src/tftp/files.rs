@@ -1,5 +1,7 @@
-//! The TFTP file cache: boot files read once and served as shared slices; a file changed on
-//! disk is read again for new transfers (running ones keep the bytes they started with).
+//! The TFTP file cache: boot files read once and served as shared slices, in the form a
+//! transfer sends (octet, or converted once to netascii); a file changed on disk is read again
+//! for new transfers (running ones keep the bytes they started with). Files are read outside
+//! the lock, and the cache holds at most [`CACHE_BYTES`]: the least recently used go first.
 //! Every path is confined to the root (invariant 6).
 
 use std::collections::HashMap;
@@ -15,21 +17,40 @@ pub enum Refusal {
     OutsideRoot,
 }
 
+/// Bytes the cache keeps at most (boot loaders are 70 KiB to a few MiB; kernels go over HTTP).
+pub const CACHE_BYTES: usize = 256 << 20;
+
+/// The form a file is sent in (RFC 1350 modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mode {
+    Octet,
+    Netascii,
+}
+
 struct Cached {
     bytes: Arc<[u8]>,
     len: u64,
     mtime: Option<SystemTime>,
+    /// Use stamp of the last hit, for eviction.
+    used: u64,
+}
+
+#[derive(Default)]
+struct Entries {
+    map: HashMap<(PathBuf, Mode), Cached>,
+    bytes: usize,
+    clock: u64,
 }
 
 pub struct FileCache {
     root: PathBuf,
-    files: Mutex<HashMap<PathBuf, Cached>>,
+    files: Mutex<Entries>,
 }
 
 impl FileCache {
     /// `root` must exist; it is canonicalized once.
     pub fn new(root: &Path) -> std::io::Result<FileCache> {
-        Ok(FileCache { root: root.canonicalize()?, files: Mutex::new(HashMap::new()) })
+        Ok(FileCache { root: root.canonicalize()?, files: Mutex::new(Entries::default()) })
     }
 
     pub fn root(&self) -> &Path {
@@ -60,24 +81,72 @@ impl FileCache {
         Ok(real)
     }
 
-    /// The bytes of `name`, from the cache when the file has not changed on disk.
-    pub fn get(&self, name: &str) -> Result<Arc<[u8]>, Refusal> {
+    /// The bytes of `name` in `mode`, from the cache when the file has not changed on disk.
+    pub fn get(&self, name: &str, mode: Mode) -> Result<Arc<[u8]>, Refusal> {
         let path = self.resolve(name)?;
         let meta = std::fs::metadata(&path).map_err(|_| Refusal::NotFound)?;
         if !meta.is_file() {
             return Err(Refusal::NotFound);
         }
         let mtime = meta.modified().ok();
-        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = files.get(&path) {
-            if c.len == meta.len() && c.mtime == mtime {
+        let key = (path, mode);
+        {
+            let mut files = self.lock();
+            let stamp = files.tick();
+            if let Some(c) = files.map.get_mut(&key).filter(|c| c.len == meta.len() && c.mtime == mtime) {
+                c.used = stamp;
                 return Ok(c.bytes.clone());
             }
         }
-        let bytes: Arc<[u8]> = std::fs::read(&path).map_err(|_| Refusal::NotFound)?.into();
-        files.insert(path, Cached { bytes: bytes.clone(), len: meta.len(), mtime });
+        // Read (and convert) without the lock: other transfers go on meanwhile.
+        let raw = std::fs::read(&key.0).map_err(|_| Refusal::NotFound)?;
+        let bytes: Arc<[u8]> = match mode {
+            Mode::Octet => raw.into(),
+            Mode::Netascii => netascii(&raw).into(),
+        };
+        let mut files = self.lock();
+        let used = files.tick();
+        files.insert(key, Cached { bytes: bytes.clone(), len: meta.len(), mtime, used });
         Ok(bytes)
     }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
+        self.files.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Entries {
+    fn tick(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
+
+    /// Inserts, then evicts the least recently used entries beyond [`CACHE_BYTES`] (a file
+    /// larger than that is served but not kept).
+    fn insert(&mut self, key: (PathBuf, Mode), c: Cached) {
+        self.bytes += c.bytes.len();
+        if let Some(old) = self.map.insert(key, c) {
+            self.bytes -= old.bytes.len();
+        }
+        while self.bytes > CACHE_BYTES {
+            let Some(oldest) = self.map.iter().min_by_key(|(_, c)| c.used).map(|(k, _)| k.clone()) else { break };
+            let gone = self.map.remove(&oldest).expect("present");
+            self.bytes -= gone.bytes.len();
+        }
+    }
+}
+
+/// RFC 764 netascii: LF → CR LF, CR → CR NUL.
+fn netascii(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(b.len() + b.len() / 16);
+    for &c in b {
+        match c {
+            b'\n' => out.extend_from_slice(b"\r\n"),
+            b'\r' => out.extend_from_slice(b"\r\0"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -95,19 +164,40 @@ mod tests {
         std::os::unix::fs::symlink(base.join("secret"), root.join("escape")).unwrap();
         std::os::unix::fs::symlink("sub/a.bin", root.join("inside")).unwrap();
         let c = FileCache::new(&root).unwrap();
-        assert_eq!(&*c.get("sub/a.bin").unwrap(), b"hello");
-        assert_eq!(&*c.get("./sub/a.bin").unwrap(), b"hello");
-        assert_eq!(&*c.get("inside").unwrap(), b"hello");
-        assert_eq!(c.get("../secret"), Err(Refusal::OutsideRoot));
-        assert_eq!(c.get("sub/../../secret"), Err(Refusal::OutsideRoot));
-        assert_eq!(c.get("/etc/passwd"), Err(Refusal::OutsideRoot));
-        assert_eq!(c.get("escape"), Err(Refusal::OutsideRoot));
-        assert_eq!(c.get("missing"), Err(Refusal::NotFound));
-        assert_eq!(c.get("sub"), Err(Refusal::NotFound));
+        assert_eq!(&*c.get("sub/a.bin", Mode::Octet).unwrap(), b"hello");
+        assert_eq!(&*c.get("./sub/a.bin", Mode::Octet).unwrap(), b"hello");
+        assert_eq!(&*c.get("inside", Mode::Octet).unwrap(), b"hello");
+        assert_eq!(c.get("../secret", Mode::Octet), Err(Refusal::OutsideRoot));
+        assert_eq!(c.get("sub/../../secret", Mode::Octet), Err(Refusal::OutsideRoot));
+        assert_eq!(c.get("/etc/passwd", Mode::Octet), Err(Refusal::OutsideRoot));
+        assert_eq!(c.get("escape", Mode::Octet), Err(Refusal::OutsideRoot));
+        assert_eq!(c.get("missing", Mode::Octet), Err(Refusal::NotFound));
+        assert_eq!(c.get("sub", Mode::Octet), Err(Refusal::NotFound));
         // A changed file is read again.
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(root.join("sub/a.bin"), b"hello, again").unwrap();
-        assert_eq!(&*c.get("sub/a.bin").unwrap(), b"hello, again");
+        assert_eq!(&*c.get("sub/a.bin", Mode::Octet).unwrap(), b"hello, again");
+        // The netascii form is converted once and cached beside the octet form.
+        std::fs::write(root.join("text"), b"a\nb\r").unwrap();
+        assert_eq!(&*c.get("text", Mode::Netascii).unwrap(), b"a\r\nb\r\0");
+        assert_eq!(&*c.get("text", Mode::Octet).unwrap(), b"a\nb\r");
+        assert!(Arc::ptr_eq(&c.get("text", Mode::Netascii).unwrap(), &c.get("text", Mode::Netascii).unwrap()));
         std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn the_cache_keeps_at_most_its_budget_least_recently_used_first() {
+        let mut e = Entries::default();
+        let entry = |n: usize, used| Cached { bytes: vec![0u8; n].into(), len: n as u64, mtime: None, used };
+        let third = CACHE_BYTES / 3;
+        e.insert(("a".into(), Mode::Octet), entry(third, 1));
+        e.insert(("b".into(), Mode::Octet), entry(third, 3));
+        e.insert(("c".into(), Mode::Octet), entry(third, 2));
+        e.insert(("d".into(), Mode::Octet), entry(third, 4));
+        assert!(e.bytes <= CACHE_BYTES);
+        assert!(!e.map.contains_key(&("a".into(), Mode::Octet)), "the least recently used went first");
+        assert!(e.map.contains_key(&("b".into(), Mode::Octet)));
+        e.insert(("huge".into(), Mode::Octet), entry(CACHE_BYTES + 1, 5));
+        assert_eq!((e.bytes, e.map.len()), (0, 0));
     }
 }

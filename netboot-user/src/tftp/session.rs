@@ -1,13 +1,14 @@
 //! What both engines do around a transfer, sans-IO: turn a read request into a transfer or a
 //! refusal, and account for a transfer's end (counters, latency, the node's timeline).
 
-use super::files::{FileCache, Refusal};
+use super::files::{FileCache, Mode, Refusal};
 use super::packet::{ErrorCode, Packet};
 use super::transfer::{Limits, Params, SIZE_PROBE, Transfer, negotiate};
 use crate::stats::{Stage, Stats};
 use crate::timeline::{Milestone, TftpOutcome, Timelines};
-use std::net::SocketAddrV4;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A read request, accepted.
@@ -17,6 +18,67 @@ pub struct Session {
     pub params: Params,
     pub transfer: Transfer,
     pub started: Instant,
+    /// Its place in [`Admission`], given back when the session is dropped.
+    _slot: Slot,
+}
+
+/// How many transfers run, in total and per client address, across both engines: a request
+/// beyond `max_transfers` or `max_transfers_per_client` is refused with an ERROR (the client
+/// retries), so that a flood of requests cannot hold every buffer and timer.
+#[derive(Default)]
+pub struct Admission(Mutex<Running>);
+
+#[derive(Default)]
+struct Running {
+    total: u32,
+    per_client: HashMap<Ipv4Addr, u32>,
+}
+
+/// One admitted transfer; dropping it frees its place.
+pub struct Slot {
+    admission: Arc<Admission>,
+    client: Ipv4Addr,
+}
+
+/// Why a request was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Busy {
+    Server,
+    Client,
+}
+
+impl Admission {
+    pub fn admit(self: &Arc<Self>, client: Ipv4Addr, limits: &Limits) -> Result<Slot, Busy> {
+        let mut r = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = r.per_client.get(&client).copied().unwrap_or(0);
+        if limits.max_transfers != 0 && r.total >= limits.max_transfers {
+            return Err(Busy::Server);
+        }
+        if limits.max_transfers_per_client != 0 && mine >= limits.max_transfers_per_client {
+            return Err(Busy::Client);
+        }
+        r.total += 1;
+        r.per_client.insert(client, mine + 1);
+        Ok(Slot { admission: self.clone(), client })
+    }
+
+    /// Transfers running now.
+    pub fn running(&self) -> u32 {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).total
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut r = self.admission.0.lock().unwrap_or_else(|e| e.into_inner());
+        r.total -= 1;
+        if let Some(n) = r.per_client.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                r.per_client.remove(&self.client);
+            }
+        }
+    }
 }
 
 /// What a packet sent to port 69 turns into.
@@ -29,8 +91,19 @@ pub enum Opened {
     Ignored,
 }
 
+/// What each new transfer starts with, in both engines: the files, the limits, and the
+/// admission count they share. A reload replaces files and limits for new transfers.
+#[derive(Clone)]
+pub struct Source {
+    pub files: Arc<FileCache>,
+    pub limits: Limits,
+    pub admission: Arc<Admission>,
+}
+
 /// Opens a read request from `client`; counts refusals.
-pub fn open(files: &FileCache, limits: Limits, request: &[u8], client: SocketAddrV4, stats: &Stats, now: Instant) -> Opened {
+pub fn open(src: &Source, request: &[u8], client: SocketAddrV4, stats: &Stats, now: Instant) -> Opened {
+    let Source { files, limits, admission } = src;
+    let limits = *limits;
     let refuse = |code: ErrorCode, msg: &str, counter: &str| {
         stats.bump(counter);
         Opened::Refused(Packet::error(code, msg))
@@ -43,7 +116,17 @@ pub fn open(files: &FileCache, limits: Limits, request: &[u8], client: SocketAdd
             return Opened::Ignored;
         }
     };
-    let bytes = match files.get(&file) {
+    let mode = match mode.as_str() {
+        "octet" => Mode::Octet,
+        "netascii" => Mode::Netascii,
+        _ => return refuse(ErrorCode::IllegalOperation, "unknown mode", "tftp_bad_mode"),
+    };
+    let slot = match admission.admit(*client.ip(), &limits) {
+        Ok(s) => s,
+        Err(Busy::Server) => return refuse(ErrorCode::NotDefined, "server busy, retry", "tftp_refused_busy"),
+        Err(Busy::Client) => return refuse(ErrorCode::NotDefined, "too many transfers from this client", "tftp_refused_client_limit"),
+    };
+    let data = match files.get(&file, mode) {
         Ok(b) => b,
         Err(Refusal::NotFound) => return refuse(ErrorCode::FileNotFound, "file not found", "tftp_not_found"),
         Err(Refusal::OutsideRoot) => {
@@ -51,16 +134,11 @@ pub fn open(files: &FileCache, limits: Limits, request: &[u8], client: SocketAdd
             return refuse(ErrorCode::AccessViolation, "access violation", "tftp_refused_path");
         }
     };
-    let data: Arc<[u8]> = match mode.as_str() {
-        "octet" => bytes,
-        "netascii" => netascii(&bytes).into(),
-        _ => return refuse(ErrorCode::IllegalOperation, "unknown mode", "tftp_bad_mode"),
-    };
     let (params, oack) = negotiate(&options, data.len() as u64, limits);
     stats.bump("tftp_transfers_started");
     let mut transfer = Transfer::new(data.clone(), params, oack, now);
     let first = transfer.start(now);
-    Opened::Transfer(Session { file, bytes: data.len() as u64, params, transfer, started: now }, first)
+    Opened::Transfer(Session { file, bytes: data.len() as u64, params, transfer, started: now, _slot: slot }, first)
 }
 
 impl Session {
@@ -103,7 +181,8 @@ impl Session {
 
 /// Applies a reloaded config to an engine: a new `tftp.root` and new limits serve new
 /// transfers; running ones keep the file and limits they started with.
-pub fn reconfigure(files: &mut Arc<FileCache>, limits: &mut Limits, config: &crate::config::Config) {
+pub fn reconfigure(src: &mut Source, config: &crate::config::Config) {
+    let Source { files, limits, .. } = src;
     let t = &config.tftp;
     if t.root != files.root() {
         match FileCache::new(&t.root) {
@@ -113,17 +192,36 @@ pub fn reconfigure(files: &mut Arc<FileCache>, limits: &mut Limits, config: &cra
     }
     limits.max_blksize = *t.max_blksize.get_ref();
     limits.max_windowsize = *t.max_windowsize.get_ref();
+    limits.max_transfers = t.max_transfers;
+    limits.max_transfers_per_client = t.max_transfers_per_client;
 }
 
-/// RFC 764 netascii: LF → CR LF, CR → CR NUL.
-fn netascii(b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(b.len() + b.len() / 16);
-    for &c in b {
-        match c {
-            b'\n' => out.extend_from_slice(b"\r\n"),
-            b'\r' => out.extend_from_slice(b"\r\0"),
-            c => out.push(c),
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(total: u32, per_client: u32) -> Limits {
+        Limits { max_transfers: total, max_transfers_per_client: per_client, ..crate::tftp::transfer::TEST_LIMITS }
     }
-    out
+
+    #[test]
+    fn admission_counts_places_per_client_and_in_total_and_frees_them_on_drop() {
+        let a = Arc::new(Admission::default());
+        let (x, y, z) = ([10, 0, 0, 1].into(), [10, 0, 0, 2].into(), [10, 0, 0, 3].into());
+        let l = limits(3, 2);
+        let x1 = a.admit(x, &l).unwrap();
+        let _x2 = a.admit(x, &l).unwrap();
+        assert_eq!(a.admit(x, &l).err(), Some(Busy::Client));
+        let _y1 = a.admit(y, &l).unwrap();
+        assert_eq!(a.admit(z, &l).err(), Some(Busy::Server));
+        assert_eq!(a.running(), 3);
+        drop(x1);
+        assert_eq!(a.running(), 2);
+        let _z1 = a.admit(z, &l).unwrap();
+        // 0 = unlimited.
+        let free: Vec<Slot> = (0..100).map(|_| a.admit(x, &limits(0, 0)).unwrap()).collect();
+        assert_eq!(a.running(), 103);
+        drop(free);
+        assert_eq!(a.running(), 3);
+    }
 }

@@ -1,9 +1,8 @@
 //! The socket engine: a listening socket on port 69 bound to the interface, and one task with
 //! its own UDP socket (its TID) per transfer.
 
-use super::files::FileCache;
-use super::session::{self, Opened};
-use super::transfer::{Limits, Step};
+use super::session::{self, Opened, Source};
+use super::transfer::Step;
 use crate::config::Config;
 use crate::timeline::Timelines;
 use crate::iface::{Interface, udp_socket};
@@ -26,20 +25,19 @@ impl Service {
     pub fn bind(
         iface: &Interface,
         server_ip: Ipv4Addr,
-        files: Arc<FileCache>,
-        limits: Limits,
+        source: Source,
         stats: Arc<Stats>,
         timelines: Arc<Timelines>,
     ) -> anyhow::Result<Service> {
         // Many clients: every machine of a storm sends its RRQ at about the same moment.
         let listen = udp_socket(&iface.name, SocketAddr::from((Ipv4Addr::UNSPECIFIED, TFTP_PORT)), true)?;
-        Ok(Service { listen, ctx: TransferCtx { files, limits, iface: iface.name.clone(), server_ip, stats, timelines } })
+        Ok(Service { listen, ctx: TransferCtx { source, iface: iface.name.clone(), server_ip, stats, timelines } })
     }
 
     /// Serves until `shutdown` changes. Each config published on `configs` applies to new
     /// transfers (root, limits); running transfers keep the file and limits they started with.
     pub async fn run(mut self, mut configs: watch::Receiver<Arc<Config>>, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-        tracing::info!(root = %self.ctx.files.root().display(), "TFTP service up (socket engine)");
+        tracing::info!(root = %self.ctx.source.files.root().display(), "TFTP service up (socket engine)");
         let mut buf = vec![0u8; 2048];
         loop {
             let (n, from) = tokio::select! {
@@ -50,7 +48,7 @@ impl Service {
                 r = configs.changed() => {
                     if r.is_ok() {
                         let config = configs.borrow_and_update().clone();
-                        session::reconfigure(&mut self.ctx.files, &mut self.ctx.limits, &config);
+                        session::reconfigure(&mut self.ctx.source, &config);
                     }
                     continue;
                 },
@@ -69,8 +67,7 @@ impl Service {
 
 #[derive(Clone)]
 struct TransferCtx {
-    files: Arc<FileCache>,
-    limits: Limits,
+    source: Source,
     iface: String,
     server_ip: Ipv4Addr,
     stats: Arc<Stats>,
@@ -82,7 +79,7 @@ impl TransferCtx {
         let SocketAddr::V4(client4) = client else { return Ok(()) };
         let sock = udp_socket(&self.iface, SocketAddr::from((self.server_ip, 0)), false)?;
         sock.connect(client).await?;
-        let (mut s, first) = match session::open(&self.files, self.limits, request, client4, &self.stats, Instant::now()) {
+        let (mut s, first) = match session::open(&self.source, request, client4, &self.stats, Instant::now()) {
             Opened::Transfer(s, first) => (s, first),
             Opened::Refused(error) => {
                 sock.send(&error).await?;

@@ -17,9 +17,17 @@ use std::time::{Duration, Instant};
 pub struct Limits {
     pub max_blksize: u16,
     pub max_windowsize: u16,
-    /// Largest UDP payload the link carries (MTU - 28).
+    /// Largest UDP payload the link (and the engine's frame buffers) carries.
     pub max_payload: u16,
+    /// Concurrent transfers in total and per client address (0 = unlimited).
+    pub max_transfers: u32,
+    pub max_transfers_per_client: u32,
 }
+
+/// Limits for the unit tests: a 1500-byte link, the config's defaults, no admission limits.
+#[cfg(test)]
+pub(crate) const TEST_LIMITS: Limits =
+    Limits { max_blksize: 1468, max_windowsize: 32, max_payload: 1472, max_transfers: 0, max_transfers_per_client: 0 };
 
 /// Negotiated transfer parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +41,13 @@ pub struct Params {
 const INITIAL_RTO: Duration = Duration::from_millis(250);
 const MIN_RTO: Duration = Duration::from_millis(100);
 const MAX_TRIES: u32 = 12;
+/// Sends of the first packet before the client has answered once: its source address may be
+/// forged (a reflection), or nobody is listening; either way a few tries are enough.
+const UNCONFIRMED_TRIES: u32 = 3;
+/// The longest retransmission timeout whatever `timeout` the client asks for: the option is
+/// acknowledged (it sets the client's own timer), but a transfer whose client is gone ends
+/// within MAX_TRIES × this, not hours.
+const MAX_RTO: Duration = Duration::from_secs(5);
 
 /// Parses the request's options; returns the parameters and the OACK options (empty: no OACK).
 pub fn negotiate(requested: &[(String, String)], file_len: u64, limits: Limits) -> (Params, Vec<(String, String)>) {
@@ -48,7 +63,7 @@ pub fn negotiate(requested: &[(String, String)], file_len: u64, limits: Limits) 
             }
             "tsize" => oack.push((k.clone(), file_len.to_string())),
             "timeout" if (1..=255).contains(&n) => {
-                p.max_rto = Duration::from_secs(n);
+                p.max_rto = Duration::from_secs(n).min(MAX_RTO);
                 oack.push((k.clone(), n.to_string()));
             }
             "windowsize" if (1..=65535).contains(&n) => {
@@ -91,6 +106,8 @@ pub struct Transfer {
     rto: Duration,
     srtt: Option<Duration>,
     tries: u32,
+    /// Whether the client has acknowledged anything yet (its address is real).
+    confirmed: bool,
     /// Packets resent because of the timer.
     pub retransmits: u64,
 }
@@ -105,7 +122,7 @@ impl Transfer {
     pub fn new(data: Arc<[u8]>, p: Params, oack: Vec<(String, String)>, now: Instant) -> Transfer {
         let blocks = data.len() as u64 / p.blksize as u64 + 1;
         let oack = (!oack.is_empty()).then(|| Packet::OptionAck { options: oack }.to_vec());
-        Transfer { data, p, blocks, oack, acked: 0, last_send: now, rto: INITIAL_RTO.min(p.max_rto), srtt: None, tries: 0, retransmits: 0 }
+        Transfer { data, p, blocks, oack, acked: 0, last_send: now, rto: INITIAL_RTO.min(p.max_rto), srtt: None, tries: 0, confirmed: false, retransmits: 0 }
     }
 
     pub fn params(&self) -> Params {
@@ -177,6 +194,9 @@ impl Transfer {
     /// The timer fired: resend what is in flight, or give up.
     pub fn on_timeout(&mut self, now: Instant) -> Step {
         self.tries += 1;
+        if !self.confirmed && self.tries >= UNCONFIRMED_TRIES {
+            return Step::Abort(None, "client never answered");
+        }
         if self.tries > MAX_TRIES {
             return Step::Abort(Some(Packet::error(ErrorCode::NotDefined, "timed out")), "client stopped answering");
         }
@@ -192,6 +212,7 @@ impl Transfer {
 
     /// Round-trip sample (Karn: not after a retransmission).
     fn sample(&mut self, now: Instant) {
+        self.confirmed = true;
         if self.tries == 0 {
             let rtt = now.saturating_duration_since(self.last_send);
             let srtt = match self.srtt {
@@ -209,7 +230,7 @@ impl Transfer {
 mod tests {
     use super::*;
 
-    const LIMITS: Limits = Limits { max_blksize: 1468, max_windowsize: 32, max_payload: 1472 };
+    const LIMITS: Limits = TEST_LIMITS;
 
     fn opts(o: &[(&str, &str)]) -> Vec<(String, String)> {
         o.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
@@ -324,21 +345,44 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_silent_client_is_given_up() {
-        let (p, oack) = negotiate(&[], 10, LIMITS);
-        let mut now = Instant::now();
-        let mut t = Transfer::new(vec![0u8; 10].into(), p, oack, now);
-        t.start(now);
-        let mut steps = 0;
-        loop {
+    /// Times the timer fires before the transfer is given up, and how long that takes.
+    fn give_up(t: &mut Transfer, mut now: Instant) -> (u32, Duration) {
+        let start = now;
+        for steps in 1..=MAX_TRIES + 1 {
             now = t.deadline();
-            steps += 1;
             if let Step::Abort(..) = t.on_timeout(now) {
-                break;
+                return (steps, now - start);
             }
-            assert!(steps < 20);
         }
+        panic!("never gave up");
+    }
+
+    #[test]
+    fn a_client_that_never_answered_gets_three_sends_whatever_timeout_it_asked() {
+        // Issue 13: with `timeout 255` a forged request held a transfer for ~13 minutes and
+        // reflected 12 resends of block 1 to its victim.
+        for o in [&[][..], &[("timeout", "255")][..], &[("timeout", "255"), ("blksize", "1468")][..]] {
+            let (p, oack) = negotiate(&opts(o), 10_000, LIMITS);
+            assert!(p.max_rto <= MAX_RTO);
+            let now = Instant::now();
+            let mut t = Transfer::new(vec![0u8; 10_000].into(), p, oack, now);
+            assert_eq!(t.start(now).len(), 1);
+            let (steps, took) = give_up(&mut t, now);
+            assert_eq!((steps, t.retransmits), (UNCONFIRMED_TRIES, u64::from(UNCONFIRMED_TRIES - 1)), "{o:?}");
+            assert!(took <= MAX_RTO * UNCONFIRMED_TRIES, "{o:?}: {took:?}");
+        }
+    }
+
+    #[test]
+    fn a_client_that_goes_silent_mid_transfer_is_given_up_within_bounded_time() {
+        let (p, oack) = negotiate(&opts(&[("timeout", "255")]), 10_000, LIMITS);
+        assert_eq!(oack, opts(&[("timeout", "255")]), "the client's own timer is acknowledged as asked");
+        let now = Instant::now();
+        let mut t = Transfer::new(vec![0u8; 10_000].into(), p, oack, now);
+        t.start(now);
+        assert!(matches!(t.on_packet(&ack(0), now), Step::Send(_)));
+        let (steps, took) = give_up(&mut t, now);
         assert_eq!(steps, MAX_TRIES + 1);
+        assert!(took <= MAX_RTO * (MAX_TRIES + 1), "{took:?}");
     }
 }

@@ -133,12 +133,11 @@ fn selecting_init_reboot_renew_release_decline() {
     let again = reply(handle_frame(&mut s, &f[0], NOW + 2));
     assert_eq!(decode(&again).yiaddr(), ip);
 
-    // INIT-REBOOT with the right address → ACK; with another → NAK.
+    // INIT-REBOOT with the right address → ACK; with another, even a free one → NAK
+    // (RFC 2131 §4.3.2: the requested address is incorrect).
     assert_eq!(reply(handle_payload(&mut s, &request_for(&f[1], ip, None), NOW + 3)).kind, MessageType::Ack);
     let wrong = Ipv4Addr::new(10, 78, 1, 19);
-    assert_eq!(reply(handle_payload(&mut s, &request_for(&f[1], wrong, None), NOW + 4)).kind, MessageType::Ack,
-        "a free pool address the client asks for at reboot is granted (authoritative)");
-    let ip = wrong;
+    assert_eq!(reply(handle_payload(&mut s, &request_for(&f[1], wrong, None), NOW + 4)).kind, MessageType::Nak);
     // Another server chosen: our offer is released, no reply.
     let other = handle_payload(&mut s, &request_for(&f[1], ip, Some(Ipv4Addr::new(10, 78, 0, 2))), NOW + 5);
     assert!(matches!(other, Outcome::Silent { why: Silence::OtherServer, .. }), "{other:?}");
@@ -162,9 +161,10 @@ fn selecting_init_reboot_renew_release_decline() {
         o => panic!("{o:?}"),
     }
 
-    // DECLINE quarantines: the next DISCOVER of another client does not get it.
+    // DECLINE (of an ACKed address) quarantines: the next DISCOVER does not get it.
     let offer = reply(handle_frame(&mut s, &f[0], NOW + 20));
     let ip = decode(&offer).yiaddr();
+    assert_eq!(reply(handle_payload(&mut s, &request_for(&f[1], ip, Some(SERVER)), NOW + 20)).kind, MessageType::Ack);
     let mut d = Message::decode(&mut Decoder::new(&request_for(&f[1], ip, Some(SERVER)))).unwrap();
     d.opts_mut().insert(DhcpOption::MessageType(MessageType::Decline));
     match handle_payload(&mut s, &d.to_vec().unwrap(), NOW + 21) {
@@ -173,6 +173,105 @@ fn selecting_init_reboot_renew_release_decline() {
     }
     let offer2 = reply(handle_frame(&mut s, &f[0], NOW + 22));
     assert_ne!(decode(&offer2).yiaddr(), ip, "declined address offered again");
+}
+
+/// A message from the udhcpc capture with another chaddr (and no client identifier).
+fn from_mac(frame: &[u8], mac: [u8; 6], edit: impl FnOnce(&mut Message)) -> Vec<u8> {
+    let p = parse_udp(frame).unwrap();
+    let mut m = Message::decode(&mut Decoder::new(p.payload)).unwrap();
+    m.set_chaddr(&mac);
+    m.opts_mut().remove(OptionCode::ClientIdentifier);
+    edit(&mut m);
+    m.to_vec().unwrap()
+}
+
+#[test]
+fn requests_of_clients_without_a_record_never_bind_an_address() {
+    // Issue 13: an INIT-REBOOT for a free pool address from a MAC never seen got an ACK, so
+    // one frame per address bound the whole pool for a lease time.
+    let cfg = config("");
+    let mut s = server(&cfg);
+    let f = frames("udhcpc");
+    for i in 0..100u8 {
+        let ip = Ipv4Addr::new(10, 78, 1, 1 + i % 20);
+        let reboot = from_mac(&f[1], [2, 0, 0, 9, 0, i], |m| {
+            m.opts_mut().insert(DhcpOption::MessageType(MessageType::Request));
+            m.opts_mut().insert(DhcpOption::RequestedIpAddress(ip));
+            m.opts_mut().remove(OptionCode::ServerIdentifier);
+        });
+        match handle_payload(&mut s, &reboot, NOW) {
+            Outcome::Silent { why: Silence::NoRecord, commit } => assert!(commit.is_empty()),
+            o => panic!("INIT-REBOOT of an unknown client: {o:?}"),
+        }
+        // RENEWING/REBINDING an address we never gave it: NAK, nothing bound.
+        let renew = from_mac(&f[1], [2, 0, 0, 9, 1, i], |m| {
+            m.opts_mut().insert(DhcpOption::MessageType(MessageType::Request));
+            m.opts_mut().remove(OptionCode::RequestedIpAddress);
+            m.opts_mut().remove(OptionCode::ServerIdentifier);
+            m.set_ciaddr(ip);
+        });
+        let nak = reply(handle_payload(&mut s, &renew, NOW));
+        assert_eq!((nak.kind, nak.commit.len()), (MessageType::Nak, 0));
+    }
+    assert!(s.leases().iter().all(|l| !l.holds(NOW)), "nothing is held");
+}
+
+#[test]
+fn only_a_bound_lease_can_be_declined() {
+    // Issue 13: DECLINE of an offered address quarantined it, so DISCOVER+DECLINE from one MAC
+    // took the whole pool.
+    let cfg = config("");
+    let mut s = server(&cfg);
+    let f = frames("udhcpc");
+    let decline = |ip| {
+        move |m: &mut Message| {
+            m.opts_mut().insert(DhcpOption::MessageType(MessageType::Decline));
+            m.opts_mut().insert(DhcpOption::RequestedIpAddress(ip));
+            m.opts_mut().insert(DhcpOption::ServerIdentifier(SERVER));
+        }
+    };
+    for i in 0..40u8 {
+        let offer = reply(handle_payload(&mut s, &from_mac(&f[0], [2, 0, 0, 7, 0, 1], |_| {}), NOW + u64::from(i)));
+        let ip = decode(&offer).yiaddr();
+        match handle_payload(&mut s, &from_mac(&f[0], [2, 0, 0, 7, 0, 1], decline(ip)), NOW + u64::from(i)) {
+            Outcome::Silent { why: Silence::DeclineIgnored, commit } => assert!(commit.is_empty()),
+            o => panic!("{o:?}"),
+        }
+    }
+    assert!(s.leases().iter().all(|l| l.state != LeaseState::Declined));
+    // A client that was ACKed and finds the address in use declines it for real.
+    let mac = [2, 0, 0, 7, 0, 2];
+    let ip = decode(&reply(handle_payload(&mut s, &from_mac(&f[0], mac, |_| {}), NOW + 50))).yiaddr();
+    let req = from_mac(&f[1], mac, |m| {
+        m.opts_mut().insert(DhcpOption::MessageType(MessageType::Request));
+        m.opts_mut().insert(DhcpOption::RequestedIpAddress(ip));
+        m.opts_mut().insert(DhcpOption::ServerIdentifier(SERVER));
+    });
+    assert_eq!(reply(handle_payload(&mut s, &req, NOW + 51)).kind, MessageType::Ack);
+    match handle_payload(&mut s, &from_mac(&f[0], mac, decline(ip)), NOW + 52) {
+        Outcome::Silent { why: Silence::NoReplyDue, commit } => assert_eq!(commit[0].state, LeaseState::Declined),
+        o => panic!("{o:?}"),
+    }
+}
+
+#[test]
+fn new_clients_per_second_are_limited_and_known_ones_are_not() {
+    let cfg = config("new_clients_per_s = 5");
+    let mut s = server(&cfg);
+    let f = frames("udhcpc");
+    let discover = |i: u8| from_mac(&f[0], [2, 0, 0, 8, 0, i], |_| {});
+    let mut answered = 0;
+    for i in 0..20u8 {
+        match handle_payload(&mut s, &discover(i), NOW) {
+            Outcome::Reply(_) => answered += 1,
+            Outcome::Silent { why, .. } => assert_eq!(why, Silence::NewClientLimited),
+        }
+    }
+    assert_eq!(answered, 5);
+    // A client that has its offer is answered again within the same second.
+    assert!(matches!(handle_payload(&mut s, &discover(0), NOW), Outcome::Reply(_)));
+    // The next second has a new budget.
+    assert!(matches!(handle_payload(&mut s, &discover(19), NOW + 1), Outcome::Reply(_)));
 }
 
 #[test]
@@ -367,6 +466,22 @@ fn relay_agent_information_is_echoed_verbatim_and_last() {
     // RFC 3046 §2.2: the last option before END.
     let at = r.payload.windows(2 + rai.len()).position(|w| w[0] == 82 && w[2..] == rai[..]).unwrap();
     assert_eq!(r.payload[at + 2 + rai.len()], 255);
+}
+
+#[test]
+fn a_giaddr_that_is_ours_or_the_subnets_broadcast_or_network_is_not_a_relay() {
+    let cfg = config("");
+    let mut s = server(&cfg);
+    let f = frames("perfdhcp")[0].clone();
+    let p = parse_udp(&f).unwrap();
+    for (g, answered) in [([10, 78, 0, 2], true), ([10, 78, 255, 255], false), ([10, 78, 0, 0], false), ([10, 78, 0, 1], false)] {
+        let mut m = Message::decode(&mut Decoder::new(p.payload)).unwrap();
+        m.set_giaddr(Ipv4Addr::from(g));
+        match handle_payload(&mut s, &m.to_vec().unwrap(), NOW) {
+            Outcome::Reply(r) => assert!(answered, "{g:?}: {:?}", r.dest),
+            Outcome::Silent { why, .. } => assert_eq!((answered, why), (false, Silence::UnknownSubnet), "{g:?}"),
+        }
+    }
 }
 
 #[test]
