@@ -308,3 +308,110 @@ fn netboot_test_dump(payload: &[u8]) -> Vec<(u8, usize)> {
     }
     v
 }
+
+/// Issue 13: frames a hostile or broken segment sends, each answered as the kernel stack and the
+/// core would treat it, and counted: a flooding client dropped, the CHECKSUM_PARTIAL form of a
+/// local sender with offload answered, frames for other hosts, a 255-byte option 61 and an
+/// entry past its deadline passed, a TFTP frame whose total length is shorter than its headers
+/// never steered to the AF_XDP engine.
+#[test]
+fn hostile_and_offloaded_frames_are_counted_and_never_answered_wrongly() {
+    if !require_root("hostile_and_offloaded_frames_are_counted_and_never_answered_wrongly") {
+        return;
+    }
+    use aya::maps::Array;
+    use netboot_common::cache::FastLimits;
+    let mut prog = Prog::load();
+    let mut limits: Array<_, FastLimits> = Array::try_from(prog.loaded.take_map(maps::LIMITS).unwrap()).unwrap();
+    let uefi = fixture_frames("uefi-pxe");
+    let r = req(uefi[0].clone());
+    let core = server(&[(r.mac, Ipv4Addr::new(10, 78, 1, 50))]);
+    let entries = compile(&core, &presentation(&r), SERVER_MAC, NOW);
+    prog.cache.install(r.mac, &entries).unwrap();
+    let passed = |prog: &mut Prog, what: &str, frame: &[u8], counter: Counter| {
+        let (action, out, d) = prog.run(frame);
+        assert_eq!(action, testrun::XDP_PASS, "{what}: {:?}", d.nonzero());
+        assert_eq!(out, frame, "{what}: modified");
+        assert_eq!(d.get(counter), 1, "{what}: {:?}", d.nonzero());
+    };
+
+    // CHECKSUM_PARTIAL (a veth or virtio sender with TX offload): answered, counted.
+    let udp = 14 + 20;
+    let mut partial = uefi[0].clone();
+    let udp_len = partial.len() - udp;
+    let p = parse_udp(&partial).unwrap();
+    let c = netboot::frame::partial_checksum(p.envelope.src_ip, p.envelope.dst_ip, udp_len);
+    partial[udp + 6..udp + 8].copy_from_slice(&c.to_be_bytes());
+    let (action, out, d) = prog.run(&partial);
+    assert_eq!((action, d.get(Counter::ChecksumPartial)), (testrun::XDP_TX, 1), "{:?}", d.nonzero());
+    assert_eq!(out, prog.run(&uefi[0]).1, "the same reply as to the fully checksummed request");
+    // Any other wrong value is still a bad checksum.
+    partial[udp + 7] ^= 0x10;
+    passed(&mut prog, "neither full nor partial", &partial, Counter::BadChecksum);
+
+    // To another host's MAC, or to another IP: not ours to answer.
+    let mut f = uefi[0].clone();
+    f[..6].copy_from_slice(&[2, 0, 0, 0, 0x77, 1]);
+    passed(&mut prog, "other destination MAC", &f, Counter::FastNotForUs);
+    let p = parse_udp(&uefi[0]).unwrap();
+    let other_ip = UdpEnvelope { dst_ip: Ipv4Addr::new(10, 78, 0, 9), ttl: p.envelope.ttl, ..p.envelope }.build(p.payload);
+    passed(&mut prog, "other destination IP", &other_ip, Counter::FastNotForUs);
+
+    // Option 61 of 255 bytes once equalled the "absent" sentinel: it matched an entry compiled
+    // for a client without one.
+    let mut m = r.msg.clone();
+    m.opts_mut().insert(DhcpOption::ClientIdentifier(vec![0x42; 255]));
+    passed(&mut prog, "255-byte client id", &reframe(&uefi[0], &m), Counter::FastMismatch);
+
+    // An entry past its deadline (its agent is gone): the agent's, not the kernel's.
+    let mut stale = entries.clone();
+    for (_, e) in &mut stale {
+        e.not_after_ns = 1;
+    }
+    prog.cache.install(r.mac, &stale).unwrap();
+    passed(&mut prog, "expired entry", &uefi[0], Counter::FastExpired);
+    prog.cache.install(r.mac, &entries).unwrap();
+
+    // A client over per_client_pps: dropped (neither the kernel nor the agent answers), other
+    // clients untouched. The window is one second: a burst that took longer is run again.
+    limits.set(0, FastLimits { per_client_pps: 3, _pad: 0 }, 0).unwrap();
+    let mut other = r.msg.clone();
+    other.set_chaddr(&[2, 0, 0, 0, 0x66, 1]);
+    let other = reframe(&uefi[0], &other);
+    let burst = (0..3).find_map(|_| {
+        let started = std::time::Instant::now();
+        let results: Vec<_> = (0..6).map(|_| prog.run(&uefi[0])).collect();
+        let other_run = prog.run(&other);
+        (started.elapsed() < std::time::Duration::from_millis(500)).then_some((results, other_run))
+    });
+    let (results, (other_action, _, other_d)) = burst.expect("six test runs within half a second");
+    let dropped = results.iter().filter(|(a, _, d)| *a == testrun::XDP_DROP && d.get(Counter::RateLimited) == 1).count();
+    assert!(dropped >= 3, "a client over its limit is dropped: {dropped} of 6");
+    assert_eq!(results.iter().filter(|(a, ..)| *a == testrun::XDP_TX).count(), 6 - dropped);
+    assert_eq!((other_action, other_d.get(Counter::CacheMiss)), (testrun::XDP_PASS, 1), "another client is not limited");
+    limits.set(0, FastLimits::default(), 0).unwrap();
+
+    // A TFTP frame whose IPv4 total length is below its header length (it once killed the
+    // AF_XDP thread): never steered.
+    let mut steer: Array<_, netboot_common::TftpSteer> = Array::try_from(prog.loaded.take_map(maps::TFTP_STEER).unwrap()).unwrap();
+    steer.set(0, netboot_common::TftpSteer { server_ip: SERVER.octets(), port_lo: 0, port_hi: 0, enabled: 1, _pad: [0; 3] }, 0).unwrap();
+    let rrq = UdpEnvelope {
+        src_mac: MacAddr([2, 0, 0, 0, 0, 5]),
+        dst_mac: SERVER_MAC,
+        vlan: None,
+        src_ip: Ipv4Addr::new(10, 78, 1, 5),
+        dst_ip: SERVER,
+        src_port: 2000,
+        dst_port: 69,
+        ttl: 64,
+    };
+    let good = rrq.build(b"\0\x01undionly.kpxe\0octet\0");
+    let (_, _, d) = prog.run(&good);
+    assert_eq!(d.get(Counter::TftpSteered), 1, "a well-formed request is steered: {:?}", d.nonzero());
+    for total in [0u16, 19, 20, 27] {
+        let mut f = good.clone();
+        f[16..18].copy_from_slice(&total.to_be_bytes());
+        let (action, _, d) = prog.run(&f);
+        assert_eq!((action, d.get(Counter::TftpSteered), d.get(Counter::MalformedIp)), (testrun::XDP_PASS, 0, 1), "total length {total}");
+    }
+}

@@ -128,6 +128,15 @@ impl Lab {
         self.wait_forwarding(&self.link_if)
     }
 
+    /// Turns TX checksum offload of the client end on or off. Off (the default, P4) makes the
+    /// kernel finish every checksum before a frame crosses to the server; on, frames arrive
+    /// as a local VM or container sends them: CHECKSUM_PARTIAL, the pseudo-header sum in the
+    /// UDP checksum field.
+    pub fn set_tx_offload(&self, on: bool) -> anyhow::Result<()> {
+        run_checked(self.client.command("ethtool").args(["-K", &self.link_if, "tx", if on { "on" } else { "off" }]))?;
+        Ok(())
+    }
+
     /// Waits (at most 10 s) until `port` forwards on the client bridge and both ends are up:
     /// the kernel enables a new veth port about a second after link-up, and frames sent before
     /// that are lost.
