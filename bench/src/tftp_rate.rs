@@ -117,11 +117,13 @@ fn start(server: &str, lab: &Lab, dir: &Path, root: &Path) -> anyhow::Result<Run
     Ok(match server {
         "netboot-xdp" | "netboot-xdp-afxdp" => {
             let engine = if server == "netboot-xdp" { "socket" } else { "afxdp" };
+            // Every transfer comes from the one client address of the lab: the per-client
+            // limit (4 by default; real machines each have their own address) is off here.
             let config = dir.join("netboot.toml");
             std::fs::write(
                 &config,
                 format!(
-                    "[server]\naddress = \"10.77.0.1\"\nstate_dir = \"{}\"\n[dhcp]\nsubnet = \"10.77.0.0/16\"\n[tftp]\nroot = \"{}\"\nengine = \"{engine}\"\n",
+                    "[server]\naddress = \"10.77.0.1\"\nstate_dir = \"{}\"\n[dhcp]\nsubnet = \"10.77.0.0/16\"\n[tftp]\nroot = \"{}\"\nengine = \"{engine}\"\nmax_transfers_per_client = 0\n",
                     dir.join("state").display(),
                     root.display()
                 ),

@@ -93,6 +93,7 @@ impl HttpState {
             "counters": counters.map(|c| c.named()),
             "agent": self.stats.snapshot(),
             "nodes": self.timelines.len(),
+            "nodes_evicted": self.timelines.nodes_dropped(),
         })
     }
 }

@@ -153,25 +153,39 @@ fn ipv4_addrs(name: &str) -> Vec<Ipv4Net> {
 }
 
 /// IPv4 → MAC of neighbours on an interface, from the kernel's neighbour table (`/proc/net/arp`
-/// of this network namespace), re-read at most every 100 ms on a miss: the MAC of a DHCP relay
-/// (so that replies to it leave as frames identical to the XDP program's), or of a booting node
-/// seen only by its address.
+/// of this network namespace), re-read at most every 100 ms on a miss and at least every
+/// [`NEIGHBOR_REFRESH`] on a hit: the MAC of a DHCP relay (so that replies to it leave as frames
+/// identical to the XDP program's), or of a booting node seen only by its address. A relay
+/// replaced by another box (a new MAC for its address) is followed within the refresh.
 #[derive(Debug, Default)]
 pub struct NeighborCache {
     known: std::sync::Mutex<(std::collections::HashMap<Ipv4Addr, MacAddr>, Option<std::time::Instant>)>,
 }
 
+/// How long a neighbour's MAC is used before the table is read again.
+pub const NEIGHBOR_REFRESH: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl NeighborCache {
     pub fn get(&self, iface: &str, ip: Ipv4Addr) -> Option<MacAddr> {
+        self.lookup(ip, std::time::Instant::now(), || read_arp(iface))
+    }
+
+    fn lookup(
+        &self,
+        ip: Ipv4Addr,
+        now: std::time::Instant,
+        read: impl FnOnce() -> std::collections::HashMap<Ipv4Addr, MacAddr>,
+    ) -> Option<MacAddr> {
         let mut k = self.known.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(m) = k.0.get(&ip) {
+        let age = k.1.map(|t| now.saturating_duration_since(t));
+        if let Some(m) = k.0.get(&ip).filter(|_| age.is_some_and(|a| a < NEIGHBOR_REFRESH)) {
             return Some(*m);
         }
-        if k.1.is_some_and(|t| t.elapsed() < std::time::Duration::from_millis(100)) {
+        if !k.0.contains_key(&ip) && age.is_some_and(|a| a < std::time::Duration::from_millis(100)) {
             return None;
         }
-        k.1 = Some(std::time::Instant::now());
-        k.0 = read_arp(iface);
+        k.1 = Some(now);
+        k.0 = read();
         k.0.get(&ip).copied()
     }
 }
@@ -189,4 +203,27 @@ fn read_arp(iface: &str) -> std::collections::HashMap<Ipv4Addr, MacAddr> {
             Some((f[0].parse().ok()?, f[3].parse().ok()?))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod neighbor_tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_neighbours_mac_is_read_again_after_the_refresh() {
+        let c = NeighborCache::default();
+        let ip = Ipv4Addr::new(10, 0, 0, 2);
+        let (a, b) = (MacAddr([2, 0, 0, 0, 0, 0xa]), MacAddr([2, 0, 0, 0, 0, 0xb]));
+        let t0 = Instant::now();
+        assert_eq!(c.lookup(ip, t0, || [(ip, a)].into()), Some(a));
+        // A hit within the refresh does not read the table.
+        assert_eq!(c.lookup(ip, t0 + Duration::from_secs(29), || panic!("read on a fresh hit")), Some(a));
+        // The relay was replaced: its new MAC after the refresh.
+        assert_eq!(c.lookup(ip, t0 + NEIGHBOR_REFRESH, || [(ip, b)].into()), Some(b));
+        // A miss reads at most every 100 ms.
+        let other = Ipv4Addr::new(10, 0, 0, 3);
+        let t1 = t0 + NEIGHBOR_REFRESH + Duration::from_millis(50);
+        assert_eq!(c.lookup(other, t1, || panic!("read again within 100 ms")), None);
+    }
 }

@@ -15,9 +15,14 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::Mutex;
 
-/// Nodes kept at most; beyond this new nodes are counted, not recorded (memory stays bounded
-/// whatever a storm or a scan sends).
+/// Nodes kept at most: beyond this the least recently active [`EVICT_BATCH`] go (counted), so
+/// memory stays bounded whatever a storm or a scan sends, and a flood of invented MACs cannot
+/// keep the real machines that come after it off the timelines.
 pub const MAX_NODES: usize = 200_000;
+/// Nodes evicted at once when [`MAX_NODES`] is reached (one sort per batch, not a scan per node).
+pub const EVICT_BATCH: usize = MAX_NODES / 100;
+/// Longest file name or path kept in an event (clients choose them).
+pub const MAX_NAME: usize = 256;
 /// Events kept per node: the first ones (the boot chain) and the most recent ones (renewals).
 pub const MAX_EVENTS: usize = 48;
 const KEEP_FIRST: usize = 16;
@@ -133,9 +138,39 @@ pub struct Node {
 
 #[derive(Default)]
 struct Inner {
-    nodes: HashMap<MacAddr, Node>,
+    /// Shared with readers: `/api/v1/nodes` copies the pointers under the lock and serializes
+    /// outside it; a node being read is copied when it is next written (`Arc::make_mut`).
+    nodes: HashMap<MacAddr, std::sync::Arc<Node>>,
     by_ip: HashMap<Ipv4Addr, MacAddr>,
     nodes_dropped: u64,
+}
+
+impl Inner {
+    /// Removes the least recently active nodes (and their addresses).
+    fn evict(&mut self) {
+        let mut by_age: Vec<(u64, MacAddr)> = self.nodes.values().map(|n| (n.last_ms, n.mac)).collect();
+        by_age.sort_unstable();
+        for (_, mac) in by_age.into_iter().take(EVICT_BATCH) {
+            if let Some(n) = self.nodes.remove(&mac) {
+                if let Some(ip) = n.ip.filter(|ip| self.by_ip.get(ip) == Some(&mac)) {
+                    self.by_ip.remove(&ip);
+                }
+            }
+            self.nodes_dropped += 1;
+        }
+    }
+}
+
+/// A client-chosen name cut to [`MAX_NAME`] bytes (at a character boundary).
+fn bounded(mut s: String) -> String {
+    if s.len() > MAX_NAME {
+        let mut end = MAX_NAME;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
 }
 
 pub struct Timelines {
@@ -152,6 +187,13 @@ impl Timelines {
     /// Records a step of the node `mac`.
     pub fn record(&self, mac: MacAddr, what: Milestone) {
         let at_ms = unix_ms();
+        let what = match what {
+            Milestone::Tftp { file, blksize, windowsize, bytes, ms, retransmits, outcome } => {
+                Milestone::Tftp { file: bounded(file), blksize, windowsize, bytes, ms, retransmits, outcome }
+            }
+            Milestone::File { path, status, bytes, ms } => Milestone::File { path: bounded(path), status, bytes, ms },
+            other => other,
+        };
         if what.is_milestone() {
             tracing::info!(%mac, stage = what.stage(), "{}", describe(&what));
         } else {
@@ -160,21 +202,23 @@ impl Timelines {
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let inner = &mut *g;
         if !inner.nodes.contains_key(&mac) && inner.nodes.len() >= MAX_NODES {
-            inner.nodes_dropped += 1;
-            return;
+            inner.evict();
         }
         if let Some(ip) = what.bound_ip() {
             inner.by_ip.insert(ip, mac);
         }
-        let node = inner.nodes.entry(mac).or_insert_with(|| Node {
-            mac,
-            ip: None,
-            stage: what.stage(),
-            first_ms: at_ms,
-            last_ms: at_ms,
-            events_dropped: 0,
-            events: Vec::new(),
+        let node = inner.nodes.entry(mac).or_insert_with(|| {
+            std::sync::Arc::new(Node {
+                mac,
+                ip: None,
+                stage: what.stage(),
+                first_ms: at_ms,
+                last_ms: at_ms,
+                events_dropped: 0,
+                events: Vec::new(),
+            })
         });
+        let node = std::sync::Arc::make_mut(node);
         if let Some(ip) = what.bound_ip() {
             node.ip = Some(ip);
         }
@@ -204,7 +248,7 @@ impl Timelines {
         }
     }
 
-    pub fn node(&self, mac: MacAddr) -> Option<Node> {
+    pub fn node(&self, mac: MacAddr) -> Option<std::sync::Arc<Node>> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).nodes.get(&mac).cloned()
     }
 
@@ -217,14 +261,14 @@ impl Timelines {
         self.len() == 0
     }
 
-    /// All nodes, ordered by MAC.
-    pub fn nodes(&self) -> Vec<Node> {
-        let mut v: Vec<Node> = self.inner.lock().unwrap_or_else(|e| e.into_inner()).nodes.values().cloned().collect();
+    /// All nodes, ordered by MAC (pointers copied under the lock, sorted outside it).
+    pub fn nodes(&self) -> Vec<std::sync::Arc<Node>> {
+        let mut v: Vec<std::sync::Arc<Node>> = self.inner.lock().unwrap_or_else(|e| e.into_inner()).nodes.values().cloned().collect();
         v.sort_by_key(|n| n.mac);
         v
     }
 
-    /// Nodes not recorded because [`MAX_NODES`] was reached.
+    /// Nodes evicted because [`MAX_NODES`] was reached.
     pub fn nodes_dropped(&self) -> u64 {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).nodes_dropped
     }
@@ -277,6 +321,31 @@ mod tests {
         assert_eq!(json["events"][2]["stage"], "tftp");
         assert_eq!(json["events"][2]["blksize"], 1468);
         assert_eq!(json["mac"], "52:54:00:00:00:01");
+    }
+
+    #[test]
+    fn names_are_bounded_and_a_full_table_evicts_the_least_recently_active() {
+        let t = Timelines::new("lo");
+        let ip = Ipv4Addr::new(10, 0, 1, 9);
+        t.record(mac(3), Milestone::dhcp("ack", ClientClass::Pxe, Some(0), ip, Path::Agent));
+        let long = "é".repeat(1000);
+        assert!(t.record_by_ip(ip, Milestone::File { path: long, status: 404, bytes: None, ms: 1 }));
+        match &t.node(mac(3)).unwrap().events[1].what {
+            Milestone::File { path, .. } => assert!(path.len() <= MAX_NAME && path.chars().all(|c| c == 'é')),
+            other => panic!("{other:?}"),
+        }
+        // A full table: the oldest batch goes, the newcomer is recorded.
+        let mut inner = Inner::default();
+        for i in 0..MAX_NODES as u64 {
+            let m = MacAddr([2, 0, (i >> 24) as u8, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
+            inner.nodes.insert(m, std::sync::Arc::new(Node { mac: m, ip: None, stage: "dhcp", first_ms: i, last_ms: i, events_dropped: 0, events: Vec::new() }));
+        }
+        *t.inner.lock().unwrap() = inner;
+        t.record(mac(4), Milestone::Script { status: 200, known: false });
+        assert!(t.node(mac(4)).is_some());
+        assert_eq!(t.nodes_dropped(), EVICT_BATCH as u64);
+        assert!(t.node(MacAddr([2, 0, 0, 0, 0, 0])).is_none(), "the oldest went");
+        assert_eq!(t.len(), MAX_NODES - EVICT_BATCH + 1);
     }
 
     #[test]

@@ -46,6 +46,19 @@ pub fn fixture_frames(name: &str) -> Vec<Vec<u8>> {
     frames
 }
 
+/// Runs `netboot-bench ARGS --json FILE` (it must succeed) and returns the JSON it wrote;
+/// its output is printed (the figures of a test run).
+pub fn bench_json(args: &[&str], name: &str) -> serde_json::Value {
+    let json = std::env::temp_dir().join(format!("nbx-bench-{name}-{}.json", std::process::id()));
+    let out = std::process::Command::new(bin("netboot-bench")).args(args).arg("--json").arg(&json).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "netboot-bench {args:?} failed:\n{text}");
+    eprintln!("{text}");
+    let v = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_file(json);
+    v
+}
+
 /// A deterministic xorshift generator for mutation tests (reproducible failures).
 pub struct XorShift(pub u64);
 
@@ -91,6 +104,8 @@ pub fn find_option(frame: &[u8], code: u8) -> Option<(usize, usize)> {
     }
     None
 }
+
+pub mod fuzz;
 
 /// A DHCP test client in a lab's client namespace: sends a captured request (with the
 /// broadcast flag set, so replies reach a plain UDP socket) and collects the replies.

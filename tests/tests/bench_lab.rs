@@ -3,19 +3,7 @@
 //! every file byte-exact from the AF_XDP engine and a peer. Their figures are only worth
 //! something if these hold.
 
-use std::process::Command;
-use tests::{bin, require_root};
-
-fn bench(args: &[&str], name: &str) -> serde_json::Value {
-    let json = std::env::temp_dir().join(format!("nbx-bench-{name}-{}.json", std::process::id()));
-    let out = Command::new(bin("netboot-bench")).args(args).arg("--json").arg(&json).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "netboot-bench {args:?} failed:\n{text}");
-    eprintln!("{text}");
-    let v = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
-    let _ = std::fs::remove_file(json);
-    v
-}
+use tests::{bench_json as bench, require_root};
 
 #[test]
 fn the_dhcp_generator_leases_every_client_and_the_second_run_is_the_kernels() {

@@ -57,14 +57,21 @@ on_both_engines!(
     a_40_mib_file_crosses_the_block_number_rollover,
     a_hundred_transfers_complete_through_5_percent_loss,
     a_thousand_concurrent_transfers_complete,
+    transfers_beyond_the_limits_are_refused_and_counted,
 );
 
 use netboot::lab::pattern;
 
+/// The lab's clients all fetch from one address: the per-client transfer limit is off unless
+/// `limits` sets it.
 fn setup(engine: &'static str, files: &[(&str, Vec<u8>)]) -> Setup {
+    setup_with(engine, files, "max_transfers_per_client = 0\n")
+}
+
+fn setup_with(engine: &'static str, files: &[(&str, Vec<u8>)], limits: &str) -> Setup {
     let kit = kit::Setup::new("tftp", |dir| {
         format!(
-            "[server]\naddress = \"10.77.0.1\"\nstate_dir = \"{}\"\n[dhcp]\nsubnet = \"10.77.0.0/16\"\n[tftp]\nroot = \"{}\"\nengine = \"{engine}\"\nmax_blksize = 1468\nmax_windowsize = 32\n",
+            "[server]\naddress = \"10.77.0.1\"\nstate_dir = \"{}\"\n[dhcp]\nsubnet = \"10.77.0.0/16\"\n[tftp]\nroot = \"{}\"\nengine = \"{engine}\"\nmax_blksize = 1468\nmax_windowsize = 32\n{limits}",
             dir.join("state").display(),
             dir.join("root").display()
         )
@@ -208,4 +215,59 @@ fn a_thousand_concurrent_transfers_complete(engine: &'static str) {
     assert!(bad.is_empty(), "{} of 1000 failed, e.g. {:?}", bad.len(), bad.first());
     eprintln!("1000 concurrent transfers of 74 KiB in {:.2} s", wall.as_secs_f64());
     s.served_by_engine();
+}
+
+/// `max_transfers` and `max_transfers_per_client`: requests beyond them get an ERROR and are
+/// counted; a place freed is taken again. Transfers are held open by clients that acknowledge
+/// the option acknowledgement and then nothing (the server keeps them for its retries, seconds).
+fn transfers_beyond_the_limits_are_refused_and_counted(engine: &'static str) {
+    use netboot::tftp::packet::Packet;
+    use std::net::UdpSocket;
+    use std::time::Duration;
+    if !require_root("transfers_beyond_the_limits_are_refused_and_counted") {
+        return;
+    }
+    let _serial = tests::serial();
+    let s = setup_with(engine, &[("undionly.kpxe", pattern(74_213, 6))], "max_transfers = 2\nmax_transfers_per_client = 1\n");
+    // A second client address on the lab's client end.
+    netboot::lab::run_checked(s.lab.client.command("ip").args(["addr", "add", "10.77.0.3/16", "dev", &s.lab.client_if])).unwrap();
+    let rrq = Packet::Request { write: false, file: "undionly.kpxe".into(), mode: "octet".into(), options: vec![("blksize".into(), "1432".into())] }.to_vec();
+    // Sends the request from `from`; returns the socket and the server's first answer.
+    let ask = |from: &'static str| -> (UdpSocket, Vec<u8>) {
+        let rrq = rrq.clone();
+        s.lab
+            .client
+            .run(move || {
+                let sock = UdpSocket::bind((from, 0)).unwrap();
+                sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+                sock.send_to(&rrq, "10.77.0.1:69").unwrap();
+                let mut buf = [0u8; 2048];
+                let (n, server) = sock.recv_from(&mut buf).expect("an answer to the request");
+                sock.connect(server).unwrap();
+                (sock, buf[..n].to_vec())
+            })
+            .unwrap()
+    };
+    // Holds a transfer: ACK 0 for the OACK, and no ACK after that.
+    let hold = |(sock, first): (UdpSocket, Vec<u8>)| {
+        assert!(matches!(Packet::parse(&first), Ok(Packet::OptionAck { .. })), "{:?}", Packet::parse(&first));
+        sock.send(&Packet::Ack { block: 0 }.to_vec()).unwrap();
+        sock
+    };
+    let refused = |(_, first): (UdpSocket, Vec<u8>)| match Packet::parse(&first) {
+        Ok(Packet::Error { message, .. }) => message,
+        other => panic!("expected an ERROR, got {other:?}"),
+    };
+    let stat = |k: &str| s.agent.status().unwrap()["agent"][k].as_u64().unwrap_or(0);
+    netboot::lab::run_checked(s.lab.client.command("ip").args(["addr", "add", "10.77.0.4/16", "dev", &s.lab.client_if])).unwrap();
+    let a = hold(ask("10.77.0.2"));
+    assert!(refused(ask("10.77.0.2")).contains("too many transfers from this client"));
+    let _b = hold(ask("10.77.0.3"));
+    // Both places taken: a third address is refused as busy.
+    assert!(refused(ask("10.77.0.4")).contains("busy"));
+    assert_eq!((stat("tftp_refused_client_limit"), stat("tftp_refused_busy")), (1, 1));
+    // The first client's place comes back when its transfer ends (an ERROR from the client).
+    a.send(&Packet::error(netboot::tftp::packet::ErrorCode::NotDefined, "stop")).unwrap();
+    assert!(tests::eventually(3, || stat("tftp_transfers_failed") >= 1), "the ended transfer is not counted");
+    let _c = hold(ask("10.77.0.4"));
 }

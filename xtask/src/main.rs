@@ -6,6 +6,7 @@
 //! - `test`   setup, build, then every test (unit, BPF_PROG_TEST_RUN, namespace integration).
 //! - `demo`   setup, build, then the demo on the lab (`netboot-bench demo`).
 //! - `lab`    `up` / `down` / `list` a lab by hand.
+//! - `fuzz`   the fuzz targets (DHCP, frames, TFTP, HTTP) for SECONDS each from a random seed.
 
 mod setup;
 
@@ -42,6 +43,12 @@ enum Cmd {
     Demo {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Run each fuzz target (DHCP core, frames, TFTP, HTTP) for SECONDS (default 60) from a
+    /// random seed; inputs that panic are saved under target/fuzz-crashes/.
+    Fuzz {
+        #[arg(default_value_t = 60)]
+        seconds: u64,
     },
     /// Create, list or remove a lab by hand (`lab up`, `lab list`, `lab down ID`).
     Lab {
@@ -81,6 +88,15 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             setup::run()?;
             build()?;
             status(Command::new(bin_dir().join("netboot-bench")).arg("demo").args(&args))
+        }
+        Cmd::Fuzz { seconds } => {
+            setup::run()?;
+            let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as u64;
+            let mut c = cargo();
+            c.args(["test", "--release", "-p", "tests", "--test", "fuzz", "--", "--nocapture"]);
+            c.env("NETBOOT_FUZZ_SECONDS", seconds.to_string()).env("NETBOOT_FUZZ_SEED", seed.to_string());
+            eprintln!("xtask: fuzzing {seconds} s per target, seed {seed} (NETBOOT_FUZZ_SEED={seed} reproduces the run)");
+            status(&mut c)
         }
         Cmd::Lab { args } => {
             build()?;

@@ -55,6 +55,8 @@ pub struct Expect {
     pub bios_bytes: Arc<Vec<u8>>,
     pub uefi_bytes: Arc<Vec<u8>>,
     pub script_url: String,
+    /// Whether each machine's address is its reservation (`false`: from the pool, `--pool`).
+    pub reserved: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -156,7 +158,7 @@ impl Machine<'_> {
         // 1. The ROM.
         let rom = self.dhcp(false).await.map_err(|e| fail("dhcp", e))?;
         let (want_file, want_bytes) = if self.id.arch == 0 { (&expect.bios_file, &expect.bios_bytes) } else { (&expect.uefi_file, &expect.uefi_bytes) };
-        if rom.ip != self.id.ip {
+        if expect.reserved && rom.ip != self.id.ip {
             return Err(fail("dhcp", format!("{VIOLATION}got {} but the reservation says {}", rom.ip, self.id.ip)));
         }
         if &rom.file != want_file {
@@ -185,8 +187,8 @@ impl Machine<'_> {
 
         // 3. iPXE asks again.
         let ipxe = self.dhcp(true).await.map_err(|e| fail("ipxe_dhcp", e))?;
-        if ipxe.ip != self.id.ip {
-            return Err(fail("ipxe_dhcp", format!("{VIOLATION}iPXE got {}, the ROM got {}", ipxe.ip, self.id.ip)));
+        if ipxe.ip != rom.ip {
+            return Err(fail("ipxe_dhcp", format!("{VIOLATION}iPXE got {}, the ROM got {}", ipxe.ip, rom.ip)));
         }
         if ipxe.file != expect.script_url {
             return Err(fail("ipxe_dhcp", format!("{VIOLATION}script URL {:?}, expected {:?}", ipxe.file, expect.script_url)));

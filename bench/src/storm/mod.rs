@@ -6,6 +6,7 @@
 //! reserved address (so all are distinct), the file for its arch, byte-exact files, the script
 //! URL and a script; a violation fails the run.
 
+mod faults;
 mod link;
 mod machine;
 mod report;
@@ -13,6 +14,7 @@ mod servers;
 
 use link::DhcpLink;
 use machine::{Behaviour, Expect, Identity, Outcome, Progress, Reached, STAGES};
+use crate::peers;
 use netboot::lab::{Lab, LabSpec};
 use netboot::mac::MacAddr;
 use std::net::Ipv4Addr;
@@ -61,6 +63,21 @@ pub struct Args {
     /// Where to write the plot (SVG); default target/storm-<nodes>.svg.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// Addresses from a pool instead of a reservation per machine (netboot-xdp only): every
+    /// machine must keep one address through the chain, none twice, each in the lease store.
+    #[arg(long)]
+    pub pool: bool,
+    /// Lose this percentage of the frames the server sends (the lab's lossy link).
+    #[arg(long, default_value_t = 0.0)]
+    pub loss: f64,
+    /// kill -9 the netboot-xdp agent once this fraction of the machines got their first
+    /// address, and start it again at once (pinned program and maps are adopted).
+    #[arg(long)]
+    pub kill_agent_at: Option<f64>,
+    /// During the storm, DISCOVERs from random MACs at this rate (frames per second) from a
+    /// host of its own on the segment.
+    #[arg(long, default_value_t = 0)]
+    pub flood: u32,
 }
 
 impl Args {
@@ -77,6 +94,10 @@ impl Args {
             deadline: 180,
             json: None,
             plot: None,
+            pool: false,
+            loss: 0.0,
+            kill_agent_at: None,
+            flood: 0,
         }
     }
 }
@@ -88,6 +109,8 @@ pub struct Run {
     pub wall: Duration,
     pub server_cpu: Duration,
     pub client_cpu: Duration,
+    /// What the fault options did, and the leases the store does not have.
+    pub faults: faults::Seen,
 }
 
 pub fn identities(n: u32, mix: ArchMix) -> anyhow::Result<Vec<Identity>> {
@@ -119,7 +142,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         bios_bytes: Arc::new(read("undionly.kpxe")?),
         uefi_bytes: Arc::new(read("ipxe.efi")?),
         script_url: servers::SCRIPT_URL.into(),
+        reserved: !args.pool,
     };
+    anyhow::ensure!(!args.pool || servers == ["netboot-xdp"], "--pool runs against netboot-xdp only");
+    anyhow::ensure!(args.kill_agent_at.is_none() || servers == ["netboot-xdp"], "--kill-agent-at runs against netboot-xdp only");
+    anyhow::ensure!((0.0..100.0).contains(&args.loss), "--loss must be a percentage below 100");
     let how = Behaviour { rom_blksize: args.rom_blksize, uefi_windowsize: args.uefi_windowsize, fetch_files: args.files };
     println!(
         "storm: {} machines ({:?}, ROM TFTP blksize {}, UEFI windowsize {:?}{}), {}",
@@ -139,14 +166,34 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         netboot::lab::run_checked(lab.server.command("sysctl").args(["-qw", "net.core.rmem_default=16777216", "net.core.rmem_max=16777216"]))?;
         let dir = lab.scratch_dir("storm")?;
         servers::write_files(&dir, &expect.bios_bytes, &expect.uefi_bytes)?;
-        let running = servers::start(server, &lab, &dir, &machines)?;
+        let mut running = servers::start(server, &lab, &dir, &machines, args.pool)?;
+        if args.loss > 0.0 {
+            lab.set_loss(args.loss)?;
+        }
         let cpu0 = running.cpu();
-        let (outcomes, wall, client_cpu) = storm(&lab, &machines, &expect, how, args)?;
+        let progress = Arc::new(Progress::default());
+        let flood = (args.flood > 0).then(|| faults::Flood::start(&lab, args.flood)).transpose()?;
+        let (outcomes, wall, client_cpu, restarts) = std::thread::scope(|scope| {
+            let killer = args.kill_agent_at.map(|at| {
+                let (progress, running) = (progress.clone(), &mut running);
+                let threshold = ((at * args.nodes as f64).ceil() as u32).clamp(1, args.nodes);
+                let lab = &lab;
+                scope.spawn(move || faults::kill_agent_when(lab, running, &progress, threshold, Duration::from_secs(args.deadline)))
+            });
+            let r = storm(&lab, &machines, &expect, how, args, progress.clone());
+            let restarts = killer.map(|k| k.join().expect("killer thread")).transpose();
+            r.and_then(|(o, w, c)| Ok((o, w, c, restarts?.unwrap_or(0))))
+        })?;
+        let flood_sent = flood.map(faults::Flood::stop).unwrap_or(0);
         let server_cpu = running.cpu().saturating_sub(cpu0);
+        let lost = match &running {
+            peers::Running::Agent(a) => Some(faults::lost_leases(a, &outcomes)?),
+            _ => None,
+        };
         drop(running);
         drop(dir);
         drop(lab);
-        let r = Run { server: server.clone(), outcomes, wall, server_cpu, client_cpu };
+        let r = Run { server: server.clone(), outcomes, wall, server_cpu, client_cpu, faults: faults::Seen { restarts, flood_sent, lost_leases: lost } };
         report::print(&r, args.nodes);
         runs.push(r);
     }
@@ -158,14 +205,24 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         std::fs::write(p, serde_json::to_string_pretty(&report::json(&runs, args))?)?;
         println!("json: {}", p.display());
     }
-    let violations: usize = runs.iter().map(|r| r.outcomes.iter().filter(|o| o.violation()).count() + report::duplicate_addresses(r)).sum();
+    let violations: usize = runs
+        .iter()
+        .map(|r| r.outcomes.iter().filter(|o| o.violation()).count() + report::duplicate_addresses(r) + r.faults.lost_leases.unwrap_or(0))
+        .sum();
     anyhow::ensure!(violations == 0, "{violations} correctness violations (see above)");
     Ok(())
 }
 
 /// Boots `machines` from the lab's client namespace; returns their outcomes, the wall time
 /// until the last one finished, and this process's CPU.
-fn storm(lab: &Lab, machines: &[Identity], expect: &Expect, how: Behaviour, args: &Args) -> anyhow::Result<(Vec<Outcome>, Duration, Duration)> {
+fn storm(
+    lab: &Lab,
+    machines: &[Identity],
+    expect: &Expect,
+    how: Behaviour,
+    args: &Args,
+    progress: Arc<Progress>,
+) -> anyhow::Result<(Vec<Outcome>, Duration, Duration)> {
     let dev = lab.link_if.clone();
     let (ramp, deadline) = (args.ramp, Duration::from_secs(args.deadline));
     let n = machines.len();
@@ -181,7 +238,6 @@ fn storm(lab: &Lab, machines: &[Identity], expect: &Expect, how: Behaviour, args
             std::thread::spawn(move || link.receive())
         };
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-        let progress = Arc::new(Progress::default());
         let cpu0 = crate::proc::self_cpu();
         let t0 = Instant::now();
         let outcomes = rt.block_on(async {

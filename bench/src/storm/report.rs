@@ -89,6 +89,10 @@ pub fn print(r: &Run, nodes: u32) {
     for (i, d) in stage_durations(&r.outcomes).iter().enumerate() {
         println!("  {:<10} {:>8} {:>9.3} {:>9.3} {:>9.3} {:>9.3}", STAGES[i], d.len(), pct(d, 0.5), pct(d, 0.95), pct(d, 0.99), pct(d, 1.0));
     }
+    let f = &r.faults;
+    if f.restarts > 0 || f.flood_sent > 0 || f.lost_leases.is_some_and(|n| n > 0) {
+        println!("  faults: {} agent restarts, {} flood DISCOVERs, lost leases {:?}", f.restarts, f.flood_sent, f.lost_leases);
+    }
     let failures = failures_by_stage(r);
     if !failures.is_empty() {
         println!("  failures by stage: {failures:?}");
@@ -170,7 +174,9 @@ pub fn json(runs: &[Run], args: &Args) -> serde_json::Value {
                 "all_booted_s": all_booted(r),
                 "wall_s": r.wall.as_secs_f64(),
                 "failures_by_stage": failures_by_stage(r),
-                "violations": r.outcomes.iter().filter(|o| o.violation()).count() + duplicate_addresses(r),
+                "violations": r.outcomes.iter().filter(|o| o.violation()).count() + duplicate_addresses(r) + r.faults.lost_leases.unwrap_or(0),
+                "duplicate_addresses": duplicate_addresses(r),
+                "faults": r.faults,
                 "dhcp_retransmits": r.outcomes.iter().map(|o| u64::from(o.dhcp_retransmits)).sum::<u64>(),
                 "tftp_retransmits": r.outcomes.iter().map(|o| o.tftp_retransmits).sum::<u64>(),
                 "server_cpu_s": r.server_cpu.as_secs_f64(),
@@ -188,6 +194,10 @@ pub fn json(runs: &[Run], args: &Args) -> serde_json::Value {
         "uefi_windowsize": args.uefi_windowsize,
         "files": args.files,
         "ramp_s": args.ramp,
+        "pool": args.pool,
+        "loss_pct": args.loss,
+        "kill_agent_at": args.kill_agent_at,
+        "flood_pps": args.flood,
         "servers": servers,
     })
 }

@@ -30,9 +30,9 @@ pub fn write_files(dir: &Path, bios: &[u8], uefi: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn start(server: &str, lab: &Lab, dir: &Path, machines: &[Identity]) -> anyhow::Result<Running> {
+pub fn start(server: &str, lab: &Lab, dir: &Path, machines: &[Identity], pool: bool) -> anyhow::Result<Running> {
     let mut running = match server {
-        "netboot-xdp" => netboot_xdp(lab, dir, machines)?,
+        "netboot-xdp" => netboot_xdp(lab, dir, machines, pool)?,
         "dnsmasq" => Running::Children(vec![dnsmasq(lab, dir, machines)?]),
         "kea+tftpd-hpa" => Running::Children(vec![kea(lab, dir, machines)?, tftpd_hpa(lab, dir)?, http_server(lab, dir)?]),
         other => anyhow::bail!("unknown server {other:?} (one of {})", SERVERS.join(", ")),
@@ -47,24 +47,29 @@ pub fn start(server: &str, lab: &Lab, dir: &Path, machines: &[Identity]) -> anyh
     Ok(running)
 }
 
-fn netboot_xdp(lab: &Lab, dir: &Path, machines: &[Identity]) -> anyhow::Result<Running> {
+/// netboot-xdp with a reservation per machine, or (`pool`) a pool of addresses for them.
+fn netboot_xdp(lab: &Lab, dir: &Path, machines: &[Identity], pool: bool) -> anyhow::Result<Running> {
     let mut hosts = String::from("mac,ip,hostname\n");
     for m in machines {
         hosts.push_str(&format!("{},{},node-{:05}\n", m.mac, m.ip, m.index));
     }
     std::fs::write(dir.join("hosts.csv"), hosts)?;
+    // The simulated machines fetch over TFTP from the one address of the lab's client end: the
+    // per-client transfer limit (real machines each have their own address) is off; every
+    // other limit keeps its default.
     let config = dir.join("netboot.toml");
     std::fs::write(
         &config,
         format!(
             "[server]\naddress = \"{SERVER_IP}\"\nstate_dir = \"{state}\"\n\
-             [dhcp]\nsubnet = \"10.77.0.0/16\"\nlease_time = \"1h\"\nhosts_file = \"hosts.csv\"\n\
+             [dhcp]\nsubnet = \"10.77.0.0/16\"\nlease_time = \"1h\"\n{addresses}\n\
              [boot]\nbios = \"undionly.kpxe\"\nuefi_x64 = \"ipxe.efi\"\nipxe_script = \"http://{{server}}:8080/boot.ipxe\"\n\
-             [tftp]\nroot = \"{tftp}\"\nengine = \"afxdp\"\n\
+             [tftp]\nroot = \"{tftp}\"\nengine = \"afxdp\"\nmax_transfers_per_client = 0\n\
              [http]\nlisten = \"0.0.0.0:8080\"\nroot = \"{http}\"\nscript = \"boot.ipxe.j2\"\n",
             state = dir.join("state").display(),
             tftp = dir.join("tftp").display(),
             http = dir.join("http").display(),
+            addresses = if pool { "pools = [\"10.77.2.1-10.77.255.254\"]" } else { "hosts_file = \"hosts.csv\"" },
         ),
     )?;
     Ok(Running::Agent(Agent::start(lab, &crate::bin_dir().join("netboot-xdp"), &config, &[])?))

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 pub struct Agent {
     child: Option<Child>,
     bin: PathBuf,
+    config: PathBuf,
+    extra: Vec<String>,
     pub iface: String,
     /// The agent's stderr.
     pub log: PathBuf,
@@ -21,32 +23,59 @@ impl Agent {
     /// its maps are pinned, i.e. until `status` can read it.
     pub fn start(lab: &Lab, bin: &Path, config: &Path, extra: &[&str]) -> anyhow::Result<Agent> {
         let log = std::env::temp_dir().join(format!("netboot-agent-{}.log", lab.id));
-        let log_file = std::fs::File::create(&log)?;
+        std::fs::File::create(&log)?;
+        let mut agent = Agent {
+            child: None,
+            bin: bin.to_path_buf(),
+            config: config.to_path_buf(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            iface: lab.server_if.clone(),
+            log,
+        };
+        agent.spawn(lab)?;
+        Ok(agent)
+    }
+
+    /// kill -9 of the running agent (nothing of it runs after this: no detach, pins stay),
+    /// then a new one with the same config, which adopts the pinned program and maps. Its log
+    /// goes on in the same file.
+    pub fn crash_and_restart(&mut self, lab: &Lab) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            child.wait()?;
+        }
+        self.spawn(lab)
+    }
+
+    fn spawn(&mut self, lab: &Lab) -> anyhow::Result<()> {
+        let log_file = std::fs::OpenOptions::new().append(true).open(&self.log)?;
+        let (bin, config, log) = (&self.bin, &self.config, &self.log);
         let child = lab
             .server
             .command(&bin.to_string_lossy())
             .args(["attach", &lab.server_if, "-c"])
             .arg(config)
-            .args(extra)
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
             .with_context(|| format!("cannot start {}", bin.display()))
             .inspect_err(|_| {
-                let _ = std::fs::remove_file(&log);
+                let _ = std::fs::remove_file(log);
             })?;
-        let mut agent = Agent { child: Some(child), bin: bin.to_path_buf(), iface: lab.server_if.clone(), log };
+        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Some(st) = agent.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                bail!("agent exited ({st}) during start: {}", agent.log_text().trim());
+            if let Some(st) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                self.child = None;
+                bail!("agent exited ({st}) during start: {}", self.log_text().trim());
             }
-            if agent.status().is_ok_and(|s| s["agent_running"] == true) {
-                return Ok(agent);
+            if self.status().is_ok_and(|s| s["agent_running"] == true) {
+                return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("agent did not come up within 20 s: {}", agent.log_text().trim());
+                bail!("agent did not come up within 20 s: {}", self.log_text().trim());
             }
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -1,0 +1,129 @@
+//! Faults a storm can run through (`--kill-agent-at`, `--flood`; `--loss` is the lab's lossy
+//! link), and the check that follows them: every machine that booted has its lease in the store.
+
+use super::machine::{Outcome, Progress};
+use crate::peers::Running;
+use netboot::lab::{Lab, Segment};
+use netboot::mac::MacAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// What the faults did during a run.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Seen {
+    /// Agent crashes and restarts (`--kill-agent-at`).
+    pub restarts: u32,
+    /// Random-MAC DISCOVERs sent (`--flood`).
+    pub flood_sent: u64,
+    /// Machines that booted but whose address the lease store does not hold bound to them
+    /// (netboot-xdp only): each is a lost lease, counted as a violation.
+    pub lost_leases: Option<usize>,
+}
+
+/// Waits until `threshold` machines have their first address (an event of the storm, not a
+/// time), then kill -9 of the agent and a new one at once. Returns the restarts done (0 when
+/// the threshold was never reached before `deadline`).
+pub fn kill_agent_when(lab: &Lab, running: &mut Running, progress: &Progress, threshold: u32, deadline: Duration) -> anyhow::Result<u32> {
+    let Running::Agent(agent) = running else { anyhow::bail!("--kill-agent-at needs netboot-xdp") };
+    let started = Instant::now();
+    while progress.done[0].load(Ordering::Relaxed) < threshold {
+        if started.elapsed() > deadline || progress.failed.load(Ordering::Relaxed) > 0 {
+            return Ok(0);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let t = Instant::now();
+    agent.crash_and_restart(lab)?;
+    println!("storm: agent killed (-9) after {threshold} machines had an address; running again after {:.2} s", t.elapsed().as_secs_f64());
+    Ok(1)
+}
+
+/// DISCOVERs from random MACs at a steady rate, from a host of their own on the segment.
+pub struct Flood {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    thread: std::thread::JoinHandle<()>,
+    _host: Segment,
+}
+
+/// The flood never outlives this, whatever happens to the storm.
+const FLOOD_MAX: Duration = Duration::from_secs(600);
+
+impl Flood {
+    pub fn start(lab: &Lab, pps: u32) -> anyhow::Result<Flood> {
+        let host = lab.add_segment("flood", 'f', None)?;
+        let (stop, sent) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+        let (dev, flag, count) = (host.iface.clone(), stop.clone(), sent.clone());
+        let ns = host.ns.clone();
+        let thread = std::thread::spawn(move || {
+            let run = || -> anyhow::Result<()> {
+                // Send only: a filter that accepts nothing keeps replies out of its buffer.
+                let none = [libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: 0 }];
+                let sock = crate::rawsock::PacketSocket::open(&dev, Some(&none))?;
+                let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(pps);
+                let started = Instant::now();
+                let mut n: u64 = 0;
+                while !flag.load(Ordering::Relaxed) && started.elapsed() < FLOOD_MAX {
+                    // Paced: frame n leaves at n / pps seconds.
+                    let due = Duration::from_secs_f64(n as f64 / f64::from(pps));
+                    if let Some(wait) = due.checked_sub(started.elapsed()) {
+                        std::thread::sleep(wait.min(Duration::from_millis(5)));
+                        continue;
+                    }
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    let b = rng.to_be_bytes();
+                    let mac = MacAddr([0x02, 0xf1, b[0], b[1], b[2], b[3]]);
+                    if sock.send(&crate::rawsock::dhcp_broadcast(mac, &discover(mac, rng as u32))) {
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                    n += 1;
+                }
+                Ok(())
+            };
+            if let Err(e) = ns.run(run).and_then(|r| r) {
+                eprintln!("storm: flood stopped: {e:#}");
+            }
+        });
+        Ok(Flood { stop, sent, thread, _host: host })
+    }
+
+    /// Stops the flood; returns how many frames it sent.
+    pub fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+        self.sent.load(Ordering::Relaxed)
+    }
+}
+
+/// A DISCOVER as a PXE ROM sends it.
+fn discover(mac: MacAddr, xid: u32) -> Vec<u8> {
+    use dhcproto::Encodable;
+    use dhcproto::v4::{DhcpOption, Flags, Message, MessageType};
+    let mut m = Message::default();
+    m.set_xid(xid).set_flags(Flags::default().set_broadcast()).set_chaddr(&mac.0);
+    m.opts_mut().insert(DhcpOption::MessageType(MessageType::Discover));
+    m.opts_mut().insert(DhcpOption::ClassIdentifier(b"PXEClient:Arch:00000:UNDI:002001".to_vec()));
+    m.opts_mut().insert(DhcpOption::ClientSystemArchitecture(0u16.into()));
+    m.to_vec().expect("encode")
+}
+
+/// Booted machines whose address the running agent's lease table does not hold bound to
+/// their MAC.
+pub fn lost_leases(agent: &netboot::lab::Agent, outcomes: &[Outcome]) -> anyhow::Result<usize> {
+    let body = netboot::runtime::control_get(&agent.iface, "/api/v1/leases")?;
+    let leases: Vec<serde_json::Value> = serde_json::from_slice(&body)?;
+    let bound: std::collections::HashSet<(String, String)> = leases
+        .iter()
+        .filter(|l| l["state"] == "bound")
+        .map(|l| (l["ip"].as_str().unwrap_or_default().to_string(), l["mac"].as_str().unwrap_or_default().to_string()))
+        .collect();
+    Ok(outcomes
+        .iter()
+        .filter(|o| o.failure.is_none())
+        .filter_map(|o| Some((o.ip?.to_string(), o.mac.clone())))
+        .filter(|k| !bound.contains(k))
+        .count())
+}

@@ -1,0 +1,139 @@
+//! Boot storms through faults (issue 13), each bounded by the storm's deadline: kill -9 of the
+//! agent in the middle, 5 % loss on the link, a random-MAC DISCOVER flood. Every machine must
+//! boot, no address may go to two machines, and (pool storms) every booted machine's lease must
+//! be in the store. The storm's own checks count each broken rule as a violation and fail the
+//! run; these tests read its JSON for the rest.
+
+use tests::{bench_json, require_root};
+
+fn storm(args: &[&str], name: &str) -> serde_json::Value {
+    let v = bench_json(&[&["storm", "--deadline", "120"], args].concat(), name);
+    let run = v["servers"][0].clone();
+    assert_eq!(run["violations"], 0, "{run:#}");
+    assert_eq!(run["duplicate_addresses"], 0, "{run:#}");
+    run
+}
+
+#[test]
+fn kill_9_of_the_agent_mid_storm_loses_no_boot_and_no_lease() {
+    if !require_root("kill_9_of_the_agent_mid_storm_loses_no_boot_and_no_lease") {
+        return;
+    }
+    let _serial = tests::serial();
+    // Addresses from the pool: what a crash could lose or give twice.
+    let run = storm(&["--nodes", "2000", "--pool", "--kill-agent-at", "0.5"], "kill9");
+    assert_eq!(run["booted"], 2000, "{run:#}");
+    assert_eq!(run["faults"]["restarts"], 1, "the agent was not killed: {run:#}");
+    assert_eq!(run["faults"]["lost_leases"], 0, "{run:#}");
+}
+
+#[test]
+fn five_percent_loss_on_the_link_every_machine_boots() {
+    if !require_root("five_percent_loss_on_the_link_every_machine_boots") {
+        return;
+    }
+    let _serial = tests::serial();
+    let run = storm(&["--nodes", "1000", "--loss", "5"], "loss");
+    assert_eq!(run["booted"], 1000, "{run:#}");
+    assert!(run["dhcp_retransmits"].as_u64().unwrap() + run["tftp_retransmits"].as_u64().unwrap() > 0, "no loss happened: {run:#}");
+}
+
+#[test]
+fn a_random_mac_discover_flood_does_not_stop_a_storm() {
+    if !require_root("a_random_mac_discover_flood_does_not_stop_a_storm") {
+        return;
+    }
+    let _serial = tests::serial();
+    let calm = storm(&["--nodes", "1000"], "calm");
+    let flooded = storm(&["--nodes", "1000", "--flood", "20000"], "flood");
+    assert_eq!((calm["booted"].as_u64(), flooded["booted"].as_u64()), (Some(1000), Some(1000)), "{flooded:#}");
+    assert!(flooded["faults"]["flood_sent"].as_u64().unwrap() > 0, "{flooded:#}");
+    eprintln!(
+        "1000 machines: all booted in {:.2} s without a flood, {:.2} s during 20000 random-MAC DISCOVERs/s ({} sent)",
+        calm["all_booted_s"].as_f64().unwrap_or(f64::NAN),
+        flooded["all_booted_s"].as_f64().unwrap_or(f64::NAN),
+        flooded["faults"]["flood_sent"]
+    );
+}
+
+/// A full `state_dir` (a small tmpfs): no OFFER or ACK for a lease that cannot be made durable,
+/// known clients keep being answered (by the kernel), and new ones are served again once there
+/// is space.
+#[test]
+fn a_full_state_dir_gives_no_address_it_cannot_store_and_recovers() {
+    use dhcproto::v4::{DhcpOption, Message, MessageType};
+    use dhcproto::{Decodable, Decoder, Encodable};
+    use std::time::Duration;
+    use tests::probe::Probe;
+    if !require_root("a_full_state_dir_gives_no_address_it_cannot_store_and_recovers") {
+        return;
+    }
+    let _serial = tests::serial();
+    let s = tests::kit::Setup::new("full", |dir| {
+        format!(
+            "[server]\naddress = \"10.77.0.1\"\nstate_dir = \"{}\"\n[dhcp]\nsubnet = \"10.77.0.0/16\"\npools = [\"10.77.1.1-10.77.1.254\"]\nlease_time = \"1h\"\n",
+            dir.join("state").display()
+        )
+    });
+    let state = s.dir.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let _tmpfs = Tmpfs::mount(&state, "2m");
+    let agent = s.start();
+    let stat = |k: &str| agent.status().unwrap()["agent"][k].as_u64().unwrap_or(0);
+    let probe = Probe::open(&s.lab);
+    let base = netboot::frame::parse_udp(&tests::fixture_frames("udhcpc")[0]).unwrap().payload.to_vec();
+    let discover = |mac: u8| {
+        let mut m = Message::decode(&mut Decoder::new(&base)).unwrap();
+        m.set_chaddr(&[2, 0, 0, 0x0f, 0, mac]);
+        m.opts_mut().remove(dhcproto::v4::OptionCode::ClientIdentifier);
+        m.to_vec().unwrap()
+    };
+    let offers = |mac: u8| probe.exchange(&discover(mac), Duration::from_millis(1500)).len();
+
+    // A client bound before the disk fills (DISCOVER, then REQUEST of the offered address).
+    let offer = probe.exchange(&discover(1), Duration::from_millis(1500));
+    assert_eq!(offer.len(), 1, "a first client is served");
+    let offered = Message::decode(&mut Decoder::new(&offer[0])).unwrap().yiaddr();
+    let mut request = Message::decode(&mut Decoder::new(&discover(1))).unwrap();
+    request.opts_mut().insert(DhcpOption::MessageType(MessageType::Request));
+    request.opts_mut().insert(DhcpOption::RequestedIpAddress(offered));
+    request.opts_mut().insert(DhcpOption::ServerIdentifier("10.77.0.1".parse().unwrap()));
+    assert_eq!(probe.exchange(&request.to_vec().unwrap(), Duration::from_millis(1500)).len(), 1, "no ACK");
+    // Fill the file system (bounded by its size).
+    let filler = state.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 64 << 10];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.sync_all();
+    }
+    let before = stat("dhcp_dropped_commit_failed");
+    assert_eq!(offers(2), 0, "an OFFER for a lease that could not be stored");
+    assert!(tests::eventually(3, || stat("dhcp_dropped_commit_failed") > before), "the failed commit is counted");
+    // The known client is answered still: its lease is durable already.
+    let fast = agent.counters().unwrap()["fast_offer"];
+    assert_eq!(offers(1), 1, "the bound client is not answered with the disk full");
+    assert_eq!(agent.counters().unwrap()["fast_offer"], fast + 1, "answered by the kernel");
+    // Space again: new clients are served.
+    std::fs::remove_file(&filler).unwrap();
+    assert!(tests::eventually(5, || offers(3) == 1), "no recovery once space returned: {}", agent.log_text());
+    drop(agent);
+}
+
+/// A tmpfs mounted on a directory of the test's own, unmounted on every exit path.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &std::path::Path, size: &str) -> Tmpfs {
+        let st = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"]).arg(at).status().unwrap();
+        assert!(st.success(), "mount tmpfs on {}", at.display());
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
