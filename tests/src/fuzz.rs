@@ -332,7 +332,7 @@ impl Target for Http {
             out
         });
         if !out.is_empty() {
-            assert!(out.starts_with(b"HTTP/1.1 "), "not an HTTP response: {:?}", String::from_utf8_lossy(&out[..out.len().min(60)]));
+            assert!(out.starts_with(b"HTTP/1.1 ") || out.starts_with(b"HTTP/1.0 "), "not an HTTP response: {:?}", String::from_utf8_lossy(&out[..out.len().min(60)]));
         }
     }
 }

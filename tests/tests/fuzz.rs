@@ -18,7 +18,7 @@ fn network_input_never_panics_the_parsers_or_the_cores() {
         let budget = match seconds {
             Some(s) => Budget::Time(Duration::from_secs(s)),
             // HTTP inputs each run a connection through hyper: fewer of them.
-            None => Budget::Inputs(if t.name() == "http" { 3_000 } else { 30_000 }),
+            None => Budget::Inputs(if t.name() == "http" { 10_000 } else { 200_000 }),
         };
         let r = fuzz(t.as_mut(), seed, budget);
         eprintln!("fuzz {}: {} inputs, {} panics (seed {seed})", r.target, r.inputs, r.crashes.len());

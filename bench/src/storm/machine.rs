@@ -231,7 +231,7 @@ impl Machine<'_> {
                 self.send(ipxe, xid, MessageType::Discover, n as u16, None);
                 let until = Instant::now() + Duration::from_secs(*t);
                 while let Some(m) = self.reply(xid, until).await {
-                    if m.0.opts().msg_type() == Some(MessageType::Offer) && (ipxe || !boot_file(&m.0, &m.1).is_empty()) {
+                    if netboot::dhcp::classify::message_type(&m.0) == Some(MessageType::Offer) && (ipxe || !boot_file(&m.0, &m.1).is_empty()) {
                         offer = Some(m);
                         break;
                     }
@@ -257,7 +257,7 @@ impl Machine<'_> {
                 self.send(ipxe, xid, MessageType::Request, n as u16, Some((offer.yiaddr(), server)));
                 let until = Instant::now() + Duration::from_secs(*t);
                 while let Some((m, raw)) = self.reply(xid, until).await {
-                    match m.opts().msg_type() {
+                    match netboot::dhcp::classify::message_type(&m) {
                         Some(MessageType::Ack) if m.yiaddr() == offer.yiaddr() => {
                             let next_server = if m.siaddr().is_unspecified() { server } else { m.siaddr() };
                             return Ok(Bound { ip: m.yiaddr(), file: boot_file(&m, &raw), next_server });

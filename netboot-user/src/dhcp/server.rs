@@ -296,11 +296,15 @@ impl DhcpServer {
         {
             return silent(Silence::Malformed);
         }
+        // Option 53 is one byte (RFC 2132 §9.6), as the XDP program requires too.
+        if raw_option(req.payload, netboot_common::wire::opt::MESSAGE_TYPE).is_none_or(|t| t.len() != 1) {
+            return silent(Silence::NotARequest);
+        }
         let Some(msg) = super::classify::decode(req.payload) else { return silent(Silence::Malformed) };
         if msg.opcode() != Opcode::BootRequest || msg.hlen() != 6 {
             return silent(Silence::Malformed);
         }
-        let Some(kind) = msg.opts().msg_type() else { return silent(Silence::NotARequest) };
+        let Some(kind) = super::classify::message_type(&msg) else { return silent(Silence::NotARequest) };
         let mac = MacAddr(msg.chaddr().try_into().expect("checked length"));
         let client_id = match msg.opts().get(OptionCode::ClientIdentifier) {
             Some(DhcpOption::ClientIdentifier(id)) => Some(id.clone()),
@@ -586,7 +590,7 @@ impl DhcpServer {
             m.set_opts(o);
             return self.encode(c, m);
         }
-        let informing = req.opts().msg_type() == Some(MessageType::Inform);
+        let informing = super::classify::message_type(req) == Some(MessageType::Inform);
         let proxy = p.mode == DhcpMode::Proxy;
         if informing || (kind == MessageType::Ack && !req.ciaddr().is_unspecified()) {
             m.set_ciaddr(req.ciaddr());

@@ -412,6 +412,25 @@ fn replies_are_deterministic() {
 }
 
 #[test]
+fn an_option_53_of_the_wrong_length_is_not_a_request_and_does_not_panic() {
+    // Found by the fuzzer: dhcproto keeps such an option as unknown, and its `msg_type()`
+    // then panics.
+    let cfg = config("");
+    let mut s = server(&cfg);
+    let p = parse_udp(&frames("udhcpc")[0]).unwrap().payload.to_vec();
+    let at = netboot_common::wire::BOOTP_OPTIONS_OFF;
+    for len in [0u8, 2] {
+        let mut payload = p[..at].to_vec();
+        payload.extend_from_slice(&[53, len]);
+        payload.extend(std::iter::repeat_n(1u8, usize::from(len)));
+        payload.push(255);
+        payload.resize(300, 0);
+        let out = handle_payload(&mut s, &payload, NOW);
+        assert!(matches!(out, Outcome::Silent { why: Silence::NotARequest | Silence::Malformed, .. }), "length {len}: {out:?}");
+    }
+}
+
+#[test]
 fn garbage_never_panics_and_is_never_answered_as_a_request() {
     let cfg = config("");
     let mut s = server(&cfg);
