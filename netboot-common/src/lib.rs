@@ -30,6 +30,40 @@ pub mod maps {
     pub const LIMITS: &str = "LIMITS";
     /// `LruHashMap<[u8; 6], ClientRate>`: requests per client in the current second.
     pub const CLIENT_RATE: &str = "CLIENT_RATE";
+    /// `HashMap<TransferKey, TransferRecord>` (pinned): the AF_XDP TFTP engine's running
+    /// transfers, so that an agent restarted after a crash goes on with them.
+    pub const TFTP_TRANSFERS: &str = "TFTP_TRANSFERS";
+}
+
+/// A running transfer of the AF_XDP TFTP engine: the client's address and port and our TID.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TransferKey {
+    pub client_ip: [u8; 4],
+    pub client_port: u16,
+    pub tid: u16,
+}
+
+/// Longest file name a [`TransferRecord`] holds (longer names are not resumable).
+pub const TRANSFER_NAME_MAX: usize = 128;
+/// Transfers recorded at most (more run, unrecorded: not resumable).
+pub const TRANSFERS_ENTRIES: u32 = 65536;
+
+/// What a restarted engine needs to go on with a transfer when the client's next ACK comes:
+/// the file (checked by length) and the negotiated parameters. Written when a transfer starts,
+/// removed when it ends; the XDP program never reads it (it only lives in bpffs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TransferRecord {
+    /// Length of the bytes sent (after any netascii conversion).
+    pub len: u64,
+    pub blksize: u16,
+    pub windowsize: u16,
+    /// 1: netascii.
+    pub netascii: u8,
+    pub name_len: u8,
+    pub _pad: [u8; 2],
+    pub name: [u8; TRANSFER_NAME_MAX],
 }
 
 /// Which UDP frames the XDP program redirects to the TFTP engine's AF_XDP sockets: to
@@ -47,6 +81,10 @@ pub struct TftpSteer {
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for TftpSteer {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for TransferKey {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for TransferRecord {}
 
 /// Name of the XDP program in the object.
 pub const PROGRAM_NAME: &str = "netboot";

@@ -17,7 +17,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use netboot_common::{
-    Counter, SCRATCH_LEN, TftpSteer,
+    Counter, SCRATCH_LEN, TRANSFERS_ENTRIES, TftpSteer, TransferKey, TransferRecord,
     cache::{CLIENT_RATE_ENTRIES, ClientRate, FastLimits, REQUEST_MAX, TEMPLATE_MAX},
     counter::NUM_COUNTERS,
     wire::{
@@ -38,6 +38,13 @@ static XSKS: XskMap = XskMap::with_max_entries(64, 0);
 /// Which frames are the TFTP engine's (set by the agent when its AF_XDP engine runs).
 #[map]
 static TFTP_STEER: Array<TftpSteer> = Array::with_max_entries(1, 0);
+
+/// The AF_XDP TFTP engine's running transfers, pinned so that a restarted agent goes on with
+/// them. Only the agent reads and writes it; it is here so that it is created and pinned with
+/// the program's other maps.
+#[map]
+static TFTP_TRANSFERS: aya_ebpf::maps::HashMap<TransferKey, TransferRecord> =
+    aya_ebpf::maps::HashMap::with_max_entries(TRANSFERS_ENTRIES, 0);
 
 /// Limits the agent sets from the config.
 #[map]
@@ -161,7 +168,7 @@ pub fn netboot(ctx: XdpContext) -> u32 {
                 xdp_action::XDP_PASS
             }
         },
-        Ok(Frame::Tftp) => {
+        Ok(Frame::Tftp { transfer_port }) => {
             bump(Counter::TftpSteered);
             // The lower bits of the flags: the action when the queue has no socket.
             let queue = unsafe { (*ctx.ctx).rx_queue_index };
@@ -169,7 +176,10 @@ pub fn netboot(ctx: XdpContext) -> u32 {
                 Ok(a) if a == xdp_action::XDP_REDIRECT => a,
                 _ => {
                     bump(Counter::TftpNoSocket);
-                    xdp_action::XDP_PASS
+                    // Port 69: the socket engine listens. A transfer port has no kernel socket
+                    // (an engine restarting): the kernel would answer "port unreachable", which
+                    // ends the client's transfer; dropped, the client retransmits.
+                    if transfer_port { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
                 }
             }
         }
@@ -215,20 +225,21 @@ fn over_rate(chaddr: &[u8; 6]) -> bool {
 /// What a frame is, for the program's purposes.
 pub enum Frame {
     Dhcp(Classified),
-    /// For the TFTP engine's AF_XDP socket.
-    Tftp,
+    /// For the TFTP engine's AF_XDP socket: to port 69, or to one of its transfer ports.
+    Tftp { transfer_port: bool },
 }
 
 /// Whether an untagged, unfragmented IPv4/UDP frame (headers without options in `hdrs`) is the
-/// TFTP engine's.
+/// TFTP engine's: `Some(to a transfer port)`.
 #[inline(always)]
-fn tftp_steered(hdrs: &[u8; IPV4_HLEN + UDP_HLEN]) -> bool {
-    let Some(steer) = TFTP_STEER.get(0) else { return false };
+fn tftp_steered(hdrs: &[u8; IPV4_HLEN + UDP_HLEN]) -> Option<bool> {
+    let steer = TFTP_STEER.get(0)?;
     if steer.enabled == 0 || hdrs[16..20] != steer.server_ip {
-        return false;
+        return None;
     }
     let dport = be16([hdrs[22], hdrs[23]]);
-    dport == wire::TFTP_PORT || (steer.port_lo <= dport && dport <= steer.port_hi)
+    let transfer_port = steer.port_lo <= dport && dport <= steer.port_hi;
+    (dport == wire::TFTP_PORT || transfer_port).then_some(transfer_port)
 }
 
 /// A fully validated, classified client request: what the reply cache lookup needs.
@@ -292,8 +303,10 @@ fn classify(ctx: &XdpContext) -> Result<Frame, Counter> {
     }
     if dport != DHCP_SERVER_PORT {
         let whole = be16([hdrs[6], hdrs[7]]) & 0x3fff == 0;
-        if l3 == ETH_HLEN && whole && tftp_steered(&hdrs) {
-            return Ok(Frame::Tftp);
+        if l3 == ETH_HLEN && whole {
+            if let Some(transfer_port) = tftp_steered(&hdrs) {
+                return Ok(Frame::Tftp { transfer_port });
+            }
         }
         return Err(Counter::NotDhcp);
     }
@@ -571,9 +584,15 @@ static LAB_LOSS: aya_ebpf::maps::Array<u32> = aya_ebpf::maps::Array::with_max_en
 /// (tests of retransmission; never attached by the agent).
 #[xdp]
 pub fn lab_loss(_ctx: XdpContext) -> u32 {
+    if lab_lost() { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
+}
+
+/// Whether the lab's lossy link loses this frame (`LAB_LOSS`).
+#[inline(always)]
+fn lab_lost() -> bool {
     let share = LAB_LOSS.get(0).copied().unwrap_or(0);
     let r = unsafe { aya_ebpf::helpers::generated::bpf_get_prandom_u32() } & 0xffff;
-    if r < share { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
+    r < share
 }
 
 /// Which UDP destination ports the lab's client end hands to the bench's AF_XDP sockets
@@ -592,6 +611,10 @@ static LAB_CLIENT_XSKS: XskMap = XskMap::with_max_entries(64, 0);
 #[xdp]
 pub fn lab_client_xsk(ctx: XdpContext) -> u32 {
     const IP: usize = ETH_HLEN;
+    // The lossy link, if the lab has one, comes first (`LAB_LOSS` of this program's load).
+    if lab_lost() {
+        return xdp_action::XDP_DROP;
+    }
     const UDP: usize = IP + 20;
     let (start, end) = (ctx.data(), ctx.data_end());
     if start + UDP + UDP_HLEN > end {

@@ -186,7 +186,8 @@ fn afxdp_engine(
     let started = (|| -> anyhow::Result<tftp::afxdp::Engine> {
         let xsks = aya::maps::XskMap::try_from(fastpath.take_map(maps::XSKS).ok_or_else(|| anyhow::anyhow!("no XSKS map"))?)?;
         let steer = aya::maps::Array::try_from(fastpath.take_map(maps::TFTP_STEER).ok_or_else(|| anyhow::anyhow!("no TFTP_STEER map"))?)?;
-        tftp::afxdp::Engine::start(iface, server_ip, source, xsks, steer, stats.clone(), timelines.clone(), configs.clone())
+        let records = fastpath.take_map(maps::TFTP_TRANSFERS).map(aya::maps::HashMap::try_from).transpose()?;
+        tftp::afxdp::Engine::start(iface, server_ip, source, xsks, steer, records, stats.clone(), timelines.clone(), configs.clone())
     })();
     match started {
         Ok(e) => Some(e),

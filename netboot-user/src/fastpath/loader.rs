@@ -41,7 +41,7 @@ pub enum StartError {
 }
 
 /// The maps that live in bpffs, so that they outlive an agent that dies (invariant 4).
-const PINNED_MAPS: [&str; 3] = [maps::COUNTERS, maps::REPLY_CACHE, maps::EVENTS];
+const PINNED_MAPS: [&str; 4] = [maps::COUNTERS, maps::REPLY_CACHE, maps::EVENTS, maps::TFTP_TRANSFERS];
 
 /// Key size, value size and (where the object fixes it) entries of each pinned map as this
 /// build defines them.
@@ -52,6 +52,11 @@ fn pinned_layout(name: &str) -> (u32, u32, Option<u32>) {
     match name {
         maps::COUNTERS => (4, 8, Some(NUM_COUNTERS)),
         maps::REPLY_CACHE => (size(std::mem::size_of::<CacheKey>()), size(std::mem::size_of::<CacheEntry>()), None),
+        maps::TFTP_TRANSFERS => (
+            size(std::mem::size_of::<netboot_common::TransferKey>()),
+            size(std::mem::size_of::<netboot_common::TransferRecord>()),
+            Some(netboot_common::TRANSFERS_ENTRIES),
+        ),
         _ => (0, 0, Some(EVENTS_BYTES)), // the ring buffer
     }
 }

@@ -56,6 +56,9 @@ pub struct Lab {
     pub server_addr: Ipv4Net,
     /// false after [`Lab::keep`]: the lab outlives this process (`xtask lab up`).
     owned: bool,
+    /// The share of frames the client end loses ([`Lab::set_loss`]), in 1/65536: the load
+    /// generators' program ([`Lab::client_xsk`]) loses them too.
+    loss_share: std::sync::atomic::AtomicU32,
 }
 
 /// Ids of the labs this process owns, for the signal handler.
@@ -85,6 +88,7 @@ impl Lab {
             link_if: format!("nbx{id}x"),
             server_addr: spec.server,
             owned: true,
+            loss_share: Default::default(),
         };
         lab.build(spec).with_context(|| format!("creating lab {id}"))?;
         Ok(lab)
@@ -207,6 +211,7 @@ impl Lab {
     /// `tc netem` needs a kernel module this machine kind does not have.
     pub fn set_loss(&self, percent: f64) -> anyhow::Result<()> {
         let share = ((percent / 100.0) * 65536.0).round().clamp(0.0, 65536.0) as u32;
+        self.loss_share.store(share, std::sync::atomic::Ordering::Relaxed);
         let ebpf = self.replace_client_program(netboot_common::LAB_LOSS_PROGRAM_NAME, |ebpf| {
             let mut map: aya::maps::Array<_, u32> =
                 aya::maps::Array::try_from(ebpf.map_mut(netboot_common::LAB_LOSS_MAP).context("no LAB_LOSS map")?)?;
@@ -244,7 +249,10 @@ impl Lab {
             }
             let mut range: aya::maps::Array<_, [u16; 2]> =
                 aya::maps::Array::try_from(ebpf.map_mut(netboot_common::LAB_CLIENT_PORTS_MAP).context("no client ports map")?)?;
-            Ok(range.set(0, [*ports.start(), *ports.end()], 0)?)
+            range.set(0, [*ports.start(), *ports.end()], 0)?;
+            let mut loss: aya::maps::Array<_, u32> =
+                aya::maps::Array::try_from(ebpf.map_mut(netboot_common::LAB_LOSS_MAP).context("no LAB_LOSS map")?)?;
+            Ok(loss.set(0, self.loss_share.load(std::sync::atomic::Ordering::Relaxed), 0)?)
         })?;
         Ok(ClientXsk { socks, _ebpf: ebpf, lab_pins: self.pin_dir() })
     }

@@ -8,6 +8,11 @@
 //!
 //! What the XDP program does not steer (VLAN-tagged, IP options, fragments) reaches the socket
 //! engine, which keeps port 69 open beside this one.
+//!
+//! Every running transfer is recorded in the pinned `TFTP_TRANSFERS` map: an agent restarted
+//! after a crash takes a transfer over when the client's next ACK comes to its TID (the XDP
+//! program drops frames to transfer ports while no socket is there, so the client just
+//! retransmits), and a boot in progress goes on (invariant 4).
 
 use super::session::{self, Opened, Session, Source};
 use super::transfer::Step;
@@ -20,7 +25,8 @@ use crate::timeline::Timelines;
 use crate::xsk::{Xsk, XskSizes};
 use anyhow::Context;
 use aya::maps::{Array, MapData, XskMap};
-use netboot_common::TftpSteer;
+use aya::maps::HashMap as BpfHashMap;
+use netboot_common::{TftpSteer, TransferKey, TransferRecord};
 use netboot_common::wire::TFTP_PORT;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -67,6 +73,7 @@ impl Engine {
         source: Source,
         mut xsks: XskMap<MapData>,
         mut steer: Array<MapData, TftpSteer>,
+        records: Option<BpfHashMap<MapData, TransferKey, TransferRecord>>,
         stats: Arc<Stats>,
         timelines: Arc<Timelines>,
         configs: watch::Receiver<Arc<Config>>,
@@ -91,6 +98,7 @@ impl Engine {
             mac: iface.mac,
             server_ip,
             source,
+            records,
             stats,
             timelines,
             configs,
@@ -123,6 +131,8 @@ struct Worker {
     mac: MacAddr,
     server_ip: Ipv4Addr,
     source: Source,
+    /// The pinned record of running transfers (`None`: not resumable after a crash).
+    records: Option<BpfHashMap<MapData, TransferKey, TransferRecord>>,
     stats: Arc<Stats>,
     timelines: Arc<Timelines>,
     configs: watch::Receiver<Arc<Config>>,
@@ -139,7 +149,22 @@ struct Worker {
 impl Worker {
     fn run(&mut self, stop: &AtomicBool) {
         let mut published = Instant::now();
+        // Records an engine before this one left: those no client came back for are removed
+        // once every client would have given up.
+        let started = Instant::now();
+        let mut inherited: Vec<TransferKey> = self.records.as_ref().map(|m| m.keys().filter_map(Result::ok).collect()).unwrap_or_default();
+        if !inherited.is_empty() {
+            tracing::info!(transfers = inherited.len(), "TFTP transfers of the previous agent recorded: resumable");
+        }
         while !stop.load(Ordering::Relaxed) {
+            if !inherited.is_empty() && started.elapsed() > RESUME_WINDOW {
+                for k in std::mem::take(&mut inherited) {
+                    let client = SocketAddrV4::new(k.client_ip.into(), k.client_port);
+                    if !self.transfers.get(&client).is_some_and(|l| l.tid == k.tid) {
+                        self.forget_record(client, k.tid);
+                    }
+                }
+            }
             if published.elapsed() >= Duration::from_secs(1) {
                 published = Instant::now();
                 self.publish_socket_stats();
@@ -198,12 +223,13 @@ impl Worker {
             self.on_request(queue, client, e.src_mac, p.payload, now);
             return;
         }
-        let Some(live) = self.transfers.get_mut(&client).filter(|l| l.tid == e.dst_port) else {
+        if !self.transfers.get(&client).is_some_and(|l| l.tid == e.dst_port) && !self.resume(queue, client, e.src_mac, e.dst_port, now) {
             // Not a transfer of ours (an old TID after the end): RFC 1350 says answer with an
             // error to that TID; a quiet drop costs the client nothing it would not retry.
             self.stats.bump("tftp_xsk_unknown_tid");
             return;
-        };
+        }
+        let live = self.transfers.get_mut(&client).expect("present or resumed");
         live.queue = queue;
         let step = live.session.transfer.on_packet(p.payload, now);
         self.on_step(client, step);
@@ -219,6 +245,7 @@ impl Worker {
             // The last block is out and its ACK was lost: that client is done and has closed
             // its port; a new client reuses it.
             let old = self.transfers.remove(&client).expect("present");
+            self.forget_record(client, old.tid);
             old.session.finish(client, Some("replaced by a new request from the same port"), &self.stats, &self.timelines);
         }
         let tid = self.allocate_tid();
@@ -227,11 +254,41 @@ impl Worker {
                 for p in first {
                     self.out.push(self.outgoing(queue, client, client_mac, tid, p));
                 }
+                self.record(client, tid, &session);
                 self.transfers.insert(client, Live { session, client_mac, tid, queue, timer_at: None });
                 self.schedule(client);
             }
             Opened::Refused(error) => self.out.push(self.outgoing(queue, client, client_mac, tid, error)),
             Opened::Ignored => {}
+        }
+    }
+
+    /// Takes over the transfer an engine before this one recorded for `client` and `tid`.
+    fn resume(&mut self, queue: usize, client: SocketAddrV4, client_mac: MacAddr, tid: u16, now: Instant) -> bool {
+        let key = transfer_key(client, tid);
+        let Some(rec) = self.records.as_ref().and_then(|m| m.get(&key, 0).ok()) else { return false };
+        let Some(session) = session::resume(&self.source, &rec, client, &self.stats, now) else {
+            self.forget_record(client, tid);
+            return false;
+        };
+        if let Some(old) = self.transfers.remove(&client) {
+            self.forget_record(client, old.tid);
+            old.session.finish(client, Some("replaced by a resumed transfer"), &self.stats, &self.timelines);
+        }
+        self.transfers.insert(client, Live { session, client_mac, tid, queue, timer_at: None });
+        true
+    }
+
+    fn record(&mut self, client: SocketAddrV4, tid: u16, session: &Session) {
+        let (Some(map), Some(rec)) = (self.records.as_mut(), session.record()) else { return };
+        if map.insert(transfer_key(client, tid), rec, 0).is_err() {
+            self.stats.bump("tftp_xsk_unrecorded_transfers"); // the map is full
+        }
+    }
+
+    fn forget_record(&mut self, client: SocketAddrV4, tid: u16) {
+        if let Some(map) = self.records.as_mut() {
+            let _ = map.remove(&transfer_key(client, tid));
         }
     }
 
@@ -254,6 +311,7 @@ impl Worker {
             Step::Wait => {}
             Step::Done => {
                 let live = self.transfers.remove(&client).expect("present");
+                self.forget_record(client, tid);
                 live.session.finish(client, None, &self.stats, &self.timelines);
             }
             Step::Abort(error, why) => {
@@ -261,6 +319,7 @@ impl Worker {
                     self.out.push(self.outgoing(queue, client, mac, tid, e));
                 }
                 let live = self.transfers.remove(&client).expect("present");
+                self.forget_record(client, tid);
                 live.session.finish(client, Some(why), &self.stats, &self.timelines);
             }
         }
@@ -331,6 +390,13 @@ impl Worker {
             }
         }
     }
+}
+
+/// How long after a restart an inherited transfer can be resumed: longer than any client waits.
+const RESUME_WINDOW: Duration = Duration::from_secs(120);
+
+fn transfer_key(client: SocketAddrV4, tid: u16) -> TransferKey {
+    TransferKey { client_ip: client.ip().octets(), client_port: client.port(), tid }
 }
 
 /// A frame to send: its addressing and its UDP payload.

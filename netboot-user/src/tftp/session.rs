@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 /// A read request, accepted.
 pub struct Session {
     pub file: String,
+    pub mode: Mode,
     pub bytes: u64,
     pub params: Params,
     pub transfer: Transfer,
@@ -138,10 +139,47 @@ pub fn open(src: &Source, request: &[u8], client: SocketAddrV4, stats: &Stats, n
     stats.bump("tftp_transfers_started");
     let mut transfer = Transfer::new(data.clone(), params, oack, now);
     let first = transfer.start(now);
-    Opened::Transfer(Session { file, bytes: data.len() as u64, params, transfer, started: now, _slot: slot }, first)
+    Opened::Transfer(Session { file, mode, bytes: data.len() as u64, params, transfer, started: now, _slot: slot }, first)
+}
+
+/// Takes over a transfer a stopped engine recorded (`rec`), to go on from the client's next
+/// ACK; `None` (counted) when the file is not the same any more, or there is no place for it.
+pub fn resume(src: &Source, rec: &netboot_common::TransferRecord, client: SocketAddrV4, stats: &Stats, now: Instant) -> Option<Session> {
+    let name = std::str::from_utf8(rec.name.get(..usize::from(rec.name_len))?).ok()?.to_string();
+    let mode = if rec.netascii == 1 { Mode::Netascii } else { Mode::Octet };
+    let slot = src.admission.admit(*client.ip(), &src.limits).ok()?;
+    let data = src.files.get(&name, mode).ok().filter(|d| d.len() as u64 == rec.len);
+    let Some(data) = data else {
+        stats.bump("tftp_resume_file_changed");
+        return None;
+    };
+    let params = Params { blksize: usize::from(rec.blksize).max(8), windowsize: u64::from(rec.windowsize).max(1), max_rto: std::time::Duration::from_secs(1) };
+    stats.bump("tftp_transfers_resumed");
+    let transfer = Transfer::resumed(data.clone(), params, now);
+    Some(Session { file: name, mode, bytes: data.len() as u64, params, transfer, started: now, _slot: slot })
 }
 
 impl Session {
+    /// What a restarted engine needs to go on with this transfer (`None`: a name too long to
+    /// record).
+    pub fn record(&self) -> Option<netboot_common::TransferRecord> {
+        let name = self.file.as_bytes();
+        if name.len() > netboot_common::TRANSFER_NAME_MAX {
+            return None;
+        }
+        let mut r = netboot_common::TransferRecord {
+            len: self.bytes,
+            blksize: self.params.blksize.min(usize::from(u16::MAX)) as u16,
+            windowsize: self.params.windowsize.min(u64::from(u16::MAX)) as u16,
+            netascii: u8::from(self.mode == Mode::Netascii),
+            name_len: name.len() as u8,
+            _pad: [0; 2],
+            name: [0; netboot_common::TRANSFER_NAME_MAX],
+        };
+        r.name[..name.len()].copy_from_slice(name);
+        Some(r)
+    }
+
     /// Counts the end of the transfer (`why`: the abort reason, `None` when complete) and
     /// records it on the node's timeline.
     pub fn finish(&self, client: SocketAddrV4, why: Option<&str>, stats: &Stats, timelines: &Timelines) {

@@ -108,6 +108,8 @@ pub struct Transfer {
     tries: u32,
     /// Whether the client has acknowledged anything yet (its address is real).
     confirmed: bool,
+    /// Taken over from an engine that stopped: where the client is is learnt from its next ACK.
+    resumed: bool,
     /// Packets resent because of the timer.
     pub retransmits: u64,
 }
@@ -122,7 +124,16 @@ impl Transfer {
     pub fn new(data: Arc<[u8]>, p: Params, oack: Vec<(String, String)>, now: Instant) -> Transfer {
         let blocks = data.len() as u64 / p.blksize as u64 + 1;
         let oack = (!oack.is_empty()).then(|| Packet::OptionAck { options: oack }.to_vec());
-        Transfer { data, p, blocks, oack, acked: 0, last_send: now, rto: INITIAL_RTO.min(p.max_rto), srtt: None, tries: 0, confirmed: false, retransmits: 0 }
+        Transfer { data, p, blocks, oack, acked: 0, last_send: now, rto: INITIAL_RTO.min(p.max_rto), srtt: None, tries: 0, confirmed: false, resumed: false, retransmits: 0 }
+    }
+
+    /// A transfer another engine (an agent that crashed) started, going on from the client's
+    /// next ACK: whatever block it acknowledges, the window after it is sent. Block numbers
+    /// are taken as the first ones that match on the wire (a file of more than 65535 blocks
+    /// resumed after a rollover would restart from the wrong block: the client then fails on
+    /// a block out of order, as it would have with the crash).
+    pub fn resumed(data: Arc<[u8]>, p: Params, now: Instant) -> Transfer {
+        Transfer { resumed: true, confirmed: true, ..Transfer::new(data, p, Vec::new(), now) }
     }
 
     pub fn params(&self) -> Params {
@@ -171,6 +182,15 @@ impl Transfer {
                     self.oack = None;
                     self.sample(now);
                     self.last_send = now;
+                    return Step::Send(self.window());
+                }
+                if self.resumed {
+                    self.resumed = false;
+                    self.acked = u64::from(block).min(self.blocks);
+                    self.last_send = now;
+                    if self.acked == self.blocks {
+                        return Step::Done;
+                    }
                     return Step::Send(self.window());
                 }
                 let Some(n) = self.resolve_ack(block) else { return Step::Wait };
@@ -343,6 +363,30 @@ mod tests {
             }
             s => panic!("{s:?}"),
         }
+    }
+
+    #[test]
+    fn a_resumed_transfer_goes_on_from_the_clients_next_ack() {
+        let data: Vec<u8> = (0..512 * 10 + 7).map(|i| i as u8).collect();
+        let (p, _) = negotiate(&opts(&[("windowsize", "2")]), data.len() as u64, LIMITS);
+        let now = Instant::now();
+        let mut t = Transfer::resumed(data.clone().into(), p, now);
+        // The client had blocks 1..=4 and acknowledges 4: blocks 5 and 6 follow.
+        match t.on_packet(&ack(4), now) {
+            Step::Send(v) => {
+                let got: Vec<(u16, usize)> = v.iter().map(|p| match Packet::parse(p).unwrap() { Packet::Data { block, data } => (block, data.len()), _ => (0, 0) }).collect();
+                assert_eq!(got, [(5, 512), (6, 512)]);
+            }
+            s => panic!("{s:?}"),
+        }
+        // From then on it is an ordinary transfer to its end.
+        assert!(matches!(t.on_packet(&ack(6), now), Step::Send(_)));
+        assert!(matches!(t.on_packet(&ack(8), now), Step::Send(_)));
+        assert!(matches!(t.on_packet(&ack(10), now), Step::Send(ref v) if v.len() == 1));
+        assert_eq!(t.on_packet(&ack(11), now), Step::Done);
+        // A client that had everything but the final ACK answered: done at once.
+        let mut t = Transfer::resumed(data.into(), p, now);
+        assert_eq!(t.on_packet(&ack(11), now), Step::Done);
     }
 
     /// Times the timer fires before the transfer is given up, and how long that takes.
