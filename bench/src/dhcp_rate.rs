@@ -10,7 +10,7 @@
 use crate::dhcpgen::{self, Persona, Report};
 use crate::proc::cpu_of;
 use anyhow::Context;
-use netboot::lab::{Agent, Lab, LabSpec};
+use netboot_lab::{Agent, Lab, LabSpec};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::Duration;

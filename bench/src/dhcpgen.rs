@@ -13,7 +13,7 @@ use dhcproto::v4::{DhcpOption, Flags, HType, Message, MessageType, Opcode};
 use dhcproto::Encodable;
 use netboot::dhcp::classify::raw_option;
 use netboot::frame::{parse_udp, udp_checksum};
-use netboot::lab::Lab;
+use netboot_lab::Lab;
 use netboot::mac::MacAddr;
 use netboot::xsk::{IdleWait, Xsk, XskSizes};
 use netboot_common::wire::{DHCP_CLIENT_PORT, DHCP_SERVER_PORT, ETH_HLEN, bootp, msg, opt};

@@ -11,7 +11,7 @@ mod tftp_rate;
 mod tftp_xsk;
 
 use clap::{Parser, Subcommand};
-use netboot::lab::{Lab, LabSpec};
+use netboot_lab::{Lab, LabSpec};
 use std::path::PathBuf;
 
 #[derive(Parser)]

@@ -2,7 +2,7 @@
 //! processes in the lab's server namespace; and the peers' binaries.
 
 use anyhow::{Context, bail};
-use netboot::lab::{Agent, Lab};
+use netboot_lab::{Agent, Lab};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 

@@ -9,8 +9,8 @@
 //! above the concurrency.
 
 use anyhow::{Context, bail};
-use netboot::lab::tftp_fetch::fetch_many;
-use netboot::lab::{Agent, Lab, LabSpec};
+use netboot_lab::tftp_fetch::fetch_many;
+use netboot_lab::{Agent, Lab, LabSpec};
 use crate::peers::{Running, peer_binary};
 use netboot::tftp::client::Request;
 use std::path::{Path, PathBuf};
@@ -56,7 +56,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         }
         // As in the storm: socket buffers that hold a burst of requests (what an operator
         // expecting a storm sets; the peers do not size their sockets, netboot-xdp does).
-        netboot::lab::run_checked(lab.server.command("sysctl").args(["-qw", "net.core.rmem_default=16777216", "net.core.rmem_max=16777216"]))?;
+        netboot_lab::run_checked(lab.server.command("sysctl").args(["-qw", "net.core.rmem_default=16777216", "net.core.rmem_max=16777216"]))?;
         let mut guard = start(server, &lab, &dir, &root)?;
         let addr: std::net::SocketAddrV4 = "10.77.0.1:69".parse()?;
         let mut xsk = match args.client {
@@ -107,7 +107,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 }
 
 fn file_bytes(size: usize) -> Vec<u8> {
-    netboot::lab::pattern(size, 0x9e37_79b9_7f4a_7c15 ^ size as u64)
+    netboot_lab::pattern(size, 0x9e37_79b9_7f4a_7c15 ^ size as u64)
 }
 
 fn start(server: &str, lab: &Lab, dir: &Path, root: &Path) -> anyhow::Result<Running> {

@@ -14,8 +14,8 @@
 
 use netboot::frame::{UdpEnvelope, parse_udp};
 use netboot::iface::Interface;
-use netboot::lab::Lab;
-use netboot::lab::tftp_fetch::Fetched;
+use netboot_lab::Lab;
+use netboot_lab::tftp_fetch::Fetched;
 use netboot::mac::MacAddr;
 use netboot::tftp::client::{ClientStep, ClientTransfer, Request};
 use netboot::xsk::{IdleWait, XskSizes};
@@ -47,7 +47,7 @@ struct Read {
 
 /// The client's end of the lab: AF_XDP sockets for the ports of `slots` reads at once.
 pub struct XskClient {
-    port: netboot::lab::ClientXsk,
+    port: netboot_lab::ClientXsk,
     mac: MacAddr,
     ip: Ipv4Addr,
     server_mac: MacAddr,

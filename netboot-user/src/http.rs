@@ -394,7 +394,35 @@ async fn metrics(State(st): State<Arc<HttpState>>) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::{ipxe_safe, percent_decode};
+    use super::{AgentRecord, HttpState, StatusCode, header, ipxe_safe, percent_decode, router};
+
+    /// Issue 13: with the lease store unreadable a node got the "unknown node" script; iPXE
+    /// retries a 503.
+    #[tokio::test]
+    async fn the_script_is_503_when_the_lease_store_cannot_be_read() {
+        use std::sync::Arc;
+        use tower::ServiceExt;
+        let dir = std::env::temp_dir().join(format!("nbx-http-503-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("http")).unwrap();
+        std::fs::write(dir.join("http/boot.ipxe.j2"), "#!ipxe\necho {{ hostname }}\n").unwrap();
+        let text = format!(
+            "[server]\nstate_dir = \"{}\"\n[dhcp]\nsubnet = \"10.0.0.0/24\"\n[[dhcp.host]]\nmac = \"52:54:00:00:00:01\"\nip = \"10.0.0.5\"\nhostname = \"n1\"\n[http]\nroot = \"{}\"\n",
+            dir.join("no-such-state").display(),
+            dir.join("http").display()
+        );
+        let cfg = crate::config::Config::parse(std::path::Path::new("t.toml"), &text).unwrap();
+        let agent = AgentRecord { pid: 1, iface: "nbxtest0".into(), xdp_mode: "skb".into(), config: "t.toml".into(), state_dir: dir.join("no-such-state") };
+        let state = HttpState::new(&cfg, "10.0.0.1".parse().unwrap(), agent, Arc::default(), Arc::new(crate::timeline::Timelines::new("nbxtest0")));
+        let app = router(Arc::new(state));
+        let get = |uri: &str| axum::http::Request::get(uri).body(axum::body::Body::empty()).unwrap();
+        let r = app.clone().oneshot(get("/boot.ipxe?mac=52:54:00:00:00:09")).await.unwrap();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "2");
+        // A reserved node needs no lease: its script is served.
+        let r = app.oneshot(get("/boot.ipxe?mac=52:54:00:00:00:01")).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn percent_decoding_never_splits_a_character() {

@@ -139,3 +139,35 @@ impl AsyncWrite for LimitedStream {
         Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// On loopback, with tokio's clock paused: the idle timeout fires only when nothing else
+    /// can happen, whatever this machine's speed.
+    #[tokio::test(start_paused = true)]
+    async fn one_place_and_an_idle_connection_gives_it_back() {
+        let inner = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = inner.local_addr().unwrap();
+        let stats = Arc::new(Stats::default());
+        let mut listener = LimitedListener::new(inner, 1, stats.clone());
+        let mut first = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let _second = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut a, _) = listener.accept().await;
+        // Bytes move: the connection stays.
+        first.write_all(b"x").await.unwrap();
+        let mut buf = [0u8; 1];
+        a.read_exact(&mut buf).await.unwrap();
+        // The second waits for the place, in the backlog; the first goes idle and is closed.
+        let waiting = tokio::spawn(async move { listener.accept().await });
+        let idle = a.read(&mut buf).await;
+        assert_eq!(idle.map_err(|e| e.kind()), Err(std::io::ErrorKind::TimedOut));
+        assert!(!waiting.is_finished(), "a second connection got a place while the first held it");
+        drop(a);
+        let (_b, _) = waiting.await.unwrap();
+        assert_eq!(stats.snapshot()["http_idle_closed"], 1);
+        assert_eq!(stats.snapshot()["http_connections"], 2);
+    }
+}

@@ -3,7 +3,6 @@
 //! - [`config`]: the TOML configuration, validated all-or-nothing.
 //! - [`fastpath`]: the XDP program: loading, attaching, pins, counters, test runs.
 //! - [`agent`]: the running agent that ties the pieces together on one interface.
-//! - [`lab`]: network namespaces joined by veth for the demo, tests and bench.
 //! - [`dhcp`], [`tftp`], [`http`]: the services of the boot chain.
 //! - [`timeline`], [`stats`], [`metrics`]: what each node did; counters and latencies.
 //! - [`reload`]: live configuration reload.
@@ -20,7 +19,6 @@ pub mod http;
 pub mod http_client;
 pub mod http_listener;
 pub mod iface;
-pub mod lab;
 pub mod mac;
 pub mod metrics;
 pub mod ra;

@@ -234,7 +234,7 @@ impl Tftp {
     pub fn new(dir: &Path) -> Tftp {
         let root = dir.join("tftp");
         std::fs::create_dir_all(&root).unwrap();
-        std::fs::write(root.join("undionly.kpxe"), netboot::lab::pattern(70_000, 7)).unwrap();
+        std::fs::write(root.join("undionly.kpxe"), netboot_lab::pattern(70_000, 7)).unwrap();
         std::fs::write(root.join("ipxe.efi"), b"line one\nline two\r\n").unwrap();
         let limits = netboot::tftp::Limits { max_blksize: 1468, max_windowsize: 32, max_payload: 1472, max_transfers: 64, max_transfers_per_client: 4 };
         let files = std::sync::Arc::new(netboot::tftp::FileCache::new(&root).unwrap());
@@ -285,8 +285,8 @@ impl Http {
         let http_root = dir.join("http");
         std::fs::create_dir_all(&http_root).unwrap();
         std::fs::write(http_root.join("boot.ipxe.j2"), "#!ipxe\necho {{ hostname }} {{ ip }} {{ vars.rack }}\nchain http://{{ server }}/vmlinuz\n").unwrap();
-        std::fs::write(http_root.join("vmlinuz"), netboot::lab::pattern(4096, 8)).unwrap();
-        std::fs::write(http_root.join("initrd.img"), netboot::lab::pattern(100, 9)).unwrap();
+        std::fs::write(http_root.join("vmlinuz"), netboot_lab::pattern(4096, 8)).unwrap();
+        std::fs::write(http_root.join("initrd.img"), netboot_lab::pattern(100, 9)).unwrap();
         // No lease store in `state`: a script for a node that is not reserved answers 503.
         let text = format!("{CONFIG}[http]\nroot = \"{}\"\n", http_root.display())
             .replace("[server]\n", &format!("[server]\nstate_dir = \"{}\"\n", dir.join("state").display()));

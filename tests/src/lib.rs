@@ -110,7 +110,7 @@ pub mod fuzz;
 /// A DHCP test client in a lab's client namespace: sends a captured request (with the
 /// broadcast flag set, so replies reach a plain UDP socket) and collects the replies.
 pub mod probe {
-    use netboot::lab::Lab;
+    use netboot_lab::Lab;
     use socket2::{Domain, Protocol, Socket, Type};
     use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
     use std::time::{Duration, Instant};
@@ -187,7 +187,7 @@ pub fn eventually(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
 /// A lab with its own temporary directory and config file: what every lab test starts from.
 pub mod kit {
     use netboot::iface::Interface;
-    use netboot::lab::{Agent, Lab, LabSpec, ScratchDir};
+    use netboot_lab::{Agent, Lab, LabSpec, ScratchDir};
     use std::collections::BTreeMap;
     use std::path::{Path, PathBuf};
     use std::process::Command;

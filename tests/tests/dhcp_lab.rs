@@ -4,7 +4,7 @@
 use dhcproto::v4::{DhcpOption, Message, MessageType, OptionCode};
 use dhcproto::{Decodable, Decoder, Encodable};
 use netboot::frame::parse_udp;
-use netboot::lab::{Agent, Lab, LabSpec, clients};
+use netboot_lab::{Agent, Lab, LabSpec, clients};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};

@@ -5,7 +5,7 @@
 //!
 //! Each test prints its figures (seconds from VM start to script) on stderr.
 
-use netboot::lab::vm::{Firmware, Vm};
+use netboot_lab::vm::{Firmware, Vm};
 use netboot::mac::MacAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -55,7 +55,7 @@ fn setup_with(tag: &str, vms: u32, boot: &str) -> Setup {
 }
 
 /// Switches the RA responder by rewriting the config (the agent reloads it).
-fn set_ra(s: &Setup, agent: &netboot::lab::Agent, on: bool) {
+fn set_ra(s: &Setup, agent: &netboot_lab::Agent, on: bool) {
     let text = std::fs::read_to_string(&s.config).unwrap();
     let before = agent.status().unwrap()["agent"]["config_reloads"].as_u64().unwrap_or(0);
     let text = text.replace("[dhcp]\n", &format!("[dhcp]\nipv6_ra = {on}\n"));

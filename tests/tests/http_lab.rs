@@ -1,7 +1,7 @@
 //! The HTTP handoff in the lab, with curl: per-node scripts (known, unknown, injection
 //! attempts), static files with Range and HEAD, refusals, leases and metrics.
 
-use netboot::lab::{Agent, pattern};
+use netboot_lab::{Agent, pattern};
 use std::path::{Path, PathBuf};
 use tests::{kit, require_root};
 

@@ -1,7 +1,7 @@
 //! `netboot-xdp attach` in a lab, driven through the normative CLI, with real DHCP clients
 //! (udhcpc, dhclient, perfdhcp) in the client namespace.
 
-use netboot::lab::{Agent, Lab, clients};
+use netboot_lab::{Agent, Lab, clients};
 use tests::kit::Setup;
 use std::process::Command;
 use tests::{bin, require_root};
@@ -141,4 +141,33 @@ fn cannot_start_errors_are_one_clear_line() {
     assert!(!ok);
     assert!(last_line(&err).contains("nbx-no-such0: not attached"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Issue 13: a pinned map an older build left with another layout (here COUNTERS with fewer
+/// entries, as before new counters were added) made every start fail; now it is replaced.
+#[test]
+fn pinned_maps_of_another_layout_are_replaced_at_attach() {
+    if !require_root("pinned_maps_of_another_layout_are_replaced_at_attach") {
+        return;
+    }
+    let _serial = tests::serial();
+    let s = setup();
+    netboot::fastpath::pins::ensure_bpffs().unwrap();
+    let dir = netboot::fastpath::pins::iface_dir(&s.lab.server_if);
+    std::fs::create_dir_all(&dir).unwrap();
+    let pin = dir.join("COUNTERS");
+    let out = Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&pin)
+        .args(["type", "percpu_array", "key", "4", "value", "8", "entries", "7", "name", "COUNTERS"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "bpftool: {}", String::from_utf8_lossy(&out.stderr));
+    let agent = s.start();
+    assert!(agent.log_text().contains("pinned maps of another build"), "{}", agent.log_text());
+    let c = agent.counters().unwrap();
+    assert_eq!(c.len(), netboot_common::Counter::ALL.len(), "every counter readable: {c:?}");
+    clients::udhcpc(&s.lab, 1).unwrap();
+    assert!(agent.counters().unwrap()["msg_discover"] >= 1);
+    drop(agent);
 }

@@ -3,7 +3,7 @@
 //! parser, the CLI asking the running agent, and live reload (file change, SIGHUP, a broken
 //! file) without losing a running transfer.
 
-use netboot::lab::pattern;
+use netboot_lab::pattern;
 use std::path::Path;
 use std::process::Command;
 use tests::kit::{Setup, event};

@@ -2,7 +2,7 @@
 //! and paths leaving the root are refused; block numbers roll over; transfers finish through
 //! 5 % packet loss.
 
-use netboot::lab::Agent;
+use netboot_lab::Agent;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use tests::{kit, require_root};
@@ -60,7 +60,7 @@ on_both_engines!(
     transfers_beyond_the_limits_are_refused_and_counted,
 );
 
-use netboot::lab::pattern;
+use netboot_lab::pattern;
 
 /// The lab's clients all fetch from one address: the per-client transfer limit is off unless
 /// `limits` sets it.
@@ -209,7 +209,7 @@ fn a_thousand_concurrent_transfers_complete(engine: &'static str) {
     let s = setup(engine, &[("undionly.kpxe", file.clone())]);
     let req = netboot::tftp::client::Request { file: "undionly.kpxe".into(), blksize: Some(1432), windowsize: None, tsize: true };
     let t0 = std::time::Instant::now();
-    let got = netboot::lab::tftp_fetch::fetch_many(&s.lab, "10.77.0.1:69".parse().unwrap(), &req, 1000, std::time::Duration::from_secs(10)).unwrap();
+    let got = netboot_lab::tftp_fetch::fetch_many(&s.lab, "10.77.0.1:69".parse().unwrap(), &req, 1000, std::time::Duration::from_secs(10)).unwrap();
     let wall = t0.elapsed();
     let bad: Vec<_> = got.iter().filter(|f| f.data != file).map(|f| f.error.clone()).collect();
     assert!(bad.is_empty(), "{} of 1000 failed, e.g. {:?}", bad.len(), bad.first());
@@ -230,7 +230,7 @@ fn transfers_beyond_the_limits_are_refused_and_counted(engine: &'static str) {
     let _serial = tests::serial();
     let s = setup_with(engine, &[("undionly.kpxe", pattern(74_213, 6))], "max_transfers = 2\nmax_transfers_per_client = 1\n");
     // A second client address on the lab's client end.
-    netboot::lab::run_checked(s.lab.client.command("ip").args(["addr", "add", "10.77.0.3/16", "dev", &s.lab.client_if])).unwrap();
+    netboot_lab::run_checked(s.lab.client.command("ip").args(["addr", "add", "10.77.0.3/16", "dev", &s.lab.client_if])).unwrap();
     let rrq = Packet::Request { write: false, file: "undionly.kpxe".into(), mode: "octet".into(), options: vec![("blksize".into(), "1432".into())] }.to_vec();
     // Sends the request from `from`; returns the socket and the server's first answer.
     let ask = |from: &'static str| -> (UdpSocket, Vec<u8>) {
@@ -259,7 +259,7 @@ fn transfers_beyond_the_limits_are_refused_and_counted(engine: &'static str) {
         other => panic!("expected an ERROR, got {other:?}"),
     };
     let stat = |k: &str| s.agent.status().unwrap()["agent"][k].as_u64().unwrap_or(0);
-    netboot::lab::run_checked(s.lab.client.command("ip").args(["addr", "add", "10.77.0.4/16", "dev", &s.lab.client_if])).unwrap();
+    netboot_lab::run_checked(s.lab.client.command("ip").args(["addr", "add", "10.77.0.4/16", "dev", &s.lab.client_if])).unwrap();
     let a = hold(ask("10.77.0.2"));
     assert!(refused(ask("10.77.0.2")).contains("too many transfers from this client"));
     let _b = hold(ask("10.77.0.3"));

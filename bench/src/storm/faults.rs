@@ -3,7 +3,7 @@
 
 use super::machine::{Outcome, Progress};
 use crate::peers::Running;
-use netboot::lab::{Lab, Segment};
+use netboot_lab::{Lab, Segment};
 use netboot::mac::MacAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -112,7 +112,7 @@ fn discover(mac: MacAddr, xid: u32) -> Vec<u8> {
 
 /// Booted machines whose address the running agent's lease table does not hold bound to
 /// their MAC.
-pub fn lost_leases(agent: &netboot::lab::Agent, outcomes: &[Outcome]) -> anyhow::Result<usize> {
+pub fn lost_leases(agent: &netboot_lab::Agent, outcomes: &[Outcome]) -> anyhow::Result<usize> {
     let body = netboot::runtime::control_get(&agent.iface, "/api/v1/leases")?;
     let leases: Vec<serde_json::Value> = serde_json::from_slice(&body)?;
     let bound: std::collections::HashSet<(String, String)> = leases

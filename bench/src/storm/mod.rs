@@ -15,7 +15,7 @@ mod servers;
 use link::DhcpLink;
 use machine::{Behaviour, Expect, Identity, Outcome, Progress, Reached, STAGES};
 use crate::peers;
-use netboot::lab::{Lab, LabSpec};
+use netboot_lab::{Lab, LabSpec};
 use netboot::mac::MacAddr;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -163,7 +163,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         // What an operator expecting a storm sets on a boot server, for every server alike: a
         // default socket receive buffer that holds a burst (dnsmasq and Kea do not size their
         // own; netboot-xdp does). Per network namespace: this changes the lab only.
-        netboot::lab::run_checked(lab.server.command("sysctl").args(["-qw", "net.core.rmem_default=16777216", "net.core.rmem_max=16777216"]))?;
+        netboot_lab::run_checked(lab.server.command("sysctl").args(["-qw", "net.core.rmem_default=16777216", "net.core.rmem_max=16777216"]))?;
         let dir = lab.scratch_dir("storm")?;
         servers::write_files(&dir, &expect.bios_bytes, &expect.uefi_bytes)?;
         let mut running = servers::start(server, &lab, &dir, &machines, args.pool)?;
@@ -229,7 +229,7 @@ fn storm(
     // TFTP from the machines through the bench's AF_XDP client (one thread, a port per read).
     let tftp = Arc::new(crate::tftp_xsk::XskService::start(lab, n.min(20_000))?);
     lab.client.run(move || -> anyhow::Result<(Vec<Outcome>, Duration, Duration)> {
-        netboot::lab::tftp_fetch::raise_fd_limit(2 * n as u64 + 1024);
+        netboot_lab::tftp_fetch::raise_fd_limit(2 * n as u64 + 1024);
         let macs: Vec<MacAddr> = machines.iter().map(|m| m.mac).collect();
         let (link, rxs) = DhcpLink::open(&dev, &macs)?;
         // Threads started here inherit the client namespace.

@@ -7,7 +7,7 @@
 use super::machine::Identity;
 use crate::peers::{Running, peer_binary};
 use anyhow::Context;
-use netboot::lab::{Agent, Lab};
+use netboot_lab::{Agent, Lab};
 use std::path::Path;
 use std::process::{Child, Stdio};
 
@@ -25,8 +25,8 @@ pub fn write_files(dir: &Path, bios: &[u8], uefi: &[u8]) -> anyhow::Result<()> {
     // netboot-xdp renders a per-node template; the peers serve the same script statically.
     std::fs::write(http.join("boot.ipxe.j2"), "#!ipxe\nkernel http://{{ server }}:8080/vmlinuz initrd=initrd.img ip=dhcp hostname={{ hostname }}\ninitrd http://{{ server }}:8080/initrd.img\nboot\n")?;
     std::fs::write(http.join("boot.ipxe"), "#!ipxe\nkernel http://10.77.0.1:8080/vmlinuz initrd=initrd.img ip=dhcp\ninitrd http://10.77.0.1:8080/initrd.img\nboot\n")?;
-    std::fs::write(http.join("vmlinuz"), netboot::lab::pattern(256 << 10, 11))?;
-    std::fs::write(http.join("initrd.img"), netboot::lab::pattern(512 << 10, 12))?;
+    std::fs::write(http.join("vmlinuz"), netboot_lab::pattern(256 << 10, 11))?;
+    std::fs::write(http.join("initrd.img"), netboot_lab::pattern(512 << 10, 12))?;
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 //! TCG only (this machine kind's nested /dev/kvm cannot run firmware).
 
 use super::{Lab, run_checked};
-use crate::mac::MacAddr;
+use netboot::mac::MacAddr;
 use anyhow::Context;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -80,7 +80,7 @@ impl Vm {
         }
         let log = std::fs::File::create(dir.join(format!("vm{n}.qemu.log")))?;
         let started = Instant::now();
-        let started_ms = crate::timeline::unix_ms();
+        let started_ms = netboot::timeline::unix_ms();
         let child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -20,7 +20,7 @@ pub mod vm;
 pub use agent::Agent;
 pub use netns::{NetNs, run_checked};
 
-use crate::fastpath::OBJECT;
+use netboot::fastpath::OBJECT;
 use anyhow::{Context, bail};
 use ipnet::Ipv4Net;
 use std::net::Ipv4Addr;
@@ -190,7 +190,7 @@ impl Lab {
     fn attach_peer_pass(&self) -> anyhow::Result<()> {
         use aya::programs::{Xdp, XdpMode, links::FdLink};
         let dir = self.pin_dir();
-        crate::fastpath::pins::ensure_bpffs()?;
+        netboot::fastpath::pins::ensure_bpffs()?;
         std::fs::create_dir_all(&dir)?;
         let mut ebpf = aya::EbpfLoader::new().load(OBJECT)?;
         let prog: &mut Xdp = ebpf
@@ -225,15 +225,15 @@ impl Lab {
     /// AF_XDP sockets on the client end, one per RX queue, for a load generator: IPv4/UDP
     /// frames to a port in `ports` that arrive there (the servers' replies) go to them instead
     /// of the bridge. The pass-through program comes back when the value is dropped.
-    pub fn client_xsk(&self, ports: std::ops::RangeInclusive<u16>, sizes: crate::xsk::XskSizes) -> anyhow::Result<ClientXsk> {
+    pub fn client_xsk(&self, ports: std::ops::RangeInclusive<u16>, sizes: netboot::xsk::XskSizes) -> anyhow::Result<ClientXsk> {
         let dev = self.link_if.clone();
-        let queues = self.client.run(|| crate::iface::rx_queues(&dev))?;
-        let open = |q| -> anyhow::Result<crate::xsk::Xsk> {
+        let queues = self.client.run(|| netboot::iface::rx_queues(&dev))?;
+        let open = |q| -> anyhow::Result<netboot::xsk::Xsk> {
             // A closed socket's queue stays busy until the kernel has freed the last frame it
             // sent; wait (bounded) for a previous generator's sockets to let go.
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
             loop {
-                match self.client.run(|| crate::xsk::Xsk::open(&dev, q, sizes))? {
+                match self.client.run(|| netboot::xsk::Xsk::open(&dev, q, sizes))? {
                     Err(e) if format!("{e:#}").contains("busy") && std::time::Instant::now() < deadline => {
                         std::thread::sleep(std::time::Duration::from_millis(50))
                     }
@@ -369,7 +369,7 @@ fn replace_client_program(pins: &std::path::Path, program: &str, setup: impl FnO
 
 /// The bench's AF_XDP sockets on the lab's client end ([`Lab::client_xsk`]), by RX queue.
 pub struct ClientXsk {
-    pub socks: Vec<crate::xsk::Xsk>,
+    pub socks: Vec<netboot::xsk::Xsk>,
     /// Holds the maps the program uses.
     _ebpf: aya::Ebpf,
     lab_pins: PathBuf,

@@ -4,7 +4,7 @@
 //! the sans-IO client core.
 
 use super::Lab;
-use crate::tftp::client::{ClientStep, ClientTransfer, Request};
+use netboot::tftp::client::{ClientStep, ClientTransfer, Request};
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
