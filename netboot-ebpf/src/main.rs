@@ -50,9 +50,14 @@ static TFTP_TRANSFERS: aya_ebpf::maps::HashMap<TransferKey, TransferRecord> =
 #[map]
 static LIMITS: Array<FastLimits> = Array::with_max_entries(1, 0);
 
-/// Requests per client (chaddr) in the current one-second window.
+/// Requests per client (chaddr) in the current one-second window. An LRU list per CPU
+/// (BPF_F_NO_COMMON_LRU): a storm inserts thousands of new clients at once from every queue,
+/// and one common list would serialise them on its lock.
 #[map]
-static CLIENT_RATE: LruHashMap<[u8; 6], ClientRate> = LruHashMap::with_max_entries(CLIENT_RATE_ENTRIES, 0);
+static CLIENT_RATE: LruHashMap<[u8; 6], ClientRate> = LruHashMap::with_max_entries(CLIENT_RATE_ENTRIES, BPF_F_NO_COMMON_LRU);
+
+/// `BPF_F_NO_COMMON_LRU` (include/uapi/linux/bpf.h).
+const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
 
 /// Per-CPU working memory: the option area is copied here so that it can be walked with masked
 /// indices, and the facts found are kept here (not in registers) so that the verifier does not
