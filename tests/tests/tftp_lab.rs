@@ -271,3 +271,39 @@ fn transfers_beyond_the_limits_are_refused_and_counted(engine: &'static str) {
     assert!(tests::eventually(3, || stat("tftp_transfers_failed") >= 1), "the ended transfer is not counted");
     let _c = hold(ask("10.77.0.4"));
 }
+
+/// Issue 13: with a jumbo MTU and a large blksize, DATA frames did not fit the AF_XDP engine's
+/// 2 KiB UMEM frames and were silently dropped (the transfer timed out). The engine now caps
+/// blksize at what fits. MTU 3500: the most native XDP on a veth takes.
+#[test]
+fn a_large_blksize_on_a_jumbo_link_fits_the_afxdp_frames() {
+    if !require_root("a_large_blksize_on_a_jumbo_link_fits_the_afxdp_frames") {
+        return;
+    }
+    let _serial = tests::serial();
+    let kit = kit::Setup::new("tftp-jumbo", |dir| {
+        format!(
+            "[server]\naddress = \"10.77.0.1\"\nstate_dir = \"{}\"\n[dhcp]\nsubnet = \"10.77.0.0/16\"\n[tftp]\nroot = \"{}\"\nengine = \"afxdp\"\nmax_blksize = 8192\n",
+            dir.join("state").display(),
+            dir.join("root").display()
+        )
+    });
+    let root = kit.dir.join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("big"), pattern(200_000, 7)).unwrap();
+    let mtu = |ns: &netboot_lab::NetNs, dev: &str| {
+        netboot_lab::run_checked(ns.command("ip").args(["link", "set", "dev", dev, "mtu", "3500"])).unwrap();
+    };
+    mtu(&kit.lab.server, &kit.lab.server_if);
+    mtu(&kit.lab.client, &kit.lab.link_if);
+    mtu(&kit.lab.client, &kit.lab.client_if);
+    let agent = kit.start();
+    let dest = kit.dir.join("big.out");
+    let mut c = kit.lab.client.command("timeout");
+    c.args(["-s", "KILL", "10", "curl", "-sS", "--tftp-blksize", "3000", "-o", &dest.display().to_string(), "tftp://10.77.0.1/big"]);
+    let out = c.output().unwrap();
+    assert!(same(&dest, &root.join("big")), "{}\n{:#}", String::from_utf8_lossy(&out.stderr), agent.status().unwrap());
+    let c = agent.counters().unwrap();
+    assert!(c["xdp_redirect"] > 0, "the AF_XDP engine did not serve: {c:?}");
+    assert_eq!(agent.status().unwrap()["agent"]["tftp_xsk_tx_dropped"].as_u64().unwrap_or(0), 0);
+}
