@@ -207,11 +207,26 @@ fn leases(json: bool, config: Option<&std::path::Path>) -> anyhow::Result<()> {
     }
     println!("{:<16} {:<18} {:<9} {:>9}  {}", "IP", "MAC", "STATE", "EXPIRES", "HOSTNAME");
     for l in &leases {
-        // Hostnames come from clients: control characters (terminal escapes) are shown escaped.
-        let text = |k: &str| l[k].as_str().unwrap_or("").chars().flat_map(char::escape_debug).collect::<String>();
+        let text = |k: &str| printable(l[k].as_str().unwrap_or(""));
         let left = l["expires"].as_u64().unwrap_or(0).saturating_sub(now);
         let expires = if l["active"].as_bool() == Some(true) { format!("{left}s") } else { "-".into() };
         println!("{:<16} {:<18} {:<9} {:>9}  {}", text("ip"), text("mac"), text("state"), expires, text("hostname"));
     }
     Ok(())
+}
+
+/// A value a client chose (a hostname) as a terminal may show it: control characters, terminal
+/// escapes among them, are written escaped (`\u{1b}`), never sent to the terminal.
+fn printable(s: &str) -> String {
+    s.chars().flat_map(char::escape_debug).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn client_chosen_text_cannot_drive_the_terminal() {
+        assert_eq!(super::printable("node-01"), "node-01");
+        assert_eq!(super::printable("x\u{1b}]0;owned\u{7}y\n"), "x\\u{1b}]0;owned\\u{7}y\\n");
+        assert!(!super::printable("\u{1b}[2J\u{9b}31m").chars().any(char::is_control));
+    }
 }
