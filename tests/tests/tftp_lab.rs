@@ -68,14 +68,19 @@ fn setup(engine: &'static str, files: &[(&str, Vec<u8>)]) -> Setup {
     setup_with(engine, files, "max_transfers_per_client = 0\n")
 }
 
-fn setup_with(engine: &'static str, files: &[(&str, Vec<u8>)], limits: &str) -> Setup {
-    let kit = kit::Setup::new("tftp", |dir| {
+/// The lab's config: TFTP from `<dir>/root` with `engine`, then `extra` keys of `[tftp]`.
+fn tftp_config(engine: &str, extra: &str) -> impl FnOnce(&Path) -> String {
+    move |dir| {
         format!(
-            "[server]\naddress = \"10.77.0.1\"\nstate_dir = \"{}\"\n[dhcp]\nsubnet = \"10.77.0.0/16\"\n[tftp]\nroot = \"{}\"\nengine = \"{engine}\"\nmax_blksize = 1468\nmax_windowsize = 32\n{limits}",
+            "[server]\naddress = \"10.77.0.1\"\nstate_dir = \"{}\"\n[dhcp]\nsubnet = \"10.77.0.0/16\"\n[tftp]\nroot = \"{}\"\nengine = \"{engine}\"\n{extra}",
             dir.join("state").display(),
             dir.join("root").display()
         )
-    });
+    }
+}
+
+fn setup_with(engine: &'static str, files: &[(&str, Vec<u8>)], limits: &str) -> Setup {
+    let kit = kit::Setup::new("tftp", tftp_config(engine, &format!("max_blksize = 1468\nmax_windowsize = 32\n{limits}")));
     let root = kit.dir.join("root");
     std::fs::create_dir_all(root.join("efi")).unwrap();
     for (name, data) in files {
@@ -281,13 +286,7 @@ fn a_large_blksize_on_a_jumbo_link_fits_the_afxdp_frames() {
         return;
     }
     let _serial = tests::serial();
-    let kit = kit::Setup::new("tftp-jumbo", |dir| {
-        format!(
-            "[server]\naddress = \"10.77.0.1\"\nstate_dir = \"{}\"\n[dhcp]\nsubnet = \"10.77.0.0/16\"\n[tftp]\nroot = \"{}\"\nengine = \"afxdp\"\nmax_blksize = 8192\n",
-            dir.join("state").display(),
-            dir.join("root").display()
-        )
-    });
+    let kit = kit::Setup::new("tftp-jumbo", tftp_config("afxdp", "max_blksize = 8192\n"));
     let root = kit.dir.join("root");
     std::fs::create_dir_all(&root).unwrap();
     std::fs::write(root.join("big"), pattern(200_000, 7)).unwrap();

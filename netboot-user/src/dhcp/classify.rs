@@ -83,10 +83,6 @@ pub fn raw_options(packet: &[u8]) -> impl Iterator<Item = Result<RawOption<'_>, 
     })
 }
 
-/// Decodes a DHCP message so that every option in it is seen. dhcproto stops at the first
-/// option whose value it cannot interpret (say a 3-byte option 154) and drops the rest, which
-/// would make the core see a different client than the XDP program, which walks the raw
-/// options. So each option dhcproto dropped is decoded alone, or kept as an unknown option.
 /// The message type (option 53), if the message has a valid one. dhcproto's own
 /// `DhcpOptions::msg_type` panics (`unreachable!`) when option 53 is present but was not
 /// decodable as a message type (a length other than 1): found by the fuzzer.
@@ -97,6 +93,10 @@ pub fn message_type(m: &Message) -> Option<dhcproto::v4::MessageType> {
     }
 }
 
+/// Decodes a DHCP message so that every option in it is seen. dhcproto stops at the first
+/// option whose value it cannot interpret (say a 3-byte option 154) and drops the rest, which
+/// would make the core see a different client than the XDP program, which walks the raw
+/// options. So each option dhcproto dropped is decoded alone, or kept as an unknown option.
 pub fn decode(payload: &[u8]) -> Option<Message> {
     let mut msg = Message::decode(&mut Decoder::new(payload)).ok()?;
     for item in raw_options(payload) {

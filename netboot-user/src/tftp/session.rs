@@ -3,7 +3,7 @@
 
 use super::files::{FileCache, Mode, Refusal};
 use super::packet::{ErrorCode, Packet};
-use super::transfer::{Limits, Params, SIZE_PROBE, Transfer, negotiate};
+use super::transfer::{DEFAULT_MAX_RTO, Limits, Params, SIZE_PROBE, Transfer, negotiate};
 use crate::stats::{Stage, Stats};
 use crate::timeline::{Milestone, TftpOutcome, Timelines};
 use std::collections::HashMap;
@@ -153,13 +153,18 @@ pub fn resume(src: &Source, rec: &netboot_common::TransferRecord, client: Socket
         stats.bump("tftp_resume_file_changed");
         return None;
     };
-    let params = Params { blksize: usize::from(rec.blksize).max(8), windowsize: u64::from(rec.windowsize).max(1), max_rto: std::time::Duration::from_secs(1) };
+    let params = Params { blksize: usize::from(rec.blksize).max(8), windowsize: u64::from(rec.windowsize).max(1), max_rto: DEFAULT_MAX_RTO };
     stats.bump("tftp_transfers_resumed");
     let transfer = Transfer::resumed(data.clone(), params, now);
     Some(Session { file: name, mode, bytes: data.len() as u64, params, transfer, started: now, _slot: slot })
 }
 
 impl Session {
+    /// blksize and windowsize as TFTP options carry them (16 bits).
+    fn option_values(&self) -> (u16, u16) {
+        (self.params.blksize.min(usize::from(u16::MAX)) as u16, self.params.windowsize.min(u64::from(u16::MAX)) as u16)
+    }
+
     /// What a restarted engine needs to go on with this transfer (`None`: a name too long to
     /// record).
     pub fn record(&self) -> Option<netboot_common::TransferRecord> {
@@ -167,10 +172,11 @@ impl Session {
         if name.len() > netboot_common::TRANSFER_NAME_MAX {
             return None;
         }
+        let (blksize, windowsize) = self.option_values();
         let mut r = netboot_common::TransferRecord {
             len: self.bytes,
-            blksize: self.params.blksize.min(usize::from(u16::MAX)) as u16,
-            windowsize: self.params.windowsize.min(u64::from(u16::MAX)) as u16,
+            blksize,
+            windowsize,
             netascii: u8::from(self.mode == Mode::Netascii),
             name_len: name.len() as u8,
             _pad: [0; 2],
@@ -202,10 +208,11 @@ impl Session {
                 tracing::debug!(%client, file = self.file, "TFTP transfer failed: {}", why.unwrap_or_default());
             }
         }
+        let (blksize, windowsize) = self.option_values();
         let what = Milestone::Tftp {
             file: self.file.clone(),
-            blksize: self.params.blksize.min(usize::from(u16::MAX)) as u16,
-            windowsize: self.params.windowsize.min(u64::from(u16::MAX)) as u16,
+            blksize,
+            windowsize,
             bytes: self.bytes,
             ms: took.as_millis() as u64,
             retransmits: self.transfer.retransmits,

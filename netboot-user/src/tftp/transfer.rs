@@ -39,6 +39,8 @@ pub struct Params {
 }
 
 const INITIAL_RTO: Duration = Duration::from_millis(250);
+/// The longest retransmission timeout when the client asks for no `timeout`.
+pub const DEFAULT_MAX_RTO: Duration = Duration::from_secs(1);
 const MIN_RTO: Duration = Duration::from_millis(100);
 const MAX_TRIES: u32 = 12;
 /// Sends of DATA block 1 (a request without options) before the client has answered once: its
@@ -54,7 +56,7 @@ const MAX_RTO: Duration = Duration::from_secs(5);
 
 /// Parses the request's options; returns the parameters and the OACK options (empty: no OACK).
 pub fn negotiate(requested: &[(String, String)], file_len: u64, limits: Limits) -> (Params, Vec<(String, String)>) {
-    let mut p = Params { blksize: 512, windowsize: 1, max_rto: Duration::from_secs(1) };
+    let mut p = Params { blksize: 512, windowsize: 1, max_rto: DEFAULT_MAX_RTO };
     let mut oack = Vec::new();
     for (k, v) in requested {
         let Ok(n) = v.parse::<u64>() else { continue };
