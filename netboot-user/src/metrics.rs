@@ -78,7 +78,14 @@ pub fn render(iface: &str, xdp: Option<&Counters>, stats: &Stats, timeline_nodes
         t.sample("netboot_tftp_transfers_total", &[("outcome", outcome)], get(key));
     }
     t.family("netboot_tftp_refused_total", "counter", "TFTP requests refused, by reason.");
-    for (reason, key) in [("write", "tftp_refused_write"), ("path", "tftp_refused_path"), ("not_found", "tftp_not_found"), ("mode", "tftp_bad_mode")] {
+    for (reason, key) in [
+        ("write", "tftp_refused_write"),
+        ("path", "tftp_refused_path"),
+        ("not_found", "tftp_not_found"),
+        ("mode", "tftp_bad_mode"),
+        ("busy", "tftp_refused_busy"),
+        ("client_limit", "tftp_refused_client_limit"),
+    ] {
         t.sample("netboot_tftp_refused_total", &[("reason", reason)], get(key));
     }
     t.family("netboot_tftp_bytes_total", "counter", "File bytes delivered by completed TFTP transfers.");

@@ -6,7 +6,8 @@
 //! - `test`   setup, build, then every test (unit, BPF_PROG_TEST_RUN, namespace integration).
 //! - `demo`   setup, build, then the demo on the lab (`netboot-bench demo`).
 //! - `lab`    `up` / `down` / `list` a lab by hand.
-//! - `fuzz`   the fuzz targets (DHCP, frames, TFTP, HTTP) for SECONDS each from a random seed.
+//! - `fuzz`   the fuzz targets (DHCP, frames, TFTP, HTTP) for SECONDS each from a random seed,
+//!            and the proptest properties with 50 times their cases.
 
 mod setup;
 
@@ -93,7 +94,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             setup::run()?;
             let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as u64;
             let mut c = cargo();
-            c.args(["test", "--release", "-p", "tests", "--test", "fuzz", "--", "--nocapture"]);
+            c.args(["test", "--release", "-p", "tests", "--test", "fuzz", "--test", "proptest_parsers", "--", "--nocapture"]);
             c.env("NETBOOT_FUZZ_SECONDS", seconds.to_string()).env("NETBOOT_FUZZ_SEED", seed.to_string());
             eprintln!("xtask: fuzzing {seconds} s per target, seed {seed} (NETBOOT_FUZZ_SEED={seed} reproduces the run)");
             status(&mut c)
