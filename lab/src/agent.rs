@@ -1,7 +1,8 @@
-//! A `netboot-xdp attach` process running in a lab's server namespace, as tests, the demo and
-//! the bench drive it: through the normative CLI only.
+//! A `netboot-xdp attach` process running in a lab's server namespace (or another server of
+//! the lab, [`Lab::add_server`]), as tests, the demo and the bench drive it: through the
+//! normative CLI only.
 
-use super::Lab;
+use super::{Lab, NetNs};
 use anyhow::{Context, bail};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 
 pub struct Agent {
     child: Option<Child>,
+    ns: NetNs,
     bin: PathBuf,
     config: PathBuf,
     extra: Vec<String>,
@@ -22,38 +24,62 @@ impl Agent {
     /// Starts `netboot-xdp attach <server_if> -c <config> <extra>` and waits (at most 20 s) until
     /// its maps are pinned, i.e. until `status` can read it.
     pub fn start(lab: &Lab, bin: &Path, config: &Path, extra: &[&str]) -> anyhow::Result<Agent> {
-        let log = std::env::temp_dir().join(format!("netboot-agent-{}.log", lab.id));
+        Agent::start_on(&lab.server, &lab.server_if, bin, config, extra)
+    }
+
+    /// The same on `iface` in namespace `ns` (a server added with [`Lab::add_server`]).
+    pub fn start_on(ns: &NetNs, iface: &str, bin: &Path, config: &Path, extra: &[&str]) -> anyhow::Result<Agent> {
+        let log = std::env::temp_dir().join(format!("netboot-agent-{iface}.log"));
         std::fs::File::create(&log)?;
         let mut agent = Agent {
             child: None,
+            ns: ns.clone(),
             bin: bin.to_path_buf(),
             config: config.to_path_buf(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
-            iface: lab.server_if.clone(),
+            iface: iface.to_string(),
             log,
         };
-        agent.spawn(lab)?;
+        agent.spawn()?;
         Ok(agent)
     }
 
     /// kill -9 of the running agent (nothing of it runs after this: no detach, pins stay),
     /// then a new one with the same config, which adopts the pinned program and maps. Its log
     /// goes on in the same file.
-    pub fn crash_and_restart(&mut self, lab: &Lab) -> anyhow::Result<()> {
+    pub fn crash_and_restart(&mut self) -> anyhow::Result<()> {
+        self.crash()?;
+        self.spawn()
+    }
+
+    /// kill -9 of the running agent, and nothing else (see [`Agent::restart`]).
+    pub fn crash(&mut self) -> anyhow::Result<()> {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             child.wait()?;
         }
-        self.spawn(lab)
+        Ok(())
     }
 
-    fn spawn(&mut self, lab: &Lab) -> anyhow::Result<()> {
+    /// Starts the agent again after [`Agent::crash`].
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.spawn()
+    }
+
+    /// SIGSTOP or SIGCONT of the running agent: a server that hangs, then wakes up.
+    pub fn pause(&self, paused: bool) {
+        if let Some(c) = &self.child {
+            unsafe { libc::kill(c.id() as i32, if paused { libc::SIGSTOP } else { libc::SIGCONT }) };
+        }
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
         let log_file = std::fs::OpenOptions::new().append(true).open(&self.log)?;
         let (bin, config, log) = (&self.bin, &self.config, &self.log);
-        let child = lab
-            .server
+        let child = self
+            .ns
             .command(&bin.to_string_lossy())
-            .args(["attach", &lab.server_if, "-c"])
+            .args(["attach", &self.iface, "-c"])
             .arg(config)
             .args(&self.extra)
             .stdin(Stdio::null())
@@ -108,6 +134,7 @@ impl Agent {
 
     fn terminate(&mut self) -> anyhow::Result<ExitStatus> {
         let Some(mut child) = self.child.take() else { bail!("agent already stopped") };
+        unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {

@@ -13,6 +13,7 @@
 
 mod agent;
 pub mod clients;
+pub mod postgres;
 mod netns;
 pub mod tftp_fetch;
 pub mod vm;
@@ -128,7 +129,7 @@ impl Lab {
         // P4: frames leaving towards the server must carry final checksums, or native-XDP and
         // AF_XDP replies built from them are dropped as UdpInCsumErrors.
         run_checked(self.client.command("ethtool").args(["-K", &self.link_if, "tx", "off"]))?;
-        self.attach_peer_pass()?;
+        self.attach_peer_pass(&self.link_if, "peer_pass")?;
         self.wait_forwarding(&self.link_if)
     }
 
@@ -185,9 +186,20 @@ impl Lab {
         Ok(Segment { ns, iface: dev })
     }
 
-    /// P3: native XDP_TX on the server end is only delivered if the receiving (client) end has
-    /// an XDP program. The link is pinned so it outlives this process for kept labs.
-    fn attach_peer_pass(&self) -> anyhow::Result<()> {
+    /// Adds a second boot server on the client bridge: a segment (see [`Lab::add_segment`])
+    /// whose bridge port carries the pass-through program, so that an agent attached in native
+    /// mode there is heard (P3), as on the lab's own server end.
+    pub fn add_server(&self, name: &str, tag: char, addr: Ipv4Net) -> anyhow::Result<Segment> {
+        let seg = self.add_segment(name, tag, Some(addr))?;
+        let port = format!("nbx{}{}", self.id, tag.to_ascii_uppercase());
+        self.attach_peer_pass(&port, &format!("peer_pass_{tag}"))?;
+        Ok(seg)
+    }
+
+    /// P3: native XDP_TX on a server end is only delivered if the receiving end (`dev`, in the
+    /// client namespace) has an XDP program. The link is pinned as `pin` so it outlives this
+    /// process for kept labs.
+    fn attach_peer_pass(&self, dev: &str, pin: &str) -> anyhow::Result<()> {
         use aya::programs::{Xdp, XdpMode, links::FdLink};
         let dir = self.pin_dir();
         netboot::fastpath::pins::ensure_bpffs()?;
@@ -198,11 +210,11 @@ impl Lab {
             .context("object has no xdp_pass program")?
             .try_into()?;
         prog.load()?;
-        let dev = self.link_if.clone();
+        let dev = dev.to_string();
         let link_id = self.client.run(|| prog.attach(&dev, XdpMode::Driver))??;
         let link = prog.take_link(link_id)?;
         let fd_link = FdLink::try_from(link).context("peer XDP link is not a bpf_link")?;
-        fd_link.pin(dir.join("peer_pass")).context("pinning the peer XDP link")?;
+        fd_link.pin(dir.join(pin)).context("pinning the peer XDP link")?;
         Ok(())
     }
 

@@ -113,6 +113,8 @@ counters! {
     /// Addressed to another host (destination MAC or IP neither ours nor broadcast): to the
     /// kernel, never answered here.
     FastNotForUs = "fast_not_for_us",
+    /// DISCOVER or REQUEST of a client in a bucket another server of the cluster owns: dropped.
+    NotOwner = "not_owner",
 }
 
 /// Number of counters; the size of the `COUNTERS` map.

@@ -6,6 +6,7 @@
 #![no_std]
 
 pub mod cache;
+pub mod cluster;
 pub mod counter;
 pub mod wire;
 
@@ -33,6 +34,10 @@ pub mod maps {
     /// `HashMap<TransferKey, TransferRecord>` (pinned): the AF_XDP TFTP engine's running
     /// transfers, so that an agent restarted after a crash goes on with them.
     pub const TFTP_TRANSFERS: &str = "TFTP_TRANSFERS";
+    /// `Array<u8>` of [`crate::cluster::BUCKETS`]: per load-balancing bucket,
+    /// [`crate::cluster::OWNER_SELF`] (answer) or [`crate::cluster::OWNER_OTHER`] (drop
+    /// DISCOVER and REQUEST: another server of the cluster answers them).
+    pub const BUCKET_OWNER: &str = "BUCKET_OWNER";
 }
 
 /// A running transfer of the AF_XDP TFTP engine: the client's address and port and our TID.

@@ -22,7 +22,7 @@ use netboot_common::{
     counter::NUM_COUNTERS,
     wire::{
         self, BOOTP_OPTIONS_OFF, ClientClass, DHCP_MAGIC, DHCP_SERVER_PORT, ETH_HLEN, ETH_P_8021AD,
-        ETH_P_8021Q, ETH_P_IP, IPPROTO_UDP, UDP_HLEN, VLAN_HLEN, VendorClass, bootp, opt,
+        ETH_P_8021Q, ETH_P_IP, IPPROTO_UDP, UDP_HLEN, VLAN_HLEN, VendorClass, bootp, msg, opt,
     },
 };
 
@@ -55,6 +55,10 @@ static LIMITS: Array<FastLimits> = Array::with_max_entries(1, 0);
 /// and one common list would serialise them on its lock.
 #[map]
 static CLIENT_RATE: LruHashMap<[u8; 6], ClientRate> = LruHashMap::with_max_entries(CLIENT_RATE_ENTRIES, BPF_F_NO_COMMON_LRU);
+
+/// Per load-balancing bucket, whether this server answers it (`netboot_common::cluster`).
+#[map]
+static BUCKET_OWNER: Array<u8> = Array::with_max_entries(netboot_common::cluster::BUCKETS, 0);
 
 /// `BPF_F_NO_COMMON_LRU` (include/uapi/linux/bpf.h).
 const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
@@ -166,6 +170,10 @@ pub fn netboot(ctx: XdpContext) -> u32 {
             bump(Counter::RateLimited);
             xdp_action::XDP_DROP
         }
+        Ok(Frame::Dhcp(req)) if !owned(&req) => {
+            bump(Counter::NotOwner);
+            xdp_action::XDP_DROP
+        }
         Ok(Frame::Dhcp(req)) => match reply::answer(&ctx, &req) {
             Ok(action) => action,
             Err(c) => {
@@ -225,6 +233,17 @@ fn over_rate(chaddr: &[u8; 6]) -> bool {
     }
     let _ = CLIENT_RATE.insert(chaddr, &ClientRate { window_start_ns: now, count: 1, _pad: 0 }, 0);
     false
+}
+
+/// Whether this server answers `req`: DISCOVER and REQUEST only in the buckets it owns (another
+/// server of the cluster answers the others); every other message goes on to the agent.
+#[inline(always)]
+fn owned(req: &Classified) -> bool {
+    if req.msg_type != msg::DISCOVER && req.msg_type != msg::REQUEST {
+        return true;
+    }
+    let b = u32::from(netboot_common::cluster::bucket(&req.chaddr));
+    BUCKET_OWNER.get(b).is_none_or(|o| *o == netboot_common::cluster::OWNER_SELF)
 }
 
 /// What a frame is, for the program's purposes.

@@ -7,7 +7,7 @@ use crate::fastpath::cache::ReplyCache;
 use crate::fastpath::sync::CacheSync;
 use aya::maps::RingBuf;
 use netboot_common::maps;
-use crate::dhcp::store::{LeaseStore, SqliteStore};
+use crate::store::{LeaseStore, SqliteStore};
 use crate::dhcp::{DhcpServer, ServerParams, io};
 use crate::fastpath::{Loaded, StartError, XdpModeArg};
 use crate::iface::Interface;
@@ -36,13 +36,23 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
     }
     let server_ip = iface.server_ip(config.server.address)?;
 
-    let mut store = SqliteStore::open(&config.server.state_dir)?;
-    let stored = store.load()?;
-    let pools = config.dhcp.pools.iter().map(|p| *p.get_ref()).collect();
-    let server = DhcpServer::new(ServerParams::from_config(&config, server_ip), pools, stored);
     let stats = Arc::new(Stats::default());
+    let params = ServerParams::from_config(&config, server_ip);
+    let (store, cluster) = open_store(&config, params.lease_secs, &stats).await?;
+    let (store, stored) = tokio::task::spawn_blocking(move || {
+        let mut store = store;
+        let stored = store.load();
+        (store, stored)
+    })
+    .await?;
+    let stored = stored?;
+    let pools = config.dhcp.pools.iter().map(|p| *p.get_ref()).collect();
+    let mut server = DhcpServer::new(params, pools, stored);
+    if let Some(c) = &cluster {
+        server.set_buckets(c.state.buckets.clone());
+    }
     let timelines = Arc::new(Timelines::new(iface_name));
-    let dhcp = io::Service::bind(&iface, server, Box::new(store) as Box<dyn LeaseStore>, stats.clone(), timelines.clone())?;
+    let dhcp = io::Service::bind(&iface, server, store, stats.clone(), timelines.clone())?;
 
     let tftp = tftp_service(&config, &iface, server_ip, stats.clone(), timelines.clone())?;
     let http_listener = crate::http::bind(config.http.listen).await?;
@@ -57,6 +67,18 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
         fastpath.take_map(maps::LIMITS).ok_or_else(|| anyhow::anyhow!("the XDP object has no LIMITS map"))?,
     )?;
     limits.apply(&config)?;
+    // A cluster member answers only its buckets, in the kernel as in the agent: the owner map
+    // is written before the first request can reach the program's cache.
+    let (dhcp, cluster) = match cluster {
+        Some(mut member) => {
+            let owners = fastpath.take_map(maps::BUCKET_OWNER).ok_or_else(|| anyhow::anyhow!("the XDP object has no BUCKET_OWNER map"))?;
+            member.set_owner_map(crate::cluster::OwnerMap::new(owners)?);
+            member.beat().await.map_err(|e| e.context("first cluster heartbeat"))?;
+            let (remote_tx, remote_rx) = tokio::sync::mpsc::unbounded_channel();
+            (dhcp.with_remote_leases(remote_rx), Some((member, remote_tx)))
+        }
+        None => (dhcp, None),
+    };
     let renewals = Arc::new(crate::dhcp::UnwrittenRenewals::default());
     let dhcp = match (fastpath.take_map(maps::REPLY_CACHE), fastpath.take_map(maps::EVENTS)) {
         (Some(cache), Some(events)) if config.dhcp.mode == DhcpMode::Authoritative => dhcp.with_fast_path(FastPathLink {
@@ -79,11 +101,13 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
     let http_timelines = timelines.clone();
     let mut http_state = crate::http::HttpState::new(&config, server_ip, record.clone(), stats.clone(), timelines);
     http_state.renewals = renewals;
+    http_state.cluster = cluster.as_ref().map(|(m, _)| m.state.clone());
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let config_engine = config.tftp.engine;
     let (config_tx, configs) = watch::channel(Arc::new(config));
     let dhcp_task = tokio::spawn(dhcp.with_reload(configs.clone()).run(stop_rx.clone()));
+    let cluster_task = cluster.map(|(member, remote_tx)| tokio::spawn(member.run(remote_tx, stop_rx.clone())));
     let afxdp = match (&tftp, config_engine) {
         (Some((_, source)), TftpEngine::Afxdp) => afxdp_engine(&mut fastpath, &iface, server_ip, source.clone(), &stats, &http_timelines, &configs),
         _ => None,
@@ -117,6 +141,9 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
         engine.stop();
     }
     let _ = reload_task.await;
+    if let Some(t) = cluster_task {
+        let _ = t.await;
+    }
     if let Some(t) = ra_task {
         let _ = t.await;
     }
@@ -140,6 +167,42 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
     }
     tracing::info!(iface = iface_name, "final agent counters: {:?}", stats.snapshot());
     outcome
+}
+
+/// The lease store `config` names: SQLite in `state_dir`, or the cluster's PostgreSQL (with
+/// this server's membership, not yet started).
+async fn open_store(config: &Config, lease_secs: u32, stats: &Arc<Stats>) -> anyhow::Result<(Box<dyn LeaseStore>, Option<crate::cluster::Member>)> {
+    use crate::store::postgres;
+    let Some(url) = config.cluster.store_url() else {
+        return Ok((Box::new(SqliteStore::open(&config.server.state_dir)?), None));
+    };
+    let server_id = config.cluster.server_id().expect("validated: a store has a server_id");
+    let cfg = postgres::parse_url(url)?;
+    let slack = crate::dhcp::server::renewal_slack(lease_secs);
+    let store = {
+        let cfg = cfg.clone();
+        let id = server_id.to_string();
+        tokio::task::spawn_blocking(move || postgres::PgStore::open(cfg, &id, slack))
+            .await?
+            .map_err(|e| e.context(format!("lease store {}", redact(url))))?
+    };
+    let pool = postgres::pool(&cfg, 4)?;
+    // Before the leases are loaded: what is committed meanwhile comes through the change log.
+    let seq = crate::cluster::current_seq(&pool).await?;
+    let state = Arc::new(crate::cluster::ClusterState::new(server_id, config.cluster.takeover.0, seq));
+    tracing::info!(server_id, store = %redact(url), "cluster member: shared PostgreSQL lease store");
+    Ok((Box::new(store), Some(crate::cluster::Member::new(state, pool, cfg, None, stats.clone()))))
+}
+
+/// A store URL as logs may show it: without a password.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(s), Some(at)) if at > s => match url[s + 3..at].find(':') {
+            Some(c) => format!("{}:***{}", &url[..s + 3 + c], &url[at..]),
+            None => url.to_string(),
+        },
+        _ => url.to_string(),
+    }
 }
 
 /// The TFTP socket service (and what its transfers start with, for the AF_XDP engine), if `tftp.root`

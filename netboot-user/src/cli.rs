@@ -51,6 +51,21 @@ pub enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// The lease store's schema.
+    Db {
+        #[command(subcommand)]
+        action: DbAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DbAction {
+    /// Bring the schema of the config's lease store (`[cluster] store`, or SQLite in
+    /// state_dir) up to date; `attach` does the same. Safe to run from several servers at once.
+    Migrate {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
 }
 
 /// Entry point of the binary: parses arguments, runs, and turns errors into one line on stderr
@@ -84,6 +99,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Detach { iface } => detach(&iface),
         Command::Status { iface, json } => status(iface.as_deref(), json),
         Command::Leases { json, config } => leases(json, config.as_deref()),
+        Command::Db { action: DbAction::Migrate { config } } => db_migrate(&config),
         Command::Check { config } => {
             let c = Config::load(&config)?;
             println!(
@@ -184,19 +200,41 @@ fn status(iface: Option<&str>, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn db_migrate(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    let (applied, store, version) = match config.cluster.store_url() {
+        Some(url) => {
+            let cfg = crate::store::postgres::parse_url(url)?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let applied = rt.block_on(async { crate::store::postgres::migrate(&mut crate::store::postgres::connect(&cfg).await?).await })?;
+            (applied, "PostgreSQL", crate::store::schema::POSTGRES.last().map_or(0, |m| m.version))
+        }
+        None => {
+            let s = crate::store::SqliteStore::open(&config.server.state_dir)?;
+            (s.migrated, "SQLite", crate::store::schema::SQLITE.last().map_or(0, |m| m.version))
+        }
+    };
+    match applied.as_slice() {
+        [] => println!("{store} lease store: schema at version {version}, nothing to do"),
+        v => println!("{store} lease store: applied migrations {v:?}; schema at version {version}"),
+    }
+    Ok(())
+}
+
 fn leases(json: bool, config: Option<&std::path::Path>) -> anyhow::Result<()> {
-    use crate::dhcp::store::{LeaseStore, SqliteStore};
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
     let running = AgentRecord::all().into_iter().find(AgentRecord::is_running);
     let leases: Vec<serde_json::Value> = match (config, running) {
         // The running agent answers (its lease store, as it serves it).
         (None, Some(rec)) => serde_json::from_slice(&crate::runtime::control_get(&rec.iface, "/api/v1/leases")?)?,
         (config, _) => {
-            let state_dir = match config {
-                Some(c) => Config::load(c)?.server.state_dir,
-                None => crate::config::ServerConfig::default().state_dir,
+            // The store the config names (the cluster's PostgreSQL, or SQLite in state_dir).
+            let reader = match config {
+                Some(c) => crate::store::LeaseReader::new(&Config::load(c)?)?,
+                None => crate::store::LeaseReader::Sqlite(crate::config::ServerConfig::default().state_dir),
             };
-            let mut leases = SqliteStore::read_only(&state_dir)?.load()?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let mut leases = rt.block_on(reader.all())?;
             leases.sort_by_key(|l| l.ip);
             leases.iter().map(|l| l.to_json(now)).collect()
         }

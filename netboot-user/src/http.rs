@@ -15,7 +15,7 @@
 //! which the CLI uses whatever `http.listen` is.
 
 use crate::config::{Config, Host};
-use crate::dhcp::store::{LeaseStore, SqliteStore};
+use crate::store::LeaseReader;
 use crate::fastpath::{Counters, pins};
 use crate::http_listener::PeerAddr;
 use crate::mac::MacAddr;
@@ -56,12 +56,17 @@ impl View {
 pub struct HttpState {
     view: RwLock<Arc<View>>,
     pub server: Ipv4Addr,
-    pub state_dir: PathBuf,
+    /// Where scripts and `/api/v1/leases` read leases.
+    pub leases: LeaseReader,
     pub agent: AgentRecord,
     pub stats: Arc<Stats>,
     pub timelines: Arc<Timelines>,
     /// Kernel renewals not in the store yet, shown in `/api/v1/leases`.
     pub renewals: Arc<crate::dhcp::UnwrittenRenewals>,
+    /// This server's view of its cluster (shared store only).
+    pub cluster: Option<Arc<crate::cluster::ClusterState>>,
+    /// `cluster.server_id` without a shared store.
+    server_id: Option<String>,
 }
 
 impl HttpState {
@@ -69,11 +74,13 @@ impl HttpState {
         HttpState {
             view: RwLock::new(Arc::new(View::new(config))),
             server,
-            state_dir: config.server.state_dir.clone(),
+            leases: LeaseReader::new(config).unwrap_or_else(|_| LeaseReader::Sqlite(config.server.state_dir.clone())),
             agent,
             stats,
             timelines,
             renewals: Arc::default(),
+            cluster: None,
+            server_id: config.cluster.server_id().map(str::to_string),
         }
     }
 
@@ -94,6 +101,16 @@ impl HttpState {
             "agent": self.stats.snapshot(),
             "nodes": self.timelines.len(),
             "nodes_evicted": self.timelines.nodes_dropped(),
+            "cluster": match &self.cluster {
+                Some(c) => c.to_json(),
+                None => serde_json::json!({
+                    "server_id": self.server_id,
+                    "members": self.server_id.iter().collect::<Vec<_>>(),
+                    "owned_buckets": netboot_common::cluster::BUCKETS,
+                    "store": "ok",
+                    "backend": "sqlite",
+                }),
+            },
         })
     }
 }
@@ -271,7 +288,11 @@ async fn boot_script(
         Some(m) => m.parse().ok(),
         None => peer.0.and_then(|ip| st.timelines.mac_of(ip)),
     };
-    let (resp, known) = render_script(&st, mac, &q);
+    let leased = match mac {
+        Some(m) => Some(st.leases.latest_for_mac(m).await),
+        None => None,
+    };
+    let (resp, known) = render_script(&st, mac, leased, &q);
     if let Some(mac) = mac {
         st.timelines.record(mac, Milestone::Script { status: resp.status().as_u16(), known });
     }
@@ -279,7 +300,8 @@ async fn boot_script(
 }
 
 /// The script for `mac`, and whether the node is known (reserved or leased).
-fn render_script(st: &HttpState, mac: Option<MacAddr>, q: &BTreeMap<String, String>) -> (Response, bool) {
+/// `leased`: what the lease store said of `mac`.
+fn render_script(st: &HttpState, mac: Option<MacAddr>, leased: Option<anyhow::Result<Option<crate::dhcp::Lease>>>, q: &BTreeMap<String, String>) -> (Response, bool) {
     let view = st.view();
     let path = view.root.join(&view.script);
     let source = match std::fs::read_to_string(&path) {
@@ -290,9 +312,8 @@ fn render_script(st: &HttpState, mac: Option<MacAddr>, q: &BTreeMap<String, Stri
         }
     };
     let host = mac.and_then(|m| view.hosts.get(&m));
-    let leased = match mac {
-        None => None,
-        Some(m) => match SqliteStore::read_only(&st.state_dir).and_then(|s| s.latest_for_mac(m)) {
+    let leased = match (mac, leased) {
+        (Some(m), Some(leased)) => match leased {
             Ok(l) => l,
             Err(e) if host.is_some() => {
                 tracing::warn!(%m, "boot script: lease store unreadable, the reservation serves: {e:#}");
@@ -306,6 +327,7 @@ fn render_script(st: &HttpState, mac: Option<MacAddr>, q: &BTreeMap<String, Stri
                 return (resp.into_response(), false);
             }
         },
+        _ => None,
     };
     let ip = host.map(|h| h.ip).or(leased.as_ref().map(|l| l.ip));
     let hostname = host.and_then(|h| h.hostname.clone()).or(leased.and_then(|l| l.hostname));
@@ -343,7 +365,7 @@ fn render_script(st: &HttpState, mac: Option<MacAddr>, q: &BTreeMap<String, Stri
 
 async fn leases(State(st): State<Arc<HttpState>>) -> Response {
     let now = crate::timeline::unix_ms() / 1000;
-    match SqliteStore::read_only(&st.state_dir).and_then(|mut s| s.load()) {
+    match st.leases.all().await {
         Ok(mut leases) => {
             st.renewals.overlay(&mut leases);
             leases.sort_by_key(|l| l.ip);
@@ -388,7 +410,7 @@ async fn status(State(st): State<Arc<HttpState>>) -> Response {
 
 async fn metrics(State(st): State<Arc<HttpState>>) -> Response {
     let xdp = Counters::from_pin(&pins::iface_dir(&st.agent.iface)).ok();
-    let text = crate::metrics::render(&st.agent.iface, xdp.as_ref(), &st.stats, st.timelines.len());
+    let text = crate::metrics::render(&st.agent.iface, xdp.as_ref(), &st.stats, st.timelines.len(), st.cluster.as_deref());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 

@@ -11,6 +11,7 @@
 
 pub mod agent;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod dhcp;
 pub mod fastpath;
@@ -24,6 +25,7 @@ pub mod metrics;
 pub mod ra;
 pub mod reload;
 pub mod runtime;
+pub mod store;
 pub mod stats;
 pub mod tftp;
 pub mod timeline;

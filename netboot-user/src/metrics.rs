@@ -42,7 +42,7 @@ fn escape(v: &str) -> String {
 }
 
 /// The whole exposition for one interface.
-pub fn render(iface: &str, xdp: Option<&Counters>, stats: &Stats, timeline_nodes: usize) -> String {
+pub fn render(iface: &str, xdp: Option<&Counters>, stats: &Stats, timeline_nodes: usize, cluster: Option<&crate::cluster::ClusterState>) -> String {
     let agent = stats.snapshot();
     let get = |k: &str| agent.get(k).copied().unwrap_or(0);
     let mut t = Text { out: String::new(), iface: iface.to_string() };
@@ -123,6 +123,14 @@ pub fn render(iface: &str, xdp: Option<&Counters>, stats: &Stats, timeline_nodes
     for (name, v) in all {
         t.sample("netboot_agent_events_total", &[("event", name)], v);
     }
+    if let Some(c) = cluster {
+        t.family("netboot_cluster_members", "gauge", "Live members of the cluster, this server included.");
+        t.sample("netboot_cluster_members", &[("server_id", &c.server_id)], c.members().len());
+        t.family("netboot_cluster_owned_buckets", "gauge", "Load-balancing buckets (of 256) this server answers.");
+        t.sample("netboot_cluster_owned_buckets", &[("server_id", &c.server_id)], c.buckets.owned_count());
+        t.family("netboot_cluster_store_up", "gauge", "1 while the shared lease store answers, else 0.");
+        t.sample("netboot_cluster_store_up", &[("server_id", &c.server_id)], u8::from(c.reachable()));
+    }
     t.out
 }
 
@@ -136,7 +144,7 @@ mod tests {
         stats.bump(&reply_counter("ack", ClientClass::Pxe));
         stats.bump("odd\"name");
         stats.observe(Stage::TftpTransfer, std::time::Duration::from_millis(40));
-        let text = render("eth1", None, &stats, 3);
+        let text = render("eth1", None, &stats, 3, None);
         assert!(text.contains("netboot_dhcp_replies_total{iface=\"eth1\",path=\"agent\",kind=\"ack\",class=\"pxe\"} 1\n"));
         assert!(text.contains("netboot_stage_seconds_bucket{iface=\"eth1\",stage=\"tftp_transfer\",le=\"0.05\"} 1\n"));
         assert!(text.contains("netboot_stage_seconds_bucket{iface=\"eth1\",stage=\"tftp_transfer\",le=\"0.025\"} 0\n"));

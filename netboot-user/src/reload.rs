@@ -49,6 +49,15 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.tftp.engine != new.tftp.engine {
         v.push("tftp.engine");
     }
+    if old.cluster.server_id() != new.cluster.server_id() {
+        v.push("cluster.server_id");
+    }
+    if old.cluster.store_url() != new.cluster.store_url() {
+        v.push("cluster.store");
+    }
+    if old.cluster.takeover.0 != new.cluster.takeover.0 {
+        v.push("cluster.takeover");
+    }
     v
 }
 

@@ -415,3 +415,57 @@ fn hostile_and_offloaded_frames_are_counted_and_never_answered_wrongly() {
         assert_eq!((action, d.get(Counter::TftpSteered), d.get(Counter::MalformedIp)), (testrun::XDP_PASS, 0, 1), "total length {total}");
     }
 }
+
+/// Issue 14: a cluster member answers only the buckets it owns, and the kernel and the agent
+/// agree on which those are: the RFC 3074 bucket of chaddr, computed once in netboot-common.
+/// DISCOVER and REQUEST of another member's client are dropped in the kernel (`not_owner`)
+/// and would be silent in the core; a RELEASE still reaches the agent.
+#[test]
+fn the_kernel_and_the_core_agree_on_which_clients_a_member_answers() {
+    if !require_root("the_kernel_and_the_core_agree_on_which_clients_a_member_answers") {
+        return;
+    }
+    use aya::maps::Array;
+    use dhcproto::v4::MessageType;
+    use netboot::cluster::buckets::{Buckets, owned_by};
+    use netboot::dhcp::Silence;
+    let mut prog = Prog::load();
+    let mut owner_map: Array<_, u8> = Array::try_from(prog.loaded.take_map(maps::BUCKET_OWNER).unwrap()).unwrap();
+    let members = vec!["boot-a".to_string(), "boot-b".to_string()];
+    let owned = owned_by("boot-a", &members);
+    for (b, o) in owned.iter().enumerate() {
+        owner_map.set(b as u32, if *o { netboot_common::cluster::OWNER_SELF } else { netboot_common::cluster::OWNER_OTHER }, 0).unwrap();
+    }
+    let buckets = std::sync::Arc::new(Buckets::default());
+    buckets.set(&owned);
+    let mut core = server(&[]);
+    core.set_buckets(buckets.clone());
+    let base = fixture_frames("uefi-pxe");
+    let mut rng = XorShift(0x14_0014_1401);
+    let (mut mine, mut theirs) = (0, 0);
+    for _ in 0..300 {
+        let mac = MacAddr([2, 0x14, rng.next() as u8, rng.next() as u8, rng.next() as u8, rng.next() as u8]);
+        let ours = owned[netboot_common::cluster::bucket(&mac.0) as usize];
+        assert_eq!(buckets.owns(mac), ours);
+        let mut m = req(base[0].clone()).msg;
+        m.set_chaddr(&mac.0);
+        let frame = reframe(&base[0], &m);
+        let (action, _, d) = prog.run(&frame);
+        let p = parse_udp(&frame).unwrap();
+        let out = core.handle(Request { payload: p.payload, local_port: 67, src_ip: p.envelope.src_ip, src_port: p.envelope.src_port, now: NOW });
+        if ours {
+            mine += 1;
+            assert_ne!(action, testrun::XDP_DROP, "{mac}: ours, dropped: {:?}", d.nonzero());
+            assert!(matches!(out, Outcome::Reply(_)), "{mac}: ours, the core is silent: {out:?}");
+        } else {
+            theirs += 1;
+            assert_eq!((action, d.get(Counter::NotOwner)), (testrun::XDP_DROP, 1), "{mac}: another member's, not dropped: {:?}", d.nonzero());
+            assert!(matches!(out, Outcome::Silent { why: Silence::NotOwner, .. }), "{mac}: the core answers another member's client: {out:?}");
+            // A RELEASE of that client is not a request to answer: it goes on to the agent.
+            m.opts_mut().insert(DhcpOption::MessageType(MessageType::Release));
+            let (action, _, d) = prog.run(&reframe(&base[0], &m));
+            assert_eq!((action, d.get(Counter::NotOwner)), (testrun::XDP_PASS, 0), "{mac}: RELEASE");
+        }
+    }
+    assert!(mine > 100 && theirs > 100, "an even split of 300 clients: {mine} ours, {theirs} theirs");
+}

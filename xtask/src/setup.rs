@@ -21,6 +21,7 @@ const PACKAGES: &[&str] = &[
     "ndisc6",          // rdisc6: a real router-solicitation client for the RA test
     "kea-admin", // perfdhcp
     "kea-dhcp4-server", // a peer of the bench
+    "postgresql",       // the cluster's shared lease store: tests start their own servers
     "libwrap0",         // tftpd-hpa and atftpd (bench peers, unpacked from their packages)
     "tftp-hpa",
     "atftp",

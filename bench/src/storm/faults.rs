@@ -24,7 +24,7 @@ pub struct Seen {
 /// Waits until `threshold` machines have their first address (an event of the storm, not a
 /// time), then kill -9 of the agent and a new one at once. Returns the restarts done (0 when
 /// the threshold was never reached before `deadline`).
-pub fn kill_agent_when(lab: &Lab, running: &mut Running, progress: &Progress, threshold: u32, deadline: Duration) -> anyhow::Result<u32> {
+pub fn kill_agent_when(running: &mut Running, progress: &Progress, threshold: u32, deadline: Duration) -> anyhow::Result<u32> {
     let Running::Agent(agent) = running else { anyhow::bail!("--kill-agent-at needs netboot-xdp") };
     let started = Instant::now();
     while progress.done[0].load(Ordering::Relaxed) < threshold {
@@ -34,7 +34,7 @@ pub fn kill_agent_when(lab: &Lab, running: &mut Running, progress: &Progress, th
         std::thread::sleep(Duration::from_millis(1));
     }
     let t = Instant::now();
-    agent.crash_and_restart(lab)?;
+    agent.crash_and_restart()?;
     println!("storm: agent killed (-9) after {threshold} machines had an address; running again after {:.2} s", t.elapsed().as_secs_f64());
     Ok(1)
 }

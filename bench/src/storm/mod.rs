@@ -177,8 +177,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             let killer = args.kill_agent_at.map(|at| {
                 let (progress, running) = (progress.clone(), &mut running);
                 let threshold = ((at * args.nodes as f64).ceil() as u32).clamp(1, args.nodes);
-                let lab = &lab;
-                scope.spawn(move || faults::kill_agent_when(lab, running, &progress, threshold, Duration::from_secs(args.deadline)))
+                scope.spawn(move || faults::kill_agent_when(running, &progress, threshold, Duration::from_secs(args.deadline)))
             });
             let r = storm(&lab, &machines, &expect, how, args, progress.clone());
             let restarts = killer.map(|k| k.join().expect("killer thread")).transpose();

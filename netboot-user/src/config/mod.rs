@@ -34,6 +34,41 @@ pub struct Config {
     pub tftp: TftpConfig,
     #[serde(default)]
     pub http: HttpConfig,
+    #[serde(default)]
+    pub cluster: ClusterConfig,
+}
+
+/// `[cluster]`: several servers sharing one PostgreSQL lease store (docs/CLUSTER.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Unique per server; names this server's heartbeats and lease writes.
+    pub server_id: Option<Spanned<String>>,
+    /// A libpq URL of the shared store; absent = SQLite in `server.state_dir`.
+    pub store: Option<Spanned<String>>,
+    /// How long a member may miss heartbeats before its buckets move to the others.
+    #[serde(default = "default_takeover")]
+    pub takeover: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig { server_id: None, store: None, takeover: default_takeover() }
+    }
+}
+
+impl ClusterConfig {
+    pub fn store_url(&self) -> Option<&str> {
+        self.store.as_ref().map(|s| s.get_ref().as_str())
+    }
+
+    pub fn server_id(&self) -> Option<&str> {
+        self.server_id.as_ref().map(|s| s.get_ref().as_str())
+    }
+}
+
+fn default_takeover() -> Duration {
+    Duration(std::time::Duration::from_secs(3))
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -358,6 +393,28 @@ impl Config {
         let ws = &cfg.tftp.max_windowsize;
         if !(1..=MAX_WINDOWSIZE).contains(ws.get_ref()) {
             return Err(at(ws.span(), format!("max_windowsize {} out of range 1..={MAX_WINDOWSIZE} (RFC 7440)", ws.get_ref())));
+        }
+
+        let c = &cfg.cluster;
+        if let Some(id) = &c.server_id {
+            let ok = !id.get_ref().is_empty()
+                && id.get_ref().len() <= 64
+                && id.get_ref().bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+            if !ok {
+                return Err(at(id.span(), format!("server_id {:?}: use 1 to 64 characters of A-Z a-z 0-9 . _ -", id.get_ref())));
+            }
+        }
+        if let Some(store) = &c.store {
+            if !store.get_ref().starts_with("postgresql://") && !store.get_ref().starts_with("postgres://") {
+                return Err(at(store.span(), "store must be a PostgreSQL URL (postgresql://...); leave it out for SQLite in state_dir".into()));
+            }
+            crate::store::postgres::parse_url(store.get_ref()).map_err(|e| at(store.span(), format!("store: {e:#}")))?;
+            if c.server_id.is_none() {
+                return Err(at(store.span(), "a shared store needs [cluster] server_id (unique per server)".into()));
+            }
+        }
+        if c.takeover.0 < std::time::Duration::from_secs(1) {
+            return Err(ConfigError::at(path, text, find_key(text, "takeover"), "takeover must be at least 1s".into()));
         }
 
         // Reservations: inline ones, then the hosts file; a MAC or IP may be reserved once.

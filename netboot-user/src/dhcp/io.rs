@@ -20,7 +20,8 @@ use aya::maps::{MapData, RingBuf};
 use netboot_common::cache::AckEvent;
 use std::sync::Mutex;
 use tokio::io::unix::AsyncFd;
-use super::store::{Committer, Job, LeaseStore};
+use crate::store::{Committer, Job, LeaseStore, Refused};
+use super::leases::Lease;
 use crate::iface::{Interface, NeighborCache, udp_socket};
 use crate::mac::MacAddr;
 use crate::stats::Stats;
@@ -173,6 +174,8 @@ pub struct Service {
     tx: Arc<Transmitter>,
     fast: Option<FastPathLink>,
     reload: Option<watch::Receiver<Arc<Config>>>,
+    /// Leases other servers of a cluster committed, from the shared store's change log.
+    remote: Option<mpsc::UnboundedReceiver<Vec<Lease>>>,
 }
 
 impl Service {
@@ -199,12 +202,18 @@ impl Service {
             relays: Arc::new(NeighborCache::default()),
         });
         stats.add("dhcp_leases_loaded", server.leases().len() as u64);
-        Ok(Service { server, store, stats, sock67, sock4011, tx, fast: None, reload: None })
+        Ok(Service { server, store, stats, sock67, sock4011, tx, fast: None, reload: None, remote: None })
     }
 
     /// Applies every config published on `configs` (see [`crate::reload`]).
     pub fn with_reload(mut self, configs: watch::Receiver<Arc<Config>>) -> Service {
         self.reload = Some(configs);
+        self
+    }
+
+    /// Follows the leases other cluster members commit (see [`crate::cluster`]).
+    pub fn with_remote_leases(mut self, remote: mpsc::UnboundedReceiver<Vec<Lease>>) -> Service {
+        self.remote = Some(remote);
         self
     }
 
@@ -216,7 +225,7 @@ impl Service {
 
     /// Serves until `shutdown` changes; then lets queued commits finish and their replies go.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-        let Service { mut server, store, stats, sock67, sock4011, tx, fast, mut reload } = self;
+        let Service { mut server, store, stats, sock67, sock4011, tx, fast, mut reload, mut remote } = self;
         let (relays, iface, timelines) = (tx.relays.clone(), tx.iface.clone(), tx.timelines.clone());
         let (sync, events, renewals) = match fast {
             Some(f) => {
@@ -248,8 +257,20 @@ impl Service {
         let commit_sync = sync.clone();
         // Leases whose commit failed: the core must not count them as stored.
         let (failed_tx, mut failed_rx) = mpsc::unbounded_channel::<Vec<(Ipv4Addr, MacAddr)>>();
+        // Leases a shared store refused: the reply is dropped (the client asks again and is
+        // answered from the store's truth).
+        let (lost_tx, mut lost_rx) = mpsc::unbounded_channel::<Vec<Refused>>();
         let committer = Committer::start(store, stats.clone(), move |after: AfterCommit, result| match result {
-            Ok(()) => {
+            Ok(refused) if !refused.is_empty() => {
+                if after.reply.is_some() {
+                    commit_stats.bump("dhcp_dropped_claim_lost");
+                }
+                if let (Some(p), Some(sync)) = (after.cache, &commit_sync) {
+                    sync.lock().unwrap_or_else(|e| e.into_inner()).abandon(p);
+                }
+                let _ = lost_tx.send(refused);
+            }
+            Ok(_) => {
                 if let (Some(p), Some(sync)) = (after.cache, &commit_sync) {
                     sync.lock().unwrap_or_else(|e| e.into_inner()).install(p);
                 }
@@ -320,6 +341,32 @@ impl Service {
                     if !leases.is_empty() {
                         let then = AfterCommit::new(&leases, None, None);
                         committer.submit(Job { leases, then })?;
+                    }
+                    continue;
+                },
+                Some(lost) = lost_rx.recv() => {
+                    let mut sync = sync.as_ref().map(|s| s.lock().unwrap_or_else(|e| e.into_inner()));
+                    for r in lost {
+                        if let Some(sync) = &mut sync {
+                            sync.forget(r.lease.mac);
+                            if let Some(w) = &r.winner {
+                                sync.displace(w.ip, w.mac);
+                            }
+                        }
+                        server.claim_lost(&r.lease, r.winner);
+                    }
+                    continue;
+                },
+                Some(leases) = async { remote.as_mut().expect("guarded").recv().await }, if remote.is_some() => {
+                    let mut sync = sync.as_ref().map(|s| s.lock().unwrap_or_else(|e| e.into_inner()));
+                    for l in leases {
+                        if let Some(sync) = &mut sync {
+                            // Another server answered this client and holds this address now:
+                            // nothing cached here may answer for either.
+                            sync.displace(l.ip, l.mac);
+                            sync.forget(l.mac);
+                        }
+                        server.apply_remote(l);
                     }
                     continue;
                 },

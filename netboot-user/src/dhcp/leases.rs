@@ -239,6 +239,17 @@ impl LeaseTable {
         None
     }
 
+    /// Removes the record of `ip` if it is `client`'s.
+    pub fn remove_if(&mut self, ip: Ipv4Addr, client: &ClientKey) {
+        if self.by_ip.get(&ip).is_some_and(|l| l.client == *client) {
+            self.by_ip.remove(&ip);
+            if self.by_client.get(client) == Some(&ip) {
+                self.by_client.remove(client);
+            }
+            self.full_until = None;
+        }
+    }
+
     /// Inserts or replaces the record of `lease.ip`; the client's record of another address
     /// (if any) is dropped from the client index.
     pub fn upsert(&mut self, lease: Lease) {

@@ -1,11 +1,10 @@
 //! DHCPv4: the wire codec is dhcproto; on top of it the classifier, the sans-IO server core,
-//! the lease table and its durable store, and the socket I/O of the agent.
+//! the lease table (its durable copy is in [`crate::store`]), and the socket I/O of the agent.
 
 pub mod classify;
 pub mod io;
 pub mod leases;
 pub mod server;
-pub mod store;
 
 pub use classify::{Classification, classify};
 pub use leases::{ClientKey, Lease, LeaseState, LeaseTable, UnwrittenRenewals};

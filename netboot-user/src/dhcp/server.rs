@@ -17,6 +17,8 @@ use ipnet::Ipv4Net;
 use netboot_common::wire::{ClientClass, DHCP_CLIENT_PORT, DHCP_SERVER_PORT, PXE_PROXY_PORT, arch};
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
+use std::sync::Arc;
+use crate::cluster::buckets::Buckets;
 
 /// How long an OFFER holds its address for the client.
 pub const OFFER_HOLD_SECS: u64 = 60;
@@ -141,6 +143,8 @@ pub enum Silence {
     NoRecord,
     /// RELEASE and DECLINE are never answered (their lease change may still be committed).
     NoReplyDue,
+    /// DISCOVER or REQUEST of a client in a bucket another server of the cluster answers.
+    NotOwner,
 }
 
 impl Silence {
@@ -156,6 +160,7 @@ impl Silence {
             Silence::DeclineIgnored => "decline_ignored",
             Silence::NoRecord => "no_record",
             Silence::NoReplyDue => "no_reply_due",
+            Silence::NotOwner => "not_owner",
         }
     }
 }
@@ -179,6 +184,8 @@ pub struct DhcpServer {
     persisted: HashMap<Ipv4Addr, u64>,
     /// Pool allocations in the current second: (second, count).
     allocations: (u64, u32),
+    /// The load-balancing buckets this server answers (all, alone).
+    buckets: Arc<Buckets>,
 }
 
 /// Which REQUEST state of RFC 2131 §4.3.2 an ACK is considered for.
@@ -202,7 +209,7 @@ pub struct KernelAck {
     pub persist: bool,
 }
 
-fn renewal_slack(lease_secs: u32) -> u64 {
+pub fn renewal_slack(lease_secs: u32) -> u64 {
     u64::from(lease_secs / 4)
 }
 
@@ -237,7 +244,12 @@ impl DhcpServer {
             LeaseState::Bound => Lease { expires: l.expires + slack, ..l },
             _ => l,
         }));
-        DhcpServer { params, leases, persisted, allocations: (0, 0) }
+        DhcpServer { params, leases, persisted, allocations: (0, 0), buckets: Arc::default() }
+    }
+
+    /// Answers DISCOVER and REQUEST only for clients in `buckets` (a cluster member's share).
+    pub fn set_buckets(&mut self, buckets: Arc<Buckets>) {
+        self.buckets = buckets;
     }
 
     /// How much later than the stored expiry a lease renewed by the kernel may end before the
@@ -259,6 +271,7 @@ impl DhcpServer {
         rebuilt.leases.load(leases);
         rebuilt.persisted = persisted;
         rebuilt.allocations = self.allocations;
+        rebuilt.buckets = self.buckets.clone();
         *self = rebuilt;
     }
 
@@ -306,6 +319,9 @@ impl DhcpServer {
         }
         let Some(kind) = super::classify::message_type(&msg) else { return silent(Silence::NotARequest) };
         let mac = MacAddr(msg.chaddr().try_into().expect("checked length"));
+        if matches!(kind, MessageType::Discover | MessageType::Request) && !self.buckets.owns(mac) {
+            return silent(Silence::NotOwner);
+        }
         let client_id = match msg.opts().get(OptionCode::ClientIdentifier) {
             Some(DhcpOption::ClientIdentifier(id)) => Some(id.clone()),
             _ => None,
@@ -802,6 +818,29 @@ impl DhcpServer {
         for ip in ips {
             self.persisted.remove(&ip);
         }
+    }
+
+    /// The shared store refused `lease` (another server's client holds its address, or this
+    /// client holds another address another server gave it): forget what this core recorded
+    /// for it and take the store's `winner` instead. The client's next request is answered
+    /// from the winner's truth.
+    pub fn claim_lost(&mut self, lease: &Lease, winner: Option<Lease>) {
+        self.persisted.remove(&lease.ip);
+        self.leases.remove_if(lease.ip, &lease.client);
+        if let Some(w) = winner {
+            self.apply_remote(w);
+        }
+    }
+
+    /// A lease another server of the cluster committed (from the shared store's change log):
+    /// the table follows it, with the same slack on a bound lease as a restart's load gives.
+    pub fn apply_remote(&mut self, lease: Lease) {
+        self.persisted.insert(lease.ip, lease.expires);
+        let lease = match lease.state {
+            LeaseState::Bound => Lease { expires: lease.expires + self.renewal_slack(), ..lease },
+            _ => lease,
+        };
+        self.leases.upsert(lease);
     }
 
     /// The MAC of the client an address is recorded for.

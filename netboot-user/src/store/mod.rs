@@ -1,132 +1,54 @@
-//! The durable lease store and its group-commit pipeline.
+//! The durable lease store: its backends and its group-commit pipeline.
 //!
 //! Invariant 1: an OFFER or ACK leaves only after its lease is durable. Committing each lease
 //! alone would cost an fsync per reply (dnsmasq's and dhcpd's storm problem), so a committer
 //! thread takes every job that arrived while the previous transaction was syncing and commits
 //! them in one transaction: one fsync per batch, however many leases.
+//!
+//! Two backends behind one trait: SQLite in `state_dir` (one server, the default) and
+//! PostgreSQL (`[cluster] store`: several servers, one truth; the database settles every
+//! conflict, see [`postgres`]). The schema of each is versioned ([`schema`]).
 
-use super::leases::{ClientKey, Lease, LeaseState};
-use crate::mac::MacAddr;
-use anyhow::Context;
-use rusqlite::{Connection, OpenFlags, params};
-use std::path::{Path, PathBuf};
+pub mod postgres;
+pub mod reader;
+pub mod schema;
+pub mod sqlite;
+
+pub use reader::LeaseReader;
+pub use sqlite::{DB_FILE, SqliteStore, db_path};
+
+use crate::dhcp::leases::Lease;
 use crate::stats::{Stage, Stats};
 use std::sync::{Arc, mpsc};
 use std::time::Instant;
 
-/// Where leases are kept. SQLite today; the schema is plain enough for PostgreSQL later.
+/// Where leases are kept.
 pub trait LeaseStore: Send {
     /// Every stored lease.
     fn load(&mut self) -> anyhow::Result<Vec<Lease>>;
-    /// Stores `batch` atomically; durable when this returns `Ok`.
-    fn commit(&mut self, batch: &[&Lease]) -> anyhow::Result<()>;
+    /// Stores `batch` atomically; durable when this returns `Ok`. A lease the store refuses
+    /// (a shared store where another server's client holds the address, or where this client
+    /// holds another live address another server gave it) is not stored and comes back as a
+    /// [`Refusal`]; the others are stored.
+    fn commit(&mut self, batch: &[&Lease]) -> anyhow::Result<Vec<Refusal>>;
+    /// What `status` shows: `"sqlite"`, `"postgresql"`.
+    fn kind(&self) -> &'static str;
 }
 
-/// SQLite in WAL mode with `synchronous = FULL`: a commit survives a crash of the agent and of
-/// the machine. The file (`<state_dir>/leases.sqlite`) can be read with the `sqlite3` tool.
-pub struct SqliteStore {
-    conn: Connection,
+/// A lease of a batch the store refused, and what the store holds instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Index of the refused lease in the batch.
+    pub index: usize,
+    /// The row that won: the address's holder, or the client's other live lease.
+    pub winner: Option<Lease>,
 }
 
-pub const DB_FILE: &str = "leases.sqlite";
-
-impl SqliteStore {
-    pub fn open(state_dir: &Path) -> anyhow::Result<SqliteStore> {
-        std::fs::create_dir_all(state_dir).with_context(|| format!("cannot create state_dir {}", state_dir.display()))?;
-        let path = state_dir.join(DB_FILE);
-        let conn = Connection::open(&path).with_context(|| format!("cannot open lease store {}", path.display()))?;
-        // Client MACs and hostnames are nobody else's business; SQLite gives the WAL and shm
-        // files the database's mode.
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("cannot restrict {} to mode 0600", path.display()))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS leases (
-                ip       TEXT PRIMARY KEY,
-                client   TEXT NOT NULL,
-                mac      TEXT NOT NULL,
-                hostname TEXT,
-                state    TEXT NOT NULL,
-                expires  INTEGER NOT NULL
-            );
-            CREATE INDEX IF NOT EXISTS leases_client ON leases(client);
-            CREATE INDEX IF NOT EXISTS leases_mac ON leases(mac);",
-        )
-        .with_context(|| format!("cannot create the schema in {}", path.display()))?;
-        Ok(SqliteStore { conn })
-    }
-
-    /// The latest lease recorded for `mac` (for the HTTP handoff: one indexed query, not a load
-    /// of the whole store per script).
-    pub fn latest_for_mac(&self, mac: MacAddr) -> anyhow::Result<Option<Lease>> {
-        Ok(self.select("WHERE mac = ?1 ORDER BY expires DESC LIMIT 1", [mac.to_string()])?.pop())
-    }
-
-    /// Leases of the rows `tail` (a WHERE/ORDER clause) selects; unreadable rows are skipped.
-    fn select<P: rusqlite::Params>(&self, tail: &str, params: P) -> anyhow::Result<Vec<Lease>> {
-        let mut stmt = self.conn.prepare(&format!("SELECT ip, client, mac, hostname, state, expires FROM leases {tail}"))?;
-        let rows = stmt.query_map(params, |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, Option<String>>(3)?, r.get::<_, String>(4)?, r.get::<_, i64>(5)?))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (ip, client, mac, hostname, state, expires) = row?;
-            let lease = (|| {
-                Some(Lease {
-                    ip: ip.parse().ok()?,
-                    client: ClientKey::from_text(&client)?,
-                    mac: mac.parse::<MacAddr>().ok()?,
-                    hostname,
-                    state: LeaseState::parse(&state)?,
-                    expires: u64::try_from(expires).ok()?,
-                })
-            })();
-            match lease {
-                Some(l) => out.push(l),
-                None => tracing::warn!(ip, "skipping an unreadable lease row"),
-            }
-        }
-        Ok(out)
-    }
-
-    /// Opens the store of `state_dir` read-only (for `netboot-xdp leases` while an agent runs).
-    pub fn read_only(state_dir: &Path) -> anyhow::Result<SqliteStore> {
-        let path = state_dir.join(DB_FILE);
-        let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .with_context(|| format!("no lease store at {}", path.display()))?;
-        Ok(SqliteStore { conn })
-    }
-}
-
-impl LeaseStore for SqliteStore {
-    fn load(&mut self) -> anyhow::Result<Vec<Lease>> {
-        // Oldest first: a client with rows for two addresses ends up with its latest.
-        self.select("ORDER BY expires, rowid", [])
-    }
-
-    fn commit(&mut self, batch: &[&Lease]) -> anyhow::Result<()> {
-        let tx = self.conn.transaction()?;
-        {
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO leases (ip, client, mac, hostname, state, expires) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT(ip) DO UPDATE SET client = ?2, mac = ?3, hostname = ?4, state = ?5, expires = ?6",
-            )?;
-            for l in batch {
-                stmt.execute(params![
-                    l.ip.to_string(),
-                    l.client.to_text(),
-                    l.mac.to_string(),
-                    l.hostname,
-                    l.state.as_str(),
-                    i64::try_from(l.expires).unwrap_or(i64::MAX)
-                ])?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
-    }
+/// A refused lease of one job, and the winner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub lease: Lease,
+    pub winner: Option<Lease>,
 }
 
 /// One unit of work: leases to make durable, then `then` to release.
@@ -143,14 +65,15 @@ pub struct Committer<T> {
 
 impl<T: Send + 'static> Committer<T> {
     /// Starts the thread. After each batch is durable, every job's `then` is passed to `done`
-    /// with `Ok`; if the transaction failed (full disk, I/O error), with the error, and the
+    /// with `Ok` and the job's leases the store refused (none, with one server); if the
+    /// transaction failed (full disk, I/O error, database unreachable), with the error, and the
     /// caller must not release what depended on it.
     /// Counts `lease_commits`, `lease_commit_failures` and `lease_commit_leases` in `stats`, and
     /// the time of each transaction as the `lease_commit` stage.
     pub fn start(
         mut store: Box<dyn LeaseStore>,
         stats: Arc<Stats>,
-        mut done: impl FnMut(T, Result<(), Arc<anyhow::Error>>) + Send + 'static,
+        mut done: impl FnMut(T, Result<Vec<Refused>, Arc<anyhow::Error>>) + Send + 'static,
     ) -> Committer<T> {
         let (tx, rx) = mpsc::channel::<Job<T>>();
         let thread = std::thread::Builder::new()
@@ -170,9 +93,10 @@ impl<T: Send + 'static> Committer<T> {
                     let result = store.commit(&batch).map_err(Arc::new);
                     stats.observe(Stage::LeaseCommit, t.elapsed());
                     match &result {
-                        Ok(()) => {
+                        Ok(refused) => {
                             stats.bump("lease_commits");
-                            stats.add("lease_commit_leases", batch.len() as u64);
+                            stats.add("lease_commit_leases", (batch.len() - refused.len()) as u64);
+                            stats.add("lease_claims_lost", refused.len() as u64);
                         }
                         Err(e) => {
                             stats.bump("lease_commit_failures");
@@ -180,8 +104,23 @@ impl<T: Send + 'static> Committer<T> {
                         }
                     }
                     drop(batch);
+                    // Hand each job its own refusals (batch indices run through the jobs in order).
+                    let mut refusals = result.as_ref().map(|r| r.iter().cloned().peekable());
+                    let mut first = 0;
                     for j in jobs {
-                        done(j.then, result.clone());
+                        let end = first + j.leases.len();
+                        let outcome = match &mut refusals {
+                            Ok(it) => {
+                                let mut mine = Vec::new();
+                                while let Some(r) = it.next_if(|r| r.index < end) {
+                                    mine.push(Refused { lease: j.leases[r.index - first].clone(), winner: r.winner });
+                                }
+                                Ok(mine)
+                            }
+                            Err(e) => Err(e.clone()),
+                        };
+                        first = end;
+                        done(j.then, outcome);
                     }
                 }
             })
@@ -203,15 +142,13 @@ impl<T: Send + 'static> Committer<T> {
     }
 }
 
-/// The lease store file of a state directory.
-pub fn db_path(state_dir: &Path) -> PathBuf {
-    state_dir.join(DB_FILE)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dhcp::leases::{ClientKey, LeaseState, LeaseTable};
+    use crate::mac::MacAddr;
     use std::net::Ipv4Addr;
+    use std::path::PathBuf;
 
     fn lease(i: u8, state: LeaseState) -> Lease {
         Lease {
@@ -257,7 +194,7 @@ mod tests {
         s.commit(&[&old]).unwrap();
         let loaded = s.load().unwrap();
         assert_eq!(loaded.last().unwrap().ip, new.ip);
-        let mut table = crate::dhcp::leases::LeaseTable::default();
+        let mut table = LeaseTable::default();
         table.load(loaded);
         assert_eq!(table.for_client(&new.client).unwrap().ip, new.ip);
         let mode = std::fs::metadata(dir.join(DB_FILE)).unwrap().permissions().mode();
@@ -271,7 +208,7 @@ mod tests {
         let store = SqliteStore::open(&dir).unwrap();
         let (out_tx, out_rx) = mpsc::channel();
         let stats = Arc::new(Stats::default());
-        let c = Committer::start(Box::new(store), stats.clone(), move |n: u32, r| out_tx.send((n, r.is_ok())).unwrap());
+        let c = Committer::start(Box::new(store), stats.clone(), move |n: u32, r: Result<Vec<Refused>, _>| out_tx.send((n, r.is_ok_and(|r| r.is_empty()))).unwrap());
         for i in 0..200u32 {
             c.submit(Job { leases: vec![lease((i % 250) as u8, LeaseState::Bound)], then: i }).unwrap();
         }

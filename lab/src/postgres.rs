@@ -1,0 +1,123 @@
+//! A PostgreSQL server of the test's own: `initdb` in a temporary directory as the `postgres`
+//! user, a Unix socket in that directory only (no TCP), trust authentication (nothing but this
+//! machine's root and postgres can reach the directory), stopped and removed on drop.
+
+use anyhow::{Context, bail};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub struct Postgres {
+    dir: PathBuf,
+    bin: PathBuf,
+    /// The database the agents use.
+    pub db: String,
+    running: bool,
+}
+
+/// The newest PostgreSQL server installed (Debian: /usr/lib/postgresql/<major>/bin).
+fn bin_dir() -> anyhow::Result<PathBuf> {
+    let mut majors: Vec<u32> = std::fs::read_dir("/usr/lib/postgresql")
+        .context("no PostgreSQL server installed (package postgresql; `cargo xtask setup`)")?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    majors.sort();
+    let major = majors.last().context("no PostgreSQL server under /usr/lib/postgresql")?;
+    Ok(PathBuf::from(format!("/usr/lib/postgresql/{major}/bin")))
+}
+
+/// Runs `cmd` as the `postgres` user (the server refuses to run as root).
+fn as_postgres(program: &Path) -> Command {
+    let mut c = Command::new("runuser");
+    c.args(["-u", "postgres", "--"]).arg(program);
+    c
+}
+
+fn checked(cmd: &mut Command) -> anyhow::Result<Output> {
+    let out = cmd.output().with_context(|| format!("{cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(out)
+}
+
+impl Postgres {
+    /// Creates a cluster in a new directory named after `tag`, starts it, and creates the
+    /// database `netboot`.
+    pub fn start(tag: &str) -> anyhow::Result<Postgres> {
+        let bin = bin_dir()?;
+        let dir = std::env::temp_dir().join(format!("nbx-pg-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        checked(Command::new("chown").arg("postgres:postgres").arg(&dir))?;
+        let mut pg = Postgres { dir, bin, db: "netboot".into(), running: false };
+        checked(
+            as_postgres(&pg.bin.join("initdb"))
+                .args(["-D"])
+                .arg(pg.data())
+                .args(["-U", "netboot", "--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C"]),
+        )?;
+        pg.start_again()?;
+        checked(as_postgres(&pg.bin.join("createdb")).args(["-h"]).arg(&pg.dir).args(["-U", "netboot", "netboot"]))?;
+        Ok(pg)
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// The libpq URL of the database, as `[cluster] store` takes it.
+    pub fn url(&self) -> String {
+        format!("postgresql://netboot@/{}?host={}", self.db, self.dir.display())
+    }
+
+    /// Starts the server (again, after [`Postgres::stop_immediate`]); waits until it accepts.
+    pub fn start_again(&mut self) -> anyhow::Result<()> {
+        let opts = format!("-c listen_addresses='' -c unix_socket_directories='{}' -c fsync=off -c max_connections=200", self.dir.display());
+        checked(
+            as_postgres(&self.bin.join("pg_ctl"))
+                .args(["-D"])
+                .arg(self.data())
+                .args(["-l"])
+                .arg(self.dir.join("log"))
+                .args(["-o", &opts, "-w", "-t", "30", "start"]),
+        )?;
+        self.running = true;
+        Ok(())
+    }
+
+    /// `pg_ctl stop -m immediate`: the server is gone at once, as in a crash.
+    pub fn stop_immediate(&mut self) -> anyhow::Result<()> {
+        checked(as_postgres(&self.bin.join("pg_ctl")).args(["-D"]).arg(self.data()).args(["-m", "immediate", "-w", "stop"]))?;
+        self.running = false;
+        Ok(())
+    }
+
+    /// Runs SQL with psql; its output (unaligned, tuples only).
+    pub fn sql(&self, sql: &str) -> anyhow::Result<String> {
+        let out = checked(
+            Command::new(self.bin.join("psql"))
+                .args(["-h"])
+                .arg(&self.dir)
+                .args(["-U", "netboot", "-d", &self.db, "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql]),
+        )?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// The server's log, for a failing test.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if self.running {
+            let _ = self.stop_immediate();
+        }
+        if std::thread::panicking() {
+            eprintln!("PostgreSQL log kept: {}", self.dir.join("log").display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}

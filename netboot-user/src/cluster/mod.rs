@@ -1,0 +1,285 @@
+//! Several servers, one truth: membership, bucket ownership and the change log of a shared
+//! PostgreSQL lease store (docs/CLUSTER.md).
+//!
+//! Every member heartbeats into the database (the database's clock: no two servers' clocks are
+//! compared) and reads the live members each beat; each derives the same owner of each of the
+//! 256 load-balancing buckets from that list ([`buckets::owned_by`]) and writes its share to
+//! the XDP program's `BUCKET_OWNER` and the DHCP core. A member silent for `cluster.takeover`
+//! drops out of every list, and its buckets move. A member that stops cleanly leaves at once.
+//!
+//! Leases other servers commit reach this server through the change log: a LISTEN wakes the
+//! follower, and it polls every second anyway (a lost listener connection costs a second).
+
+pub mod buckets;
+
+use crate::dhcp::leases::Lease;
+use crate::stats::Stats;
+use crate::store::postgres::{lease_columns, lease_from_row};
+use aya::maps::{Array, MapData};
+use buckets::Buckets;
+use netboot_common::cluster::{BUCKETS, OWNER_OTHER, OWNER_SELF};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, mpsc, watch};
+
+/// Changes read per query of the change log.
+const CHANGES_PER_READ: i64 = 5000;
+/// Change-log rows older than this are deleted (a member that was away longer reloads).
+const CHANGES_KEPT: &str = "10 minutes";
+
+/// What `status` and `/metrics` show of the cluster; shared with the HTTP layer.
+pub struct ClusterState {
+    pub server_id: String,
+    pub takeover: Duration,
+    pub buckets: Arc<Buckets>,
+    members: Mutex<Vec<String>>,
+    reachable: AtomicBool,
+    /// The last change-log sequence applied.
+    seq: AtomicI64,
+}
+
+impl ClusterState {
+    pub fn new(server_id: &str, takeover: Duration, start_seq: i64) -> ClusterState {
+        ClusterState {
+            server_id: server_id.to_string(),
+            takeover,
+            buckets: Arc::default(),
+            members: Mutex::new(vec![server_id.to_string()]),
+            reachable: AtomicBool::new(true),
+            seq: AtomicI64::new(start_seq),
+        }
+    }
+
+    pub fn members(&self) -> Vec<String> {
+        self.members.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn reachable(&self) -> bool {
+        self.reachable.load(Ordering::Relaxed)
+    }
+
+    /// `status --json`'s `cluster` object.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "server_id": self.server_id,
+            "members": self.members(),
+            "owned_buckets": self.buckets.owned_count(),
+            "store": if self.reachable() { "ok" } else { "unreachable" },
+            "backend": "postgresql",
+            "change_seq": self.seq.load(Ordering::Relaxed),
+        })
+    }
+}
+
+/// The XDP program's `BUCKET_OWNER` map.
+pub struct OwnerMap {
+    map: Array<MapData, u8>,
+    written: bool,
+}
+
+impl OwnerMap {
+    pub fn new(map: aya::maps::Map) -> anyhow::Result<OwnerMap> {
+        Ok(OwnerMap { map: Array::try_from(map)?, written: false })
+    }
+
+    fn write(&mut self, owned: &[bool; BUCKETS as usize]) -> anyhow::Result<()> {
+        for (b, o) in owned.iter().enumerate() {
+            self.map.set(b as u32, if *o { OWNER_SELF } else { OWNER_OTHER }, 0)?;
+        }
+        self.written = true;
+        Ok(())
+    }
+}
+
+/// The latest change-log sequence: read before the leases are loaded, so that nothing
+/// committed in between is missed (a change seen twice is harmless).
+pub async fn current_seq(pool: &deadpool_postgres::Pool) -> anyhow::Result<i64> {
+    let c = pool.get().await?;
+    Ok(c.query_one("SELECT coalesce(max(seq), 0) FROM netboot_lease_changes", &[]).await?.get(0))
+}
+
+/// The cluster's tasks of one agent.
+pub struct Member {
+    pub state: Arc<ClusterState>,
+    pool: deadpool_postgres::Pool,
+    cfg: tokio_postgres::Config,
+    owner_map: Option<OwnerMap>,
+    stats: Arc<Stats>,
+}
+
+impl Member {
+    pub fn new(state: Arc<ClusterState>, pool: deadpool_postgres::Pool, cfg: tokio_postgres::Config, owner_map: Option<OwnerMap>, stats: Arc<Stats>) -> Member {
+        Member { state, pool, cfg, owner_map, stats }
+    }
+
+    /// Writes bucket ownership to the XDP program too from now on.
+    pub fn set_owner_map(&mut self, map: OwnerMap) {
+        self.owner_map = Some(map);
+    }
+
+    /// One heartbeat and a new owner map from the live members. At start, before serving,
+    /// so that a joining server never answers its neighbours' buckets.
+    pub async fn beat(&mut self) -> anyhow::Result<()> {
+        let c = self.pool.get().await?;
+        c.execute(
+            "INSERT INTO netboot_members (server_id) VALUES ($1)
+             ON CONFLICT (server_id) DO UPDATE SET heartbeat = now()",
+            &[&self.state.server_id],
+        )
+        .await?;
+        let secs = self.state.takeover.as_secs_f64();
+        let rows = c
+            .query(
+                "SELECT server_id FROM netboot_members WHERE heartbeat > now() - make_interval(secs => $1) ORDER BY server_id",
+                &[&secs],
+            )
+            .await?;
+        let mut live: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        if !live.contains(&self.state.server_id) {
+            live.push(self.state.server_id.clone());
+            live.sort();
+        }
+        let owned = buckets::owned_by(&self.state.server_id, &live);
+        let map_stale = self.owner_map.as_ref().is_some_and(|m| !m.written);
+        if owned != self.state.buckets.snapshot() || map_stale {
+            if let Some(m) = &mut self.owner_map {
+                m.write(&owned)?;
+            }
+            self.state.buckets.set(&owned);
+            self.stats.bump("cluster_rebalances");
+            tracing::info!(members = ?live, owned = self.state.buckets.owned_count(), "cluster: bucket owners changed");
+        }
+        *self.state.members.lock().unwrap_or_else(|e| e.into_inner()) = live;
+        Ok(())
+    }
+
+    /// Heartbeats, follows the change log and garbage-collects it until `shutdown`; then
+    /// leaves the member list. `remote` receives the leases other servers committed.
+    pub async fn run(mut self, remote: mpsc::UnboundedSender<Vec<Lease>>, mut shutdown: watch::Receiver<bool>) {
+        let wake = Arc::new(Notify::new());
+        let listener = tokio::spawn(listen(self.cfg.clone(), wake.clone(), shutdown.clone()));
+        let mut beat = tokio::time::interval((self.state.takeover / 3).max(Duration::from_millis(250)));
+        let mut poll = tokio::time::interval(Duration::from_secs(1));
+        let mut gc = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = beat.tick() => {
+                    let r = self.beat().await;
+                    self.set_reachable(r);
+                }
+                _ = poll.tick() => self.follow(&remote).await,
+                _ = wake.notified() => self.follow(&remote).await,
+                _ = gc.tick() => {
+                    if let Ok(c) = self.pool.get().await {
+                        let q = format!("DELETE FROM netboot_lease_changes WHERE at < now() - interval '{CHANGES_KEPT}'");
+                        let _ = c.execute(q.as_str(), &[]).await;
+                    }
+                }
+                _ = shutdown.changed() => break,
+            }
+        }
+        listener.abort();
+        if let Ok(c) = self.pool.get().await {
+            let _ = c.execute("DELETE FROM netboot_members WHERE server_id = $1", &[&self.state.server_id]).await;
+            tracing::info!(server_id = %self.state.server_id, "cluster: left the member list");
+        }
+    }
+
+    fn set_reachable<T>(&self, r: anyhow::Result<T>) {
+        match r {
+            Ok(_) => {
+                if !self.state.reachable.swap(true, Ordering::Relaxed) {
+                    tracing::info!("cluster: lease store reachable again");
+                }
+            }
+            Err(e) => {
+                self.stats.bump("cluster_store_errors");
+                if self.state.reachable.swap(false, Ordering::Relaxed) {
+                    tracing::error!("cluster: lease store unreachable: {e:#}");
+                }
+            }
+        }
+    }
+
+    /// Reads the changes after the last one applied and hands over other servers' leases.
+    async fn follow(&self, remote: &mpsc::UnboundedSender<Vec<Lease>>) {
+        loop {
+            let from = self.state.seq.load(Ordering::Relaxed);
+            let rows = async {
+                let c = self.pool.get().await?;
+                let q = format!(
+                    "SELECT c.seq, l.server_id, {} FROM netboot_lease_changes c JOIN netboot_leases l ON l.ip = c.ip
+                     WHERE c.seq > $1 ORDER BY c.seq LIMIT {CHANGES_PER_READ}",
+                    lease_columns("l."),
+                );
+                anyhow::Ok(c.query(q.as_str(), &[&from]).await?)
+            }
+            .await;
+            let rows = match rows {
+                Ok(r) => r,
+                Err(e) => {
+                    self.set_reachable::<()>(Err(e));
+                    return;
+                }
+            };
+            let Some(last) = rows.last() else { return };
+            self.state.seq.store(last.get(0), Ordering::Relaxed);
+            let theirs: Vec<Lease> = rows
+                .iter()
+                .filter(|r| r.get::<_, String>(1) != self.state.server_id)
+                .filter_map(|r| lease_from_row(r, 2))
+                .collect();
+            self.stats.add("cluster_remote_changes", theirs.len() as u64);
+            if !theirs.is_empty() && remote.send(theirs).is_err() {
+                return;
+            }
+            if (rows.len() as i64) < CHANGES_PER_READ {
+                return;
+            }
+        }
+    }
+}
+
+/// LISTENs on the change channel and wakes the follower; reconnects every second after a
+/// failure (the follower polls meanwhile).
+async fn listen(cfg: tokio_postgres::Config, wake: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
+    use futures_util::StreamExt;
+    loop {
+        let session = async {
+            let (client, mut conn) = cfg.connect(tokio_postgres::NoTls).await?;
+            let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+            let listen = client.batch_execute("LISTEN netboot_leases");
+            tokio::pin!(listen);
+            // The LISTEN completes only while the connection is driven.
+            loop {
+                tokio::select! {
+                    r = &mut listen => { r?; break; }
+                    m = messages.next() => match m {
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => return Err(anyhow::Error::from(e)),
+                        None => anyhow::bail!("listener connection closed"),
+                    }
+                }
+            }
+            while let Some(m) = messages.next().await {
+                if let tokio_postgres::AsyncMessage::Notification(_) = m? {
+                    wake.notify_one();
+                }
+            }
+            anyhow::Ok(())
+        };
+        tokio::select! {
+            r = session => {
+                if let Err(e) = r {
+                    tracing::debug!("cluster: change listener: {e:#}");
+                }
+            }
+            _ = shutdown.changed() => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! The versioned schema of each backend. A migration is applied once, in order, in one
+//! transaction with the version it brings; a store newer than this binary is refused (a
+//! downgrade would misread it). Applied at attach and by `netboot-xdp db migrate -c FILE`.
+
+/// One step of a schema.
+pub struct Migration {
+    pub version: u32,
+    pub what: &'static str,
+    pub sql: &'static str,
+}
+
+/// SQLite (`PRAGMA user_version`). Version 1 is the schema every earlier release created
+/// (`IF NOT EXISTS`: an existing file takes it as it is).
+pub const SQLITE: &[Migration] = &[Migration {
+    version: 1,
+    what: "leases by address, indexed by client and MAC",
+    sql: "CREATE TABLE IF NOT EXISTS leases (
+            ip       TEXT PRIMARY KEY,
+            client   TEXT NOT NULL,
+            mac      TEXT NOT NULL,
+            hostname TEXT,
+            state    TEXT NOT NULL,
+            expires  INTEGER NOT NULL
+          );
+          CREATE INDEX IF NOT EXISTS leases_client ON leases(client);
+          CREATE INDEX IF NOT EXISTS leases_mac ON leases(mac);",
+}];
+
+/// PostgreSQL (table `netboot_schema`). Times that clients see (`expires`) are Unix seconds
+/// as in SQLite; times between servers (heartbeats) are the database's clock, so that no two
+/// servers' clocks are ever compared.
+pub const POSTGRES: &[Migration] = &[Migration {
+    version: 1,
+    what: "leases, their change log, cluster members, the claim function",
+    sql: r#"
+CREATE TABLE netboot_leases (
+    ip        inet PRIMARY KEY,
+    client    text NOT NULL,
+    mac       text NOT NULL,
+    hostname  text,
+    state     text NOT NULL,
+    expires   bigint NOT NULL,
+    server_id text NOT NULL,
+    updated   timestamptz NOT NULL DEFAULT now()
+);
+-- At most one live lease per client: two servers cannot both give one machine an address.
+CREATE UNIQUE INDEX netboot_leases_one_per_client ON netboot_leases (client) WHERE state IN ('offered', 'bound');
+CREATE INDEX netboot_leases_mac ON netboot_leases (mac);
+
+-- Every change of a lease, in commit order: what the other servers follow.
+CREATE TABLE netboot_lease_changes (
+    seq       bigserial PRIMARY KEY,
+    ip        inet NOT NULL,
+    server_id text NOT NULL,
+    at        timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE FUNCTION netboot_lease_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO netboot_lease_changes (ip, server_id) VALUES (NEW.ip, NEW.server_id);
+    -- One wake-up per transaction (identical notifications are folded).
+    PERFORM pg_notify('netboot_leases', '');
+    RETURN NULL;
+END $$;
+CREATE TRIGGER netboot_lease_changed AFTER INSERT OR UPDATE ON netboot_leases
+    FOR EACH ROW EXECUTE FUNCTION netboot_lease_changed();
+
+CREATE TABLE netboot_members (
+    server_id text PRIMARY KEY,
+    started   timestamptz NOT NULL DEFAULT now(),
+    heartbeat timestamptz NOT NULL DEFAULT now()
+);
+
+-- Claims an address for a client, or says who has it: the one statement every lease write of
+-- every server goes through. Returns won = true and the row written, or won = false and the
+-- row that stands in the way: the address's live holder (another client), or this client's
+-- live lease of another address that another server gave it (two servers owning one bucket
+-- during a takeover). A lease of this client's from this server for another address is
+-- superseded (the client moved). Renewals are the same claim: they win only while the row is
+-- still this client's.
+CREATE FUNCTION netboot_claim(p_ip inet, p_client text, p_mac text, p_hostname text, p_state text,
+                              p_expires bigint, p_server text, p_now bigint)
+RETURNS TABLE (won boolean, ip text, client text, mac text, hostname text, state text, expires bigint)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE r netboot_leases%ROWTYPE;
+BEGIN
+    IF p_state IN ('offered', 'bound') THEN
+        SELECT * INTO r FROM netboot_leases l
+         WHERE l.client = p_client AND l.ip <> p_ip AND l.state IN ('offered', 'bound')
+           AND l.expires > p_now AND l.server_id <> p_server
+         FOR UPDATE;
+        IF FOUND THEN
+            RETURN QUERY SELECT false, host(r.ip), r.client, r.mac, r.hostname, r.state, r.expires;
+            RETURN;
+        END IF;
+        UPDATE netboot_leases l SET state = 'released', updated = now(), server_id = p_server
+         WHERE l.client = p_client AND l.ip <> p_ip AND l.state IN ('offered', 'bound');
+    END IF;
+    BEGIN
+        INSERT INTO netboot_leases AS l (ip, client, mac, hostname, state, expires, server_id)
+        VALUES (p_ip, p_client, p_mac, p_hostname, p_state, p_expires, p_server)
+        ON CONFLICT (ip) DO UPDATE
+           SET client = EXCLUDED.client, mac = EXCLUDED.mac, hostname = EXCLUDED.hostname,
+               state = EXCLUDED.state, expires = EXCLUDED.expires, server_id = EXCLUDED.server_id,
+               updated = now()
+         WHERE l.client = EXCLUDED.client OR l.expires <= p_now OR l.state = 'released'
+        RETURNING * INTO r;
+    EXCEPTION WHEN unique_violation THEN
+        -- A concurrent claim gave this client another address first: that one stands.
+        SELECT * INTO r FROM netboot_leases l
+         WHERE l.client = p_client AND l.state IN ('offered', 'bound') AND l.ip <> p_ip;
+        RETURN QUERY SELECT false, host(r.ip), r.client, r.mac, r.hostname, r.state, r.expires;
+        RETURN;
+    END;
+    IF FOUND THEN
+        RETURN QUERY SELECT true, host(r.ip), r.client, r.mac, r.hostname, r.state, r.expires;
+        RETURN;
+    END IF;
+    SELECT * INTO r FROM netboot_leases l WHERE l.ip = p_ip;
+    RETURN QUERY SELECT false, host(r.ip), r.client, r.mac, r.hostname, r.state, r.expires;
+END $$;
+"#,
+}];
