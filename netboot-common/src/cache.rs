@@ -83,6 +83,11 @@ pub struct FastLimits {
     /// DHCP requests per second per chaddr; 0 = unlimited.
     pub per_client_pps: u32,
     pub _pad: u32,
+    /// A cluster member's liveness (`bpf_ktime_get_ns` time): after it the program answers and
+    /// passes no DISCOVER or REQUEST (counter `member_stalled`), because the agent stopped
+    /// renewing it (killed, stopped, hung) and the other members take its buckets over after
+    /// the same `cluster.takeover`. 0 = not a cluster member: no such limit.
+    pub alive_until_ns: u64,
 }
 
 /// A client's request count in the current one-second window (`CLIENT_RATE`, LRU by chaddr).

@@ -115,6 +115,9 @@ counters! {
     FastNotForUs = "fast_not_for_us",
     /// DISCOVER or REQUEST of a client in a bucket another server of the cluster owns: dropped.
     NotOwner = "not_owner",
+    /// DISCOVER or REQUEST while this cluster member's agent has not renewed its liveness for
+    /// `cluster.takeover` (the others own its buckets by then): dropped.
+    MemberStalled = "member_stalled",
 }
 
 /// Number of counters; the size of the `COUNTERS` map.

@@ -170,7 +170,11 @@ pub fn netboot(ctx: XdpContext) -> u32 {
             bump(Counter::RateLimited);
             xdp_action::XDP_DROP
         }
-        Ok(Frame::Dhcp(req)) if !owned(&req) => {
+        Ok(Frame::Dhcp(req)) if is_request(&req) && member_stalled() => {
+            bump(Counter::MemberStalled);
+            xdp_action::XDP_DROP
+        }
+        Ok(Frame::Dhcp(req)) if is_request(&req) && !owned(&req.chaddr) => {
             bump(Counter::NotOwner);
             xdp_action::XDP_DROP
         }
@@ -235,15 +239,27 @@ fn over_rate(chaddr: &[u8; 6]) -> bool {
     false
 }
 
-/// Whether this server answers `req`: DISCOVER and REQUEST only in the buckets it owns (another
-/// server of the cluster answers the others); every other message goes on to the agent.
+/// DISCOVER and REQUEST: what one server of a cluster answers and the others leave alone.
+/// Every other message (RELEASE, DECLINE, INFORM) goes on to whichever agent receives it.
 #[inline(always)]
-fn owned(req: &Classified) -> bool {
-    if req.msg_type != msg::DISCOVER && req.msg_type != msg::REQUEST {
-        return true;
-    }
-    let b = u32::from(netboot_common::cluster::bucket(&req.chaddr));
+fn is_request(req: &Classified) -> bool {
+    req.msg_type == msg::DISCOVER || req.msg_type == msg::REQUEST
+}
+
+/// Whether the client with hardware address `chaddr` is in a bucket this server owns.
+#[inline(always)]
+fn owned(chaddr: &[u8; 6]) -> bool {
+    let b = u32::from(netboot_common::cluster::bucket(chaddr));
     BUCKET_OWNER.get(b).is_none_or(|o| *o == netboot_common::cluster::OWNER_SELF)
+}
+
+/// Whether this cluster member's agent let its liveness lapse (see `FastLimits`).
+#[inline(always)]
+fn member_stalled() -> bool {
+    match LIMITS.get(0) {
+        Some(l) if l.alive_until_ns != 0 => (unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_ns() }) > l.alive_until_ns,
+        _ => false,
+    }
 }
 
 /// What a frame is, for the program's purposes.

@@ -71,6 +71,7 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
     // is written before the first request can reach the program's cache.
     let (dhcp, cluster) = match cluster {
         Some(mut member) => {
+            limits.member_liveness(member.state.takeover)?;
             let owners = fastpath.take_map(maps::BUCKET_OWNER).ok_or_else(|| anyhow::anyhow!("the XDP object has no BUCKET_OWNER map"))?;
             member.set_owner_map(crate::cluster::OwnerMap::new(owners)?);
             member.beat().await.map_err(|e| e.context("first cluster heartbeat"))?;

@@ -374,7 +374,7 @@ fn hostile_and_offloaded_frames_are_counted_and_never_answered_wrongly() {
 
     // A client over per_client_pps: dropped (neither the kernel nor the agent answers), other
     // clients untouched. The window is one second: a burst that took longer is run again.
-    limits.set(0, FastLimits { per_client_pps: 3, _pad: 0 }, 0).unwrap();
+    limits.set(0, FastLimits { per_client_pps: 3, ..Default::default() }, 0).unwrap();
     let mut other = r.msg.clone();
     other.set_chaddr(&[2, 0, 0, 0, 0x66, 1]);
     let other = reframe(&uefi[0], &other);
@@ -468,4 +468,18 @@ fn the_kernel_and_the_core_agree_on_which_clients_a_member_answers() {
         }
     }
     assert!(mine > 100 && theirs > 100, "an even split of 300 clients: {mine} ours, {theirs} theirs");
+
+    // A member whose agent stopped renewing its liveness answers nobody, its own clients
+    // included (the others own its buckets by then); renewed, it answers again.
+    let mut limits: Array<_, netboot_common::cache::FastLimits> = Array::try_from(prog.loaded.take_map(maps::LIMITS).unwrap()).unwrap();
+    let own = (0u8..=255).map(|i| MacAddr([2, 0x14, 0, 0, 0, i])).find(|m| buckets.owns(*m)).unwrap();
+    let mut m = req(base[0].clone()).msg;
+    m.set_chaddr(&own.0);
+    let frame = reframe(&base[0], &m);
+    limits.set(0, netboot_common::cache::FastLimits { alive_until_ns: 1, ..Default::default() }, 0).unwrap();
+    let (action, _, d) = prog.run(&frame);
+    assert_eq!((action, d.get(Counter::MemberStalled)), (testrun::XDP_DROP, 1), "{:?}", d.nonzero());
+    limits.set(0, netboot_common::cache::FastLimits { alive_until_ns: u64::MAX, ..Default::default() }, 0).unwrap();
+    let (action, _, d) = prog.run(&frame);
+    assert_ne!(action, testrun::XDP_DROP, "{:?}", d.nonzero());
 }

@@ -1,26 +1,59 @@
-//! The XDP program's limits (`LIMITS`), set from the config at start and on every reload.
+//! The XDP program's limits (`LIMITS`), set from the config at start and on every reload; for
+//! a cluster member also its liveness, renewed while the agent runs.
 
 use crate::config::Config;
 use aya::maps::{Array, Map, MapData};
 use netboot_common::cache::FastLimits;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::watch;
 
-pub struct LimitsMap(Array<MapData, FastLimits>);
+pub struct LimitsMap {
+    map: Array<MapData, FastLimits>,
+    value: FastLimits,
+    /// `cluster.takeover` of a cluster member: how long the kernel answers after the agent's
+    /// last renewal. `None` alone.
+    takeover: Option<Duration>,
+}
+
+/// `bpf_ktime_get_ns`'s clock.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
 
 impl LimitsMap {
     pub fn new(map: Map) -> anyhow::Result<LimitsMap> {
-        Ok(LimitsMap(Array::try_from(map)?))
+        Ok(LimitsMap { map: Array::try_from(map)?, value: FastLimits::default(), takeover: None })
+    }
+
+    /// Makes the kernel stop answering DISCOVER and REQUEST `takeover` after the agent's last
+    /// renewal ([`LimitsMap::follow`] renews it three times per `takeover`): a killed, stopped
+    /// or hung member falls silent when the others take its buckets over.
+    pub fn member_liveness(&mut self, takeover: Duration) -> anyhow::Result<()> {
+        self.takeover = Some(takeover);
+        self.write()
     }
 
     pub fn apply(&mut self, config: &Config) -> anyhow::Result<()> {
-        let limits = FastLimits { per_client_pps: config.dhcp.per_client_pps, _pad: 0 };
-        self.0.set(0, limits, 0)?;
+        self.value.per_client_pps = config.dhcp.per_client_pps;
+        self.write()
+    }
+
+    fn write(&mut self) -> anyhow::Result<()> {
+        if let Some(t) = self.takeover {
+            self.value.alive_until_ns = monotonic_ns() + t.as_nanos() as u64;
+        }
+        self.map.set(0, self.value, 0)?;
         Ok(())
     }
 
-    /// Applies each config published on `configs` until `shutdown` changes.
+    /// Applies each config published on `configs`, and renews a member's liveness, until
+    /// `shutdown` changes.
     pub async fn follow(mut self, mut configs: watch::Receiver<Arc<Config>>, mut shutdown: watch::Receiver<bool>) {
+        let every = self.takeover.map_or(Duration::from_secs(3600), |t| (t / 3).max(Duration::from_millis(100)));
+        let mut renew = tokio::time::interval(every);
         loop {
             tokio::select! {
                 r = configs.changed() => {
@@ -30,6 +63,11 @@ impl LimitsMap {
                     let config = configs.borrow_and_update().clone();
                     if let Err(e) = self.apply(&config) {
                         tracing::error!("reload: cannot set the XDP limits: {e:#}");
+                    }
+                }
+                _ = renew.tick(), if self.takeover.is_some() => {
+                    if let Err(e) = self.write() {
+                        tracing::error!("cannot renew the member's liveness in the XDP program: {e:#}");
                     }
                 }
                 _ = shutdown.changed() => return,
