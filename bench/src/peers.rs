@@ -10,14 +10,27 @@ use std::process::{Child, Command, Stdio};
 pub enum Running {
     Agent(Agent),
     Children(Vec<Child>),
+    /// netboot-xdp servers sharing one PostgreSQL (dropped after them), each on a host of
+    /// the lab's segment (the first on the lab's server end); the hosts and the store are held
+    /// for the run.
+    Cluster { agents: Vec<Agent>, _hosts: Vec<netboot_lab::Segment>, _store: netboot_lab::postgres::Postgres },
 }
 
 impl Running {
     /// The processes whose CPU is the server's.
     pub fn pids(&self) -> Vec<u32> {
         match self {
-            Running::Agent(a) => a.status().ok().and_then(|s| s["agent_pid"].as_u64()).map(|p| vec![p as u32]).unwrap_or_default(),
             Running::Children(c) => c.iter().map(Child::id).collect(),
+            _ => self.agents().iter().filter_map(|a| a.status().ok()?["agent_pid"].as_u64()).map(|p| p as u32).collect(),
+        }
+    }
+
+    /// The netboot-xdp agents.
+    pub fn agents(&self) -> &[Agent] {
+        match self {
+            Running::Agent(a) => std::slice::from_ref(a),
+            Running::Cluster { agents, .. } => agents,
+            Running::Children(_) => &[],
         }
     }
 

@@ -237,6 +237,9 @@ struct Job {
 
 /// An [`XskClient`] on a thread of its own, taking reads from async tasks.
 pub struct XskService {
+    /// The lab's server end, which the AF_XDP client reaches; other servers (the members of a
+    /// cluster on the segment) are read from over kernel sockets.
+    server_ip: std::net::Ipv4Addr,
     jobs: Mutex<mpsc::Sender<Job>>,
     stop: Arc<AtomicBool>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -245,6 +248,7 @@ pub struct XskService {
 impl XskService {
     pub fn start(lab: &Lab, slots: usize) -> anyhow::Result<XskService> {
         let mut client = XskClient::open(lab, slots)?;
+        let server_ip = lab.server_ip();
         let (jobs, inbox) = mpsc::channel::<Job>();
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
@@ -273,11 +277,18 @@ impl XskService {
             }
             client.send();
         })?;
-        Ok(XskService { jobs: Mutex::new(jobs), stop, thread: Mutex::new(Some(thread)) })
+        Ok(XskService { server_ip, jobs: Mutex::new(jobs), stop, thread: Mutex::new(Some(thread)) })
     }
 
-    /// Reads `req` from `server`.
+    /// Reads `req` from `server` (call from the client namespace).
     pub async fn fetch(&self, server: SocketAddrV4, req: &Request, give_up: Duration) -> Fetched {
+        if *server.ip() != self.server_ip {
+            let read = async {
+                let sock = tokio::net::UdpSocket::bind("0.0.0.0:0").await?;
+                netboot_lab::tftp_fetch::fetch(sock, server.into(), req, give_up).await
+            };
+            return read.await.unwrap_or_else(|e| Fetched { data: Vec::new(), elapsed: Duration::ZERO, retransmits: 0, error: Some(format!("{e:#}")) });
+        }
         let (done, result) = tokio::sync::oneshot::channel();
         let job = Job { server, req: req.clone(), give_up, done };
         if self.jobs.lock().unwrap().send(job).is_err() {

@@ -38,7 +38,7 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
 
     let stats = Arc::new(Stats::default());
     let params = ServerParams::from_config(&config, server_ip);
-    let (store, cluster) = open_store(&config, params.lease_secs, &stats).await?;
+    let (store, mut cluster) = open_store(&config, params.lease_secs, &stats).await?;
     let (store, stored) = tokio::task::spawn_blocking(move || {
         let mut store = store;
         let stored = store.load();
@@ -48,8 +48,13 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
     let stored = stored?;
     let pools = config.dhcp.pools.iter().map(|p| *p.get_ref()).collect();
     let mut server = DhcpServer::new(params, pools, stored);
-    if let Some(c) = &cluster {
+    if let Some(c) = &mut cluster {
         server.set_buckets(c.state.buckets.clone());
+        // The members known now (this one included): allocation starts at this one's share.
+        c.beat().await.map_err(|e| e.context("first cluster heartbeat"))?;
+        let members = c.state.members();
+        let rank = members.iter().position(|m| *m == c.state.server_id).unwrap_or(0);
+        server.spread_allocation(rank, members.len());
     }
     let timelines = Arc::new(Timelines::new(iface_name));
     let dhcp = io::Service::bind(&iface, server, store, stats.clone(), timelines.clone())?;

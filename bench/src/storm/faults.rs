@@ -1,8 +1,11 @@
-//! Faults a storm can run through (`--kill-agent-at`, `--flood`; `--loss` is the lab's lossy
-//! link), and the check that follows them: every machine that booted has its lease in the store.
+//! Faults a storm can run through (`--kill-agent-at`, `--member-fault`, `--flood`; `--loss` is
+//! the lab's lossy link), and the check that follows them: every machine that booted has its
+//! lease in the store.
 
+use super::MemberFault;
 use super::machine::{Outcome, Progress};
 use crate::peers::Running;
+use netboot_lab::Agent;
 use netboot_lab::{Lab, Segment};
 use netboot::mac::MacAddr;
 use std::sync::Arc;
@@ -14,6 +17,13 @@ use std::time::{Duration, Instant};
 pub struct Seen {
     /// Agent crashes and restarts (`--kill-agent-at`).
     pub restarts: u32,
+    /// The fault done to a cluster member (`--member-fault`).
+    pub member_fault: Option<MemberFault>,
+    /// Seconds from that fault until the other members owned all 256 buckets.
+    pub failover_s: Option<f64>,
+    /// Per netboot-xdp server at the end: its id, buckets, answers and drops (see
+    /// [`member_report`]).
+    pub members: Vec<serde_json::Value>,
     /// Random-MAC DISCOVERs sent (`--flood`).
     pub flood_sent: u64,
     /// Machines that booted but whose address the lease store does not hold bound to them
@@ -24,19 +34,81 @@ pub struct Seen {
 /// Waits until `threshold` machines have their first address (an event of the storm, not a
 /// time), then kill -9 of the agent and a new one at once. Returns the restarts done (0 when
 /// the threshold was never reached before `deadline`).
-pub fn kill_agent_when(running: &mut Running, progress: &Progress, threshold: u32, deadline: Duration) -> anyhow::Result<u32> {
+pub fn kill_agent_when(running: &mut Running, progress: &Progress, threshold: u32, deadline: Duration) -> anyhow::Result<Seen> {
     let Running::Agent(agent) = running else { anyhow::bail!("--kill-agent-at needs netboot-xdp") };
-    let started = Instant::now();
-    while progress.done[0].load(Ordering::Relaxed) < threshold {
-        if started.elapsed() > deadline || progress.failed.load(Ordering::Relaxed) > 0 {
-            return Ok(0);
-        }
-        std::thread::sleep(Duration::from_millis(1));
+    if !reached(progress, threshold, deadline) {
+        return Ok(Seen::default());
     }
     let t = Instant::now();
     agent.crash_and_restart()?;
     println!("storm: agent killed (-9) after {threshold} machines had an address; running again after {:.2} s", t.elapsed().as_secs_f64());
-    Ok(1)
+    Ok(Seen { restarts: 1, ..Default::default() })
+}
+
+/// Whether `threshold` machines got their first address before `deadline` (and none failed).
+fn reached(progress: &Progress, threshold: u32, deadline: Duration) -> bool {
+    let started = Instant::now();
+    while progress.done[0].load(Ordering::Relaxed) < threshold {
+        if started.elapsed() > deadline || progress.failed.load(Ordering::Relaxed) > 0 {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    true
+}
+
+/// Once `threshold` machines have an address, kill -9 or SIGSTOP the last member of the
+/// cluster, then measures how long until the others own all of its buckets (they poll
+/// `status` every 50 ms: the figure is that much coarse).
+pub fn member_fault_when(running: &mut Running, kind: MemberFault, progress: &Progress, threshold: u32, deadline: Duration) -> anyhow::Result<Seen> {
+    let Running::Cluster { agents, .. } = running else { anyhow::bail!("--member-fault needs --servers 2 or more") };
+    if !reached(progress, threshold, deadline) {
+        return Ok(Seen::default());
+    }
+    let n = agents.len();
+    let t = Instant::now();
+    match kind {
+        MemberFault::Kill => agents[n - 1].crash()?,
+        MemberFault::Stop => agents[n - 1].pause(true),
+    }
+    let owned = |a: &Agent| a.status().ok().and_then(|s| s["cluster"]["owned_buckets"].as_u64()).unwrap_or(0);
+    let failover = loop {
+        if agents[..n - 1].iter().map(owned).sum::<u64>() == u64::from(netboot_common::cluster::BUCKETS) {
+            break Some(t.elapsed().as_secs_f64());
+        }
+        if t.elapsed() > Duration::from_secs(30) {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    println!(
+        "storm: member {} {} after {threshold} machines had an address; its buckets moved in {}",
+        agents[n - 1].iface,
+        if kind == MemberFault::Kill { "killed (-9)" } else { "stopped (SIGSTOP)" },
+        failover.map_or("(not within 30 s)".into(), |s| format!("{s:.2} s"))
+    );
+    Ok(Seen { member_fault: Some(kind), failover_s: failover, ..Default::default() })
+}
+
+/// A member at the end of a run: `status`'s cluster object and the counters that show who
+/// answered (OFFERs in the kernel and the agent) and who left requests to the others.
+pub fn member_report(agent: &Agent) -> anyhow::Result<serde_json::Value> {
+    let Ok(s) = agent.status() else {
+        return Ok(serde_json::json!({ "iface": agent.iface, "running": false }));
+    };
+    let xdp = |k: &str| s["counters"][k].as_u64().unwrap_or(0);
+    let own = |k: &str| s["agent"][k].as_u64().unwrap_or(0);
+    Ok(serde_json::json!({
+        "iface": agent.iface,
+        "running": true,
+        "cluster": s["cluster"],
+        "offers": xdp("fast_offer") + own("dhcp_sent_offer"),
+        "acks": xdp("fast_ack") + own("dhcp_sent_ack"),
+        "not_owner": xdp("not_owner") + own("dhcp_silent_not_owner"),
+        "claims_lost": own("lease_claims_lost"),
+        "agent": s["agent"],
+        "xdp": s["counters"],
+    }))
 }
 
 /// DISCOVERs from random MACs at a steady rate, from a host of their own on the segment.

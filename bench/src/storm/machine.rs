@@ -54,7 +54,8 @@ pub struct Expect {
     pub uefi_file: String,
     pub bios_bytes: Arc<Vec<u8>>,
     pub uefi_bytes: Arc<Vec<u8>>,
-    pub script_url: String,
+    /// The script URLs a machine may be given: one per boot server (each names itself).
+    pub script_urls: Vec<String>,
     /// Whether each machine's address is its reservation (`false`: from the pool, `--pool`).
     pub reserved: bool,
 }
@@ -65,6 +66,9 @@ pub struct Behaviour {
     pub uefi_windowsize: Option<u16>,
     /// Also fetch the kernel and initrd the script names.
     pub fetch_files: bool,
+    /// Times a machine whose boot failed (not a violation) starts over from DHCP, as firmware
+    /// that retries network boot does after a server died under it (`--member-fault`).
+    pub reboots: u32,
 }
 
 /// Completed stages per kind, for the progress bar.
@@ -90,6 +94,8 @@ pub struct Outcome {
     pub ip: Option<Ipv4Addr>,
     pub dhcp_retransmits: u32,
     pub tftp_retransmits: u64,
+    /// Boots started over after a failure ([`Behaviour::reboots`]).
+    pub reboots: u32,
 }
 
 impl Outcome {
@@ -139,11 +145,25 @@ pub async fn boot(
 ) -> Outcome {
     let out = Outcome { index: id.index, mac: id.mac.to_string(), ..Default::default() };
     let mut m = Machine { id, link, tftp, replies: &mut replies, t0: Instant::now(), out, reached };
-    if let Err((stage, why)) = m.chain(expect, how, progress).await {
-        progress.failed.fetch_add(1, Ordering::Relaxed);
-        m.out.failure = Some((stage, why));
+    loop {
+        match m.chain(expect, how, progress).await {
+            Ok(()) => return m.out,
+            Err((_, why)) if !why.starts_with(VIOLATION) && m.out.reboots < how.reboots => {
+                // Power-cycled: the same machine, from the first stage, its times from now.
+                m.out.reboots += 1;
+                for (i, _) in m.out.stage_end.iter().enumerate() {
+                    progress.done[i].fetch_sub(1, Ordering::Relaxed);
+                }
+                m.out.stage_end.clear();
+                m.reached.store(0, Ordering::Relaxed);
+            }
+            Err((stage, why)) => {
+                progress.failed.fetch_add(1, Ordering::Relaxed);
+                m.out.failure = Some((stage, why));
+                return m.out;
+            }
+        }
     }
-    m.out
 }
 
 impl Machine<'_> {
@@ -190,8 +210,8 @@ impl Machine<'_> {
         if ipxe.ip != rom.ip {
             return Err(fail("ipxe_dhcp", format!("{VIOLATION}iPXE got {}, the ROM got {}", ipxe.ip, rom.ip)));
         }
-        if ipxe.file != expect.script_url {
-            return Err(fail("ipxe_dhcp", format!("{VIOLATION}script URL {:?}, expected {:?}", ipxe.file, expect.script_url)));
+        if !expect.script_urls.contains(&ipxe.file) {
+            return Err(fail("ipxe_dhcp", format!("{VIOLATION}script URL {:?}, expected one of {:?}", ipxe.file, expect.script_urls)));
         }
         self.stage_done(2, progress);
 

@@ -14,7 +14,6 @@ mod servers;
 
 use link::DhcpLink;
 use machine::{Behaviour, Expect, Identity, Outcome, Progress, Reached, STAGES};
-use crate::peers;
 use netboot_lab::{Lab, LabSpec};
 use netboot::mac::MacAddr;
 use std::net::Ipv4Addr;
@@ -78,6 +77,35 @@ pub struct Args {
     /// host of its own on the segment.
     #[arg(long, default_value_t = 0)]
     pub flood: u32,
+    /// netboot-xdp servers on the segment, active-active (more than one needs
+    /// `--store postgres`).
+    #[arg(long, default_value_t = 1)]
+    pub servers: u32,
+    /// netboot-xdp's lease store: SQLite in its state_dir, or one PostgreSQL (started for the
+    /// run) shared by every server.
+    #[arg(long, value_enum, default_value_t = Store::Sqlite)]
+    pub store: Store,
+    /// Once `--member-fault-at` of the machines have an address, kill -9 (`kill`) or SIGSTOP
+    /// (`stop`) the last server of the cluster; its buckets must move to the others within
+    /// `cluster.takeover` + 1 s. Machines whose boot broke with it start over once.
+    #[arg(long, value_enum)]
+    pub member_fault: Option<MemberFault>,
+    #[arg(long, default_value_t = 0.5)]
+    pub member_fault_at: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Store {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberFault {
+    Kill,
+    Stop,
 }
 
 impl Args {
@@ -98,6 +126,10 @@ impl Args {
             loss: 0.0,
             kill_agent_at: None,
             flood: 0,
+            servers: 1,
+            store: Store::Sqlite,
+            member_fault: None,
+            member_fault_at: 0.5,
         }
     }
 }
@@ -141,13 +173,22 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         uefi_file: "ipxe.efi".into(),
         bios_bytes: Arc::new(read("undionly.kpxe")?),
         uefi_bytes: Arc::new(read("ipxe.efi")?),
-        script_url: servers::SCRIPT_URL.into(),
+        script_urls: (0..args.servers).map(servers::script_url).collect(),
         reserved: !args.pool,
     };
     anyhow::ensure!(!args.pool || servers == ["netboot-xdp"], "--pool runs against netboot-xdp only");
     anyhow::ensure!(args.kill_agent_at.is_none() || servers == ["netboot-xdp"], "--kill-agent-at runs against netboot-xdp only");
     anyhow::ensure!((0.0..100.0).contains(&args.loss), "--loss must be a percentage below 100");
-    let how = Behaviour { rom_blksize: args.rom_blksize, uefi_windowsize: args.uefi_windowsize, fetch_files: args.files };
+    anyhow::ensure!(args.servers >= 1 && args.servers <= 8, "--servers must be 1..=8");
+    anyhow::ensure!(args.servers == 1 || args.store == Store::Postgres, "--servers {} needs --store postgres (one truth for all of them)", args.servers);
+    anyhow::ensure!((args.servers == 1 && args.store == Store::Sqlite) || servers == ["netboot-xdp"], "--servers and --store are netboot-xdp's");
+    anyhow::ensure!(args.member_fault.is_none() || args.servers > 1, "--member-fault needs --servers 2 or more");
+    let how = Behaviour {
+        rom_blksize: args.rom_blksize,
+        uefi_windowsize: args.uefi_windowsize,
+        fetch_files: args.files,
+        reboots: u32::from(args.member_fault.is_some()),
+    };
     println!(
         "storm: {} machines ({:?}, ROM TFTP blksize {}, UEFI windowsize {:?}{}), {}",
         args.nodes,
@@ -166,33 +207,45 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         netboot_lab::run_checked(lab.server.command("sysctl").args(["-qw", "net.core.rmem_default=16777216", "net.core.rmem_max=16777216"]))?;
         let dir = lab.scratch_dir("storm")?;
         servers::write_files(&dir, &expect.bios_bytes, &expect.uefi_bytes)?;
-        let mut running = servers::start(server, &lab, &dir, &machines, args.pool)?;
+        let mut running = servers::start(server, &lab, &dir, &machines, args)?;
         if args.loss > 0.0 {
             lab.set_loss(args.loss)?;
         }
         let cpu0 = running.cpu();
         let progress = Arc::new(Progress::default());
         let flood = (args.flood > 0).then(|| faults::Flood::start(&lab, args.flood)).transpose()?;
-        let (outcomes, wall, client_cpu, restarts) = std::thread::scope(|scope| {
-            let killer = args.kill_agent_at.map(|at| {
-                let (progress, running) = (progress.clone(), &mut running);
-                let threshold = ((at * args.nodes as f64).ceil() as u32).clamp(1, args.nodes);
-                scope.spawn(move || faults::kill_agent_when(running, &progress, threshold, Duration::from_secs(args.deadline)))
-            });
+        let threshold = |at: f64| ((at * args.nodes as f64).ceil() as u32).clamp(1, args.nodes);
+        let (outcomes, wall, client_cpu, fault) = std::thread::scope(|scope| {
+            let fault = match (args.kill_agent_at, args.member_fault) {
+                (Some(at), _) => {
+                    let (progress, running) = (progress.clone(), &mut running);
+                    Some(scope.spawn(move || faults::kill_agent_when(running, &progress, threshold(at), Duration::from_secs(args.deadline))))
+                }
+                (None, Some(kind)) => {
+                    let (progress, running) = (progress.clone(), &mut running);
+                    let at = threshold(args.member_fault_at);
+                    Some(scope.spawn(move || faults::member_fault_when(running, kind, &progress, at, Duration::from_secs(args.deadline))))
+                }
+                (None, None) => None,
+            };
             let r = storm(&lab, &machines, &expect, how, args, progress.clone());
-            let restarts = killer.map(|k| k.join().expect("killer thread")).transpose();
-            r.and_then(|(o, w, c)| Ok((o, w, c, restarts?.unwrap_or(0))))
+            let fault = fault.map(|k| k.join().expect("fault thread")).transpose();
+            r.and_then(|(o, w, c)| Ok((o, w, c, fault?.unwrap_or_default())))
         })?;
         let flood_sent = flood.map(faults::Flood::stop).unwrap_or(0);
+        // A member stopped by --member-fault goes on now (and rejoins): its CPU can be read.
+        running.agents().iter().for_each(|a| a.pause(false));
         let server_cpu = running.cpu().saturating_sub(cpu0);
-        let lost = match &running {
-            peers::Running::Agent(a) => Some(faults::lost_leases(a, &outcomes)?),
-            _ => None,
+        let lost = match running.agents().first() {
+            Some(a) => Some(faults::lost_leases(a, &outcomes)?),
+            None => None,
         };
+        let members = running.agents().iter().map(faults::member_report).collect::<anyhow::Result<Vec<_>>>()?;
         drop(running);
         drop(dir);
         drop(lab);
-        let r = Run { server: server.clone(), outcomes, wall, server_cpu, client_cpu, faults: faults::Seen { restarts, flood_sent, lost_leases: lost } };
+        let seen = faults::Seen { flood_sent, lost_leases: lost, members, ..fault };
+        let r = Run { server: server.clone(), outcomes, wall, server_cpu, client_cpu, faults: seen };
         report::print(&r, args.nodes);
         runs.push(r);
     }
@@ -222,7 +275,15 @@ fn storm(
     args: &Args,
     progress: Arc<Progress>,
 ) -> anyhow::Result<(Vec<Outcome>, Duration, Duration)> {
-    let dev = lab.link_if.clone();
+    // One server: the machines' wire is the bridge port towards it. Several: the bridge itself
+    // (a broadcast reaches every server; promiscuous, so that the replies to the machines'
+    // MACs, which the bridge never learns, are delivered to it too).
+    let dev = if args.servers > 1 {
+        netboot_lab::run_checked(lab.client.command("ip").args(["link", "set", &lab.client_if, "promisc", "on"]))?;
+        lab.client_if.clone()
+    } else {
+        lab.link_if.clone()
+    };
     let (ramp, deadline) = (args.ramp, Duration::from_secs(args.deadline));
     let n = machines.len();
     // TFTP from the machines through the bench's AF_XDP client (one thread, a port per read).

@@ -93,6 +93,21 @@ pub fn print(r: &Run, nodes: u32) {
     if f.restarts > 0 || f.flood_sent > 0 || f.lost_leases.is_some_and(|n| n > 0) {
         println!("  faults: {} agent restarts, {} flood DISCOVERs, lost leases {:?}", f.restarts, f.flood_sent, f.lost_leases);
     }
+    if let Some(kind) = f.member_fault {
+        let reboots: u32 = r.outcomes.iter().map(|o| o.reboots).sum();
+        println!("  member fault {kind:?}: buckets moved in {:?} s; {reboots} machines started over", f.failover_s);
+    }
+    for m in &f.members {
+        println!(
+            "  member {}: {} buckets, {} offers, {} acks, {} left to others, {} claims lost",
+            m["cluster"]["server_id"].as_str().unwrap_or("?"),
+            m["cluster"]["owned_buckets"],
+            m["offers"],
+            m["acks"],
+            m["not_owner"],
+            m["claims_lost"]
+        );
+    }
     let failures = failures_by_stage(r);
     if !failures.is_empty() {
         println!("  failures by stage: {failures:?}");
@@ -178,6 +193,7 @@ pub fn json(runs: &[Run], args: &Args) -> serde_json::Value {
                 "duplicate_addresses": duplicate_addresses(r),
                 "faults": r.faults,
                 "dhcp_retransmits": r.outcomes.iter().map(|o| u64::from(o.dhcp_retransmits)).sum::<u64>(),
+                "reboots": r.outcomes.iter().map(|o| u64::from(o.reboots)).sum::<u64>(),
                 "tftp_retransmits": r.outcomes.iter().map(|o| o.tftp_retransmits).sum::<u64>(),
                 "server_cpu_s": r.server_cpu.as_secs_f64(),
                 "client_cpu_s": r.client_cpu.as_secs_f64(),
@@ -198,6 +214,8 @@ pub fn json(runs: &[Run], args: &Args) -> serde_json::Value {
         "loss_pct": args.loss,
         "kill_agent_at": args.kill_agent_at,
         "flood_pps": args.flood,
+        "cluster_servers": args.servers,
+        "store": args.store,
         "servers": servers,
     })
 }

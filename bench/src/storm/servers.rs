@@ -15,6 +15,17 @@ pub const SERVERS: [&str; 3] = ["netboot-xdp", "dnsmasq", "kea+tftpd-hpa"];
 pub const SERVER_IP: &str = "10.77.0.1";
 pub const SCRIPT_URL: &str = "http://10.77.0.1:8080/boot.ipxe";
 
+/// The address of boot server `i` of a cluster: the lab's server end, then 10.77.0.3 and up
+/// (10.77.0.2 is the machines' side).
+pub fn server_ip(i: u32) -> String {
+    if i == 0 { SERVER_IP.into() } else { format!("10.77.0.{}", 2 + i) }
+}
+
+/// The script URL server `i` hands out.
+pub fn script_url(i: u32) -> String {
+    format!("http://{}:8080/boot.ipxe", server_ip(i))
+}
+
 /// The files every server serves, under `dir/tftp` and `dir/http`.
 pub fn write_files(dir: &Path, bios: &[u8], uefi: &[u8]) -> anyhow::Result<()> {
     let (tftp, http) = (dir.join("tftp"), dir.join("http"));
@@ -30,9 +41,10 @@ pub fn write_files(dir: &Path, bios: &[u8], uefi: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn start(server: &str, lab: &Lab, dir: &Path, machines: &[Identity], pool: bool) -> anyhow::Result<Running> {
+pub fn start(server: &str, lab: &Lab, dir: &Path, machines: &[Identity], args: &super::Args) -> anyhow::Result<Running> {
     let mut running = match server {
-        "netboot-xdp" => netboot_xdp(lab, dir, machines, pool)?,
+        "netboot-xdp" if args.store == super::Store::Postgres => cluster(lab, dir, machines, args)?,
+        "netboot-xdp" => Running::Agent(Agent::start(lab, &crate::bin_dir().join("netboot-xdp"), &netboot_xdp_config(dir, machines, args.pool, 0, None)?, &[])?),
         "dnsmasq" => Running::Children(vec![dnsmasq(lab, dir, machines)?]),
         "kea+tftpd-hpa" => Running::Children(vec![kea(lab, dir, machines)?, tftpd_hpa(lab, dir)?, http_server(lab, dir)?]),
         other => anyhow::bail!("unknown server {other:?} (one of {})", SERVERS.join(", ")),
@@ -47,8 +59,39 @@ pub fn start(server: &str, lab: &Lab, dir: &Path, machines: &[Identity], pool: b
     Ok(running)
 }
 
-/// netboot-xdp with a reservation per machine, or (`pool`) a pool of addresses for them.
-fn netboot_xdp(lab: &Lab, dir: &Path, machines: &[Identity], pool: bool) -> anyhow::Result<Running> {
+/// `--servers N --store postgres`: a PostgreSQL for the run and N netboot-xdp servers sharing
+/// it, the first on the lab's server end and the others on hosts of their own on the segment;
+/// ready once each sees all N members.
+fn cluster(lab: &Lab, dir: &Path, machines: &[Identity], args: &super::Args) -> anyhow::Result<Running> {
+    let store = netboot_lab::postgres::Postgres::start(&lab.id)?;
+    let bin = crate::bin_dir().join("netboot-xdp");
+    let (mut agents, mut hosts) = (Vec::new(), Vec::new());
+    for i in 0..args.servers {
+        let config = netboot_xdp_config(dir, machines, args.pool, i, Some(&store.url()))?;
+        let agent = if i == 0 {
+            Agent::start(lab, &bin, &config, &[])?
+        } else {
+            let tag = (b'k' + i as u8) as char;
+            let host = lab.add_server(&format!("srv{i}"), tag, format!("{}/16", server_ip(i)).parse()?)?;
+            netboot_lab::run_checked(host.ns.command("sysctl").args(["-qw", "net.core.rmem_default=16777216", "net.core.rmem_max=16777216"]))?;
+            let a = Agent::start_on(&host.ns, &host.iface, &bin, &config, &[])?;
+            hosts.push(host);
+            a
+        };
+        agents.push(agent);
+    }
+    let members = |a: &Agent| a.status().ok().and_then(|s| s["cluster"]["members"].as_array().map(Vec::len)).unwrap_or(0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while agents.iter().any(|a| members(a) != args.servers as usize) {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "the {} servers did not all see each other within 15 s", args.servers);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Ok(Running::Cluster { agents, _hosts: hosts, _store: store })
+}
+
+/// netboot-xdp's config as server `i` with a reservation per machine, or (`pool`) a pool of
+/// addresses for them; a member of a cluster sharing `store`.
+fn netboot_xdp_config(dir: &Path, machines: &[Identity], pool: bool, i: u32, store: Option<&str>) -> anyhow::Result<std::path::PathBuf> {
     let mut hosts = String::from("mac,ip,hostname\n");
     for m in machines {
         hosts.push_str(&format!("{},{},node-{:05}\n", m.mac, m.ip, m.index));
@@ -57,22 +100,24 @@ fn netboot_xdp(lab: &Lab, dir: &Path, machines: &[Identity], pool: bool) -> anyh
     // The simulated machines fetch over TFTP from the one address of the lab's client end: the
     // per-client transfer limit (real machines each have their own address) is off; every
     // other limit keeps its default.
-    let config = dir.join("netboot.toml");
+    let config = dir.join(format!("netboot-{i}.toml"));
+    let cluster = store.map_or(String::new(), |url| format!("[cluster]\nserver_id = \"boot-{i}\"\nstore = \"{url}\"\n"));
     std::fs::write(
         &config,
         format!(
-            "[server]\naddress = \"{SERVER_IP}\"\nstate_dir = \"{state}\"\n\
+            "[server]\naddress = \"{address}\"\nstate_dir = \"{state}\"\n\
              [dhcp]\nsubnet = \"10.77.0.0/16\"\nlease_time = \"1h\"\n{addresses}\n\
              [boot]\nbios = \"undionly.kpxe\"\nuefi_x64 = \"ipxe.efi\"\nipxe_script = \"http://{{server}}:8080/boot.ipxe\"\n\
              [tftp]\nroot = \"{tftp}\"\nengine = \"afxdp\"\nmax_transfers_per_client = 0\n\
-             [http]\nlisten = \"0.0.0.0:8080\"\nroot = \"{http}\"\nscript = \"boot.ipxe.j2\"\n",
-            state = dir.join("state").display(),
+             [http]\nlisten = \"0.0.0.0:8080\"\nroot = \"{http}\"\nscript = \"boot.ipxe.j2\"\n{cluster}",
+            address = server_ip(i),
+            state = dir.join(format!("state-{i}")).display(),
             tftp = dir.join("tftp").display(),
             http = dir.join("http").display(),
             addresses = if pool { "pools = [\"10.77.2.1-10.77.255.254\"]" } else { "hosts_file = \"hosts.csv\"" },
         ),
     )?;
-    Ok(Running::Agent(Agent::start(lab, &crate::bin_dir().join("netboot-xdp"), &config, &[])?))
+    Ok(config)
 }
 
 /// No output, and a process group of its own (see [`crate::peers::own_group`]).

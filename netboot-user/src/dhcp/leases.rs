@@ -239,6 +239,21 @@ impl LeaseTable {
         None
     }
 
+    /// Starts the next-fit search at `part`/`parts` of the pools (member `part` of `parts` of a
+    /// cluster): members allocating from one pool start far apart, so their claims rarely
+    /// collide in the shared store.
+    pub fn start_at(&mut self, part: usize, parts: usize) {
+        let total: u64 = self.pools.iter().map(|p| u64::from(p.len())).sum();
+        let mut at = total * part as u64 / parts.max(1) as u64;
+        for (i, p) in self.pools.iter().enumerate() {
+            if at < u64::from(p.len()) {
+                self.cursor = (i, at as u32);
+                return;
+            }
+            at -= u64::from(p.len());
+        }
+    }
+
     /// Removes the record of `ip` if it is `client`'s.
     pub fn remove_if(&mut self, ip: Ipv4Addr, client: &ClientKey) {
         if self.by_ip.get(&ip).is_some_and(|l| l.client == *client) {

@@ -247,6 +247,11 @@ impl DhcpServer {
         DhcpServer { params, leases, persisted, allocations: (0, 0), buckets: Arc::default() }
     }
 
+    /// Allocates from `part`/`parts` of the pools on (see [`LeaseTable::start_at`]).
+    pub fn spread_allocation(&mut self, part: usize, parts: usize) {
+        self.leases.start_at(part, parts);
+    }
+
     /// Answers DISCOVER and REQUEST only for clients in `buckets` (a cluster member's share).
     pub fn set_buckets(&mut self, buckets: Arc<Buckets>) {
         self.buckets = buckets;
