@@ -119,6 +119,51 @@ pub mod probe {
         sock: UdpSocket,
     }
 
+    /// DISCOVER and REQUEST from any MAC through a [`Probe`], built from a captured udhcpc
+    /// DISCOVER (without its client id, so that chaddr is the client).
+    pub struct Dora {
+        pub probe: Probe,
+        base: Vec<u8>,
+    }
+
+    impl Dora {
+        pub fn open(lab: &Lab) -> Dora {
+            let base = netboot::frame::parse_udp(&crate::fixture_frames("udhcpc")[0]).unwrap().payload.to_vec();
+            Dora { probe: Probe::open(lab), base }
+        }
+
+        pub fn discover(&self, mac: [u8; 6]) -> Vec<u8> {
+            use dhcproto::{Decodable, Decoder, Encodable};
+            let mut m = dhcproto::v4::Message::decode(&mut Decoder::new(&self.base)).unwrap();
+            m.set_chaddr(&mac);
+            m.opts_mut().remove(dhcproto::v4::OptionCode::ClientIdentifier);
+            m.to_vec().unwrap()
+        }
+
+        /// The addresses offered to `mac` within 1.5 s.
+        pub fn offers(&self, mac: [u8; 6]) -> Vec<Ipv4Addr> {
+            use dhcproto::{Decodable, Decoder};
+            let replies = self.probe.exchange(&self.discover(mac), Duration::from_millis(1500));
+            replies.iter().filter_map(|r| dhcproto::v4::Message::decode(&mut Decoder::new(r)).ok()).map(|m| m.yiaddr()).collect()
+        }
+
+        /// DISCOVER, then REQUEST of the address offered by `server`: the address ACKed.
+        pub fn bind(&self, mac: [u8; 6], server: Ipv4Addr) -> Option<Ipv4Addr> {
+            use dhcproto::v4::{DhcpOption, Message, MessageType};
+            use dhcproto::{Decodable, Decoder, Encodable};
+            let offered = *self.offers(mac).first()?;
+            let mut request = Message::decode(&mut Decoder::new(&self.discover(mac))).unwrap();
+            request.opts_mut().insert(DhcpOption::MessageType(MessageType::Request));
+            request.opts_mut().insert(DhcpOption::RequestedIpAddress(offered));
+            request.opts_mut().insert(DhcpOption::ServerIdentifier(server));
+            let acks = self.probe.exchange(&request.to_vec().unwrap(), Duration::from_millis(1500));
+            acks.iter()
+                .filter_map(|r| Message::decode(&mut Decoder::new(r)).ok())
+                .find(|m| netboot::dhcp::classify::message_type(m) == Some(MessageType::Ack))
+                .map(|m| m.yiaddr())
+        }
+    }
+
     impl Probe {
         /// A socket on port 68 of the lab's client interface.
         pub fn open(lab: &Lab) -> Probe {

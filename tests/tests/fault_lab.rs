@@ -61,10 +61,7 @@ fn a_random_mac_discover_flood_does_not_stop_a_storm() {
 /// is space.
 #[test]
 fn a_full_state_dir_gives_no_address_it_cannot_store_and_recovers() {
-    use dhcproto::v4::{DhcpOption, Message, MessageType};
-    use dhcproto::{Decodable, Decoder, Encodable};
-    use std::time::Duration;
-    use tests::probe::Probe;
+    use tests::probe::Dora;
     if !require_root("a_full_state_dir_gives_no_address_it_cannot_store_and_recovers") {
         return;
     }
@@ -80,25 +77,10 @@ fn a_full_state_dir_gives_no_address_it_cannot_store_and_recovers() {
     let _tmpfs = Tmpfs::mount(&state, "2m");
     let agent = s.start();
     let stat = |k: &str| agent.status().unwrap()["agent"][k].as_u64().unwrap_or(0);
-    let probe = Probe::open(&s.lab);
-    let base = netboot::frame::parse_udp(&tests::fixture_frames("udhcpc")[0]).unwrap().payload.to_vec();
-    let discover = |mac: u8| {
-        let mut m = Message::decode(&mut Decoder::new(&base)).unwrap();
-        m.set_chaddr(&[2, 0, 0, 0x0f, 0, mac]);
-        m.opts_mut().remove(dhcproto::v4::OptionCode::ClientIdentifier);
-        m.to_vec().unwrap()
-    };
-    let offers = |mac: u8| probe.exchange(&discover(mac), Duration::from_millis(1500)).len();
-
-    // A client bound before the disk fills (DISCOVER, then REQUEST of the offered address).
-    let offer = probe.exchange(&discover(1), Duration::from_millis(1500));
-    assert_eq!(offer.len(), 1, "a first client is served");
-    let offered = Message::decode(&mut Decoder::new(&offer[0])).unwrap().yiaddr();
-    let mut request = Message::decode(&mut Decoder::new(&discover(1))).unwrap();
-    request.opts_mut().insert(DhcpOption::MessageType(MessageType::Request));
-    request.opts_mut().insert(DhcpOption::RequestedIpAddress(offered));
-    request.opts_mut().insert(DhcpOption::ServerIdentifier("10.77.0.1".parse().unwrap()));
-    assert_eq!(probe.exchange(&request.to_vec().unwrap(), Duration::from_millis(1500)).len(), 1, "no ACK");
+    let dora = Dora::open(&s.lab);
+    let offers = |mac: u8| dora.offers([2, 0, 0, 0x0f, 0, mac]).len();
+    // A client bound before the disk fills.
+    assert!(dora.bind([2, 0, 0, 0x0f, 0, 1], "10.77.0.1".parse().unwrap()).is_some(), "a first client is not served");
     // Fill the file system (bounded by its size).
     let filler = state.join("filler");
     {

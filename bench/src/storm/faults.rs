@@ -93,8 +93,9 @@ pub fn member_fault_when(running: &mut Running, kind: MemberFault, progress: &Pr
 /// A member at the end of a run: `status`'s cluster object and the counters that show who
 /// answered (OFFERs in the kernel and the agent) and who left requests to the others.
 pub fn member_report(agent: &Agent) -> anyhow::Result<serde_json::Value> {
-    let Ok(s) = agent.status() else {
-        return Ok(serde_json::json!({ "iface": agent.iface, "running": false }));
+    let s = match agent.status() {
+        Ok(s) if s["agent_running"] == true => s,
+        _ => return Ok(serde_json::json!({ "iface": agent.iface, "running": false })),
     };
     let xdp = |k: &str| s["counters"][k].as_u64().unwrap_or(0);
     let own = |k: &str| s["agent"][k].as_u64().unwrap_or(0);
@@ -106,9 +107,16 @@ pub fn member_report(agent: &Agent) -> anyhow::Result<serde_json::Value> {
         "acks": xdp("fast_ack") + own("dhcp_sent_ack"),
         "not_owner": xdp("not_owner") + own("dhcp_silent_not_owner"),
         "claims_lost": own("lease_claims_lost"),
-        "agent": s["agent"],
-        "xdp": s["counters"],
+        // What this server's API shows of the shared store: every member's leases.
+        "leases_bound": bound_leases(&agent.iface).unwrap_or(0),
+        "agent_counters": s["agent"],
+        "xdp_counters": s["counters"],
     }))
+}
+
+fn bound_leases(iface: &str) -> anyhow::Result<usize> {
+    let v: Vec<serde_json::Value> = serde_json::from_slice(&netboot::runtime::control_get(iface, "/api/v1/leases")?)?;
+    Ok(v.iter().filter(|l| l["state"] == "bound").count())
 }
 
 /// DISCOVERs from random MACs at a steady rate, from a host of their own on the segment.

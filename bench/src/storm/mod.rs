@@ -87,7 +87,7 @@ pub struct Args {
     pub store: Store,
     /// Once `--member-fault-at` of the machines have an address, kill -9 (`kill`) or SIGSTOP
     /// (`stop`) the last server of the cluster; its buckets must move to the others within
-    /// `cluster.takeover` + 1 s. Machines whose boot broke with it start over once.
+    /// `cluster.takeover` + 1 s. Machines whose boot broke with it start over (up to three times).
     #[arg(long, value_enum)]
     pub member_fault: Option<MemberFault>,
     #[arg(long, default_value_t = 0.5)]
@@ -187,7 +187,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         rom_blksize: args.rom_blksize,
         uefi_windowsize: args.uefi_windowsize,
         fetch_files: args.files,
-        reboots: u32::from(args.member_fault.is_some()),
+        // Real machines retry network boot for as long as it takes; three times is plenty here.
+        reboots: if args.member_fault.is_some() { 3 } else { 0 },
     };
     println!(
         "storm: {} machines ({:?}, ROM TFTP blksize {}, UEFI windowsize {:?}{}), {}",

@@ -1,0 +1,201 @@
+//! Several netboot-xdp servers on one segment sharing one PostgreSQL (issue 14), with real
+//! PostgreSQL servers started by the tests: storms through two and three members (the
+//! storm's own checks: every machine booted, no address twice, every booted machine's lease
+//! in the store), a member killed or stopped mid-storm, the store stopped mid-run, the change
+//! listener cut.
+
+use netboot_lab::postgres::Postgres;
+use netboot_lab::Agent;
+use std::time::Instant;
+use tests::probe::Dora;
+use tests::{bench_json, require_root};
+
+/// A storm through a cluster; the run's JSON after the checks every cluster run must pass.
+fn storm(args: &[&str], name: &str) -> serde_json::Value {
+    let v = bench_json(&[&["storm", "--deadline", "120", "--pool", "--store", "postgres"], args].concat(), name);
+    let run = v["servers"][0].clone();
+    let nodes = v["nodes"].as_u64().unwrap();
+    assert_eq!(run["violations"], 0, "{run:#}");
+    assert_eq!(run["duplicate_addresses"], 0, "{run:#}");
+    assert_eq!(run["booted"], nodes, "{run:#}");
+    assert_eq!(run["faults"]["lost_leases"], 0, "{run:#}");
+    run
+}
+
+/// Each member answered only its own clients: every machine asks twice (ROM, iPXE), so the
+/// OFFERs of all members together are 2 per machine plus at most the DISCOVERs retransmitted;
+/// two members answering one client would double them. Every member saw the others' leases.
+fn check_members(run: &serde_json::Value, nodes: u64, live: usize) {
+    let members = run["faults"]["members"].as_array().unwrap();
+    let up: Vec<&serde_json::Value> = members.iter().filter(|m| m["running"] == true).collect();
+    assert_eq!(up.len(), live, "{run:#}");
+    let offers: u64 = up.iter().map(|m| m["offers"].as_u64().unwrap()).sum();
+    let retransmits = run["dhcp_retransmits"].as_u64().unwrap() + 2 * run["reboots"].as_u64().unwrap();
+    assert!(offers >= 2 * nodes && offers <= 2 * nodes + retransmits, "{offers} OFFERs for {nodes} machines: {run:#}");
+    for m in &up {
+        assert!(m["offers"].as_u64().unwrap() > 0 && m["not_owner"].as_u64().unwrap() > 0, "a member answered all or nothing: {m:#}");
+        assert_eq!(m["leases_bound"], nodes, "leases visible from every server: {m:#}");
+    }
+    let buckets: u64 = up.iter().map(|m| m["cluster"]["owned_buckets"].as_u64().unwrap()).sum();
+    assert_eq!(buckets, 256, "{run:#}");
+}
+
+#[test]
+fn two_servers_sharing_postgresql_boot_a_storm_each_client_answered_once() {
+    if !require_root("two_servers_sharing_postgresql_boot_a_storm_each_client_answered_once") {
+        return;
+    }
+    let _serial = tests::serial();
+    let run = storm(&["--nodes", "1000", "--servers", "2"], "cluster2");
+    check_members(&run, 1000, 2);
+}
+
+/// Three members; the last is killed (-9) once half the machines have an address: its buckets
+/// move within takeover (3 s) + 1 s, and every machine boots (those whose chain broke with
+/// the dead server start over, as firmware retrying network boot does; those caught between
+/// OFFER and ACK wait out their REQUEST retries first, about 60 s with PXE ROM timeouts).
+#[test]
+fn kill_9_of_one_of_three_servers_mid_storm_every_machine_boots() {
+    if !require_root("kill_9_of_one_of_three_servers_mid_storm_every_machine_boots") {
+        return;
+    }
+    let _serial = tests::serial();
+    let run = storm(&["--nodes", "1000", "--servers", "3", "--member-fault", "kill"], "cluster3kill");
+    let failover = run["faults"]["failover_s"].as_f64().expect("the buckets never moved");
+    assert!(failover <= 4.0, "buckets moved after {failover:.2} s");
+    check_members(&run, 1000, 2);
+}
+
+/// A member that hangs (SIGSTOP): the others take its buckets, and its kernel stops
+/// answering (its liveness lapsed), so no machine is sent to its stopped TFTP.
+#[test]
+fn sigstop_of_one_of_two_servers_mid_storm_every_machine_boots() {
+    if !require_root("sigstop_of_one_of_two_servers_mid_storm_every_machine_boots") {
+        return;
+    }
+    let _serial = tests::serial();
+    let run = storm(&["--nodes", "1000", "--servers", "2", "--member-fault", "stop"], "cluster2stop");
+    let failover = run["faults"]["failover_s"].as_f64().expect("the buckets never moved");
+    assert!(failover <= 4.0, "buckets moved after {failover:.2} s");
+}
+
+/// The config of member `id` at `address` (10.77.0.1 the lab's server end), sharing `pg`.
+fn member_config(dir: &std::path::Path, id: &str, address: &str, pg: &Postgres) -> std::path::PathBuf {
+    let path = dir.join(format!("{id}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\naddress = \"{address}\"\nstate_dir = \"{state}\"\n[dhcp]\nsubnet = \"10.77.0.0/16\"\npools = [\"10.77.1.1-10.77.1.254\"]\nlease_time = \"1h\"\n\
+             [cluster]\nserver_id = \"{id}\"\nstore = \"{url}\"\n",
+            state = dir.join(format!("state-{id}")).display(),
+            url = pg.url()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// The first MAC of the form 02:0e:00:00:xx:yy from `from` on that `agent` owns.
+fn mac_owned_by(agent: &Agent, members: &[String], from: u16) -> [u8; 6] {
+    let id = agent.status().unwrap()["cluster"]["server_id"].as_str().unwrap().to_string();
+    let owned = netboot::cluster::buckets::owned_by(&id, members);
+    (from..).map(|n| [2, 0x0e, 0, 0, (n >> 8) as u8, n as u8]).find(|m| owned[netboot_common::cluster::bucket(m) as usize]).unwrap()
+}
+
+/// `pg_ctl stop -m immediate` while a member serves: the kernel keeps answering the clients it
+/// knows (their leases are committed), new clients get nothing (no lease can be stored), status
+/// says the store is unreachable; when PostgreSQL is back, new clients are served again.
+#[test]
+fn postgresql_down_known_clients_answered_by_the_kernel_new_ones_not_then_recovery() {
+    if !require_root("postgresql_down_known_clients_answered_by_the_kernel_new_ones_not_then_recovery") {
+        return;
+    }
+    let _serial = tests::serial();
+    let mut pg = Postgres::start("down").unwrap();
+    let s = tests::kit::Setup::new("pgdown", |_| String::new());
+    let config = member_config(&s.dir, "boot-a", "10.77.0.1", &pg);
+    let agent = Agent::start(&s.lab, &tests::bin("netboot-xdp"), &config, &[]).expect("agent");
+    let dora = Dora::open(&s.lab);
+    let server = "10.77.0.1".parse().unwrap();
+    let known = dora.bind([2, 0x0e, 0, 0, 0, 1], server).expect("a client bound while PostgreSQL runs");
+    let cluster = |k: &str| agent.status().unwrap()["cluster"][k].clone();
+    assert_eq!(cluster("store"), "ok");
+
+    pg.stop_immediate().unwrap();
+    let fast = agent.counters().unwrap()["fast_offer"];
+    assert_eq!(dora.offers([2, 0x0e, 0, 0, 0, 1]), vec![known], "the known client is not answered with PostgreSQL down");
+    assert_eq!(agent.counters().unwrap()["fast_offer"], fast + 1, "answered by the kernel");
+    assert!(dora.offers([2, 0x0e, 0, 0, 0, 2]).is_empty(), "an OFFER for a lease that could not be stored");
+    assert!(tests::eventually(5, || cluster("store") == "unreachable"), "status: {}", cluster("store"));
+    let dropped = agent.status().unwrap()["agent"]["dhcp_dropped_commit_failed"].as_u64().unwrap_or(0);
+    assert!(dropped >= 1, "the failed commit is not counted");
+
+    pg.start_again().unwrap();
+    assert!(tests::eventually(10, || !dora.offers([2, 0x0e, 0, 0, 0, 3]).is_empty()), "no recovery: {}", agent.log_text());
+    assert!(tests::eventually(5, || cluster("store") == "ok"));
+    assert!(dora.bind([2, 0x0e, 0, 0, 0, 4], server).is_some());
+    drop(agent);
+}
+
+/// Two members; the change listeners' connections are terminated (`pg_terminate_backend`):
+/// a lease one member commits still reaches the other (its poll), and a client whose server
+/// changed (its member stopped cleanly: its buckets move at once) keeps its address.
+#[test]
+fn change_log_reaches_the_other_member_without_its_listener_and_a_moved_client_keeps_its_address() {
+    if !require_root("change_log_reaches_the_other_member_without_its_listener_and_a_moved_client_keeps_its_address") {
+        return;
+    }
+    let _serial = tests::serial();
+    let pg = Postgres::start("listen").unwrap();
+    let s = tests::kit::Setup::new("pglisten", |_| String::new());
+    let host_b = s.lab.add_server("srvb", 'q', "10.77.0.3/16".parse().unwrap()).unwrap();
+    let bin = tests::bin("netboot-xdp");
+    let a = Agent::start(&s.lab, &bin, &member_config(&s.dir, "boot-a", "10.77.0.1", &pg), &[]).expect("agent a");
+    let b = Agent::start_on(&host_b.ns, &host_b.iface, &bin, &member_config(&s.dir, "boot-b", "10.77.0.3", &pg), &[]).expect("agent b");
+    let members = vec!["boot-a".to_string(), "boot-b".to_string()];
+    let seen = |x: &Agent| x.status().unwrap()["cluster"]["members"].as_array().map(Vec::len).unwrap_or(0);
+    assert!(tests::eventually(10, || seen(&a) == 2 && seen(&b) == 2), "the members do not see each other");
+
+    let listeners = pg.sql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'").unwrap();
+    assert_eq!(listeners, "2", "one listener per member");
+    let remote = |x: &Agent| x.status().unwrap()["agent"]["cluster_remote_changes"].as_u64().unwrap_or(0);
+    let before = remote(&b);
+    let dora = Dora::open(&s.lab);
+    let mac = mac_owned_by(&a, &members, 1);
+    let ip = dora.bind(mac, "10.77.0.1".parse().unwrap()).expect("A binds its client");
+    let t = Instant::now();
+    assert!(tests::eventually(5, || remote(&b) > before), "B never heard of A's lease");
+    eprintln!("B followed A's lease {:.2} s after the ACK, with its listener cut", t.elapsed().as_secs_f64());
+
+    // A leaves (SIGTERM: it deletes its membership): B owns every bucket at once and answers
+    // A's client with the address A gave it, from the shared store.
+    a.stop().unwrap();
+    let owned = || b.status().unwrap()["cluster"]["owned_buckets"].as_u64().unwrap_or(0);
+    assert!(tests::eventually(5, || owned() == 256), "B did not take A's buckets");
+    assert_eq!(dora.bind(mac, "10.77.0.3".parse().unwrap()), Some(ip), "the moved client lost its address");
+    drop(b);
+    drop(host_b);
+}
+
+/// `netboot-xdp leases` reads the shared store: a member's lease, with the member stopped.
+#[test]
+fn leases_reads_the_shared_store() {
+    if !require_root("leases_reads_the_shared_store") {
+        return;
+    }
+    let _serial = tests::serial();
+    let pg = Postgres::start("leases").unwrap();
+    let s = tests::kit::Setup::new("pgleases", |_| String::new());
+    let config = member_config(&s.dir, "boot-a", "10.77.0.1", &pg);
+    let agent = Agent::start(&s.lab, &tests::bin("netboot-xdp"), &config, &[]).expect("agent");
+    let dora = Dora::open(&s.lab);
+    let ip = dora.bind([2, 0x0e, 0, 0, 1, 1], "10.77.0.1".parse().unwrap()).unwrap();
+    let rows = pg.sql("SELECT host(ip), state, server_id FROM netboot_leases WHERE state = 'bound'").unwrap();
+    assert_eq!(rows, format!("{ip}|bound|boot-a"));
+    drop(agent);
+    // With no agent running, `leases -c` reads PostgreSQL.
+    let out = std::process::Command::new(tests::bin("netboot-xdp")).args(["leases", "--json", "-c"]).arg(&config).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v.iter().any(|l| l["ip"] == ip.to_string() && l["state"] == "bound"), "{v:?}");
+}
