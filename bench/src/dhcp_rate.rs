@@ -35,6 +35,11 @@ pub struct Args {
     /// Give up on a run after this many seconds.
     #[arg(long, default_value_t = 60)]
     pub deadline: u64,
+    /// Lease store of netboot-xdp and Kea: SQLite / Kea's memfile, or a PostgreSQL started
+    /// for the run (netboot-xdp as a one-member cluster, Kea with its PostgreSQL backend
+    /// initialised by `kea-admin db-init pgsql`).
+    #[arg(long, value_enum, default_value_t = crate::storm::Store::Sqlite)]
+    pub store: crate::storm::Store,
 }
 
 struct Row {
@@ -78,11 +83,13 @@ fn run_window(args: &Args, window: u32, rows: &mut Vec<Row>, out: &mut serde_jso
     {
         let lab = lab()?;
         let dir = lab.scratch_dir("bench-dhcp")?;
+        let pg = postgres(args, &lab.id)?;
+        let cluster = pg.as_ref().map_or(String::new(), |pg| format!("[cluster]\nserver_id = \"boot-a\"\nstore = \"{}\"\n", pg.url()));
         let config = dir.join("netboot.toml");
         std::fs::write(
             &config,
             format!(
-                "[server]\naddress = \"10.77.0.1\"\nstate_dir = \"{}\"\n[dhcp]\nsubnet = \"10.77.0.0/16\"\npools = [\"10.77.1.1-10.77.250.254\"]\nrouter = \"10.77.0.1\"\nlease_time = \"1h\"\n",
+                "[server]\naddress = \"10.77.0.1\"\nstate_dir = \"{}\"\n[dhcp]\nsubnet = \"10.77.0.0/16\"\npools = [\"10.77.1.1-10.77.250.254\"]\nrouter = \"10.77.0.1\"\nlease_time = \"1h\"\n{cluster}",
                 dir.join("state").display()
             ),
         )?;
@@ -94,7 +101,7 @@ fn run_window(args: &Args, window: u32, rows: &mut Vec<Row>, out: &mut serde_jso
         // fast path is measured once the agent is idle again.
         settle(pid);
         let c1 = cpu_of(pid);
-        rows.push(Row { server: "netboot-xdp userspace path (first DORA)".into(), window, report: cold, server_cpu: c1 - c0 });
+        rows.push(Row { server: format!("netboot-xdp userspace path (first DORA){}", store_label(args)), window, report: cold, server_cpu: c1 - c0 });
         let warm = dhcpgen::run(&lab, &clients_cfg(0))?;
         let c2 = cpu_of(pid);
         let counters = agent.counters()?;
@@ -103,15 +110,17 @@ fn run_window(args: &Args, window: u32, rows: &mut Vec<Row>, out: &mut serde_jso
             let total = out.get(k).and_then(|t| t.as_u64()).unwrap_or(0) + v;
             out.insert(k.into(), total.into());
         }
-        rows.push(Row { server: "netboot-xdp XDP fast path (known clients)".into(), window, report: warm, server_cpu: c2 - c1 });
+        rows.push(Row { server: format!("netboot-xdp XDP fast path (known clients){}", store_label(args)), window, report: warm, server_cpu: c2 - c1 });
         agent.stop()?;
+        drop(pg);
     }
     for peer in args.peers.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let lab = lab()?;
         let dir = lab.scratch_dir(&format!("bench-dhcp-{peer}"))?;
+        let pg = if peer == "kea" { postgres(args, &lab.id)? } else { None };
         let mut child = match peer {
             "dnsmasq" => start_dnsmasq(&lab, &dir, args.clients)?,
-            "kea" => start_kea(&lab, &dir)?,
+            "kea" => start_kea(&lab, &dir, pg.as_ref())?,
             other => anyhow::bail!("unknown peer {other:?} (dnsmasq, kea)"),
         };
         std::thread::sleep(Duration::from_millis(500));
@@ -121,7 +130,8 @@ fn run_window(args: &Args, window: u32, rows: &mut Vec<Row>, out: &mut serde_jso
         let c1 = cpu_of(pid);
         let _ = child.kill();
         let _ = child.wait();
-        rows.push(Row { server: peer.to_string(), window, report: report?, server_cpu: c1 - c0 });
+        let label = if pg.is_some() { format!("{peer}{}", store_label(args)) } else { peer.to_string() };
+        rows.push(Row { server: label, window, report: report?, server_cpu: c1 - c0 });
     }
     Ok(())
 }
@@ -217,8 +227,37 @@ fn start_dnsmasq(lab: &Lab, dir: &Path, clients: u32) -> anyhow::Result<Child> {
         .context("starting dnsmasq")
 }
 
-fn start_kea(lab: &Lab, dir: &Path) -> anyhow::Result<Child> {
-    crate::peers::kea(lab, dir, serde_json::json!({ "pools": [{ "pool": "10.77.1.1 - 10.77.250.254" }] }), serde_json::json!({}))
+/// Kea on memfile, or on `pg` with the schema `kea-admin db-init pgsql` creates.
+fn start_kea(lab: &Lab, dir: &Path, pg: Option<&netboot_lab::postgres::Postgres>) -> anyhow::Result<Child> {
+    let extra = match pg {
+        None => serde_json::json!({}),
+        Some(pg) => {
+            pg.create_db("kea")?;
+            let out = std::process::Command::new("kea-admin")
+                .args(["db-init", "pgsql", "-u", "netboot", "-n", "kea", "-h"])
+                .arg(pg.socket_dir())
+                .output()
+                .context("kea-admin (Debian package kea-admin)")?;
+            anyhow::ensure!(out.status.success(), "kea-admin db-init pgsql: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            serde_json::json!({ "lease-database": { "type": "postgresql", "name": "kea", "user": "netboot", "host": pg.socket_dir() } })
+        }
+    };
+    crate::peers::kea(lab, dir, serde_json::json!({ "pools": [{ "pool": "10.77.1.1 - 10.77.250.254" }] }), extra)
+}
+
+/// A PostgreSQL for one run with `--store postgres`.
+fn postgres(args: &Args, tag: &str) -> anyhow::Result<Option<netboot_lab::postgres::Postgres>> {
+    match args.store {
+        crate::storm::Store::Postgres => Ok(Some(netboot_lab::postgres::Postgres::start(tag)?)),
+        crate::storm::Store::Sqlite => Ok(None),
+    }
+}
+
+fn store_label(args: &Args) -> &'static str {
+    match args.store {
+        crate::storm::Store::Postgres => ", PostgreSQL",
+        crate::storm::Store::Sqlite => "",
+    }
 }
 
 const RUNS: u32 = 200_000;

@@ -70,6 +70,17 @@ impl Postgres {
         format!("postgresql://netboot@/{}?host={}", self.db, self.dir.display())
     }
 
+    /// The directory of the server's Unix socket (libpq's `host`).
+    pub fn socket_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Creates database `name` (for a peer sharing this server, e.g. Kea).
+    pub fn create_db(&self, name: &str) -> anyhow::Result<()> {
+        checked(as_postgres(&self.bin.join("createdb")).args(["-h"]).arg(&self.dir).args(["-U", "netboot", name]))?;
+        Ok(())
+    }
+
     /// Starts the server (again, after [`Postgres::stop_immediate`]); waits until it accepts.
     pub fn start_again(&mut self) -> anyhow::Result<()> {
         let opts = format!("-c listen_addresses='' -c unix_socket_directories='{}' -c fsync=off -c max_connections=200", self.dir.display());

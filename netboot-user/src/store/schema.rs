@@ -86,10 +86,13 @@ LANGUAGE plpgsql AS $$
 DECLARE r netboot_leases%ROWTYPE;
 BEGIN
     IF p_state IN ('offered', 'bound') THEN
+        -- Claims of one client are serialised (two servers owning its bucket during a
+        -- takeover): the check below then holds until this transaction ends, and the unique
+        -- index on live leases per client is never violated (no subtransaction per claim).
+        PERFORM pg_advisory_xact_lock(hashtext(p_client));
         SELECT * INTO r FROM netboot_leases l
          WHERE l.client = p_client AND l.ip <> p_ip AND l.state IN ('offered', 'bound')
-           AND l.expires > p_now AND l.server_id <> p_server
-         FOR UPDATE;
+           AND l.expires > p_now AND l.server_id <> p_server;
         IF FOUND THEN
             RETURN QUERY SELECT false, host(r.ip), r.client, r.mac, r.hostname, r.state, r.expires;
             RETURN;
@@ -97,22 +100,14 @@ BEGIN
         UPDATE netboot_leases l SET state = 'released', updated = now(), server_id = p_server
          WHERE l.client = p_client AND l.ip <> p_ip AND l.state IN ('offered', 'bound');
     END IF;
-    BEGIN
-        INSERT INTO netboot_leases AS l (ip, client, mac, hostname, state, expires, server_id)
-        VALUES (p_ip, p_client, p_mac, p_hostname, p_state, p_expires, p_server)
-        ON CONFLICT (ip) DO UPDATE
-           SET client = EXCLUDED.client, mac = EXCLUDED.mac, hostname = EXCLUDED.hostname,
-               state = EXCLUDED.state, expires = EXCLUDED.expires, server_id = EXCLUDED.server_id,
-               updated = now()
-         WHERE l.client = EXCLUDED.client OR l.expires <= p_now OR l.state = 'released'
-        RETURNING * INTO r;
-    EXCEPTION WHEN unique_violation THEN
-        -- A concurrent claim gave this client another address first: that one stands.
-        SELECT * INTO r FROM netboot_leases l
-         WHERE l.client = p_client AND l.state IN ('offered', 'bound') AND l.ip <> p_ip;
-        RETURN QUERY SELECT false, host(r.ip), r.client, r.mac, r.hostname, r.state, r.expires;
-        RETURN;
-    END;
+    INSERT INTO netboot_leases AS l (ip, client, mac, hostname, state, expires, server_id)
+    VALUES (p_ip, p_client, p_mac, p_hostname, p_state, p_expires, p_server)
+    ON CONFLICT (ip) DO UPDATE
+       SET client = EXCLUDED.client, mac = EXCLUDED.mac, hostname = EXCLUDED.hostname,
+           state = EXCLUDED.state, expires = EXCLUDED.expires, server_id = EXCLUDED.server_id,
+           updated = now()
+     WHERE l.client = EXCLUDED.client OR l.expires <= p_now OR l.state = 'released'
+    RETURNING * INTO r;
     IF FOUND THEN
         RETURN QUERY SELECT true, host(r.ip), r.client, r.mac, r.hostname, r.state, r.expires;
         RETURN;
