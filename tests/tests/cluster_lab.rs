@@ -199,3 +199,33 @@ fn leases_reads_the_shared_store() {
     let v: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v.iter().any(|l| l["ip"] == ip.to_string() && l["state"] == "bound"), "{v:?}");
 }
+
+/// A claim lost to another member's lease the member did not know of yet (here: a row
+/// written behind the change log's back) is handled again at once with the store's truth: the
+/// client gets an OFFER of another address without waiting for its retransmission.
+#[test]
+fn a_lost_claim_is_answered_at_once_with_another_address() {
+    if !require_root("a_lost_claim_is_answered_at_once_with_another_address") {
+        return;
+    }
+    let _serial = tests::serial();
+    let pg = Postgres::start("lost").unwrap();
+    let s = tests::kit::Setup::new("pglost", |_| String::new());
+    let config = member_config(&s.dir, "boot-a", "10.77.0.1", &pg);
+    let agent = Agent::start(&s.lab, &tests::bin("netboot-xdp"), &config, &[]).expect("agent");
+    // The first pool address, held by another member's client, unknown to boot-a.
+    pg.sql(
+        "ALTER TABLE netboot_leases DISABLE TRIGGER netboot_lease_changed;
+         INSERT INTO netboot_leases (ip, client, mac, state, expires, server_id)
+         VALUES ('10.77.1.1', '02:0e:ff:00:00:01', '02:0e:ff:00:00:01', 'bound', 4000000000, 'boot-z');
+         ALTER TABLE netboot_leases ENABLE TRIGGER netboot_lease_changed;",
+    )
+    .unwrap();
+    // One DISCOVER, never retransmitted: an OFFER can only come from the request handled again.
+    let dora = Dora::open(&s.lab);
+    let offers = dora.offers([2, 0x0e, 0, 0, 2, 1]);
+    assert_eq!(offers.len(), 1, "no OFFER: {}", agent.log_text());
+    assert_ne!(offers[0].to_string(), "10.77.1.1", "offered an address another member's client holds");
+    let stat = |k: &str| agent.status().unwrap()["agent"][k].as_u64().unwrap_or(0);
+    assert_eq!((stat("lease_claims_lost"), stat("dhcp_claim_retries"), stat("dhcp_dropped_claim_lost")), (1, 1, 0));
+}

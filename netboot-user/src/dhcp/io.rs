@@ -156,13 +156,29 @@ struct AfterCommit {
     cache: Option<Pending>,
     /// The addresses and clients of the leases committed (what a failure makes unsure).
     leases: Vec<(Ipv4Addr, MacAddr)>,
+    /// The request again, if a shared store may refuse its lease: it is then answered at once
+    /// from the store's truth instead of at the client's retransmission.
+    retry: Option<Retry>,
 }
 
 impl AfterCommit {
     fn new(leases: &[super::leases::Lease], reply: Option<(Reply, Instant)>, cache: Option<Pending>) -> AfterCommit {
-        AfterCommit { reply, cache, leases: leases.iter().map(|l| (l.ip, l.mac)).collect() }
+        AfterCommit { reply, cache, leases: leases.iter().map(|l| (l.ip, l.mac)).collect(), retry: None }
     }
 }
+
+/// A request whose lease a shared store refused, to be handled again.
+struct Retry {
+    payload: Vec<u8>,
+    from: SocketAddr,
+    port: u16,
+    /// Times it was handled already.
+    attempt: u8,
+}
+
+/// Handled at most this many times: a store that keeps refusing (a full pool another member
+/// fills as fast) is left to the client's retransmissions.
+const MAX_ATTEMPTS: u8 = 3;
 
 /// The bound sockets and the core, ready to run.
 pub struct Service {
@@ -259,16 +275,18 @@ impl Service {
         let (failed_tx, mut failed_rx) = mpsc::unbounded_channel::<Vec<(Ipv4Addr, MacAddr)>>();
         // Leases a shared store refused: the reply is dropped (the client asks again and is
         // answered from the store's truth).
-        let (lost_tx, mut lost_rx) = mpsc::unbounded_channel::<Vec<Refused>>();
+        let (lost_tx, mut lost_rx) = mpsc::unbounded_channel::<(Vec<Refused>, Option<Retry>)>();
+        // Only a shared store refuses a lease: then requests are kept to be handled again.
+        let shared_store = store.kind() != "sqlite";
         let committer = Committer::start(store, stats.clone(), move |after: AfterCommit, result| match result {
             Ok(refused) if !refused.is_empty() => {
-                if after.reply.is_some() {
+                if after.reply.is_some() && after.retry.is_none() {
                     commit_stats.bump("dhcp_dropped_claim_lost");
                 }
                 if let (Some(p), Some(sync)) = (after.cache, &commit_sync) {
                     sync.lock().unwrap_or_else(|e| e.into_inner()).abandon(p);
                 }
-                let _ = lost_tx.send(refused);
+                let _ = lost_tx.send((refused, after.retry));
             }
             Ok(_) => {
                 if let (Some(p), Some(sync)) = (after.cache, &commit_sync) {
@@ -295,13 +313,14 @@ impl Service {
         // Expiry sweep, and the cached-clients gauge (kept off the per-packet path).
         let mut sweep = tokio::time::interval(std::time::Duration::from_secs(5));
         loop {
-            let (n, from, port) = tokio::select! {
+            // A request: received (its bytes in a buffer), or handled again (its own bytes).
+            let (again, n, from, port, attempt) = tokio::select! {
                 r = sock67.recv_from(&mut buf67) => match r {
-                    Ok((n, from)) => (n, from, DHCP_SERVER_PORT),
+                    Ok((n, from)) => (None, n, from, DHCP_SERVER_PORT, 1),
                     Err(e) => { tracing::warn!("recv on port 67: {e}"); continue; }
                 },
                 r = async { sock4011.as_ref().expect("guarded").recv_from(&mut buf4011).await }, if sock4011.is_some() => match r {
-                    Ok((n, from)) => (n, from, PXE_PROXY_PORT),
+                    Ok((n, from)) => (None, n, from, PXE_PROXY_PORT, 1),
                     Err(e) => { tracing::warn!("recv on port 4011: {e}"); continue; }
                 },
                 r = async { events.as_mut().expect("guarded").readable_mut().await }, if events.is_some() => {
@@ -344,18 +363,31 @@ impl Service {
                     }
                     continue;
                 },
-                Some(lost) = lost_rx.recv() => {
-                    let mut sync = sync.as_ref().map(|s| s.lock().unwrap_or_else(|e| e.into_inner()));
-                    for r in lost {
-                        if let Some(sync) = &mut sync {
-                            sync.forget(r.lease.mac);
-                            if let Some(w) = &r.winner {
-                                sync.displace(w.ip, w.mac);
+                Some((lost, retry)) = lost_rx.recv() => {
+                    {
+                        let mut sync = sync.as_ref().map(|s| s.lock().unwrap_or_else(|e| e.into_inner()));
+                        for r in lost {
+                            if let Some(sync) = &mut sync {
+                                sync.forget(r.lease.mac);
+                                if let Some(w) = &r.winner {
+                                    sync.displace(w.ip, w.mac);
+                                }
                             }
+                            server.claim_lost(&r.lease, r.winner);
                         }
-                        server.claim_lost(&r.lease, r.winner);
                     }
-                    continue;
+                    match retry {
+                        Some(r) if r.attempt < MAX_ATTEMPTS => {
+                            stats.bump("dhcp_claim_retries");
+                            let n = r.payload.len();
+                            (Some(r.payload), n, r.from, r.port, r.attempt + 1)
+                        }
+                        Some(_) => {
+                            stats.bump("dhcp_dropped_claim_lost");
+                            continue;
+                        }
+                        None => continue,
+                    }
                 },
                 Some(leases) = async { remote.as_mut().expect("guarded").recv().await }, if remote.is_some() => {
                     let mut sync = sync.as_ref().map(|s| s.lock().unwrap_or_else(|e| e.into_inner()));
@@ -408,11 +440,17 @@ impl Service {
                 _ = shutdown.changed() => break,
             };
             let received = Instant::now();
-            let payload = if port == DHCP_SERVER_PORT { &buf67[..n] } else { &buf4011[..n] };
-            let SocketAddr::V4(from) = from else { continue };
-            stats.bump("dhcp_received");
+            let payload = match &again {
+                Some(p) => &p[..],
+                None if port == DHCP_SERVER_PORT => &buf67[..n],
+                None => &buf4011[..n],
+            };
+            let SocketAddr::V4(from_v4) = from else { continue };
+            if again.is_none() {
+                stats.bump("dhcp_received");
+            }
             let now = unix_now();
-            let outcome = server.handle(Request { payload, local_port: port, src_ip: *from.ip(), src_port: from.port(), now });
+            let outcome = server.handle(Request { payload, local_port: port, src_ip: *from_v4.ip(), src_port: from_v4.port(), now });
             match outcome {
                 Outcome::Reply(r) => {
                     tracing::debug!(mac = %r.mac, class = r.class.name(), kind = kind_name(r.kind), dest = ?r.dest, "reply");
@@ -447,12 +485,14 @@ impl Service {
                         let _ = send_tx.send((r, received));
                     } else {
                         let leases = r.commit.clone();
-                        committer.submit(Job { then: AfterCommit::new(&leases, Some((r, received)), cache), leases })?;
+                        let mut then = AfterCommit::new(&leases, Some((r, received)), cache);
+                        then.retry = shared_store.then(|| Retry { payload: payload.to_vec(), from, port, attempt });
+                        committer.submit(Job { then, leases })?;
                     }
                 }
                 Outcome::Silent { why, commit } => {
                     stats.bump(&format!("dhcp_silent_{}", why.name()));
-                    tracing::debug!(from = %from, "no reply: {}", why.name());
+                    tracing::debug!(from = %from_v4, "no reply: {}", why.name());
                     if !commit.is_empty() {
                         if let Some(sync) = &sync {
                             let mut sync = sync.lock().unwrap_or_else(|e| e.into_inner());
