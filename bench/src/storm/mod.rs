@@ -92,6 +92,9 @@ pub struct Args {
     pub member_fault: Option<MemberFault>,
     #[arg(long, default_value_t = 0.5)]
     pub member_fault_at: f64,
+    /// `cluster.takeover` of every member, in seconds.
+    #[arg(long, default_value_t = 3)]
+    pub takeover: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -130,6 +133,7 @@ impl Args {
             store: Store::Sqlite,
             member_fault: None,
             member_fault_at: 0.5,
+            takeover: 3,
         }
     }
 }

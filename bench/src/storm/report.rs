@@ -213,6 +213,7 @@ pub fn json(runs: &[Run], args: &Args) -> serde_json::Value {
         "pool": args.pool,
         "loss_pct": args.loss,
         "kill_agent_at": args.kill_agent_at,
+        "takeover_s": args.takeover,
         "flood_pps": args.flood,
         "cluster_servers": args.servers,
         "store": args.store,

@@ -67,7 +67,7 @@ fn cluster(lab: &Lab, dir: &Path, machines: &[Identity], args: &super::Args) -> 
     let bin = crate::bin_dir().join("netboot-xdp");
     let (mut agents, mut hosts) = (Vec::new(), Vec::new());
     for i in 0..args.servers {
-        let config = netboot_xdp_config(dir, machines, args.pool, i, Some(&store.url()))?;
+        let config = netboot_xdp_config(dir, machines, args.pool, i, Some((&store.url(), args.takeover)))?;
         let agent = if i == 0 {
             Agent::start(lab, &bin, &config, &[])?
         } else {
@@ -90,8 +90,8 @@ fn cluster(lab: &Lab, dir: &Path, machines: &[Identity], args: &super::Args) -> 
 }
 
 /// netboot-xdp's config as server `i` with a reservation per machine, or (`pool`) a pool of
-/// addresses for them; a member of a cluster sharing `store`.
-fn netboot_xdp_config(dir: &Path, machines: &[Identity], pool: bool, i: u32, store: Option<&str>) -> anyhow::Result<std::path::PathBuf> {
+/// addresses for them; a member of a cluster sharing `store` (URL, takeover in seconds).
+fn netboot_xdp_config(dir: &Path, machines: &[Identity], pool: bool, i: u32, store: Option<(&str, u32)>) -> anyhow::Result<std::path::PathBuf> {
     let mut hosts = String::from("mac,ip,hostname\n");
     for m in machines {
         hosts.push_str(&format!("{},{},node-{:05}\n", m.mac, m.ip, m.index));
@@ -101,7 +101,7 @@ fn netboot_xdp_config(dir: &Path, machines: &[Identity], pool: bool, i: u32, sto
     // per-client transfer limit (real machines each have their own address) is off; every
     // other limit keeps its default.
     let config = dir.join(format!("netboot-{i}.toml"));
-    let cluster = store.map_or(String::new(), |url| format!("[cluster]\nserver_id = \"boot-{i}\"\nstore = \"{url}\"\n"));
+    let cluster = store.map_or(String::new(), |(url, takeover)| format!("[cluster]\nserver_id = \"boot-{i}\"\nstore = \"{url}\"\ntakeover = \"{takeover}s\"\n"));
     std::fs::write(
         &config,
         format!(
