@@ -3,6 +3,7 @@
 
 mod dhcp_rate;
 mod dhcpgen;
+mod http_rate;
 mod peers;
 mod proc;
 mod rawsock;
@@ -31,6 +32,8 @@ enum Cmd {
     /// DHCP rate: XDP cost per reply, N clients at once against netboot-xdp (userspace and
     /// kernel paths), dnsmasq and Kea.
     DhcpRate(dhcp_rate::Args),
+    /// Kernels and initrds over HTTP alone: N clients at once against netboot-xdp and nginx.
+    HttpRate(http_rate::Args),
     /// TFTP: concurrent fetches of boot files against netboot-xdp, tftpd-hpa, atftpd, dnsmasq.
     TftpRate(tftp_rate::Args),
     /// Manage labs by hand.
@@ -71,6 +74,7 @@ fn main() {
         Cmd::Demo => storm::run(&storm::Args::demo()),
         Cmd::Storm(args) => storm::run(&args),
         Cmd::DhcpRate(args) => dhcp_rate::run(&args),
+        Cmd::HttpRate(args) => http_rate::run(&args),
         Cmd::TftpRate(args) => tftp_rate::run(&args),
         Cmd::Lab { cmd: LabCmd::Up { server, client } } => Lab::create(&LabSpec { server, client }).map(|lab| {
             println!("lab {}", lab.id);

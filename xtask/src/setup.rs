@@ -22,6 +22,7 @@ const PACKAGES: &[&str] = &[
     "kea-admin", // perfdhcp
     "kea-dhcp4-server", // a peer of the bench
     "postgresql",       // the cluster's shared lease store: tests start their own servers
+    "nginx",            // the HTTP peer of `netboot-bench http-rate` (started per run, in the lab)
     "libwrap0",         // tftpd-hpa and atftpd (bench peers, unpacked from their packages)
     "tftp-hpa",
     "atftp",

@@ -1,0 +1,293 @@
+//! `netboot-bench http-rate --clients N --payload-mb M`: the payload of a storm over HTTP alone.
+//! N clients at once, each as iPXE fetches (one connection, keep-alive, the kernel then the
+//! initrd, sequentially, reading as fast as it can), against netboot-xdp's HTTP and against
+//! nginx serving the same files, each on a fresh lab, in one run. Reports aggregate MiB/s,
+//! server CPU per GiB delivered, and the spread of per-client completion times (p50, p99,
+//! max: fairness). Every body is checked for its length and its first and last bytes.
+
+use crate::proc::cpu_of;
+use anyhow::Context;
+use http_body_util::BodyExt;
+use netboot_lab::{Agent, Lab, LabSpec};
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Clients fetching at once.
+    #[arg(long, default_value_t = 200)]
+    pub clients: u32,
+    /// Size of the initrd, MiB.
+    #[arg(long, default_value_t = 32)]
+    pub payload_mb: u64,
+    /// Size of the kernel, MiB.
+    #[arg(long, default_value_t = 8)]
+    pub kernel_mb: u64,
+    /// Servers, comma-separated: netboot-xdp, nginx.
+    #[arg(long, default_value = "netboot-xdp,nginx")]
+    pub servers: String,
+    /// Write the results as JSON.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+    /// Give up on a client after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    pub deadline: u64,
+}
+
+const FILES: [&str; 2] = ["vmlinuz", "initrd.img"];
+
+struct Run {
+    server: String,
+    /// Per client: seconds to both files, or why not.
+    done: Vec<Result<f64, String>>,
+    bytes: u64,
+    wall: Duration,
+    server_cpu: Duration,
+    client_cpu: Duration,
+}
+
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let sizes = [args.kernel_mb << 20, args.payload_mb << 20];
+    println!("http-rate: {} clients, each a {} MiB kernel then a {} MiB initrd on one keep-alive connection", args.clients, args.kernel_mb, args.payload_mb);
+    let mut runs = Vec::new();
+    for server in args.servers.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let lab = Lab::create(&LabSpec { server: "10.77.0.1/16".parse()?, client: Some("10.77.0.2/16".parse()?) })?;
+        let dir = lab.scratch_dir("http-rate")?;
+        let root = dir.join("http");
+        std::fs::create_dir_all(&root)?;
+        for (f, size) in FILES.iter().zip(sizes) {
+            std::fs::write(root.join(f), netboot_lab::pattern(size as usize, size))?;
+        }
+        let running = start(server, &lab, &dir, &root)?;
+        // Warm the page cache for both alike: the first read of a file is a disk read.
+        for f in FILES {
+            let _ = std::fs::read(root.join(f))?;
+        }
+        let cpu0: Duration = running.pids().into_iter().map(cpu_of).sum();
+        let (done, bytes, wall, client_cpu) = fetch_all(&lab, args, sizes)?;
+        let server_cpu = running.pids().into_iter().map(cpu_of).sum::<Duration>().saturating_sub(cpu0);
+        drop(running);
+        let r = Run { server: server.to_string(), done, bytes, wall, server_cpu, client_cpu };
+        print(&r);
+        runs.push(r);
+    }
+    if let Some(p) = &args.json {
+        std::fs::write(p, serde_json::to_string_pretty(&json(&runs, args))?)?;
+        println!("json: {}", p.display());
+    }
+    let failed: usize = runs.iter().map(|r| r.done.iter().filter(|d| d.is_err()).count()).sum();
+    anyhow::ensure!(failed == 0, "{failed} clients did not get both files intact");
+    Ok(())
+}
+
+enum Running {
+    Agent(Agent),
+    Nginx(std::process::Child),
+}
+
+impl Running {
+    fn pids(&self) -> Vec<u32> {
+        match self {
+            Running::Agent(a) => a.status().ok().and_then(|s| s["agent_pid"].as_u64()).map(|p| vec![p as u32]).unwrap_or_default(),
+            // The master and its workers (their pids from the master's children).
+            Running::Nginx(c) => {
+                let children = std::fs::read_to_string(format!("/proc/{}/task/{}/children", c.id(), c.id())).unwrap_or_default();
+                std::iter::once(c.id()).chain(children.split_whitespace().filter_map(|p| p.parse().ok())).collect()
+            }
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Running::Nginx(c) = self {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn start(server: &str, lab: &Lab, dir: &Path, root: &Path) -> anyhow::Result<Running> {
+    match server {
+        "netboot-xdp" => {
+            let config = dir.join("netboot.toml");
+            std::fs::write(
+                &config,
+                format!(
+                    "[server]\naddress = \"10.77.0.1\"\nstate_dir = \"{}\"\n[dhcp]\nsubnet = \"10.77.0.0/16\"\n[http]\nlisten = \"10.77.0.1:8080\"\nroot = \"{}\"\n",
+                    dir.join("state").display(),
+                    root.display()
+                ),
+            )?;
+            Ok(Running::Agent(Agent::start(lab, &crate::bin_dir().join("netboot-xdp"), &config, &[])?))
+        }
+        "nginx" => {
+            // As an operator runs it for payloads (PEERS.md): sendfile, tcp_nopush, keep-alive,
+            // a worker per core, no access log.
+            let conf = dir.join("nginx.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "worker_processes auto;\ndaemon off;\nmaster_process on;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log warn;\n\
+                     events {{ worker_connections 16384; }}\n\
+                     http {{\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n  keepalive_timeout 65;\n  keepalive_requests 10000;\n\
+                     client_body_temp_path {d}/cb;\n  proxy_temp_path {d}/px;\n  fastcgi_temp_path {d}/fc;\n  uwsgi_temp_path {d}/uw;\n  scgi_temp_path {d}/sc;\n\
+                     server {{\n    listen 10.77.0.1:8080 backlog=65535;\n    root {r};\n  }}\n}}\n",
+                    d = dir.display(),
+                    r = root.display()
+                ),
+            )?;
+            let child = crate::peers::own_group(lab.server.command("nginx").arg("-c").arg(&conf).arg("-p").arg(dir))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting nginx (Debian package nginx)")?;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !dir.join("nginx.pid").exists() {
+                anyhow::ensure!(Instant::now() < deadline, "nginx did not start: {}", std::fs::read_to_string(dir.join("nginx-error.log")).unwrap_or_default());
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Ok(Running::Nginx(child))
+        }
+        other => anyhow::bail!("unknown server {other:?} (netboot-xdp, nginx)"),
+    }
+}
+
+/// Every client at once from the lab's client namespace; per-client completion, bytes, wall
+/// time and this process's CPU.
+fn fetch_all(lab: &Lab, args: &Args, sizes: [u64; 2]) -> anyhow::Result<(Vec<Result<f64, String>>, u64, Duration, Duration)> {
+    let (n, deadline) = (args.clients as usize, Duration::from_secs(args.deadline));
+    lab.client.run(move || -> anyhow::Result<_> {
+        netboot_lab::tftp_fetch::raise_fd_limit(n as u64 + 1024);
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        let cpu0 = crate::proc::self_cpu();
+        let t0 = Instant::now();
+        let bytes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let done = rt.block_on(async {
+            let tasks: Vec<_> = (0..n)
+                .map(|_| {
+                    let bytes = bytes.clone();
+                    tokio::spawn(async move {
+                        let t = Instant::now();
+                        match tokio::time::timeout(deadline, client(sizes, &bytes)).await {
+                            Ok(Ok(())) => Ok(t.elapsed().as_secs_f64()),
+                            Ok(Err(e)) => Err(e),
+                            Err(_) => Err(format!("not done within {deadline:?}")),
+                        }
+                    })
+                })
+                .collect();
+            let mut out = Vec::with_capacity(n);
+            for t in tasks {
+                out.push(t.await.unwrap_or_else(|e| Err(e.to_string())));
+            }
+            out
+        });
+        let wall = t0.elapsed();
+        Ok((done, bytes.load(std::sync::atomic::Ordering::Relaxed), wall, crate::proc::self_cpu().saturating_sub(cpu0)))
+    })?
+}
+
+/// One machine: one connection, the kernel then the initrd.
+async fn client(sizes: [u64; 2], bytes: &std::sync::atomic::AtomicU64) -> Result<(), String> {
+    let stream = tokio::net::TcpStream::connect("10.77.0.1:8080").await.map_err(|e| format!("connect: {e}"))?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    for (f, size) in FILES.iter().zip(sizes) {
+        let req = hyper::Request::get(format!("/{f}"))
+            .header("host", "10.77.0.1")
+            .header("user-agent", "iPXE/1.21.1 (netboot-bench)")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let resp = send.send_request(req).await.map_err(|e| format!("{f}: {e}"))?;
+        if resp.status() != 200 {
+            return Err(format!("{f}: HTTP {}", resp.status()));
+        }
+        let expect = netboot_lab::pattern(64, size);
+        let tail_at = size - 64;
+        let (mut got, mut head, mut tail) = (0u64, Vec::new(), vec![0u8; 64]);
+        let mut body = resp.into_body();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| format!("{f}: {e}"))?;
+            let Ok(data) = frame.into_data() else { continue };
+            if head.len() < 64 {
+                head.extend_from_slice(&data[..data.len().min(64 - head.len())]);
+            }
+            // The last 64 bytes, wherever they fall.
+            let (start, end) = (got, got + data.len() as u64);
+            if end > tail_at {
+                let from = tail_at.max(start);
+                tail[(from - tail_at) as usize..(end - tail_at) as usize].copy_from_slice(&data[(from - start) as usize..]);
+            }
+            got = end;
+            bytes.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        let full = netboot_lab::pattern(size as usize, size);
+        if got != size || head != expect || tail[..] != full[size as usize - 64..] {
+            return Err(format!("{f}: {got} bytes of {size}, or wrong bytes"));
+        }
+    }
+    Ok(())
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn summary(r: &Run) -> serde_json::Value {
+    let mut t: Vec<f64> = r.done.iter().filter_map(|d| d.as_ref().ok().copied()).collect();
+    t.sort_by(f64::total_cmp);
+    let gib = r.bytes as f64 / (1u64 << 30) as f64;
+    serde_json::json!({
+        "server": r.server,
+        "clients_done": t.len(),
+        "failed": r.done.len() - t.len(),
+        "bytes": r.bytes,
+        "wall_s": r.wall.as_secs_f64(),
+        "mib_per_s": r.bytes as f64 / (1 << 20) as f64 / r.wall.as_secs_f64(),
+        "server_cpu_s": r.server_cpu.as_secs_f64(),
+        "server_cpu_s_per_gib": r.server_cpu.as_secs_f64() / gib.max(1e-9),
+        "client_cpu_s": r.client_cpu.as_secs_f64(),
+        "p50_s": pct(&t, 0.5),
+        "p99_s": pct(&t, 0.99),
+        "max_s": pct(&t, 1.0),
+        "p99_over_p50": pct(&t, 0.99) / pct(&t, 0.5),
+        "errors": r.done.iter().filter_map(|d| d.as_ref().err()).take(5).collect::<Vec<_>>(),
+    })
+}
+
+fn print(r: &Run) {
+    let s = summary(r);
+    println!(
+        "{:<12} {} of {} clients, {:.0} MiB/s, server CPU {:.2} s ({:.3} s/GiB), client CPU {:.2} s, completion p50 {:.2} s p99 {:.2} s max {:.2} s (p99/p50 {:.2})",
+        r.server,
+        s["clients_done"],
+        r.done.len(),
+        s["mib_per_s"].as_f64().unwrap_or(0.0),
+        r.server_cpu.as_secs_f64(),
+        s["server_cpu_s_per_gib"].as_f64().unwrap_or(0.0),
+        r.client_cpu.as_secs_f64(),
+        s["p50_s"].as_f64().unwrap_or(f64::NAN),
+        s["p99_s"].as_f64().unwrap_or(f64::NAN),
+        s["max_s"].as_f64().unwrap_or(f64::NAN),
+        s["p99_over_p50"].as_f64().unwrap_or(f64::NAN),
+    );
+    for e in s["errors"].as_array().into_iter().flatten() {
+        println!("    e.g. {e}");
+    }
+}
+
+fn json(runs: &[Run], args: &Args) -> serde_json::Value {
+    serde_json::json!({
+        "clients": args.clients,
+        "kernel_mb": args.kernel_mb,
+        "payload_mb": args.payload_mb,
+        "servers": runs.iter().map(summary).collect::<Vec<_>>(),
+    })
+}
