@@ -54,6 +54,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let mut runs = Vec::new();
     for server in args.servers.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let lab = Lab::create(&LabSpec { server: "10.77.0.1/16".parse()?, client: Some("10.77.0.2/16".parse()?) })?;
+        // HTTP alone needs no XDP_TX to the clients: no program on the client end, so TCP gets
+        // the veth's normal receive path (see Lab::remove_peer_pass).
+        lab.remove_peer_pass()?;
         let dir = lab.scratch_dir("http-rate")?;
         let root = dir.join("http");
         std::fs::create_dir_all(&root)?;

@@ -196,6 +196,16 @@ impl Lab {
         Ok(seg)
     }
 
+    /// Detaches the pass-through program of the client end (unpins its link). Only for runs
+    /// that need no XDP_TX towards the clients (HTTP alone): an XDP program on a veth makes the
+    /// kernel hand it every segment separately (no GRO, a 256-frame ring that drops under bulk
+    /// TCP), which is not what a NIC does to a TCP stream.
+    pub fn remove_peer_pass(&self) -> anyhow::Result<()> {
+        let pin = self.pin_dir().join("peer_pass");
+        std::fs::remove_file(&pin).with_context(|| format!("unpinning {}", pin.display()))?;
+        Ok(())
+    }
+
     /// P3: native XDP_TX on a server end is only delivered if the receiving end (`dev`, in the
     /// client namespace) has an XDP program. The link is pinned as `pin` so it outlives this
     /// process for kept labs.
