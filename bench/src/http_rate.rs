@@ -6,11 +6,9 @@
 //! max: fairness). Every body is checked for its length and its first and last bytes.
 
 use crate::proc::cpu_of;
-use anyhow::Context;
 use http_body_util::BodyExt;
 use netboot_lab::{Agent, Lab, LabSpec};
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -127,32 +125,7 @@ fn start(server: &str, lab: &Lab, dir: &Path, root: &Path) -> anyhow::Result<Run
             Ok(Running::Agent(Agent::start(lab, &crate::bin_dir().join("netboot-xdp"), &config, &[])?))
         }
         "nginx" => {
-            // As an operator runs it for payloads (PEERS.md): sendfile, tcp_nopush, keep-alive,
-            // a worker per core, no access log.
-            let conf = dir.join("nginx.conf");
-            std::fs::write(
-                &conf,
-                format!(
-                    "worker_processes auto;\ndaemon off;\nmaster_process on;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log warn;\n\
-                     events {{ worker_connections 16384; }}\n\
-                     http {{\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n  keepalive_timeout 65;\n  keepalive_requests 10000;\n\
-                     client_body_temp_path {d}/cb;\n  proxy_temp_path {d}/px;\n  fastcgi_temp_path {d}/fc;\n  uwsgi_temp_path {d}/uw;\n  scgi_temp_path {d}/sc;\n\
-                     server {{\n    listen 10.77.0.1:8080 backlog=65535;\n    root {r};\n  }}\n}}\n",
-                    d = dir.display(),
-                    r = root.display()
-                ),
-            )?;
-            let child = crate::peers::own_group(lab.server.command("nginx").arg("-c").arg(&conf).arg("-p").arg(dir))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .context("starting nginx (Debian package nginx)")?;
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while !dir.join("nginx.pid").exists() {
-                anyhow::ensure!(Instant::now() < deadline, "nginx did not start: {}", std::fs::read_to_string(dir.join("nginx-error.log")).unwrap_or_default());
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            let child = crate::peers::nginx(lab, dir, root)?;
             Ok(Running::Nginx(child))
         }
         other => anyhow::bail!("unknown server {other:?} (netboot-xdp, nginx)"),

@@ -127,3 +127,38 @@ fn merge(into: &mut serde_json::Value, from: serde_json::Value) {
         a.extend(b);
     }
 }
+
+/// nginx serving `root` on 10.77.0.1:8080 in the lab's server namespace, as an operator runs it
+/// for payloads (PEERS.md): sendfile, tcp_nopush, keep-alive, a worker per core, no access log.
+/// Its files (config, pid, logs, temp) go under `dir`; returns once it has written its pid.
+pub fn nginx(lab: &Lab, dir: &Path, root: &Path) -> anyhow::Result<Child> {
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes auto;\ndaemon off;\nmaster_process on;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log warn;\n\
+             events {{ worker_connections 16384; }}\n\
+             http {{\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n  keepalive_timeout 65;\n  keepalive_requests 10000;\n\
+             client_body_temp_path {d}/cb;\n  proxy_temp_path {d}/px;\n  fastcgi_temp_path {d}/fc;\n  uwsgi_temp_path {d}/uw;\n  scgi_temp_path {d}/sc;\n\
+             server {{\n    listen 10.77.0.1:8080 backlog=65535;\n    root {r};\n  }}\n}}\n",
+            d = dir.display(),
+            r = root.display()
+        ),
+    )?;
+    let child = own_group(lab.server.command("nginx").arg("-c").arg(&conf).arg("-p").arg(dir))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting nginx (Debian package nginx)")?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !dir.join("nginx.pid").exists() {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "nginx did not start: {}",
+            std::fs::read_to_string(dir.join("nginx-error.log")).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Ok(child)
+}

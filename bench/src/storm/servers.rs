@@ -172,15 +172,9 @@ fn tftpd_hpa(lab: &Lab, dir: &Path) -> anyhow::Result<Child> {
     quiet(&mut c).spawn().context("in.tftpd")
 }
 
-/// The peers have no HTTP server: Python's threading one serves their (static) script and files,
-/// with a listen backlog for a storm (its default of 5 drops the SYNs of a burst of iPXE
-/// connects, and their retransmissions run past the machines' 30 s).
+/// The peers have no HTTP server of their own: nginx serves their (static) script and files,
+/// as operators run it next to dnsmasq or Kea (it replaced Python's http.server in the bench:
+/// no operator serves kernels with that).
 fn http_server(lab: &Lab, dir: &Path) -> anyhow::Result<Child> {
-    const SERVE: &str = "import functools, http.server as h, sys\n\
-class S(h.ThreadingHTTPServer):\n    request_queue_size = 65535\n\
-handler = functools.partial(h.SimpleHTTPRequestHandler, directory=sys.argv[3])\n\
-S((sys.argv[2], int(sys.argv[1])), handler).serve_forever()\n";
-    let mut c = lab.server.command("python3");
-    c.args(["-c", SERVE, "8080", SERVER_IP]).arg(dir.join("http"));
-    quiet(&mut c).spawn().context("python3 http.server")
+    crate::peers::nginx(lab, dir, &dir.join("http"))
 }
