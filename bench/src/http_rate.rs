@@ -7,6 +7,7 @@
 
 use crate::proc::cpu_of;
 use http_body_util::BodyExt;
+use crate::peers::Running;
 use netboot_lab::{Agent, Lab, LabSpec};
 use std::path::Path;
 use std::sync::Arc;
@@ -83,33 +84,6 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-enum Running {
-    Agent(Agent),
-    Nginx(std::process::Child),
-}
-
-impl Running {
-    fn pids(&self) -> Vec<u32> {
-        match self {
-            Running::Agent(a) => a.status().ok().and_then(|s| s["agent_pid"].as_u64()).map(|p| vec![p as u32]).unwrap_or_default(),
-            // The master and its workers (their pids from the master's children).
-            Running::Nginx(c) => {
-                let children = std::fs::read_to_string(format!("/proc/{}/task/{}/children", c.id(), c.id())).unwrap_or_default();
-                std::iter::once(c.id()).chain(children.split_whitespace().filter_map(|p| p.parse().ok())).collect()
-            }
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Running::Nginx(c) = self {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 fn start(server: &str, lab: &Lab, dir: &Path, root: &Path) -> anyhow::Result<Running> {
     match server {
         "netboot-xdp" => {
@@ -124,10 +98,7 @@ fn start(server: &str, lab: &Lab, dir: &Path, root: &Path) -> anyhow::Result<Run
             )?;
             Ok(Running::Agent(Agent::start(lab, &crate::bin_dir().join("netboot-xdp"), &config, &[])?))
         }
-        "nginx" => {
-            let child = crate::peers::nginx(lab, dir, root)?;
-            Ok(Running::Nginx(child))
-        }
+        "nginx" => Ok(Running::Children(vec![crate::peers::nginx(lab, dir, root)?])),
         other => anyhow::bail!("unknown server {other:?} (netboot-xdp, nginx)"),
     }
 }

@@ -20,7 +20,8 @@ impl Running {
     /// The processes whose CPU is the server's.
     pub fn pids(&self) -> Vec<u32> {
         match self {
-            Running::Children(c) => c.iter().map(Child::id).collect(),
+            // A living child's CPU is its own; a reaped one's is in its parent's (cpu_of).
+            Running::Children(c) => c.iter().flat_map(|c| crate::proc::with_descendants(c.id())).collect(),
             _ => self.agents().iter().filter_map(|a| a.status().ok()?["agent_pid"].as_u64()).map(|p| p as u32).collect(),
         }
     }
@@ -56,7 +57,13 @@ impl Drop for Running {
     fn drop(&mut self) {
         if let Running::Children(children) = self {
             for c in children.iter_mut() {
-                // The whole group: tftpd-hpa forks a child per transfer.
+                // The whole group (tftpd-hpa forks a child per transfer, nginx its workers):
+                // SIGTERM first, so that a master reaps its workers (no zombies), then SIGKILL.
+                unsafe { libc::kill(-(c.id() as i32), libc::SIGTERM) };
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+                while c.try_wait().ok().flatten().is_none() && std::time::Instant::now() < deadline {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
                 unsafe { libc::kill(-(c.id() as i32), libc::SIGKILL) };
                 let _ = c.kill();
                 let _ = c.wait();

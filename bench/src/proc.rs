@@ -13,6 +13,22 @@ pub fn cpu_of(pid: u32) -> Duration {
     Duration::from_millis(ticks * 1000 / hz)
 }
 
+/// `pid` and its living descendants (nginx's workers, tftpd-hpa's per-transfer children).
+pub fn with_descendants(pid: u32) -> Vec<u32> {
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() && out.len() < 4096 {
+        let p = out[i];
+        let tasks = std::fs::read_dir(format!("/proc/{p}/task")).into_iter().flatten().flatten();
+        for t in tasks {
+            let children = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            out.extend(children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
+        }
+        i += 1;
+    }
+    out
+}
+
 /// User + system CPU of this process (all its threads) so far.
 pub fn self_cpu() -> Duration {
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
