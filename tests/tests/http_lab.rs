@@ -132,3 +132,47 @@ fn scripts_files_leases_and_metrics() {
     assert_eq!(code, 500);
     assert!(String::from_utf8_lossy(&body).contains("boot.ipxe.j2:2"), "{}", String::from_utf8_lossy(&body));
 }
+
+/// Issue 17's guard for the file path: 32 clients at once, each on one keep-alive connection
+/// (curl, several URLs), fetch the kernel whole and three ranges of an 8 MiB initrd; every
+/// byte is compared. A reserved client's DISCOVER, sent right after the clients start (their
+/// transfers last about a second here; nothing depends on the overlap), is answered.
+#[test]
+fn files_and_ranges_are_byte_exact_under_concurrency_and_dhcp_keeps_answering() {
+    if !require_root("files_and_ranges_are_byte_exact_under_concurrency_and_dhcp_keeps_answering") {
+        return;
+    }
+    let _serial = tests::serial();
+    let s = setup();
+    let initrd = pattern(8 << 20, 17);
+    std::fs::write(s.root.join("initrd.img"), &initrd).unwrap();
+    let kernel = pattern(1 << 20, 9);
+    let ranges: [(usize, usize); 3] = [(0, 4095), (1_000_003, 3_000_000), (8 * 1024 * 1024 - 100, 8 * 1024 * 1024 - 1)];
+    let out = s.dir.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let clients: Vec<std::process::Child> = (0..32)
+        .map(|i| {
+            // One curl, one connection, four transfers in sequence (as iPXE reuses a connection).
+            let mut c = s.lab.client.command("curl");
+            c.args(["-s", "--max-time", "120", "-o"]).arg(out.join(format!("k{i}"))).arg("http://10.77.0.1:8080/vmlinuz");
+            for (n, (a, b)) in ranges.iter().enumerate() {
+                c.arg("--next").args(["-s", "--max-time", "120", "-r", &format!("{a}-{b}"), "-o"]).arg(out.join(format!("r{i}-{n}"))).arg("http://10.77.0.1:8080/initrd.img");
+            }
+            c.stdout(std::process::Stdio::null()).spawn().unwrap()
+        })
+        .collect();
+    // DHCP beside the payload: the reserved node is offered its address.
+    let dora = tests::probe::Dora::open(&s.lab);
+    let offered = dora.offers([0x52, 0x54, 0, 0, 0, 7]);
+    assert_eq!(offered, vec!["10.77.0.7".parse::<std::net::Ipv4Addr>().unwrap()], "no OFFER during the payload");
+    for mut c in clients {
+        assert!(c.wait().unwrap().success());
+    }
+    for i in 0..32 {
+        assert!(std::fs::read(out.join(format!("k{i}"))).unwrap() == kernel, "client {i}: kernel differs");
+        for (n, (a, b)) in ranges.iter().enumerate() {
+            let got = std::fs::read(out.join(format!("r{i}-{n}"))).unwrap();
+            assert!(got == initrd[*a..=*b], "client {i}: range {a}-{b} differs ({} bytes)", got.len());
+        }
+    }
+}
