@@ -78,8 +78,7 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
         Some(mut member) => {
             limits.member_liveness(member.state.takeover)?;
             let owners = fastpath.take_map(maps::BUCKET_OWNER).ok_or_else(|| anyhow::anyhow!("the XDP object has no BUCKET_OWNER map"))?;
-            member.set_owner_map(crate::cluster::OwnerMap::new(owners)?);
-            member.beat().await.map_err(|e| e.context("first cluster heartbeat"))?;
+            member.set_owner_map(crate::cluster::OwnerMap::new(owners)?)?;
             let (remote_tx, remote_rx) = tokio::sync::mpsc::unbounded_channel();
             (dhcp.with_remote_leases(remote_rx), Some((member, remote_tx)))
         }

@@ -73,21 +73,17 @@ impl ClusterState {
 }
 
 /// The XDP program's `BUCKET_OWNER` map.
-pub struct OwnerMap {
-    map: Array<MapData, u8>,
-    written: bool,
-}
+pub struct OwnerMap(Array<MapData, u8>);
 
 impl OwnerMap {
     pub fn new(map: aya::maps::Map) -> anyhow::Result<OwnerMap> {
-        Ok(OwnerMap { map: Array::try_from(map)?, written: false })
+        Ok(OwnerMap(Array::try_from(map)?))
     }
 
     fn write(&mut self, owned: &[bool; BUCKETS as usize]) -> anyhow::Result<()> {
         for (b, o) in owned.iter().enumerate() {
-            self.map.set(b as u32, if *o { OWNER_SELF } else { OWNER_OTHER }, 0)?;
+            self.0.set(b as u32, if *o { OWNER_SELF } else { OWNER_OTHER }, 0)?;
         }
-        self.written = true;
         Ok(())
     }
 }
@@ -113,9 +109,12 @@ impl Member {
         Member { state, pool, cfg, owner_map, stats }
     }
 
-    /// Writes bucket ownership to the XDP program too from now on.
-    pub fn set_owner_map(&mut self, map: OwnerMap) {
+    /// Writes bucket ownership to the XDP program too: the buckets known now at once, every
+    /// change from now on.
+    pub fn set_owner_map(&mut self, mut map: OwnerMap) -> anyhow::Result<()> {
+        map.write(&self.state.buckets.snapshot())?;
         self.owner_map = Some(map);
+        Ok(())
     }
 
     /// One heartbeat and a new owner map from the live members. At start, before serving,
@@ -141,8 +140,7 @@ impl Member {
             live.sort();
         }
         let owned = buckets::owned_by(&self.state.server_id, &live);
-        let map_stale = self.owner_map.as_ref().is_some_and(|m| !m.written);
-        if owned != self.state.buckets.snapshot() || map_stale {
+        if owned != self.state.buckets.snapshot() {
             if let Some(m) = &mut self.owner_map {
                 m.write(&owned)?;
             }

@@ -273,16 +273,13 @@ impl Service {
         let commit_sync = sync.clone();
         // Leases whose commit failed: the core must not count them as stored.
         let (failed_tx, mut failed_rx) = mpsc::unbounded_channel::<Vec<(Ipv4Addr, MacAddr)>>();
-        // Leases a shared store refused: the reply is dropped (the client asks again and is
-        // answered from the store's truth).
+        // Leases a shared store refused: their reply is not sent; the request is handled again
+        // from the store's truth (see MAX_ATTEMPTS).
         let (lost_tx, mut lost_rx) = mpsc::unbounded_channel::<(Vec<Refused>, Option<Retry>)>();
         // Only a shared store refuses a lease: then requests are kept to be handled again.
-        let shared_store = store.kind() != "sqlite";
+        let shared_store = store.shared();
         let committer = Committer::start(store, stats.clone(), move |after: AfterCommit, result| match result {
             Ok(refused) if !refused.is_empty() => {
-                if after.reply.is_some() && after.retry.is_none() {
-                    commit_stats.bump("dhcp_dropped_claim_lost");
-                }
                 if let (Some(p), Some(sync)) = (after.cache, &commit_sync) {
                     sync.lock().unwrap_or_else(|e| e.into_inner()).abandon(p);
                 }

@@ -213,6 +213,15 @@ pub fn renewal_slack(lease_secs: u32) -> u64 {
     u64::from(lease_secs / 4)
 }
 
+/// A stored lease as the table holds it: a bound one `slack` longer than the store says (the
+/// kernel may have renewed it in memory that much beyond), never given away early.
+fn held_with_slack(lease: Lease, slack: u64) -> Lease {
+    match lease.state {
+        LeaseState::Bound => Lease { expires: lease.expires + slack, ..lease },
+        _ => lease,
+    }
+}
+
 /// A decoded request with the facts every handler needs.
 struct Ctx<'a> {
     msg: Message,
@@ -240,10 +249,7 @@ impl DhcpServer {
         // addresses are held that much longer after a restart (never given away early).
         let slack = renewal_slack(params.lease_secs);
         let persisted = stored.iter().map(|l| (l.ip, l.expires)).collect();
-        leases.load(stored.into_iter().map(|l| match l.state {
-            LeaseState::Bound => Lease { expires: l.expires + slack, ..l },
-            _ => l,
-        }));
+        leases.load(stored.into_iter().map(|l| held_with_slack(l, slack)));
         DhcpServer { params, leases, persisted, allocations: (0, 0), buckets: Arc::default() }
     }
 
@@ -841,11 +847,7 @@ impl DhcpServer {
     /// the table follows it, with the same slack on a bound lease as a restart's load gives.
     pub fn apply_remote(&mut self, lease: Lease) {
         self.persisted.insert(lease.ip, lease.expires);
-        let lease = match lease.state {
-            LeaseState::Bound => Lease { expires: lease.expires + self.renewal_slack(), ..lease },
-            _ => lease,
-        };
-        self.leases.upsert(lease);
+        self.leases.upsert(held_with_slack(lease, self.renewal_slack()));
     }
 
     /// The MAC of the client an address is recorded for.

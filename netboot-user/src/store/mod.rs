@@ -31,8 +31,8 @@ pub trait LeaseStore: Send {
     /// holds another live address another server gave it) is not stored and comes back as a
     /// [`Refusal`]; the others are stored.
     fn commit(&mut self, batch: &[&Lease]) -> anyhow::Result<Vec<Refusal>>;
-    /// What `status` shows: `"sqlite"`, `"postgresql"`.
-    fn kind(&self) -> &'static str;
+    /// Whether other servers write the same store (then `commit` may refuse leases).
+    fn shared(&self) -> bool;
 }
 
 /// A lease of a batch the store refused, and what the store holds instead.

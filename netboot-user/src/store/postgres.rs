@@ -248,8 +248,8 @@ impl LeaseStore for PgStore {
         result
     }
 
-    fn kind(&self) -> &'static str {
-        "postgresql"
+    fn shared(&self) -> bool {
+        true
     }
 }
 

@@ -102,8 +102,8 @@ impl LeaseStore for SqliteStore {
         self.select("ORDER BY expires, rowid", [])
     }
 
-    fn kind(&self) -> &'static str {
-        "sqlite"
+    fn shared(&self) -> bool {
+        false
     }
 
     /// One server owns the file: nothing is ever refused.
