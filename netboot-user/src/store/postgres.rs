@@ -16,6 +16,11 @@ use anyhow::Context;
 use std::time::Duration;
 use tokio_postgres::{Client, NoTls, Row};
 
+/// How long a member's transaction may sit idle, and a claim may wait for a lock, before
+/// PostgreSQL gives up on it: below the default `cluster.takeover`, so that a frozen member's
+/// locks are gone by the time the others own its buckets.
+pub const LOCK_BOUND: Duration = Duration::from_secs(2);
+
 /// How long connecting may take before the store counts as unreachable.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -179,6 +184,15 @@ impl PgStore {
                 let c = connect(&self.cfg).await?;
                 // The schema first (a claim cannot be prepared before its function exists).
                 let mut c = c;
+                // A member frozen in the middle of a batch (SIGSTOP, a hang) holds its locks in
+                // an open transaction; the others' claims on the same clients would wait behind
+                // it for ever. PostgreSQL ends such a session after the slack's bound, and no
+                // claim waits longer than that for a lock (the batch fails and is retransmitted).
+                c.batch_execute(&format!(
+                    "SET idle_in_transaction_session_timeout = {ms}; SET lock_timeout = {ms}",
+                    ms = LOCK_BOUND.as_millis()
+                ))
+                .await?;
                 let applied = migrate(&mut c).await?;
                 if !applied.is_empty() {
                     tracing::info!(?applied, "PostgreSQL lease store: schema migrated");
