@@ -28,13 +28,19 @@ fn storm(args: &[&str], name: &str) -> serde_json::Value {
 /// Each member answered only its own clients: every machine asks twice (ROM, iPXE), so the
 /// OFFERs of all members together are 2 per machine plus at most the DISCOVERs retransmitted;
 /// two members answering one client would double them. Every member saw the others' leases.
+/// A member killed mid-run takes its counters with it: the OFFERs it made before dying are
+/// unknown, so only the upper bound holds for the survivors (every machine booting is the
+/// storm's own check).
 fn check_members(run: &serde_json::Value, nodes: u64, live: usize) {
     let members = run["faults"]["members"].as_array().unwrap();
     let up: Vec<&serde_json::Value> = members.iter().filter(|m| m["running"] == true).collect();
     assert_eq!(up.len(), live, "{run:#}");
     let offers: u64 = up.iter().map(|m| m["offers"].as_u64().unwrap()).sum();
     let retransmits = run["dhcp_retransmits"].as_u64().unwrap() + 2 * run["reboots"].as_u64().unwrap();
-    assert!(offers >= 2 * nodes && offers <= 2 * nodes + retransmits, "{offers} OFFERs for {nodes} machines: {run:#}");
+    assert!(offers <= 2 * nodes + retransmits, "{offers} OFFERs for {nodes} machines: {run:#}");
+    if live == members.len() {
+        assert!(offers >= 2 * nodes, "{offers} OFFERs for {nodes} machines: {run:#}");
+    }
     for m in &up {
         assert!(m["offers"].as_u64().unwrap() > 0 && m["not_owner"].as_u64().unwrap() > 0, "a member answered all or nothing: {m:#}");
         assert_eq!(m["leases_bound"], nodes, "leases visible from every server: {m:#}");
