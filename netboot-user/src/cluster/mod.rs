@@ -6,6 +6,10 @@
 //! 256 load-balancing buckets from that list ([`buckets::owned_by`]) and writes its share to
 //! the XDP program's `BUCKET_OWNER` and the DHCP core. A member silent for `cluster.takeover`
 //! drops out of every list, and its buckets move. A member that stops cleanly leaves at once.
+//! A member that crashes leaves at the others' next beat: each member holds a presence session
+//! open and heartbeats its backend pid; when the process dies its sessions end with it, and a
+//! member whose presence backend is gone is no longer listed. A hung member (its sockets still
+//! open) and a lost host (no FIN reaches the database) are only seen by their silence.
 //!
 //! Leases other servers commit reach this server through the change log: a LISTEN wakes the
 //! follower, and it polls every second anyway (a lost listener connection costs a second).
@@ -102,11 +106,14 @@ pub struct Member {
     cfg: tokio_postgres::Config,
     owner_map: Option<OwnerMap>,
     stats: Arc<Stats>,
+    /// The presence session and its backend pid (None while it cannot be opened: the others
+    /// then judge this member by its heartbeats alone).
+    presence: Option<(tokio_postgres::Client, i32)>,
 }
 
 impl Member {
     pub fn new(state: Arc<ClusterState>, pool: deadpool_postgres::Pool, cfg: tokio_postgres::Config, owner_map: Option<OwnerMap>, stats: Arc<Stats>) -> Member {
-        Member { state, pool, cfg, owner_map, stats }
+        Member { state, pool, cfg, owner_map, stats, presence: None }
     }
 
     /// Writes bucket ownership to the XDP program too: the buckets known now at once, every
@@ -120,17 +127,24 @@ impl Member {
     /// One heartbeat and a new owner map from the live members. At start, before serving,
     /// so that a joining server never answers its neighbours' buckets.
     pub async fn beat(&mut self) -> anyhow::Result<()> {
+        let pid = self.presence_pid().await;
         let c = self.pool.get().await?;
         c.execute(
-            "INSERT INTO netboot_members (server_id) VALUES ($1)
-             ON CONFLICT (server_id) DO UPDATE SET heartbeat = now()",
-            &[&self.state.server_id],
+            "INSERT INTO netboot_members (server_id, presence_pid, presence_at) VALUES ($1, $2, now())
+             ON CONFLICT (server_id) DO UPDATE SET heartbeat = now(), presence_pid = $2, presence_at = now()",
+            &[&self.state.server_id, &pid],
         )
         .await?;
         let secs = self.state.takeover.as_secs_f64();
+        // Live: heartbeat within takeover, and its presence backend still there (unless it
+        // has none, or registered it before the database last started).
         let rows = c
             .query(
-                "SELECT server_id FROM netboot_members WHERE heartbeat > now() - make_interval(secs => $1) ORDER BY server_id",
+                "SELECT server_id FROM netboot_members m
+                  WHERE heartbeat > now() - make_interval(secs => $1)
+                    AND (presence_pid IS NULL OR presence_at < pg_postmaster_start_time()
+                         OR EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = m.presence_pid))
+                  ORDER BY server_id",
                 &[&secs],
             )
             .await?;
@@ -152,12 +166,34 @@ impl Member {
         Ok(())
     }
 
+    /// The backend pid of this member's presence session, opened again when it was lost.
+    async fn presence_pid(&mut self) -> Option<i32> {
+        if self.presence.as_ref().is_some_and(|(c, _)| c.is_closed()) {
+            self.presence = None;
+        }
+        if self.presence.is_none() {
+            let open = async {
+                let (client, conn) = self.cfg.connect(tokio_postgres::NoTls).await?;
+                tokio::spawn(conn);
+                let pid: i32 = client.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
+                anyhow::Ok((client, pid))
+            };
+            match open.await {
+                Ok(p) => self.presence = Some(p),
+                Err(e) => tracing::debug!("cluster: presence session: {e:#}"),
+            }
+        }
+        self.presence.as_ref().map(|(_, pid)| *pid)
+    }
+
     /// Heartbeats, follows the change log and garbage-collects it until `shutdown`; then
     /// leaves the member list. `remote` receives the leases other servers committed.
     pub async fn run(mut self, remote: mpsc::UnboundedSender<Vec<Lease>>, mut shutdown: watch::Receiver<bool>) {
         let wake = Arc::new(Notify::new());
         let listener = tokio::spawn(listen(self.cfg.clone(), wake.clone(), shutdown.clone()));
-        let mut beat = tokio::time::interval((self.state.takeover / 3).max(Duration::from_millis(250)));
+        // Six beats per takeover: a crashed member is seen within one beat (half a second
+        // at the default), a silent one within takeover and one beat.
+        let mut beat = tokio::time::interval((self.state.takeover / 6).max(Duration::from_millis(250)));
         let mut poll = tokio::time::interval(Duration::from_secs(1));
         let mut gc = tokio::time::interval(Duration::from_secs(60));
         loop {

@@ -11,10 +11,17 @@ use tokio::sync::watch;
 pub struct LimitsMap {
     map: Array<MapData, FastLimits>,
     value: FastLimits,
-    /// `cluster.takeover` of a cluster member: how long the kernel answers after the agent's
-    /// last renewal. `None` alone.
+    /// For a cluster member: how long the kernel answers after the agent's last renewal.
+    /// `None` alone.
     takeover: Option<Duration>,
 }
+
+/// How long a member's kernel answers after its agent last renewed its liveness. Shorter
+/// than the default takeover: a crashed member is replaced within half a second (its
+/// database sessions end with it), and its kernel must not keep sending clients to its dead
+/// TFTP and HTTP meanwhile. A renewal four times a second is far from a second late even
+/// on a loaded agent; if it were, the cost is a client's retransmission.
+const KERNEL_LIVENESS: Duration = Duration::from_secs(1);
 
 /// `bpf_ktime_get_ns`'s clock.
 fn monotonic_ns() -> u64 {
@@ -28,11 +35,12 @@ impl LimitsMap {
         Ok(LimitsMap { map: Array::try_from(map)?, value: FastLimits::default(), takeover: None })
     }
 
-    /// Makes the kernel stop answering DISCOVER and REQUEST `takeover` after the agent's last
-    /// renewal ([`LimitsMap::follow`] renews it three times per `takeover`): a killed, stopped
-    /// or hung member falls silent when the others take its buckets over.
+    /// Makes the kernel stop answering DISCOVER and REQUEST [`KERNEL_LIVENESS`] (or `takeover`,
+    /// if shorter) after the agent's last renewal ([`LimitsMap::follow`] renews it four times
+    /// as often): a killed, stopped or hung member falls silent before the others take its
+    /// buckets, so that no client is sent to a server that cannot serve its TFTP or script.
     pub fn member_liveness(&mut self, takeover: Duration) -> anyhow::Result<()> {
-        self.takeover = Some(takeover);
+        self.takeover = Some(takeover.min(KERNEL_LIVENESS));
         self.write()
     }
 
@@ -52,7 +60,7 @@ impl LimitsMap {
     /// Applies each config published on `configs`, and renews a member's liveness, until
     /// `shutdown` changes.
     pub async fn follow(mut self, mut configs: watch::Receiver<Arc<Config>>, mut shutdown: watch::Receiver<bool>) {
-        let every = self.takeover.map_or(Duration::from_secs(3600), |t| (t / 3).max(Duration::from_millis(100)));
+        let every = self.takeover.map_or(Duration::from_secs(3600), |t| (t / 4).max(Duration::from_millis(100)));
         let mut renew = tokio::time::interval(every);
         loop {
             tokio::select! {

@@ -29,7 +29,8 @@ pub const SQLITE: &[Migration] = &[Migration {
 /// PostgreSQL (table `netboot_schema`). Times that clients see (`expires`) are Unix seconds
 /// as in SQLite; times between servers (heartbeats) are the database's clock, so that no two
 /// servers' clocks are ever compared.
-pub const POSTGRES: &[Migration] = &[Migration {
+pub const POSTGRES: &[Migration] = &[
+    Migration {
     version: 1,
     what: "leases, their change log, cluster members, the claim function",
     sql: r#"
@@ -116,4 +117,10 @@ BEGIN
     RETURN QUERY SELECT false, host(r.ip), r.client, r.mac, r.hostname, r.state, r.expires;
 END $$;
 "#,
-}];
+    },
+    Migration {
+        version: 2,
+        what: "members' presence sessions (a crashed member is seen at once)",
+        sql: "ALTER TABLE netboot_members ADD COLUMN presence_pid integer, ADD COLUMN presence_at timestamptz;",
+    },
+];
