@@ -26,7 +26,7 @@ use tokio::sync::watch;
 /// anything that fails undoes what came before. Then the config is watched (SIGHUP, file
 /// changes) and reloaded in place (see [`crate::reload`]).
 pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyhow::Result<()> {
-    let config = Config::load(config_path)?;
+    let file_config = Config::load(config_path)?;
     if unsafe { libc::geteuid() } != 0 {
         return Err(StartError::NotRoot.into());
     }
@@ -34,11 +34,23 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
     if let Some(rec) = AgentRecord::read(iface_name).filter(AgentRecord::is_running) {
         anyhow::bail!("{iface_name} is already served by netboot-xdp pid {} (netboot-xdp detach {iface_name})", rec.pid);
     }
-    let server_ip = iface.server_ip(config.server.address)?;
+    let server_ip = iface.server_ip(file_config.server.address)?;
 
     let stats = Arc::new(Stats::default());
+    let lease_secs = ServerParams::from_config(&file_config, server_ip).lease_secs;
+    let (store, mut cluster) = open_store(&file_config, lease_secs, &stats).await?;
+    // The hosts of the API are reservations like the config's: laid over it before anything
+    // serves ([`crate::provision`]); from here on `config` is the effective config.
+    let (file_tx, file_rx) = watch::channel(Arc::new(file_config));
+    let provision_db = match &cluster {
+        Some(member) => crate::provision::db::ProvisionDb::Postgres(member.pool()),
+        None => crate::provision::db::ProvisionDb::Sqlite(file_tx.borrow().server.state_dir.clone()),
+    };
+    let (provision, configs) = crate::provision::Provision::open(provision_db, file_rx)
+        .await
+        .map_err(|e| e.context("cannot read the provisioning tables of the lease store"))?;
+    let config = (*configs.borrow()).clone();
     let params = ServerParams::from_config(&config, server_ip);
-    let (store, mut cluster) = open_store(&config, params.lease_secs, &stats).await?;
     let (store, stored) = tokio::task::spawn_blocking(move || {
         let mut store = store;
         let stored = store.load();
@@ -107,10 +119,11 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
     let mut http_state = crate::http::HttpState::new(&config, server_ip, record.clone(), stats.clone(), timelines);
     http_state.renewals = renewals;
     http_state.cluster = cluster.as_ref().map(|(m, _)| m.state.clone());
+    http_state.provision = Some(provision.clone());
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let config_engine = config.tftp.engine;
-    let (config_tx, configs) = watch::channel(Arc::new(config));
+    let provision_task = tokio::spawn(provision.run(stop_rx.clone()));
     let dhcp_task = tokio::spawn(dhcp.with_reload(configs.clone()).run(stop_rx.clone()));
     let cluster_task = cluster.map(|(member, remote_tx)| tokio::spawn(member.run(remote_tx, stop_rx.clone())));
     let afxdp = match (&tftp, config_engine) {
@@ -127,7 +140,7 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
             None
         }
     };
-    let reload_task = tokio::spawn(crate::reload::run(config_path.to_path_buf(), config_tx, stats.clone(), stop_rx.clone()));
+    let reload_task = tokio::spawn(crate::reload::run(config_path.to_path_buf(), file_tx, stats.clone(), stop_rx.clone()));
     // The record last: once it says we run, the control socket answers.
     record.write()?;
     tracing::info!(iface = iface_name, mode = fastpath.mode(), server = %server_ip, "XDP attached; serving until SIGINT/SIGTERM (SIGHUP reloads the config)");
@@ -146,6 +159,7 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
         engine.stop();
     }
     let _ = reload_task.await;
+    let _ = provision_task.await;
     if let Some(t) = cluster_task {
         let _ = t.await;
     }

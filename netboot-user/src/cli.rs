@@ -56,6 +56,91 @@ pub enum Command {
         #[command(subcommand)]
         action: DbAction,
     },
+    /// Bearer tokens of the HTTP API (`[api] tokens_file`).
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+    /// Hosts of the running agent (the config's and the API's), over its control socket.
+    Hosts {
+        #[command(subcommand)]
+        action: HostsAction,
+        /// The agent's interface (default: the only running agent).
+        #[arg(long, global = true)]
+        iface: Option<String>,
+    },
+    /// A node's boot intent, over the running agent's control socket.
+    Node {
+        /// The node's MAC address.
+        mac: String,
+        #[command(subcommand)]
+        action: NodeAction,
+        #[arg(long, global = true)]
+        iface: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenAction {
+    /// Adds a token and prints it once (only its SHA-256 is stored).
+    Add {
+        name: String,
+        #[arg(long, value_enum)]
+        scope: crate::provision::auth::Scope,
+        /// The config whose `[api] tokens_file` takes it (default: the running agent's).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum HostsAction {
+    /// Every host, with its source (config or api) and intent.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Adds or replaces a host of the API.
+    Add {
+        mac: String,
+        ip: std::net::Ipv4Addr,
+        #[arg(long)]
+        hostname: Option<String>,
+        #[arg(long)]
+        profile: Option<String>,
+        /// `key=value`, repeatable.
+        #[arg(long = "var")]
+        vars: Vec<String>,
+        #[arg(long)]
+        intent: Option<String>,
+    },
+    /// Removes a host of the API.
+    Rm { mac: String },
+    /// Imports hosts from a CSV file (as `dhcp.hosts_file`) or JSON lines (`.jsonl`,
+    /// `.ndjson`): all or none.
+    Import { file: PathBuf },
+    /// Enrols a machine (a discovered one, or any): a host with the given name and profile,
+    /// and an address from `--ip` or, without it, the lease it holds.
+    Adopt {
+        mac: String,
+        #[arg(long)]
+        hostname: String,
+        #[arg(long)]
+        profile: Option<String>,
+        #[arg(long)]
+        ip: Option<std::net::Ipv4Addr>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NodeAction {
+    /// Sets what the node's next boot does: local, install, rescue or discover.
+    Intent {
+        intent: String,
+        /// Keep the intent after an `installed` report (default: back to local).
+        #[arg(long)]
+        keep: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -100,6 +185,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status { iface, json } => status(iface.as_deref(), json),
         Command::Leases { json, config } => leases(json, config.as_deref()),
         Command::Db { action: DbAction::Migrate { config } } => db_migrate(&config),
+        Command::Token { action: TokenAction::Add { name, scope, config } } => token_add(&name, scope, config),
+        Command::Hosts { action, iface } => hosts(action, &agent_iface(iface)?),
+        Command::Node { mac, action: NodeAction::Intent { intent, keep }, iface } => {
+            let body = serde_json::json!({ "intent": intent, "intent_once": !keep });
+            let out = control_json(&agent_iface(iface)?, hyper::Method::PUT, &format!("/api/v1/nodes/{mac}/intent"), Some(body))?;
+            println!("{mac}: intent {}", out["intent"].as_str().unwrap_or("?"));
+            Ok(())
+        }
         Command::Check { config } => {
             let c = Config::load(&config)?;
             println!(
@@ -195,6 +288,105 @@ fn status(iface: Option<&str>, json: bool) -> anyhow::Result<()> {
             for (k, v) in map {
                 println!("    {k:<26} {v}");
             }
+        }
+    }
+    Ok(())
+}
+
+/// The interface of the agent to talk to: `iface`, or the only one running.
+fn agent_iface(iface: Option<String>) -> anyhow::Result<String> {
+    if let Some(i) = iface {
+        return Ok(i);
+    }
+    let running: Vec<String> = AgentRecord::all().into_iter().filter(AgentRecord::is_running).map(|r| r.iface).collect();
+    match running.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => anyhow::bail!("no agent is running (netboot-xdp attach IFACE -c FILE)"),
+        many => anyhow::bail!("agents run on {}: say which with --iface", many.join(", ")),
+    }
+}
+
+fn control_json(iface: &str, method: hyper::Method, path: &str, body: Option<serde_json::Value>) -> anyhow::Result<serde_json::Value> {
+    let body = body.map(|b| ("application/json", b.to_string().into_bytes()));
+    let out = crate::runtime::control_request(iface, method, path, body)?;
+    if out.is_empty() {
+        return Ok(serde_json::Value::Null);
+    }
+    Ok(serde_json::from_slice(&out)?)
+}
+
+fn token_add(name: &str, scope: crate::provision::auth::Scope, config: Option<PathBuf>) -> anyhow::Result<()> {
+    let path = match config {
+        Some(c) => c,
+        None => AgentRecord::all()
+            .into_iter()
+            .find(AgentRecord::is_running)
+            .map(|r| r.config)
+            .ok_or_else(|| anyhow::anyhow!("no running agent: name the config with -c FILE"))?,
+    };
+    let c = Config::load(&path)?;
+    let file = c.api.tokens_path.ok_or_else(|| anyhow::anyhow!("{}: no [api] tokens_file to add the token to", path.display()))?;
+    let token = crate::provision::auth::add(&file, name, scope)?;
+    eprintln!("token {name} (scope {}) added to {}; it is shown once:", scope.name(), file.display());
+    println!("{token}");
+    Ok(())
+}
+
+fn hosts(action: HostsAction, iface: &str) -> anyhow::Result<()> {
+    use hyper::Method;
+    match action {
+        HostsAction::List { json } => {
+            let v = control_json(iface, Method::GET, "/api/v1/hosts", None)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            println!("{:<18} {:<16} {:<20} {:<8} {:<9} {}", "MAC", "IP", "HOSTNAME", "SOURCE", "INTENT", "PROFILE");
+            for h in v.as_array().into_iter().flatten() {
+                let t = |k: &str| printable(h[k].as_str().unwrap_or("-"));
+                println!("{:<18} {:<16} {:<20} {:<8} {:<9} {}", t("mac"), t("ip"), t("hostname"), t("source"), t("intent"), t("profile"));
+            }
+        }
+        HostsAction::Add { mac, ip, hostname, profile, vars, intent } => {
+            let mut map = serde_json::Map::new();
+            for kv in &vars {
+                let (k, v) = kv.split_once('=').ok_or_else(|| anyhow::anyhow!("--var {kv}: expected key=value"))?;
+                map.insert(k.into(), v.into());
+            }
+            let body = serde_json::json!({ "ip": ip, "hostname": hostname, "profile": profile, "vars": map, "intent": intent });
+            control_json(iface, Method::PUT, &format!("/api/v1/hosts/{mac}"), Some(body))?;
+            println!("{mac}: {ip}");
+        }
+        HostsAction::Rm { mac } => {
+            control_json(iface, Method::DELETE, &format!("/api/v1/hosts/{mac}"), None)?;
+            println!("{mac}: removed");
+        }
+        HostsAction::Import { file } => {
+            let text = std::fs::read(&file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+            let ext = file.extension().and_then(|e| e.to_str()).unwrap_or("");
+            let kind = if matches!(ext, "jsonl" | "ndjson" | "json") { "application/x-ndjson" } else { "text/csv" };
+            let out = crate::runtime::control_request(iface, Method::POST, "/api/v1/hosts:import", Some((kind, text)))?;
+            let v: serde_json::Value = serde_json::from_slice(&out)?;
+            println!("{}: {} hosts imported", file.display(), v["imported"]);
+        }
+        HostsAction::Adopt { mac, hostname, profile, ip } => {
+            let ip = match ip {
+                Some(ip) => ip.to_string(),
+                None => {
+                    let leases = control_json(iface, Method::GET, "/api/v1/leases", None)?;
+                    let want = mac.to_ascii_lowercase();
+                    leases
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter(|l| l["mac"].as_str().is_some_and(|m| m.eq_ignore_ascii_case(&want)) && l["active"] == true)
+                        .find_map(|l| l["ip"].as_str().map(str::to_string))
+                        .ok_or_else(|| anyhow::anyhow!("{mac} holds no lease: give the address with --ip"))?
+                }
+            };
+            let body = serde_json::json!({ "ip": ip, "hostname": hostname, "profile": profile });
+            control_json(iface, Method::PUT, &format!("/api/v1/hosts/{mac}"), Some(body))?;
+            println!("{mac}: adopted as {hostname} at {ip}");
         }
     }
     Ok(())

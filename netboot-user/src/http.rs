@@ -29,6 +29,7 @@ use axum::routing::get;
 use std::collections::{BTreeMap, HashMap};
 use crate::runtime::AgentRecord;
 use crate::stats::Stage;
+use crate::provision::records::Intent;
 use crate::timeline::{Milestone, Timelines};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -41,6 +42,11 @@ pub struct View {
     pub root: PathBuf,
     pub script: PathBuf,
     pub hosts: HashMap<MacAddr, Host>,
+    /// `[api] tokens_file`'s tokens.
+    pub tokens: crate::provision::auth::Tokens,
+    pub public_read: bool,
+    /// `http.listen`'s port, for the URLs scripts get.
+    pub port: u16,
 }
 
 impl View {
@@ -49,9 +55,17 @@ impl View {
             root: config.http.root.clone(),
             script: config.http.script.clone(),
             hosts: config.dhcp.reservations().map(|h| (h.mac, h.clone())).collect(),
+            tokens: crate::provision::auth::Tokens::new(config.api.tokens_path.clone()),
+            public_read: config.api.public_read,
+            port: config.http.listen.port(),
         }
     }
 }
+
+/// What a node with intent `local` gets: back to the firmware's next boot device, explicitly
+/// (a BIOS boots the first disk through `sanboot`; UEFI's boot manager takes `exit` as "next").
+const LOCAL_BOOT_SCRIPT: &str = "#!ipxe\necho netboot-xdp: intent local, booting the local disk\n\
+iseq ${platform} pcbios && sanboot --no-describe --drive 0x80 ||\nexit\n";
 
 pub struct HttpState {
     view: RwLock<Arc<View>>,
@@ -67,6 +81,8 @@ pub struct HttpState {
     pub cluster: Option<Arc<crate::cluster::ClusterState>>,
     /// `cluster.server_id` without a shared store.
     server_id: Option<String>,
+    /// Hosts of the API, node intents, the audit log (absent in unit tests).
+    pub provision: Option<Arc<crate::provision::Provision>>,
 }
 
 impl HttpState {
@@ -81,6 +97,7 @@ impl HttpState {
             renewals: Arc::default(),
             cluster: None,
             server_id: config.cluster.server_id().map(str::to_string),
+            provision: None,
         }
     }
 
@@ -172,8 +189,10 @@ pub fn router(state: Arc<HttpState>) -> axum::Router {
         .route("/api/v1/nodes", get(nodes))
         .route("/api/v1/nodes/{mac}", get(node))
         .route("/api/v1/status", get(status))
+        .merge(crate::provision::api::routes())
         .route("/metrics", get(metrics))
         .fallback(static_file)
+        .layer(middleware::from_fn_with_state(state.clone(), crate::provision::api::authorize))
         .layer(middleware::from_fn_with_state(state.clone(), confine_and_count))
         .with_state(state)
 }
@@ -273,7 +292,7 @@ fn percent_decode(s: &str) -> String {
 
 /// Keeps only characters that cannot change the meaning of an iPXE script line.
 pub fn ipxe_safe(s: &str) -> String {
-    s.chars().map(|c| if c.is_ascii_alphanumeric() || "._:-/=+,@".contains(c) { c } else { '_' }).collect()
+    s.chars().map(|c| if c.is_ascii_alphanumeric() || "._:-/=+,@?".contains(c) { c } else { '_' }).collect()
 }
 
 async fn boot_script(
@@ -292,7 +311,27 @@ async fn boot_script(
         Some(m) => Some(st.leases.latest_for_mac(m).await),
         None => None,
     };
-    let (resp, known) = render_script(&st, mac, leased, &q);
+    let intent = mac.zip(st.provision.as_ref()).and_then(|(m, p)| p.intent(m)).map(|i| i.intent);
+    if intent == Some(Intent::Local) {
+        st.stats.bump("http_scripts_local");
+        let mac = mac.expect("an intent is a node's");
+        st.timelines.record(mac, Milestone::Script { status: 200, known: true });
+        return ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], LOCAL_BOOT_SCRIPT).into_response();
+    }
+    // An install boot gets a token of its own for its installer's phone-home.
+    let phone_home = match (intent, mac, st.provision.as_ref()) {
+        (Some(Intent::Install), Some(m), Some(p)) => match crate::provision::api::new_boot_token(p, m).await {
+            Ok(t) => Some(format!("http://{}:{}/api/v1/nodes/{m}/events?token={t}", st.server, st.view().port)),
+            Err(e) => {
+                st.stats.bump("http_store_unavailable");
+                tracing::warn!(%m, "boot script: cannot store the boot token: {e:#}");
+                let resp = (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "2")], "lease store unavailable\n");
+                return resp.into_response();
+            }
+        },
+        _ => None,
+    };
+    let (resp, known) = render_script(&st, mac, leased, &q, intent, phone_home);
     if let Some(mac) = mac {
         st.timelines.record(mac, Milestone::Script { status: resp.status().as_u16(), known });
     }
@@ -301,7 +340,14 @@ async fn boot_script(
 
 /// The script for `mac`, and whether the node is known (reserved or leased).
 /// `leased`: what the lease store said of `mac`.
-fn render_script(st: &HttpState, mac: Option<MacAddr>, leased: Option<anyhow::Result<Option<crate::dhcp::Lease>>>, q: &BTreeMap<String, String>) -> (Response, bool) {
+fn render_script(
+    st: &HttpState,
+    mac: Option<MacAddr>,
+    leased: Option<anyhow::Result<Option<crate::dhcp::Lease>>>,
+    q: &BTreeMap<String, String>,
+    intent: Option<Intent>,
+    phone_home: Option<String>,
+) -> (Response, bool) {
     let view = st.view();
     let path = view.root.join(&view.script);
     let source = match std::fs::read_to_string(&path) {
@@ -343,6 +389,9 @@ fn render_script(st: &HttpState, mac: Option<MacAddr>, leased: Option<anyhow::Re
         vars => vars,
         server => st.server.to_string(),
         known => known,
+        profile => host.and_then(|h| h.profile.as_deref()).map(ipxe_safe),
+        intent => intent.map(Intent::name),
+        phone_home => phone_home,
     };
     let mut env = minijinja::Environment::new();
     // Every value printed is made iPXE-safe, whatever the template does with it.

@@ -22,6 +22,7 @@ pub mod http_listener;
 pub mod iface;
 pub mod mac;
 pub mod metrics;
+pub mod provision;
 pub mod ra;
 pub mod reload;
 pub mod runtime;

@@ -100,6 +100,12 @@ pub fn bind_control(iface: &str) -> anyhow::Result<tokio::net::UnixListener> {
 
 /// `GET path` on the control socket of the agent on `iface`; the body of a 200 answer.
 pub fn control_get(iface: &str, path: &str) -> anyhow::Result<Vec<u8>> {
+    control_request(iface, hyper::Method::GET, path, None)
+}
+
+/// A request to the agent of `iface` over its control socket (root's, no token needed); the
+/// body of a 2xx answer, the agent's message otherwise.
+pub fn control_request(iface: &str, method: hyper::Method, path: &str, body: Option<(&str, Vec<u8>)>) -> anyhow::Result<Vec<u8>> {
     let sock = control_path(iface);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
@@ -107,7 +113,8 @@ pub fn control_get(iface: &str, path: &str) -> anyhow::Result<Vec<u8>> {
             .await
             .map_err(|_| anyhow::anyhow!("{}: no answer within 5 s", sock.display()))?
             .map_err(|e| anyhow::anyhow!("cannot reach the agent at {}: {e}", sock.display()))?;
-        let (status, body) = tokio::time::timeout(std::time::Duration::from_secs(30), crate::http_client::get(stream, "localhost", path, "netboot-xdp"))
+        let exchange = crate::http_client::request(stream, method, "localhost", path, "netboot-xdp", body);
+        let (status, body) = tokio::time::timeout(std::time::Duration::from_secs(30), exchange)
             .await
             .map_err(|_| anyhow::anyhow!("agent on {iface}: no answer to {path} within 30 s"))??;
         if !status.is_success() {

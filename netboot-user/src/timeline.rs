@@ -70,6 +70,8 @@ pub enum Milestone {
     Script { status: u16, known: bool },
     /// A file under `http.root` was requested.
     File { path: String, status: u16, bytes: Option<u64>, ms: u64 },
+    /// The node's installer phoned home (`installed`, `failed`).
+    Event { event: String, message: String },
 }
 
 impl Milestone {
@@ -88,6 +90,7 @@ impl Milestone {
             Milestone::Tftp { .. } => "tftp",
             Milestone::Script { .. } => "script",
             Milestone::File { .. } => "file",
+            Milestone::Event { .. } => "event",
         }
     }
 
@@ -192,6 +195,7 @@ impl Timelines {
                 Milestone::Tftp { file: bounded(file), blksize, windowsize, bytes, ms, retransmits, outcome }
             }
             Milestone::File { path, status, bytes, ms } => Milestone::File { path: bounded(path), status, bytes, ms },
+            Milestone::Event { event, message } => Milestone::Event { event, message: bounded(message) },
             other => other,
         };
         if what.is_milestone() {
@@ -287,6 +291,7 @@ fn describe(m: &Milestone) -> String {
         Milestone::Tftp { file, ms, .. } => format!("TFTP {file} failed after {ms} ms"),
         Milestone::Script { status, known } => format!("iPXE script served ({status}, known node: {known})"),
         Milestone::File { path, status, .. } => format!("HTTP {path} ({status})"),
+        Milestone::Event { event, message } => format!("installer reported {event}: {message}"),
     }
 }
 

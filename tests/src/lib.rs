@@ -140,10 +140,26 @@ pub mod probe {
             m.to_vec().unwrap()
         }
 
+        /// The DISCOVER of a BIOS PXE ROM from `mac` (option 60 `PXEClient:...`, option 93 = 0):
+        /// a presentation the reply cache holds for every reserved client.
+        pub fn discover_pxe(&self, mac: [u8; 6]) -> Vec<u8> {
+            use dhcproto::v4::{Architecture, DhcpOption, Message};
+            use dhcproto::{Decodable, Decoder, Encodable};
+            let mut m = Message::decode(&mut Decoder::new(&self.discover(mac))).unwrap();
+            m.opts_mut().insert(DhcpOption::ClassIdentifier(b"PXEClient:Arch:00000:UNDI:002001".to_vec()));
+            m.opts_mut().insert(DhcpOption::ClientSystemArchitecture(Architecture::X86_Bios));
+            m.to_vec().unwrap()
+        }
+
         /// The addresses offered to `mac` within 1.5 s.
         pub fn offers(&self, mac: [u8; 6]) -> Vec<Ipv4Addr> {
+            self.offers_to(&self.discover(mac))
+        }
+
+        /// The addresses offered to `discover` within 1.5 s.
+        pub fn offers_to(&self, discover: &[u8]) -> Vec<Ipv4Addr> {
             use dhcproto::{Decodable, Decoder};
-            let replies = self.probe.exchange(&self.discover(mac), Duration::from_millis(1500));
+            let replies = self.probe.exchange(discover, Duration::from_millis(1500));
             replies.iter().filter_map(|r| dhcproto::v4::Message::decode(&mut Decoder::new(r)).ok()).map(|m| m.yiaddr()).collect()
         }
 
@@ -266,6 +282,45 @@ pub mod kit {
         pub fn client_mac(&self) -> String {
             let dev = self.lab.client_if.clone();
             self.lab.client.run(move || Interface::lookup(&dev).unwrap().mac.to_string()).unwrap()
+        }
+
+        /// Sets the client interface's MAC (the client's end of the lab is ours).
+        pub fn set_client_mac(&self, mac: &str) {
+            let st = self.lab.client.command("ip").args(["link", "set", "dev", &self.lab.client_if, "address", mac]).status().unwrap();
+            assert!(st.success());
+        }
+
+        /// udhcpc in the client namespace with extra options (`-V`, `-x`); the `bound` event's
+        /// environment (recorded under `name`).
+        pub fn udhcpc(&self, name: &str, extra: &[&str]) -> BTreeMap<String, String> {
+            let (script, env) = self.recorder(name);
+            let out = self
+                .lab
+                .client
+                .command("timeout")
+                .args(["-s", "KILL", "8", "udhcpc", "-i", &self.lab.client_if, "-n", "-q", "-f", "-t", "4", "-T", "1", "-A", "1", "-s", &script])
+                .args(extra)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "udhcpc: {}", String::from_utf8_lossy(&out.stderr));
+            event(&env, "event", "bound")
+        }
+
+        /// curl in the client namespace with `args` (a URL last); the status and body.
+        pub fn curl(&self, args: &[&str]) -> (u16, Vec<u8>) {
+            let body = self.dir.join("curl.out");
+            let _ = std::fs::remove_file(&body);
+            let out = self
+                .lab
+                .client
+                .command("curl")
+                .args(["-s", "--max-time", "10", "-o"])
+                .arg(&body)
+                .args(["-w", "%{http_code}"])
+                .args(args)
+                .output()
+                .unwrap();
+            (String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0), std::fs::read(&body).unwrap_or_default())
         }
 
         /// A client script that appends its environment to `<dir>/<name>.env` (one run per file).

@@ -6,7 +6,7 @@
 use netboot_lab::pattern;
 use std::path::Path;
 use std::process::Command;
-use tests::kit::{Setup, event};
+use tests::kit::Setup;
 use tests::{bin, require_root};
 
 const TFTP_FILE_LEN: usize = 74 * 1024;
@@ -37,27 +37,6 @@ fn config_text(dir: &Path, mac: &str, ip: &str, bios: &str) -> String {
     )
 }
 
-/// The client interface's MAC, set to a known value (the client's bridge is ours).
-fn fix_client_mac(s: &Setup, mac: &str) {
-    let st = s.lab.client.command("ip").args(["link", "set", "dev", &s.lab.client_if, "address", mac]).status().unwrap();
-    assert!(st.success());
-}
-
-/// udhcpc with extra options; the `bound` event's environment.
-fn udhcpc(s: &Setup, name: &str, extra: &[&str]) -> std::collections::BTreeMap<String, String> {
-    let (script, env) = s.recorder(name);
-    let out = s
-        .lab
-        .client
-        .command("timeout")
-        .args(["-s", "KILL", "8", "udhcpc", "-i", &s.lab.client_if, "-n", "-q", "-f", "-t", "4", "-T", "1", "-A", "1", "-s", &script])
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "udhcpc: {}", String::from_utf8_lossy(&out.stderr));
-    event(&env, "event", "bound")
-}
-
 /// tftp-hpa (no options: 512-byte blocks, as old ROMs) in the client namespace; the bytes.
 fn tftp_get(s: &Setup, file: &str) -> Vec<u8> {
     let out = s.dir.join(format!("got-{file}"));
@@ -71,13 +50,6 @@ fn tftp_get(s: &Setup, file: &str) -> Vec<u8> {
         .unwrap();
     assert!(st.success(), "tftp get {file}");
     std::fs::read(&out).unwrap()
-}
-
-fn curl(s: &Setup, url: &str) -> (u16, Vec<u8>) {
-    let body = s.dir.join("curl.out");
-    let _ = std::fs::remove_file(&body);
-    let out = s.lab.client.command("curl").args(["-s", "--max-time", "10", "-o"]).arg(&body).args(["-w", "%{http_code}", url]).output().unwrap();
-    (String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0), std::fs::read(&body).unwrap_or_default())
 }
 
 fn cli_json(args: &[&str]) -> serde_json::Value {
@@ -94,28 +66,28 @@ fn a_node_timeline_has_every_stage_of_the_chain() {
     let _serial = tests::serial();
     let mac = "52:54:00:aa:00:02";
     let s = setup("ops", mac, "10.77.0.2");
-    fix_client_mac(&s, mac);
+    s.set_client_mac(mac);
     let agent = s.start();
     let base = "http://10.77.0.1:8080";
 
     // 1. The firmware: a BIOS PXE ROM (option 60 PXEClient, option 93 = 0).
-    let pxe = udhcpc(&s, "pxe", &["-V", "PXEClient:Arch:00000:UNDI:002001", "-x", "0x5d:0000"]);
+    let pxe = s.udhcpc("pxe", &["-V", "PXEClient:Arch:00000:UNDI:002001", "-x", "0x5d:0000"]);
     assert_eq!(pxe["ip"], "10.77.0.2");
     assert_eq!(pxe["boot_file"], "undionly.kpxe");
     // 2. TFTP of the iPXE binary, as old ROMs fetch it.
     assert_eq!(tftp_get(&s, "undionly.kpxe"), pattern(TFTP_FILE_LEN, 1));
     // 3. iPXE asks again (user class "iPXE") and gets the script URL.
-    let ipxe = udhcpc(&s, "ipxe", &["-x", "0x4d:69505845"]);
+    let ipxe = s.udhcpc("ipxe", &["-x", "0x4d:69505845"]);
     assert_eq!(ipxe["boot_file"], format!("{base}/boot.ipxe"));
     // 4. The script, then the kernel it names.
-    let (code, script) = curl(&s, &format!("{base}/boot.ipxe?mac={mac}"));
+    let (code, script) = s.curl(&[&format!("{base}/boot.ipxe?mac={mac}")]);
     assert_eq!(code, 200);
     assert!(String::from_utf8_lossy(&script).contains("hostname=node-002"), "{}", String::from_utf8_lossy(&script));
-    let (code, kernel) = curl(&s, &format!("{base}/vmlinuz"));
+    let (code, kernel) = s.curl(&[&format!("{base}/vmlinuz")]);
     assert_eq!((code, kernel.len()), (200, 300_000));
 
     // The timeline has every stage, in order, with what each stage did.
-    let (code, body) = curl(&s, &format!("{base}/api/v1/nodes/{mac}"));
+    let (code, body) = s.curl(&[&format!("{base}/api/v1/nodes/{mac}")]);
     assert_eq!(code, 200);
     let node: serde_json::Value = serde_json::from_slice(&body).unwrap();
     let events = node["events"].as_array().unwrap();
@@ -139,16 +111,16 @@ fn a_node_timeline_has_every_stage_of_the_chain() {
     let times: Vec<u64> = events.iter().map(|e| e["at_ms"].as_u64().unwrap()).collect();
     assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
     // Filters: by latest stage, and by idleness.
-    let (_, body) = curl(&s, &format!("{base}/api/v1/nodes?stage=file"));
+    let (_, body) = s.curl(&[&format!("{base}/api/v1/nodes?stage=file")]);
     assert_eq!(serde_json::from_slice::<serde_json::Value>(&body).unwrap().as_array().unwrap().len(), 1);
-    let (_, body) = curl(&s, &format!("{base}/api/v1/nodes?stage=tftp"));
+    let (_, body) = s.curl(&[&format!("{base}/api/v1/nodes?stage=tftp")]);
     assert_eq!(serde_json::from_slice::<serde_json::Value>(&body).unwrap().as_array().unwrap().len(), 0);
-    let (_, body) = curl(&s, &format!("{base}/api/v1/nodes?idle=3600"));
+    let (_, body) = s.curl(&[&format!("{base}/api/v1/nodes?idle=3600")]);
     assert_eq!(serde_json::from_slice::<serde_json::Value>(&body).unwrap().as_array().unwrap().len(), 0);
-    assert_eq!(curl(&s, &format!("{base}/api/v1/nodes/52:54:00:99:99:99")).0, 404);
+    assert_eq!(s.curl(&[&format!("{base}/api/v1/nodes/52:54:00:99:99:99")]).0, 404);
 
     // /metrics, read by a Prometheus text parser.
-    let (code, body) = curl(&s, &format!("{base}/metrics"));
+    let (code, body) = s.curl(&[&format!("{base}/metrics")]);
     assert_eq!(code, 200);
     let text = String::from_utf8(body).unwrap();
     let lines = text.lines().map(|l| Ok(l.to_string()));
@@ -197,10 +169,10 @@ fn reload_applies_good_configs_keeps_transfers_and_rejects_broken_ones() {
     let _serial = tests::serial();
     let mac = "52:54:00:aa:00:03";
     let s = setup("reload", mac, "10.77.0.21");
-    fix_client_mac(&s, mac);
+    s.set_client_mac(mac);
     let agent = s.start();
     let counter = |name: &str| agent.status().unwrap()["agent"][name].as_u64().unwrap_or(0);
-    assert_eq!(udhcpc(&s, "before", &[])["ip"], "10.77.0.21");
+    assert_eq!(s.udhcpc("before", &[])["ip"], "10.77.0.21");
 
     // A 12 MiB transfer at blksize 512 (24576 blocks) runs while the config changes.
     let big = s.dir.join("got-big");
@@ -234,7 +206,7 @@ fn reload_applies_good_configs_keeps_transfers_and_rejects_broken_ones() {
     assert!(tests::eventually(10, || counter("config_reloads") == 1), "no reload: {}", agent.log_text());
     assert_eq!(counter("tftp_transfers_completed") + counter("tftp_transfers_failed"), 0, "the transfer ended before the reload");
     pause(18); // SIGCONT
-    let pxe = udhcpc(&s, "after", &["-V", "PXEClient:Arch:00000:UNDI:002001", "-x", "0x5d:0000"]);
+    let pxe = s.udhcpc("after", &["-V", "PXEClient:Arch:00000:UNDI:002001", "-x", "0x5d:0000"]);
     assert_eq!((pxe["ip"].as_str(), pxe["boot_file"].as_str()), ("10.77.0.22".into(), "other.kpxe".into()));
     assert_eq!(tftp_get(&s, "other.kpxe"), b"second root");
 
@@ -244,7 +216,7 @@ fn reload_applies_good_configs_keeps_transfers_and_rejects_broken_ones() {
     let log = agent.log_text();
     let shown = format!("{}:", s.config.display());
     assert!(log.lines().any(|l| l.contains("rejected") && l.contains(&shown)), "{log}");
-    assert_eq!(udhcpc(&s, "broken", &[])["ip"], "10.77.0.22");
+    assert_eq!(s.udhcpc("broken", &[])["ip"], "10.77.0.22");
 
     // SIGHUP reloads even when no file changed (here: the broken one, rejected again).
     let pid = agent.status().unwrap()["agent_pid"].as_u64().unwrap() as i32;

@@ -116,6 +116,11 @@ impl Member {
         Member { state, pool, cfg, owner_map, stats, presence: None }
     }
 
+    /// The member's connection pool (the provisioning tables share it).
+    pub fn pool(&self) -> deadpool_postgres::Pool {
+        self.pool.clone()
+    }
+
     /// Writes bucket ownership to the XDP program too: the buckets known now at once, every
     /// change from now on.
     pub fn set_owner_map(&mut self, mut map: OwnerMap) -> anyhow::Result<()> {

@@ -33,6 +33,12 @@ impl RowPos {
 pub fn load(file: &Path) -> Result<Vec<(RowPos, Host)>, Error> {
     let text = std::fs::read_to_string(file)
         .map_err(|e| Error::Io(format!("cannot read hosts_file {}: {e}", file.display())))?;
+    parse(file, &text).map_err(Error::Row)
+}
+
+/// Parses hosts-file rows from `text` (`file` names it in errors: a path, or what an import
+/// came from).
+pub fn parse(file: &Path, text: &str) -> Result<Vec<(RowPos, Host)>, ConfigError> {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
@@ -43,7 +49,7 @@ pub fn load(file: &Path) -> Result<Vec<(RowPos, Host)>, Error> {
     for record in reader.records() {
         let record = record.map_err(|e| {
             let line = e.position().map_or(0, |p| p.line() as usize);
-            Error::Row(ConfigError::at_line(file, line, 1, format!("bad CSV: {e}")))
+            ConfigError::at_line(file, line, 1, format!("bad CSV: {e}"))
         })?;
         let line = record.position().map_or(0, |p| p.line() as usize);
         if out.is_empty() && record.get(0).is_some_and(|f| f.eq_ignore_ascii_case("mac")) {
@@ -51,8 +57,8 @@ pub fn load(file: &Path) -> Result<Vec<(RowPos, Host)>, Error> {
         }
         let (host, bad) = parse_row(&record);
         if let Some((field, message)) = bad {
-            let column = column_of(&text, line, field);
-            return Err(Error::Row(ConfigError::at_line(file, line, column, message)));
+            let column = column_of(text, line, field);
+            return Err(ConfigError::at_line(file, line, column, message));
         }
         out.push((RowPos { file: file.to_path_buf(), line }, host.expect("no error means a host")));
     }
@@ -84,7 +90,7 @@ fn parse_row(r: &csv::StringRecord) -> (Option<Host>, Option<(usize, String)>) {
             }
         }
     }
-    (Some(Host { mac, ip, hostname, vars }), None)
+    (Some(Host { mac, ip, hostname, vars, profile: None }), None)
 }
 
 /// 1-based column where field `field` starts on line `line` (plain CSV rows have no quotes in

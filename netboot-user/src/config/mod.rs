@@ -7,7 +7,7 @@
 //! reservation) are checked afterwards against `Spanned` positions.
 
 mod error;
-mod hosts;
+pub mod hosts;
 mod types;
 
 pub use error::ConfigError;
@@ -36,6 +36,24 @@ pub struct Config {
     pub http: HttpConfig,
     #[serde(default)]
     pub cluster: ClusterConfig,
+    #[serde(default)]
+    pub api: ApiConfig,
+}
+
+/// `[api]`: who may use `/api/v1` over `http.listen` (the control socket is root's and needs
+/// no token).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Bearer tokens, stored hashed (`netboot-xdp token add`); relative to the config's
+    /// directory. Absent: reads are public and writes go through the control socket only.
+    pub tokens_file: Option<Spanned<PathBuf>>,
+    /// Reads without a token even with `tokens_file`.
+    #[serde(default)]
+    pub public_read: bool,
+    /// `tokens_file` resolved against the config's directory.
+    #[serde(skip)]
+    pub tokens_path: Option<PathBuf>,
 }
 
 /// `[cluster]`: several servers sharing one PostgreSQL lease store (docs/CLUSTER.md).
@@ -126,6 +144,10 @@ pub struct DhcpConfig {
     /// Reservations from `hosts_file`, filled in by [`Config::load`].
     #[serde(skip)]
     pub file_hosts: Vec<Host>,
+    /// Reservations added at run time through the hosts API (kept in the lease store), laid
+    /// over the file's by [`crate::provision`]: what the DHCP core and the reply cache serve.
+    #[serde(skip)]
+    pub api_hosts: Vec<Host>,
     /// `hosts_file` resolved against the config's directory.
     #[serde(skip)]
     pub hosts_path: Option<PathBuf>,
@@ -153,6 +175,7 @@ impl Default for DhcpConfig {
             hosts_file: None,
             hosts: Vec::new(),
             file_hosts: Vec::new(),
+            api_hosts: Vec::new(),
             hosts_path: None,
             per_client_pps: default_per_client_pps(),
             new_clients_per_s: 0,
@@ -161,8 +184,13 @@ impl Default for DhcpConfig {
 }
 
 impl DhcpConfig {
-    /// All reservations: inline ones first, then the hosts file's.
+    /// All reservations: inline ones first, then the hosts file's, then the API's.
     pub fn reservations(&self) -> impl Iterator<Item = &Host> {
+        self.file_reservations().chain(self.api_hosts.iter())
+    }
+
+    /// The reservations the config and its hosts file make (the API cannot change these).
+    pub fn file_reservations(&self) -> impl Iterator<Item = &Host> {
         self.hosts.iter().map(|h| h.get_ref()).chain(self.file_hosts.iter())
     }
 }
@@ -179,8 +207,8 @@ fn yes() -> bool {
     true
 }
 
-/// A reservation: one row of `hosts_file` or one `[[dhcp.host]]` table.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// A reservation: one row of `hosts_file`, one `[[dhcp.host]]` table, or a host of the API.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Host {
     pub mac: MacAddr,
@@ -188,6 +216,9 @@ pub struct Host {
     pub hostname: Option<String>,
     #[serde(default)]
     pub vars: BTreeMap<String, String>,
+    /// The `[[profile]]` whose script the node boots (none: `http.script`).
+    #[serde(default)]
+    pub profile: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -450,6 +481,9 @@ impl Config {
                 cfg.dhcp.file_hosts.push(host);
             }
             cfg.dhcp.hosts_path = Some(file);
+        }
+        if let Some(t) = &cfg.api.tokens_file {
+            cfg.api.tokens_path = Some(path.parent().unwrap_or(Path::new(".")).join(t.get_ref()));
         }
         Ok(cfg)
     }

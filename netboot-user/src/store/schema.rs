@@ -11,7 +11,8 @@ pub struct Migration {
 
 /// SQLite (`PRAGMA user_version`). Version 1 is the schema every earlier release created
 /// (`IF NOT EXISTS`: an existing file takes it as it is).
-pub const SQLITE: &[Migration] = &[Migration {
+pub const SQLITE: &[Migration] = &[
+    Migration {
     version: 1,
     what: "leases by address, indexed by client and MAC",
     sql: "CREATE TABLE IF NOT EXISTS leases (
@@ -24,7 +25,22 @@ pub const SQLITE: &[Migration] = &[Migration {
           );
           CREATE INDEX IF NOT EXISTS leases_client ON leases(client);
           CREATE INDEX IF NOT EXISTS leases_mac ON leases(mac);",
-}];
+    },
+    Migration {
+        version: 2,
+        what: "provisioning: hosts of the API, node intents, node events, the audit log",
+        sql: "CREATE TABLE netboot_hosts (mac TEXT PRIMARY KEY, doc TEXT NOT NULL);
+              CREATE TABLE netboot_nodes (mac TEXT PRIMARY KEY, intent TEXT NOT NULL, intent_once INTEGER NOT NULL,
+                                          boot_token TEXT, updated INTEGER NOT NULL);
+              CREATE TABLE netboot_events (id INTEGER PRIMARY KEY AUTOINCREMENT, mac TEXT NOT NULL, at INTEGER NOT NULL,
+                                           event TEXT NOT NULL, message TEXT NOT NULL);
+              CREATE INDEX netboot_events_mac ON netboot_events(mac);
+              CREATE TABLE netboot_audit (id INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL, who TEXT NOT NULL,
+                                          action TEXT NOT NULL, target TEXT NOT NULL, detail TEXT NOT NULL);
+              CREATE TABLE netboot_provision_rev (rev INTEGER NOT NULL);
+              INSERT INTO netboot_provision_rev VALUES (0);",
+    },
+];
 
 /// PostgreSQL (table `netboot_schema`). Times that clients see (`expires`) are Unix seconds
 /// as in SQLite; times between servers (heartbeats) are the database's clock, so that no two
@@ -122,5 +138,20 @@ END $$;
         version: 2,
         what: "members' presence sessions (a crashed member is seen at once)",
         sql: "ALTER TABLE netboot_members ADD COLUMN presence_pid integer, ADD COLUMN presence_at timestamptz;",
+    },
+    Migration {
+        version: 3,
+        what: "provisioning: hosts of the API, node intents, node events, the audit log",
+        sql: "CREATE TABLE netboot_hosts (mac text PRIMARY KEY, doc text NOT NULL);
+              CREATE TABLE netboot_nodes (mac text PRIMARY KEY, intent text NOT NULL, intent_once boolean NOT NULL,
+                                          boot_token text, updated bigint NOT NULL);
+              CREATE TABLE netboot_events (id bigserial PRIMARY KEY, mac text NOT NULL, at bigint NOT NULL,
+                                           event text NOT NULL, message text NOT NULL);
+              CREATE INDEX netboot_events_mac ON netboot_events (mac);
+              CREATE TABLE netboot_audit (id bigserial PRIMARY KEY, at bigint NOT NULL, who text NOT NULL,
+                                          action text NOT NULL, target text NOT NULL, detail text NOT NULL);
+              -- Every provisioning write bumps it: what the other members poll.
+              CREATE TABLE netboot_provision_rev (rev bigint NOT NULL);
+              INSERT INTO netboot_provision_rev VALUES (0);",
     },
 ];

@@ -29,9 +29,19 @@ impl SqliteStore {
             .with_context(|| format!("cannot restrict {} to mode 0600", path.display()))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
+        // The provisioning API writes the same file as the committer: wait for its lock.
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
         let mut store = SqliteStore { conn, migrated: Vec::new() };
         store.migrated = store.migrate().with_context(|| format!("cannot bring the schema of {} up to date", path.display()))?;
         Ok(store)
+    }
+
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    pub fn conn_mut(&mut self) -> &mut Connection {
+        &mut self.conn
     }
 
     /// Applies the migrations this file has not had (its version is `PRAGMA user_version`);

@@ -1,0 +1,405 @@
+//! `/api/v1` routes of provisioning (DESIGN.md §9, normative): hosts, node intents and
+//! events, the audit log; and the bearer-token check in front of every `/api/v1` route.
+//!
+//! Who may do what: the control socket (root's) anything, without a token. Over `http.listen`
+//! with `[api] tokens_file`: a token of scope read for reads (none if `public_read`), write for
+//! writes, admin for the audit log; 401 without a valid token, 403 with one too small. Without
+//! a tokens file reads are public and writes need the control socket. An installer's
+//! phone-home may use its boot's token (`?token=`, from the script's `phone_home` URL) instead.
+
+use super::auth::Scope;
+use super::db::Change;
+use super::records::{AuditEntry, EventDoc, EventKind, HostDoc, Intent};
+use super::{Provision, Refused};
+use crate::http::HttpState;
+use crate::http_listener::PeerAddr;
+use crate::mac::MacAddr;
+use crate::timeline::Milestone;
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Who is asking, for the audit log.
+#[derive(Clone)]
+pub struct Who(pub String);
+
+pub fn routes() -> axum::Router<Arc<HttpState>> {
+    axum::Router::new()
+        .route("/api/v1/hosts", get(list_hosts))
+        .route("/api/v1/hosts:import", post(import_hosts))
+        .route("/api/v1/hosts/{mac}", get(get_host).put(put_host).patch(patch_host).delete(delete_host))
+        .route("/api/v1/nodes/{mac}/intent", put(put_intent))
+        .route("/api/v1/nodes/{mac}/events", post(post_event).get(get_events))
+        .route("/api/v1/audit", get(audit))
+}
+
+fn text(code: StatusCode, msg: impl Into<String>) -> Response {
+    let mut m = msg.into();
+    m.push('\n');
+    (code, m).into_response()
+}
+
+fn refused(r: Refused) -> Response {
+    match r {
+        Refused::Conflict(m) => text(StatusCode::CONFLICT, m),
+        Refused::Invalid(m) => text(StatusCode::UNPROCESSABLE_ENTITY, m),
+        Refused::Store(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("the store cannot be written: {e:#}")),
+    }
+}
+
+/// The bearer-token check of every `/api/v1` route (see the module's comment).
+pub async fn authorize(State(st): State<Arc<HttpState>>, mut req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_string();
+    if !path.starts_with("/api/v1/") {
+        return next.run(req).await;
+    }
+    if req.extensions().get::<ConnectInfo<PeerAddr>>().is_none() {
+        req.extensions_mut().insert(Who("control-socket".into()));
+        return next.run(req).await;
+    }
+    let view = st.view();
+    let read = matches!(*req.method(), Method::GET | Method::HEAD);
+    let need = match (read, path.as_str()) {
+        (true, "/api/v1/audit") => Scope::Admin,
+        (true, _) => Scope::Read,
+        (false, _) => Scope::Write,
+    };
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").map(|t| t.trim().to_string()));
+    let deny = |code: StatusCode, msg: &str| {
+        st.stats.bump(if code == StatusCode::UNAUTHORIZED { "api_unauthorized" } else { "api_forbidden" });
+        (code, [(header::WWW_AUTHENTICATE, "Bearer")], format!("{msg}\n")).into_response()
+    };
+    match bearer.as_deref().map(|t| view.tokens.check(t)) {
+        Some(Some((name, scope))) if scope >= need => {
+            req.extensions_mut().insert(Who(name));
+            next.run(req).await
+        }
+        Some(Some((name, scope))) => deny(StatusCode::FORBIDDEN, &format!("token {name} has scope {}; this needs {}", scope.name(), need.name())),
+        Some(None) => deny(StatusCode::UNAUTHORIZED, "invalid token"),
+        None if need == Scope::Read && (view.public_read || !view.tokens.configured()) => {
+            req.extensions_mut().insert(Who("anonymous".into()));
+            next.run(req).await
+        }
+        // An installer's phone-home with its boot token: checked by the handler.
+        None if req.method() == Method::POST && path.ends_with("/events") && req.uri().query().is_some_and(|q| q.contains("token=")) => next.run(req).await,
+        None if !view.tokens.configured() => deny(StatusCode::UNAUTHORIZED, "writes need the control socket or [api] tokens_file and a token"),
+        None => deny(StatusCode::UNAUTHORIZED, "a bearer token is needed (netboot-xdp token add)"),
+    }
+}
+
+fn provision(st: &HttpState) -> Result<&Arc<Provision>, Response> {
+    st.provision.as_ref().ok_or_else(|| text(StatusCode::SERVICE_UNAVAILABLE, "provisioning is not running"))
+}
+
+fn parse_mac(s: &str) -> Result<MacAddr, Response> {
+    s.parse().map_err(|_| text(StatusCode::BAD_REQUEST, format!("not a MAC address: {}", crate::http::ipxe_safe(s))))
+}
+
+fn audit_entry(who: &Who, method: &str, path: &str, target: String, body: &[u8]) -> AuditEntry {
+    let mut detail = String::from_utf8_lossy(&body[..body.len().min(2048)]).into_owned();
+    if body.len() > 2048 {
+        detail.push_str("...");
+    }
+    AuditEntry { at: (crate::timeline::unix_ms() / 1000) as i64, who: who.0.clone(), action: format!("{method} {path}"), target, detail }
+}
+
+/// Every host: the config's (`source: "config"`, read-only here) and the API's.
+fn all_hosts(p: &Provision) -> Vec<HostDoc> {
+    let config = p.config();
+    let contents = p.contents();
+    let mut v: Vec<HostDoc> = config
+        .dhcp
+        .file_reservations()
+        .map(|h| HostDoc::of(h, contents.intents.get(&h.mac), "config"))
+        .chain(config.dhcp.api_hosts.iter().map(|h| HostDoc::of(h, contents.intents.get(&h.mac), "api")))
+        .collect();
+    v.sort_by_key(|h| h.mac);
+    v
+}
+
+async fn list_hosts(State(st): State<Arc<HttpState>>) -> Response {
+    match provision(&st) {
+        Ok(p) => axum::Json(all_hosts(p)).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn get_host(State(st): State<Arc<HttpState>>, Path(mac): Path<String>) -> Response {
+    let (p, mac) = match (provision(&st), parse_mac(&mac)) {
+        (Ok(p), Ok(m)) => (p, m),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
+    match all_hosts(p).into_iter().find(|h| h.mac == mac) {
+        Some(h) => axum::Json(h).into_response(),
+        None => text(StatusCode::NOT_FOUND, format!("no host {mac}")),
+    }
+}
+
+/// The changes that store `doc`: its host, and its intent (none if it names none).
+fn host_changes(doc: &HostDoc) -> Vec<Change> {
+    let intent = match doc.node_intent() {
+        Some((intent, once)) => Change::SetIntent { mac: doc.mac, intent, once },
+        None => Change::ClearIntent(doc.mac),
+    };
+    vec![Change::PutHost(doc.host()), intent]
+}
+
+/// A JSON body as a host document, the MAC taken from the path.
+fn host_doc(mac: MacAddr, mut v: serde_json::Value) -> Result<HostDoc, Response> {
+    let obj = v.as_object_mut().ok_or_else(|| text(StatusCode::UNPROCESSABLE_ENTITY, "a JSON object expected"))?;
+    obj.remove("source");
+    match obj.get("mac").and_then(|m| m.as_str()).map(str::parse::<MacAddr>) {
+        Some(Ok(m)) if m != mac => return Err(text(StatusCode::UNPROCESSABLE_ENTITY, format!("the body's mac {m} is not the path's {mac}"))),
+        Some(Err(_)) => return Err(text(StatusCode::UNPROCESSABLE_ENTITY, "mac: not a MAC address")),
+        _ => {}
+    }
+    obj.insert("mac".into(), serde_json::Value::String(mac.to_string()));
+    serde_json::from_value(v).map_err(|e| text(StatusCode::UNPROCESSABLE_ENTITY, format!("host: {e}")))
+}
+
+fn json_body(body: &[u8]) -> Result<serde_json::Value, Response> {
+    serde_json::from_slice(body).map_err(|e| text(StatusCode::BAD_REQUEST, format!("bad JSON: {e}")))
+}
+
+async fn put_host(State(st): State<Arc<HttpState>>, axum::Extension(who): axum::Extension<Who>, Path(mac): Path<String>, body: axum::body::Bytes) -> Response {
+    let (p, mac) = match (provision(&st), parse_mac(&mac)) {
+        (Ok(p), Ok(m)) => (p, m),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
+    let doc = match json_body(&body).and_then(|v| host_doc(mac, v)) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let existed = p.contents().hosts.iter().any(|h| h.mac == mac);
+    let audit = audit_entry(&who, "PUT", &format!("/api/v1/hosts/{mac}"), mac.to_string(), &body);
+    let host = doc.host();
+    match p.write(host_changes(&doc), Some(audit), |p| p.validate(std::slice::from_ref(&host), &[])).await {
+        Ok(()) => {
+            let code = if existed { StatusCode::OK } else { StatusCode::CREATED };
+            (code, axum::Json(all_hosts(p).into_iter().find(|h| h.mac == mac))).into_response()
+        }
+        Err(r) => refused(r),
+    }
+}
+
+/// RFC 7386 JSON merge patch of `patch` into `target`.
+fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
+    match (target.as_object_mut(), patch.as_object()) {
+        (Some(t), Some(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge_patch(t.entry(k.clone()).or_insert(serde_json::Value::Null), v);
+                }
+            }
+        }
+        _ => *target = patch.clone(),
+    }
+}
+
+async fn patch_host(State(st): State<Arc<HttpState>>, axum::Extension(who): axum::Extension<Who>, Path(mac): Path<String>, body: axum::body::Bytes) -> Response {
+    let (p, mac) = match (provision(&st), parse_mac(&mac)) {
+        (Ok(p), Ok(m)) => (p, m),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
+    let patch = match json_body(&body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let Some(current) = all_hosts(p).into_iter().find(|h| h.mac == mac) else {
+        return text(StatusCode::NOT_FOUND, format!("no host {mac}"));
+    };
+    let audit = audit_entry(&who, "PATCH", &format!("/api/v1/hosts/{mac}"), mac.to_string(), &body);
+    // A host of the config takes a change of its intent only.
+    let intent_only = patch.as_object().is_some_and(|o| o.keys().all(|k| k == "intent" || k == "intent_once"));
+    let mut merged = serde_json::to_value(&current).unwrap_or_default();
+    merge_patch(&mut merged, &patch);
+    let doc = match host_doc(mac, merged) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let result = if current.source == "config" && intent_only {
+        let change = match doc.node_intent() {
+            Some((intent, once)) => Change::SetIntent { mac, intent, once },
+            None => Change::ClearIntent(mac),
+        };
+        p.write(vec![change], Some(audit), |_| Ok(())).await
+    } else {
+        let host = doc.host();
+        p.write(host_changes(&doc), Some(audit), |p| p.validate(std::slice::from_ref(&host), &[])).await
+    };
+    match result {
+        Ok(()) => axum::Json(all_hosts(p).into_iter().find(|h| h.mac == mac)).into_response(),
+        Err(r) => refused(r),
+    }
+}
+
+async fn delete_host(State(st): State<Arc<HttpState>>, axum::Extension(who): axum::Extension<Who>, Path(mac): Path<String>) -> Response {
+    let (p, mac) = match (provision(&st), parse_mac(&mac)) {
+        (Ok(p), Ok(m)) => (p, m),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
+    if !p.contents().hosts.iter().any(|h| h.mac == mac) {
+        if p.file_managed(mac) {
+            return refused(Refused::Conflict(format!("host {mac} is managed by the config file; remove it there")));
+        }
+        return text(StatusCode::NOT_FOUND, format!("no host {mac}"));
+    }
+    let audit = audit_entry(&who, "DELETE", &format!("/api/v1/hosts/{mac}"), mac.to_string(), b"");
+    match p.write(vec![Change::DeleteHost(mac)], Some(audit), |_| Ok(())).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(r) => refused(r),
+    }
+}
+
+/// `POST /api/v1/hosts:import`: CSV (as `dhcp.hosts_file`) or JSON lines
+/// (`Content-Type: application/x-ndjson` or `application/jsonl`); all rows or none.
+async fn import_hosts(State(st): State<Arc<HttpState>>, axum::Extension(who): axum::Extension<Who>, headers: axum::http::HeaderMap, body: axum::body::Bytes) -> Response {
+    let p = match provision(&st) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let kind = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let json_lines = kind.contains("ndjson") || kind.contains("jsonl") || kind.contains("json");
+    let Ok(text_body) = std::str::from_utf8(&body) else {
+        return text(StatusCode::BAD_REQUEST, "the import is not UTF-8");
+    };
+    let docs = match super::records::parse_import(text_body, json_lines) {
+        Ok(d) => d,
+        Err(e) => return text(StatusCode::UNPROCESSABLE_ENTITY, e),
+    };
+    let hosts: Vec<_> = docs.iter().map(HostDoc::host).collect();
+    let changes: Vec<Change> = docs.iter().flat_map(host_changes).collect();
+    let audit = audit_entry(&who, "POST", "/api/v1/hosts:import", "*".into(), &body);
+    match p.write(changes, Some(audit), |p| p.validate(&hosts, &[])).await {
+        Ok(()) => axum::Json(serde_json::json!({ "imported": hosts.len() })).into_response(),
+        Err(r) => refused(r),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IntentDoc {
+    intent: Intent,
+    #[serde(default)]
+    intent_once: Option<bool>,
+}
+
+/// `PUT /api/v1/nodes/{mac}/intent` `{intent, intent_once}`: any node, a host or not.
+async fn put_intent(State(st): State<Arc<HttpState>>, axum::Extension(who): axum::Extension<Who>, Path(mac): Path<String>, body: axum::body::Bytes) -> Response {
+    let (p, mac) = match (provision(&st), parse_mac(&mac)) {
+        (Ok(p), Ok(m)) => (p, m),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
+    let doc: IntentDoc = match serde_json::from_slice(&body) {
+        Ok(d) => d,
+        Err(e) => return text(StatusCode::UNPROCESSABLE_ENTITY, format!("intent: {e}")),
+    };
+    let audit = audit_entry(&who, "PUT", &format!("/api/v1/nodes/{mac}/intent"), mac.to_string(), &body);
+    let change = Change::SetIntent { mac, intent: doc.intent, once: doc.intent_once.unwrap_or(true) };
+    match p.write(vec![change], Some(audit), |_| Ok(())).await {
+        Ok(()) => axum::Json(serde_json::json!({ "mac": mac, "intent": doc.intent, "intent_once": doc.intent_once.unwrap_or(true) })).into_response(),
+        Err(r) => refused(r),
+    }
+}
+
+/// The installer's phone-home: recorded in the store and on the node's timeline; `installed`
+/// of an `intent_once` node turns its intent to `local`.
+async fn post_event(
+    State(st): State<Arc<HttpState>>,
+    who: Option<axum::Extension<Who>>,
+    Path(mac): Path<String>,
+    Query(q): Query<BTreeMap<String, String>>,
+    body: axum::body::Bytes,
+) -> Response {
+    let (p, mac) = match (provision(&st), parse_mac(&mac)) {
+        (Ok(p), Ok(m)) => (p, m),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
+    let intent = p.intent(mac);
+    let who = match (who, q.get("token")) {
+        (Some(axum::Extension(w)), _) => w,
+        (None, Some(t)) if intent.as_ref().and_then(|i| i.boot_token.as_ref()).is_some_and(|b| b == t) => Who("node-token".into()),
+        (None, _) => {
+            st.stats.bump("api_unauthorized");
+            return text(StatusCode::UNAUTHORIZED, "not this node's boot token");
+        }
+    };
+    let doc: EventDoc = match serde_json::from_slice(&body) {
+        Ok(d) => d,
+        Err(e) => return text(StatusCode::UNPROCESSABLE_ENTITY, format!("event: {e}")),
+    };
+    let name = match doc.event {
+        EventKind::Installed => "installed",
+        EventKind::Failed => "failed",
+    };
+    let message: String = doc.message.chars().take(1024).collect();
+    let mut changes = vec![Change::Event { mac, event: name.into(), message: message.clone() }];
+    let back_to_local = doc.event == EventKind::Installed && intent.as_ref().is_some_and(|i| i.intent == Intent::Install && i.once);
+    if back_to_local {
+        changes.push(Change::SetIntent { mac, intent: Intent::Local, once: true });
+    }
+    let audit = audit_entry(&who, "POST", &format!("/api/v1/nodes/{mac}/events"), mac.to_string(), &body);
+    match p.write(changes, Some(audit), |_| Ok(())).await {
+        Ok(()) => {
+            st.timelines.record(mac, Milestone::Event { event: name.into(), message });
+            let now = p.intent(mac).map(|i| i.intent);
+            axum::Json(serde_json::json!({ "mac": mac, "event": name, "intent": now })).into_response()
+        }
+        Err(r) => refused(r),
+    }
+}
+
+async fn get_events(State(st): State<Arc<HttpState>>, Path(mac): Path<String>) -> Response {
+    let (p, mac) = match (provision(&st), parse_mac(&mac)) {
+        (Ok(p), Ok(m)) => (p, m),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
+    match p.db.events(mac).await {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")),
+    }
+}
+
+async fn audit(State(st): State<Arc<HttpState>>, Query(q): Query<BTreeMap<String, String>>) -> Response {
+    let p = match provision(&st) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let limit = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(1000i64).clamp(1, 100_000);
+    match p.db.audit(limit).await {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")),
+    }
+}
+
+/// The boot token of `mac`'s install boot, made when its script is served (one per script:
+/// the last one served is the one the installer has).
+pub async fn new_boot_token(p: &Provision, mac: MacAddr) -> anyhow::Result<String> {
+    let token = super::auth::boot_token();
+    p.write(vec![Change::BootToken { mac, token: token.clone() }], None, |_| Ok(()))
+        .await
+        .map_err(|r| anyhow::anyhow!("{r:?}"))?;
+    Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merge_patch;
+
+    #[test]
+    fn merge_patch_replaces_adds_and_removes() {
+        let mut t = serde_json::json!({"ip": "10.0.0.5", "vars": {"a": "1", "b": "2"}, "hostname": "n1"});
+        merge_patch(&mut t, &serde_json::json!({"vars": {"b": null, "c": "3"}, "hostname": null, "ip": "10.0.0.6"}));
+        assert_eq!(t, serde_json::json!({"ip": "10.0.0.6", "vars": {"a": "1", "c": "3"}}));
+    }
+}

@@ -1,0 +1,299 @@
+//! The provisioning tables of the lease store (SQLite in `state_dir`, or the cluster's
+//! PostgreSQL, so that every member sees the same hosts and intents): hosts of the API, node
+//! intents, node events and the audit log. Every write is one transaction that also bumps
+//! `netboot_provision_rev`, which the members poll.
+
+use super::records::{AuditEntry, Intent, NodeEvent, NodeIntent};
+use crate::config::Host;
+use crate::mac::MacAddr;
+use crate::store::SqliteStore;
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+/// One write; a request's writes are applied together or not at all.
+#[derive(Debug, Clone)]
+pub enum Change {
+    PutHost(Host),
+    DeleteHost(MacAddr),
+    SetIntent { mac: MacAddr, intent: Intent, once: bool },
+    ClearIntent(MacAddr),
+    BootToken { mac: MacAddr, token: String },
+    Event { mac: MacAddr, event: String, message: String },
+}
+
+/// Everything the agent keeps in memory of the tables, at revision `rev`.
+#[derive(Debug, Clone, Default)]
+pub struct Contents {
+    pub rev: i64,
+    pub hosts: Vec<Host>,
+    pub intents: HashMap<MacAddr, NodeIntent>,
+}
+
+#[derive(Clone)]
+pub enum ProvisionDb {
+    Sqlite(PathBuf),
+    Postgres(deadpool_postgres::Pool),
+}
+
+fn now() -> i64 {
+    (crate::timeline::unix_ms() / 1000) as i64
+}
+
+impl ProvisionDb {
+    pub async fn rev(&self) -> anyhow::Result<i64> {
+        match self {
+            ProvisionDb::Sqlite(dir) => {
+                let dir = dir.clone();
+                blocking(move || Ok(SqliteStore::open(&dir)?.conn().query_row("SELECT rev FROM netboot_provision_rev", [], |r| r.get(0))?)).await
+            }
+            ProvisionDb::Postgres(pool) => Ok(pool.get().await?.query_one("SELECT rev FROM netboot_provision_rev", &[]).await?.get(0)),
+        }
+    }
+
+    pub async fn load(&self) -> anyhow::Result<Contents> {
+        let mut c = Contents::default();
+        let rows: Vec<(String, Option<(String, bool, Option<String>)>, Option<String>)>;
+        match self {
+            ProvisionDb::Sqlite(dir) => {
+                let dir = dir.clone();
+                (c.rev, rows) = blocking(move || {
+                    let mut store = SqliteStore::open(&dir)?;
+                    let tx = store.conn_mut().transaction()?;
+                    let rev = tx.query_row("SELECT rev FROM netboot_provision_rev", [], |r| r.get(0))?;
+                    let rows = load_rows_sqlite(&tx)?;
+                    Ok((rev, rows))
+                })
+                .await?;
+            }
+            ProvisionDb::Postgres(pool) => {
+                let mut client = pool.get().await?;
+                let tx = client.build_transaction().read_only(true).isolation_level(tokio_postgres::IsolationLevel::RepeatableRead).start().await?;
+                c.rev = tx.query_one("SELECT rev FROM netboot_provision_rev", &[]).await?.get(0);
+                rows = tx
+                    .query(
+                        "SELECT coalesce(h.mac, n.mac), n.intent, n.intent_once, n.boot_token, h.doc
+                           FROM netboot_hosts h FULL JOIN netboot_nodes n ON n.mac = h.mac",
+                        &[],
+                    )
+                    .await?
+                    .iter()
+                    .map(|r| {
+                        let intent: Option<String> = r.get(1);
+                        (r.get(0), intent.map(|i| (i, r.get::<_, bool>(2), r.get(3))), r.get(4))
+                    })
+                    .collect();
+                tx.commit().await?;
+            }
+        }
+        for (mac, intent, doc) in rows {
+            let Ok(mac) = mac.parse::<MacAddr>() else { continue };
+            if let Some((i, once, boot_token)) = intent {
+                if let Some(intent) = Intent::parse(&i) {
+                    c.intents.insert(mac, NodeIntent { intent, once, boot_token });
+                }
+            }
+            if let Some(doc) = doc {
+                match serde_json::from_str::<Host>(&doc) {
+                    Ok(h) => c.hosts.push(h),
+                    Err(e) => tracing::error!(%mac, "provisioning: unreadable host row skipped: {e}"),
+                }
+            }
+        }
+        c.hosts.sort_by_key(|h| h.mac);
+        Ok(c)
+    }
+
+    /// Applies `changes` and `audit` in one transaction.
+    pub async fn apply(&self, changes: Vec<Change>, audit: Option<AuditEntry>) -> anyhow::Result<()> {
+        match self {
+            ProvisionDb::Sqlite(dir) => {
+                let dir = dir.clone();
+                blocking(move || {
+                    let mut store = SqliteStore::open(&dir)?;
+                    let tx = store.conn_mut().transaction()?;
+                    for c in &changes {
+                        apply_sqlite(&tx, c)?;
+                    }
+                    if let Some(a) = &audit {
+                        tx.execute(
+                            "INSERT INTO netboot_audit (at, who, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+                            rusqlite::params![a.at, a.who, a.action, a.target, a.detail],
+                        )?;
+                    }
+                    tx.execute("UPDATE netboot_provision_rev SET rev = rev + 1", [])?;
+                    tx.commit()?;
+                    Ok(())
+                })
+                .await
+            }
+            ProvisionDb::Postgres(pool) => {
+                let mut client = pool.get().await?;
+                let tx = client.transaction().await?;
+                for c in &changes {
+                    apply_postgres(&tx, c).await?;
+                }
+                if let Some(a) = &audit {
+                    tx.execute(
+                        "INSERT INTO netboot_audit (at, who, action, target, detail) VALUES ($1, $2, $3, $4, $5)",
+                        &[&a.at, &a.who, &a.action, &a.target, &a.detail],
+                    )
+                    .await?;
+                }
+                tx.execute("UPDATE netboot_provision_rev SET rev = rev + 1", &[]).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// The newest `limit` audit entries, newest first.
+    pub async fn audit(&self, limit: i64) -> anyhow::Result<Vec<AuditEntry>> {
+        const Q: &str = "SELECT at, who, action, target, detail FROM netboot_audit ORDER BY id DESC LIMIT ";
+        match self {
+            ProvisionDb::Sqlite(dir) => {
+                let dir = dir.clone();
+                blocking(move || {
+                    let store = SqliteStore::open(&dir)?;
+                    let mut st = store.conn().prepare(&format!("{Q}?1"))?;
+                    let rows = st.query_map([limit], |r| {
+                        Ok(AuditEntry { at: r.get(0)?, who: r.get(1)?, action: r.get(2)?, target: r.get(3)?, detail: r.get(4)? })
+                    })?;
+                    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+                })
+                .await
+            }
+            ProvisionDb::Postgres(pool) => Ok(pool
+                .get()
+                .await?
+                .query(&format!("{Q}$1"), &[&limit])
+                .await?
+                .iter()
+                .map(|r| AuditEntry { at: r.get(0), who: r.get(1), action: r.get(2), target: r.get(3), detail: r.get(4) })
+                .collect()),
+        }
+    }
+
+    /// The events of `mac`, oldest first.
+    pub async fn events(&self, mac: MacAddr) -> anyhow::Result<Vec<NodeEvent>> {
+        const Q: &str = "SELECT at, event, message FROM netboot_events WHERE mac = ";
+        let mac = mac.to_string();
+        match self {
+            ProvisionDb::Sqlite(dir) => {
+                let dir = dir.clone();
+                blocking(move || {
+                    let store = SqliteStore::open(&dir)?;
+                    let mut st = store.conn().prepare(&format!("{Q}?1 ORDER BY id"))?;
+                    let rows = st.query_map([mac], |r| Ok(NodeEvent { at: r.get(0)?, event: r.get(1)?, message: r.get(2)? }))?;
+                    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+                })
+                .await
+            }
+            ProvisionDb::Postgres(pool) => Ok(pool
+                .get()
+                .await?
+                .query(&format!("{Q}$1 ORDER BY id"), &[&mac])
+                .await?
+                .iter()
+                .map(|r| NodeEvent { at: r.get(0), event: r.get(1), message: r.get(2) })
+                .collect()),
+        }
+    }
+}
+
+type Row = (String, Option<(String, bool, Option<String>)>, Option<String>);
+
+fn load_rows_sqlite(tx: &rusqlite::Transaction) -> anyhow::Result<Vec<Row>> {
+    // No FULL JOIN before SQLite 3.39 everywhere: hosts, then intents of nodes without a host.
+    let mut st = tx.prepare(
+        "SELECT h.mac, n.intent, n.intent_once, n.boot_token, h.doc FROM netboot_hosts h LEFT JOIN netboot_nodes n ON n.mac = h.mac
+         UNION ALL
+         SELECT n.mac, n.intent, n.intent_once, n.boot_token, NULL FROM netboot_nodes n
+          WHERE NOT EXISTS (SELECT 1 FROM netboot_hosts h WHERE h.mac = n.mac)",
+    )?;
+    let rows = st.query_map([], |r| {
+        let intent: Option<String> = r.get(1)?;
+        let once: Option<bool> = r.get(2)?;
+        Ok((r.get(0)?, intent.map(|i| (i, once.unwrap_or(true), r.get(3).ok().flatten())), r.get(4)?))
+    })?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+fn apply_sqlite(tx: &rusqlite::Transaction, c: &Change) -> anyhow::Result<()> {
+    use rusqlite::params;
+    match c {
+        Change::PutHost(h) => {
+            tx.execute(
+                "INSERT INTO netboot_hosts (mac, doc) VALUES (?1, ?2) ON CONFLICT (mac) DO UPDATE SET doc = excluded.doc",
+                params![h.mac.to_string(), serde_json::to_string(h)?],
+            )?;
+        }
+        Change::DeleteHost(mac) => {
+            tx.execute("DELETE FROM netboot_hosts WHERE mac = ?1", [mac.to_string()])?;
+            tx.execute("DELETE FROM netboot_nodes WHERE mac = ?1", [mac.to_string()])?;
+        }
+        Change::SetIntent { mac, intent, once } => {
+            tx.execute(
+                "INSERT INTO netboot_nodes (mac, intent, intent_once, updated) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (mac) DO UPDATE SET intent = excluded.intent, intent_once = excluded.intent_once, updated = excluded.updated,
+                    boot_token = CASE WHEN netboot_nodes.intent = excluded.intent THEN netboot_nodes.boot_token END",
+                params![mac.to_string(), intent.name(), once, now()],
+            )?;
+        }
+        Change::ClearIntent(mac) => {
+            tx.execute("DELETE FROM netboot_nodes WHERE mac = ?1", [mac.to_string()])?;
+        }
+        Change::BootToken { mac, token } => {
+            tx.execute("UPDATE netboot_nodes SET boot_token = ?2 WHERE mac = ?1", params![mac.to_string(), token])?;
+        }
+        Change::Event { mac, event, message } => {
+            tx.execute(
+                "INSERT INTO netboot_events (mac, at, event, message) VALUES (?1, ?2, ?3, ?4)",
+                params![mac.to_string(), now(), event, message],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+async fn apply_postgres(tx: &deadpool_postgres::Transaction<'_>, c: &Change) -> anyhow::Result<()> {
+    match c {
+        Change::PutHost(h) => {
+            tx.execute(
+                "INSERT INTO netboot_hosts (mac, doc) VALUES ($1, $2) ON CONFLICT (mac) DO UPDATE SET doc = EXCLUDED.doc",
+                &[&h.mac.to_string(), &serde_json::to_string(h)?],
+            )
+            .await?;
+        }
+        Change::DeleteHost(mac) => {
+            tx.execute("DELETE FROM netboot_hosts WHERE mac = $1", &[&mac.to_string()]).await?;
+            tx.execute("DELETE FROM netboot_nodes WHERE mac = $1", &[&mac.to_string()]).await?;
+        }
+        Change::SetIntent { mac, intent, once } => {
+            tx.execute(
+                "INSERT INTO netboot_nodes (mac, intent, intent_once, updated) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (mac) DO UPDATE SET intent = EXCLUDED.intent, intent_once = EXCLUDED.intent_once, updated = EXCLUDED.updated,
+                    boot_token = CASE WHEN netboot_nodes.intent = EXCLUDED.intent THEN netboot_nodes.boot_token END",
+                &[&mac.to_string(), &intent.name(), once, &now()],
+            )
+            .await?;
+        }
+        Change::ClearIntent(mac) => {
+            tx.execute("DELETE FROM netboot_nodes WHERE mac = $1", &[&mac.to_string()]).await?;
+        }
+        Change::BootToken { mac, token } => {
+            tx.execute("UPDATE netboot_nodes SET boot_token = $2 WHERE mac = $1", &[&mac.to_string(), token]).await?;
+        }
+        Change::Event { mac, event, message } => {
+            tx.execute(
+                "INSERT INTO netboot_events (mac, at, event, message) VALUES ($1, $2, $3, $4)",
+                &[&mac.to_string(), &now(), event, message],
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> anyhow::Result<T> + Send + 'static) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(f).await?
+}

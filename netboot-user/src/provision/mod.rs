@@ -1,0 +1,199 @@
+//! Provisioning (issue 15): hosts added and changed at run time, each node's boot intent, the
+//! installer's phone-home, and who changed what.
+//!
+//! Hosts of the API live in the lease store ([`db`]), so every member of a cluster serves the
+//! same ones; the config's hosts stay the seed and cannot be changed here. The agent keeps the
+//! tables in memory ([`db::Contents`]) and lays the API's hosts over the file config: the
+//! *effective* config, published on the channel the DHCP core, the reply cache, TFTP and HTTP
+//! already follow for reloads, so a host written through the API reaches the kernel's reply
+//! cache the way a reload does (no second path). A write is committed first, then published;
+//! other members see it within a second (they poll the store's revision).
+
+pub mod api;
+pub mod auth;
+pub mod db;
+pub mod records;
+
+use crate::config::{Config, Host};
+use crate::mac::MacAddr;
+use db::{Change, Contents, ProvisionDb};
+use records::{AuditEntry, NodeIntent};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How often a member checks the store for other members' writes.
+const POLL: Duration = Duration::from_secs(1);
+
+/// Why a write was refused, for the API's status code.
+#[derive(Debug)]
+pub enum Refused {
+    /// 409: the host is the config's, or an address is someone else's.
+    Conflict(String),
+    /// 422: the document is wrong.
+    Invalid(String),
+    /// 503: the store cannot be written.
+    Store(anyhow::Error),
+}
+
+pub struct Provision {
+    pub db: ProvisionDb,
+    contents: RwLock<Arc<Contents>>,
+    /// The config as the files say (reloads arrive here).
+    file: watch::Receiver<Arc<Config>>,
+    /// The effective config: the files' with the API's hosts.
+    effective: watch::Sender<Arc<Config>>,
+    /// One write at a time: validate, commit, publish.
+    writing: tokio::sync::Mutex<()>,
+}
+
+/// The file config with the API's hosts laid over it. A host of the API whose MAC or address
+/// the files now reserve (a reload added it) yields to the file and is logged.
+pub fn effective(file: &Config, contents: &Contents) -> Config {
+    let macs: HashSet<MacAddr> = file.dhcp.file_reservations().map(|h| h.mac).collect();
+    let ips: HashSet<_> = file.dhcp.file_reservations().map(|h| h.ip).collect();
+    let mut c = file.clone();
+    c.dhcp.api_hosts = contents
+        .hosts
+        .iter()
+        .filter(|h| {
+            let clash = macs.contains(&h.mac) || ips.contains(&h.ip);
+            if clash {
+                tracing::warn!(mac = %h.mac, ip = %h.ip, "provisioning: the config reserves this host's MAC or address; the config's entry serves");
+            }
+            !clash
+        })
+        .cloned()
+        .collect();
+    c
+}
+
+impl Provision {
+    /// The provisioning state read from `db`; `file` is the file config's channel. Returns it
+    /// and the effective config's channel.
+    pub async fn open(db: ProvisionDb, file: watch::Receiver<Arc<Config>>) -> anyhow::Result<(Arc<Provision>, watch::Receiver<Arc<Config>>)> {
+        let contents = db.load().await?;
+        let first = effective(&file.borrow(), &contents);
+        let (effective, rx) = watch::channel(Arc::new(first));
+        let p = Provision { db, contents: RwLock::new(Arc::new(contents)), file, effective, writing: tokio::sync::Mutex::new(()) };
+        Ok((Arc::new(p), rx))
+    }
+
+    pub fn contents(&self) -> Arc<Contents> {
+        self.contents.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.effective.borrow().clone()
+    }
+
+    pub fn intent(&self, mac: MacAddr) -> Option<NodeIntent> {
+        self.contents().intents.get(&mac).cloned()
+    }
+
+    /// Whether the config's files reserve `mac` (such a host is read-only here).
+    pub fn file_managed(&self, mac: MacAddr) -> bool {
+        self.file.borrow().dhcp.file_reservations().any(|h| h.mac == mac)
+    }
+
+    /// Checks `hosts` (replacing the API hosts of the same MACs, `removed` gone) against the
+    /// config's subnet and every other reservation.
+    pub fn validate(&self, hosts: &[Host], removed: &[MacAddr]) -> Result<(), Refused> {
+        let file = self.file.borrow().clone();
+        let contents = self.contents();
+        let replaced: HashSet<MacAddr> = hosts.iter().map(|h| h.mac).chain(removed.iter().copied()).collect();
+        let mut owner: HashMap<std::net::Ipv4Addr, (MacAddr, &'static str)> = HashMap::new();
+        for h in file.dhcp.file_reservations() {
+            owner.insert(h.ip, (h.mac, "the config"));
+        }
+        for h in contents.hosts.iter().filter(|h| !replaced.contains(&h.mac)) {
+            owner.insert(h.ip, (h.mac, "the API"));
+        }
+        let mut seen = HashSet::new();
+        for h in hosts {
+            if !seen.insert(h.mac) {
+                return Err(Refused::Invalid(format!("host {} appears twice", h.mac)));
+            }
+            if self.file_managed(h.mac) {
+                return Err(Refused::Conflict(format!("host {} is managed by the config file ({}); change it there", h.mac, file_names(&file))));
+            }
+            if let Some(net) = file.dhcp.subnet.as_ref().map(|s| *s.get_ref()) {
+                if !net.contains(&h.ip) {
+                    return Err(Refused::Invalid(format!("{}: address {} is not inside subnet {net}", h.mac, h.ip)));
+                }
+            }
+            if let Some((other, by)) = owner.insert(h.ip, (h.mac, "this request")) {
+                if other != h.mac {
+                    return Err(Refused::Conflict(format!("{}: address {} is reserved for {other} by {by}", h.mac, h.ip)));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits `changes` with `audit`, then reads the tables again and publishes the effective
+    /// config. `check` runs under the write lock, before the commit.
+    pub async fn write(&self, changes: Vec<Change>, audit: Option<AuditEntry>, check: impl FnOnce(&Provision) -> Result<(), Refused>) -> Result<(), Refused> {
+        let _one = self.writing.lock().await;
+        check(self)?;
+        self.db.apply(changes, audit).await.map_err(Refused::Store)?;
+        self.refresh().await.map_err(Refused::Store)
+    }
+
+    async fn refresh(&self) -> anyhow::Result<()> {
+        let contents = self.db.load().await?;
+        let before = self.contents();
+        let hosts_changed = before.hosts != contents.hosts;
+        *self.contents.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(contents);
+        if hosts_changed {
+            self.publish();
+        }
+        Ok(())
+    }
+
+    fn publish(&self) {
+        let c = effective(&self.file.borrow(), &self.contents());
+        tracing::info!(api_hosts = c.dhcp.api_hosts.len(), "provisioning: hosts applied");
+        self.effective.send_replace(Arc::new(c));
+    }
+
+    /// Follows reloads of the files and the other members' writes until `shutdown`.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut file = self.file.clone();
+        let mut poll = tokio::time::interval(POLL);
+        loop {
+            tokio::select! {
+                r = file.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    file.borrow_and_update();
+                    let _one = self.writing.lock().await;
+                    self.publish();
+                }
+                _ = poll.tick() => {
+                    let rev = self.contents().rev;
+                    match self.db.rev().await {
+                        Ok(now) if now != rev => {
+                            let _one = self.writing.lock().await;
+                            if let Err(e) = self.refresh().await {
+                                tracing::warn!("provisioning: cannot read the store: {e:#}");
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::debug!("provisioning: cannot read the store's revision: {e:#}"),
+                    }
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+fn file_names(c: &Config) -> String {
+    match &c.dhcp.hosts_path {
+        Some(p) => format!("[[dhcp.host]] or {}", p.display()),
+        None => "[[dhcp.host]]".to_string(),
+    }
+}
