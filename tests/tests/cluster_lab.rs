@@ -177,6 +177,16 @@ fn change_log_reaches_the_other_member_without_its_listener_and_a_moved_client_k
     assert!(tests::eventually(5, || remote(&b) > before), "B never heard of A's lease");
     eprintln!("B followed A's lease {:.2} s after the ACK, with its listener cut", t.elapsed().as_secs_f64());
 
+    // A host written through A's API is B's too (the provisioning tables are in PostgreSQL):
+    // B lists it and answers its client, in B's bucket, with its address.
+    let hmac = mac_owned_by(&b, &members, 100);
+    let path = format!("/api/v1/hosts/{}", netboot::mac::MacAddr(hmac));
+    let doc = br#"{"ip":"10.77.0.77","hostname":"shared-077"}"#.to_vec();
+    netboot::runtime::control_request(&a.iface, hyper::Method::PUT, &path, Some(("application/json", doc))).expect("PUT on A");
+    let on_b = || String::from_utf8_lossy(&netboot::runtime::control_get(&b.iface, &path).unwrap_or_default()).contains("10.77.0.77");
+    assert!(tests::eventually(5, on_b), "B never saw the host written on A");
+    assert_eq!(dora.offers_to(&dora.discover_pxe(hmac)), vec!["10.77.0.77".parse::<std::net::Ipv4Addr>().unwrap()]);
+
     // A leaves (SIGTERM: it deletes its membership): B owns every bucket at once and answers
     // A's client with the address A gave it, from the shared store.
     a.stop().unwrap();
