@@ -37,22 +37,6 @@ fn setup() -> Setup {
     Setup { _agent: agent, root, kit }
 }
 
-/// curl in the client namespace: (HTTP status, body).
-fn curl(s: &Setup, args: &[&str]) -> (u16, Vec<u8>) {
-    let out_file = s.dir.join("body");
-    let _ = std::fs::remove_file(&out_file);
-    let out = s
-        .lab
-        .client
-        .command("curl")
-        .args(["-s", "--max-time", "10", "-o", &out_file.display().to_string(), "-w", "%{http_code}"])
-        .args(args)
-        .output()
-        .unwrap();
-    let code = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
-    (code, std::fs::read(&out_file).unwrap_or_default())
-}
-
 #[test]
 fn scripts_files_leases_and_metrics() {
     if !require_root("scripts_files_leases_and_metrics") {
@@ -63,18 +47,18 @@ fn scripts_files_leases_and_metrics() {
     let base = "http://10.77.0.1:8080";
 
     // A known node: the default template chains kernel and initrd with its variables.
-    let (code, body) = curl(&s, &[&format!("{base}/boot.ipxe?mac=52:54:00:00:00:07")]);
+    let (code, body) = s.kit.curl(&[&format!("{base}/boot.ipxe?mac=52:54:00:00:00:07")]);
     let script = String::from_utf8_lossy(&body);
     assert_eq!(code, 200, "{script}");
     assert!(script.starts_with("#!ipxe"), "{script}");
     assert!(script.contains("kernel http://10.77.0.1:8080/vmlinuz initrd=initrd.img ip=dhcp hostname=node-007 rack=r1 role=worker"), "{script}");
     assert!(script.contains("initrd http://10.77.0.1:8080/initrd.img"), "{script}");
     // An unknown node: the template decides (the default exits to the local disk).
-    let (code, body) = curl(&s, &[&format!("{base}/boot.ipxe?mac=52:54:00:99:99:99")]);
+    let (code, body) = s.kit.curl(&[&format!("{base}/boot.ipxe?mac=52:54:00:99:99:99")]);
     assert_eq!(code, 200);
     assert!(String::from_utf8_lossy(&body).contains("\nexit"), "{}", String::from_utf8_lossy(&body));
     // Injection attempts in a hostname and a variable stay inert: one line each, no `;`, `$`.
-    let (_, body) = curl(&s, &[&format!("{base}/boot.ipxe?mac=52:54:00:00:00:66")]);
+    let (_, body) = s.kit.curl(&[&format!("{base}/boot.ipxe?mac=52:54:00:00:00:66")]);
     let script = String::from_utf8_lossy(&body).into_owned();
     let kernel = script.lines().find(|l| l.starts_with("kernel ")).expect("kernel line");
     assert!(!kernel.contains(';') && !kernel.contains('$') && !kernel.contains(" chain"), "{kernel}");
@@ -82,33 +66,33 @@ fn scripts_files_leases_and_metrics() {
 
     // Static files: whole, Range, HEAD.
     let file = std::fs::read(s.root.join("vmlinuz")).unwrap();
-    let (code, body) = curl(&s, &[&format!("{base}/vmlinuz")]);
+    let (code, body) = s.kit.curl(&[&format!("{base}/vmlinuz")]);
     assert_eq!((code, body == file), (200, true));
-    let (code, body) = curl(&s, &["-r", "1000-1999", &format!("{base}/vmlinuz")]);
+    let (code, body) = s.kit.curl(&["-r", "1000-1999", &format!("{base}/vmlinuz")]);
     assert_eq!(code, 206);
     assert_eq!(body, file[1000..2000]);
     let head = s.lab.client.command("curl").args(["-sI", "--max-time", "5", &format!("{base}/vmlinuz")]).output().unwrap();
     let head = String::from_utf8_lossy(&head.stdout).to_lowercase();
     assert!(head.contains("content-length: 1048576") && head.contains("last-modified"), "{head}");
     let etag = head.lines().find_map(|l| l.strip_prefix("etag: ")).expect("ETag").trim().to_string();
-    let (code, body) = curl(&s, &["-H", &format!("If-None-Match: {etag}"), &format!("{base}/vmlinuz")]);
+    let (code, body) = s.kit.curl(&["-H", &format!("If-None-Match: {etag}"), &format!("{base}/vmlinuz")]);
     assert_eq!((code, body.len()), (304, 0), "conditional GET with the ETag");
 
     // Confinement: `..` (sent as is) and a symlink out of the root.
-    let (code, body) = curl(&s, &["--path-as-is", &format!("{base}/../secret")]);
+    let (code, body) = s.kit.curl(&["--path-as-is", &format!("{base}/../secret")]);
     assert!(code == 403 || code == 404, "{code}");
     assert_ne!(body, b"outside");
-    let (code, body) = curl(&s, &[&format!("{base}/escape")]);
+    let (code, body) = s.kit.curl(&[&format!("{base}/escape")]);
     assert_eq!(code, 403);
     assert_ne!(body, b"outside");
-    let (code, _) = curl(&s, &[&format!("{base}/missing")]);
+    let (code, _) = s.kit.curl(&[&format!("{base}/missing")]);
     assert_eq!(code, 404);
 
     // Leases as JSON (empty until a client asks for one), metrics in Prometheus text format.
-    let (code, body) = curl(&s, &[&format!("{base}/api/v1/leases")]);
+    let (code, body) = s.kit.curl(&[&format!("{base}/api/v1/leases")]);
     assert_eq!(code, 200);
     assert!(serde_json::from_slice::<serde_json::Value>(&body).unwrap().is_array());
-    let (code, body) = curl(&s, &[&format!("{base}/metrics")]);
+    let (code, body) = s.kit.curl(&[&format!("{base}/metrics")]);
     assert_eq!(code, 200);
     let text = String::from_utf8_lossy(&body).into_owned();
     let mut samples = 0;
@@ -128,7 +112,7 @@ fn scripts_files_leases_and_metrics() {
 
     // A broken template is a clear 500 that names the line.
     std::fs::write(s.root.join("boot.ipxe.j2"), "#!ipxe\n{% if %}\n").unwrap();
-    let (code, body) = curl(&s, &[&format!("{base}/boot.ipxe?mac=52:54:00:00:00:07")]);
+    let (code, body) = s.kit.curl(&[&format!("{base}/boot.ipxe?mac=52:54:00:00:00:07")]);
     assert_eq!(code, 500);
     assert!(String::from_utf8_lossy(&body).contains("boot.ipxe.j2:2"), "{}", String::from_utf8_lossy(&body));
 }
