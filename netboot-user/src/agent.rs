@@ -37,14 +37,13 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
     let server_ip = iface.server_ip(file_config.server.address)?;
 
     let stats = Arc::new(Stats::default());
-    let lease_secs = ServerParams::from_config(&file_config, server_ip).lease_secs;
-    let (store, mut cluster) = open_store(&file_config, lease_secs, &stats).await?;
+    let (store, mut cluster) = open_store(&file_config, ServerParams::lease_secs(&file_config), &stats).await?;
     // The hosts of the API are reservations like the config's: laid over it before anything
     // serves ([`crate::provision`]); from here on `config` is the effective config.
     let (file_tx, file_rx) = watch::channel(Arc::new(file_config));
     let provision_db = match &cluster {
         Some(member) => crate::provision::db::ProvisionDb::Postgres(member.pool()),
-        None => crate::provision::db::ProvisionDb::Sqlite(file_tx.borrow().server.state_dir.clone()),
+        None => crate::provision::db::ProvisionDb::sqlite(&file_tx.borrow().server.state_dir)?,
     };
     let (provision, configs) = crate::provision::Provision::open(provision_db, file_rx)
         .await

@@ -307,17 +307,17 @@ async fn boot_script(
         Some(m) => m.parse().ok(),
         None => peer.0.and_then(|ip| st.timelines.mac_of(ip)),
     };
+    let intent = mac.zip(st.provision.as_ref()).and_then(|(m, p)| p.intent(m)).map(|i| i.intent);
+    if let (Some(Intent::Local), Some(mac)) = (intent, mac) {
+        // The local disk: no lease, no template.
+        st.stats.bump("http_scripts_local");
+        st.timelines.record(mac, Milestone::Script { status: 200, known: true });
+        return ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], LOCAL_BOOT_SCRIPT).into_response();
+    }
     let leased = match mac {
         Some(m) => Some(st.leases.latest_for_mac(m).await),
         None => None,
     };
-    let intent = mac.zip(st.provision.as_ref()).and_then(|(m, p)| p.intent(m)).map(|i| i.intent);
-    if intent == Some(Intent::Local) {
-        st.stats.bump("http_scripts_local");
-        let mac = mac.expect("an intent is a node's");
-        st.timelines.record(mac, Milestone::Script { status: 200, known: true });
-        return ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], LOCAL_BOOT_SCRIPT).into_response();
-    }
     // An install boot gets a token of its own for its installer's phone-home.
     let phone_home = match (intent, mac, st.provision.as_ref()) {
         (Some(Intent::Install), Some(m), Some(p)) => match crate::provision::api::new_boot_token(p, m).await {

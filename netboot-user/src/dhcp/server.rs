@@ -54,6 +54,11 @@ pub struct BootFiles {
 }
 
 impl ServerParams {
+    /// `dhcp.lease_time` in seconds, as option 51 carries it (u32, "infinity" excluded).
+    pub fn lease_secs(cfg: &Config) -> u32 {
+        cfg.dhcp.lease_time.0.as_secs().min(u64::from(u32::MAX - 1)) as u32
+    }
+
     pub fn from_config(cfg: &Config, server_ip: Ipv4Addr) -> ServerParams {
         let b = &cfg.boot;
         let x = |s: &str| Config::expand(s, server_ip);
@@ -61,7 +66,7 @@ impl ServerParams {
             mode: cfg.dhcp.mode,
             server_ip,
             subnet: cfg.dhcp.subnet.as_ref().map(|s| *s.get_ref()),
-            lease_secs: cfg.dhcp.lease_time.0.as_secs().min(u64::from(u32::MAX - 1)) as u32,
+            lease_secs: ServerParams::lease_secs(cfg),
             router: cfg.dhcp.router,
             dns: cfg.dhcp.dns.clone(),
             domain: cfg.dhcp.domain.clone(),

@@ -13,7 +13,7 @@ pub struct LimitsMap {
     value: FastLimits,
     /// For a cluster member: how long the kernel answers after the agent's last renewal.
     /// `None` alone.
-    takeover: Option<Duration>,
+    liveness: Option<Duration>,
 }
 
 /// How long a member's kernel answers after its agent last renewed its liveness. Shorter
@@ -32,7 +32,7 @@ fn monotonic_ns() -> u64 {
 
 impl LimitsMap {
     pub fn new(map: Map) -> anyhow::Result<LimitsMap> {
-        Ok(LimitsMap { map: Array::try_from(map)?, value: FastLimits::default(), takeover: None })
+        Ok(LimitsMap { map: Array::try_from(map)?, value: FastLimits::default(), liveness: None })
     }
 
     /// Makes the kernel stop answering DISCOVER and REQUEST [`KERNEL_LIVENESS`] (or `takeover`,
@@ -40,7 +40,7 @@ impl LimitsMap {
     /// as often): a killed, stopped or hung member falls silent before the others take its
     /// buckets, so that no client is sent to a server that cannot serve its TFTP or script.
     pub fn member_liveness(&mut self, takeover: Duration) -> anyhow::Result<()> {
-        self.takeover = Some(takeover.min(KERNEL_LIVENESS));
+        self.liveness = Some(takeover.min(KERNEL_LIVENESS));
         self.write()
     }
 
@@ -50,7 +50,7 @@ impl LimitsMap {
     }
 
     fn write(&mut self) -> anyhow::Result<()> {
-        if let Some(t) = self.takeover {
+        if let Some(t) = self.liveness {
             self.value.alive_until_ns = monotonic_ns() + t.as_nanos() as u64;
         }
         self.map.set(0, self.value, 0)?;
@@ -60,7 +60,7 @@ impl LimitsMap {
     /// Applies each config published on `configs`, and renews a member's liveness, until
     /// `shutdown` changes.
     pub async fn follow(mut self, mut configs: watch::Receiver<Arc<Config>>, mut shutdown: watch::Receiver<bool>) {
-        let every = self.takeover.map_or(Duration::from_secs(3600), |t| (t / 4).max(Duration::from_millis(100)));
+        let every = self.liveness.map_or(Duration::from_secs(3600), |t| (t / 4).max(Duration::from_millis(100)));
         let mut renew = tokio::time::interval(every);
         loop {
             tokio::select! {
@@ -73,7 +73,7 @@ impl LimitsMap {
                         tracing::error!("reload: cannot set the XDP limits: {e:#}");
                     }
                 }
-                _ = renew.tick(), if self.takeover.is_some() => {
+                _ = renew.tick(), if self.liveness.is_some() => {
                     if let Err(e) = self.write() {
                         tracing::error!("cannot renew the member's liveness in the XDP program: {e:#}");
                     }

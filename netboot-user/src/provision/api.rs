@@ -99,8 +99,11 @@ fn provision(st: &HttpState) -> Result<&Arc<Provision>, Response> {
     st.provision.as_ref().ok_or_else(|| text(StatusCode::SERVICE_UNAVAILABLE, "provisioning is not running"))
 }
 
-fn parse_mac(s: &str) -> Result<MacAddr, Response> {
-    s.parse().map_err(|_| text(StatusCode::BAD_REQUEST, format!("not a MAC address: {}", crate::http::ipxe_safe(s))))
+/// The provisioning state and the MAC of a `/{mac}` route.
+fn target<'a>(st: &'a HttpState, mac: &str) -> Result<(&'a Arc<Provision>, MacAddr), Response> {
+    let p = provision(st)?;
+    let mac = mac.parse().map_err(|_| text(StatusCode::BAD_REQUEST, format!("not a MAC address: {}", crate::http::ipxe_safe(mac))))?;
+    Ok((p, mac))
 }
 
 fn audit_entry(who: &Who, method: &str, path: &str, target: String, body: &[u8]) -> AuditEntry {
@@ -125,6 +128,16 @@ fn all_hosts(p: &Provision) -> Vec<HostDoc> {
     v
 }
 
+/// One host, as [`all_hosts`] lists it.
+fn find_host(p: &Provision, mac: MacAddr) -> Option<HostDoc> {
+    let config = p.config();
+    let intent = p.intent(mac);
+    if let Some(h) = config.dhcp.file_reservations().find(|h| h.mac == mac) {
+        return Some(HostDoc::of(h, intent.as_ref(), "config"));
+    }
+    config.dhcp.api_hosts.iter().find(|h| h.mac == mac).map(|h| HostDoc::of(h, intent.as_ref(), "api"))
+}
+
 async fn list_hosts(State(st): State<Arc<HttpState>>) -> Response {
     match provision(&st) {
         Ok(p) => axum::Json(all_hosts(p)).into_response(),
@@ -133,11 +146,11 @@ async fn list_hosts(State(st): State<Arc<HttpState>>) -> Response {
 }
 
 async fn get_host(State(st): State<Arc<HttpState>>, Path(mac): Path<String>) -> Response {
-    let (p, mac) = match (provision(&st), parse_mac(&mac)) {
-        (Ok(p), Ok(m)) => (p, m),
-        (Err(r), _) | (_, Err(r)) => return r,
+    let (p, mac) = match target(&st, &mac) {
+        Ok(t) => t,
+        Err(r) => return r,
     };
-    match all_hosts(p).into_iter().find(|h| h.mac == mac) {
+    match find_host(p, mac) {
         Some(h) => axum::Json(h).into_response(),
         None => text(StatusCode::NOT_FOUND, format!("no host {mac}")),
     }
@@ -170,9 +183,9 @@ fn json_body(body: &[u8]) -> Result<serde_json::Value, Response> {
 }
 
 async fn put_host(State(st): State<Arc<HttpState>>, axum::Extension(who): axum::Extension<Who>, Path(mac): Path<String>, body: axum::body::Bytes) -> Response {
-    let (p, mac) = match (provision(&st), parse_mac(&mac)) {
-        (Ok(p), Ok(m)) => (p, m),
-        (Err(r), _) | (_, Err(r)) => return r,
+    let (p, mac) = match target(&st, &mac) {
+        Ok(t) => t,
+        Err(r) => return r,
     };
     let doc = match json_body(&body).and_then(|v| host_doc(mac, v)) {
         Ok(d) => d,
@@ -184,7 +197,7 @@ async fn put_host(State(st): State<Arc<HttpState>>, axum::Extension(who): axum::
     match p.write(host_changes(&doc), Some(audit), |p| p.validate(std::slice::from_ref(&host), &[])).await {
         Ok(()) => {
             let code = if existed { StatusCode::OK } else { StatusCode::CREATED };
-            (code, axum::Json(all_hosts(p).into_iter().find(|h| h.mac == mac))).into_response()
+            (code, axum::Json(find_host(p, mac))).into_response()
         }
         Err(r) => refused(r),
     }
@@ -207,15 +220,15 @@ fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
 }
 
 async fn patch_host(State(st): State<Arc<HttpState>>, axum::Extension(who): axum::Extension<Who>, Path(mac): Path<String>, body: axum::body::Bytes) -> Response {
-    let (p, mac) = match (provision(&st), parse_mac(&mac)) {
-        (Ok(p), Ok(m)) => (p, m),
-        (Err(r), _) | (_, Err(r)) => return r,
+    let (p, mac) = match target(&st, &mac) {
+        Ok(t) => t,
+        Err(r) => return r,
     };
     let patch = match json_body(&body) {
         Ok(v) => v,
         Err(r) => return r,
     };
-    let Some(current) = all_hosts(p).into_iter().find(|h| h.mac == mac) else {
+    let Some(current) = find_host(p, mac) else {
         return text(StatusCode::NOT_FOUND, format!("no host {mac}"));
     };
     let audit = audit_entry(&who, "PATCH", &format!("/api/v1/hosts/{mac}"), mac.to_string(), &body);
@@ -238,15 +251,15 @@ async fn patch_host(State(st): State<Arc<HttpState>>, axum::Extension(who): axum
         p.write(host_changes(&doc), Some(audit), |p| p.validate(std::slice::from_ref(&host), &[])).await
     };
     match result {
-        Ok(()) => axum::Json(all_hosts(p).into_iter().find(|h| h.mac == mac)).into_response(),
+        Ok(()) => axum::Json(find_host(p, mac)).into_response(),
         Err(r) => refused(r),
     }
 }
 
 async fn delete_host(State(st): State<Arc<HttpState>>, axum::Extension(who): axum::Extension<Who>, Path(mac): Path<String>) -> Response {
-    let (p, mac) = match (provision(&st), parse_mac(&mac)) {
-        (Ok(p), Ok(m)) => (p, m),
-        (Err(r), _) | (_, Err(r)) => return r,
+    let (p, mac) = match target(&st, &mac) {
+        Ok(t) => t,
+        Err(r) => return r,
     };
     if !p.contents().hosts.iter().any(|h| h.mac == mac) {
         if p.file_managed(mac) {
@@ -296,9 +309,9 @@ struct IntentDoc {
 
 /// `PUT /api/v1/nodes/{mac}/intent` `{intent, intent_once}`: any node, a host or not.
 async fn put_intent(State(st): State<Arc<HttpState>>, axum::Extension(who): axum::Extension<Who>, Path(mac): Path<String>, body: axum::body::Bytes) -> Response {
-    let (p, mac) = match (provision(&st), parse_mac(&mac)) {
-        (Ok(p), Ok(m)) => (p, m),
-        (Err(r), _) | (_, Err(r)) => return r,
+    let (p, mac) = match target(&st, &mac) {
+        Ok(t) => t,
+        Err(r) => return r,
     };
     let doc: IntentDoc = match serde_json::from_slice(&body) {
         Ok(d) => d,
@@ -321,9 +334,9 @@ async fn post_event(
     Query(q): Query<BTreeMap<String, String>>,
     body: axum::body::Bytes,
 ) -> Response {
-    let (p, mac) = match (provision(&st), parse_mac(&mac)) {
-        (Ok(p), Ok(m)) => (p, m),
-        (Err(r), _) | (_, Err(r)) => return r,
+    let (p, mac) = match target(&st, &mac) {
+        Ok(t) => t,
+        Err(r) => return r,
     };
     let intent = p.intent(mac);
     let who = match (who, q.get("token")) {
@@ -360,9 +373,9 @@ async fn post_event(
 }
 
 async fn get_events(State(st): State<Arc<HttpState>>, Path(mac): Path<String>) -> Response {
-    let (p, mac) = match (provision(&st), parse_mac(&mac)) {
-        (Ok(p), Ok(m)) => (p, m),
-        (Err(r), _) | (_, Err(r)) => return r,
+    let (p, mac) = match target(&st, &mac) {
+        Ok(t) => t,
+        Err(r) => return r,
     };
     match p.db.events(mac).await {
         Ok(v) => axum::Json(v).into_response(),

@@ -8,7 +8,8 @@ use crate::config::Host;
 use crate::mac::MacAddr;
 use crate::store::SqliteStore;
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 /// One write; a request's writes are applied together or not at all.
 #[derive(Debug, Clone)]
@@ -31,7 +32,8 @@ pub struct Contents {
 
 #[derive(Clone)]
 pub enum ProvisionDb {
-    Sqlite(PathBuf),
+    /// A connection of its own to `<state_dir>/leases.sqlite` (opened, and migrated, once).
+    Sqlite(Arc<Mutex<SqliteStore>>),
     Postgres(deadpool_postgres::Pool),
 }
 
@@ -40,11 +42,14 @@ fn now() -> i64 {
 }
 
 impl ProvisionDb {
+    pub fn sqlite(state_dir: &Path) -> anyhow::Result<ProvisionDb> {
+        Ok(ProvisionDb::Sqlite(Arc::new(Mutex::new(SqliteStore::open(state_dir)?))))
+    }
+
     pub async fn rev(&self) -> anyhow::Result<i64> {
         match self {
-            ProvisionDb::Sqlite(dir) => {
-                let dir = dir.clone();
-                blocking(move || Ok(SqliteStore::open(&dir)?.conn().query_row("SELECT rev FROM netboot_provision_rev", [], |r| r.get(0))?)).await
+            ProvisionDb::Sqlite(db) => {
+                with_sqlite(db, |store| Ok(store.conn().query_row("SELECT rev FROM netboot_provision_rev", [], |r| r.get(0))?)).await
             }
             ProvisionDb::Postgres(pool) => Ok(pool.get().await?.query_one("SELECT rev FROM netboot_provision_rev", &[]).await?.get(0)),
         }
@@ -54,10 +59,8 @@ impl ProvisionDb {
         let mut c = Contents::default();
         let rows: Vec<(String, Option<(String, bool, Option<String>)>, Option<String>)>;
         match self {
-            ProvisionDb::Sqlite(dir) => {
-                let dir = dir.clone();
-                (c.rev, rows) = blocking(move || {
-                    let mut store = SqliteStore::open(&dir)?;
+            ProvisionDb::Sqlite(db) => {
+                (c.rev, rows) = with_sqlite(db, |store| {
                     let tx = store.conn_mut().transaction()?;
                     let rev = tx.query_row("SELECT rev FROM netboot_provision_rev", [], |r| r.get(0))?;
                     let rows = load_rows_sqlite(&tx)?;
@@ -106,10 +109,8 @@ impl ProvisionDb {
     /// Applies `changes` and `audit` in one transaction.
     pub async fn apply(&self, changes: Vec<Change>, audit: Option<AuditEntry>) -> anyhow::Result<()> {
         match self {
-            ProvisionDb::Sqlite(dir) => {
-                let dir = dir.clone();
-                blocking(move || {
-                    let mut store = SqliteStore::open(&dir)?;
+            ProvisionDb::Sqlite(db) => {
+                with_sqlite(db, move |store| {
                     let tx = store.conn_mut().transaction()?;
                     for c in &changes {
                         apply_sqlite(&tx, c)?;
@@ -150,10 +151,8 @@ impl ProvisionDb {
     pub async fn audit(&self, limit: i64) -> anyhow::Result<Vec<AuditEntry>> {
         const Q: &str = "SELECT at, who, action, target, detail FROM netboot_audit ORDER BY id DESC LIMIT ";
         match self {
-            ProvisionDb::Sqlite(dir) => {
-                let dir = dir.clone();
-                blocking(move || {
-                    let store = SqliteStore::open(&dir)?;
+            ProvisionDb::Sqlite(db) => {
+                with_sqlite(db, move |store| {
                     let mut st = store.conn().prepare(&format!("{Q}?1"))?;
                     let rows = st.query_map([limit], |r| {
                         Ok(AuditEntry { at: r.get(0)?, who: r.get(1)?, action: r.get(2)?, target: r.get(3)?, detail: r.get(4)? })
@@ -178,10 +177,8 @@ impl ProvisionDb {
         const Q: &str = "SELECT at, event, message FROM netboot_events WHERE mac = ";
         let mac = mac.to_string();
         match self {
-            ProvisionDb::Sqlite(dir) => {
-                let dir = dir.clone();
-                blocking(move || {
-                    let store = SqliteStore::open(&dir)?;
+            ProvisionDb::Sqlite(db) => {
+                with_sqlite(db, move |store| {
                     let mut st = store.conn().prepare(&format!("{Q}?1 ORDER BY id"))?;
                     let rows = st.query_map([mac], |r| Ok(NodeEvent { at: r.get(0)?, event: r.get(1)?, message: r.get(2)? }))?;
                     Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -294,6 +291,11 @@ async fn apply_postgres(tx: &deadpool_postgres::Transaction<'_>, c: &Change) -> 
     Ok(())
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> anyhow::Result<T> + Send + 'static) -> anyhow::Result<T> {
-    tokio::task::spawn_blocking(f).await?
+/// Runs `f` on the SQLite connection off the runtime's threads (a commit waits for the disk).
+async fn with_sqlite<T: Send + 'static>(
+    db: &Arc<Mutex<SqliteStore>>,
+    f: impl FnOnce(&mut SqliteStore) -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    let db = db.clone();
+    tokio::task::spawn_blocking(move || f(&mut db.lock().unwrap_or_else(|e| e.into_inner()))).await?
 }

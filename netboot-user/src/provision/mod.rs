@@ -104,8 +104,10 @@ impl Provision {
         let contents = self.contents();
         let replaced: HashSet<MacAddr> = hosts.iter().map(|h| h.mac).chain(removed.iter().copied()).collect();
         let mut owner: HashMap<std::net::Ipv4Addr, (MacAddr, &'static str)> = HashMap::new();
+        let mut file_macs = HashSet::new();
         for h in file.dhcp.file_reservations() {
             owner.insert(h.ip, (h.mac, "the config"));
+            file_macs.insert(h.mac);
         }
         for h in contents.hosts.iter().filter(|h| !replaced.contains(&h.mac)) {
             owner.insert(h.ip, (h.mac, "the API"));
@@ -115,7 +117,7 @@ impl Provision {
             if !seen.insert(h.mac) {
                 return Err(Refused::Invalid(format!("host {} appears twice", h.mac)));
             }
-            if self.file_managed(h.mac) {
+            if file_macs.contains(&h.mac) {
                 return Err(Refused::Conflict(format!("host {} is managed by the config file ({}); change it there", h.mac, file_names(&file))));
             }
             if let Some(net) = file.dhcp.subnet.as_ref().map(|s| *s.get_ref()) {

@@ -9,6 +9,26 @@ pub struct Migration {
     pub sql: &'static str,
 }
 
+/// The provisioning tables (issue 15) of either backend, which differ only in how a key
+/// counts up and in the boolean type.
+macro_rules! provisioning_tables {
+    ($serial_key:literal, $boolean:literal) => {
+        concat!(
+            "CREATE TABLE netboot_hosts (mac text PRIMARY KEY, doc text NOT NULL);
+             CREATE TABLE netboot_nodes (mac text PRIMARY KEY, intent text NOT NULL, intent_once ", $boolean, " NOT NULL,
+                                         boot_token text, updated bigint NOT NULL);
+             CREATE TABLE netboot_events (id ", $serial_key, ", mac text NOT NULL, at bigint NOT NULL,
+                                          event text NOT NULL, message text NOT NULL);
+             CREATE INDEX netboot_events_mac ON netboot_events (mac);
+             CREATE TABLE netboot_audit (id ", $serial_key, ", at bigint NOT NULL, who text NOT NULL,
+                                         action text NOT NULL, target text NOT NULL, detail text NOT NULL);
+             -- Every provisioning write bumps it: what the other members poll.
+             CREATE TABLE netboot_provision_rev (rev bigint NOT NULL);
+             INSERT INTO netboot_provision_rev VALUES (0);"
+        )
+    };
+}
+
 /// SQLite (`PRAGMA user_version`). Version 1 is the schema every earlier release created
 /// (`IF NOT EXISTS`: an existing file takes it as it is).
 pub const SQLITE: &[Migration] = &[
@@ -29,16 +49,7 @@ pub const SQLITE: &[Migration] = &[
     Migration {
         version: 2,
         what: "provisioning: hosts of the API, node intents, node events, the audit log",
-        sql: "CREATE TABLE netboot_hosts (mac TEXT PRIMARY KEY, doc TEXT NOT NULL);
-              CREATE TABLE netboot_nodes (mac TEXT PRIMARY KEY, intent TEXT NOT NULL, intent_once INTEGER NOT NULL,
-                                          boot_token TEXT, updated INTEGER NOT NULL);
-              CREATE TABLE netboot_events (id INTEGER PRIMARY KEY AUTOINCREMENT, mac TEXT NOT NULL, at INTEGER NOT NULL,
-                                           event TEXT NOT NULL, message TEXT NOT NULL);
-              CREATE INDEX netboot_events_mac ON netboot_events(mac);
-              CREATE TABLE netboot_audit (id INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL, who TEXT NOT NULL,
-                                          action TEXT NOT NULL, target TEXT NOT NULL, detail TEXT NOT NULL);
-              CREATE TABLE netboot_provision_rev (rev INTEGER NOT NULL);
-              INSERT INTO netboot_provision_rev VALUES (0);",
+        sql: provisioning_tables!("INTEGER PRIMARY KEY AUTOINCREMENT", "integer"),
     },
 ];
 
@@ -142,16 +153,6 @@ END $$;
     Migration {
         version: 3,
         what: "provisioning: hosts of the API, node intents, node events, the audit log",
-        sql: "CREATE TABLE netboot_hosts (mac text PRIMARY KEY, doc text NOT NULL);
-              CREATE TABLE netboot_nodes (mac text PRIMARY KEY, intent text NOT NULL, intent_once boolean NOT NULL,
-                                          boot_token text, updated bigint NOT NULL);
-              CREATE TABLE netboot_events (id bigserial PRIMARY KEY, mac text NOT NULL, at bigint NOT NULL,
-                                           event text NOT NULL, message text NOT NULL);
-              CREATE INDEX netboot_events_mac ON netboot_events (mac);
-              CREATE TABLE netboot_audit (id bigserial PRIMARY KEY, at bigint NOT NULL, who text NOT NULL,
-                                          action text NOT NULL, target text NOT NULL, detail text NOT NULL);
-              -- Every provisioning write bumps it: what the other members poll.
-              CREATE TABLE netboot_provision_rev (rev bigint NOT NULL);
-              INSERT INTO netboot_provision_rev VALUES (0);",
+        sql: provisioning_tables!("bigserial PRIMARY KEY", "boolean"),
     },
 ];
