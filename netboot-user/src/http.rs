@@ -318,9 +318,9 @@ async fn boot_script(
         Some(m) => Some(st.leases.latest_for_mac(m).await),
         None => None,
     };
-    // An install boot gets a token of its own for its installer's phone-home.
+    // An install gets a token of its own for its installer's phone-home.
     let phone_home = match (intent, mac, st.provision.as_ref()) {
-        (Some(Intent::Install), Some(m), Some(p)) => match crate::provision::api::new_boot_token(p, m).await {
+        (Some(Intent::Install), Some(m), Some(p)) => match crate::provision::api::boot_token(p, m).await {
             Ok(t) => Some(format!("http://{}:{}/api/v1/nodes/{m}/events?token={t}", st.server, st.view().port)),
             Err(e) => {
                 st.stats.bump("http_store_unavailable");

@@ -85,6 +85,9 @@ fn install_phones_home_then_the_node_boots_its_disk_and_api_hosts_reach_the_kern
     assert!(script.contains("intent=install host=node-050"), "{script}");
     let phone_home = script.split("phone_home=").nth(1).unwrap().lines().next().unwrap().to_string();
     assert!(phone_home.starts_with(&format!("{BASE}/api/v1/nodes/{mac}/events?token=")), "{phone_home}");
+    // The script fetched again (a retried boot) keeps the URL the installer may already have.
+    let (_, again) = s.curl(&[&format!("{BASE}/boot.ipxe?mac={mac}")]);
+    assert!(String::from_utf8_lossy(&again).contains(&phone_home), "a second script changed the token");
 
     // A wrong boot token is refused; the installer's report with the right one turns the
     // intent to local, and the next script boots the local disk, explicitly.

@@ -1,6 +1,7 @@
 //! The shared PostgreSQL lease store against a real PostgreSQL started by the test (issue 14),
 //! without namespaces: stores of two "servers" claiming from one pool at once, the rules of the
-//! claim, the schema's migrations, `netboot-xdp db migrate`, the change log.
+//! claim, the schema's migrations, `netboot-xdp db migrate`, the change log; the provisioning
+//! tables' bounds on both backends.
 
 use netboot::dhcp::{ClientKey, Lease, LeaseState};
 use netboot::mac::MacAddr;
@@ -167,5 +168,40 @@ fn db_migrate_brings_the_schema_up_once_and_refuses_a_newer_one() {
     std::fs::write(&cfg, "[dhcp]\nsubnet = \"10.80.0.0/16\"\n[cluster]\nserver_id = \"a\"\nstore = \"mysql://x\"\n").unwrap();
     let bad = migrate();
     assert!(String::from_utf8_lossy(&bad.stderr).contains("c.toml:5:9"), "{}", String::from_utf8_lossy(&bad.stderr));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// What the network can write into the provisioning tables is bounded, in SQLite and in
+/// PostgreSQL alike: a node reporting without end keeps its newest events, and another
+/// node's stay.
+#[test]
+fn a_node_reporting_without_end_keeps_only_its_newest_events_on_both_backends() {
+    if !require_root("a_node_reporting_without_end_keeps_only_its_newest_events_on_both_backends") {
+        return;
+    }
+    use netboot::provision::db::{Change, EVENTS_PER_NODE, ProvisionDb};
+    let pg = Postgres::start("events").unwrap();
+    PgStore::open(parse_url(&pg.url()).unwrap(), "boot-a", 0).unwrap(); // migrates
+    let dir = std::env::temp_dir().join(format!("nbx-prov-events-{}", std::process::id()));
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let backends = [
+        ProvisionDb::sqlite(&dir).unwrap(),
+        ProvisionDb::Postgres(netboot::store::postgres::pool(&parse_url(&pg.url()).unwrap(), 2).unwrap()),
+    ];
+    for db in backends {
+        rt.block_on(async {
+            let (a, b) = (MacAddr([2, 0, 0, 0, 0, 1]), MacAddr([2, 0, 0, 0, 0, 2]));
+            let event = |mac, m: String| vec![Change::Event { mac, event: "failed".into(), message: m }];
+            db.apply(event(b, "b".into()), None).await.unwrap();
+            for i in 0..EVENTS_PER_NODE + 5 {
+                db.apply(event(a, i.to_string()), None).await.unwrap();
+            }
+            let kept = db.events(a).await.unwrap();
+            assert_eq!(kept.len() as i64, EVENTS_PER_NODE);
+            assert_eq!(kept.last().unwrap().message, (EVENTS_PER_NODE + 4).to_string(), "the newest went");
+            assert_eq!(kept[0].message, "5", "not the oldest that went");
+            assert_eq!(db.events(b).await.unwrap().len(), 1);
+        });
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

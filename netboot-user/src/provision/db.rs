@@ -37,6 +37,23 @@ pub enum ProvisionDb {
     Postgres(deadpool_postgres::Pool),
 }
 
+/// Events kept per node, and audit entries kept in all: what the network can make these
+/// tables hold (a node's installer may report as often as it likes; the oldest go).
+pub const EVENTS_PER_NODE: i64 = 100;
+pub const AUDIT_KEPT: i64 = 100_000;
+
+/// The deletions that keep the bounds above, after an event of `$1`/`?1` and an audit entry.
+const TRIM_EVENTS: &str = "DELETE FROM netboot_events WHERE mac = {p1} AND id <= (SELECT id FROM netboot_events WHERE mac = {p1} ORDER BY id DESC LIMIT 1 OFFSET {n})";
+const TRIM_AUDIT: &str = "DELETE FROM netboot_audit WHERE id <= (SELECT max(id) FROM netboot_audit) - {n}";
+
+fn trim_events(p1: &str) -> String {
+    TRIM_EVENTS.replace("{p1}", p1).replace("{n}", &EVENTS_PER_NODE.to_string())
+}
+
+fn trim_audit() -> String {
+    TRIM_AUDIT.replace("{n}", &AUDIT_KEPT.to_string())
+}
+
 fn now() -> i64 {
     (crate::timeline::unix_ms() / 1000) as i64
 }
@@ -120,6 +137,7 @@ impl ProvisionDb {
                             "INSERT INTO netboot_audit (at, who, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
                             rusqlite::params![a.at, a.who, a.action, a.target, a.detail],
                         )?;
+                        tx.execute(&trim_audit(), [])?;
                     }
                     tx.execute("UPDATE netboot_provision_rev SET rev = rev + 1", [])?;
                     tx.commit()?;
@@ -139,6 +157,7 @@ impl ProvisionDb {
                         &[&a.at, &a.who, &a.action, &a.target, &a.detail],
                     )
                     .await?;
+                    tx.execute(trim_audit().as_str(), &[]).await?;
                 }
                 tx.execute("UPDATE netboot_provision_rev SET rev = rev + 1", &[]).await?;
                 tx.commit().await?;
@@ -247,6 +266,7 @@ fn apply_sqlite(tx: &rusqlite::Transaction, c: &Change) -> anyhow::Result<()> {
                 "INSERT INTO netboot_events (mac, at, event, message) VALUES (?1, ?2, ?3, ?4)",
                 params![mac.to_string(), now(), event, message],
             )?;
+            tx.execute(&trim_events("?1"), [mac.to_string()])?;
         }
     }
     Ok(())
@@ -286,6 +306,7 @@ async fn apply_postgres(tx: &deadpool_postgres::Transaction<'_>, c: &Change) -> 
                 &[&mac.to_string(), &now(), event, message],
             )
             .await?;
+            tx.execute(trim_events("$1").as_str(), &[&mac.to_string()]).await?;
         }
     }
     Ok(())
@@ -299,3 +320,4 @@ async fn with_sqlite<T: Send + 'static>(
     let db = db.clone();
     tokio::task::spawn_blocking(move || f(&mut db.lock().unwrap_or_else(|e| e.into_inner()))).await?
 }
+
