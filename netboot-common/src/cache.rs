@@ -108,9 +108,25 @@ pub const CLIENT_RATE_ENTRIES: u32 = 65536;
 pub struct AckEvent {
     pub mac: [u8; 6],
     pub class: u8,
-    pub _pad: u8,
+    /// Option 93 plus one when below 255, else 0 (absent or too large): see [`AckEvent::arch`].
+    pub arch1: u8,
     pub ip: [u8; 4],
     pub xid: u32,
+}
+
+impl AckEvent {
+    /// `arch1` for an option 93 value.
+    pub fn encode_arch(arch: Option<u16>) -> u8 {
+        match arch {
+            Some(a) if a < 255 => a as u8 + 1,
+            _ => 0,
+        }
+    }
+
+    /// The client's option 93, as far as the event carries it.
+    pub fn arch(&self) -> Option<u16> {
+        self.arch1.checked_sub(1).map(u16::from)
+    }
 }
 
 /// Offsets in an untagged reply frame (Ethernet, IPv4 without options, UDP, BOOTP).

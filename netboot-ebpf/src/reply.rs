@@ -85,7 +85,7 @@ pub fn answer(ctx: &XdpContext, req: &Classified) -> Result<u32, Counter> {
     finish(s, entry, req, len);
 
     if kind == KIND_ACK {
-        let ev = AckEvent { mac: req.chaddr, class: req.class as u8, _pad: 0, ip: entry.yiaddr, xid: u32::from_be_bytes(req.xid) };
+        let ev = AckEvent { mac: req.chaddr, class: req.class as u8, arch1: AckEvent::encode_arch(req.arch), ip: entry.yiaddr, xid: u32::from_be_bytes(req.xid) };
         if EVENTS.output::<AckEvent>(&ev, 0).is_err() {
             return Err(Counter::RingbufFull);
         }

@@ -45,6 +45,7 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
         Some(member) => crate::provision::db::ProvisionDb::Postgres(member.pool()),
         None => crate::provision::db::ProvisionDb::sqlite(&file_tx.borrow().server.state_dir)?,
     };
+    let discovery = Arc::new(crate::provision::discovery::Discovery::new(provision_db.clone()));
     let (provision, configs) = crate::provision::Provision::open(provision_db, file_rx)
         .await
         .map_err(|e| e.context("cannot read the provisioning tables of the lease store"))?;
@@ -68,7 +69,7 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
         server.spread_allocation(rank, members.len());
     }
     let timelines = Arc::new(Timelines::new(iface_name));
-    let dhcp = io::Service::bind(&iface, server, store, stats.clone(), timelines.clone())?;
+    let dhcp = io::Service::bind(&iface, server, store, stats.clone(), timelines.clone())?.with_discovery(discovery.clone());
 
     let tftp = tftp_service(&config, &iface, server_ip, stats.clone(), timelines.clone())?;
     let http_listener = crate::http::bind(config.http.listen).await?;
@@ -119,10 +120,12 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
     http_state.renewals = renewals;
     http_state.cluster = cluster.as_ref().map(|(m, _)| m.state.clone());
     http_state.provision = Some(provision.clone());
+    http_state.discovery = Some(discovery.clone());
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let config_engine = config.tftp.engine;
     let provision_task = tokio::spawn(provision.run(stop_rx.clone()));
+    let discovery_task = tokio::spawn(discovery.run(stop_rx.clone()));
     let dhcp_task = tokio::spawn(dhcp.with_reload(configs.clone()).run(stop_rx.clone()));
     let cluster_task = cluster.map(|(member, remote_tx)| tokio::spawn(member.run(remote_tx, stop_rx.clone())));
     let afxdp = match (&tftp, config_engine) {
@@ -159,6 +162,7 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
     }
     let _ = reload_task.await;
     let _ = provision_task.await;
+    let _ = discovery_task.await;
     if let Some(t) = cluster_task {
         let _ = t.await;
     }

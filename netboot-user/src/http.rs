@@ -30,6 +30,7 @@ use std::collections::{BTreeMap, HashMap};
 use crate::runtime::AgentRecord;
 use crate::stats::Stage;
 use crate::provision::records::Intent;
+use crate::config::profile::{Choice, Facts, choose};
 use crate::timeline::{Milestone, Timelines};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -47,6 +48,7 @@ pub struct View {
     pub public_read: bool,
     /// `http.listen`'s port, for the URLs scripts get.
     pub port: u16,
+    pub profiles: Vec<crate::config::profile::Profile>,
 }
 
 impl View {
@@ -58,6 +60,7 @@ impl View {
             tokens: crate::provision::auth::Tokens::new(config.api.tokens_path.clone()),
             public_read: config.api.public_read,
             port: config.http.listen.port(),
+            profiles: config.profiles.clone(),
         }
     }
 }
@@ -83,6 +86,8 @@ pub struct HttpState {
     server_id: Option<String>,
     /// Hosts of the API, node intents, the audit log (absent in unit tests).
     pub provision: Option<Arc<crate::provision::Provision>>,
+    /// The machines that asked (absent in unit tests).
+    pub discovery: Option<Arc<crate::provision::discovery::Discovery>>,
 }
 
 impl HttpState {
@@ -98,6 +103,7 @@ impl HttpState {
             cluster: None,
             server_id: config.cluster.server_id().map(str::to_string),
             provision: None,
+            discovery: None,
         }
     }
 
@@ -202,6 +208,9 @@ pub fn router(state: Arc<HttpState>) -> axum::Router {
 struct Peer(Option<Ipv4Addr>);
 
 async fn static_file(State(st): State<Arc<HttpState>>, req: Request) -> Response {
+    if req.uri().path().starts_with("/api/") {
+        return crate::provision::api::text(StatusCode::NOT_FOUND, "no such API route (see /api/v1/openapi.json)");
+    }
     let files = tower_http::services::ServeDir::new(&st.view().root);
     match files.oneshot(req).await {
         Ok(r) => r.into_response(),
@@ -307,59 +316,18 @@ async fn boot_script(
         Some(m) => m.parse().ok(),
         None => peer.0.and_then(|ip| st.timelines.mac_of(ip)),
     };
+    let view = st.view();
     let intent = mac.zip(st.provision.as_ref()).and_then(|(m, p)| p.intent(m)).map(|i| i.intent);
     if let (Some(Intent::Local), Some(mac)) = (intent, mac) {
         // The local disk: no lease, no template.
         st.stats.bump("http_scripts_local");
         st.timelines.record(mac, Milestone::Script { status: 200, known: true });
-        return ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], LOCAL_BOOT_SCRIPT).into_response();
+        let plan = plan(&st, &view, Some(mac), None);
+        return ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], plan.local_boot).into_response();
     }
-    let leased = match mac {
-        Some(m) => Some(st.leases.latest_for_mac(m).await),
-        None => None,
-    };
-    // An install gets a token of its own for its installer's phone-home.
-    let phone_home = match (intent, mac, st.provision.as_ref()) {
-        (Some(Intent::Install), Some(m), Some(p)) => match crate::provision::api::boot_token(p, m).await {
-            Ok(t) => Some(format!("http://{}:{}/api/v1/nodes/{m}/events?token={t}", st.server, st.view().port)),
-            Err(e) => {
-                st.stats.bump("http_store_unavailable");
-                tracing::warn!(%m, "boot script: cannot store the boot token: {e:#}");
-                let resp = (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "2")], "lease store unavailable\n");
-                return resp.into_response();
-            }
-        },
-        _ => None,
-    };
-    let (resp, known) = render_script(&st, mac, leased, &q, intent, phone_home);
-    if let Some(mac) = mac {
-        st.timelines.record(mac, Milestone::Script { status: resp.status().as_u16(), known });
-    }
-    resp
-}
-
-/// The script for `mac`, and whether the node is known (reserved or leased).
-/// `leased`: what the lease store said of `mac`.
-fn render_script(
-    st: &HttpState,
-    mac: Option<MacAddr>,
-    leased: Option<anyhow::Result<Option<crate::dhcp::Lease>>>,
-    q: &BTreeMap<String, String>,
-    intent: Option<Intent>,
-    phone_home: Option<String>,
-) -> (Response, bool) {
-    let view = st.view();
-    let path = view.root.join(&view.script);
-    let source = match std::fs::read_to_string(&path) {
-        Ok(s) => s,
-        Err(e) => {
-            let msg = format!("cannot read template {}: {e}\n", path.display());
-            return ((StatusCode::INTERNAL_SERVER_ERROR, msg).into_response(), false);
-        }
-    };
     let host = mac.and_then(|m| view.hosts.get(&m));
-    let leased = match (mac, leased) {
-        (Some(m), Some(leased)) => match leased {
+    let leased = match mac {
+        Some(m) => match st.leases.latest_for_mac(m).await {
             Ok(l) => l,
             Err(e) if host.is_some() => {
                 tracing::warn!(%m, "boot script: lease store unreadable, the reservation serves: {e:#}");
@@ -367,49 +335,160 @@ fn render_script(
             }
             Err(e) => {
                 // Not "unknown node": the node may well be known; iPXE retries a 503.
-                st.stats.bump("http_store_unavailable");
                 tracing::warn!(%m, "boot script: lease store unreadable: {e:#}");
-                let resp = (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "2")], "lease store unavailable\n");
-                return (resp.into_response(), false);
+                return store_unavailable(&st, Some(m));
+            }
+        },
+        None => None,
+    };
+    // An install gets a token of its own for its installer's phone-home.
+    let phone_home = match (intent, mac, st.provision.as_ref()) {
+        (Some(Intent::Install), Some(m), Some(p)) => match crate::provision::api::boot_token(p, m).await {
+            Ok(t) => Some(format!("http://{}:{}/api/v1/nodes/{m}/events?token={t}", st.server, view.port)),
+            Err(e) => {
+                tracing::warn!(%m, "boot script: cannot store the boot token: {e:#}");
+                return store_unavailable(&st, Some(m));
             }
         },
         _ => None,
     };
-    let ip = host.map(|h| h.ip).or(leased.as_ref().map(|l| l.ip));
+    let plan = plan(&st, &view, mac, leased.as_ref().map(|l| l.ip));
     let hostname = host.and_then(|h| h.hostname.clone()).or(leased.and_then(|l| l.hostname));
-    let vars: BTreeMap<String, String> =
-        host.map(|h| h.vars.iter().map(|(k, v)| (ipxe_safe(k), ipxe_safe(v))).collect()).unwrap_or_default();
-    let known = host.is_some() || ip.is_some();
-    let ctx = minijinja::context! {
-        mac => mac.map(|m| m.to_string()),
-        ip => ip.map(|i| i.to_string()),
+    let ctx = template_context(&st, &plan, hostname, &q, intent, phone_home);
+    let resp = match render(&view, &plan.script, ctx) {
+        Ok(s) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], s).into_response(),
+        Err(msg) => {
+            st.stats.bump("http_template_errors");
+            (StatusCode::INTERNAL_SERVER_ERROR, msg).into_response()
+        }
+    };
+    if let Some(mac) = mac {
+        let known = plan.facts.known || plan.facts.ip.is_some();
+        st.timelines.record(mac, Milestone::Script { status: resp.status().as_u16(), known });
+    }
+    resp
+}
+
+fn store_unavailable(st: &HttpState, mac: Option<MacAddr>) -> Response {
+    st.stats.bump("http_store_unavailable");
+    if let Some(mac) = mac {
+        st.timelines.record(mac, Milestone::Script { status: 503, known: false });
+    }
+    (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "2")], "lease store unavailable\n").into_response()
+}
+
+/// What serves a node: what is known of it, the profile chosen, the template and its variables.
+#[derive(Debug, serde::Serialize)]
+pub struct Plan {
+    pub facts: Facts,
+    pub choice: Choice,
+    /// Relative to `http.root`.
+    pub script: std::path::PathBuf,
+    /// The profile's vars with the host's over them.
+    pub vars: BTreeMap<String, String>,
+    /// What intent `local` serves.
+    pub local_boot: String,
+}
+
+/// The plan for `mac` (its address from the lease store: `leased_ip`).
+pub fn plan(st: &HttpState, view: &View, mac: Option<MacAddr>, leased_ip: Option<Ipv4Addr>) -> Plan {
+    let host = mac.and_then(|m| view.hosts.get(&m));
+    let seen = mac.zip(st.discovery.as_ref()).and_then(|(m, d)| d.facts(m));
+    let facts = Facts {
+        mac,
+        known: host.is_some(),
+        ip: host.map(|h| h.ip).or(leased_ip),
+        arch: seen.as_ref().and_then(|s| s.arch),
+        vendor_class: seen.as_ref().and_then(|s| s.vendor_class.clone()),
+        relay: seen.as_ref().and_then(|s| s.relay),
+        vars: host.map(|h| h.vars.clone()).unwrap_or_default(),
+    };
+    let choice = choose(&view.profiles, host.and_then(|h| h.profile.as_deref()), &facts);
+    let profile = choice.index.map(|i| &view.profiles[i]);
+    let mut vars = profile.map(|p| p.vars.clone()).unwrap_or_default();
+    vars.extend(facts.vars.clone());
+    let local_boot = match profile.and_then(|p| p.local_boot.as_deref()) {
+        Some(cmds) => format!("#!ipxe\necho netboot-xdp: intent local, booting the local disk\n{}\n", cmds.trim_end()),
+        None => LOCAL_BOOT_SCRIPT.to_string(),
+    };
+    Plan { script: profile.and_then(|p| p.script.clone()).unwrap_or_else(|| view.script.clone()), vars, local_boot, facts, choice }
+}
+
+/// The variables a script template gets (docs/DESIGN.md §5), every one made iPXE-safe.
+fn template_context(
+    st: &HttpState,
+    plan: &Plan,
+    hostname: Option<String>,
+    q: &BTreeMap<String, String>,
+    intent: Option<Intent>,
+    phone_home: Option<String>,
+) -> minijinja::Value {
+    let vars: BTreeMap<String, String> = plan.vars.iter().map(|(k, v)| (ipxe_safe(k), ipxe_safe(v))).collect();
+    minijinja::context! {
+        mac => plan.facts.mac.map(|m| m.to_string()),
+        ip => plan.facts.ip.map(|i| i.to_string()),
         hostname => hostname.map(|h| ipxe_safe(&h)),
         class => q.get("class").map(|c| ipxe_safe(c)),
         arch => q.get("arch").map(|a| ipxe_safe(a)),
         vars => vars,
         server => st.server.to_string(),
-        known => known,
-        profile => host.and_then(|h| h.profile.as_deref()).map(ipxe_safe),
+        known => plan.facts.known || plan.facts.ip.is_some(),
+        profile => plan.choice.profile.as_deref().map(ipxe_safe),
         intent => intent.map(Intent::name),
         phone_home => phone_home,
-    };
+    }
+}
+
+/// Renders the template `script` (relative to `http.root`); the error says file and line.
+fn render(view: &View, script: &std::path::Path, ctx: minijinja::Value) -> Result<String, String> {
+    let path = view.root.join(script);
+    let source = std::fs::read_to_string(&path).map_err(|e| format!("cannot read template {}: {e}\n", path.display()))?;
     let mut env = minijinja::Environment::new();
     // Every value printed is made iPXE-safe, whatever the template does with it.
     env.set_formatter(|out, _state, value| {
         let s = if value.is_none() || value.is_undefined() { String::new() } else { value.to_string() };
         out.write_str(&ipxe_safe(&s)).map_err(minijinja::Error::from)
     });
-    let name = view.script.display().to_string();
-    let rendered = env.add_template(&name, &source).and_then(|_| env.get_template(&name)?.render(ctx));
-    let resp = match rendered {
-        Ok(s) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], s).into_response(),
-        Err(e) => {
-            st.stats.bump("http_template_errors");
-            let line = e.line().map(|l| format!(":{l}")).unwrap_or_default();
-            (StatusCode::INTERNAL_SERVER_ERROR, format!("template {}{line}: {e}\n", path.display())).into_response()
-        }
+    let name = script.display().to_string();
+    env.add_template(&name, &source).and_then(|_| env.get_template(&name)?.render(ctx)).map_err(|e| {
+        let line = e.line().map(|l| format!(":{l}")).unwrap_or_default();
+        format!("template {}{line}: {e}\n", path.display())
+    })
+}
+
+/// `GET /api/v1/nodes/{mac}/explain`: which profile serves the node and why, the variables
+/// its template gets, and the script it would be served now (no boot token is made).
+pub async fn explain(st: &HttpState, mac: MacAddr) -> Response {
+    let view = st.view();
+    let host = view.hosts.get(&mac);
+    let leased = match st.leases.latest_for_mac(mac).await {
+        Ok(l) => l,
+        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, format!("lease store unreadable: {e:#}\n")).into_response(),
     };
-    (resp, known)
+    let intent = st.provision.as_ref().and_then(|p| p.intent(mac));
+    let plan = plan(st, &view, Some(mac), leased.as_ref().map(|l| l.ip));
+    let hostname = host.and_then(|h| h.hostname.clone()).or(leased.and_then(|l| l.hostname));
+    let phone_home = matches!(intent.as_ref().map(|i| i.intent), Some(Intent::Install)).then(|| "(a per-boot URL, made when the script is served)".to_string());
+    let ctx = template_context(st, &plan, hostname, &BTreeMap::new(), intent.as_ref().map(|i| i.intent), phone_home);
+    let script = match intent.as_ref().map(|i| i.intent) {
+        Some(Intent::Local) => Ok(plan.local_boot.clone()),
+        _ => render(&view, &plan.script, ctx.clone()),
+    };
+    axum::Json(serde_json::json!({
+        "mac": mac.to_string(),
+        "known": plan.facts.known,
+        "facts": plan.facts,
+        "intent": intent.map(|i| i.intent.name()),
+        "profile": plan.choice.profile,
+        "by": plan.choice.by,
+        "reason": plan.choice.reason,
+        "candidates": plan.choice.candidates,
+        "template": plan.script,
+        "variables": ctx,
+        "script": script.as_ref().ok(),
+        "error": script.as_ref().err(),
+    }))
+    .into_response()
 }
 
 async fn leases(State(st): State<Arc<HttpState>>) -> Response {

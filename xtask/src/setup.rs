@@ -32,6 +32,7 @@ const PACKAGES: &[&str] = &[
     "ipxe-qemu",
     "ipxe",
     "ovmf",
+    "chromium",         // headless: the dashboard test renders the page for real
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

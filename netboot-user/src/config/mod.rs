@@ -8,6 +8,7 @@
 
 mod error;
 pub mod hosts;
+pub mod profile;
 mod types;
 
 pub use error::ConfigError;
@@ -16,7 +17,7 @@ pub use types::{Duration, Pool};
 use crate::mac::MacAddr;
 use ipnet::Ipv4Net;
 use serde::Deserialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use toml::Spanned;
@@ -38,6 +39,8 @@ pub struct Config {
     pub cluster: ClusterConfig,
     #[serde(default)]
     pub api: ApiConfig,
+    #[serde(default, rename = "profile")]
+    pub profiles: Vec<profile::Profile>,
 }
 
 /// `[api]`: who may use `/api/v1` over `http.listen` (the control socket is root's and needs
@@ -118,6 +121,18 @@ pub enum DhcpMode {
     Proxy,
 }
 
+/// `[dhcp] unknown`: what a machine no host describes gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownPolicy {
+    /// A lease from the pools and the `discover` profile's script (or `http.script`); it is
+    /// listed at `/api/v1/discovered` until a host is made for it.
+    #[default]
+    Discover,
+    /// No answer at all (it is still listed at `/api/v1/discovered`).
+    Ignore,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DhcpConfig {
@@ -158,6 +173,8 @@ pub struct DhcpConfig {
     /// Addresses allocated to new clients per second, at most (0 = unlimited).
     #[serde(default)]
     pub new_clients_per_s: u32,
+    #[serde(default)]
+    pub unknown: UnknownPolicy,
 }
 
 impl Default for DhcpConfig {
@@ -179,6 +196,7 @@ impl Default for DhcpConfig {
             hosts_path: None,
             per_client_pps: default_per_client_pps(),
             new_clients_per_s: 0,
+            unknown: UnknownPolicy::default(),
         }
     }
 }
@@ -448,6 +466,22 @@ impl Config {
             return Err(ConfigError::at(path, text, find_key(text, "takeover"), "takeover must be at least 1s".into()));
         }
 
+        let mut names = HashSet::new();
+        for p in &cfg.profiles {
+            let n = &p.name;
+            if n.get_ref().is_empty() || !n.get_ref().bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+                return Err(at(n.span(), format!("profile name {:?}: use A-Z a-z 0-9 . _ -", n.get_ref())));
+            }
+            if !names.insert(n.get_ref().as_str()) {
+                return Err(at(n.span(), format!("profile {} is defined twice", n.get_ref())));
+            }
+        }
+        for h in &cfg.dhcp.hosts {
+            if let Err(m) = cfg.check_profile(h.get_ref().profile.as_deref()) {
+                return Err(at(h.span(), m));
+            }
+        }
+
         // Reservations: inline ones, then the hosts file; a MAC or IP may be reserved once.
         let mut seen_mac: HashMap<MacAddr, String> = HashMap::new();
         let mut seen_ip: HashMap<Ipv4Addr, String> = HashMap::new();
@@ -486,6 +520,18 @@ impl Config {
             cfg.api.tokens_path = Some(path.parent().unwrap_or(Path::new(".")).join(t.get_ref()));
         }
         Ok(cfg)
+    }
+
+    /// With `[[profile]]` tables, a host may only name one of them (without, `profile` is a
+    /// free template variable).
+    pub fn check_profile(&self, name: Option<&str>) -> Result<(), String> {
+        match name {
+            Some(n) if !self.profiles.is_empty() && !self.profiles.iter().any(|p| p.name.get_ref() == n) => {
+                let known: Vec<&str> = self.profiles.iter().map(|p| p.name.get_ref().as_str()).collect();
+                Err(format!("profile {n:?} is not defined (profiles: {})", known.join(", ")))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Substitutes `{server}` in a boot URL with our address.

@@ -7,7 +7,7 @@
 //! carry a lease go out only after the committer made it durable (invariant 1).
 
 use super::classify::raw_option;
-use super::server::{Destination, DhcpServer, Outcome, Reply, Request, ServerParams};
+use super::server::{Destination, DhcpServer, Outcome, Reply, Request, ServerParams, Sighting};
 use crate::config::Config;
 use crate::metrics::reply_counter;
 use crate::stats::Stage;
@@ -192,6 +192,8 @@ pub struct Service {
     reload: Option<watch::Receiver<Arc<Config>>>,
     /// Leases other servers of a cluster committed, from the shared store's change log.
     remote: Option<mpsc::UnboundedReceiver<Vec<Lease>>>,
+    /// Where the machines that asked are recorded.
+    discovery: Option<Arc<crate::provision::discovery::Discovery>>,
 }
 
 impl Service {
@@ -218,7 +220,7 @@ impl Service {
             relays: Arc::new(NeighborCache::default()),
         });
         stats.add("dhcp_leases_loaded", server.leases().len() as u64);
-        Ok(Service { server, store, stats, sock67, sock4011, tx, fast: None, reload: None, remote: None })
+        Ok(Service { server, store, stats, sock67, sock4011, tx, fast: None, reload: None, remote: None, discovery: None })
     }
 
     /// Applies every config published on `configs` (see [`crate::reload`]).
@@ -233,6 +235,12 @@ impl Service {
         self
     }
 
+    /// Records every machine that asks (see [`crate::provision::discovery`]).
+    pub fn with_discovery(mut self, discovery: Arc<crate::provision::discovery::Discovery>) -> Service {
+        self.discovery = Some(discovery);
+        self
+    }
+
     /// Keeps the XDP reply cache in step from now on.
     pub fn with_fast_path(mut self, fast: FastPathLink) -> Service {
         self.fast = Some(fast);
@@ -241,7 +249,7 @@ impl Service {
 
     /// Serves until `shutdown` changes; then lets queued commits finish and their replies go.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-        let Service { mut server, store, stats, sock67, sock4011, tx, fast, mut reload, mut remote } = self;
+        let Service { mut server, store, stats, sock67, sock4011, tx, fast, mut reload, mut remote, discovery } = self;
         let (relays, iface, timelines) = (tx.relays.clone(), tx.iface.clone(), tx.timelines.clone());
         let (sync, events, renewals) = match fast {
             Some(f) => {
@@ -337,10 +345,16 @@ impl Service {
                     stats.add("fast_acks_recorded", acks.len() as u64);
                     // One commit for the whole drain: the renewals of a storm in few transactions.
                     let mut renewed = Vec::with_capacity(acks.len());
+                    let mut kernel_seen = Vec::with_capacity(acks.len());
                     for ev in acks {
                         let (mac, ip) = (MacAddr(ev.mac), Ipv4Addr::from(ev.ip));
-                        timelines.record(mac, Milestone::dhcp("ack", ClientClass::from_u8(ev.class), None, ip, Path::Kernel));
+                        let class = ClientClass::from_u8(ev.class);
+                        timelines.record(mac, Milestone::dhcp("ack", class, ev.arch(), ip, Path::Kernel));
+                        kernel_seen.push(Sighting { mac, at: now, class, arch: ev.arch(), uuid: None, vendor_class: None, relay: None, known: server.is_reserved(mac) });
                         renewed.extend(server.record_kernel_ack(mac, ip, now));
+                    }
+                    if let Some(d) = &discovery {
+                        d.observe(kernel_seen);
                     }
                     if let Some(sync) = &sync {
                         let mut sync = sync.lock().unwrap_or_else(|e| e.into_inner());
@@ -448,6 +462,10 @@ impl Service {
             }
             let now = unix_now();
             let outcome = server.handle(Request { payload, local_port: port, src_ip: *from_v4.ip(), src_port: from_v4.port(), now });
+            let seen = server.take_sightings();
+            if let Some(d) = &discovery {
+                d.observe(seen);
+            }
             match outcome {
                 Outcome::Reply(r) => {
                     tracing::debug!(mac = %r.mac, class = r.class.name(), kind = kind_name(r.kind), dest = ?r.dest, "reply");

@@ -7,7 +7,7 @@
 
 use super::classify::{Classification, classify, raw_option};
 use super::leases::{ClientKey, Lease, LeaseState, LeaseTable};
-use crate::config::{Config, DhcpMode, Host};
+use crate::config::{Config, DhcpMode, Host, UnknownPolicy};
 use crate::mac::MacAddr;
 use dhcproto::v4::{
     DhcpOption, DhcpOptions, Flags, Message, MessageType, Opcode, OptionCode, UnknownOption,
@@ -40,6 +40,8 @@ pub struct ServerParams {
     /// Addresses allocated from the pools per second, at most (`[dhcp] new_clients_per_s`;
     /// 0 = unlimited): a flood of invented clients cannot take the pool faster.
     pub new_clients_per_s: u32,
+    /// What a client without a reservation gets.
+    pub unknown: UnknownPolicy,
 }
 
 /// Boot file names and URLs, `{server}` already expanded.
@@ -80,6 +82,7 @@ impl ServerParams {
             },
             reservations: cfg.dhcp.reservations().map(|h| (h.mac, h.clone())).collect(),
             new_clients_per_s: cfg.dhcp.new_clients_per_s,
+            unknown: cfg.dhcp.unknown,
         }
     }
 }
@@ -150,6 +153,8 @@ pub enum Silence {
     NoReplyDue,
     /// DISCOVER or REQUEST of a client in a bucket another server of the cluster answers.
     NotOwner,
+    /// A client no host describes, with `[dhcp] unknown = "ignore"`.
+    UnknownClient,
 }
 
 impl Silence {
@@ -166,6 +171,7 @@ impl Silence {
             Silence::NoRecord => "no_record",
             Silence::NoReplyDue => "no_reply_due",
             Silence::NotOwner => "not_owner",
+            Silence::UnknownClient => "unknown_client",
         }
     }
 }
@@ -176,6 +182,30 @@ impl Silence {
 pub enum Outcome {
     Reply(Reply),
     Silent { why: Silence, commit: Vec<Lease> },
+}
+
+fn sighting(c: &Ctx, known: bool) -> Sighting {
+    let text = |code: u8| raw_option(c.raw, code).map(|v| String::from_utf8_lossy(v).chars().filter(|ch| !ch.is_control()).take(128).collect());
+    Sighting {
+        mac: c.mac,
+        at: c.req.now,
+        class: c.class.class,
+        arch: c.class.arch,
+        uuid: raw_option(c.raw, 97).and_then(machine_uuid),
+        vendor_class: text(60),
+        relay: Some(c.msg.giaddr()).filter(|g| !g.is_unspecified()),
+        known,
+    }
+}
+
+/// Option 97 (RFC 4578 §2.3): type 0 and 16 bytes of UUID, shown as RFC 4122 text (the first
+/// three fields little-endian, as SMBIOS and PXE firmware write them).
+fn machine_uuid(v: &[u8]) -> Option<String> {
+    let (&[0], u) = (v.get(..1)?, v.get(1..)?) else { return None };
+    let u: [u8; 16] = u.try_into().ok()?;
+    let h = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let le = |b: &[u8]| h(&b.iter().rev().copied().collect::<Vec<_>>());
+    Some(format!("{}-{}-{}-{}-{}", le(&u[0..4]), le(&u[4..6]), le(&u[6..8]), h(&u[8..10]), h(&u[10..16])))
 }
 
 fn silent(why: Silence) -> Outcome {
@@ -191,7 +221,30 @@ pub struct DhcpServer {
     allocations: (u64, u32),
     /// The load-balancing buckets this server answers (all, alone).
     buckets: Arc<Buckets>,
+    /// Who asked, since the I/O layer last took them (discovery).
+    sightings: Vec<Sighting>,
 }
+
+/// What a request said about the machine that sent it (`/api/v1/discovered`, profiles).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sighting {
+    pub mac: MacAddr,
+    /// Unix seconds.
+    pub at: u64,
+    pub class: ClientClass,
+    pub arch: Option<u16>,
+    /// Option 97 (client machine identifier), as a UUID when it is one.
+    pub uuid: Option<String>,
+    /// Option 60.
+    pub vendor_class: Option<String>,
+    /// giaddr, when relayed.
+    pub relay: Option<Ipv4Addr>,
+    /// A host describes it.
+    pub known: bool,
+}
+
+/// Sightings kept between two takes, at most (the I/O layer takes them after every request).
+const SIGHTINGS_KEPT: usize = 1024;
 
 /// Which REQUEST state of RFC 2131 §4.3.2 an ACK is considered for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -255,7 +308,7 @@ impl DhcpServer {
         let slack = renewal_slack(params.lease_secs);
         let persisted = stored.iter().map(|l| (l.ip, l.expires)).collect();
         leases.load(stored.into_iter().map(|l| held_with_slack(l, slack)));
-        DhcpServer { params, leases, persisted, allocations: (0, 0), buckets: Arc::default() }
+        DhcpServer { params, leases, persisted, allocations: (0, 0), buckets: Arc::default(), sightings: Vec::new() }
     }
 
     /// Allocates from `part`/`parts` of the pools on (see [`LeaseTable::start_at`]).
@@ -352,6 +405,13 @@ impl DhcpServer {
         };
         if !ctx.msg.giaddr().is_unspecified() && self.params.mode == DhcpMode::Authoritative && !self.serves_relay(ctx.msg.giaddr()) {
             return silent(Silence::UnknownSubnet);
+        }
+        let known = self.is_reserved(mac);
+        if matches!(kind, MessageType::Discover | MessageType::Request | MessageType::Inform) && self.sightings.len() < SIGHTINGS_KEPT {
+            self.sightings.push(sighting(&ctx, known));
+        }
+        if !known && self.params.unknown == UnknownPolicy::Ignore {
+            return silent(Silence::UnknownClient);
         }
         if self.params.mode == DhcpMode::Proxy {
             return self.proxy(&ctx, kind);
@@ -860,6 +920,11 @@ impl DhcpServer {
         self.leases.get(ip).map(|l| l.mac)
     }
 
+    /// The sightings since the last call.
+    pub fn take_sightings(&mut self) -> Vec<Sighting> {
+        std::mem::take(&mut self.sightings)
+    }
+
     /// Whether `mac` has a reservation.
     pub fn is_reserved(&self, mac: MacAddr) -> bool {
         self.params.reservations.contains_key(&mac)
@@ -885,6 +950,7 @@ impl DhcpServer {
         let key = ClientKey::new(mac, client_id);
         let ip = match self.reservation(mac) {
             Some(h) => h.ip,
+            None if self.params.unknown == UnknownPolicy::Ignore => return None,
             None => self.leases.for_client(&key).filter(|l| l.state == LeaseState::Bound && l.expires > now)?.ip,
         };
         let mut m = Message::default();

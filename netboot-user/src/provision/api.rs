@@ -35,9 +35,42 @@ pub fn routes() -> axum::Router<Arc<HttpState>> {
         .route("/api/v1/nodes/{mac}/intent", put(put_intent))
         .route("/api/v1/nodes/{mac}/events", post(post_event).get(get_events))
         .route("/api/v1/audit", get(audit))
+        .route("/api/v1/nodes/{mac}/explain", get(explain))
+        .route("/api/v1/discovered", get(discovered))
+        .route("/api/v1/openapi.json", get(|| async { axum::Json(super::openapi::document()) }))
 }
 
-fn text(code: StatusCode, msg: impl Into<String>) -> Response {
+async fn explain(State(st): State<Arc<HttpState>>, Path(mac): Path<String>) -> Response {
+    match target(&st, &mac) {
+        Ok((_, mac)) => crate::http::explain(&st, mac).await,
+        Err(r) => r,
+    }
+}
+
+/// Machines seen that no host describes, most recently seen first; `?all=true` lists the
+/// known ones too (with `"known": true`).
+async fn discovered(State(st): State<Arc<HttpState>>, Query(q): Query<BTreeMap<String, String>>) -> Response {
+    let Some(d) = st.discovery.as_ref() else { return text(StatusCode::SERVICE_UNAVAILABLE, "discovery is not running") };
+    let all = q.get("all").is_some_and(|v| v == "true" || v == "1");
+    let hosts = &st.view().hosts;
+    match d.list().await {
+        Ok(seen) => axum::Json(
+            seen.into_iter()
+                .map(|s| (hosts.contains_key(&s.mac), s))
+                .filter(|(known, _)| all || !known)
+                .map(|(known, s)| {
+                    let mut v = serde_json::to_value(s).unwrap_or_default();
+                    v["known"] = known.into();
+                    v
+                })
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
+        Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("the store cannot be read: {e:#}")),
+    }
+}
+
+pub fn text(code: StatusCode, msg: impl Into<String>) -> Response {
     let mut m = msg.into();
     m.push('\n');
     (code, m).into_response()

@@ -12,6 +12,8 @@
 pub mod api;
 pub mod auth;
 pub mod db;
+pub mod discovery;
+pub mod openapi;
 pub mod records;
 
 use crate::config::{Config, Host};
@@ -117,6 +119,7 @@ impl Provision {
             if !seen.insert(h.mac) {
                 return Err(Refused::Invalid(format!("host {} appears twice", h.mac)));
             }
+            file.check_profile(h.profile.as_deref()).map_err(|m| Refused::Invalid(format!("{}: {m}", h.mac)))?;
             if file_macs.contains(&h.mac) {
                 return Err(Refused::Conflict(format!("host {} is managed by the config file ({}); change it there", h.mac, file_names(&file))));
             }

@@ -29,6 +29,11 @@ macro_rules! provisioning_tables {
     };
 }
 
+/// Machines seen asking (discovery, issue 15): the same in either backend.
+const DISCOVERED: &str = "CREATE TABLE netboot_discovered (mac text PRIMARY KEY, first_seen bigint NOT NULL, last_seen bigint NOT NULL,
+        class text NOT NULL, arch integer, uuid text, vendor_class text, relay text);
+     CREATE INDEX netboot_discovered_last_seen ON netboot_discovered (last_seen);";
+
 /// SQLite (`PRAGMA user_version`). Version 1 is the schema every earlier release created
 /// (`IF NOT EXISTS`: an existing file takes it as it is).
 pub const SQLITE: &[Migration] = &[
@@ -51,6 +56,7 @@ pub const SQLITE: &[Migration] = &[
         what: "provisioning: hosts of the API, node intents, node events, the audit log",
         sql: provisioning_tables!("INTEGER PRIMARY KEY AUTOINCREMENT", "integer"),
     },
+    Migration { version: 3, what: "discovery: machines seen asking", sql: DISCOVERED },
 ];
 
 /// PostgreSQL (table `netboot_schema`). Times that clients see (`expires`) are Unix seconds
@@ -155,4 +161,5 @@ END $$;
         what: "provisioning: hosts of the API, node intents, node events, the audit log",
         sql: provisioning_tables!("bigserial PRIMARY KEY", "boolean"),
     },
+    Migration { version: 4, what: "discovery: machines seen asking", sql: DISCOVERED },
 ];

@@ -1,0 +1,292 @@
+//! Machines seen asking for an address, known or not: first and last seen, architecture, UUID,
+//! vendor class and relay. `/api/v1/discovered` lists those no host describes (enrol one with
+//! `PUT /api/v1/hosts/{mac}` or `netboot-xdp hosts adopt`); profiles select on the rest.
+//!
+//! The DHCP core reports sightings; this keeps them in memory and writes them to the lease
+//! store once a second, in one transaction (every member of a cluster lists every machine).
+//! A sighting that only moves `last_seen` is written when the stored one is a minute old: a
+//! storm's renewals do not become a storm of writes. Both tables are bounded: a flood of
+//! invented MACs pushes out the longest unseen.
+
+use super::db::{ProvisionDb, with_sqlite};
+use crate::dhcp::server::Sighting;
+use crate::mac::MacAddr;
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Machines kept, in memory and in the store.
+pub const KEPT: usize = 100_000;
+const FLUSH: Duration = Duration::from_secs(1);
+/// A stored `last_seen` this much behind is written again.
+const LAST_SEEN_STEP: i64 = 60;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Seen {
+    pub mac: MacAddr,
+    /// Unix seconds.
+    pub first_seen: i64,
+    pub last_seen: i64,
+    /// `pxe`, `ipxe`, `http` or `plain`, at the last sighting.
+    pub class: String,
+    pub arch: Option<u16>,
+    pub uuid: Option<String>,
+    pub vendor_class: Option<String>,
+    pub relay: Option<Ipv4Addr>,
+}
+
+impl Seen {
+    fn of(s: &Sighting) -> Seen {
+        let at = s.at as i64;
+        Seen {
+            mac: s.mac,
+            first_seen: at,
+            last_seen: at,
+            class: s.class.name().to_string(),
+            arch: s.arch,
+            uuid: s.uuid.clone(),
+            vendor_class: s.vendor_class.clone(),
+            relay: s.relay,
+        }
+    }
+
+    /// `s` laid over what was known; whether anything but `last_seen` changed.
+    fn update(&mut self, s: &Sighting) -> bool {
+        let before = self.clone();
+        self.last_seen = self.last_seen.max(s.at as i64);
+        self.class = s.class.name().to_string();
+        self.arch = s.arch.or(self.arch);
+        self.uuid = s.uuid.clone().or(self.uuid.take());
+        self.vendor_class = s.vendor_class.clone().or(self.vendor_class.take());
+        self.relay = s.relay.or(self.relay);
+        Seen { last_seen: before.last_seen, ..self.clone() } != before
+    }
+}
+
+#[derive(Default)]
+struct State {
+    seen: HashMap<MacAddr, Seen>,
+    /// `last_seen` as the store has it.
+    stored: HashMap<MacAddr, i64>,
+    dirty: HashSet<MacAddr>,
+}
+
+pub struct Discovery {
+    db: ProvisionDb,
+    state: Mutex<State>,
+}
+
+const UPSERT: &str = "INSERT INTO netboot_discovered (mac, first_seen, last_seen, class, arch, uuid, vendor_class, relay)
+     VALUES ({p}1, {p}2, {p}3, {p}4, {p}5, {p}6, {p}7, {p}8)
+     ON CONFLICT (mac) DO UPDATE SET last_seen = excluded.last_seen, class = excluded.class, arch = excluded.arch,
+        uuid = excluded.uuid, vendor_class = excluded.vendor_class, relay = excluded.relay";
+const TRIM: &str = "DELETE FROM netboot_discovered WHERE last_seen < (SELECT last_seen FROM netboot_discovered ORDER BY last_seen DESC LIMIT 1 OFFSET {n})";
+const LIST: &str = "SELECT mac, first_seen, last_seen, class, arch, uuid, vendor_class, relay FROM netboot_discovered ORDER BY last_seen DESC, mac";
+
+type Row = (String, i64, i64, String, Option<i32>, Option<String>, Option<String>, Option<String>);
+
+fn from_row(r: Row) -> Option<Seen> {
+    Some(Seen {
+        mac: r.0.parse().ok()?,
+        first_seen: r.1,
+        last_seen: r.2,
+        class: r.3,
+        arch: r.4.and_then(|a| u16::try_from(a).ok()),
+        uuid: r.5,
+        vendor_class: r.6,
+        relay: r.7.and_then(|a| a.parse().ok()),
+    })
+}
+
+impl Discovery {
+    pub fn new(db: ProvisionDb) -> Discovery {
+        Discovery { db, state: Mutex::new(State::default()) }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn observe(&self, sightings: Vec<Sighting>) {
+        if sightings.is_empty() {
+            return;
+        }
+        let mut st = self.state();
+        for s in &sightings {
+            let State { seen, stored, dirty } = &mut *st;
+            let changed = match seen.get_mut(&s.mac) {
+                Some(known) => known.update(s) || stored.get(&s.mac).is_none_or(|t| known.last_seen - t >= LAST_SEEN_STEP),
+                None => {
+                    seen.insert(s.mac, Seen::of(s));
+                    true
+                }
+            };
+            if changed {
+                dirty.insert(s.mac);
+            }
+        }
+        if st.seen.len() > KEPT {
+            // Drop the tenth longest unseen in one go (not one scan per new MAC).
+            let mut ages: Vec<(i64, MacAddr)> = st.seen.values().map(|s| (s.last_seen, s.mac)).collect();
+            ages.sort_unstable();
+            for (_, mac) in ages.into_iter().take(KEPT / 10) {
+                st.seen.remove(&mac);
+                st.stored.remove(&mac);
+                st.dirty.remove(&mac);
+            }
+        }
+    }
+
+    /// What was last seen of `mac` by this server.
+    pub fn facts(&self, mac: MacAddr) -> Option<Seen> {
+        self.state().seen.get(&mac).cloned()
+    }
+
+    /// Writes the sightings not in the store yet; on failure they stay for the next time.
+    pub async fn flush(&self) -> anyhow::Result<()> {
+        let rows: Vec<Seen> = {
+            let mut st = self.state();
+            let dirty = std::mem::take(&mut st.dirty);
+            dirty.iter().filter_map(|m| st.seen.get(m).cloned()).collect()
+        };
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let written = self.write(rows.clone()).await;
+        let mut st = self.state();
+        match &written {
+            Ok(()) => st.stored.extend(rows.iter().map(|r| (r.mac, r.last_seen))),
+            Err(_) => st.dirty.extend(rows.iter().map(|r| r.mac)),
+        }
+        written
+    }
+
+    async fn write(&self, rows: Vec<Seen>) -> anyhow::Result<()> {
+        let trim = TRIM.replace("{n}", &KEPT.to_string());
+        match &self.db {
+            ProvisionDb::Sqlite(db) => {
+                with_sqlite(db, move |store| {
+                    let tx = store.conn_mut().transaction()?;
+                    {
+                        let mut up = tx.prepare(&UPSERT.replace("{p}", "?"))?;
+                        for r in &rows {
+                            up.execute(rusqlite::params![
+                                r.mac.to_string(),
+                                r.first_seen,
+                                r.last_seen,
+                                r.class,
+                                r.arch,
+                                r.uuid,
+                                r.vendor_class,
+                                r.relay.map(|a| a.to_string())
+                            ])?;
+                        }
+                    }
+                    tx.execute(&trim, [])?;
+                    tx.commit()?;
+                    Ok(())
+                })
+                .await
+            }
+            ProvisionDb::Postgres(pool) => {
+                let mut client = pool.get().await?;
+                let tx = client.transaction().await?;
+                let up = tx.prepare(&UPSERT.replace("{p}", "$")).await?;
+                for r in &rows {
+                    let arch = r.arch.map(i32::from);
+                    let relay = r.relay.map(|a| a.to_string());
+                    tx.execute(&up, &[&r.mac.to_string(), &r.first_seen, &r.last_seen, &r.class, &arch, &r.uuid, &r.vendor_class, &relay])
+                        .await?;
+                }
+                tx.execute(trim.as_str(), &[]).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Every machine seen, by any member, most recently seen first (this server's newer
+    /// sightings laid over the store's).
+    pub async fn list(&self) -> anyhow::Result<Vec<Seen>> {
+        if let Err(e) = self.flush().await {
+            tracing::debug!("discovery: flush before listing failed: {e:#}");
+        }
+        let rows: Vec<Row> = match &self.db {
+            ProvisionDb::Sqlite(db) => {
+                with_sqlite(db, |store| {
+                    let mut st = store.conn().prepare(LIST)?;
+                    let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?)))?;
+                    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+                })
+                .await?
+            }
+            ProvisionDb::Postgres(pool) => pool
+                .get()
+                .await?
+                .query(LIST, &[])
+                .await?
+                .iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6), r.get(7)))
+                .collect(),
+        };
+        let st = self.state();
+        Ok(rows
+            .into_iter()
+            .filter_map(from_row)
+            .map(|s| match st.seen.get(&s.mac) {
+                Some(mine) if mine.last_seen > s.last_seen => Seen { first_seen: s.first_seen.min(mine.first_seen), ..mine.clone() },
+                _ => s,
+            })
+            .collect())
+    }
+
+    /// Writes sightings once a second until `shutdown`, and once more then.
+    pub async fn run(self: std::sync::Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(FLUSH);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if let Err(e) = self.flush().await {
+                        tracing::warn!("discovery: cannot write sightings to the store (kept for the next try): {e:#}");
+                    }
+                }
+                _ = shutdown.changed() => {
+                    let _ = self.flush().await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netboot_common::wire::ClientClass;
+
+    fn sighting(mac: &str, at: u64, arch: Option<u16>) -> Sighting {
+        Sighting { mac: mac.parse().unwrap(), at, class: ClientClass::Pxe, arch, uuid: None, vendor_class: None, relay: None, known: false }
+    }
+
+    #[tokio::test]
+    async fn sightings_are_merged_stored_and_listed() {
+        let dir = std::env::temp_dir().join(format!("nbx-discovery-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let d = Discovery::new(ProvisionDb::sqlite(&dir).unwrap());
+        d.observe(vec![sighting("52:54:00:00:00:01", 100, Some(7))]);
+        d.observe(vec![sighting("52:54:00:00:00:01", 130, None), sighting("52:54:00:00:00:02", 120, Some(0))]);
+        let all = d.list().await.unwrap();
+        assert_eq!(all.len(), 2);
+        let one = &all.iter().find(|s| s.mac.to_string() == "52:54:00:00:00:01").unwrap();
+        // The arch of the first sighting stays when a later one has none.
+        assert_eq!((one.first_seen, one.last_seen, one.arch), (100, 130, Some(7)));
+        // A later sighting that moves only last_seen is not written at once, but listed.
+        d.observe(vec![sighting("52:54:00:00:00:01", 150, Some(7))]);
+        assert!(d.state().dirty.is_empty());
+        assert_eq!(d.list().await.unwrap()[0].last_seen, 150);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
