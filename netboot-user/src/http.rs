@@ -190,6 +190,7 @@ pub async fn serve(
 
 pub fn router(state: Arc<HttpState>) -> axum::Router {
     axum::Router::new()
+        .route("/", get(dashboard))
         .route("/boot.ipxe", get(boot_script))
         .route("/api/v1/leases", get(leases))
         .route("/api/v1/nodes", get(nodes))
@@ -201,6 +202,12 @@ pub fn router(state: Arc<HttpState>) -> axum::Router {
         .layer(middleware::from_fn_with_state(state.clone(), crate::provision::api::authorize))
         .layer(middleware::from_fn_with_state(state.clone(), confine_and_count))
         .with_state(state)
+}
+
+/// The live dashboard: one page, no build step, no CDN; it reads the API.
+async fn dashboard() -> Response {
+    const PAGE: &str = include_str!("dashboard.html");
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")], PAGE).into_response()
 }
 
 /// The address of the peer (absent on the control socket).

@@ -173,3 +173,175 @@ fn hosts_cli_imports_all_or_nothing_and_sets_intents() {
     assert!(!cli(&["hosts", "rm", "52:54:00:cc:00:01"]).status.success(), "a config host removed");
     assert_eq!(list().as_array().unwrap().len(), 2);
 }
+
+/// Profiles of the second test: the discover profile for unknown machines, a selector on a
+/// host variable, a catch-all with its own local boot.
+const PROFILES: &str = "\
+[[profile]]\nname = \"discover\"\nscript = \"discover.ipxe.j2\"\n\
+[[profile]]\nname = \"debian\"\nscript = \"debian.ipxe.j2\"\nvars = { release = \"trixie\", disk = \"vda\" }\nselector = { vars = { os = \"debian\" } }\n\
+[[profile]]\nname = \"generic\"\nlocal_boot = \"exit 1\"\n";
+
+/// An unknown machine (udhcpc with a vendor class and a machine UUID) is discovered with what
+/// it said, boots the discover profile, is adopted by PUT and boots the profile its variables
+/// select (`explain` says why); with `unknown = "ignore"` an unknown machine gets nothing, not
+/// even from the kernel's cache, and is still listed. The OpenAPI document lists every
+/// normative route and every operation it lists is served; the dashboard, rendered by headless
+/// Chromium, shows the API's numbers.
+#[test]
+fn unknown_machines_are_discovered_adopted_and_boot_their_profile() {
+    if !require_root("unknown_machines_are_discovered_adopted_and_boot_their_profile") {
+        return;
+    }
+    let _serial = tests::serial();
+    let s = setup("provdisc");
+    let base = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(&s.config, format!("{base}{PROFILES}")).unwrap();
+    for (name, body) in [
+        ("discover.ipxe.j2", "#!ipxe\necho discover profile={{ profile }} mac={{ mac }}\n"),
+        ("debian.ipxe.j2", "#!ipxe\necho debian {{ vars.release }} on {{ vars.disk }} host={{ hostname }} profile={{ profile }}\n"),
+    ] {
+        std::fs::write(s.dir.join("http").join(name), body).unwrap();
+    }
+    let (writer, reader, admin) = (token(&s, "ci", "write"), token(&s, "dash", "read"), token(&s, "boss", "admin"));
+    let agent = s.start();
+    let get = |t: &str, path: &str| {
+        let (code, body) = s.curl(&["-H", &auth(t), &format!("{BASE}{path}")]);
+        assert_eq!(code, 200, "{path}: {}", String::from_utf8_lossy(&body));
+        json(&body)
+    };
+
+    // Discovered, with what it said: option 60 and option 97 (UUID fields little-endian).
+    let mac = "52:54:00:ee:00:07";
+    s.set_client_mac(mac);
+    let lease = s.udhcpc("unknown", &["-V", "PXEClient:Arch:00007:UNDI:003016", "-x", "0x61:0000112233445566778899aabbccddeeff"]);
+    assert!(lease["ip"].starts_with("10.77.1."), "a pool address: {lease:?}");
+    let seen = get(&reader, "/api/v1/discovered");
+    let me = seen.as_array().unwrap().iter().find(|d| d["mac"] == mac).unwrap_or_else(|| panic!("{mac} not discovered: {seen}"));
+    assert_eq!(me["vendor_class"], "PXEClient:Arch:00007:UNDI:003016");
+    assert_eq!(me["uuid"], "33221100-5544-7766-8899-aabbccddeeff");
+    assert_eq!(me["known"], false);
+    let script = |m: &str| String::from_utf8(s.curl(&[&format!("{BASE}/boot.ipxe?mac={m}")]).1).unwrap();
+    assert!(script(mac).contains("discover profile=discover"), "{}", script(mac));
+    assert_eq!(get(&reader, &format!("/api/v1/nodes/{mac}/explain"))["by"], "discover");
+
+    // Adopted: no longer discovered; its variables select the debian profile.
+    let doc = r#"{"ip":"10.77.0.70","hostname":"node-070","vars":{"os":"debian","disk":"nvme0n1"}}"#;
+    let put = s.curl(&["-X", "PUT", "-H", &auth(&writer), "-d", doc, &format!("{BASE}/api/v1/hosts/{mac}")]);
+    assert_eq!(put.0, 201, "{}", String::from_utf8_lossy(&put.1));
+    assert!(!get(&reader, "/api/v1/discovered").as_array().unwrap().iter().any(|d| d["mac"] == mac), "an adopted machine still discovered");
+    assert_eq!(script(mac).trim_end(), "#!ipxe\necho debian trixie on nvme0n1 host=node-070 profile=debian", "host vars override the profile's");
+    let why = get(&reader, &format!("/api/v1/nodes/{mac}/explain"));
+    assert_eq!((why["profile"].as_str(), why["by"].as_str()), (Some("debian"), Some("selector")), "{why}");
+    assert_eq!(why["variables"]["vars"]["release"], "trixie");
+    assert!(why["reason"].as_str().unwrap().contains("os=debian"), "{why}");
+    // A profile no [[profile]] defines is refused; a host naming one gets it, and its local boot.
+    let bad = s.curl(&["-X", "PATCH", "-H", &auth(&writer), "-d", r#"{"profile":"windows"}"#, &format!("{BASE}/api/v1/hosts/{mac}")]);
+    assert_eq!(bad.0, 422, "{}", String::from_utf8_lossy(&bad.1));
+    let patch = s.curl(&["-X", "PATCH", "-H", &auth(&writer), "-d", r#"{"profile":"generic","intent":"local"}"#, &format!("{BASE}/api/v1/hosts/{mac}")]);
+    assert_eq!(patch.0, 200, "{}", String::from_utf8_lossy(&patch.1));
+    assert!(script(mac).ends_with("\nexit 1\n"), "the profile's local boot: {}", script(mac));
+
+    // A PXE machine bound from the pool (cached in the kernel), then `unknown = "ignore"`: it
+    // and any new unknown machine get nothing; a host still does; both are listed.
+    let dora = Dora::open(&s.lab);
+    let pooled = [0x52, 0x54, 0, 0xee, 0, 0x08];
+    assert!(dora.bind(pooled, "10.77.0.1".parse().unwrap()).is_some(), "no pool lease");
+    let text = std::fs::read_to_string(&s.config).unwrap().replace("[dhcp]\n", "[dhcp]\nunknown = \"ignore\"\n");
+    std::fs::write(&s.config, text).unwrap();
+    let ignored = || agent.status().unwrap()["agent"]["dhcp_silent_unknown_client"].as_u64().unwrap_or(0);
+    let fresh = [0x52, 0x54, 0, 0xee, 0, 0x09];
+    assert!(tests::eventually(10, || dora.offers(fresh).is_empty() && ignored() > 0), "an unknown machine answered with unknown = ignore");
+    assert!(dora.offers(pooled).is_empty(), "the kernel's cache still answers an unknown machine");
+    assert_eq!(dora.offers([0x52, 0x54, 0, 0xcc, 0, 0x01]).len(), 1, "the config's host is no longer answered");
+    let seen = get(&reader, "/api/v1/discovered");
+    for m in ["52:54:00:ee:00:08", "52:54:00:ee:00:09"] {
+        assert!(seen.as_array().unwrap().iter().any(|d| d["mac"] == m), "{m} not listed: {seen}");
+    }
+
+    openapi_lists_and_serves_every_route(&s, &admin);
+    dashboard_shows_the_apis_numbers(&s, &reader);
+}
+
+/// Every normative `/api/v1` route (DESIGN.md §9) is in the document, and every operation the
+/// document lists is routed (not the "no such API route" answer, not 405).
+fn openapi_lists_and_serves_every_route(s: &Setup, admin: &str) {
+    let (code, body) = s.curl(&["-H", &auth(admin), &format!("{BASE}/api/v1/openapi.json")]);
+    assert_eq!(code, 200);
+    let doc = json(&body);
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, method) in [
+        ("/api/v1/hosts", "get"),
+        ("/api/v1/hosts/{mac}", "get"),
+        ("/api/v1/hosts/{mac}", "put"),
+        ("/api/v1/hosts/{mac}", "patch"),
+        ("/api/v1/hosts/{mac}", "delete"),
+        ("/api/v1/hosts:import", "post"),
+        ("/api/v1/nodes/{mac}/events", "post"),
+        ("/api/v1/nodes/{mac}/explain", "get"),
+        ("/api/v1/discovered", "get"),
+        ("/api/v1/audit", "get"),
+        ("/api/v1/openapi.json", "get"),
+    ] {
+        assert!(paths.get(path).is_some_and(|p| p.get(method).is_some()), "{method} {path} not in openapi.json");
+    }
+    for (path, ops) in paths {
+        for (method, _) in ops.as_object().unwrap() {
+            // A MAC no host has: the handlers answer, with 404 or 422 at worst.
+            let url = format!("{BASE}{}", path.replace("{mac}", "52:54:00:ff:ff:fe"));
+            let (code, body) = s.curl(&["-X", &method.to_uppercase(), "-H", &auth(admin), "-d", "{}", &url]);
+            let body = String::from_utf8_lossy(&body);
+            assert!(code != 405 && !body.contains("no such API route") && code != 0, "{method} {path}: {code} {body}");
+        }
+    }
+    let (code, body) = s.curl(&["-H", &auth(admin), &format!("{BASE}/api/v1/no-such-thing")]);
+    assert!(code == 404 && String::from_utf8_lossy(&body).contains("no such API route"));
+}
+
+/// Headless Chromium renders `/` with a read token: its numbers are the API's, and a
+/// screenshot is kept in target/test-artifacts/dashboard.png.
+fn dashboard_shows_the_apis_numbers(s: &Setup, reader: &str) {
+    let profile = s.dir.join("chromium");
+    let chromium = |args: &[&str]| {
+        let out = s
+            .lab
+            .client
+            .command("timeout")
+            .args(["-s", "KILL", "90", "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .args(["--virtual-time-budget=10000"])
+            .args(args)
+            .arg(format!("{BASE}/?refresh=0#token={reader}"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "chromium: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let dom = chromium(&["--dump-dom"]);
+    assert!(dom.contains("data-loaded=\"1\""), "the page did not load its data:\n{dom}");
+    let shown = |id: &str| -> u64 {
+        let at = dom.find(&format!("id=\"{id}\">")).unwrap_or_else(|| panic!("no #{id} in the page")) + id.len() + 6;
+        dom[at..].split('<').next().unwrap().trim().parse().unwrap_or_else(|_| panic!("#{id} is not a number"))
+    };
+    let (_, nodes) = s.curl(&["-H", &auth(reader), &format!("{BASE}/api/v1/nodes")]);
+    let nodes = json(&nodes);
+    let nodes = nodes.as_array().unwrap();
+    assert!(!nodes.is_empty());
+    assert_eq!(shown("count-total"), nodes.len() as u64);
+    for stage in ["dhcp", "tftp", "ipxe_dhcp", "script", "file", "event"] {
+        let stages: Vec<_> = nodes.iter().map(|n| (n["mac"].clone(), n["stage"].clone())).collect();
+        assert_eq!(shown(&format!("count-{stage}")), nodes.iter().filter(|n| n["stage"] == stage).count() as u64, "stage {stage}: {stages:?}\n{dom}");
+    }
+    let (_, seen) = s.curl(&["-H", &auth(reader), &format!("{BASE}/api/v1/discovered")]);
+    assert_eq!(shown("count-discovered"), json(&seen).as_array().unwrap().len() as u64);
+    assert!(dom.contains("52:54:00:ee:00:09"), "a discovered machine is not in the table");
+    assert!(dom.contains("data-stage=\"dhcp\""), "no progress curve");
+
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    let shot = dir.join("dashboard.png");
+    let _ = std::fs::remove_file(&shot);
+    chromium(&[&format!("--screenshot={}", shot.display()), "--window-size=1200,1100", "--hide-scrollbars"]);
+    let png = std::fs::read(&shot).unwrap_or_default();
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "no screenshot at {}", shot.display());
+}
