@@ -5,6 +5,7 @@
 //! - `build`  setup, then builds everything (the eBPF object is built by netboot-user's build.rs).
 //! - `test`   setup, build, then every test (unit, BPF_PROG_TEST_RUN, namespace integration).
 //! - `demo`   setup, build, then the demo on the lab (`netboot-bench demo`).
+//! - `deb`    setup, build, then the Debian package (cargo-deb) under target/debian/.
 //! - `lab`    `up` / `down` / `list` a lab by hand.
 //! - `fuzz`   the fuzz targets (DHCP, frames, TFTP, HTTP) for SECONDS each from a random seed,
 //!            and the proptest properties with 50 times their cases.
@@ -51,6 +52,9 @@ enum Cmd {
         #[arg(default_value_t = 60)]
         seconds: u64,
     },
+    /// Setup, build, then the Debian package: target/debian/netboot-xdp_VERSION-1_ARCH.deb
+    /// (binary, systemd unit, example config, a netboot-xdp system user).
+    Deb,
     /// Create, list or remove a lab by hand (`lab up`, `lab list`, `lab down ID`).
     Lab {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -98,6 +102,11 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             c.env("NETBOOT_FUZZ_SECONDS", seconds.to_string()).env("NETBOOT_FUZZ_SEED", seed.to_string());
             eprintln!("xtask: fuzzing {seconds} s per target, seed {seed} (NETBOOT_FUZZ_SEED={seed} reproduces the run)");
             status(&mut c)
+        }
+        Cmd::Deb => {
+            setup::run()?;
+            build()?;
+            status(cargo().args(["deb", "-p", "netboot-user", "--no-build", "--strip"]))
         }
         Cmd::Lab { args } => {
             build()?;

@@ -36,6 +36,7 @@ const PACKAGES: &[&str] = &[
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
+const CARGO_DEB_VERSION: &str = "3.8.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
 pub fn run() -> anyhow::Result<()> {
@@ -44,6 +45,7 @@ pub fn run() -> anyhow::Result<()> {
     nightly()?;
     rust_src()?;
     bpf_linker()?;
+    cargo_deb()?;
     eprintln!("setup: ok ({:.1} s)", t.elapsed().as_secs_f64());
     Ok(())
 }
@@ -136,6 +138,23 @@ fn bpf_linker() -> anyhow::Result<()> {
         .is_ok_and(|s| s.success());
     if !ok {
         bail!("building bpf-linker failed: it needs llvm-22-dev ({LLVM_PREFIX}); run `LLVM_PREFIX={LLVM_PREFIX} cargo install bpf-linker --no-default-features --features llvm-22` to see why");
+    }
+    Ok(())
+}
+
+/// cargo-deb, for `cargo xtask deb` (and the packaging test).
+fn cargo_deb() -> anyhow::Result<()> {
+    if output(Command::new("cargo").args(["deb", "--version"])).is_some_and(|v| v.contains(CARGO_DEB_VERSION)) {
+        return Ok(());
+    }
+    eprintln!("setup: building cargo-deb {CARGO_DEB_VERSION} (about 2 min)");
+    let ok = Command::new("cargo")
+        .args(["install", "cargo-deb", "--locked", "--version", CARGO_DEB_VERSION, "--force"])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        bail!("`cargo install cargo-deb --version {CARGO_DEB_VERSION}` failed: check network access to crates.io");
     }
     Ok(())
 }
