@@ -48,7 +48,18 @@ pub struct Vm {
 
 impl Vm {
     /// Starts VM number `n` (0..=99) of `lab` with `firmware` and `mac`; files go to `dir`.
+    /// It has no disk, and exits instead of rebooting.
     pub fn start(lab: &Lab, n: u32, firmware: Firmware, mac: MacAddr, dir: &Path) -> anyhow::Result<Vm> {
+        Vm::start_with(lab, n, firmware, mac, dir, None)
+    }
+
+    /// As [`Vm::start`], with `disk` (a raw image) as its first hard disk; it reboots when its
+    /// software reboots (network first again, as a data-center machine's boot order says).
+    pub fn start_with_disk(lab: &Lab, n: u32, firmware: Firmware, mac: MacAddr, dir: &Path, disk: &Path) -> anyhow::Result<Vm> {
+        Vm::start_with(lab, n, firmware, mac, dir, Some(disk))
+    }
+
+    fn start_with(lab: &Lab, n: u32, firmware: Firmware, mac: MacAddr, dir: &Path, disk: Option<&Path>) -> anyhow::Result<Vm> {
         anyhow::ensure!(n < 100, "VM number {n} out of range");
         let tap = format!("nbx{}v{n}", lab.id);
         let ns = &lab.client;
@@ -61,8 +72,12 @@ impl Vm {
         run_checked(ns.command("ip").args(["link", "set", &tap, "up"])).map_err(cleanup)?;
         let console = dir.join(format!("vm{n}.console"));
         let mut cmd = ns.command("qemu-system-x86_64");
-        cmd.args(["-accel", "tcg,tb-size=64", "-m", "256", "-smp", "1", "-display", "none", "-monitor", "none", "-no-reboot"])
-            .arg("-serial")
+        cmd.args(["-accel", "tcg,tb-size=64", "-m", "256", "-smp", "1", "-display", "none", "-monitor", "none"]);
+        match disk {
+            Some(d) => cmd.args(["-drive", &format!("file={},format=raw,if=ide", d.display())]),
+            None => cmd.arg("-no-reboot"),
+        };
+        cmd.arg("-serial")
             .arg(format!("file:{}", console.display()))
             .args(["-netdev", &format!("tap,id=n0,ifname={tap},script=no,downscript=no")]);
         match firmware {

@@ -223,3 +223,84 @@ fn ten_vms_at_once_all_boot() {
     eprintln!("e2e: 10 VMs at once (7 SeaBIOS+iPXE ROM, 3 OVMF PXE): all booted in {wall:.1} s; per VM {secs:.1?}");
     drop(agent);
 }
+
+/// What this test's machine does: with intent `install`, the "installer" (the script) fetches
+/// its payload, then waits for the test to have phoned home for it and reboots; with intent
+/// `local` the agent serves the local-disk script instead of this template.
+const INSTALL_SCRIPT: &str = "#!ipxe\necho netboot-xdp e2e: intent {{ intent }}, reports to {{ phone_home }}\nimgfetch http://{{ server }}:8080/final.txt\n\
+:wait\nsleep 1\nimgfetch http://{{ server }}:8080/done/{{ mac }} || goto wait\nreboot\n";
+
+/// A boot sector that writes a marker to the first serial port and halts: proof that the
+/// machine booted its local disk.
+fn local_disk(path: &Path) {
+    let mut mbr = vec![
+        0xfa, // cli
+        0x31, 0xc0, // xor ax, ax
+        0x8e, 0xd8, // mov ds, ax
+        0xbe, 0x16, 0x7c, // mov si, 0x7c16 (the message)
+        0xba, 0xf8, 0x03, // mov dx, 0x3f8 (COM1)
+        0xac, // next: lodsb
+        0x84, 0xc0, // test al, al
+        0x74, 0x03, // jz done
+        0xee, // out dx, al
+        0xeb, 0xf8, // jmp next
+        0xf4, // done: hlt
+        0xeb, 0xfd, // jmp done
+    ];
+    mbr.extend_from_slice(b"NBX-LOCAL-DISK\r\n\0");
+    mbr.resize(510, 0);
+    mbr.extend_from_slice(&[0x55, 0xaa]);
+    mbr.resize(1 << 20, 0);
+    std::fs::write(path, mbr).unwrap();
+}
+
+/// Issue 15 with a real machine: a node with intent `install` boots its installer, the install
+/// phones home `installed` with the URL its script got, and on its next boot (the machine
+/// reboots, network first) it gets the local-disk script and boots its disk.
+#[test]
+fn installed_node_boots_its_local_disk_next_time() {
+    if !require_root("installed_node_boots_its_local_disk_next_time") {
+        return;
+    }
+    let _serial = tests::serial();
+    let s = setup("e2e-install", 1);
+    std::fs::write(s.dir.join("http/boot.ipxe.j2"), INSTALL_SCRIPT).unwrap();
+    std::fs::create_dir_all(s.dir.join("http/done")).unwrap();
+    let disk = s.dir.join("disk.img");
+    local_disk(&disk);
+    let agent = s.start();
+    let m = mac(0);
+    let cli = std::process::Command::new(tests::bin("netboot-xdp"))
+        .args(["node", &m.to_string(), "intent", "install", "--iface", &s.lab.server_if])
+        .output()
+        .unwrap();
+    assert!(cli.status.success(), "{}", String::from_utf8_lossy(&cli.stderr));
+    let mut vms = vec![Vm::start_with_disk(&s.lab, 0, Firmware::SeaBiosIpxeRom, m, &s.dir, &disk).expect("VM")];
+    let node = wait_booted(&s, &mut vms).remove(0);
+    let to_script = check_chain(&vms[0], &node);
+
+    // The installer's phone-home, with the URL its script got (the same URL on a fetch again).
+    let script = netboot::runtime::control_get(&s.lab.server_if, &format!("/boot.ipxe?mac={m}")).unwrap();
+    let script = String::from_utf8(script).unwrap();
+    assert!(script.contains("intent install"), "{script}");
+    let phone_home = script.split("reports to ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap_or_default().to_string();
+    assert!(phone_home.starts_with(&format!("http://10.77.0.1:8080/api/v1/nodes/{m}/events?token=")), "{script}");
+    let (code, body) = s.curl(&["-X", "POST", "-d", r#"{"event":"installed","message":"e2e"}"#, &phone_home]);
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    std::fs::write(s.dir.join(format!("http/done/{m}")), b"ok\n").unwrap();
+
+    // It reboots: network first, the local-disk script, its disk.
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    while !vms[0].console_text().contains("NBX-LOCAL-DISK") {
+        assert!(vms[0].running(), "VM exited: {}", vms[0].console_text());
+        assert!(Instant::now() < deadline, "the local disk did not boot: {:?}\n{}", timeline(&s, m), vms[0].console_text());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let local = agent.status().unwrap()["agent"]["http_scripts_local"].as_u64().unwrap_or(0);
+    assert!(local >= 1, "no local-disk script was served");
+    let node = timeline(&s, m).unwrap();
+    let events = node["events"].as_array().unwrap();
+    let installed = events.iter().position(|e| e["stage"] == "event" && e["event"] == "installed").expect("installed on the timeline");
+    assert!(events[installed..].iter().any(|e| e["stage"] == "script"), "no script after the install: {node:#}");
+    eprintln!("e2e: install then local boot (SeaBIOS): VM start to script {to_script:.1} s, to the local disk {:.1} s", vms[0].started.elapsed().as_secs_f64());
+}
