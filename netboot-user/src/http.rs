@@ -49,6 +49,8 @@ pub struct View {
     /// `http.listen`'s port, for the URLs scripts get.
     pub port: u16,
     pub profiles: Vec<crate::config::profile::Profile>,
+    /// `http.listen` also speaks TLS (`[api] tls_cert`): tokens are refused over plain HTTP.
+    pub tls: bool,
 }
 
 impl View {
@@ -61,6 +63,7 @@ impl View {
             public_read: config.api.public_read,
             port: config.http.listen.port(),
             profiles: config.profiles.clone(),
+            tls: config.api.tls_cert.is_some(),
         }
     }
 }
@@ -164,6 +167,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let state = Arc::new(state);
     let max_connections = configs.borrow().http.max_connections;
+    let tls = crate::api_tls::server_config(&configs.borrow().api)?;
     let follow = {
         let state = state.clone();
         tokio::spawn(async move {
@@ -173,9 +177,13 @@ pub async fn serve(
             }
         })
     };
-    let listener = crate::http_listener::LimitedListener::new(listener, max_connections, state.stats.clone());
+    let mut listener = crate::http_listener::LimitedListener::new(listener, max_connections, state.stats.clone());
+    let tls_on = tls.is_some();
+    if let Some(tls) = tls {
+        listener = listener.with_tls(tls);
+    }
     let app = router(state);
-    tracing::info!(listen = %axum::serve::Listener::local_addr(&listener)?, max_connections, "HTTP service up");
+    tracing::info!(listen = %axum::serve::Listener::local_addr(&listener)?, max_connections, tls = tls_on, "HTTP service up");
     let until = |mut s: watch::Receiver<bool>| async move {
         let _ = s.changed().await;
     };
@@ -230,7 +238,7 @@ async fn static_file(State(st): State<Arc<HttpState>>, req: Request) -> Response
 async fn confine_and_count(State(st): State<Arc<HttpState>>, mut req: Request, next: Next) -> Response {
     let started = std::time::Instant::now();
     st.stats.bump("http_requests");
-    let peer = req.extensions().get::<ConnectInfo<PeerAddr>>().and_then(|c| match c.0.0 {
+    let peer = req.extensions().get::<ConnectInfo<PeerAddr>>().and_then(|c| match c.0.addr {
         SocketAddr::V4(a) => Some(*a.ip()),
         SocketAddr::V6(a) => a.ip().to_ipv4_mapped(),
     });

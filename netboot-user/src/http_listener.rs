@@ -2,6 +2,11 @@
 //! in the listen backlog, where the kernel holds them without costing the agent anything), and
 //! a connection that moves no byte in either direction for [`IDLE_TIMEOUT`] is closed (a
 //! client that opens connections and sends nothing, or stops reading, does not keep a place).
+//!
+//! With TLS for the API (`[api] tls_cert`), the same port speaks both: a connection whose first
+//! byte opens a TLS handshake record is TLS, any other is plain HTTP (boot clients). Each
+//! connection is told apart and its handshake done in a task of its own, bounded by
+//! [`HANDSHAKE_TIMEOUT`], so a slow handshake holds no other connection back.
 
 use crate::stats::Stats;
 use axum::extract::connect_info::Connected;
@@ -17,20 +22,106 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// How long a connection may move no byte before it is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a connection may take to send its first byte and, if TLS, finish its handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The first byte of a TLS record carrying a handshake (RFC 8446 §5.1: ContentType 22).
+const TLS_HANDSHAKE: u8 = 22;
 
 pub struct LimitedListener {
     inner: TcpListener,
     /// `None`: unlimited.
     places: Option<Arc<Semaphore>>,
     stats: Arc<Stats>,
+    tls: Option<Tls>,
+}
+
+/// TLS beside plain HTTP: connections told apart (and handshaken) by tasks, handed back here.
+struct Tls {
+    acceptor: tokio_rustls::TlsAcceptor,
+    ready_tx: tokio::sync::mpsc::Sender<(LimitedStream, SocketAddr)>,
+    ready_rx: tokio::sync::mpsc::Receiver<(LimitedStream, SocketAddr)>,
 }
 
 impl LimitedListener {
     /// `max_connections` = 0: unlimited.
     pub fn new(inner: TcpListener, max_connections: u32, stats: Arc<Stats>) -> LimitedListener {
         let places = (max_connections != 0).then(|| Arc::new(Semaphore::new(max_connections as usize)));
-        LimitedListener { inner, places, stats }
+        LimitedListener { inner, places, stats, tls: None }
     }
+
+    /// Also speaks TLS with `config` on the same port.
+    pub fn with_tls(mut self, config: Arc<rustls::ServerConfig>) -> LimitedListener {
+        let (ready_tx, ready_rx) = tokio::sync::mpsc::channel(1024);
+        self.tls = Some(Tls { acceptor: tokio_rustls::TlsAcceptor::from(config), ready_tx, ready_rx });
+        self
+    }
+}
+
+/// A TCP connection with its place.
+async fn accept_tcp(inner: &TcpListener, places: &Option<Arc<Semaphore>>, stats: &Stats) -> (TcpStream, SocketAddr, Option<OwnedSemaphorePermit>) {
+    let place = match places {
+        Some(p) => {
+            if p.available_permits() == 0 {
+                stats.bump("http_connections_waiting_for_a_place");
+            }
+            Some(p.clone().acquire_owned().await.expect("the semaphore is never closed"))
+        }
+        None => None,
+    };
+    loop {
+        match inner.accept().await {
+            Ok((stream, addr)) => {
+                let _ = stream.set_nodelay(true);
+                stats.bump("http_connections");
+                return (stream, addr, place);
+            }
+            // Out of descriptors and the like: wait, as axum's own listener does.
+            Err(e) => {
+                tracing::warn!("http accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+impl LimitedStream {
+    fn new(stream: Io, stats: Arc<Stats>, place: Option<OwnedSemaphorePermit>) -> LimitedStream {
+        LimitedStream { stream, idle: Box::pin(tokio::time::sleep(IDLE_TIMEOUT)), stats, _place: place }
+    }
+
+    /// Whether the connection is TLS.
+    pub fn is_tls(&self) -> bool {
+        matches!(self.stream, Io::Tls(_))
+    }
+}
+
+/// Tells a connection's protocol by its first byte, does the TLS handshake, hands it back.
+async fn sort(tcp: TcpStream, addr: SocketAddr, place: Option<OwnedSemaphorePermit>, acceptor: tokio_rustls::TlsAcceptor, stats: Arc<Stats>, ready: tokio::sync::mpsc::Sender<(LimitedStream, SocketAddr)>) {
+    let mut first = [0u8; 1];
+    let io = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await {
+        Ok(Ok(1)) if first[0] == TLS_HANDSHAKE => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => {
+                stats.bump("http_tls_connections");
+                Io::Tls(Box::new(tls))
+            }
+            Ok(Err(e)) => {
+                stats.bump("http_tls_handshake_failed");
+                tracing::debug!(%addr, "TLS handshake failed: {e}");
+                return;
+            }
+            Err(_) => {
+                stats.bump("http_tls_handshake_failed");
+                return;
+            }
+        },
+        Ok(Ok(1)) => Io::Plain(tcp),
+        // Closed, failed, or silent for the whole timeout.
+        _ => {
+            stats.bump("http_idle_closed");
+            return;
+        }
+    };
+    let _ = ready.send((LimitedStream::new(io, stats, place), addr)).await;
 }
 
 impl Listener for LimitedListener {
@@ -38,27 +129,18 @@ impl Listener for LimitedListener {
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (LimitedStream, SocketAddr) {
-        let place = match &self.places {
-            Some(p) => {
-                if p.available_permits() == 0 {
-                    self.stats.bump("http_connections_waiting_for_a_place");
-                }
-                Some(p.clone().acquire_owned().await.expect("the semaphore is never closed"))
-            }
-            None => None,
+        let LimitedListener { inner, places, stats, tls } = self;
+        let Some(tls) = tls else {
+            let (tcp, addr, place) = accept_tcp(inner, places, stats).await;
+            return (LimitedStream::new(Io::Plain(tcp), stats.clone(), place), addr);
         };
         loop {
-            match self.inner.accept().await {
-                Ok((stream, addr)) => {
-                    let _ = stream.set_nodelay(true);
-                    self.stats.bump("http_connections");
-                    let idle = Box::pin(tokio::time::sleep(IDLE_TIMEOUT));
-                    return (LimitedStream { stream, idle, stats: self.stats.clone(), _place: place }, addr);
-                }
-                // Out of descriptors and the like: wait, as axum's own listener does.
-                Err(e) => {
-                    tracing::warn!("http accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+            // Both branches are cancel-safe (a place not yet taken, or a connection not yet
+            // accepted, stays where it was).
+            tokio::select! {
+                Some(ready) = tls.ready_rx.recv() => return ready,
+                (tcp, addr, place) = accept_tcp(inner, places, stats) => {
+                    tokio::spawn(sort(tcp, addr, place, tls.acceptor.clone(), stats.clone(), tls.ready_tx.clone()));
                 }
             }
         }
@@ -69,19 +151,61 @@ impl Listener for LimitedListener {
     }
 }
 
-/// The peer's address, as `ConnectInfo` of a [`LimitedListener`] connection.
+/// The peer's address and whether it speaks TLS, as `ConnectInfo` of a [`LimitedListener`]
+/// connection.
 #[derive(Debug, Clone, Copy)]
-pub struct PeerAddr(pub SocketAddr);
+pub struct PeerAddr {
+    pub addr: SocketAddr,
+    pub tls: bool,
+}
 
 impl Connected<IncomingStream<'_, LimitedListener>> for PeerAddr {
     fn connect_info(stream: IncomingStream<'_, LimitedListener>) -> Self {
-        PeerAddr(*stream.remote_addr())
+        PeerAddr { addr: *stream.remote_addr(), tls: stream.io().is_tls() }
+    }
+}
+
+/// A connection's bytes: plain, or TLS.
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Io {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
     }
 }
 
 /// A connection holding its place; idle for [`IDLE_TIMEOUT`], it fails with `TimedOut`.
 pub struct LimitedStream {
-    stream: TcpStream,
+    stream: Io,
     idle: Pin<Box<tokio::time::Sleep>>,
     stats: Arc<Stats>,
     _place: Option<OwnedSemaphorePermit>,

@@ -10,6 +10,7 @@
 //! - [`cli`]: the `netboot-xdp` command line.
 
 pub mod agent;
+pub mod api_tls;
 pub mod cli;
 pub mod cluster;
 pub mod config;

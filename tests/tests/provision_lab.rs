@@ -345,3 +345,58 @@ fn dashboard_shows_the_apis_numbers(s: &Setup, reader: &str) {
     let png = std::fs::read(&shot).unwrap_or_default();
     assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "no screenshot at {}", shot.display());
 }
+
+/// A CA, a server certificate for 10.77.0.1 and a client certificate, made with openssl in
+/// `dir`.
+fn certificates(dir: &std::path::Path) {
+    let sh = |cmd: &str| {
+        let out = Command::new("sh").arg("-c").arg(cmd).current_dir(dir).output().unwrap();
+        assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let key = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
+    sh(&format!("openssl req -x509 {key} -keyout ca.key -out ca.pem -days 2 -subj /CN=nbx-test-ca"));
+    for (name, ext) in [("server", "subjectAltName=IP:10.77.0.1\nextendedKeyUsage=serverAuth"), ("client", "extendedKeyUsage=clientAuth")] {
+        std::fs::write(dir.join(format!("{name}.ext")), format!("basicConstraints=CA:FALSE\n{ext}\n")).unwrap();
+        sh(&format!("openssl req {key} -keyout {name}.key -out {name}.csr -subj /CN=nbx-test-{name}"));
+        sh(&format!("openssl x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -out {name}.pem -extfile {name}.ext"));
+    }
+}
+
+/// `[api] tls_cert`, `tls_key`, `client_ca`: the API over TLS with client certificates on
+/// `http.listen`'s port, boot routes still plain HTTP there, a token over plain HTTP refused,
+/// and a half TLS config refused with its position.
+#[test]
+fn the_api_speaks_tls_with_client_certificates_beside_plain_boot_http() {
+    if !require_root("the_api_speaks_tls_with_client_certificates_beside_plain_boot_http") {
+        return;
+    }
+    let _serial = tests::serial();
+    let s = setup("provtls");
+    certificates(&s.dir);
+    let base = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(&s.config, format!("{base}tls_cert = \"server.pem\"\n")).unwrap();
+    let check = Command::new(bin("netboot-xdp")).args(["check", "-c"]).arg(&s.config).output().unwrap();
+    let err = String::from_utf8_lossy(&check.stderr);
+    assert!(!check.status.success() && err.contains("netboot.toml:") && err.contains("tls_cert needs tls_key"), "{err}");
+    std::fs::write(&s.config, format!("{base}tls_cert = \"server.pem\"\ntls_key = \"server.key\"\nclient_ca = \"ca.pem\"\n")).unwrap();
+    let reader = token(&s, "dash", "read");
+    let agent = s.start();
+    let d = |f: &str| s.dir.join(f).display().to_string();
+    let (ca, cert, key) = (d("ca.pem"), d("client.pem"), d("client.key"));
+    let https = "https://10.77.0.1:8080/api/v1/hosts";
+
+    let (code, body) = s.curl(&["--cacert", &ca, "--cert", &cert, "--key", &key, "-H", &auth(&reader), https]);
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    assert!(json(&body).as_array().is_some());
+    // No client certificate: no TLS session at all; a certificate is not a token.
+    assert_eq!(s.curl(&["--cacert", &ca, "-H", &auth(&reader), https]).0, 0);
+    assert_eq!(s.curl(&["--cacert", &ca, "--cert", &cert, "--key", &key, https]).0, 401);
+    // Plain HTTP on the same port: boot routes as before, tokens refused.
+    assert_eq!(s.curl(&[&format!("{BASE}/boot.ipxe?mac=52:54:00:cc:00:01")]).0, 200);
+    let (code, body) = s.curl(&["-H", &auth(&reader), &format!("{BASE}/api/v1/hosts")]);
+    assert_eq!(code, 403, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("TLS only"));
+    let agent_stats = agent.status().unwrap()["agent"].clone();
+    assert!(agent_stats["http_tls_connections"].as_u64().unwrap_or(0) >= 2, "{agent_stats}");
+    assert!(agent_stats["http_tls_handshake_failed"].as_u64().unwrap_or(0) >= 1, "{agent_stats}");
+}

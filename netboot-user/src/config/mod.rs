@@ -57,6 +57,18 @@ pub struct ApiConfig {
     /// `tokens_file` resolved against the config's directory.
     #[serde(skip)]
     pub tokens_path: Option<PathBuf>,
+    /// PEM certificate chain and key: `http.listen` then also speaks TLS (the API's tokens
+    /// then travel only over TLS). Relative to the config's directory.
+    pub tls_cert: Option<Spanned<PathBuf>>,
+    pub tls_key: Option<Spanned<PathBuf>>,
+    /// PEM CA certificates: TLS clients must present a certificate it signed.
+    pub client_ca: Option<Spanned<PathBuf>>,
+    #[serde(skip)]
+    pub tls_cert_path: Option<PathBuf>,
+    #[serde(skip)]
+    pub tls_key_path: Option<PathBuf>,
+    #[serde(skip)]
+    pub client_ca_path: Option<PathBuf>,
 }
 
 /// `[cluster]`: several servers sharing one PostgreSQL lease store (docs/CLUSTER.md).
@@ -516,8 +528,20 @@ impl Config {
             }
             cfg.dhcp.hosts_path = Some(file);
         }
-        if let Some(t) = &cfg.api.tokens_file {
-            cfg.api.tokens_path = Some(path.parent().unwrap_or(Path::new(".")).join(t.get_ref()));
+        let beside = |p: &Spanned<PathBuf>| path.parent().unwrap_or(Path::new(".")).join(p.get_ref());
+        let api = &mut cfg.api;
+        api.tokens_path = api.tokens_file.as_ref().map(beside);
+        api.tls_cert_path = api.tls_cert.as_ref().map(beside);
+        api.tls_key_path = api.tls_key.as_ref().map(beside);
+        api.client_ca_path = api.client_ca.as_ref().map(beside);
+        match (&api.tls_cert, &api.tls_key, &api.client_ca) {
+            (Some(c), None, _) => return Err(at(c.span(), "tls_cert needs tls_key".into())),
+            (None, Some(k), _) => return Err(at(k.span(), "tls_key needs tls_cert".into())),
+            (None, None, Some(ca)) => return Err(at(ca.span(), "client_ca needs tls_cert and tls_key".into())),
+            (Some(c), Some(_), _) => {
+                crate::api_tls::server_config(api).map_err(|e| at(c.span(), format!("[api] TLS: {e:#}")))?;
+            }
+            (None, None, None) => {}
         }
         Ok(cfg)
     }

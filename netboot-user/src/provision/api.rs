@@ -90,10 +90,10 @@ pub async fn authorize(State(st): State<Arc<HttpState>>, mut req: Request, next:
     if !path.starts_with("/api/v1/") {
         return next.run(req).await;
     }
-    if req.extensions().get::<ConnectInfo<PeerAddr>>().is_none() {
+    let Some(peer) = req.extensions().get::<ConnectInfo<PeerAddr>>().map(|c| c.0) else {
         req.extensions_mut().insert(Who("control-socket".into()));
         return next.run(req).await;
-    }
+    };
     let view = st.view();
     let read = matches!(*req.method(), Method::GET | Method::HEAD);
     let need = match (read, path.as_str()) {
@@ -110,6 +110,11 @@ pub async fn authorize(State(st): State<Arc<HttpState>>, mut req: Request, next:
         st.stats.bump(if code == StatusCode::UNAUTHORIZED { "api_unauthorized" } else { "api_forbidden" });
         (code, [(header::WWW_AUTHENTICATE, "Bearer")], format!("{msg}\n")).into_response()
     };
+    if bearer.is_some() && view.tls && !peer.tls {
+        // The token crossed the network in clear once; it must not be accepted that way.
+        st.stats.bump("api_token_over_plain_http");
+        return (StatusCode::FORBIDDEN, "tokens are accepted over TLS only ([api] tls_cert): use https:// on the same port\n").into_response();
+    }
     match bearer.as_deref().map(|t| view.tokens.check(t)) {
         Some(Some((name, scope))) if scope >= need => {
             req.extensions_mut().insert(Who(name));
