@@ -4,8 +4,9 @@
 //!   for the node (without `mac`, the node that has the requesting address): `mac`, `ip`, `hostname`, `class`, `arch`, `vars`, `server`. Every value is
 //!   reduced to characters that cannot change an iPXE script's meaning (no newline, `$`, `;`,
 //!   quotes, spaces), so a hostname or a variable cannot inject commands.
-//! - Static files under `http.root` with HEAD, Range, Last-Modified (tower-http's ServeDir) and
-//!   ETag/If-None-Match (here), confined to the root: `..` and symlinks leaving it are refused.
+//! - Static files under `http.root` ([`crate::http_files`]): kept open, sent with sendfile(2)
+//!   on plain connections ([`crate::http_conn`]), HEAD, one Range, ETag/If-None-Match,
+//!   Last-Modified, confined to the root: `..` and symlinks leaving it are refused.
 //! - `GET /api/v1/nodes[?stage=S][&idle=SECS]` and `/api/v1/nodes/MAC`: boot timelines
 //!   ([`crate::timeline`]).
 //! - `GET /api/v1/leases`: the lease store as JSON (with the kernel's renewals not yet written); `GET /api/v1/status`: what
@@ -35,7 +36,6 @@ use crate::timeline::{Milestone, Timelines};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use tower::ServiceExt;
 use tokio::sync::watch;
 
 /// What the HTTP layer takes from the config; replaced as a whole on reload.
@@ -91,6 +91,8 @@ pub struct HttpState {
     pub provision: Option<Arc<crate::provision::Provision>>,
     /// The machines that asked (absent in unit tests).
     pub discovery: Option<Arc<crate::provision::discovery::Discovery>>,
+    /// Files of `http.root` kept open.
+    pub files: crate::http_files::OpenFiles,
 }
 
 impl HttpState {
@@ -107,6 +109,7 @@ impl HttpState {
             server_id: config.cluster.server_id().map(str::to_string),
             provision: None,
             discovery: None,
+            files: Default::default(),
         }
     }
 
@@ -174,6 +177,7 @@ pub async fn serve(
             while configs.changed().await.is_ok() {
                 let view = Arc::new(View::new(&configs.borrow_and_update()));
                 *state.view.write().unwrap_or_else(|e| e.into_inner()) = view;
+                state.files.clear();
             }
         })
     };
@@ -182,15 +186,15 @@ pub async fn serve(
     if let Some(tls) = tls {
         listener = listener.with_tls(tls);
     }
+    let stats = state.stats.clone();
     let app = router(state);
     tracing::info!(listen = %axum::serve::Listener::local_addr(&listener)?, max_connections, tls = tls_on, "HTTP service up");
     let until = |mut s: watch::Receiver<bool>| async move {
         let _ = s.changed().await;
     };
-    let tcp = axum::serve(listener, app.clone().into_make_service_with_connect_info::<PeerAddr>())
-        .with_graceful_shutdown(until(shutdown.clone()));
+    let tcp = crate::http_conn::serve(listener, app.clone(), stats, shutdown.clone());
     let unix = axum::serve(control, app).with_graceful_shutdown(until(shutdown));
-    let result = tokio::try_join!(async { tcp.await }, async { unix.await });
+    let (_, result) = tokio::join!(tcp, async { unix.await });
     follow.abort();
     result?;
     Ok(())
@@ -222,19 +226,29 @@ async fn dashboard() -> Response {
 #[derive(Clone, Copy)]
 struct Peer(Option<Ipv4Addr>);
 
+/// Files under `http.root` (see [`crate::http_files`]); any other `/api/` path is no route.
 async fn static_file(State(st): State<Arc<HttpState>>, req: Request) -> Response {
-    if req.uri().path().starts_with("/api/") {
+    let path = req.uri().path();
+    if path.starts_with("/api/") {
         return crate::provision::api::text(StatusCode::NOT_FOUND, "no such API route (see /api/v1/openapi.json)");
     }
-    let files = tower_http::services::ServeDir::new(&st.view().root);
-    match files.oneshot(req).await {
-        Ok(r) => r.into_response(),
-        Err(never) => match never {},
+    let rel = percent_decode(path.trim_start_matches('/'));
+    let root = st.view().root.clone();
+    match st.files.get(&root, &rel) {
+        Ok(file) => {
+            let sendfile = req.extensions().get::<crate::http_files::SendFileOk>().is_some();
+            crate::http_files::respond(req.method(), req.headers(), path, file, sendfile)
+        }
+        Err(crate::http_files::Refusal::Outside) => {
+            st.stats.bump("http_refused_path");
+            StatusCode::FORBIDDEN.into_response()
+        }
+        Err(crate::http_files::Refusal::NotFound) => StatusCode::NOT_FOUND.into_response(),
     }
 }
 
-/// Counts and times every request, refuses paths that resolve (through symlinks) outside the
-/// root, adds an ETag to files, and records files fetched on the node's timeline.
+/// Counts and times every request, and records files fetched on the node's timeline (when
+/// their last byte is sent, for a file the connection sends itself).
 async fn confine_and_count(State(st): State<Arc<HttpState>>, mut req: Request, next: Next) -> Response {
     let started = std::time::Instant::now();
     st.stats.bump("http_requests");
@@ -245,53 +259,24 @@ async fn confine_and_count(State(st): State<Arc<HttpState>>, mut req: Request, n
     req.extensions_mut().insert(Peer(peer));
     let path = req.uri().path().trim_start_matches('/').to_string();
     let is_file = !path.is_empty() && !matches!(path.as_str(), "boot.ipxe" | "metrics") && !path.starts_with("api/");
-    let resp = if is_file { serve_file(&st, &path, req, next).await } else { next.run(req).await };
-    let took = started.elapsed();
-    st.stats.observe(Stage::HttpRequest, took);
-    if let (true, Some(ip)) = (is_file, peer) {
-        let bytes = resp.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
-        let what = Milestone::File { path: format!("/{path}"), status: resp.status().as_u16(), bytes, ms: took.as_millis() as u64 };
-        st.timelines.record_by_ip(ip, what);
-    }
-    resp
-}
-
-async fn serve_file(st: &HttpState, path: &str, req: Request, next: Next) -> Response {
-    let decoded = percent_decode(path);
-    if decoded.split('/').any(|c| c == "..") {
-        st.stats.bump("http_refused_path");
-        return StatusCode::FORBIDDEN.into_response();
-    }
-    let root = st.view().root.clone();
-    let (Ok(root), Ok(real)) = (root.canonicalize(), root.join(&decoded).canonicalize()) else {
-        return next.run(req).await; // not there: ServeDir answers 404
-    };
-    if !real.starts_with(&root) {
-        st.stats.bump("http_refused_path");
-        return StatusCode::FORBIDDEN.into_response();
-    }
-    // ETag from size and modification time (ServeDir gives Last-Modified only).
-    let Some(tag) = std::fs::metadata(&real).ok().filter(|m| m.is_file()).map(|m| etag(&m)) else {
-        return next.run(req).await;
-    };
-    let matches = req
-        .headers()
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == tag || t.trim() == "*"));
-    if matches {
-        return (StatusCode::NOT_MODIFIED, [(header::ETAG, tag)]).into_response();
-    }
     let mut resp = next.run(req).await;
-    if let Ok(v) = header::HeaderValue::from_str(&tag) {
-        resp.headers_mut().insert(header::ETAG, v);
+    st.stats.observe(Stage::HttpRequest, started.elapsed());
+    if let (true, Some(ip)) = (is_file, peer) {
+        let status = resp.status().as_u16();
+        let bytes = resp.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
+        let timelines = st.timelines.clone();
+        let record = move |complete: bool| {
+            let what = Milestone::File { path: format!("/{path}"), status: if complete { status } else { 499 }, bytes, ms: started.elapsed().as_millis() as u64 };
+            timelines.record_by_ip(ip, what);
+        };
+        match resp.extensions_mut().get_mut::<crate::http_files::SendFile>() {
+            Some(sf) => sf.done = Some(Arc::new(record)),
+            None => {
+                record(true);
+            }
+        }
     }
     resp
-}
-
-fn etag(m: &std::fs::Metadata) -> String {
-    let mtime = m.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).unwrap_or_default();
-    format!("\"{:x}-{:x}\"", m.len(), mtime.as_nanos())
 }
 
 fn percent_decode(s: &str) -> String {

@@ -19,6 +19,8 @@ pub mod fastpath;
 pub mod frame;
 pub mod http;
 pub mod http_client;
+pub mod http_conn;
+pub mod http_files;
 pub mod http_listener;
 pub mod iface;
 pub mod mac;

@@ -98,6 +98,11 @@ pub fn render(iface: &str, xdp: Option<&Counters>, stats: &Stats, timeline_nodes
         t.sample("netboot_http_requests_total", &[("kind", kind)], get(key));
     }
 
+    t.family("netboot_http_file_bytes_total", "counter", "File bytes sent with sendfile (rate: the payload's bytes per second).");
+    t.sample("netboot_http_file_bytes_total", &[], get("http_file_bytes"));
+    t.family("netboot_http_downloads_active", "gauge", "Files being sent now.");
+    t.sample("netboot_http_downloads_active", &[], get("http_downloads_active"));
+
     t.family("netboot_config_reloads_total", "counter", "Configuration reloads (SIGHUP or file change), by result.");
     t.sample("netboot_config_reloads_total", &[("result", "ok")], get("config_reloads"));
     t.sample("netboot_config_reloads_total", &[("result", "invalid")], get("config_reload_errors"));

@@ -80,6 +80,13 @@ impl Stats {
         }
     }
 
+    /// Lowers a gauge (never below 0).
+    pub fn sub(&self, name: &str, n: u64) {
+        if let Some(v) = self.counters.lock().unwrap_or_else(|e| e.into_inner()).get_mut(name) {
+            *v = v.saturating_sub(n);
+        }
+    }
+
     pub fn set(&self, name: &str, v: u64) {
         self.counters.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), v);
     }

@@ -7,7 +7,7 @@ use tests::{kit, require_root};
 
 /// A lab with an agent serving scripts and files from `root` (the agent stops first).
 struct Setup {
-    _agent: Agent,
+    agent: Agent,
     root: PathBuf,
     kit: kit::Setup,
 }
@@ -34,7 +34,7 @@ fn setup() -> Setup {
     std::fs::write(dir.join("secret"), b"outside").unwrap();
     std::os::unix::fs::symlink(dir.join("secret"), root.join("escape")).unwrap();
     let agent = kit.start();
-    Setup { _agent: agent, root, kit }
+    Setup { agent, root, kit }
 }
 
 #[test]
@@ -152,6 +152,11 @@ fn files_and_ranges_are_byte_exact_under_concurrency_and_dhcp_keeps_answering() 
     for mut c in clients {
         assert!(c.wait().unwrap().success());
     }
+    // Sent with sendfile(2), every byte, and no download left open.
+    let stats = s.agent.status().unwrap()["agent"].clone();
+    let ranged: usize = ranges.iter().map(|(a, b)| b - a + 1).sum();
+    assert_eq!(stats["http_file_bytes"].as_u64(), Some(32 * (kernel.len() + ranged) as u64), "{stats}");
+    assert_eq!(stats["http_downloads_active"].as_u64(), Some(0), "{stats}");
     for i in 0..32 {
         assert!(std::fs::read(out.join(format!("k{i}"))).unwrap() == kernel, "client {i}: kernel differs");
         for (n, (a, b)) in ranges.iter().enumerate() {
