@@ -6,7 +6,7 @@
 //! max: fairness). Every body is checked for its length and its first and last bytes.
 
 use crate::proc::cpu_of;
-use http_body_util::BodyExt;
+use crate::http_fetch::{Connection, Expect};
 use crate::peers::Running;
 use netboot_lab::{Agent, Lab, LabSpec};
 use std::path::Path;
@@ -49,6 +49,8 @@ struct Run {
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let sizes = [args.kernel_mb << 20, args.payload_mb << 20];
+    let files = sizes.map(|size| netboot_lab::pattern(size as usize, size));
+    let expect = Arc::new([Expect::of(&files[0]), Expect::of(&files[1])]);
     println!("http-rate: {} clients, each a {} MiB kernel then a {} MiB initrd on one keep-alive connection", args.clients, args.kernel_mb, args.payload_mb);
     let mut runs = Vec::new();
     for server in args.servers.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -59,8 +61,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         let dir = lab.scratch_dir("http-rate")?;
         let root = dir.join("http");
         std::fs::create_dir_all(&root)?;
-        for (f, size) in FILES.iter().zip(sizes) {
-            std::fs::write(root.join(f), netboot_lab::pattern(size as usize, size))?;
+        for (f, content) in FILES.iter().zip(&files) {
+            std::fs::write(root.join(f), content)?;
         }
         let running = start(server, &lab, &dir, &root)?;
         // Warm the page cache for both alike: the first read of a file is a disk read.
@@ -68,7 +70,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             let _ = std::fs::read(root.join(f))?;
         }
         let cpu0: Duration = running.pids().into_iter().map(cpu_of).sum();
-        let (done, bytes, wall, client_cpu) = fetch_all(&lab, args, sizes)?;
+        let (done, bytes, wall, client_cpu) = fetch_all(&lab, args, expect.clone())?;
         let server_cpu = running.pids().into_iter().map(cpu_of).sum::<Duration>().saturating_sub(cpu0);
         drop(running);
         let r = Run { server: server.to_string(), done, bytes, wall, server_cpu, client_cpu };
@@ -105,7 +107,7 @@ fn start(server: &str, lab: &Lab, dir: &Path, root: &Path) -> anyhow::Result<Run
 
 /// Every client at once from the lab's client namespace; per-client completion, bytes, wall
 /// time and this process's CPU.
-fn fetch_all(lab: &Lab, args: &Args, sizes: [u64; 2]) -> anyhow::Result<(Vec<Result<f64, String>>, u64, Duration, Duration)> {
+fn fetch_all(lab: &Lab, args: &Args, expect: Arc<[Expect; 2]>) -> anyhow::Result<(Vec<Result<f64, String>>, u64, Duration, Duration)> {
     let (n, deadline) = (args.clients as usize, Duration::from_secs(args.deadline));
     lab.client.run(move || -> anyhow::Result<_> {
         netboot_lab::tftp_fetch::raise_fd_limit(n as u64 + 1024);
@@ -116,10 +118,10 @@ fn fetch_all(lab: &Lab, args: &Args, sizes: [u64; 2]) -> anyhow::Result<(Vec<Res
         let done = rt.block_on(async {
             let tasks: Vec<_> = (0..n)
                 .map(|_| {
-                    let bytes = bytes.clone();
+                    let (bytes, expect) = (bytes.clone(), expect.clone());
                     tokio::spawn(async move {
                         let t = Instant::now();
-                        match tokio::time::timeout(deadline, client(sizes, &bytes)).await {
+                        match tokio::time::timeout(deadline, client(&expect, &bytes)).await {
                             Ok(Ok(())) => Ok(t.elapsed().as_secs_f64()),
                             Ok(Err(e)) => Err(e),
                             Err(_) => Err(format!("not done within {deadline:?}")),
@@ -139,43 +141,10 @@ fn fetch_all(lab: &Lab, args: &Args, sizes: [u64; 2]) -> anyhow::Result<(Vec<Res
 }
 
 /// One machine: one connection, the kernel then the initrd.
-async fn client(sizes: [u64; 2], bytes: &std::sync::atomic::AtomicU64) -> Result<(), String> {
-    let stream = tokio::net::TcpStream::connect("10.77.0.1:8080").await.map_err(|e| format!("connect: {e}"))?;
-    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    for (f, size) in FILES.iter().zip(sizes) {
-        let req = hyper::Request::get(format!("/{f}"))
-            .header("host", "10.77.0.1")
-            .header("user-agent", "iPXE/1.21.1 (netboot-bench)")
-            .body(http_body_util::Empty::<bytes::Bytes>::new())
-            .map_err(|e| e.to_string())?;
-        let resp = send.send_request(req).await.map_err(|e| format!("{f}: {e}"))?;
-        if resp.status() != 200 {
-            return Err(format!("{f}: HTTP {}", resp.status()));
-        }
-        let expect = netboot_lab::pattern(64, size);
-        let tail_at = size - 64;
-        let (mut got, mut head, mut tail) = (0u64, Vec::new(), vec![0u8; 64]);
-        let mut body = resp.into_body();
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| format!("{f}: {e}"))?;
-            let Ok(data) = frame.into_data() else { continue };
-            if head.len() < 64 {
-                head.extend_from_slice(&data[..data.len().min(64 - head.len())]);
-            }
-            // The last 64 bytes, wherever they fall.
-            let (start, end) = (got, got + data.len() as u64);
-            if end > tail_at {
-                let from = tail_at.max(start);
-                tail[(from - tail_at) as usize..(end - tail_at) as usize].copy_from_slice(&data[(from - start) as usize..]);
-            }
-            got = end;
-            bytes.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        }
-        let full = netboot_lab::pattern(size as usize, size);
-        if got != size || head != expect || tail[..] != full[size as usize - 64..] {
-            return Err(format!("{f}: {got} bytes of {size}, or wrong bytes"));
-        }
+async fn client(expect: &[Expect; 2], bytes: &std::sync::atomic::AtomicU64) -> Result<(), String> {
+    let mut conn = Connection::open("10.77.0.1:8080").await?;
+    for (f, e) in FILES.iter().zip(expect) {
+        conn.fetch(&format!("/{f}"), e, bytes).await?;
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 mod dhcp_rate;
 mod dhcpgen;
+mod http_fetch;
 mod http_rate;
 mod peers;
 mod proc;

@@ -10,6 +10,8 @@ use std::process::{Child, Command, Stdio};
 pub enum Running {
     Agent(Agent),
     Children(Vec<Child>),
+    /// netboot-xdp for DHCP and TFTP, other processes (nginx) for HTTP.
+    AgentWith(Agent, Vec<Child>),
     /// netboot-xdp servers sharing one PostgreSQL (dropped after them), each on a host of
     /// the lab's segment (the first on the lab's server end); the hosts and the store are held
     /// for the run.
@@ -19,29 +21,40 @@ pub enum Running {
 impl Running {
     /// The processes whose CPU is the server's.
     pub fn pids(&self) -> Vec<u32> {
-        match self {
-            // A living child's CPU is its own; a reaped one's is in its parent's (cpu_of).
-            Running::Children(c) => c.iter().flat_map(|c| crate::proc::with_descendants(c.id())).collect(),
-            _ => self.agents().iter().filter_map(|a| a.status().ok()?["agent_pid"].as_u64()).map(|p| p as u32).collect(),
-        }
+        let agents = self.agents().iter().filter_map(|a| a.status().ok()?["agent_pid"].as_u64()).map(|p| p as u32);
+        // A living child's CPU is its own; a reaped one's is in its parent's (cpu_of).
+        let children = self.children().iter().flat_map(|c| crate::proc::with_descendants(c.id()));
+        agents.chain(children).collect()
     }
 
     /// The netboot-xdp agents.
     pub fn agents(&self) -> &[Agent] {
         match self {
-            Running::Agent(a) => std::slice::from_ref(a),
+            Running::Agent(a) | Running::AgentWith(a, _) => std::slice::from_ref(a),
             Running::Cluster { agents, .. } => agents,
             Running::Children(_) => &[],
         }
     }
 
+    fn children(&self) -> &[Child] {
+        match self {
+            Running::Children(c) | Running::AgentWith(_, c) => c,
+            _ => &[],
+        }
+    }
+
+    fn children_mut(&mut self) -> &mut [Child] {
+        match self {
+            Running::Children(c) | Running::AgentWith(_, c) => c,
+            _ => &mut [],
+        }
+    }
+
     /// Fails if a child process has already exited (a peer that rejected its config).
     pub fn check_alive(&mut self, what: &str) -> anyhow::Result<()> {
-        if let Running::Children(children) = self {
-            for c in children.iter_mut() {
-                if let Some(st) = c.try_wait()? {
-                    bail!("{what}: a server process exited at start ({st})");
-                }
+        for c in self.children_mut() {
+            if let Some(st) = c.try_wait()? {
+                bail!("{what}: a server process exited at start ({st})");
             }
         }
         Ok(())
@@ -55,19 +68,17 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        if let Running::Children(children) = self {
-            for c in children.iter_mut() {
-                // The whole group (tftpd-hpa forks a child per transfer, nginx its workers):
-                // SIGTERM first, so that a master reaps its workers (no zombies), then SIGKILL.
-                unsafe { libc::kill(-(c.id() as i32), libc::SIGTERM) };
-                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-                while c.try_wait().ok().flatten().is_none() && std::time::Instant::now() < deadline {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                unsafe { libc::kill(-(c.id() as i32), libc::SIGKILL) };
-                let _ = c.kill();
-                let _ = c.wait();
+        for c in self.children_mut() {
+            // The whole group (tftpd-hpa forks a child per transfer, nginx its workers):
+            // SIGTERM first, so that a master reaps its workers (no zombies), then SIGKILL.
+            unsafe { libc::kill(-(c.id() as i32), libc::SIGTERM) };
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            while c.try_wait().ok().flatten().is_none() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(20));
             }
+            unsafe { libc::kill(-(c.id() as i32), libc::SIGKILL) };
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 }

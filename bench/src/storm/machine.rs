@@ -29,6 +29,8 @@ pub const IPXE_TIMEOUTS: [u64; 5] = [1, 2, 4, 8, 16];
 pub const IPXE_PROXY_WAIT: Duration = Duration::from_secs(3);
 pub const TFTP_GIVE_UP: Duration = Duration::from_secs(20);
 pub const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+/// A kernel or initrd: a storm shares the link, so this is long.
+const FILE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Failure reasons that are correctness violations (wrong address, file or bytes) start so;
 /// the rest are timeouts and refusals.
@@ -58,6 +60,8 @@ pub struct Expect {
     pub script_urls: Vec<String>,
     /// Whether each machine's address is its reservation (`false`: from the pool, `--pool`).
     pub reserved: bool,
+    /// The kernel and the initrd, by file name.
+    pub files: Arc<Vec<(String, crate::http_fetch::Expect)>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -75,6 +79,8 @@ pub struct Behaviour {
 #[derive(Default)]
 pub struct Progress {
     pub done: [AtomicU32; 5],
+    /// Kernel and initrd bytes received.
+    pub file_bytes: std::sync::atomic::AtomicU64,
     pub failed: AtomicU32,
 }
 
@@ -225,10 +231,20 @@ impl Machine<'_> {
 
         // 5. Optionally the files it names (`kernel URL …`, `initrd URL`).
         if how.fetch_files {
+            // As iPXE: one connection for both, kept alive, each file checked.
+            let mut conn: Option<crate::http_fetch::Connection> = None;
             for line in text.lines() {
                 let mut words = line.split_whitespace();
                 if let (Some("kernel" | "initrd"), Some(url)) = (words.next(), words.next()) {
-                    http_get(url).await.map_err(|e| fail("files", format!("{url}: {e}")))?;
+                    let (authority, path) = url.strip_prefix("http://").and_then(|r| r.split_once('/')).ok_or_else(|| fail("files", format!("not an http URL: {url}")))?;
+                    let name = path.rsplit('/').next().unwrap_or_default();
+                    let want = expect.files.iter().find(|(f, _)| f == name).map(|(_, e)| e).ok_or_else(|| fail("files", format!("{VIOLATION}the script names {url}, not a file of the bench")))?;
+                    if conn.is_none() {
+                        conn = Some(crate::http_fetch::Connection::open(authority).await.map_err(|e| fail("files", e))?);
+                    }
+                    let c = conn.as_mut().expect("opened above");
+                    let got = tokio::time::timeout(FILE_TIMEOUT, c.fetch(&format!("/{path}"), want, &progress.file_bytes)).await;
+                    got.map_err(|_| fail("files", format!("{url}: not fetched within {FILE_TIMEOUT:?}")))?.map_err(|e| fail("files", format!("{url}: {e}")))?;
                 }
             }
         }

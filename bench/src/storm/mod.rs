@@ -35,7 +35,8 @@ pub struct Args {
     /// Machines to boot.
     #[arg(long, default_value_t = 1000)]
     pub nodes: u32,
-    /// Servers, comma-separated: netboot-xdp, dnsmasq, kea+tftpd-hpa (or `all`).
+    /// Servers, comma-separated: netboot-xdp, dnsmasq, kea+tftpd-hpa, nginx (netboot-xdp's
+    /// DHCP and TFTP, nginx's HTTP) (or `all`).
     #[arg(long, default_value = "netboot-xdp")]
     pub server: String,
     /// Firmware architectures: BIOS PXE ROMs, UEFI x64, or half and half.
@@ -47,9 +48,12 @@ pub struct Args {
     /// TFTP windowsize UEFI machines ask (none by default).
     #[arg(long)]
     pub uefi_windowsize: Option<u16>,
-    /// Also fetch the kernel and initrd the script names.
+    /// Also fetch the kernel and initrd the script names (256 KiB and 512 KiB).
     #[arg(long)]
     pub files: bool,
+    /// With --files: an initrd of N MiB and a kernel of N/4 MiB (realistic: 32 → 8 + 32).
+    #[arg(long)]
+    pub payload_mb: Option<u64>,
     /// Power machines on evenly over this many seconds instead of all at once.
     #[arg(long, default_value_t = 0.0)]
     pub ramp: f64,
@@ -121,6 +125,7 @@ impl Args {
             rom_blksize: 1432,
             uefi_windowsize: None,
             files: false,
+            payload_mb: None,
             ramp: 0.0,
             deadline: 180,
             json: None,
@@ -172,6 +177,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     };
     let machines = identities(args.nodes, args.arch)?;
     let read = |f: &str| std::fs::read(format!("/usr/lib/ipxe/{f}")).map_err(|e| anyhow::anyhow!("/usr/lib/ipxe/{f} (package ipxe): {e}"));
+    let payload: [Vec<u8>; 2] = match args.payload_mb {
+        Some(mb) => [netboot_lab::pattern(((mb << 20) / 4).max(1 << 20) as usize, 11), netboot_lab::pattern((mb << 20) as usize, 12)],
+        None => [netboot_lab::pattern(256 << 10, 11), netboot_lab::pattern(512 << 10, 12)],
+    };
     let expect = Expect {
         bios_file: "undionly.kpxe".into(),
         uefi_file: "ipxe.efi".into(),
@@ -179,6 +188,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         uefi_bytes: Arc::new(read("ipxe.efi")?),
         script_urls: (0..args.servers).map(servers::script_url).collect(),
         reserved: !args.pool,
+        files: Arc::new(payload.iter().zip(["vmlinuz", "initrd.img"]).map(|(c, f)| (f.to_string(), crate::http_fetch::Expect::of(c))).collect()),
     };
     anyhow::ensure!(!args.pool || servers == ["netboot-xdp"], "--pool runs against netboot-xdp only");
     anyhow::ensure!(args.kill_agent_at.is_none() || servers == ["netboot-xdp"], "--kill-agent-at runs against netboot-xdp only");
@@ -187,6 +197,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.servers == 1 || args.store == Store::Postgres, "--servers {} needs --store postgres (one truth for all of them)", args.servers);
     anyhow::ensure!((args.servers == 1 && args.store == Store::Sqlite) || servers == ["netboot-xdp"], "--servers and --store are netboot-xdp's");
     anyhow::ensure!(args.member_fault.is_none() || args.servers > 1, "--member-fault needs --servers 2 or more");
+    anyhow::ensure!(args.payload_mb.is_none() || args.files, "--payload-mb needs --files");
     let how = Behaviour {
         rom_blksize: args.rom_blksize,
         uefi_windowsize: args.uefi_windowsize,
@@ -200,7 +211,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         args.arch,
         args.rom_blksize,
         args.uefi_windowsize,
-        if args.files { ", kernel and initrd" } else { "" },
+        if args.files { format!(", kernel and initrd ({} + {} KiB)", payload[0].len() >> 10, payload[1].len() >> 10) } else { String::new() },
         if args.ramp > 0.0 { format!("powered on over {} s", args.ramp) } else { "all powered on at once".into() }
     );
     let mut runs = Vec::new();
@@ -211,7 +222,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         // own; netboot-xdp does). Per network namespace: this changes the lab only.
         netboot_lab::run_checked(lab.server.command("sysctl").args(["-qw", "net.core.rmem_default=16777216", "net.core.rmem_max=16777216"]))?;
         let dir = lab.scratch_dir("storm")?;
-        servers::write_files(&dir, &expect.bios_bytes, &expect.uefi_bytes)?;
+        servers::write_files(&dir, &expect.bios_bytes, &expect.uefi_bytes, &payload)?;
         let mut running = servers::start(server, &lab, &dir, &machines, args)?;
         if args.loss > 0.0 {
             lab.set_loss(args.loss)?;

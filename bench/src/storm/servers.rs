@@ -11,7 +11,7 @@ use netboot_lab::{Agent, Lab};
 use std::path::Path;
 use std::process::{Child, Stdio};
 
-pub const SERVERS: [&str; 3] = ["netboot-xdp", "dnsmasq", "kea+tftpd-hpa"];
+pub const SERVERS: [&str; 4] = ["netboot-xdp", "dnsmasq", "kea+tftpd-hpa", "nginx"];
 pub const SERVER_IP: &str = "10.77.0.1";
 pub const SCRIPT_URL: &str = "http://10.77.0.1:8080/boot.ipxe";
 
@@ -26,8 +26,9 @@ pub fn script_url(i: u32) -> String {
     format!("http://{}:8080/boot.ipxe", server_ip(i))
 }
 
-/// The files every server serves, under `dir/tftp` and `dir/http`.
-pub fn write_files(dir: &Path, bios: &[u8], uefi: &[u8]) -> anyhow::Result<()> {
+/// The files every server serves, under `dir/tftp` and `dir/http`; `payload`: the kernel's
+/// and the initrd's contents.
+pub fn write_files(dir: &Path, bios: &[u8], uefi: &[u8], payload: &[Vec<u8>; 2]) -> anyhow::Result<()> {
     let (tftp, http) = (dir.join("tftp"), dir.join("http"));
     std::fs::create_dir_all(&tftp)?;
     std::fs::create_dir_all(&http)?;
@@ -36,8 +37,8 @@ pub fn write_files(dir: &Path, bios: &[u8], uefi: &[u8]) -> anyhow::Result<()> {
     // netboot-xdp renders a per-node template; the peers serve the same script statically.
     std::fs::write(http.join("boot.ipxe.j2"), "#!ipxe\nkernel http://{{ server }}:8080/vmlinuz initrd=initrd.img ip=dhcp hostname={{ hostname }}\ninitrd http://{{ server }}:8080/initrd.img\nboot\n")?;
     std::fs::write(http.join("boot.ipxe"), "#!ipxe\nkernel http://10.77.0.1:8080/vmlinuz initrd=initrd.img ip=dhcp\ninitrd http://10.77.0.1:8080/initrd.img\nboot\n")?;
-    std::fs::write(http.join("vmlinuz"), netboot_lab::pattern(256 << 10, 11))?;
-    std::fs::write(http.join("initrd.img"), netboot_lab::pattern(512 << 10, 12))?;
+    std::fs::write(http.join("vmlinuz"), &payload[0])?;
+    std::fs::write(http.join("initrd.img"), &payload[1])?;
     Ok(())
 }
 
@@ -45,6 +46,15 @@ pub fn start(server: &str, lab: &Lab, dir: &Path, machines: &[Identity], args: &
     let mut running = match server {
         "netboot-xdp" if args.store == super::Store::Postgres => cluster(lab, dir, machines, args)?,
         "netboot-xdp" => Running::Agent(Agent::start(lab, &crate::bin_dir().join("netboot-xdp"), &netboot_xdp_config(dir, machines, args.pool, 0, None)?, &[])?),
+        // HTTP compared like for like: netboot-xdp answers DHCP and TFTP (its HTTP moved off
+        // the port), nginx serves the same script (static) and files on 8080.
+        "nginx" => {
+            let config = netboot_xdp_config(dir, machines, args.pool, 0, None)?;
+            let text = std::fs::read_to_string(&config)?.replace("listen = \"0.0.0.0:8080\"", "listen = \"127.0.0.1:8081\"");
+            std::fs::write(&config, text)?;
+            let agent = Agent::start(lab, &crate::bin_dir().join("netboot-xdp"), &config, &[])?;
+            Running::AgentWith(agent, vec![http_server(lab, dir)?])
+        }
         "dnsmasq" => Running::Children(vec![dnsmasq(lab, dir, machines)?]),
         "kea+tftpd-hpa" => Running::Children(vec![kea(lab, dir, machines)?, tftpd_hpa(lab, dir)?, http_server(lab, dir)?]),
         other => anyhow::bail!("unknown server {other:?} (one of {})", SERVERS.join(", ")),
