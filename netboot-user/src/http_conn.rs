@@ -39,6 +39,31 @@ pub async fn serve(mut listener: LimitedListener, app: Router, stats: Arc<Stats>
     }
 }
 
+/// A connection's byte stream; a socket of `http.listen` can also send a file itself.
+pub trait Socket: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {
+    /// Whether [`Socket::send_file`] works here (plain TCP: sendfile(2)).
+    fn can_send_file(&self) -> bool {
+        false
+    }
+
+    fn send_file(&mut self, _file: &std::fs::File, _offset: u64, _len: u64, _sent: &(dyn Fn(u64) + Sync)) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
+        async { Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "this connection cannot send a file itself")) }
+    }
+}
+
+impl Socket for LimitedStream {
+    fn can_send_file(&self) -> bool {
+        !self.is_tls()
+    }
+
+    fn send_file(&mut self, file: &std::fs::File, offset: u64, len: u64, sent: &(dyn Fn(u64) + Sync)) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
+        LimitedStream::send_file(self, file, offset, len, sent)
+    }
+}
+
+/// In-memory connections (the fuzz suite drives [`connection`] with them).
+impl Socket for tokio::io::DuplexStream {}
+
 /// Why a connection ends early.
 enum Stop {
     /// The peer closed (between requests: the normal end) or the socket failed.
@@ -53,7 +78,8 @@ impl From<std::io::Error> for Stop {
     }
 }
 
-async fn connection(mut io: LimitedStream, peer: PeerAddr, app: Router, stats: Arc<Stats>) {
+/// Serves one connection until the peer closes it, or a request is refused.
+pub async fn connection<S: Socket>(mut io: S, peer: PeerAddr, app: Router, stats: Arc<Stats>) {
     let mut buf = BytesMut::with_capacity(4096);
     loop {
         match exchange(&mut io, &mut buf, peer, &app, &stats).await {
@@ -72,7 +98,7 @@ async fn connection(mut io: LimitedStream, peer: PeerAddr, app: Router, stats: A
 }
 
 /// One request and its response; whether the connection stays open.
-async fn exchange(io: &mut LimitedStream, buf: &mut BytesMut, peer: PeerAddr, app: &Router, stats: &Stats) -> Result<bool, Stop> {
+async fn exchange<S: Socket>(io: &mut S, buf: &mut BytesMut, peer: PeerAddr, app: &Router, stats: &Stats) -> Result<bool, Stop> {
     let (mut req, head_len) = loop {
         if let Some(parsed) = parse_head(buf)? {
             break parsed;
@@ -111,7 +137,7 @@ async fn exchange(io: &mut LimitedStream, buf: &mut BytesMut, peer: PeerAddr, ap
     let method = req.method().clone();
     let version = req.version();
     req.extensions_mut().insert(ConnectInfo(peer));
-    if !peer.tls {
+    if io.can_send_file() {
         req.extensions_mut().insert(SendFileOk);
     }
     let resp = match app.clone().oneshot(req).await {
@@ -154,7 +180,7 @@ fn wants_keep_alive(req: &Request<Body>) -> bool {
 }
 
 /// Writes `resp`; whether the connection stays open.
-async fn respond(io: &mut LimitedStream, resp: Response<Body>, head_only: bool, version: Version, mut keep_alive: bool, stats: &Stats) -> Result<bool, Stop> {
+async fn respond<S: Socket>(io: &mut S, resp: Response<Body>, head_only: bool, version: Version, mut keep_alive: bool, stats: &Stats) -> Result<bool, Stop> {
     let (mut parts, body) = resp.into_parts();
     let sendfile = parts.extensions.remove::<SendFile>();
     let status = parts.status;
@@ -196,7 +222,7 @@ async fn respond(io: &mut LimitedStream, resp: Response<Body>, head_only: bool, 
     }
     if let Some(sf) = sendfile {
         stats.add("http_downloads_active", 1);
-        let sent = io.send_file(&sf.file.file, sf.offset, sf.len, |n| stats.add("http_file_bytes", n)).await;
+        let sent = io.send_file(&sf.file.file, sf.offset, sf.len, &|n| stats.add("http_file_bytes", n)).await;
         stats.sub("http_downloads_active", 1);
         if let Some(done) = &sf.done {
             done(sent.is_ok());

@@ -234,7 +234,7 @@ impl LimitedStream {
     /// Sends `len` bytes of `file` from `offset` with sendfile(2), from the page cache to the
     /// socket without a copy through this process; `sent` is told of every step. Plain
     /// connections only (TLS bodies are written as bytes).
-    pub async fn send_file(&mut self, file: &std::fs::File, offset: u64, len: u64, sent: impl Fn(u64)) -> std::io::Result<()> {
+    pub async fn send_file(&mut self, file: &std::fs::File, offset: u64, len: u64, sent: &(dyn Fn(u64) + Sync)) -> std::io::Result<()> {
         use std::os::fd::AsRawFd;
         let LimitedStream { stream, idle, stats, .. } = self;
         let Io::Plain(tcp) = stream else {

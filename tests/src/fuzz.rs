@@ -272,8 +272,9 @@ impl Target for Tftp {
     }
 }
 
-/// HTTP: the input as the bytes a client sends on a connection, through hyper into the agent's
-/// router (boot script, files, API); the response must be well-formed HTTP/1.1.
+/// HTTP: the input as the bytes a client sends on a connection of `http.listen`, through the
+/// agent's own HTTP/1.1 connection loop into its router (boot script, files, API); the response
+/// must be well-formed HTTP/1.1.
 pub struct Http {
     rt: tokio::runtime::Runtime,
     app: axum::Router,
@@ -317,11 +318,9 @@ impl Target for Http {
         let input = input.to_vec();
         let out = self.rt.block_on(async move {
             let (client, server) = tokio::io::duplex(1 << 20);
-            let svc = hyper_util::service::TowerToHyperService::new(app);
-            let conn = tokio::spawn(async move {
-                let io = hyper_util::rt::TokioIo::new(server);
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
-            });
+            let peer = netboot::http_listener::PeerAddr { addr: "10.78.0.2:40000".parse().unwrap(), tls: false };
+            let stats = std::sync::Arc::new(netboot::stats::Stats::default());
+            let conn = tokio::spawn(netboot::http_conn::connection(server, peer, app, stats));
             let (mut rd, mut wr) = tokio::io::split(client);
             let _ = wr.write_all(&input).await;
             let _ = wr.shutdown().await;
