@@ -130,13 +130,7 @@ fn bpf_linker() -> anyhow::Result<()> {
         return Ok(());
     }
     eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about 1.5 min)");
-    let ok = Command::new("cargo")
-        .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--force", "--no-default-features", "--features", "llvm-22"])
-        .env("LLVM_PREFIX", LLVM_PREFIX)
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
+    if !cargo_install(&["bpf-linker", "--version", BPF_LINKER_VERSION, "--no-default-features", "--features", "llvm-22"], &[("LLVM_PREFIX", LLVM_PREFIX)]) {
         bail!("building bpf-linker failed: it needs llvm-22-dev ({LLVM_PREFIX}); run `LLVM_PREFIX={LLVM_PREFIX} cargo install bpf-linker --no-default-features --features llvm-22` to see why");
     }
     Ok(())
@@ -148,15 +142,21 @@ fn cargo_deb() -> anyhow::Result<()> {
         return Ok(());
     }
     eprintln!("setup: building cargo-deb {CARGO_DEB_VERSION} (about 2 min)");
-    let ok = Command::new("cargo")
-        .args(["install", "cargo-deb", "--locked", "--version", CARGO_DEB_VERSION, "--force"])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
+    if !cargo_install(&["cargo-deb", "--locked", "--version", CARGO_DEB_VERSION], &[]) {
         bail!("`cargo install cargo-deb --version {CARGO_DEB_VERSION}` failed: check network access to crates.io");
     }
     Ok(())
+}
+
+/// `cargo install --force ARGS` with `env`; whether it succeeded.
+fn cargo_install(args: &[&str], env: &[(&str, &str)]) -> bool {
+    Command::new("cargo")
+        .args(["install", "--force"])
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn which(bin: &str) -> Option<String> {
