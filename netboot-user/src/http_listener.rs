@@ -22,6 +22,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// How long a connection may move no byte before it is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a file being sent may make no progress before the connection is closed: longer,
+/// because TCP's own retransmission backoff in a congested storm passes 30 s (1+2+4+8+16 s);
+/// nginx's `send_timeout` is the same.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a connection may take to send its first byte and, if TLS, finish its handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The first byte of a TLS record carrying a handshake (RFC 8446 §5.1: ContentType 22).
@@ -242,6 +246,7 @@ impl LimitedStream {
         };
         let (sock, src) = (tcp.as_raw_fd(), file.as_raw_fd());
         let (mut at, end) = (offset, offset + len);
+        idle.as_mut().reset(tokio::time::Instant::now() + SEND_TIMEOUT);
         while at < end {
             let chunk = (end - at).min(SENDFILE_CHUNK) as usize;
             tokio::select! {
@@ -261,7 +266,7 @@ impl LimitedStream {
                 Ok(0) => return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the file is shorter than it was")),
                 Ok(n) => {
                     at += n;
-                    idle.as_mut().reset(tokio::time::Instant::now() + IDLE_TIMEOUT);
+                    idle.as_mut().reset(tokio::time::Instant::now() + SEND_TIMEOUT);
                     sent(n);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
