@@ -22,8 +22,10 @@ use tower::ServiceExt;
 /// A request head larger than this is refused (431).
 const MAX_HEAD: usize = 32 * 1024;
 const MAX_HEADERS: usize = 64;
-/// A request body larger than this is refused (413): the largest is a hosts import.
-const MAX_BODY: u64 = 64 * 1024 * 1024;
+/// A request body larger than this is refused (413). It is read before the router (and its
+/// token check) runs, so it is what an anonymous client can make a connection hold: axum's own
+/// default body limit, which the handlers' extractors apply anyway.
+const MAX_BODY: u64 = 2 * 1024 * 1024;
 
 /// Accepts connections until `shutdown`; each is served by a task of its own.
 pub async fn serve(mut listener: LimitedListener, app: Router, stats: Arc<Stats>, mut shutdown: watch::Receiver<bool>) {
