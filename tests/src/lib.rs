@@ -202,18 +202,27 @@ pub mod probe {
         /// Broadcasts `payload` to port 67 with the BOOTP broadcast flag set, then collects
         /// replies whose xid matches for `wait`.
         pub fn exchange(&self, payload: &[u8], wait: Duration) -> Vec<Vec<u8>> {
-            let mut p = payload.to_vec();
-            if p.len() > 11 {
-                p[10] |= 0x80;
+            self.exchange_all(&[payload], wait)
+        }
+
+        /// [`Probe::exchange`] for several requests sent back to back: the replies to any.
+        pub fn exchange_all(&self, payloads: &[&[u8]], wait: Duration) -> Vec<Vec<u8>> {
+            let mut xids = Vec::new();
+            for payload in payloads {
+                let mut p = payload.to_vec();
+                if p.len() > 11 {
+                    p[10] |= 0x80;
+                }
+                self.sock.send_to(&p, (Ipv4Addr::BROADCAST, 67)).expect("send");
+                xids.extend(p.get(4..8).map(|x| x.to_vec()));
             }
-            self.sock.send_to(&p, (Ipv4Addr::BROADCAST, 67)).expect("send");
             let deadline = Instant::now() + wait;
             let mut out = Vec::new();
             let mut buf = [0u8; 2048];
             while let Some(left) = deadline.checked_duration_since(Instant::now()) {
                 self.sock.set_read_timeout(Some(left.max(Duration::from_millis(1)))).unwrap();
                 match self.sock.recv_from(&mut buf) {
-                    Ok((n, _)) if n > 8 && p.len() > 8 && buf[4..8] == p[4..8] => out.push(buf[..n].to_vec()),
+                    Ok((n, _)) if n > 8 && xids.iter().any(|x| buf[4..8] == x[..]) => out.push(buf[..n].to_vec()),
                     Ok(_) => {}
                     Err(_) => break,
                 }

@@ -227,6 +227,31 @@ fn malformed_requests_are_counted_and_get_no_reply() {
     drop(agent);
 }
 
+/// A full transmit queue (ENOBUFS, as a payload storm fills a NIC's queue) does not lose a
+/// reply: a token bucket that lets one offer through, queues the next for ~20 ms and has room
+/// for no other makes the third of three offers sent back to back find it full; the agent sends
+/// it again once there is room.
+#[test]
+fn a_full_transmit_queue_delays_a_reply_but_does_not_lose_it() {
+    if !require_root("a_full_transmit_queue_delays_a_reply_but_does_not_lose_it") {
+        return;
+    }
+    let _serial = tests::serial();
+    let s = setup("");
+    let agent = s.start();
+    let tbf = ["qdisc", "replace", "dev", &s.lab.server_if, "root", "tbf", "rate", "100kbit", "burst", "500", "limit", "500"];
+    assert!(s.lab.server.command("tc").args(tbf).status().unwrap().success());
+    let dora = tests::probe::Dora::open(&s.lab);
+    let macs = [[2, 0, 0, 0, 9, 1], [2, 0, 0, 0, 9, 2], [2, 0, 0, 0, 9, 3]];
+    let discovers: Vec<Vec<u8>> = macs.iter().map(|m| dora.discover(*m)).collect();
+    let offers = dora.probe.exchange_all(&discovers.iter().map(|d| &d[..]).collect::<Vec<_>>(), Duration::from_millis(1500));
+    let mut chaddrs: Vec<[u8; 6]> = offers.iter().map(|r| decode(r).chaddr()[..6].try_into().unwrap()).collect();
+    chaddrs.sort();
+    chaddrs.dedup();
+    assert_eq!(chaddrs, macs, "{}", agent.status().unwrap());
+    assert_eq!(agent.status().unwrap()["agent"]["dhcp_send_errors"].as_u64().unwrap_or(0), 0);
+}
+
 #[test]
 fn leases_survive_kill_9_and_restart() {
     if !require_root("leases_survive_kill_9_and_restart") {

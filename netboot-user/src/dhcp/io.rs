@@ -90,9 +90,42 @@ struct Transmitter {
 }
 
 impl Transmitter {
-    /// Sends `r`, a reply to a request received at `received`.
+    /// Sends `r`, a reply to a request received at `received`. A full transmit queue
+    /// (ENOBUFS: the qdisc, or a veth peer's backlog, in a payload storm) is transient and a lost
+    /// reply costs the client a 4 s retransmission: try again a few times, 63 ms in all (replies
+    /// leave in order from one task, so a longer wait would hold back the replies behind it).
     async fn send(&self, r: &Reply, received: Instant) {
-        let result = match r.dest {
+        let mut backoff = std::time::Duration::from_millis(1);
+        let mut result = self.transmit(r).await;
+        for _ in 0..6 {
+            match &result {
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    self.stats.bump("dhcp_send_retries");
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                    result = self.transmit(r).await;
+                }
+                _ => break,
+            }
+        }
+        match result {
+            Ok(()) => {
+                self.stats.bump(&format!("dhcp_sent_{}", kind_name(r.kind)));
+                self.stats.bump(&reply_counter(kind_name(r.kind), r.class));
+                self.stats.observe(Stage::DhcpReply, received.elapsed());
+                let yiaddr = r.payload.get(16..20).map_or(Ipv4Addr::UNSPECIFIED, |b| Ipv4Addr::new(b[0], b[1], b[2], b[3]));
+                self.timelines.record(r.mac, Milestone::dhcp(kind_name(r.kind), r.class, r.arch, yiaddr, Path::Agent));
+            }
+            Err(e) => {
+                self.stats.bump("dhcp_send_errors");
+                tracing::warn!(mac = %r.mac, "sending {}: {e}", kind_name(r.kind));
+            }
+        }
+    }
+
+    /// One attempt to put `r` on the wire.
+    async fn transmit(&self, r: &Reply) -> std::io::Result<()> {
+        match r.dest {
             Destination::Relay(giaddr) => match self.relays.get(&self.iface, giaddr) {
                 // As the XDP program would send it; until the relay's MAC is known, the kernel
                 // routes and resolves it.
@@ -114,19 +147,6 @@ impl Transmitter {
                 let frame = r.frame(self.mac, self.server_ip, None).expect("link-layer destination");
                 let dst = MacAddr(frame[..6].try_into().expect("6 bytes"));
                 self.l2.send(dst, &frame)
-            }
-        };
-        match result {
-            Ok(()) => {
-                self.stats.bump(&format!("dhcp_sent_{}", kind_name(r.kind)));
-                self.stats.bump(&reply_counter(kind_name(r.kind), r.class));
-                self.stats.observe(Stage::DhcpReply, received.elapsed());
-                let yiaddr = r.payload.get(16..20).map_or(Ipv4Addr::UNSPECIFIED, |b| Ipv4Addr::new(b[0], b[1], b[2], b[3]));
-                self.timelines.record(r.mac, Milestone::dhcp(kind_name(r.kind), r.class, r.arch, yiaddr, Path::Agent));
-            }
-            Err(e) => {
-                self.stats.bump("dhcp_send_errors");
-                tracing::warn!(mac = %r.mac, "sending {}: {e}", kind_name(r.kind));
             }
         }
     }
