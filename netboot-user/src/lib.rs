@@ -15,6 +15,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod dhcp;
+pub mod dhcp6;
 pub mod fastpath;
 pub mod frame;
 pub mod http;

@@ -90,7 +90,7 @@ fn parse_row(r: &csv::StringRecord) -> (Option<Host>, Option<(usize, String)>) {
             }
         }
     }
-    (Some(Host { mac, ip, hostname, vars, profile: None }), None)
+    (Some(Host { mac, ip, ip6: None, hostname, vars, profile: None }), None)
 }
 
 /// 1-based column where field `field` starts on line `line` (plain CSV rows have no quotes in

@@ -12,13 +12,13 @@ pub mod profile;
 mod types;
 
 pub use error::ConfigError;
-pub use types::{Duration, Pool};
+pub use types::{Duration, Pool, Pool6};
 
 use crate::mac::MacAddr;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use toml::Spanned;
 
@@ -29,6 +29,8 @@ pub struct Config {
     pub server: ServerConfig,
     #[serde(default)]
     pub dhcp: DhcpConfig,
+    #[serde(default)]
+    pub dhcp6: Dhcp6Config,
     #[serde(default)]
     pub boot: BootConfig,
     #[serde(default)]
@@ -109,13 +111,16 @@ fn default_takeover() -> Duration {
 pub struct ServerConfig {
     /// Our IPv4 address on the interface; `None` = the interface's first address.
     pub address: Option<Ipv4Addr>,
+    /// Our IPv6 address on the interface (boot URLs of DHCPv6 clients name it); `None` = the
+    /// interface's first global address inside `[dhcp6] prefix`.
+    pub address6: Option<Spanned<Ipv6Addr>>,
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { address: None, state_dir: default_state_dir() }
+        ServerConfig { address: None, address6: None, state_dir: default_state_dir() }
     }
 }
 
@@ -225,6 +230,37 @@ impl DhcpConfig {
     }
 }
 
+/// `[dhcp6]`: stateful DHCPv6 on the boot segment (RFC 8415; docs/DESIGN.md §IPv6). With it on,
+/// router advertisements set M and announce `prefix` as on-link.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dhcp6Config {
+    #[serde(default)]
+    pub enabled: bool,
+    /// The boot segment's prefix: pools and reservations lie inside it.
+    pub prefix: Option<Spanned<Ipv6Net>>,
+    #[serde(default, rename = "pools")]
+    pools_raw: Vec<Spanned<String>>,
+    #[serde(skip)]
+    pub pools: Vec<Spanned<Pool6>>,
+    #[serde(default = "default_lease_time")]
+    pub lease_time: Duration,
+    #[serde(default)]
+    pub dns: Vec<Ipv6Addr>,
+}
+
+impl Default for Dhcp6Config {
+    fn default() -> Self {
+        Dhcp6Config { enabled: false, prefix: None, pools_raw: Vec::new(), pools: Vec::new(), lease_time: default_lease_time(), dns: Vec::new() }
+    }
+}
+
+impl Dhcp6Config {
+    pub fn prefix(&self) -> Option<Ipv6Net> {
+        self.prefix.as_ref().map(|p| *p.get_ref())
+    }
+}
+
 fn default_lease_time() -> Duration {
     Duration(std::time::Duration::from_secs(3600))
 }
@@ -243,6 +279,9 @@ fn yes() -> bool {
 pub struct Host {
     pub mac: MacAddr,
     pub ip: Ipv4Addr,
+    /// The DHCPv6 address of the node (`[[dhcp.host]]` only; inside `[dhcp6] prefix`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
     pub hostname: Option<String>,
     #[serde(default)]
     pub vars: BTreeMap<String, String>,
@@ -411,11 +450,8 @@ impl Config {
             ConfigError::at(path, text, start, e.message().trim().to_string())
         })?;
 
-        for raw in &cfg.dhcp.pools_raw {
-            // +1: the span includes the opening quote.
-            let pool: Pool = raw.get_ref().parse().map_err(|m| at(raw.span().start + 1..raw.span().end, m))?;
-            cfg.dhcp.pools.push(Spanned::new(raw.span(), pool));
-        }
+        cfg.dhcp.pools = parse_pools(&cfg.dhcp.pools_raw, &at)?;
+        cfg.dhcp6.pools = parse_pools(&cfg.dhcp6.pools_raw, &at)?;
         let d = &cfg.dhcp;
         if d.mode == DhcpMode::Authoritative && d.subnet.is_none() {
             return Err(ConfigError::at(path, text, 0, "[dhcp] subnet is required in authoritative mode".into()));
@@ -438,12 +474,11 @@ impl Config {
             }
         }
         for (i, a) in d.pools.iter().enumerate() {
-            for b in &d.pools[..i] {
-                if a.get_ref().overlaps(b.get_ref()) {
-                    return Err(at(a.span(), format!("pool {} overlaps pool {}", a.get_ref(), b.get_ref())));
-                }
+            if let Some(b) = d.pools[..i].iter().find(|b| a.get_ref().overlaps(b.get_ref())) {
+                return Err(at(a.span(), format!("pool {} overlaps pool {}", a.get_ref(), b.get_ref())));
             }
         }
+        cfg.check_dhcp6(path, text)?;
         if d.lease_time.0.as_secs() < 60 {
             return Err(ConfigError::at(path, text, find_key(text, "lease_time"), "lease_time must be at least 1m".into()));
         }
@@ -558,10 +593,74 @@ impl Config {
         }
     }
 
-    /// Substitutes `{server}` in a boot URL with our address.
-    pub fn expand(template: &str, server: Ipv4Addr) -> String {
-        template.replace("{server}", &server.to_string())
+    /// Substitutes `{server}` in a boot URL with our address (an IPv6 one in brackets).
+    pub fn expand(template: &str, server: impl Into<IpAddr>) -> String {
+        let host = match server.into() {
+            IpAddr::V4(a) => a.to_string(),
+            IpAddr::V6(a) => format!("[{a}]"),
+        };
+        template.replace("{server}", &host)
     }
+
+    /// `[dhcp6]` and `server.address6`: a prefix without host bits when enabled, pools and
+    /// reservations inside it, pools apart.
+    fn check_dhcp6(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
+        let at = |span: std::ops::Range<usize>, msg: String| ConfigError::at(path, text, span.start, msg);
+        let d = &self.dhcp6;
+        let Some(prefix) = &d.prefix else {
+            if d.enabled {
+                return Err(ConfigError::at(path, text, find_key(text, "enabled"), "[dhcp6] enabled needs prefix (the boot segment's, e.g. \"fd00:77::/64\")".into()));
+            }
+            if let Some(p) = d.pools.first() {
+                return Err(at(p.span(), "[dhcp6] pools need prefix".into()));
+            }
+            return Ok(());
+        };
+        let net = *prefix.get_ref();
+        if net.network() != net.addr() {
+            return Err(at(prefix.span(), format!("prefix {net} has host bits set; did you mean {}?", net.trunc())));
+        }
+        for (i, pool) in d.pools.iter().enumerate() {
+            let p = pool.get_ref();
+            if !net.contains(&p.start) || !net.contains(&p.end) {
+                return Err(at(pool.span(), format!("pool {p} is not inside prefix {net}")));
+            }
+            if let Some(b) = d.pools[..i].iter().find(|b| p.overlaps(b.get_ref())) {
+                return Err(at(pool.span(), format!("pool {p} overlaps pool {}", b.get_ref())));
+            }
+        }
+        let mut seen = HashSet::new();
+        for h in &self.dhcp.hosts {
+            if let Some(ip6) = h.get_ref().ip6 {
+                if !net.contains(&ip6) {
+                    return Err(at(h.span(), format!("reservation {ip6} is not inside prefix {net}")));
+                }
+                if !seen.insert(ip6) {
+                    return Err(at(h.span(), format!("IP {ip6} is reserved twice")));
+                }
+            }
+        }
+        if let Some(a) = &self.server.address6 {
+            if !net.contains(a.get_ref()) {
+                return Err(at(a.span(), format!("address6 {} is not inside [dhcp6] prefix {net}", a.get_ref())));
+            }
+        }
+        if d.lease_time.0.as_secs() < 60 {
+            return Err(ConfigError::at(path, text, text.find("[dhcp6]").unwrap_or(0), "[dhcp6] lease_time must be at least 1m".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Pools as written, parsed so that an error points at the element, not at the array.
+fn parse_pools<P: std::str::FromStr<Err = String>>(
+    raw: &[Spanned<String>],
+    at: &impl Fn(std::ops::Range<usize>, String) -> ConfigError,
+) -> Result<Vec<Spanned<P>>, ConfigError> {
+    raw.iter()
+        // +1: the span includes the opening quote.
+        .map(|r| r.get_ref().parse().map(|p| Spanned::new(r.span(), p)).map_err(|m| at(r.span().start + 1..r.span().end, m)))
+        .collect()
 }
 
 /// The largest `max_windowsize`: blocks in flight per transfer are buffered and timed; beyond

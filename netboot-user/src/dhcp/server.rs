@@ -55,6 +55,26 @@ pub struct BootFiles {
     pub ipxe_script: String,
 }
 
+impl BootFiles {
+    /// The boot file or URL for a class and architecture; `None` for plain clients and unknown
+    /// PXE architectures.
+    pub fn for_client(&self, c: Classification) -> Option<&str> {
+        let file: &String = match c.class {
+            ClientClass::Plain => return None,
+            ClientClass::Ipxe => &self.ipxe_script,
+            ClientClass::Http => &self.http_client,
+            ClientClass::Pxe => match c.arch.unwrap_or(arch::BIOS) {
+                arch::BIOS => &self.bios,
+                arch::EFI_IA32 => &self.uefi_ia32,
+                arch::EFI_X64 | arch::EFI_BC => &self.uefi_x64,
+                arch::EFI_ARM64 => &self.uefi_arm64,
+                _ => return None,
+            },
+        };
+        Some(file.as_str()).filter(|s| !s.is_empty())
+    }
+}
+
 impl ServerParams {
     /// `dhcp.lease_time` in seconds, as option 51 carries it (u32, "infinity" excluded).
     pub fn lease_secs(cfg: &Config) -> u32 {
@@ -632,23 +652,8 @@ impl DhcpServer {
         }
     }
 
-    /// The boot file or URL for a class and architecture; `None` for plain clients and unknown
-    /// PXE architectures.
     fn boot_file(&self, c: Classification) -> Option<&str> {
-        let b = &self.params.boot;
-        let file: &String = match c.class {
-            ClientClass::Plain => return None,
-            ClientClass::Ipxe => &b.ipxe_script,
-            ClientClass::Http => &b.http_client,
-            ClientClass::Pxe => match c.arch.unwrap_or(arch::BIOS) {
-                arch::BIOS => &b.bios,
-                arch::EFI_IA32 => &b.uefi_ia32,
-                arch::EFI_X64 | arch::EFI_BC => &b.uefi_x64,
-                arch::EFI_ARM64 => &b.uefi_arm64,
-                _ => return None,
-            },
-        };
-        Some(file.as_str()).filter(|s| !s.is_empty())
+        self.params.boot.for_client(c)
     }
 
     /// Encodes the reply message. Deterministic: the same request and lease state give the same

@@ -83,7 +83,7 @@ impl HostDoc {
     }
 
     pub fn host(&self) -> Host {
-        Host { mac: self.mac, ip: self.ip, hostname: self.hostname.clone(), vars: self.vars.clone(), profile: self.profile.clone() }
+        Host { mac: self.mac, ip: self.ip, ip6: None, hostname: self.hostname.clone(), vars: self.vars.clone(), profile: self.profile.clone() }
     }
 
     /// The intent this document sets, if any.

@@ -1,0 +1,498 @@
+//! The sans-IO DHCPv6 server core: request bytes, their source and the time in; a reply and
+//! the bindings it made out. No sockets, no clock, no disk.
+//!
+//! RFC 8415 §18.3: SOLICIT → ADVERTISE (preference 255: clients then skip their first
+//! retransmission's wait), or REPLY with Rapid Commit when the client asks; REQUEST, RENEW,
+//! REBIND → REPLY with the IA_NA bindings; RELEASE, DECLINE (the address is quarantined),
+//! CONFIRM (on link or not) and INFORMATION-REQUEST → REPLY. A message the RFC says to discard
+//! is a [`Silence6`] with a counter. Boot answers by class as in v4 (DESIGN.md §2, RFC 5970):
+//! option 59 is `tftp://[us]/file` for PXE, the script URL for iPXE, the HTTP URL with
+//! "HTTPClient" echoed in option 16 for UEFI HTTP boot.
+
+use super::identity::{mac_from_duid, mac_from_link_local};
+use super::leases::{Lease6, Lease6State, Lease6Table};
+use super::relay;
+use crate::config::{Config, Pool6, UnknownPolicy};
+use crate::dhcp::server::BootFiles;
+use crate::mac::MacAddr;
+use dhcproto::v6::{
+    DhcpOption, IAAddr, IANA, Message, MessageType, OptionCode, Status, StatusCode, UnknownOption,
+};
+use dhcproto::{Decodable, Decoder, Encodable};
+use ipnet::Ipv6Net;
+use netboot_common::wire::{self, ClientClass};
+use std::collections::HashMap;
+use std::net::Ipv6Addr;
+
+pub const CLIENT_PORT: u16 = 546;
+pub const SERVER_PORT: u16 = 547;
+/// How long an ADVERTISE holds its address for the client.
+pub const ADVERTISE_HOLD_SECS: u64 = 60;
+/// Enterprise number of the vendor class UEFI sends (Intel, 343; EDK2 PxeBcDhcp6.c).
+const ENTERPRISE_UEFI: u32 = 343;
+/// DUIDs are at most 128 bytes (RFC 8415 §11.1) plus the type.
+const MAX_DUID: usize = 130;
+
+/// Everything the core needs from the configuration, resolved.
+#[derive(Debug, Clone)]
+pub struct Params6 {
+    pub server_ip: Ipv6Addr,
+    pub server_duid: Vec<u8>,
+    pub prefix: Ipv6Net,
+    pub pools: Vec<Pool6>,
+    pub lease_secs: u32,
+    pub dns: Vec<Ipv6Addr>,
+    /// URLs with `{server}` expanded to `[server_ip]`; PXE files as `tftp://` URLs.
+    pub boot: BootFiles,
+    /// Known machines by MAC, with their fixed address if the host names one.
+    pub hosts: HashMap<MacAddr, Option<Ipv6Addr>>,
+    pub unknown: UnknownPolicy,
+}
+
+impl Params6 {
+    pub fn from_config(cfg: &Config, server_ip: Ipv6Addr, server_duid: Vec<u8>) -> Params6 {
+        let b = &cfg.boot;
+        let url = |s: &str| Config::expand(s, server_ip);
+        // A PXE client fetches what option 59 names: a bare file name is one on our TFTP.
+        let tftp = |s: &str| if s.is_empty() || s.contains("://") { url(s) } else { format!("tftp://[{server_ip}]/{}", s.trim_start_matches('/')) };
+        Params6 {
+            server_ip,
+            server_duid,
+            prefix: cfg.dhcp6.prefix().unwrap_or_else(|| Ipv6Net::new(server_ip, 128).expect("128 is a valid length")),
+            pools: cfg.dhcp6.pools.iter().map(|p| *p.get_ref()).collect(),
+            lease_secs: cfg.dhcp6.lease_time.0.as_secs().min(u64::from(u32::MAX - 1)) as u32,
+            dns: cfg.dhcp6.dns.clone(),
+            boot: BootFiles {
+                bios: String::new(), // no BIOS firmware boots over IPv6
+                uefi_ia32: tftp(&b.uefi_ia32),
+                uefi_x64: tftp(&b.uefi_x64),
+                uefi_arm64: tftp(&b.uefi_arm64),
+                http_client: url(&b.http_client),
+                ipxe_script: url(&b.ipxe_script),
+            },
+            hosts: cfg.dhcp.reservations().map(|h| (h.mac, h.ip6)).collect(),
+            unknown: cfg.dhcp.unknown,
+        }
+    }
+}
+
+/// What came in.
+#[derive(Debug, Clone, Copy)]
+pub struct Request6<'a> {
+    pub payload: &'a [u8],
+    /// Source address of the datagram: the client's link-local, or a relay agent.
+    pub src: Ipv6Addr,
+    /// Unix seconds.
+    pub now: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply6 {
+    /// ADVERTISE or REPLY.
+    pub kind: MessageType,
+    /// What goes on the wire: the reply, in RELAY-REPL envelopes for a relayed request.
+    pub payload: Vec<u8>,
+    /// Where: the client (port 546) or the relay the request came from (port 547).
+    pub to: Ipv6Addr,
+    pub port: u16,
+    pub mac: Option<MacAddr>,
+    pub class: ClientClass,
+    pub arch: Option<u16>,
+    /// Bindings this exchange made or changed: durable before the reply leaves.
+    pub leases: Vec<Lease6>,
+}
+
+impl Reply6 {
+    /// The first address the reply gives, for the node's timeline.
+    pub fn address(&self) -> Option<Ipv6Addr> {
+        self.leases.iter().find(|l| matches!(l.state, Lease6State::Advertised | Lease6State::Bound)).map(|l| l.ip)
+    }
+}
+
+/// Why a message gets no reply (RFC 8415 §16 says to discard it, or policy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Silence6 {
+    Malformed,
+    /// ADVERTISE, REPLY, RELAY-REPL and the like: sent by servers.
+    NotARequest,
+    NoClientId,
+    /// A server identifier where none may be, or none where one must be.
+    ServerIdRule,
+    /// For another server.
+    NotForUs,
+    /// INFORMATION-REQUEST with an IA.
+    IaInInformationRequest,
+    /// `[dhcp] unknown = "ignore"` and no host has this MAC.
+    UnknownClient,
+    /// CONFIRM without addresses.
+    NothingToConfirm,
+}
+
+impl Silence6 {
+    pub fn counter(self) -> &'static str {
+        match self {
+            Silence6::Malformed => "dhcp6_silent_malformed",
+            Silence6::NotARequest => "dhcp6_silent_not_a_request",
+            Silence6::NoClientId => "dhcp6_silent_no_client_id",
+            Silence6::ServerIdRule => "dhcp6_silent_server_id_rule",
+            Silence6::NotForUs => "dhcp6_silent_not_for_us",
+            Silence6::IaInInformationRequest => "dhcp6_silent_ia_in_information_request",
+            Silence6::UnknownClient => "dhcp6_silent_unknown_client",
+            Silence6::NothingToConfirm => "dhcp6_silent_nothing_to_confirm",
+        }
+    }
+}
+
+/// What a client message says about the booting client (as [`crate::dhcp::classify`] in v4):
+/// user class "iPXE" (option 15), vendor class "HTTPClient"/"PXEClient" (option 16), option 61.
+pub fn classify6(m: &Message) -> (ClientClass, Option<u16>, Option<u32>) {
+    let o = m.opts();
+    let ipxe = matches!(o.get(OptionCode::UserClass), Some(DhcpOption::UserClass(u)) if u.data.iter().any(|d| wire::is_ipxe_user_class(d)));
+    let (vendor, enterprise) = match o.get(OptionCode::VendorClass) {
+        Some(DhcpOption::VendorClass(v)) => {
+            let best = v.data.iter().map(|d| wire::vendor_class(d)).max_by_key(|c| *c as u8).unwrap_or(wire::VendorClass::None);
+            (best, Some(v.num))
+        }
+        _ => (wire::VendorClass::None, None),
+    };
+    let arch = match o.get(OptionCode::ClientArchType) {
+        Some(DhcpOption::ClientArchType(a)) => a.first().map(|a| u16::from(*a)),
+        _ => None,
+    };
+    (ClientClass::classify(ipxe, false, vendor, arch.is_some()), arch, enterprise)
+}
+
+pub struct Dhcp6Server {
+    params: Params6,
+    leases: Lease6Table,
+}
+
+/// The parts of a request every handler needs.
+struct Ctx {
+    msg: Message,
+    duid: Vec<u8>,
+    mac: Option<MacAddr>,
+    class: ClientClass,
+    arch: Option<u16>,
+    enterprise: Option<u32>,
+    now: u64,
+}
+
+impl Dhcp6Server {
+    pub fn new(params: Params6) -> Dhcp6Server {
+        Dhcp6Server { params, leases: Lease6Table::default() }
+    }
+
+    pub fn params(&self) -> &Params6 {
+        &self.params
+    }
+
+    /// A reload: new pools, hosts and boot files; bindings stay.
+    pub fn set_params(&mut self, params: Params6) {
+        self.params = params;
+    }
+
+    pub fn leases(&self) -> &Lease6Table {
+        &self.leases
+    }
+
+    /// Bindings read back from the store at start.
+    pub fn restore(&mut self, leases: impl IntoIterator<Item = Lease6>) {
+        for l in leases {
+            self.leases.upsert(l);
+        }
+    }
+
+    pub fn sweep(&mut self, now: u64) -> usize {
+        self.leases.sweep(now)
+    }
+
+    pub fn handle(&mut self, req: &Request6) -> Result<Reply6, Silence6> {
+        let outer = relay::unwrap(req.payload).map_err(|_| Silence6::Malformed)?;
+        let msg = Message::decode(&mut Decoder::new(outer.message)).map_err(|_| Silence6::Malformed)?;
+        let kind = msg.msg_type();
+        if !matches!(
+            kind,
+            MessageType::Solicit
+                | MessageType::Request
+                | MessageType::Confirm
+                | MessageType::Renew
+                | MessageType::Rebind
+                | MessageType::Release
+                | MessageType::Decline
+                | MessageType::InformationRequest
+        ) {
+            return Err(Silence6::NotARequest);
+        }
+        let client_id = match msg.opts().get(OptionCode::ClientId) {
+            Some(DhcpOption::ClientId(d)) if !d.is_empty() && d.len() <= MAX_DUID => Some(d.clone()),
+            Some(_) => return Err(Silence6::Malformed),
+            None => None,
+        };
+        let server_id = match msg.opts().get(OptionCode::ServerId) {
+            Some(DhcpOption::ServerId(d)) => Some(d.as_slice()),
+            _ => None,
+        };
+        // RFC 8415 §16.2-16.12: which messages carry which identifiers.
+        let ours = server_id.map(|s| s == self.params.server_duid.as_slice());
+        match kind {
+            MessageType::Solicit | MessageType::Confirm | MessageType::Rebind if ours.is_some() => return Err(Silence6::ServerIdRule),
+            MessageType::Request | MessageType::Renew | MessageType::Release | MessageType::Decline if ours.is_none() => {
+                return Err(Silence6::ServerIdRule);
+            }
+            _ if ours == Some(false) => return Err(Silence6::NotForUs),
+            _ => {}
+        }
+        if kind == MessageType::InformationRequest && has_ia(&msg) {
+            return Err(Silence6::IaInInformationRequest);
+        }
+        let duid = match (client_id, kind) {
+            (Some(d), _) => d,
+            (None, MessageType::InformationRequest) => Vec::new(),
+            (None, _) => return Err(Silence6::NoClientId),
+        };
+        let peer = outer.envelopes.last().map_or(req.src, |e| e.peer);
+        let mac = outer.client_mac().or_else(|| mac_from_duid(&duid)).or_else(|| mac_from_link_local(peer));
+        let known = mac.is_some_and(|m| self.params.hosts.contains_key(&m));
+        if !known && self.params.unknown == UnknownPolicy::Ignore {
+            return Err(Silence6::UnknownClient);
+        }
+        let (class, arch, enterprise) = classify6(&msg);
+        let c = Ctx { msg, duid, mac, class, arch, enterprise, now: req.now };
+
+        let rapid = kind == MessageType::Solicit && c.msg.opts().get(OptionCode::RapidCommit).is_some();
+        let (reply_kind, opts, leases) = match kind {
+            MessageType::Solicit if rapid => self.assign(&c, Lease6State::Bound),
+            MessageType::Solicit => self.assign(&c, Lease6State::Advertised),
+            MessageType::Request => self.assign(&c, Lease6State::Bound),
+            MessageType::Renew | MessageType::Rebind => self.extend(&c, kind == MessageType::Rebind),
+            MessageType::Release => self.release(&c),
+            MessageType::Decline => self.decline(&c),
+            MessageType::Confirm => self.confirm(&c)?,
+            _ => (MessageType::Reply, Vec::new(), Vec::new()),
+        };
+        let mut reply = Message::new_with_id(reply_kind, c.msg.xid());
+        let o = reply.opts_mut();
+        o.insert(DhcpOption::ServerId(self.params.server_duid.clone()));
+        if !c.duid.is_empty() {
+            o.insert(DhcpOption::ClientId(c.duid.clone()));
+        }
+        for opt in opts {
+            o.insert(opt);
+        }
+        if reply_kind == MessageType::Advertise {
+            o.insert(DhcpOption::Preference(255));
+        }
+        if rapid {
+            o.insert(DhcpOption::RapidCommit);
+        }
+        if !self.params.dns.is_empty() && !matches!(kind, MessageType::Release | MessageType::Decline) {
+            o.insert(DhcpOption::DomainNameServers(self.params.dns.clone()));
+        }
+        if !matches!(kind, MessageType::Release | MessageType::Decline | MessageType::Confirm) {
+            self.boot_options(&c, o);
+        }
+        let inner = reply.to_vec().expect("a reply encodes");
+        let (to, port) = if outer.envelopes.is_empty() { (req.src, CLIENT_PORT) } else { (req.src, SERVER_PORT) };
+        Ok(Reply6 { kind: reply_kind, payload: relay::wrap(&outer.envelopes, inner), to, port, mac, class, arch, leases })
+    }
+
+    /// Option 59 (and 16 for HTTP boot) by class.
+    fn boot_options(&self, c: &Ctx, o: &mut dhcproto::v6::DhcpOptions) {
+        let class = crate::dhcp::Classification { class: c.class, arch: c.arch };
+        let Some(url) = self.params.boot.for_client(class) else { return };
+        o.insert(DhcpOption::Unknown(UnknownOption::new(OptionCode::OptBootfileUrl, url.as_bytes().to_vec())));
+        if c.class == ClientClass::Http {
+            // UEFI HTTP boot takes only an answer that says "HTTPClient" (EDK2 HttpBootDhcp6.c).
+            o.insert(class_option(OptionCode::VendorClass, Some(c.enterprise.unwrap_or(ENTERPRISE_UEFI)), &[&wire::HTTP_VENDOR_PREFIX]));
+        }
+    }
+
+    /// The address for one IA of the client: its host's, its current binding, or a new one.
+    fn address_for(&self, c: &Ctx, iaid: u32) -> Option<Ipv6Addr> {
+        let fixed = c.mac.and_then(|m| self.params.hosts.get(&m).copied().flatten());
+        if let Some(ip) = fixed {
+            return self.leases.is_free_for(ip, &c.duid, iaid, c.now).then_some(ip);
+        }
+        if let Some(l) = self.leases.of_client(&c.duid, iaid, c.now) {
+            if self.params.pools.iter().any(|p| p.contains(l.ip)) {
+                return Some(l.ip);
+            }
+        }
+        let reserved: std::collections::HashSet<Ipv6Addr> = self.params.hosts.values().flatten().copied().collect();
+        self.leases.allocate(&self.params.pools, &c.duid, iaid, c.now, |ip| reserved.contains(&ip))
+    }
+
+    fn lifetimes(&self) -> (u32, u32) {
+        let l = self.params.lease_secs;
+        (l / 2, (l / 5).saturating_mul(4))
+    }
+
+    fn binding(&self, c: &Ctx, ip: Ipv6Addr, iaid: u32, state: Lease6State) -> Lease6 {
+        let secs = if state == Lease6State::Advertised { ADVERTISE_HOLD_SECS } else { u64::from(self.params.lease_secs) };
+        Lease6 { ip, duid: c.duid.clone(), iaid, mac: c.mac, state, expires: c.now + secs }
+    }
+
+    fn ia_with(&self, iaid: u32, ip: Ipv6Addr, valid: u32) -> DhcpOption {
+        let (t1, t2) = if valid == 0 { (0, 0) } else { self.lifetimes() };
+        let mut opts = dhcproto::v6::DhcpOptions::new();
+        opts.insert(DhcpOption::IAAddr(IAAddr { addr: ip, preferred_life: valid, valid_life: valid, opts: Default::default() }));
+        DhcpOption::IANA(IANA { id: iaid, t1, t2, opts })
+    }
+
+    /// SOLICIT and REQUEST: an address per IA_NA.
+    fn assign(&mut self, c: &Ctx, state: Lease6State) -> (MessageType, Vec<DhcpOption>, Vec<Lease6>) {
+        let kind = if state == Lease6State::Advertised { MessageType::Advertise } else { MessageType::Reply };
+        let (mut opts, mut leases) = (Vec::new(), Vec::new());
+        for iaid in ia_ids(&c.msg) {
+            match self.address_for(c, iaid) {
+                Some(ip) => {
+                    // An ADVERTISE does not shorten a binding the client already has.
+                    let keep = self.leases.of_client(&c.duid, iaid, c.now).filter(|l| l.ip == ip && l.state == Lease6State::Bound && state == Lease6State::Advertised).cloned();
+                    let lease = keep.unwrap_or_else(|| self.binding(c, ip, iaid, state));
+                    self.leases.upsert(lease.clone());
+                    opts.push(self.ia_with(iaid, ip, self.params.lease_secs));
+                    leases.push(lease);
+                }
+                None => opts.push(ia_status(iaid, Status::NoAddrsAvail, "no address available")),
+            }
+        }
+        (kind, opts, leases)
+    }
+
+    /// RENEW and REBIND: the IA's address extended, or (REBIND, RFC 8415 §18.3.5) bound anew
+    /// if it is ours to give; a foreign address gets lifetime 0.
+    fn extend(&mut self, c: &Ctx, rebind: bool) -> (MessageType, Vec<DhcpOption>, Vec<Lease6>) {
+        let (mut opts, mut leases) = (Vec::new(), Vec::new());
+        for (iaid, addrs) in ia_addresses(&c.msg) {
+            let bound = self.leases.of_client(&c.duid, iaid, c.now).map(|l| l.ip);
+            let mut ia_opts = Vec::new();
+            let mut any = false;
+            for ip in addrs {
+                let ours = self.params.pools.iter().any(|p| p.contains(ip)) || self.params.hosts.values().any(|h| *h == Some(ip));
+                if bound == Some(ip) || (rebind && bound.is_none() && ours && self.address_for(c, iaid) == Some(ip)) {
+                    let lease = self.binding(c, ip, iaid, Lease6State::Bound);
+                    self.leases.upsert(lease.clone());
+                    leases.push(lease);
+                    ia_opts.push(ip);
+                    any = true;
+                } else if !self.params.prefix.contains(&ip) || rebind {
+                    // Not appropriate here (or not this client's): lifetime 0 (§18.3.4-5).
+                    opts.push(self.ia_with(iaid, ip, 0));
+                    any = true;
+                }
+            }
+            match (any, ia_opts.first()) {
+                (_, Some(ip)) => opts.push(self.ia_with(iaid, *ip, self.params.lease_secs)),
+                (false, None) => opts.push(ia_status(iaid, Status::NoBinding, "no binding for this IA")),
+                (true, None) => {}
+            }
+        }
+        (MessageType::Reply, opts, leases)
+    }
+
+    fn release(&mut self, c: &Ctx) -> (MessageType, Vec<DhcpOption>, Vec<Lease6>) {
+        let mut leases = Vec::new();
+        let mut opts = Vec::new();
+        for (iaid, addrs) in ia_addresses(&c.msg) {
+            let mut released = false;
+            for ip in addrs {
+                if let Some(l) = self.leases.release(ip, &c.duid, iaid, c.now) {
+                    leases.push(l);
+                    released = true;
+                }
+            }
+            if !released {
+                opts.push(ia_status(iaid, Status::NoBinding, "no binding for this IA"));
+            }
+        }
+        opts.push(status(Status::Success, "released"));
+        (MessageType::Reply, opts, leases)
+    }
+
+    /// DECLINE: the address is someone else's; nobody gets it for a lease time.
+    fn decline(&mut self, c: &Ctx) -> (MessageType, Vec<DhcpOption>, Vec<Lease6>) {
+        let mut leases = Vec::new();
+        for (iaid, addrs) in ia_addresses(&c.msg) {
+            for ip in addrs {
+                // Only the client's own binding: a DECLINE must not quarantine others' addresses.
+                if self.leases.of_client(&c.duid, iaid, c.now).is_some_and(|l| l.ip == ip && l.state == Lease6State::Bound) {
+                    let lease = Lease6 { state: Lease6State::Declined, ..self.binding(c, ip, iaid, Lease6State::Declined) };
+                    self.leases.upsert(lease.clone());
+                    leases.push(lease);
+                }
+            }
+        }
+        (MessageType::Reply, vec![status(Status::Success, "declined")], leases)
+    }
+
+    /// CONFIRM (RFC 8415 §18.3.3): are the client's addresses on this link?
+    fn confirm(&self, c: &Ctx) -> Result<(MessageType, Vec<DhcpOption>, Vec<Lease6>), Silence6> {
+        let addrs: Vec<Ipv6Addr> = ia_addresses(&c.msg).into_iter().flat_map(|(_, a)| a).collect();
+        if addrs.is_empty() {
+            return Err(Silence6::NothingToConfirm);
+        }
+        let on_link = addrs.iter().all(|ip| self.params.prefix.contains(ip));
+        let s = if on_link { status(Status::Success, "on link") } else { status(Status::NotOnLink, "not on this link") };
+        Ok((MessageType::Reply, vec![s], Vec::new()))
+    }
+}
+
+/// A user class (15) or vendor class (16) option, encoded here: dhcproto 0.15 writes their
+/// length as the number of items, not bytes (its decoding is right).
+pub fn class_option(code: OptionCode, enterprise: Option<u32>, items: &[&[u8]]) -> DhcpOption {
+    let mut data = enterprise.map(|e| e.to_be_bytes().to_vec()).unwrap_or_default();
+    for item in items {
+        data.extend_from_slice(&(item.len() as u16).to_be_bytes());
+        data.extend_from_slice(item);
+    }
+    DhcpOption::Unknown(UnknownOption::new(code, data))
+}
+
+fn status(s: Status, msg: &str) -> DhcpOption {
+    DhcpOption::StatusCode(StatusCode { status: s, msg: msg.into() })
+}
+
+fn ia_status(iaid: u32, s: Status, msg: &str) -> DhcpOption {
+    let mut opts = dhcproto::v6::DhcpOptions::new();
+    opts.insert(status(s, msg));
+    DhcpOption::IANA(IANA { id: iaid, t1: 0, t2: 0, opts })
+}
+
+fn ia_nas(m: &Message) -> impl Iterator<Item = &IANA> {
+    m.opts().iter().filter_map(|o| match o {
+        DhcpOption::IANA(ia) => Some(ia),
+        _ => None,
+    })
+}
+
+fn has_ia(m: &Message) -> bool {
+    m.opts().iter().any(|o| matches!(o, DhcpOption::IANA(_) | DhcpOption::IATA(_) | DhcpOption::IAPD(_)))
+}
+
+/// The IAIDs of the IA_NAs, each once (a client may repeat one; it gets one answer).
+fn ia_ids(m: &Message) -> Vec<u32> {
+    let mut ids: Vec<u32> = Vec::new();
+    for ia in ia_nas(m) {
+        if !ids.contains(&ia.id) {
+            ids.push(ia.id);
+        }
+    }
+    ids
+}
+
+/// Each IA_NA with the addresses it carries.
+fn ia_addresses(m: &Message) -> Vec<(u32, Vec<Ipv6Addr>)> {
+    ia_nas(m)
+        .map(|ia| {
+            let addrs = ia.opts.iter().filter_map(|o| match o {
+                DhcpOption::IAAddr(a) => Some(a.addr),
+                _ => None,
+            });
+            (ia.id, addrs.collect())
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;
