@@ -72,6 +72,13 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
     let dhcp = io::Service::bind(&iface, server, store, stats.clone(), timelines.clone())?.with_discovery(discovery.clone());
 
     let tftp = tftp_service(&config, &iface, server_ip, stats.clone(), timelines.clone())?;
+    let dhcp6 = match config.dhcp6.enabled {
+        true => {
+            let ip6 = iface.server_ip6(config.server.address6.as_ref().map(|a| *a.get_ref()), config.dhcp6.prefix())?;
+            Some(crate::dhcp6::io::Service6::bind(&iface, &config, ip6, stats.clone(), timelines.clone())?)
+        }
+        false => None,
+    };
     let http_listener = crate::http::bind(config.http.listen).await?;
     let control = crate::runtime::bind_control(iface_name)?;
     let clients = config.dhcp.reservations().count() as u64 + config.dhcp.pools.iter().map(|p| u64::from(p.get_ref().len())).sum::<u64>();
@@ -142,6 +149,7 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
             None
         }
     };
+    let dhcp6_task = dhcp6.map(|d| tokio::spawn(d.run(configs.clone(), stop_rx.clone())));
     let reload_task = tokio::spawn(crate::reload::run(config_path.to_path_buf(), file_tx, stats.clone(), stop_rx.clone()));
     // The record last: once it says we run, the control socket answers.
     record.write()?;
@@ -167,6 +175,9 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
         let _ = t.await;
     }
     if let Some(t) = ra_task {
+        let _ = t.await;
+    }
+    if let Some(t) = dhcp6_task {
         let _ = t.await;
     }
     if let Some(t) = tftp_task {

@@ -224,7 +224,7 @@ async fn dashboard() -> Response {
 
 /// The address of the peer (absent on the control socket).
 #[derive(Clone, Copy)]
-struct Peer(Option<Ipv4Addr>);
+struct Peer(Option<std::net::IpAddr>);
 
 /// Files under `http.root` (see [`crate::http_files`]); any other `/api/` path is no route.
 async fn static_file(State(st): State<Arc<HttpState>>, req: Request) -> Response {
@@ -252,9 +252,9 @@ async fn static_file(State(st): State<Arc<HttpState>>, req: Request) -> Response
 async fn confine_and_count(State(st): State<Arc<HttpState>>, mut req: Request, next: Next) -> Response {
     let started = std::time::Instant::now();
     st.stats.bump("http_requests");
-    let peer = req.extensions().get::<ConnectInfo<PeerAddr>>().and_then(|c| match c.0.addr {
-        SocketAddr::V4(a) => Some(*a.ip()),
-        SocketAddr::V6(a) => a.ip().to_ipv4_mapped(),
+    let peer = req.extensions().get::<ConnectInfo<PeerAddr>>().map(|c| match c.0.addr {
+        SocketAddr::V4(a) => std::net::IpAddr::V4(*a.ip()),
+        SocketAddr::V6(a) => a.ip().to_ipv4_mapped().map_or(std::net::IpAddr::V6(*a.ip()), std::net::IpAddr::V4),
     });
     req.extensions_mut().insert(Peer(peer));
     let path = req.uri().path().trim_start_matches('/').to_string();

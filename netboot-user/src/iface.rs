@@ -6,7 +6,7 @@ use crate::mac::MacAddr;
 use anyhow::bail;
 use ipnet::Ipv4Net;
 use std::ffi::{CStr, CString};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 #[derive(Debug, Clone)]
 pub struct Interface {
@@ -27,6 +27,16 @@ impl Interface {
         Ok(Interface { name: name.into(), index, mac: hw_addr(name)?, ipv4: ipv4_addrs(name), mtu: mtu(name).unwrap_or(1500) })
     }
 
+    /// The IPv6 address to serve DHCPv6 clients from: `configured`, or the interface's first
+    /// global address inside `prefix`.
+    pub fn server_ip6(&self, configured: Option<Ipv6Addr>, prefix: Option<ipnet::Ipv6Net>) -> anyhow::Result<Ipv6Addr> {
+        if let Some(ip) = configured {
+            return Ok(ip);
+        }
+        let found = ipv6_addrs(self.index).into_iter().find(|a| prefix.is_some_and(|p| p.contains(a)));
+        found.ok_or_else(|| anyhow::anyhow!("{} has no IPv6 address inside [dhcp6] prefix: add one or set [server] address6", self.name))
+    }
+
     /// The address to serve from: `configured`, or the interface's first IPv4 address.
     pub fn server_ip(&self, configured: Option<Ipv4Addr>) -> anyhow::Result<Ipv4Addr> {
         match (configured, self.ipv4.first()) {
@@ -43,10 +53,15 @@ impl Interface {
 pub fn udp_socket(dev: &str, addr: std::net::SocketAddr, many_clients: bool) -> anyhow::Result<tokio::net::UdpSocket> {
     use anyhow::Context;
     use socket2::{Domain, Protocol, Socket, Type};
-    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     s.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
     if many_clients {
-        s.set_broadcast(true)?;
+        if addr.is_ipv4() {
+            s.set_broadcast(true)?;
+        }
         // A storm's requests arrive at once: 16 MiB holds ~20,000 of them. FORCE (root) so
         // that net.core.rmem_max does not cap it; the plain option otherwise.
         let size: libc::c_int = 16 << 20;
@@ -62,6 +77,20 @@ pub fn udp_socket(dev: &str, addr: std::net::SocketAddr, many_clients: bool) -> 
     s.set_nonblocking(true)?;
     s.bind(&addr.into()).with_context(|| format!("cannot bind UDP {addr} on {dev}"))?;
     Ok(tokio::net::UdpSocket::from_std(s.into())?)
+}
+
+/// The IPv6 addresses of interface `index` (from /proc/net/if_inet6, which is per network
+/// namespace): `ADDR(32 hex) INDEX PREFIXLEN SCOPE FLAGS NAME` per line.
+pub fn ipv6_addrs(index: u32) -> Vec<Ipv6Addr> {
+    let text = std::fs::read_to_string("/proc/net/if_inet6").unwrap_or_default();
+    text.lines()
+        .filter_map(|line| {
+            let mut f = line.split_whitespace();
+            let addr = u128::from_str_radix(f.next()?, 16).ok()?;
+            let idx = u32::from_str_radix(f.next()?, 16).ok()?;
+            (idx == index).then(|| Ipv6Addr::from(addr))
+        })
+        .collect()
 }
 
 /// The interface ioctl `request` on `name` (`fill` sets what the request needs besides the

@@ -4,7 +4,9 @@
 //! (about 13 s in Debian's build when none comes). We answer each router solicitation on the
 //! boot interface with an advertisement that says nothing: router lifetime 0 (not a default
 //! router, RFC 4861 §4.2), no prefix information (no addresses), M and O clear (no DHCPv6).
-//! iPXE then finishes its IPv6 configuration at once; an OS learns nothing from it.
+//! iPXE then finishes its IPv6 configuration at once; an OS learns nothing from it. With
+//! `[dhcp6] enabled` the advertisement sets M and O and carries the boot prefix as on-link:
+//! firmware and iPXE then run stateful DHCPv6 and reach the server at once.
 //!
 //! The answer is unicast to the soliciting address (RFC 4861 §6.2.6 allows it), so that a
 //! thousand nodes booting at once do not each receive a thousand multicast advertisements; a
@@ -47,15 +49,36 @@ pub fn is_router_solicitation(msg: &[u8], hop_limit: Option<u8>) -> bool {
     i == msg.len()
 }
 
-/// The advertisement: router lifetime 0, no flags, no prefixes; our link-layer address.
-pub fn router_advertisement(mac: MacAddr) -> [u8; 24] {
-    let mut m = [0u8; 24];
+const NDP_OPT_PREFIX_INFO: u8 = 3;
+const RA_FLAG_MANAGED: u8 = 0x80;
+const RA_FLAG_OTHER: u8 = 0x40;
+const PREFIX_FLAG_ON_LINK: u8 = 0x80;
+
+/// The advertisement: router lifetime 0, our link-layer address; with `managed` (`[dhcp6]` on)
+/// M and O set and that prefix as on-link (L=1, A=0: addresses come from DHCPv6, not SLAAC),
+/// so that firmware starts DHCPv6 and reaches the server without waiting for a route.
+pub fn router_advertisement(mac: MacAddr, managed: Option<ipnet::Ipv6Net>, prefix_lifetime: u32) -> Vec<u8> {
+    let mut m = vec![0u8; 24];
     m[0] = ICMPV6_ROUTER_ADVERTISEMENT;
     // [1] code 0, [2..4] checksum (the kernel computes it), [4] cur hop limit 0 (unspecified),
-    // [5] flags M=0 O=0, [6..8] router lifetime 0, [8..12] reachable 0, [12..16] retrans 0.
+    // [5] flags, [6..8] router lifetime 0, [8..12] reachable 0, [12..16] retrans 0.
     m[16] = NDP_OPT_SOURCE_LL;
     m[17] = 1;
     m[18..24].copy_from_slice(&mac.0);
+    if let Some(p) = managed {
+        m[5] = RA_FLAG_MANAGED | RA_FLAG_OTHER;
+        // RFC 4861 §4.6.2: type, length 4 (32 bytes), prefix length, flags, valid and
+        // preferred lifetimes, reserved, prefix.
+        let mut opt = [0u8; 32];
+        opt[0] = NDP_OPT_PREFIX_INFO;
+        opt[1] = 4;
+        opt[2] = p.prefix_len();
+        opt[3] = PREFIX_FLAG_ON_LINK;
+        opt[4..8].copy_from_slice(&prefix_lifetime.to_be_bytes());
+        opt[8..12].copy_from_slice(&prefix_lifetime.to_be_bytes());
+        opt[16..32].copy_from_slice(&p.network().octets());
+        m.extend_from_slice(&opt);
+    }
     m
 }
 
@@ -63,7 +86,7 @@ pub fn router_advertisement(mac: MacAddr) -> [u8; 24] {
 pub struct Responder {
     fd: AsyncFd<OwnedFd>,
     ifindex: u32,
-    ra: [u8; 24],
+    mac: MacAddr,
     stats: Arc<Stats>,
     last_multicast: Option<Instant>,
 }
@@ -108,7 +131,7 @@ impl Responder {
         setsockopt(&fd, libc::IPPROTO_IPV6, libc::IPV6_ADD_MEMBERSHIP, &join, "joining ff02::2")?;
         // SAFETY: the fd is owned by the AsyncFd from here on and closed only when it drops.
         let fd = unsafe { AsyncFd::register(fd) }.map_err(|e| std::io::Error::other(format!("ICMPv6 socket: {e}")))?;
-        Ok(Responder { fd, ifindex: iface.index, ra: router_advertisement(iface.mac), stats, last_multicast: None })
+        Ok(Responder { fd, ifindex: iface.index, mac: iface.mac, stats, last_multicast: None })
     }
 
     /// Answers solicitations until `shutdown` changes, while the current config says
@@ -133,10 +156,15 @@ impl Responder {
                     continue;
                 }
             };
-            if !configs.borrow().dhcp.ipv6_ra {
-                self.stats.bump("ra_solicitations_ignored");
-                continue;
-            }
+            let ra = {
+                let cfg = configs.borrow();
+                if !cfg.dhcp.ipv6_ra {
+                    self.stats.bump("ra_solicitations_ignored");
+                    continue;
+                }
+                let managed = cfg.dhcp6.prefix().filter(|_| cfg.dhcp6.enabled);
+                router_advertisement(self.mac, managed, cfg.dhcp6.lease_time.0.as_secs().min(u64::from(u32::MAX)) as u32)
+            };
             if !is_router_solicitation(&buf[..n], hop_limit) {
                 self.stats.bump("ra_invalid_solicitations");
                 continue;
@@ -152,7 +180,7 @@ impl Responder {
             } else {
                 from
             };
-            match self.send_to(to) {
+            match self.send_to(&ra, to) {
                 Ok(()) => {
                     self.stats.bump("ra_sent");
                     tracing::debug!(%to, "router advertisement sent");
@@ -165,7 +193,7 @@ impl Responder {
         }
     }
 
-    fn send_to(&self, to: Ipv6Addr) -> std::io::Result<()> {
+    fn send_to(&self, ra: &[u8], to: Ipv6Addr) -> std::io::Result<()> {
         let dst = SocketAddrV6::new(to, 0, 0, self.ifindex);
         let sa = libc::sockaddr_in6 {
             sin6_family: libc::AF_INET6 as libc::sa_family_t,
@@ -177,8 +205,8 @@ impl Responder {
         let rc = unsafe {
             libc::sendto(
                 self.fd.get_ref().as_raw_fd(),
-                self.ra.as_ptr().cast(),
-                self.ra.len(),
+                ra.as_ptr().cast(),
+                ra.len(),
                 libc::MSG_DONTWAIT,
                 (&sa as *const libc::sockaddr_in6).cast(),
                 std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
@@ -223,12 +251,23 @@ mod tests {
 
     #[test]
     fn advertisement_says_nothing_but_our_address() {
-        let ra = router_advertisement(MacAddr([2, 0, 0, 0, 0, 9]));
+        let ra = router_advertisement(MacAddr([2, 0, 0, 0, 0, 9]), None, 3600);
         assert_eq!(ra[0], 134);
         assert_eq!(ra[5], 0, "M and O clear: no DHCPv6");
         assert_eq!(u16::from_be_bytes([ra[6], ra[7]]), 0, "router lifetime 0: not a default router");
         // The only option is the source link-layer address: no prefix information (type 3).
         assert_eq!(&ra[16..], &[1, 1, 2, 0, 0, 0, 0, 9]);
+    }
+
+    #[test]
+    fn with_dhcp6_the_advertisement_is_managed_and_the_prefix_on_link() {
+        let ra = router_advertisement(MacAddr([2, 0, 0, 0, 0, 9]), Some("fd00:77::/64".parse().unwrap()), 3600);
+        assert_eq!(ra[5], 0xc0, "M and O set");
+        assert_eq!(u16::from_be_bytes([ra[6], ra[7]]), 0, "still not a default router");
+        let p = &ra[24..];
+        assert_eq!((p[0], p[1], p[2], p[3]), (3, 4, 64, 0x80), "prefix information, on-link, not autonomous");
+        assert_eq!(u32::from_be_bytes(p[4..8].try_into().unwrap()), 3600);
+        assert_eq!(&p[16..], &"fd00:77::".parse::<Ipv6Addr>().unwrap().octets());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::mac::MacAddr;
 use netboot_common::wire::ClientClass;
 use serde::Serialize;
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Mutex;
 
 /// Nodes kept at most: beyond this the least recently active [`EVICT_BATCH`] go (counted), so
@@ -64,6 +64,8 @@ pub enum Milestone {
     Dhcp { kind: &'static str, class: &'static str, arch: Option<u16>, ip: Ipv4Addr, path: Path },
     /// DHCP of iPXE (user class "iPXE" or option 175).
     IpxeDhcp { kind: &'static str, arch: Option<u16>, ip: Ipv4Addr, path: Path },
+    /// A DHCPv6 answer ("advertise", "reply") and the address it gives.
+    Dhcp6 { kind: &'static str, class: &'static str, arch: Option<u16>, ip: Option<Ipv6Addr> },
     /// A TFTP read, finished, probed or abandoned.
     Tftp { file: String, blksize: u16, windowsize: u16, bytes: u64, ms: u64, retransmits: u64, outcome: TftpOutcome },
     /// The iPXE script was served.
@@ -87,6 +89,7 @@ impl Milestone {
         match self {
             Milestone::Dhcp { .. } => "dhcp",
             Milestone::IpxeDhcp { .. } => "ipxe_dhcp",
+            Milestone::Dhcp6 { .. } => "dhcp6",
             Milestone::Tftp { .. } => "tftp",
             Milestone::Script { .. } => "script",
             Milestone::File { .. } => "file",
@@ -98,6 +101,14 @@ impl Milestone {
     fn bound_ip(&self) -> Option<Ipv4Addr> {
         match self {
             Milestone::Dhcp { kind: "ack", ip, .. } | Milestone::IpxeDhcp { kind: "ack", ip, .. } => Some(*ip),
+            _ => None,
+        }
+    }
+
+    /// The IPv6 address a DHCPv6 REPLY bound, if this is one.
+    fn bound_ip6(&self) -> Option<Ipv6Addr> {
+        match self {
+            Milestone::Dhcp6 { kind: "reply", ip, .. } => *ip,
             _ => None,
         }
     }
@@ -129,6 +140,8 @@ pub struct Event {
 pub struct Node {
     pub mac: MacAddr,
     pub ip: Option<Ipv4Addr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
     /// The stage of the latest event, and when it happened: a node whose `stage` is `tftp` and
     /// whose `last_ms` is a minute old is stuck after its transfer.
     pub stage: &'static str,
@@ -145,6 +158,7 @@ struct Inner {
     /// outside it; a node being read is copied when it is next written (`Arc::make_mut`).
     nodes: HashMap<MacAddr, std::sync::Arc<Node>>,
     by_ip: HashMap<Ipv4Addr, MacAddr>,
+    by_ip6: HashMap<Ipv6Addr, MacAddr>,
     nodes_dropped: u64,
 }
 
@@ -157,6 +171,9 @@ impl Inner {
             if let Some(n) = self.nodes.remove(&mac) {
                 if let Some(ip) = n.ip.filter(|ip| self.by_ip.get(ip) == Some(&mac)) {
                     self.by_ip.remove(&ip);
+                }
+                if let Some(ip) = n.ip6.filter(|ip| self.by_ip6.get(ip) == Some(&mac)) {
+                    self.by_ip6.remove(&ip);
                 }
             }
             self.nodes_dropped += 1;
@@ -211,10 +228,14 @@ impl Timelines {
         if let Some(ip) = what.bound_ip() {
             inner.by_ip.insert(ip, mac);
         }
+        if let Some(ip) = what.bound_ip6() {
+            inner.by_ip6.insert(ip, mac);
+        }
         let node = inner.nodes.entry(mac).or_insert_with(|| {
             std::sync::Arc::new(Node {
                 mac,
                 ip: None,
+                ip6: None,
                 stage: what.stage(),
                 first_ms: at_ms,
                 last_ms: at_ms,
@@ -226,6 +247,9 @@ impl Timelines {
         if let Some(ip) = what.bound_ip() {
             node.ip = Some(ip);
         }
+        if let Some(ip) = what.bound_ip6() {
+            node.ip6 = Some(ip);
+        }
         node.stage = what.stage();
         node.last_ms = at_ms;
         if node.events.len() >= MAX_EVENTS {
@@ -236,13 +260,20 @@ impl Timelines {
     }
 
     /// The node that has `ip`: the MAC we bound it to, else the neighbour table's.
-    pub fn mac_of(&self, ip: Ipv4Addr) -> Option<MacAddr> {
-        let known = self.inner.lock().unwrap_or_else(|e| e.into_inner()).by_ip.get(&ip).copied();
-        known.or_else(|| self.neighbors.get(&self.iface, ip))
+    pub fn mac_of(&self, ip: IpAddr) -> Option<MacAddr> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        match ip {
+            IpAddr::V4(ip) => {
+                let known = inner.by_ip.get(&ip).copied();
+                drop(inner);
+                known.or_else(|| self.neighbors.get(&self.iface, ip))
+            }
+            IpAddr::V6(ip) => inner.by_ip6.get(&ip).copied().or_else(|| crate::dhcp6::identity::mac_from_link_local(ip)),
+        }
     }
 
     /// Records a step of whichever node has `ip`; false if no node is known for it.
-    pub fn record_by_ip(&self, ip: Ipv4Addr, what: Milestone) -> bool {
+    pub fn record_by_ip(&self, ip: IpAddr, what: Milestone) -> bool {
         match self.mac_of(ip) {
             Some(mac) => {
                 self.record(mac, what);
@@ -284,6 +315,10 @@ fn describe(m: &Milestone) -> String {
             format!("DHCP {kind} {ip} to {class} client (arch {arch:?}) from the {} path", path.name())
         }
         Milestone::IpxeDhcp { kind, ip, path, .. } => format!("iPXE DHCP {kind} {ip} from the {} path", path.name()),
+        Milestone::Dhcp6 { kind, class, arch, ip } => match ip {
+            Some(ip) => format!("DHCPv6 {kind} {ip} to {class} client (arch {arch:?})"),
+            None => format!("DHCPv6 {kind} to {class} client (arch {arch:?})"),
+        },
         Milestone::Tftp { file, bytes, ms, retransmits, outcome: TftpOutcome::Complete, .. } => {
             format!("TFTP {file}: {bytes} bytes in {ms} ms, {retransmits} retransmits")
         }

@@ -8,6 +8,7 @@
 //! ([`identity`]).
 
 pub mod identity;
+pub mod io;
 pub mod leases;
 pub mod relay;
 pub mod server;

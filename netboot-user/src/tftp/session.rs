@@ -218,7 +218,7 @@ impl Session {
             retransmits: self.transfer.retransmits,
             outcome,
         };
-        if !timelines.record_by_ip(*client.ip(), what) {
+        if !timelines.record_by_ip((*client.ip()).into(), what) {
             tracing::debug!(%client, file = self.file, ?outcome, "TFTP transfer of a client without a timeline");
         }
     }

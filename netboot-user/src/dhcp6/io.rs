@@ -1,0 +1,106 @@
+//! The DHCPv6 service of the agent: UDP port 547 on the boot interface (ff02::1:2 joined),
+//! each request through the [`Dhcp6Server`] core, the reply to the client's link-local
+//! address (port 546) or to the relay (port 547).
+
+use super::identity::server_duid;
+use super::server::{Dhcp6Server, Params6, Reply6, Request6, SERVER_PORT};
+use crate::config::Config;
+use crate::iface::{Interface, udp_socket};
+use crate::stats::Stats;
+use crate::timeline::{Milestone, Timelines};
+use anyhow::Context;
+use dhcproto::v6::MessageType;
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+
+/// All_DHCP_Relay_Agents_and_Servers (RFC 8415 §7.1).
+pub const ALL_DHCP_AGENTS: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 1, 2);
+
+pub struct Service6 {
+    sock: UdpSocket,
+    server: Dhcp6Server,
+    ifindex: u32,
+    duid: Vec<u8>,
+    stats: Arc<Stats>,
+    timelines: Arc<Timelines>,
+}
+
+impl Service6 {
+    /// Port 547 on `iface`, serving from `server_ip` with the config's `[dhcp6]`.
+    pub fn bind(iface: &Interface, config: &Config, server_ip: Ipv6Addr, stats: Arc<Stats>, timelines: Arc<Timelines>) -> anyhow::Result<Service6> {
+        let sock = udp_socket(&iface.name, SocketAddr::from((Ipv6Addr::UNSPECIFIED, SERVER_PORT)), true)
+            .context("DHCPv6 port 547 (another DHCPv6 server running?)")?;
+        socket2::SockRef::from(&sock).join_multicast_v6(&ALL_DHCP_AGENTS, iface.index).context("joining ff02::1:2")?;
+        let duid = server_duid(iface.mac);
+        let server = Dhcp6Server::new(Params6::from_config(config, server_ip, duid.clone()));
+        tracing::info!(server = %server_ip, prefix = ?config.dhcp6.prefix(), "DHCPv6 service up");
+        Ok(Service6 { sock, server, ifindex: iface.index, duid, stats, timelines })
+    }
+
+    /// Answers until `shutdown` changes; a reload brings new pools, hosts and boot files
+    /// (`[dhcp6] enabled = false` silences it).
+    pub async fn run(mut self, mut configs: watch::Receiver<Arc<Config>>, mut shutdown: watch::Receiver<bool>) {
+        let mut buf = vec![0u8; 65536];
+        let mut sweep = tokio::time::interval(Duration::from_secs(60));
+        let mut enabled = configs.borrow().dhcp6.enabled;
+        loop {
+            tokio::select! {
+                r = self.sock.recv_from(&mut buf) => match r {
+                    Ok((n, SocketAddr::V6(from))) => self.answer(&buf[..n], *from.ip(), enabled).await,
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!("DHCPv6 recv: {e}"),
+                },
+                r = configs.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    let cfg = configs.borrow_and_update().clone();
+                    enabled = cfg.dhcp6.enabled;
+                    let ip = self.server.params().server_ip;
+                    self.server.set_params(Params6::from_config(&cfg, cfg.server.address6.as_ref().map_or(ip, |a| *a.get_ref()), self.duid.clone()));
+                }
+                _ = sweep.tick() => {
+                    self.server.sweep(crate::dhcp::io::unix_now());
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    async fn answer(&mut self, payload: &[u8], src: Ipv6Addr, enabled: bool) {
+        self.stats.bump("dhcp6_received");
+        if !enabled {
+            self.stats.bump("dhcp6_silent_disabled");
+            return;
+        }
+        let reply = match self.server.handle(&Request6 { payload, src, now: crate::dhcp::io::unix_now() }) {
+            Ok(r) => r,
+            Err(why) => {
+                self.stats.bump(why.counter());
+                return;
+            }
+        };
+        self.send(&reply).await;
+    }
+
+    async fn send(&self, r: &Reply6) {
+        // A link-local destination needs the interface as its scope.
+        let scope = if r.to.is_unicast_link_local() { self.ifindex } else { 0 };
+        let kind = if r.kind == MessageType::Advertise { "advertise" } else { "reply" };
+        match self.sock.send_to(&r.payload, SocketAddrV6::new(r.to, r.port, 0, scope)).await {
+            Ok(_) => {
+                self.stats.bump(&format!("dhcp6_sent_{kind}"));
+                if let Some(mac) = r.mac {
+                    self.timelines.record(mac, Milestone::Dhcp6 { kind, class: r.class.name(), arch: r.arch, ip: r.address() });
+                }
+            }
+            Err(e) => {
+                self.stats.bump("dhcp6_send_errors");
+                tracing::warn!(to = %r.to, "sending DHCPv6 {kind}: {e}");
+            }
+        }
+    }
+}
