@@ -43,6 +43,20 @@ pub fn dhclient_with_script(lab: &Lab, script: &str) -> std::io::Result<Output> 
     out
 }
 
+/// ISC `dhclient -6` (stateful DHCPv6, one address) with its files in `dir` (kept, so that a
+/// second call with `-r` releases the lease the first got), running `script`
+/// (`reason=BOUND6` with `new_ip6_address` in the environment).
+pub fn dhclient6(lab: &Lab, dir: &std::path::Path, script: &str, extra: &[&str]) -> std::io::Result<Output> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("dhclient6.conf"), "timeout 5;\nretry 1;\ninitial-interval 1;\n")?;
+    let p = |n: &str| dir.join(n).to_string_lossy().into_owned();
+    bounded(lab, 10, "dhclient")
+        .args(["-6", "-1", "-d", "-v", "-sf", script, "-cf", &p("dhclient6.conf"), "-lf", &p("leases6"), "-pf", &p("pid6")])
+        .args(extra)
+        .arg(&lab.client_if)
+        .output()
+}
+
 /// `perfdhcp` (it always acts as a relay: giaddr = its address, source port 67): `n`
 /// exchanges from `n` distinct MACs at `rate` per second, with extra options such as
 /// `-o 77,69505845` (user class "iPXE").

@@ -349,14 +349,14 @@ mod tests {
         t.record(mac(1), Milestone::dhcp("offer", ClientClass::Pxe, Some(7), ip, Path::Kernel));
         t.record(mac(1), Milestone::dhcp("ack", ClientClass::Pxe, Some(7), ip, Path::Agent));
         let tftp = Milestone::Tftp { file: "ipxe.efi".into(), blksize: 1468, windowsize: 4, bytes: 10, ms: 3, retransmits: 0, outcome: TftpOutcome::Complete };
-        assert!(t.record_by_ip(ip, tftp));
+        assert!(t.record_by_ip(ip.into(), tftp));
         t.record(mac(1), Milestone::dhcp("ack", ClientClass::Ipxe, Some(7), ip, Path::Kernel));
         t.record(mac(1), Milestone::Script { status: 200, known: true });
         let n = t.node(mac(1)).unwrap();
         let stages: Vec<&str> = n.events.iter().map(|e| e.what.stage()).collect();
         assert_eq!(stages, ["dhcp", "dhcp", "tftp", "ipxe_dhcp", "script"]);
         assert_eq!((n.ip, n.stage), (Some(ip), "script"));
-        assert!(!t.record_by_ip(Ipv4Addr::new(10, 9, 9, 9), Milestone::Script { status: 200, known: false }));
+        assert!(!t.record_by_ip(Ipv4Addr::new(10, 9, 9, 9).into(), Milestone::Script { status: 200, known: false }));
         let json = serde_json::to_value(&n).unwrap();
         assert_eq!(json["events"][2]["stage"], "tftp");
         assert_eq!(json["events"][2]["blksize"], 1468);
@@ -369,7 +369,7 @@ mod tests {
         let ip = Ipv4Addr::new(10, 0, 1, 9);
         t.record(mac(3), Milestone::dhcp("ack", ClientClass::Pxe, Some(0), ip, Path::Agent));
         let long = "é".repeat(1000);
-        assert!(t.record_by_ip(ip, Milestone::File { path: long, status: 404, bytes: None, ms: 1 }));
+        assert!(t.record_by_ip(ip.into(), Milestone::File { path: long, status: 404, bytes: None, ms: 1 }));
         match &t.node(mac(3)).unwrap().events[1].what {
             Milestone::File { path, .. } => assert!(path.len() <= MAX_NAME && path.chars().all(|c| c == 'é')),
             other => panic!("{other:?}"),
@@ -378,7 +378,7 @@ mod tests {
         let mut inner = Inner::default();
         for i in 0..MAX_NODES as u64 {
             let m = MacAddr([2, 0, (i >> 24) as u8, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
-            inner.nodes.insert(m, std::sync::Arc::new(Node { mac: m, ip: None, stage: "dhcp", first_ms: i, last_ms: i, events_dropped: 0, events: Vec::new() }));
+            inner.nodes.insert(m, std::sync::Arc::new(Node { mac: m, ip: None, ip6: None, stage: "dhcp", first_ms: i, last_ms: i, events_dropped: 0, events: Vec::new() }));
         }
         *t.inner.lock().unwrap() = inner;
         t.record(mac(4), Milestone::Script { status: 200, known: false });

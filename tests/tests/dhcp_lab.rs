@@ -252,6 +252,51 @@ fn a_full_transmit_queue_delays_a_reply_but_does_not_lose_it() {
     assert_eq!(agent.status().unwrap()["agent"]["dhcp_send_errors"].as_u64().unwrap_or(0), 0);
 }
 
+const DHCP6: &str = "[dhcp6]\nenabled = true\nprefix = \"fd00:77::/64\"\npools = [\"fd00:77::1000-fd00:77::1fff\"]\ndns = [\"fd00:77::53\"]\nlease_time = \"1h\"\n";
+
+/// Issue 16's DHCPv6 with a real client: the RA says "managed" and gives the prefix on-link
+/// (rdisc6), `dhclient -6` gets the address reserved for its MAC (from its DUID-LLT) with the
+/// DNS server, and its RELEASE is answered. The server address is found on the interface.
+#[test]
+fn dhclient6_gets_its_reserved_address_from_managed_ras_and_releases_it() {
+    if !require_root("dhclient6_gets_its_reserved_address_from_managed_ras_and_releases_it") {
+        return;
+    }
+    let _serial = tests::serial();
+    let s = setup(DHCP6);
+    let mac = s.client_mac();
+    let mut text = std::fs::read_to_string(&s.config).unwrap();
+    text.push_str(&format!("[[dhcp.host]]\nmac = \"{mac}\"\nip = \"10.77.0.77\"\nip6 = \"fd00:77::77\"\n"));
+    std::fs::write(&s.config, text).unwrap();
+    let add = ["-6", "addr", "add", "fd00:77::1/64", "dev", &s.lab.server_if, "nodad"];
+    assert!(s.lab.server.command("ip").args(add).status().unwrap().success());
+    let agent = s.start();
+
+    let rdisc = s.lab.client.command("timeout").args(["-s", "KILL", "8", "rdisc6", "-1", "-w", "1500", "-r", "3", &s.lab.client_if]).output().unwrap();
+    let ra = String::from_utf8_lossy(&rdisc.stdout).to_string();
+    let field = |name: &str| ra.lines().find(|l| l.trim_start().starts_with(name)).map(|l| l.rsplit(':').next().unwrap().trim().to_string());
+    assert_eq!(field("Stateful address conf.").as_deref(), Some("Yes"), "{ra}");
+    assert_eq!(field("Router lifetime").as_deref(), Some("0 (0x00000000) seconds"), "{ra}");
+    assert!(ra.contains("Prefix                   : fd00:77::/64"), "{ra}");
+    assert_eq!(field("On-link").as_deref(), Some("Yes"), "{ra}");
+    assert_eq!(field("Autonomous address conf.").as_deref(), Some("No"), "{ra}");
+
+    let (script, env) = s.recorder("dhclient6");
+    let dir = s.dir.join("dhclient6");
+    let out = clients::dhclient6(&s.lab, &dir, &script, &[]).unwrap();
+    let e = event(&env, "reason", "BOUND6");
+    assert_eq!(e["new_ip6_address"], "fd00:77::77", "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(e["new_dhcp6_name_servers"], "fd00:77::53");
+    let counter = |name: &str| agent.status().unwrap()["agent"][name].as_u64().unwrap_or(0);
+    assert_eq!((counter("dhcp6_sent_advertise"), counter("dhcp6_sent_reply")), (1, 1), "{}", agent.status().unwrap());
+    // The node's timeline has its IPv6 address.
+    let node: serde_json::Value = serde_json::from_slice(&netboot::runtime::control_get(&s.lab.server_if, &format!("/api/v1/nodes/{mac}")).unwrap()).unwrap();
+    assert_eq!(node["ip6"], "fd00:77::77", "{node}");
+
+    clients::dhclient6(&s.lab, &dir, &script, &["-r"]).unwrap();
+    assert!(tests::eventually(3, || counter("dhcp6_sent_reply") == 2), "{}", agent.status().unwrap());
+}
+
 #[test]
 fn leases_survive_kill_9_and_restart() {
     if !require_root("leases_survive_kill_9_and_restart") {
