@@ -18,6 +18,9 @@ pub enum Firmware {
     /// OVMF with the NIC ROM disabled: EDK2's own PXE client (PXEClient, arch 7) fetches
     /// ipxe.efi over TFTP, then iPXE asks again.
     OvmfPxe,
+    /// OVMF with IPv4 PXE switched off (fw_cfg `opt/org.tianocore/IPv4PXESupport`): EDK2's
+    /// PXEv6 client (DHCPv6, `tftp://[addr]/file`) is the first to boot.
+    OvmfPxe6,
 }
 
 impl Firmware {
@@ -25,6 +28,7 @@ impl Firmware {
         match self {
             Firmware::SeaBiosIpxeRom => "seabios-ipxe-rom",
             Firmware::OvmfPxe => "ovmf-pxe",
+            Firmware::OvmfPxe6 => "ovmf-pxe6",
         }
     }
 }
@@ -84,13 +88,16 @@ impl Vm {
             Firmware::SeaBiosIpxeRom => {
                 cmd.args(["-boot", "n", "-device", &format!("virtio-net-pci,netdev=n0,mac={mac}")]);
             }
-            Firmware::OvmfPxe => {
+            Firmware::OvmfPxe | Firmware::OvmfPxe6 => {
                 let vars = dir.join(format!("vm{n}.vars.fd"));
                 std::fs::copy(OVMF_VARS, &vars).with_context(|| format!("{OVMF_VARS} (package ovmf)")).map_err(cleanup)?;
                 cmd.args(["-machine", "q35"])
                     .args(["-drive", &format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}")])
                     .args(["-drive", &format!("if=pflash,format=raw,file={}", vars.display())])
                     .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac},romfile=")]);
+                if firmware == Firmware::OvmfPxe6 {
+                    cmd.args(["-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=no"]);
+                }
             }
         }
         let log = std::fs::File::create(dir.join(format!("vm{n}.qemu.log")))?;

@@ -71,15 +71,19 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
     let timelines = Arc::new(Timelines::new(iface_name));
     let dhcp = io::Service::bind(&iface, server, store, stats.clone(), timelines.clone())?.with_discovery(discovery.clone());
 
-    let tftp = tftp_service(&config, &iface, server_ip, stats.clone(), timelines.clone())?;
-    let dhcp6 = match config.dhcp6.enabled {
-        true => {
-            let ip6 = iface.server_ip6(config.server.address6.as_ref().map(|a| *a.get_ref()), config.dhcp6.prefix())?;
-            Some(crate::dhcp6::io::Service6::bind(&iface, &config, ip6, stats.clone(), timelines.clone())?)
-        }
+    let server_ip6 = match config.dhcp6.enabled {
+        true => Some(iface.server_ip6(config.server.address6.as_ref().map(|a| *a.get_ref()), config.dhcp6.prefix())?),
         false => None,
     };
+    let tftp = tftp_service(&config, &iface, server_ip, server_ip6, stats.clone(), timelines.clone())?;
+    let dhcp6 = match server_ip6 {
+        Some(ip6) => Some(crate::dhcp6::io::Service6::bind(&iface, &config, ip6, stats.clone(), timelines.clone())?),
+        None => None,
+    };
     let http_listener = crate::http::bind(config.http.listen).await?;
+    if server_ip6.is_some() && config.http.listen.is_ipv4() {
+        tracing::warn!(listen = %config.http.listen, "[dhcp6] is on but http.listen is IPv4: IPv6 clients cannot fetch scripts and files (listen = \"[::]:8080\" serves both)");
+    }
     let control = crate::runtime::bind_control(iface_name)?;
     let clients = config.dhcp.reservations().count() as u64 + config.dhcp.pools.iter().map(|p| u64::from(p.get_ref().len())).sum::<u64>();
     let cache_entries = crate::fastpath::cache_entries(clients);
@@ -245,6 +249,7 @@ fn tftp_service(
     config: &Config,
     iface: &Interface,
     server_ip: std::net::Ipv4Addr,
+    server_ip6: Option<std::net::Ipv6Addr>,
     stats: Arc<Stats>,
     timelines: Arc<Timelines>,
 ) -> anyhow::Result<Option<(tftp::socket::Service, tftp::session::Source)>> {
@@ -264,7 +269,7 @@ fn tftp_service(
         max_transfers_per_client: t.max_transfers_per_client,
     };
     let source = tftp::session::Source { files: Arc::new(files), limits, admission: Arc::default() };
-    Ok(Some((tftp::socket::Service::bind(iface, server_ip, source.clone(), stats, timelines)?, source)))
+    Ok(Some((tftp::socket::Service::bind(iface, server_ip, server_ip6, source.clone(), stats, timelines)?, source)))
 }
 
 /// The AF_XDP TFTP engine beside the socket engine, or `None` (with the reason logged) when

@@ -153,6 +153,10 @@ pub async fn bind(listen: std::net::SocketAddr) -> anyhow::Result<tokio::net::Tc
     let err = |e: std::io::Error| anyhow::anyhow!("cannot listen on {listen} (http.listen): {e}");
     let s = Socket::new(Domain::for_address(listen), Type::STREAM, None).map_err(err)?;
     s.set_reuse_address(true).map_err(err)?;
+    if listen.is_ipv6() {
+        // `[::]:8080` serves IPv4 and IPv6 clients alike, whatever net.ipv6.bindv6only says.
+        s.set_only_v6(false).map_err(err)?;
+    }
     s.set_nonblocking(true).map_err(err)?;
     s.bind(&listen.into()).map_err(err)?;
     s.listen(65_535).map_err(err)?;

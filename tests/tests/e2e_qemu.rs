@@ -192,6 +192,47 @@ fn ovmf_http_boot_fetches_ipxe_over_http() {
     drop(agent);
 }
 
+/// Issue 16's IPv6 chain with real firmware: OVMF with IPv4 PXE off solicits a router
+/// (managed RA, boot prefix on-link), runs DHCPv6 as PXEClient arch 7 and gets
+/// `tftp://[fd00:77::1]/ipxe.efi`, fetches it over TFTPv6; iPXE then configures IPv6 from the
+/// same RA, gets the script URL by DHCPv6 and fetches the script and the final file over
+/// HTTPv6. DHCPv4 is ProxyDHCP only here, so no step can quietly fall back to IPv4.
+#[test]
+fn ovmf_pxe6_boots_over_ipv6_to_its_script() {
+    if !require_root("ovmf_pxe6_boots_over_ipv6_to_its_script") {
+        return;
+    }
+    let _serial = tests::serial();
+    let s = setup_with("e2e-pxe6", 1, "uefi_x64 = \"ipxe.efi\"");
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    let text = text
+        .replace("[dhcp]\nsubnet = \"10.77.0.0/16\"\npools = [\"10.77.1.1-10.77.1.254\"]\nrouter = \"10.77.0.1\"\n", "[dhcp]\nmode = \"proxy\"\n")
+        .replace("listen = \"0.0.0.0:8080\"", "listen = \"[::]:8080\"")
+        + "[dhcp6]\nenabled = true\nprefix = \"fd00:77::/64\"\npools = [\"fd00:77::1000-fd00:77::1fff\"]\n";
+    std::fs::write(&s.config, text).unwrap();
+    std::fs::write(s.dir.join("http").join("boot.ipxe.j2"), SCRIPT.replace("http://{{ server }}:8080/", "http://[fd00:77::1]:8080/")).unwrap();
+    let add = ["-6", "addr", "add", "fd00:77::1/64", "dev", &s.lab.server_if, "nodad"];
+    assert!(s.lab.server.command("ip").args(add).status().unwrap().success());
+    let agent = s.start();
+    let mut vms = vec![Vm::start(&s.lab, 0, Firmware::OvmfPxe6, mac(0), &s.dir).expect("VM")];
+    let nodes = wait_booted(&s, &mut vms);
+    let node = &nodes[0];
+    let events = node["events"].as_array().unwrap();
+    let at = |f: &dyn Fn(&serde_json::Value) -> bool| events.iter().position(f);
+    let firmware = at(&|e| e["stage"] == "dhcp6" && e["kind"] == "reply" && e["class"] == "pxe" && e["arch"] == 7);
+    let tftp = at(&|e| e["stage"] == "tftp" && e["file"] == "ipxe.efi" && e["outcome"] == "complete");
+    let ipxe = at(&|e| e["stage"] == "dhcp6" && e["kind"] == "reply" && e["class"] == "ipxe");
+    let script = at(&|e| e["stage"] == "script" && e["known"] == true);
+    assert!(firmware.is_some() && firmware < tftp && tftp < ipxe && ipxe < script, "{node:#}");
+    assert!(node["ip6"].as_str().is_some_and(|ip| ip.starts_with("fd00:77::")), "{node:#}");
+    // ProxyDHCPv4 offers to iPXE (no address in them) are all IPv4 gave.
+    assert!(events.iter().all(|e| !(e["stage"] == "dhcp" || e["stage"] == "ipxe_dhcp") || e["kind"] == "offer"), "no DHCPv4 binding: {node:#}");
+    assert!(node["ip"].is_null(), "{node:#}");
+    let secs = (events[script.unwrap()]["at_ms"].as_u64().unwrap() - vms[0].started_ms) as f64 / 1000.0;
+    eprintln!("e2e: OVMF PXEv6 -> ipxe.efi over TFTPv6 -> iPXE DHCPv6 -> script over HTTPv6: VM start to script {secs:.1} s");
+    drop(agent);
+}
+
 #[test]
 fn ten_vms_at_once_all_boot() {
     if !require_root("ten_vms_at_once_all_boot") {

@@ -246,10 +246,10 @@ impl Worker {
             // its port; a new client reuses it.
             let old = self.transfers.remove(&client).expect("present");
             self.forget_record(client, old.tid);
-            old.session.finish(client, Some("replaced by a new request from the same port"), &self.stats, &self.timelines);
+            old.session.finish(client.into(), Some("replaced by a new request from the same port"), &self.stats, &self.timelines);
         }
         let tid = self.allocate_tid();
-        match session::open(&self.source, request, client, &self.stats, now) {
+        match session::open(&self.source, request, client.into(), &self.stats, now) {
             Opened::Transfer(session, first) => {
                 for p in first {
                     self.out.push(self.outgoing(queue, client, client_mac, tid, p));
@@ -267,13 +267,13 @@ impl Worker {
     fn resume(&mut self, queue: usize, client: SocketAddrV4, client_mac: MacAddr, tid: u16, now: Instant) -> bool {
         let key = transfer_key(client, tid);
         let Some(rec) = self.records.as_ref().and_then(|m| m.get(&key, 0).ok()) else { return false };
-        let Some(session) = session::resume(&self.source, &rec, client, &self.stats, now) else {
+        let Some(session) = session::resume(&self.source, &rec, client.into(), &self.stats, now) else {
             self.forget_record(client, tid);
             return false;
         };
         if let Some(old) = self.transfers.remove(&client) {
             self.forget_record(client, old.tid);
-            old.session.finish(client, Some("replaced by a resumed transfer"), &self.stats, &self.timelines);
+            old.session.finish(client.into(), Some("replaced by a resumed transfer"), &self.stats, &self.timelines);
         }
         self.transfers.insert(client, Live { session, client_mac, tid, queue, timer_at: None });
         true
@@ -312,7 +312,7 @@ impl Worker {
             Step::Done => {
                 let live = self.transfers.remove(&client).expect("present");
                 self.forget_record(client, tid);
-                live.session.finish(client, None, &self.stats, &self.timelines);
+                live.session.finish(client.into(), None, &self.stats, &self.timelines);
             }
             Step::Abort(error, why) => {
                 if let Some(e) = error {
@@ -320,7 +320,7 @@ impl Worker {
                 }
                 let live = self.transfers.remove(&client).expect("present");
                 self.forget_record(client, tid);
-                live.session.finish(client, Some(why), &self.stats, &self.timelines);
+                live.session.finish(client.into(), Some(why), &self.stats, &self.timelines);
             }
         }
     }

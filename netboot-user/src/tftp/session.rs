@@ -7,7 +7,7 @@ use super::transfer::{DEFAULT_MAX_RTO, Limits, Params, SIZE_PROBE, Transfer, neg
 use crate::stats::{Stage, Stats};
 use crate::timeline::{Milestone, TftpOutcome, Timelines};
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,13 +32,13 @@ pub struct Admission(Mutex<Running>);
 #[derive(Default)]
 struct Running {
     total: u32,
-    per_client: HashMap<Ipv4Addr, u32>,
+    per_client: HashMap<IpAddr, u32>,
 }
 
 /// One admitted transfer; dropping it frees its place.
 pub struct Slot {
     admission: Arc<Admission>,
-    client: Ipv4Addr,
+    client: IpAddr,
 }
 
 /// Why a request was not admitted.
@@ -49,7 +49,7 @@ pub enum Busy {
 }
 
 impl Admission {
-    pub fn admit(self: &Arc<Self>, client: Ipv4Addr, limits: &Limits) -> Result<Slot, Busy> {
+    pub fn admit(self: &Arc<Self>, client: IpAddr, limits: &Limits) -> Result<Slot, Busy> {
         let mut r = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let mine = r.per_client.get(&client).copied().unwrap_or(0);
         if limits.max_transfers != 0 && r.total >= limits.max_transfers {
@@ -102,9 +102,9 @@ pub struct Source {
 }
 
 /// Opens a read request from `client`; counts refusals.
-pub fn open(src: &Source, request: &[u8], client: SocketAddrV4, stats: &Stats, now: Instant) -> Opened {
+pub fn open(src: &Source, request: &[u8], client: SocketAddr, stats: &Stats, now: Instant) -> Opened {
     let Source { files, limits, admission } = src;
-    let limits = *limits;
+    let limits = limits.for_client(client);
     let refuse = |code: ErrorCode, msg: &str, counter: &str| {
         stats.bump(counter);
         Opened::Refused(Packet::error(code, msg))
@@ -122,7 +122,7 @@ pub fn open(src: &Source, request: &[u8], client: SocketAddrV4, stats: &Stats, n
         "netascii" => Mode::Netascii,
         _ => return refuse(ErrorCode::IllegalOperation, "unknown mode", "tftp_bad_mode"),
     };
-    let slot = match admission.admit(*client.ip(), &limits) {
+    let slot = match admission.admit(client.ip(), &limits) {
         Ok(s) => s,
         Err(Busy::Server) => return refuse(ErrorCode::NotDefined, "server busy, retry", "tftp_refused_busy"),
         Err(Busy::Client) => return refuse(ErrorCode::NotDefined, "too many transfers from this client", "tftp_refused_client_limit"),
@@ -144,10 +144,10 @@ pub fn open(src: &Source, request: &[u8], client: SocketAddrV4, stats: &Stats, n
 
 /// Takes over a transfer a stopped engine recorded (`rec`), to go on from the client's next
 /// ACK; `None` (counted) when the file is not the same any more, or there is no place for it.
-pub fn resume(src: &Source, rec: &netboot_common::TransferRecord, client: SocketAddrV4, stats: &Stats, now: Instant) -> Option<Session> {
+pub fn resume(src: &Source, rec: &netboot_common::TransferRecord, client: SocketAddr, stats: &Stats, now: Instant) -> Option<Session> {
     let name = std::str::from_utf8(rec.name.get(..usize::from(rec.name_len))?).ok()?.to_string();
     let mode = if rec.netascii == 1 { Mode::Netascii } else { Mode::Octet };
-    let slot = src.admission.admit(*client.ip(), &src.limits).ok()?;
+    let slot = src.admission.admit(client.ip(), &src.limits).ok()?;
     let data = src.files.get(&name, mode).ok().filter(|d| d.len() as u64 == rec.len);
     let Some(data) = data else {
         stats.bump("tftp_resume_file_changed");
@@ -188,7 +188,7 @@ impl Session {
 
     /// Counts the end of the transfer (`why`: the abort reason, `None` when complete) and
     /// records it on the node's timeline.
-    pub fn finish(&self, client: SocketAddrV4, why: Option<&str>, stats: &Stats, timelines: &Timelines) {
+    pub fn finish(&self, client: SocketAddr, why: Option<&str>, stats: &Stats, timelines: &Timelines) {
         let outcome = match why {
             None => TftpOutcome::Complete,
             Some(SIZE_PROBE) => TftpOutcome::SizeProbe,
@@ -218,7 +218,7 @@ impl Session {
             retransmits: self.transfer.retransmits,
             outcome,
         };
-        if !timelines.record_by_ip((*client.ip()).into(), what) {
+        if !timelines.record_by_ip(client.ip(), what) {
             tracing::debug!(%client, file = self.file, ?outcome, "TFTP transfer of a client without a timeline");
         }
     }

@@ -7,7 +7,7 @@ use crate::config::Config;
 use crate::timeline::Timelines;
 use crate::iface::{Interface, udp_socket};
 use crate::stats::Stats;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::net::UdpSocket;
@@ -17,6 +17,8 @@ pub use netboot_common::wire::TFTP_PORT;
 
 pub struct Service {
     listen: UdpSocket,
+    /// Port 69 over IPv6, when the agent serves DHCPv6.
+    listen6: Option<UdpSocket>,
     /// What each new transfer starts with (a reload replaces its files and limits).
     ctx: TransferCtx,
 }
@@ -25,13 +27,18 @@ impl Service {
     pub fn bind(
         iface: &Interface,
         server_ip: Ipv4Addr,
+        server_ip6: Option<Ipv6Addr>,
         source: Source,
         stats: Arc<Stats>,
         timelines: Arc<Timelines>,
     ) -> anyhow::Result<Service> {
         // Many clients: every machine of a storm sends its RRQ at about the same moment.
         let listen = udp_socket(&iface.name, SocketAddr::from((Ipv4Addr::UNSPECIFIED, TFTP_PORT)), true)?;
-        Ok(Service { listen, ctx: TransferCtx { source, iface: iface.name.clone(), server_ip, stats, timelines } })
+        let listen6 = match server_ip6 {
+            Some(_) => Some(udp_socket(&iface.name, SocketAddr::from((Ipv6Addr::UNSPECIFIED, TFTP_PORT)), true)?),
+            None => None,
+        };
+        Ok(Service { listen, listen6, ctx: TransferCtx { source, iface: iface.name.clone(), server_ip, server_ip6, stats, timelines } })
     }
 
     /// Serves until `shutdown` changes. Each config published on `configs` applies to new
@@ -39,10 +46,15 @@ impl Service {
     pub async fn run(mut self, mut configs: watch::Receiver<Arc<Config>>, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         tracing::info!(root = %self.ctx.source.files.root().display(), "TFTP service up (socket engine)");
         let mut buf = vec![0u8; 2048];
+        let mut buf6 = vec![0u8; 2048];
         loop {
-            let (n, from) = tokio::select! {
+            let (n, from, buf) = tokio::select! {
                 r = self.listen.recv_from(&mut buf) => match r {
-                    Ok(x) => x,
+                    Ok((n, from)) => (n, from, &buf),
+                    Err(e) => { tracing::warn!("tftp recv: {e}"); continue; }
+                },
+                r = async { self.listen6.as_ref().expect("guarded").recv_from(&mut buf6).await }, if self.listen6.is_some() => match r {
+                    Ok((n, from)) => (n, from, &buf6),
                     Err(e) => { tracing::warn!("tftp recv: {e}"); continue; }
                 },
                 r = configs.changed() => {
@@ -70,16 +82,26 @@ struct TransferCtx {
     source: Source,
     iface: String,
     server_ip: Ipv4Addr,
+    server_ip6: Option<Ipv6Addr>,
     stats: Arc<Stats>,
     timelines: Arc<Timelines>,
 }
 
 impl TransferCtx {
     async fn serve(self, request: &[u8], client: SocketAddr) -> anyhow::Result<()> {
-        let SocketAddr::V4(client4) = client else { return Ok(()) };
-        let sock = udp_socket(&self.iface, SocketAddr::from((self.server_ip, 0)), false)?;
+        let local: IpAddr = match (client, self.server_ip6) {
+            (SocketAddr::V4(_), _) => self.server_ip.into(),
+            (SocketAddr::V6(_), Some(ip6)) => ip6.into(),
+            (SocketAddr::V6(_), None) => return Ok(()),
+        };
+        // A link-local client is answered from our link-local address (the kernel picks it).
+        let local = match client {
+            SocketAddr::V6(c) if c.ip().is_unicast_link_local() => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            _ => local,
+        };
+        let sock = udp_socket(&self.iface, SocketAddr::new(local, 0), false)?;
         sock.connect(client).await?;
-        let (mut s, first) = match session::open(&self.source, request, client4, &self.stats, Instant::now()) {
+        let (mut s, first) = match session::open(&self.source, request, client, &self.stats, Instant::now()) {
             Opened::Transfer(s, first) => (s, first),
             Opened::Refused(error) => {
                 sock.send(&error).await?;
@@ -108,14 +130,14 @@ impl TransferCtx {
                 }
                 Step::Wait => {}
                 Step::Done => {
-                    s.finish(client4, None, &self.stats, &self.timelines);
+                    s.finish(client, None, &self.stats, &self.timelines);
                     return Ok(());
                 }
                 Step::Abort(err, why) => {
                     if let Some(e) = err {
                         let _ = sock.send(&e).await;
                     }
-                    s.finish(client4, Some(why), &self.stats, &self.timelines);
+                    s.finish(client, Some(why), &self.stats, &self.timelines);
                     anyhow::bail!("{}: {why}", s.file);
                 }
             }

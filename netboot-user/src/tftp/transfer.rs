@@ -24,6 +24,17 @@ pub struct Limits {
     pub max_transfers_per_client: u32,
 }
 
+impl Limits {
+    /// The limits for one client: `max_payload` is what fits an IPv4 datagram; an IPv6 header is
+    /// 20 bytes longer, and a fragmented DATA block is one firmware may never reassemble.
+    pub fn for_client(self, client: std::net::SocketAddr) -> Limits {
+        match client {
+            std::net::SocketAddr::V4(_) => self,
+            std::net::SocketAddr::V6(_) => Limits { max_payload: self.max_payload.saturating_sub(20).max(516), ..self },
+        }
+    }
+}
+
 /// Limits for the unit tests: a 1500-byte link, the config's defaults, no admission limits.
 #[cfg(test)]
 pub(crate) const TEST_LIMITS: Limits =
