@@ -21,6 +21,9 @@ pub enum Firmware {
     /// OVMF with IPv4 PXE switched off (fw_cfg `opt/org.tianocore/IPv4PXESupport`): EDK2's
     /// PXEv6 client (DHCPv6, `tftp://[addr]/file`) is the first to boot.
     OvmfPxe6,
+    /// OVMF with IPv4 and IPv6 PXE off: UEFI HTTP boot (HTTPv4, then HTTPv6) is the first to
+    /// boot, as on a fleet configured for HTTP boot.
+    OvmfHttp,
 }
 
 impl Firmware {
@@ -29,6 +32,7 @@ impl Firmware {
             Firmware::SeaBiosIpxeRom => "seabios-ipxe-rom",
             Firmware::OvmfPxe => "ovmf-pxe",
             Firmware::OvmfPxe6 => "ovmf-pxe6",
+            Firmware::OvmfHttp => "ovmf-http",
         }
     }
 }
@@ -88,15 +92,18 @@ impl Vm {
             Firmware::SeaBiosIpxeRom => {
                 cmd.args(["-boot", "n", "-device", &format!("virtio-net-pci,netdev=n0,mac={mac}")]);
             }
-            Firmware::OvmfPxe | Firmware::OvmfPxe6 => {
+            Firmware::OvmfPxe | Firmware::OvmfPxe6 | Firmware::OvmfHttp => {
                 let vars = dir.join(format!("vm{n}.vars.fd"));
                 std::fs::copy(OVMF_VARS, &vars).with_context(|| format!("{OVMF_VARS} (package ovmf)")).map_err(cleanup)?;
                 cmd.args(["-machine", "q35"])
                     .args(["-drive", &format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}")])
                     .args(["-drive", &format!("if=pflash,format=raw,file={}", vars.display())])
                     .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac},romfile=")]);
-                if firmware == Firmware::OvmfPxe6 {
+                if matches!(firmware, Firmware::OvmfPxe6 | Firmware::OvmfHttp) {
                     cmd.args(["-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=no"]);
+                }
+                if firmware == Firmware::OvmfHttp {
+                    cmd.args(["-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=no"]);
                 }
             }
         }
