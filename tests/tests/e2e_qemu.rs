@@ -194,18 +194,21 @@ fn ovmf_http_boot_fetches_ipxe_over_http() {
     drop(agent);
 }
 
-/// Issue 16's IPv6 chain with real firmware: OVMF with IPv4 PXE off solicits a router
-/// (managed RA, boot prefix on-link), runs DHCPv6 as PXEClient arch 7 and gets
-/// `tftp://[fd00:77::1]/ipxe.efi`, fetches it over TFTPv6; iPXE then configures IPv6 from the
-/// same RA, gets the script URL by DHCPv6 and fetches the script and the final file over
-/// HTTPv6. DHCPv4 is ProxyDHCP only here, so no step can quietly fall back to IPv4.
+/// Issue 16's IPv6 chains with real firmware, two VMs at once. DHCPv4 is ProxyDHCP only here,
+/// so no step can quietly fall back to IPv4.
+/// - OVMF with IPv4 PXE off solicits a router (managed RA, boot prefix on-link), runs DHCPv6 as
+///   PXEClient arch 7, gets `tftp://[fd00:77::1]/ipxe.efi` and fetches it over TFTPv6;
+/// - OVMF with both PXE off boots UEFI HTTP over IPv6 (HTTPv4 finds no address): DHCPv6 as
+///   HTTPClient, `http://[fd00:77::1]:8080/ipxe.efi` with "HTTPClient" echoed;
+/// then in both iPXE configures IPv6 from the same RA, gets the script URL by DHCPv6 and
+/// fetches the script and the final file over HTTPv6.
 #[test]
-fn ovmf_pxe6_boots_over_ipv6_to_its_script() {
-    if !require_root("ovmf_pxe6_boots_over_ipv6_to_its_script") {
+fn ovmf_boots_over_ipv6_by_pxe_and_by_http() {
+    if !require_root("ovmf_boots_over_ipv6_by_pxe_and_by_http") {
         return;
     }
     let _serial = tests::serial();
-    let s = setup_with("e2e-pxe6", 1, "uefi_x64 = \"ipxe.efi\"");
+    let s = setup_with("e2e-v6", 2, "uefi_x64 = \"ipxe.efi\"");
     let text = std::fs::read_to_string(&s.config).unwrap();
     let text = text
         .replace("[dhcp]\nsubnet = \"10.77.0.0/16\"\npools = [\"10.77.1.1-10.77.1.254\"]\nrouter = \"10.77.0.1\"\n", "[dhcp]\nmode = \"proxy\"\n")
@@ -216,22 +219,34 @@ fn ovmf_pxe6_boots_over_ipv6_to_its_script() {
     let add = ["-6", "addr", "add", "fd00:77::1/64", "dev", &s.lab.server_if, "nodad"];
     assert!(s.lab.server.command("ip").args(add).status().unwrap().success());
     let agent = s.start();
-    let mut vms = vec![Vm::start(&s.lab, 0, Firmware::OvmfPxe6, mac(0), &s.dir).expect("VM")];
+    let mut vms = vec![
+        Vm::start(&s.lab, 0, Firmware::OvmfPxe6, mac(0), &s.dir).expect("VM"),
+        Vm::start(&s.lab, 1, Firmware::OvmfHttp, mac(1), &s.dir).expect("VM"),
+    ];
     let nodes = wait_booted(&s, &mut vms);
-    let node = &nodes[0];
-    let events = node["events"].as_array().unwrap();
-    let at = |f: &dyn Fn(&serde_json::Value) -> bool| events.iter().position(f);
-    let firmware = at(&|e| e["stage"] == "dhcp6" && e["kind"] == "reply" && e["class"] == "pxe" && e["arch"] == 7);
-    let tftp = at(&|e| e["stage"] == "tftp" && e["file"] == "ipxe.efi" && e["outcome"] == "complete");
-    let ipxe = at(&|e| e["stage"] == "dhcp6" && e["kind"] == "reply" && e["class"] == "ipxe");
-    let script = at(&|e| e["stage"] == "script" && e["known"] == true);
-    assert!(firmware.is_some() && firmware < tftp && tftp < ipxe && ipxe < script, "{node:#}");
-    assert!(node["ip6"].as_str().is_some_and(|ip| ip.starts_with("fd00:77::")), "{node:#}");
-    // ProxyDHCPv4 offers to iPXE (no address in them) are all IPv4 gave.
-    assert!(events.iter().all(|e| !(e["stage"] == "dhcp" || e["stage"] == "ipxe_dhcp") || e["kind"] == "offer"), "no DHCPv4 binding: {node:#}");
-    assert!(node["ip"].is_null(), "{node:#}");
-    let secs = (events[script.unwrap()]["at_ms"].as_u64().unwrap() - vms[0].started_ms) as f64 / 1000.0;
-    eprintln!("e2e: OVMF PXEv6 -> ipxe.efi over TFTPv6 -> iPXE DHCPv6 -> script over HTTPv6: VM start to script {secs:.1} s");
+    for (vm, node) in vms.iter().zip(&nodes) {
+        let events = node["events"].as_array().unwrap();
+        let at = |f: &dyn Fn(&serde_json::Value) -> bool| events.iter().position(f);
+        let (firmware, fetched) = match vm.firmware {
+            Firmware::OvmfPxe6 => (
+                at(&|e| e["stage"] == "dhcp6" && e["kind"] == "reply" && e["class"] == "pxe" && e["arch"] == 7),
+                at(&|e| e["stage"] == "tftp" && e["file"] == "ipxe.efi" && e["outcome"] == "complete"),
+            ),
+            _ => (
+                at(&|e| e["stage"] == "dhcp6" && e["kind"] == "reply" && e["class"] == "http" && e["arch"] == 16),
+                at(&|e| e["stage"] == "file" && e["path"] == "/ipxe.efi" && e["status"] == 200),
+            ),
+        };
+        let ipxe = at(&|e| e["stage"] == "dhcp6" && e["kind"] == "reply" && e["class"] == "ipxe");
+        let script = at(&|e| e["stage"] == "script" && e["known"] == true);
+        assert!(firmware.is_some() && firmware < fetched && fetched < ipxe && ipxe < script, "{}: {node:#}", vm.firmware.name());
+        assert!(node["ip6"].as_str().is_some_and(|ip| ip.starts_with("fd00:77::")), "{node:#}");
+        // ProxyDHCPv4 offers (no address in them) are all IPv4 gave.
+        assert!(events.iter().all(|e| !(e["stage"] == "dhcp" || e["stage"] == "ipxe_dhcp") || e["kind"] == "offer"), "no DHCPv4 binding: {node:#}");
+        assert!(node["ip"].is_null(), "{node:#}");
+        let secs = (events[script.unwrap()]["at_ms"].as_u64().unwrap() - vm.started_ms) as f64 / 1000.0;
+        eprintln!("e2e: {} over IPv6 -> ipxe.efi -> iPXE DHCPv6 -> script over HTTPv6: VM start to script {secs:.1} s", vm.firmware.name());
+    }
     drop(agent);
 }
 
