@@ -154,7 +154,7 @@ pub fn mutate(rng: &mut XorShift, corpus: &[Vec<u8>]) -> Vec<u8> {
 
 /// The targets, each ready to take inputs (`dir`: a scratch directory for their files).
 pub fn targets(dir: &Path) -> Vec<Box<dyn Target>> {
-    vec![Box::new(Dhcp::new()), Box::new(Frame), Box::new(Tftp::new(dir)), Box::new(Http::new(dir))]
+    vec![Box::new(Dhcp::new()), Box::new(Dhcp6::new()), Box::new(Frame), Box::new(Tftp::new(dir)), Box::new(Http::new(dir))]
 }
 
 const CONFIG: &str = "[server]\naddress = \"10.78.0.1\"\n[dhcp]\nsubnet = \"10.78.0.0/16\"\npools = [\"10.78.1.1-10.78.1.40\"]\nrouter = \"10.78.0.1\"\ndns = [\"10.78.0.53\"]\ndomain = \"lab.example\"\nnew_clients_per_s = 20\n[[dhcp.host]]\nmac = \"52:54:00:00:00:01\"\nip = \"10.78.0.51\"\nhostname = \"node-001\"\n";
@@ -203,6 +203,52 @@ impl Target for Dhcp {
             }
         }
         let _ = netboot::dhcp::classify::decode(input).map(|m| netboot::dhcp::classify(&m));
+    }
+}
+
+/// The DHCPv6 core: relay envelopes, client messages, a small pool (exhaustion is reached),
+/// bindings carried over from input to input, time moving on.
+pub struct Dhcp6 {
+    server: netboot::dhcp6::Dhcp6Server,
+    now: u64,
+}
+
+impl Dhcp6 {
+    pub fn new() -> Dhcp6 {
+        use netboot::dhcp6::{Dhcp6Server, Params6};
+        let text = format!("{CONFIG}[dhcp6]\nenabled = true\nprefix = \"fd00:78::/64\"\npools = [\"fd00:78::1000-fd00:78::1020\"]\ndns = [\"fd00:78::53\"]\n");
+        let cfg = netboot::config::Config::parse(Path::new("fuzz.toml"), &text).unwrap();
+        let duid = netboot::dhcp6::identity::server_duid(netboot::mac::MacAddr([2, 0, 0, 0, 0, 1]));
+        Dhcp6 { server: Dhcp6Server::new(Params6::from_config(&cfg, "fd00:78::1".parse().unwrap(), duid)), now: 1_800_000_000 }
+    }
+}
+
+impl Default for Dhcp6 {
+    fn default() -> Self {
+        Dhcp6::new()
+    }
+}
+
+impl Target for Dhcp6 {
+    fn name(&self) -> &'static str {
+        "dhcp6"
+    }
+
+    fn run(&mut self, input: &[u8]) {
+        self.now += 7;
+        let req = netboot::dhcp6::Request6 { payload: input, src: "fe80::5054:ff:fe00:9".parse().unwrap(), now: self.now };
+        if let Ok(r) = self.server.handle(&req) {
+            // A reply is a message (or an envelope around one) that parses again.
+            let mut as_forward = r.payload.clone();
+            if as_forward[0] == netboot::dhcp6::relay::RELAY_REPL {
+                as_forward[0] = netboot::dhcp6::relay::RELAY_FORW;
+            }
+            let inner = netboot::dhcp6::relay::unwrap(&as_forward).map(|u| u.message.to_vec());
+            assert!(inner.is_ok_and(|m| !m.is_empty()), "a reply that does not parse");
+        }
+        if self.now % 1000 == 0 {
+            self.server.sweep(self.now);
+        }
     }
 }
 
