@@ -46,7 +46,7 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
         None => crate::provision::db::ProvisionDb::sqlite(&file_tx.borrow().server.state_dir)?,
     };
     let discovery = Arc::new(crate::provision::discovery::Discovery::new(provision_db.clone()));
-    let (provision, configs) = crate::provision::Provision::open(provision_db, file_rx)
+    let (provision, configs) = crate::provision::Provision::open(provision_db.clone(), file_rx)
         .await
         .map_err(|e| e.context("cannot read the provisioning tables of the lease store"))?;
     let config = (*configs.borrow()).clone();
@@ -77,7 +77,7 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
     };
     let tftp = tftp_service(&config, &iface, server_ip, server_ip6, stats.clone(), timelines.clone())?;
     let dhcp6 = match server_ip6 {
-        Some(ip6) => Some(crate::dhcp6::io::Service6::bind(&iface, &config, ip6, stats.clone(), timelines.clone())?),
+        Some(ip6) => Some(crate::dhcp6::io::Service6::bind(&iface, &config, ip6, provision_db.clone(), stats.clone(), timelines.clone()).await?),
         None => None,
     };
     let http_listener = crate::http::bind(config.http.listen).await?;

@@ -1,10 +1,13 @@
 //! The DHCPv6 service of the agent: UDP port 547 on the boot interface (ff02::1:2 joined),
-//! each request through the [`Dhcp6Server`] core, the reply to the client's link-local
-//! address (port 546) or to the relay (port 547).
+//! each request through the [`Dhcp6Server`] core, its bindings written to the lease store,
+//! then the reply to the client's link-local address (port 546) or to the relay (port 547).
+//! Requests are handled one at a time, each commit awaited: firmware asks a few times per
+//! boot, not at the rate of a DHCPv4 storm (no group commit here yet).
 
 use super::identity::server_duid;
 use super::server::{Dhcp6Server, Params6, Reply6, Request6, SERVER_PORT};
 use crate::config::Config;
+use crate::provision::db::ProvisionDb;
 use crate::iface::{Interface, udp_socket};
 use crate::stats::Stats;
 use crate::timeline::{Milestone, Timelines};
@@ -24,20 +27,32 @@ pub struct Service6 {
     server: Dhcp6Server,
     ifindex: u32,
     duid: Vec<u8>,
+    store: ProvisionDb,
     stats: Arc<Stats>,
     timelines: Arc<Timelines>,
 }
 
 impl Service6 {
     /// Port 547 on `iface`, serving from `server_ip` with the config's `[dhcp6]`.
-    pub fn bind(iface: &Interface, config: &Config, server_ip: Ipv6Addr, stats: Arc<Stats>, timelines: Arc<Timelines>) -> anyhow::Result<Service6> {
+    /// The bindings in `store` that have not expired are taken over.
+    pub async fn bind(
+        iface: &Interface,
+        config: &Config,
+        server_ip: Ipv6Addr,
+        store: ProvisionDb,
+        stats: Arc<Stats>,
+        timelines: Arc<Timelines>,
+    ) -> anyhow::Result<Service6> {
         let sock = udp_socket(&iface.name, SocketAddr::from((Ipv6Addr::UNSPECIFIED, SERVER_PORT)), true)
             .context("DHCPv6 port 547 (another DHCPv6 server running?)")?;
         socket2::SockRef::from(&sock).join_multicast_v6(&ALL_DHCP_AGENTS, iface.index).context("joining ff02::1:2")?;
         let duid = server_duid(iface.mac);
-        let server = Dhcp6Server::new(Params6::from_config(config, server_ip, duid.clone()));
-        tracing::info!(server = %server_ip, prefix = ?config.dhcp6.prefix(), "DHCPv6 service up");
-        Ok(Service6 { sock, server, ifindex: iface.index, duid, stats, timelines })
+        let mut server = Dhcp6Server::new(Params6::from_config(config, server_ip, duid.clone()));
+        let stored = super::store::load(&store, crate::dhcp::io::unix_now()).await.context("cannot read the DHCPv6 bindings of the lease store")?;
+        stats.add("dhcp6_leases_loaded", stored.len() as u64);
+        server.restore(stored);
+        tracing::info!(server = %server_ip, prefix = ?config.dhcp6.prefix(), leases = server.leases().len(), "DHCPv6 service up");
+        Ok(Service6 { sock, server, ifindex: iface.index, duid, store, stats, timelines })
     }
 
     /// Answers until `shutdown` changes; a reload brings new pools, hosts and boot files
@@ -83,6 +98,14 @@ impl Service6 {
                 return;
             }
         };
+        // Invariant 1: nothing leaves that the store does not hold.
+        if !reply.leases.is_empty() {
+            if let Err(e) = super::store::commit(&self.store, reply.leases.clone()).await {
+                self.stats.bump("dhcp6_dropped_commit_failed");
+                tracing::warn!(mac = ?reply.mac, "DHCPv6 reply dropped: its bindings could not be stored: {e:#}");
+                return;
+            }
+        }
         self.send(&reply).await;
     }
 

@@ -12,6 +12,7 @@ pub mod io;
 pub mod leases;
 pub mod relay;
 pub mod server;
+pub mod store;
 
 pub use leases::{Lease6, Lease6State, Lease6Table};
 pub use server::{Dhcp6Server, Params6, Reply6, Request6, Silence6};

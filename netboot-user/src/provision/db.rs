@@ -313,7 +313,7 @@ async fn apply_postgres(tx: &deadpool_postgres::Transaction<'_>, c: &Change) -> 
 }
 
 /// Runs `f` on the SQLite connection off the runtime's threads (a commit waits for the disk).
-pub(super) async fn with_sqlite<T: Send + 'static>(
+pub(crate) async fn with_sqlite<T: Send + 'static>(
     db: &Arc<Mutex<SqliteStore>>,
     f: impl FnOnce(&mut SqliteStore) -> anyhow::Result<T> + Send + 'static,
 ) -> anyhow::Result<T> {

@@ -34,6 +34,12 @@ const DISCOVERED: &str = "CREATE TABLE netboot_discovered (mac text PRIMARY KEY,
         class text NOT NULL, arch integer, uuid text, vendor_class text, relay text);
      CREATE INDEX netboot_discovered_last_seen ON netboot_discovered (last_seen);";
 
+/// DHCPv6 bindings (issue 16): the same in either backend. One row per address; a client's
+/// IA is (duid, iaid).
+const LEASES6: &str = "CREATE TABLE netboot_leases6 (ip text PRIMARY KEY, duid text NOT NULL, iaid bigint NOT NULL, mac text,
+        state text NOT NULL, expires bigint NOT NULL);
+     CREATE INDEX netboot_leases6_client ON netboot_leases6 (duid, iaid);";
+
 /// SQLite (`PRAGMA user_version`). Version 1 is the schema every earlier release created
 /// (`IF NOT EXISTS`: an existing file takes it as it is).
 pub const SQLITE: &[Migration] = &[
@@ -57,6 +63,7 @@ pub const SQLITE: &[Migration] = &[
         sql: provisioning_tables!("INTEGER PRIMARY KEY AUTOINCREMENT", "integer"),
     },
     Migration { version: 3, what: "discovery: machines seen asking", sql: DISCOVERED },
+    Migration { version: 4, what: "DHCPv6 bindings", sql: LEASES6 },
 ];
 
 /// PostgreSQL (table `netboot_schema`). Times that clients see (`expires`) are Unix seconds
@@ -162,4 +169,5 @@ END $$;
         sql: provisioning_tables!("bigserial PRIMARY KEY", "boolean"),
     },
     Migration { version: 4, what: "discovery: machines seen asking", sql: DISCOVERED },
+    Migration { version: 5, what: "DHCPv6 bindings", sql: LEASES6 },
 ];
