@@ -201,6 +201,13 @@ fn a_node_reporting_without_end_keeps_only_its_newest_events_on_both_backends() 
             assert_eq!(kept.last().unwrap().message, (EVENTS_PER_NODE + 4).to_string(), "the newest went");
             assert_eq!(kept[0].message, "5", "not the oldest that went");
             assert_eq!(db.events(b).await.unwrap().len(), 1);
+            // DHCPv6 bindings (issue 16) go to the same store: written, rewritten, read back.
+            use netboot::dhcp6::{Lease6, Lease6State, store};
+            let l = Lease6 { ip: "fd00::10".parse().unwrap(), duid: vec![0, 4, 0xab], iaid: u32::MAX, mac: Some(a), state: Lease6State::Advertised, expires: 2_000_000_000 };
+            store::commit(&db, vec![l.clone()]).await.unwrap();
+            store::commit(&db, vec![Lease6 { state: Lease6State::Bound, ..l.clone() }]).await.unwrap();
+            assert_eq!(store::load(&db, 1_900_000_000).await.unwrap(), vec![Lease6 { state: Lease6State::Bound, ..l }]);
+            assert!(store::load(&db, 2_000_000_000).await.unwrap().is_empty(), "expired");
         });
     }
     let _ = std::fs::remove_dir_all(&dir);
