@@ -77,7 +77,7 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
     };
     let tftp = tftp_service(&config, &iface, server_ip, server_ip6, stats.clone(), timelines.clone())?;
     let dhcp6 = match server_ip6 {
-        Some(ip6) => Some(crate::dhcp6::io::Service6::bind(&iface, &config, ip6, provision_db.clone(), stats.clone(), timelines.clone()).await?),
+        Some(ip6) => Some(crate::dhcp6::io::Service6::bind(&iface, &config, ip6, provision_db.clone(), stats.clone(), timelines.clone()).await?.with_discovery(discovery.clone())),
         None => None,
     };
     let http_listener = crate::http::bind(config.http.listen).await?;

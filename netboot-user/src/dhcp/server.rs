@@ -220,7 +220,7 @@ fn sighting(c: &Ctx, known: bool) -> Sighting {
 
 /// Option 97 (RFC 4578 §2.3): type 0 and 16 bytes of UUID, shown as RFC 4122 text (the first
 /// three fields little-endian, as SMBIOS and PXE firmware write them).
-fn machine_uuid(v: &[u8]) -> Option<String> {
+pub(crate) fn machine_uuid(v: &[u8]) -> Option<String> {
     let (&[0], u) = (v.get(..1)?, v.get(1..)?) else { return None };
     let u: [u8; 16] = u.try_into().ok()?;
     let h = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();

@@ -30,6 +30,7 @@ pub struct Service6 {
     store: ProvisionDb,
     stats: Arc<Stats>,
     timelines: Arc<Timelines>,
+    discovery: Option<Arc<crate::provision::discovery::Discovery>>,
 }
 
 impl Service6 {
@@ -52,7 +53,13 @@ impl Service6 {
         stats.add("dhcp6_leases_loaded", stored.len() as u64);
         server.restore(stored);
         tracing::info!(server = %server_ip, prefix = ?config.dhcp6.prefix(), leases = server.leases().len(), "DHCPv6 service up");
-        Ok(Service6 { sock, server, ifindex: iface.index, duid, store, stats, timelines })
+        Ok(Service6 { sock, server, ifindex: iface.index, duid, store, stats, timelines, discovery: None })
+    }
+
+    /// Records every machine that asks (see [`crate::provision::discovery`]).
+    pub fn with_discovery(mut self, discovery: Arc<crate::provision::discovery::Discovery>) -> Service6 {
+        self.discovery = Some(discovery);
+        self
     }
 
     /// Answers until `shutdown` changes; a reload brings new pools, hosts and boot files
@@ -91,7 +98,12 @@ impl Service6 {
             self.stats.bump("dhcp6_silent_disabled");
             return;
         }
-        let reply = match self.server.handle(&Request6 { payload, src, now: crate::dhcp::io::unix_now() }) {
+        let outcome = self.server.handle(&Request6 { payload, src, now: crate::dhcp::io::unix_now() });
+        let seen = self.server.take_sightings();
+        if let Some(d) = &self.discovery {
+            d.observe(seen);
+        }
+        let reply = match outcome {
             Ok(r) => r,
             Err(why) => {
                 self.stats.bump(why.counter());

@@ -13,7 +13,7 @@ use super::identity::{mac_from_duid, mac_from_link_local};
 use super::leases::{Lease6, Lease6State, Lease6Table};
 use super::relay;
 use crate::config::{Config, Pool6, UnknownPolicy};
-use crate::dhcp::server::BootFiles;
+use crate::dhcp::server::{BootFiles, Sighting};
 use crate::mac::MacAddr;
 use dhcproto::v6::{
     DhcpOption, IAAddr, IANA, Message, MessageType, OptionCode, Status, StatusCode, UnknownOption,
@@ -165,6 +165,26 @@ pub fn classify6(m: &Message) -> (ClientClass, Option<u16>, Option<u32>) {
 pub struct Dhcp6Server {
     params: Params6,
     leases: Lease6Table,
+    /// Machines seen asking since the I/O layer last took them (for discovery).
+    sightings: Vec<Sighting>,
+}
+
+/// Sightings kept between two takes, at most.
+const SIGHTINGS_KEPT: usize = 1024;
+
+/// What discovery records of a DHCPv6 client: as in v4, with the UUID of a DUID-UUID (EDK2's
+/// SMBIOS UUID) and the first vendor class item.
+fn sighting(m: &Message, mac: MacAddr, duid: &[u8], known: bool, now: u64) -> Sighting {
+    let (class, arch, _) = classify6(m);
+    let uuid = match duid {
+        [0, 4, uuid @ ..] if uuid.len() == 16 => crate::dhcp::server::machine_uuid(&[&[0u8][..], uuid].concat()),
+        _ => None,
+    };
+    let vendor_class = match m.opts().get(OptionCode::VendorClass) {
+        Some(DhcpOption::VendorClass(v)) => v.data.first().map(|d| String::from_utf8_lossy(d).chars().filter(|c| !c.is_control()).take(128).collect()),
+        _ => None,
+    };
+    Sighting { mac, at: now, class, arch, uuid, vendor_class, relay: None, known }
 }
 
 /// The parts of a request every handler needs.
@@ -180,7 +200,18 @@ struct Ctx {
 
 impl Dhcp6Server {
     pub fn new(params: Params6) -> Dhcp6Server {
-        Dhcp6Server { params, leases: Lease6Table::default() }
+        Dhcp6Server { params, leases: Lease6Table::default(), sightings: Vec::new() }
+    }
+
+    fn observe(&mut self, s: Sighting) {
+        if self.sightings.len() < SIGHTINGS_KEPT {
+            self.sightings.push(s);
+        }
+    }
+
+    /// The machines seen since the last call.
+    pub fn take_sightings(&mut self) -> Vec<Sighting> {
+        std::mem::take(&mut self.sightings)
     }
 
     pub fn params(&self) -> &Params6 {
@@ -254,10 +285,13 @@ impl Dhcp6Server {
         let peer = outer.envelopes.last().map_or(req.src, |e| e.peer);
         let mac = outer.client_mac().or_else(|| mac_from_duid(&duid)).or_else(|| mac_from_link_local(peer));
         let known = mac.is_some_and(|m| self.params.hosts.contains_key(&m));
+        let (class, arch, enterprise) = classify6(&msg);
+        if let Some(mac) = mac {
+            self.observe(sighting(&msg, mac, &duid, known, req.now));
+        }
         if !known && self.params.unknown == UnknownPolicy::Ignore {
             return Err(Silence6::UnknownClient);
         }
-        let (class, arch, enterprise) = classify6(&msg);
         let c = Ctx { msg, duid, mac, class, arch, enterprise, now: req.now };
 
         let rapid = kind == MessageType::Solicit && c.msg.opts().get(OptionCode::RapidCommit).is_some();

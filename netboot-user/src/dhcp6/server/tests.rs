@@ -68,7 +68,7 @@ fn status_of(m: &Message) -> Option<Status> {
     }
 }
 
-const UUID_DUID: [u8; 18] = [0, 4, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff, 0];
+const UUID_DUID: [u8; 18] = [0, 4, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15];
 
 #[test]
 fn uefi_pxe_gets_an_address_and_a_tftp_url_in_advertise_and_reply() {
@@ -216,3 +216,17 @@ fn discarded_messages_and_the_ignore_policy() {
     }
 }
 
+
+#[test]
+fn every_client_with_a_mac_is_seen_for_discovery_even_when_ignored() {
+    let mut s = server("unknown = \"ignore\"");
+    let solicit = message(MessageType::Solicit, &UUID_DUID, Some(1), edk2_options()).to_vec().unwrap();
+    assert_eq!(handle(&mut s, &solicit, "fe80::5054:ff:fe12:3456", 1), Err(Silence6::UnknownClient));
+    let seen = s.take_sightings();
+    assert_eq!(seen.len(), 1);
+    let x = &seen[0];
+    assert_eq!((x.mac, x.class, x.arch, x.known), (MacAddr([0x52, 0x54, 0, 0x12, 0x34, 0x56]), ClientClass::Pxe, Some(7), false));
+    assert_eq!(x.vendor_class.as_deref(), Some("PXEClient:Arch:00007:UNDI:003000"));
+    assert_eq!(x.uuid.as_deref(), Some("03020100-0504-0706-0809-0a0b0c0d0e0f"), "the DUID-UUID, as option 97 shows it");
+    assert!(s.take_sightings().is_empty());
+}
