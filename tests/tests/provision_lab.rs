@@ -16,7 +16,8 @@ fn setup(tag: &str) -> Setup {
         format!(
             "[server]\naddress = \"10.77.0.1\"\nstate_dir = \"{state}\"\n\
              [dhcp]\nsubnet = \"10.77.0.0/16\"\npools = [\"10.77.1.1-10.77.1.254\"]\n\
-             [[dhcp.host]]\nmac = \"52:54:00:cc:00:01\"\nip = \"10.77.0.9\"\nhostname = \"seed-001\"\n\
+             [[dhcp.host]]\nmac = \"52:54:00:cc:00:01\"\nip = \"10.77.0.9\"\nhostname = \"seed-001\"\nip6 = \"fd00:77::9\"\n\
+             [dhcp6]\nprefix = \"fd00:77::/64\"\n\
              [boot]\nipxe_script = \"http://{{server}}:8080/boot.ipxe\"\n\
              [http]\nlisten = \"0.0.0.0:8080\"\nroot = \"{http}\"\n\
              [api]\ntokens_file = \"tokens\"\n",
@@ -240,6 +241,14 @@ fn unknown_machines_are_discovered_adopted_and_boot_their_profile() {
     let patch = s.curl(&["-X", "PATCH", "-H", &auth(&writer), "-d", r#"{"profile":"generic","intent":"local"}"#, &format!("{BASE}/api/v1/hosts/{mac}")]);
     assert_eq!(patch.0, 200, "{}", String::from_utf8_lossy(&patch.1));
     assert!(script(mac).ends_with("\nexit 1\n"), "the profile's local boot: {}", script(mac));
+    // A DHCPv6 address (issue 16): inside the prefix, and nobody else's.
+    let patch6 = |ip6: &str| s.curl(&["-X", "PATCH", "-H", &auth(&writer), "-d", &format!(r#"{{"ip6":"{ip6}"}}"#), &format!("{BASE}/api/v1/hosts/{mac}")]);
+    let outside = patch6("2001:db8::70");
+    assert_eq!(outside.0, 422, "{}", String::from_utf8_lossy(&outside.1));
+    let taken = patch6("fd00:77::9");
+    assert_eq!(taken.0, 409, "the seed host's: {}", String::from_utf8_lossy(&taken.1));
+    assert_eq!(patch6("fd00:77::70").0, 200);
+    assert_eq!(get(&reader, &format!("/api/v1/hosts/{mac}"))["ip6"], "fd00:77::70");
 
     // A PXE machine bound from the pool (cached in the kernel), then `unknown = "ignore"`: it
     // and any new unknown machine get nothing; a host still does; both are listed.

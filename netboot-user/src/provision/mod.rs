@@ -105,14 +105,16 @@ impl Provision {
         let file = self.file.borrow().clone();
         let contents = self.contents();
         let replaced: HashSet<MacAddr> = hosts.iter().map(|h| h.mac).chain(removed.iter().copied()).collect();
-        let mut owner: HashMap<std::net::Ipv4Addr, (MacAddr, &'static str)> = HashMap::new();
+        // Every address a host reserves: its IPv4 one, and its DHCPv6 one if it has one.
+        let addrs = |h: &Host| std::iter::once(std::net::IpAddr::V4(h.ip)).chain(h.ip6.map(std::net::IpAddr::V6)).collect::<Vec<_>>();
+        let mut owner: HashMap<std::net::IpAddr, (MacAddr, &'static str)> = HashMap::new();
         let mut file_macs = HashSet::new();
         for h in file.dhcp.file_reservations() {
-            owner.insert(h.ip, (h.mac, "the config"));
+            owner.extend(addrs(h).into_iter().map(|a| (a, (h.mac, "the config"))));
             file_macs.insert(h.mac);
         }
         for h in contents.hosts.iter().filter(|h| !replaced.contains(&h.mac)) {
-            owner.insert(h.ip, (h.mac, "the API"));
+            owner.extend(addrs(h).into_iter().map(|a| (a, (h.mac, "the API"))));
         }
         let mut seen = HashSet::new();
         for h in hosts {
@@ -128,9 +130,16 @@ impl Provision {
                     return Err(Refused::Invalid(format!("{}: address {} is not inside subnet {net}", h.mac, h.ip)));
                 }
             }
-            if let Some((other, by)) = owner.insert(h.ip, (h.mac, "this request")) {
-                if other != h.mac {
-                    return Err(Refused::Conflict(format!("{}: address {} is reserved for {other} by {by}", h.mac, h.ip)));
+            match (h.ip6, file.dhcp6.prefix()) {
+                (Some(ip6), Some(p)) if !p.contains(&ip6) => return Err(Refused::Invalid(format!("{}: ip6 {ip6} is not inside [dhcp6] prefix {p}", h.mac))),
+                (Some(_), None) => return Err(Refused::Invalid(format!("{}: ip6 needs [dhcp6] prefix in the config", h.mac))),
+                _ => {}
+            }
+            for a in addrs(h) {
+                if let Some((other, by)) = owner.insert(a, (h.mac, "this request")) {
+                    if other != h.mac {
+                        return Err(Refused::Conflict(format!("{}: address {a} is reserved for {other} by {by}", h.mac)));
+                    }
                 }
             }
         }

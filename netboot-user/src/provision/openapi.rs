@@ -40,6 +40,7 @@ fn schemas() -> Value {
     let opt = |t: &str| json!({ "type": [t, "null"] });
     let mac = json!({ "type": "string", "pattern": "^([0-9a-f]{2}:){5}[0-9a-f]{2}$" });
     let ipv4 = json!({ "type": "string", "format": "ipv4" });
+    let ipv6 = json!({ "type": "string", "format": "ipv6" });
     let vars = json!({ "type": "object", "additionalProperties": { "type": "string" } });
     let intent = json!({ "type": "string", "enum": ["install", "local", "rescue", "discover"] });
     let list = |item: &str| json!({ "type": "array", "items": { "$ref": format!("#/components/schemas/{item}") } });
@@ -47,15 +48,15 @@ fn schemas() -> Value {
         "Object": s("object"),
         "None": s("null"),
         "Host": { "type": "object", "required": ["mac", "ip", "source"], "properties": {
-            "mac": mac, "ip": ipv4, "hostname": opt("string"), "profile": opt("string"), "vars": vars,
+            "mac": mac, "ip": ipv4, "ip6": ipv6, "hostname": opt("string"), "profile": opt("string"), "vars": vars,
             "intent": { "oneOf": [intent, s("null")] }, "intent_once": s("boolean"),
             "source": { "type": "string", "enum": ["config", "api"] } } },
         "Hosts": list("Host"),
         "HostWrite": { "type": "object", "required": ["ip"], "properties": {
-            "mac": mac, "ip": ipv4, "hostname": opt("string"), "profile": opt("string"), "vars": vars,
+            "mac": mac, "ip": ipv4, "ip6": ipv6, "hostname": opt("string"), "profile": opt("string"), "vars": vars,
             "intent": intent, "intent_once": s("boolean") } },
         "HostPatch": { "type": "object", "properties": {
-            "ip": ipv4, "hostname": opt("string"), "profile": opt("string"), "vars": vars, "intent": intent, "intent_once": s("boolean") } },
+            "ip": ipv4, "ip6": opt("string"), "hostname": opt("string"), "profile": opt("string"), "vars": vars, "intent": intent, "intent_once": s("boolean") } },
         "Import": s("string"),
         "IntentWrite": { "type": "object", "required": ["intent"], "properties": { "intent": intent, "intent_once": s("boolean") } },
         "EventWrite": { "type": "object", "required": ["event"], "properties": {

@@ -5,7 +5,7 @@ use crate::config::Host;
 use crate::mac::MacAddr;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// What a node's next boot does (its script).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +52,9 @@ pub struct NodeIntent {
 pub struct HostDoc {
     pub mac: MacAddr,
     pub ip: Ipv4Addr,
+    /// Its DHCPv6 address (inside `[dhcp6] prefix`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
     #[serde(default)]
     pub hostname: Option<String>,
     #[serde(default)]
@@ -73,6 +76,7 @@ impl HostDoc {
         HostDoc {
             mac: host.mac,
             ip: host.ip,
+            ip6: host.ip6,
             hostname: host.hostname.clone(),
             profile: host.profile.clone(),
             vars: host.vars.clone(),
@@ -83,7 +87,7 @@ impl HostDoc {
     }
 
     pub fn host(&self) -> Host {
-        Host { mac: self.mac, ip: self.ip, ip6: None, hostname: self.hostname.clone(), vars: self.vars.clone(), profile: self.profile.clone() }
+        Host { mac: self.mac, ip: self.ip, ip6: self.ip6, hostname: self.hostname.clone(), vars: self.vars.clone(), profile: self.profile.clone() }
     }
 
     /// The intent this document sets, if any.
