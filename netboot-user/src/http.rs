@@ -209,6 +209,7 @@ pub fn router(state: Arc<HttpState>) -> axum::Router {
         .route("/", get(dashboard))
         .route("/boot.ipxe", get(boot_script))
         .route("/api/v1/leases", get(leases))
+        .route("/api/v1/leases6", get(leases6))
         .route("/api/v1/nodes", get(nodes))
         .route("/api/v1/nodes/{mac}", get(node))
         .route("/api/v1/status", get(status))
@@ -502,6 +503,20 @@ async fn leases(State(st): State<Arc<HttpState>>) -> Response {
             st.renewals.overlay(&mut leases);
             leases.sort_by_key(|l| l.ip);
             axum::Json(leases.iter().map(|l| l.to_json(now)).collect::<Vec<_>>()).into_response()
+        }
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}\n")).into_response(),
+    }
+}
+
+/// The DHCPv6 bindings of the store (issue 16), by address.
+async fn leases6(State(st): State<Arc<HttpState>>) -> Response {
+    let Some(p) = &st.provision else {
+        return axum::Json(Vec::<crate::dhcp6::Lease6>::new()).into_response();
+    };
+    match crate::dhcp6::store::load(&p.db, crate::timeline::unix_ms() / 1000).await {
+        Ok(mut leases) => {
+            leases.sort_by_key(|l| l.ip);
+            axum::Json(leases).into_response()
         }
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}\n")).into_response(),
     }

@@ -294,6 +294,8 @@ fn dhclient6_gets_its_reserved_address_from_managed_ras_and_releases_it() {
     let node: serde_json::Value = serde_json::from_slice(&netboot::runtime::control_get(&s.lab.server_if, &format!("/api/v1/nodes/{mac}")).unwrap()).unwrap();
     assert_eq!(node["ip6"], "fd00:77::77", "{node}");
 
+    let leases6: serde_json::Value = serde_json::from_slice(&netboot::runtime::control_get(&s.lab.server_if, "/api/v1/leases6").unwrap()).unwrap();
+    assert_eq!((leases6[0]["ip"].as_str(), leases6[0]["state"].as_str(), leases6[0]["mac"].as_str()), (Some("fd00:77::77"), Some("bound"), Some(mac.as_str())), "{leases6}");
     // The binding is in the lease store: an agent killed and restarted has it.
     let mut agent = agent;
     agent.crash_and_restart().unwrap();

@@ -18,6 +18,7 @@ struct Op {
 const OPS: &[Op] = &[
     Op { method: "get", path: "/api/v1/status", scope: "read", summary: "The agent's status, counters and cluster (as `netboot-xdp status --json`)", body: None, answer: "Object" },
     Op { method: "get", path: "/api/v1/leases", scope: "read", summary: "Every lease of the store", body: None, answer: "Leases" },
+    Op { method: "get", path: "/api/v1/leases6", scope: "read", summary: "Every DHCPv6 binding of the store that has not expired", body: None, answer: "Leases6" },
     Op { method: "get", path: "/api/v1/nodes", scope: "read", summary: "Every node's boot timeline; `?stage=S`, `?idle=SECS`", body: None, answer: "Nodes" },
     Op { method: "get", path: "/api/v1/nodes/{mac}", scope: "read", summary: "One node's boot timeline", body: None, answer: "Node" },
     Op { method: "get", path: "/api/v1/hosts", scope: "read", summary: "Every host: the config's (read-only here) and the API's", body: None, answer: "Hosts" },
@@ -77,6 +78,10 @@ fn schemas() -> Value {
             "script": opt("string"), "error": opt("string") } },
         "Lease": s("object"),
         "Leases": list("Lease"),
+        "Lease6": { "type": "object", "required": ["ip", "duid", "iaid", "state", "expires"], "properties": {
+            "ip": ipv6, "duid": s("string"), "iaid": s("integer"), "mac": { "oneOf": [mac, s("null")] },
+            "state": { "type": "string", "enum": ["advertised", "bound", "declined"] }, "expires": s("integer") } },
+        "Leases6": list("Lease6"),
         "Node": s("object"),
         "Nodes": list("Node"),
     })
