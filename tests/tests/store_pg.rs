@@ -208,6 +208,7 @@ fn a_node_reporting_without_end_keeps_only_its_newest_events_on_both_backends() 
             store::commit(&db, vec![Lease6 { state: Lease6State::Bound, ..l.clone() }]).await.unwrap();
             assert_eq!(store::load(&db, 1_900_000_000).await.unwrap(), vec![Lease6 { state: Lease6State::Bound, ..l }]);
             assert!(store::load(&db, 2_000_000_000).await.unwrap().is_empty(), "expired");
+            assert_eq!(store::forget_expired(&db, 2_000_000_000).await.unwrap(), 1, "and deleted");
         });
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -85,7 +85,11 @@ impl Service6 {
                     self.server.set_params(Params6::from_config(&cfg, cfg.server.address6.as_ref().map_or(ip, |a| *a.get_ref()), self.duid.clone()));
                 }
                 _ = sweep.tick() => {
-                    self.server.sweep(crate::dhcp::io::unix_now());
+                    let now = crate::dhcp::io::unix_now();
+                    self.server.sweep(now);
+                    if let Err(e) = super::store::forget_expired(&self.store, now).await {
+                        tracing::warn!("DHCPv6: expired bindings not deleted from the store: {e:#}");
+                    }
                 }
                 _ = shutdown.changed() => return,
             }

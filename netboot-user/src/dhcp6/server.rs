@@ -21,7 +21,7 @@ use dhcproto::v6::{
 use dhcproto::{Decodable, Decoder, Encodable};
 use ipnet::Ipv6Net;
 use netboot_common::wire::{self, ClientClass};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::Ipv6Addr;
 
 pub const CLIENT_PORT: u16 = 546;
@@ -46,6 +46,8 @@ pub struct Params6 {
     pub boot: BootFiles,
     /// Known machines by MAC, with their fixed address if the host names one.
     pub hosts: HashMap<MacAddr, Option<Ipv6Addr>>,
+    /// The fixed addresses of `hosts`: never given from the pools to anyone else.
+    pub reserved: HashSet<Ipv6Addr>,
     pub unknown: UnknownPolicy,
 }
 
@@ -71,6 +73,7 @@ impl Params6 {
                 ipxe_script: url(&b.ipxe_script),
             },
             hosts: cfg.dhcp.reservations().map(|h| (h.mac, h.ip6)).collect(),
+            reserved: cfg.dhcp.reservations().filter_map(|h| h.ip6).collect(),
             unknown: cfg.dhcp.unknown,
         }
     }
@@ -327,8 +330,9 @@ impl Dhcp6Server {
             self.boot_options(&c, o);
         }
         let inner = reply.to_vec().expect("a reply encodes");
-        let (to, port) = if outer.envelopes.is_empty() { (req.src, CLIENT_PORT) } else { (req.src, SERVER_PORT) };
-        Ok(Reply6 { kind: reply_kind, payload: relay::wrap(&outer.envelopes, inner), to, port, mac, class, arch, leases })
+        // To the client, or to the relay that sent the request (RFC 8415 §19.3).
+        let port = if outer.envelopes.is_empty() { CLIENT_PORT } else { SERVER_PORT };
+        Ok(Reply6 { kind: reply_kind, payload: relay::wrap(&outer.envelopes, inner), to: req.src, port, mac, class, arch, leases })
     }
 
     /// Option 59 (and 16 for HTTP boot) by class.
@@ -353,8 +357,7 @@ impl Dhcp6Server {
                 return Some(l.ip);
             }
         }
-        let reserved: std::collections::HashSet<Ipv6Addr> = self.params.hosts.values().flatten().copied().collect();
-        self.leases.allocate(&self.params.pools, &c.duid, iaid, c.now, |ip| reserved.contains(&ip))
+        self.leases.allocate(&self.params.pools, &c.duid, iaid, c.now, |ip| self.params.reserved.contains(&ip))
     }
 
     fn lifetimes(&self) -> (u32, u32) {
@@ -403,7 +406,7 @@ impl Dhcp6Server {
             let mut ia_opts = Vec::new();
             let mut any = false;
             for ip in addrs {
-                let ours = self.params.pools.iter().any(|p| p.contains(ip)) || self.params.hosts.values().any(|h| *h == Some(ip));
+                let ours = self.params.pools.iter().any(|p| p.contains(ip)) || self.params.reserved.contains(&ip);
                 if bound == Some(ip) || (rebind && bound.is_none() && ours && self.address_for(c, iaid) == Some(ip)) {
                     let lease = self.binding(c, ip, iaid, Lease6State::Bound);
                     self.leases.upsert(lease.clone());

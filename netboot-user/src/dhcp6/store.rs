@@ -8,6 +8,7 @@ use crate::provision::db::{ProvisionDb, with_sqlite};
 
 const UPSERT: &str = "INSERT INTO netboot_leases6 (ip, duid, iaid, mac, state, expires) VALUES ({p}1, {p}2, {p}3, {p}4, {p}5, {p}6)
      ON CONFLICT (ip) DO UPDATE SET duid = EXCLUDED.duid, iaid = EXCLUDED.iaid, mac = EXCLUDED.mac, state = EXCLUDED.state, expires = EXCLUDED.expires";
+const FORGET: &str = "DELETE FROM netboot_leases6 WHERE expires <= {p}1";
 const LOAD: &str = "SELECT ip, duid, iaid, mac, state, expires FROM netboot_leases6 WHERE expires > {p}1 ORDER BY expires";
 
 /// One row as both backends bind it.
@@ -72,6 +73,16 @@ pub async fn commit(db: &ProvisionDb, leases: Vec<Lease6>) -> anyhow::Result<()>
     }
 }
 
+/// Deletes the bindings that expired before `now`: a /64 pool's churn would otherwise keep a
+/// row per address ever given.
+pub async fn forget_expired(db: &ProvisionDb, now: u64) -> anyhow::Result<u64> {
+    let now = i64::try_from(now).unwrap_or(i64::MAX);
+    match db {
+        ProvisionDb::Sqlite(db) => with_sqlite(db, move |store| Ok(store.conn().execute(&FORGET.replace("{p}", "?"), [now])? as u64)).await,
+        ProvisionDb::Postgres(pool) => Ok(pool.get().await?.execute(FORGET.replace("{p}", "$").as_str(), &[&now]).await?),
+    }
+}
+
 /// The bindings that have not expired at `now` (unreadable rows are skipped, with a warning).
 pub async fn load(db: &ProvisionDb, now: u64) -> anyhow::Result<Vec<Lease6>> {
     let now = i64::try_from(now).unwrap_or(i64::MAX);
@@ -122,7 +133,11 @@ mod tests {
             commit(&db, vec![Lease6 { state: Lease6State::Declined, ..l.clone() }]).await.unwrap();
             drop(db);
             let db = ProvisionDb::sqlite(&dir).unwrap();
-            assert_eq!(load(&db, 1000).await.unwrap(), vec![Lease6 { state: Lease6State::Declined, ..l }]);
+            assert_eq!(load(&db, 1000).await.unwrap(), vec![Lease6 { state: Lease6State::Declined, ..l.clone() }]);
+            // The expired row is deleted by the sweep, the live one stays.
+            assert_eq!(forget_expired(&db, 1000).await.unwrap(), 1);
+            assert_eq!(forget_expired(&db, 1000).await.unwrap(), 0);
+            assert_eq!(load(&db, 1000).await.unwrap().len(), 1);
         });
         let _ = std::fs::remove_dir_all(&dir);
     }
