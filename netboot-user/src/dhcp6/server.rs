@@ -496,11 +496,20 @@ fn ia_status(iaid: u32, s: Status, msg: &str) -> DhcpOption {
     DhcpOption::IANA(IANA { id: iaid, t1: 0, t2: 0, opts })
 }
 
+/// IA_NAs of one message, and addresses of one IA_NA, that are answered at most: firmware sends
+/// one of each; a message packed with thousands would otherwise cost a binding each and make a
+/// reply that no datagram (or relay envelope) holds.
+const MAX_IAS: usize = 8;
+const MAX_ADDRS_PER_IA: usize = 8;
+
 fn ia_nas(m: &Message) -> impl Iterator<Item = &IANA> {
-    m.opts().iter().filter_map(|o| match o {
-        DhcpOption::IANA(ia) => Some(ia),
-        _ => None,
-    })
+    m.opts()
+        .iter()
+        .filter_map(|o| match o {
+            DhcpOption::IANA(ia) => Some(ia),
+            _ => None,
+        })
+        .take(MAX_IAS)
 }
 
 fn has_ia(m: &Message) -> bool {
@@ -526,7 +535,7 @@ fn ia_addresses(m: &Message) -> Vec<(u32, Vec<Ipv6Addr>)> {
                 DhcpOption::IAAddr(a) => Some(a.addr),
                 _ => None,
             });
-            (ia.id, addrs.collect())
+            (ia.id, addrs.take(MAX_ADDRS_PER_IA).collect())
         })
         .collect()
 }

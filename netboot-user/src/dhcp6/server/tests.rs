@@ -230,3 +230,25 @@ fn every_client_with_a_mac_is_seen_for_discovery_even_when_ignored() {
     assert_eq!(x.uuid.as_deref(), Some("03020100-0504-0706-0809-0a0b0c0d0e0f"), "the DUID-UUID, as option 97 shows it");
     assert!(s.take_sightings().is_empty());
 }
+
+#[test]
+fn a_message_packed_with_ias_gets_a_bounded_answer_even_through_a_relay() {
+    let mut s = server("");
+    let mut m = message(MessageType::Solicit, &UUID_DUID, None, vec![DhcpOption::RapidCommit]);
+    for id in 0..3000 {
+        let mut ia = IANA { id, t1: 0, t2: 0, opts: Default::default() };
+        for k in 0..3u16 {
+            ia.opts.insert(DhcpOption::IAAddr(IAAddr { addr: Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, k, 1), preferred_life: 0, valid_life: 0, opts: Default::default() }));
+        }
+        m.opts_mut().insert(DhcpOption::IANA(ia));
+    }
+    let bytes = m.to_vec().unwrap();
+    let e = Envelope { hop_count: 0, link: "fd00:99::1".parse().unwrap(), peer: "fe80::1".parse().unwrap(), interface_id: None, client_mac: None };
+    let relayed = [&[relay::RELAY_FORW, 0][..], &e.link.octets(), &e.peer.octets(), &9u16.to_be_bytes(), &(bytes.len().min(65535) as u16).to_be_bytes(), &bytes[..bytes.len().min(65535)]].concat();
+    for (payload, src) in [(&bytes, "fe80::1"), (&relayed, "fd00:99::1")] {
+        if let Ok(r) = handle(&mut s, payload, src, 9) {
+            assert!(r.leases.len() <= MAX_IAS && r.payload.len() < 2048, "{} bindings, {} bytes", r.leases.len(), r.payload.len());
+        }
+    }
+    assert!(s.leases().len() <= MAX_IAS);
+}
