@@ -203,7 +203,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         uefi_windowsize: args.uefi_windowsize,
         fetch_files: args.files,
         // Real machines retry network boot for as long as it takes; three times is plenty here.
-        reboots: if args.member_fault.is_some() { 3 } else { 0 },
+        // A server killed under a machine resets its open HTTP connection: the machine's boot
+        // fails and, as a data center's firmware does, it network-boots again.
+        reboots: if args.member_fault.is_some() || args.kill_agent_at.is_some() { 3 } else { 0 },
     };
     println!(
         "storm: {} machines ({:?}, ROM TFTP blksize {}, UEFI windowsize {:?}{}), {}",
