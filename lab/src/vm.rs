@@ -24,6 +24,11 @@ pub enum Firmware {
     /// OVMF with IPv4 and IPv6 PXE off: UEFI HTTP boot (HTTPv4, then HTTPv6) is the first to
     /// boot, as on a fleet configured for HTTP boot.
     OvmfHttp,
+    /// OVMF built with Secure Boot and SMM, its variables holding Microsoft's keys with Secure
+    /// Boot enforced (Debian's `OVMF_CODE_4M.secboot.fd` + `OVMF_VARS_4M.ms.fd`): only
+    /// Microsoft-signed loaders run, so the chain is shim, then what shim's Debian key
+    /// allows. PXEv4 only (IPv6 PXE off).
+    OvmfSecureBoot,
 }
 
 impl Firmware {
@@ -33,12 +38,15 @@ impl Firmware {
             Firmware::OvmfPxe => "ovmf-pxe",
             Firmware::OvmfPxe6 => "ovmf-pxe6",
             Firmware::OvmfHttp => "ovmf-http",
+            Firmware::OvmfSecureBoot => "ovmf-secureboot",
         }
     }
 }
 
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+pub const OVMF_CODE_SECBOOT: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
+pub const OVMF_VARS_MS: &str = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd";
 
 /// A running VM; killed, and its tap removed, on drop.
 pub struct Vm {
@@ -80,7 +88,9 @@ impl Vm {
         run_checked(ns.command("ip").args(["link", "set", &tap, "up"])).map_err(cleanup)?;
         let console = dir.join(format!("vm{n}.console"));
         let mut cmd = ns.command("qemu-system-x86_64");
-        cmd.args(["-accel", "tcg,tb-size=64", "-m", "256", "-smp", "1", "-display", "none", "-monitor", "none"]);
+        // A Debian kernel unpacks itself: more than the 256 MiB a loader needs.
+        let memory = if firmware == Firmware::OvmfSecureBoot { "512" } else { "256" };
+        cmd.args(["-accel", "tcg,tb-size=64", "-m", memory, "-smp", "1", "-display", "none", "-monitor", "none"]);
         match disk {
             Some(d) => cmd.args(["-drive", &format!("file={},format=raw,if=ide", d.display())]),
             None => cmd.arg("-no-reboot"),
@@ -92,17 +102,25 @@ impl Vm {
             Firmware::SeaBiosIpxeRom => {
                 cmd.args(["-boot", "n", "-device", &format!("virtio-net-pci,netdev=n0,mac={mac}")]);
             }
-            Firmware::OvmfPxe | Firmware::OvmfPxe6 | Firmware::OvmfHttp => {
+            Firmware::OvmfPxe | Firmware::OvmfPxe6 | Firmware::OvmfHttp | Firmware::OvmfSecureBoot => {
+                let secure = firmware == Firmware::OvmfSecureBoot;
+                let (code, template) = if secure { (OVMF_CODE_SECBOOT, OVMF_VARS_MS) } else { (OVMF_CODE, OVMF_VARS) };
                 let vars = dir.join(format!("vm{n}.vars.fd"));
-                std::fs::copy(OVMF_VARS, &vars).with_context(|| format!("{OVMF_VARS} (package ovmf)")).map_err(cleanup)?;
-                cmd.args(["-machine", "q35"])
-                    .args(["-drive", &format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}")])
+                std::fs::copy(template, &vars).with_context(|| format!("{template} (package ovmf)")).map_err(cleanup)?;
+                if secure {
+                    // The variable store is writable from SMM only: the OS cannot turn Secure
+                    // Boot off.
+                    cmd.args(["-machine", "q35,smm=on", "-global", "driver=cfi.pflash01,property=secure,value=on"]);
+                } else {
+                    cmd.args(["-machine", "q35"]);
+                }
+                cmd.args(["-drive", &format!("if=pflash,format=raw,readonly=on,file={code}")])
                     .args(["-drive", &format!("if=pflash,format=raw,file={}", vars.display())])
                     .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac},romfile=")]);
                 if matches!(firmware, Firmware::OvmfPxe6 | Firmware::OvmfHttp) {
                     cmd.args(["-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=no"]);
                 }
-                if firmware == Firmware::OvmfHttp {
+                if matches!(firmware, Firmware::OvmfHttp | Firmware::OvmfSecureBoot) {
                     cmd.args(["-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=no"]);
                 }
             }
@@ -135,5 +153,52 @@ impl Drop for Vm {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = self.lab_client.command("ip").args(["link", "del", &self.tap]).status();
+    }
+}
+
+/// Debian's signed network boot chain, unpacked from its packages (downloaded once, never
+/// installed: their scripts would install a boot loader on this machine).
+pub struct SignedChain {
+    /// `shimx64.efi.signed`: signed by Microsoft's UEFI CA, it trusts Debian's key.
+    pub shim: PathBuf,
+    /// `grubnetx64.efi.signed`: GRUB for network boot, signed by Debian; prefix `/grub`.
+    pub grub: PathBuf,
+    /// A Debian kernel, signed by Debian.
+    pub kernel: PathBuf,
+}
+
+impl SignedChain {
+    /// Unpacks (and first downloads, with `apt-get download`) shim-signed,
+    /// grub-efi-amd64-signed and the kernel linux-image-amd64 depends on, under `cache`.
+    pub fn fetch(cache: &Path) -> anyhow::Result<SignedChain> {
+        let tree = cache.join("tree");
+        let found = |tree: &Path| -> Option<SignedChain> {
+            let boot = std::fs::read_dir(tree.join("boot")).ok()?;
+            let kernel = boot.flatten().map(|e| e.path()).find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))?;
+            let chain = SignedChain {
+                shim: tree.join("usr/lib/shim/shimx64.efi.signed"),
+                grub: tree.join("usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed"),
+                kernel,
+            };
+            (chain.shim.exists() && chain.grub.exists()).then_some(chain)
+        };
+        if let Some(c) = found(&tree) {
+            return Ok(c);
+        }
+        let debs = cache.join("debs");
+        std::fs::create_dir_all(&debs)?;
+        let depends = std::process::Command::new("apt-cache").args(["depends", "linux-image-amd64"]).output().context("apt-cache")?;
+        let kernel = String::from_utf8_lossy(&depends.stdout)
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Depends: ").filter(|p| p.starts_with("linux-image-")).map(str::to_string))
+            .context("apt-cache depends linux-image-amd64 names no kernel package")?;
+        for package in ["shim-signed", "grub-efi-amd64-signed", &kernel] {
+            run_checked(std::process::Command::new("apt-get").args(["download", "-q", package]).current_dir(&debs))
+                .with_context(|| format!("apt-get download {package}"))?;
+        }
+        for deb in std::fs::read_dir(&debs)?.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "deb")) {
+            run_checked(std::process::Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tree))?;
+        }
+        found(&tree).context("the signed chain is not in the unpacked packages")
     }
 }

@@ -132,6 +132,11 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
     http_state.cluster = cluster.as_ref().map(|(m, _)| m.state.clone());
     http_state.provision = Some(provision.clone());
     http_state.discovery = Some(discovery.clone());
+    let http_state = Arc::new(http_state);
+    if let Some((_, source)) = &tftp {
+        // The signed GRUB's per-node config is rendered by the HTTP layer, served over TFTP.
+        let _ = source.generated.set(Arc::new(crate::grub::GrubConfigs(http_state.clone())));
+    }
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let config_engine = config.tftp.engine;
@@ -268,7 +273,7 @@ fn tftp_service(
         max_transfers: t.max_transfers,
         max_transfers_per_client: t.max_transfers_per_client,
     };
-    let source = tftp::session::Source { files: Arc::new(files), limits, admission: Arc::default() };
+    let source = tftp::session::Source { files: Arc::new(files), limits, admission: Arc::default(), generated: Arc::default() };
     Ok(Some((tftp::socket::Service::bind(iface, server_ip, server_ip6, source.clone(), stats, timelines)?, source)))
 }
 

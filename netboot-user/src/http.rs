@@ -168,11 +168,10 @@ pub async fn bind(listen: std::net::SocketAddr) -> anyhow::Result<tokio::net::Tc
 pub async fn serve(
     listener: tokio::net::TcpListener,
     control: tokio::net::UnixListener,
-    state: HttpState,
+    state: Arc<HttpState>,
     mut configs: watch::Receiver<Arc<Config>>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let state = Arc::new(state);
     let max_connections = configs.borrow().http.max_connections;
     let tls = crate::api_tls::server_config(&configs.borrow().api)?;
     let follow = {
@@ -393,6 +392,8 @@ pub struct Plan {
     pub vars: BTreeMap<String, String>,
     /// What intent `local` serves.
     pub local_boot: String,
+    /// The profile's GRUB config template (Secure Boot chain), relative to `http.root`.
+    pub grub: Option<std::path::PathBuf>,
 }
 
 /// The plan for `mac` (its address from the lease store: `leased_ip`).
@@ -416,11 +417,18 @@ pub fn plan(st: &HttpState, view: &View, mac: Option<MacAddr>, leased_ip: Option
         Some(cmds) => format!("#!ipxe\necho netboot-xdp: intent local, booting the local disk\n{}\n", cmds.trim_end()),
         None => LOCAL_BOOT_SCRIPT.to_string(),
     };
-    Plan { script: profile.and_then(|p| p.script.clone()).unwrap_or_else(|| view.script.clone()), vars, local_boot, facts, choice }
+    Plan {
+        script: profile.and_then(|p| p.script.clone()).unwrap_or_else(|| view.script.clone()),
+        grub: profile.and_then(|p| p.grub.clone()),
+        vars,
+        local_boot,
+        facts,
+        choice,
+    }
 }
 
 /// The variables a script template gets (docs/DESIGN.md §5), every one made iPXE-safe.
-fn template_context(
+pub(crate) fn template_context(
     st: &HttpState,
     plan: &Plan,
     hostname: Option<String>,
@@ -445,7 +453,7 @@ fn template_context(
 }
 
 /// Renders the template `script` (relative to `http.root`); the error says file and line.
-fn render(view: &View, script: &std::path::Path, ctx: minijinja::Value) -> Result<String, String> {
+pub(crate) fn render(view: &View, script: &std::path::Path, ctx: minijinja::Value) -> Result<String, String> {
     let path = view.root.join(script);
     let source = std::fs::read_to_string(&path).map_err(|e| format!("cannot read template {}: {e}\n", path.display()))?;
     let mut env = minijinja::Environment::new();

@@ -18,6 +18,7 @@ pub mod dhcp;
 pub mod dhcp6;
 pub mod fastpath;
 pub mod frame;
+pub mod grub;
 pub mod http;
 pub mod http_client;
 pub mod http_conn;

@@ -285,7 +285,7 @@ impl Tftp {
         let limits = netboot::tftp::Limits { max_blksize: 1468, max_windowsize: 32, max_payload: 1472, max_transfers: 64, max_transfers_per_client: 4 };
         let files = std::sync::Arc::new(netboot::tftp::FileCache::new(&root).unwrap());
         Tftp {
-            source: netboot::tftp::session::Source { files, limits, admission: Default::default() },
+            source: netboot::tftp::session::Source { files, limits, admission: Default::default(), generated: Default::default() },
             stats: Default::default(),
             timelines: netboot::timeline::Timelines::new("fuzz"),
         }

@@ -250,6 +250,62 @@ fn ovmf_boots_over_ipv6_by_pxe_and_by_http() {
     drop(agent);
 }
 
+/// The per-node GRUB config of the Secure Boot test: who it is (the proof it was rendered for
+/// this node), then the signed kernel over TFTP, its messages on the serial console.
+const GRUB_CFG: &str = "set timeout=0\necho netboot-xdp e2e: {{ hostname }} {{ mac }} profile {{ profile }}\n\
+linux /vmlinuz console=ttyS0 nbx_host={{ hostname }}\nboot\n";
+
+/// Issue 16's Secure Boot chain with real firmware: OVMF enforcing Secure Boot with Microsoft's
+/// keys PXE-boots as a machine of a `secure_boot` profile; it gets Debian's Microsoft-signed
+/// shim (not iPXE, which it would refuse), shim fetches the Debian-signed network GRUB beside
+/// it, GRUB reads its config (`/grub/grub.cfg`, rendered for this node by the agent) and the
+/// Debian-signed kernel, all over TFTP, and the kernel starts with Secure Boot on.
+#[test]
+fn ovmf_secure_boot_boots_the_signed_chain_to_the_kernel() {
+    if !require_root("ovmf_secure_boot_boots_the_signed_chain_to_the_kernel") {
+        return;
+    }
+    let _serial = tests::serial();
+    let chain = netboot_lab::vm::SignedChain::fetch(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/peers/secure-boot")).expect("Debian's signed boot chain");
+    let s = setup("e2e-sb", 1);
+    let tftp = s.dir.join("tftp");
+    std::fs::copy(&chain.shim, tftp.join("shimx64.efi")).unwrap();
+    std::fs::copy(&chain.grub, tftp.join("grubx64.efi")).unwrap();
+    std::fs::copy(&chain.kernel, tftp.join("vmlinuz")).unwrap();
+    std::fs::write(s.dir.join("http/grub.cfg.j2"), GRUB_CFG).unwrap();
+    let text = std::fs::read_to_string(&s.config).unwrap()
+        + &format!("[[profile]]\nname = \"signed\"\nsecure_boot = true\ngrub = \"grub.cfg.j2\"\nselector = {{ mac_prefix = [\"{}\"] }}\n", mac(0));
+    std::fs::write(&s.config, text).unwrap();
+    let agent = s.start();
+    let mut vm = Vm::start(&s.lab, 0, Firmware::OvmfSecureBoot, mac(0), &s.dir).expect("VM");
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    while !vm.console_text().contains("Secure boot enabled") {
+        assert!(vm.running(), "VM exited: {}", vm.console_text());
+        assert!(Instant::now() < deadline, "the signed kernel did not start: {:#?}\n--- console ---\n{}", timeline(&s, mac(0)), vm.console_text());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let console = vm.console_text();
+    assert!(console.contains("nbx_host=vm-00"), "the kernel got this node's command line: {console}");
+    let node = timeline(&s, mac(0)).unwrap();
+    let events = node["events"].as_array().unwrap();
+    let at = |f: &dyn Fn(&serde_json::Value) -> bool| events.iter().position(f);
+    let fetched = |file: &'static str| move |e: &serde_json::Value| e["stage"] == "tftp" && e["outcome"] == "complete" && e["file"].as_str().map(|f| f.trim_start_matches('/')) == Some(file);
+    let pxe = at(&|e| e["stage"] == "dhcp" && e["kind"] == "ack" && e["class"] == "pxe");
+    let (shim, grub, cfg, kernel) = (at(&fetched("shimx64.efi")), at(&fetched("grubx64.efi")), at(&fetched("grub/grub.cfg")), at(&fetched("vmlinuz")));
+    let script = at(&|e| e["stage"] == "script" && e["status"] == 200);
+    assert!(pxe.is_some() && pxe < shim && shim < grub && grub < script && script < cfg && cfg < kernel, "{node:#}");
+    assert!(events.iter().all(|e| e["stage"] != "ipxe_dhcp" && e["file"] != "ipxe.efi"), "no iPXE in a Secure Boot chain: {node:#}");
+    let secs = |i: Option<usize>| (events[i.unwrap()]["at_ms"].as_u64().unwrap() - vm.started_ms) as f64 / 1000.0;
+    eprintln!(
+        "e2e: OVMF Secure Boot -> shim -> GRUB -> signed kernel: VM start to shim {:.1} s, GRUB config {:.1} s, kernel fetched {:.1} s, kernel running {:.1} s",
+        secs(shim),
+        secs(cfg),
+        secs(kernel),
+        vm.started.elapsed().as_secs_f64()
+    );
+    drop(agent);
+}
+
 #[test]
 fn ten_vms_at_once_all_boot() {
     if !require_root("ten_vms_at_once_all_boot") {

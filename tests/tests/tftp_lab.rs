@@ -143,15 +143,21 @@ fn writes_and_paths_outside_the_root_are_refused(engine: &'static str) {
     assert!(text(&r).contains("Error code 2"), "write: {}", text(&r));
     assert!(!s.root.join("upload").exists());
     // tftp-hpa sends the name as given (curl would normalize `..` away first).
-    for path in ["../secret", "efi/../../secret", "/etc/passwd", "escape"] {
+    // A leading `/` is the root (GRUB asks for `/grub/grub.cfg`), never the server's `/`.
+    for path in ["../secret", "efi/../../secret", "/../secret", "escape"] {
         let dest = s.dir.join("got");
         let _ = std::fs::remove_file(&dest);
         let r = client(&s, 10, "tftp", &["-m", "binary", "10.77.0.1", "-c", "get", path, &dest.display().to_string()]);
         assert_ne!(std::fs::read(&dest).ok().as_deref(), Some(&b"outside the root"[..]), "{path} leaked");
         assert!(text(&r).contains("Error code 2"), "{path}: {}", text(&r));
     }
-    let r = client(&s, 10, "tftp", &["-m", "binary", "10.77.0.1", "-c", "get", "missing", "/dev/null"]);
-    assert!(text(&r).contains("Error code 1"), "{}", text(&r));
+    for missing in ["missing", "/etc/passwd"] {
+        let r = client(&s, 10, "tftp", &["-m", "binary", "10.77.0.1", "-c", "get", missing, "/dev/null"]);
+        assert!(text(&r).contains("Error code 1"), "{missing}: {}", text(&r));
+    }
+    let dest = s.dir.join("got-a");
+    let r = client(&s, 10, "tftp", &["-m", "binary", "10.77.0.1", "-c", "get", "/a", &dest.display().to_string()]);
+    assert_eq!(std::fs::read(&dest).ok().as_deref(), Some(&b"a"[..]), "/a is the root's a: {}", text(&r));
     let a = s.agent.status().unwrap();
     assert!(tests::eventually(3, || {
         let a = s.agent.status().unwrap();

@@ -301,6 +301,12 @@ pub struct BootConfig {
     pub uefi_ia32: String,
     #[serde(default = "default_uefi_arm64")]
     pub uefi_arm64: String,
+    /// The signed first stage for machines whose profile says `secure_boot` (Debian's
+    /// `shimx64.efi.signed`, which then fetches `grubx64.efi` from the same directory).
+    #[serde(default = "default_secure_x64")]
+    pub secure_x64: String,
+    #[serde(default = "default_secure_arm64")]
+    pub secure_arm64: String,
     #[serde(default = "default_http_client")]
     pub http_client: String,
     #[serde(default = "default_ipxe_script")]
@@ -314,6 +320,8 @@ impl Default for BootConfig {
             uefi_x64: default_uefi_x64(),
             uefi_ia32: default_uefi_ia32(),
             uefi_arm64: default_uefi_arm64(),
+            secure_x64: default_secure_x64(),
+            secure_arm64: default_secure_arm64(),
             http_client: default_http_client(),
             ipxe_script: default_ipxe_script(),
         }
@@ -331,6 +339,12 @@ fn default_uefi_ia32() -> String {
 }
 fn default_uefi_arm64() -> String {
     "ipxe-arm64.efi".into()
+}
+fn default_secure_x64() -> String {
+    "shimx64.efi".into()
+}
+fn default_secure_arm64() -> String {
+    "shimaa64.efi".into()
 }
 fn default_http_client() -> String {
     "http://{server}:8080/ipxe.efi".into()

@@ -35,6 +35,31 @@ pub struct Profile {
     /// The iPXE commands that boot the local disk for intent `local` (absent: SAN-boot the
     /// first BIOS disk, or `exit` to the UEFI boot order).
     pub local_boot: Option<String>,
+    /// Its machines run UEFI Secure Boot: their PXE firmware gets `[boot] secure_x64` (or
+    /// `secure_arm64`), a signed shim, instead of iPXE.
+    #[serde(default)]
+    pub secure_boot: bool,
+    /// Template (relative to `http.root`) of the GRUB config that the signed network GRUB
+    /// fetches as `grub/grub.cfg` over TFTP, rendered per node like the iPXE script.
+    pub grub: Option<PathBuf>,
+}
+
+/// Which machines boot the Secure Boot chain: those the profile that serves them marks
+/// `secure_boot` (the same choice as their script's, [`choose`]). Empty, and free to ask,
+/// when no profile does.
+#[derive(Debug, Clone, Default)]
+pub struct SecureBoot(Option<std::sync::Arc<[Profile]>>);
+
+impl SecureBoot {
+    pub fn from_config(cfg: &crate::config::Config) -> SecureBoot {
+        SecureBoot(cfg.profiles.iter().any(|p| p.secure_boot).then(|| cfg.profiles.clone().into()))
+    }
+
+    /// Whether the machine `host` describes (if any) with the `facts` it shows boots signed.
+    pub fn wants(&self, host: Option<&crate::config::Host>, facts: impl FnOnce() -> Facts) -> bool {
+        let Some(profiles) = &self.0 else { return false };
+        choose(profiles, host.and_then(|h| h.profile.as_deref()), &facts()).index.is_some_and(|i| profiles[i].secure_boot)
+    }
 }
 
 /// Conditions on a machine; all that are set must hold.

@@ -7,6 +7,7 @@
 
 use super::classify::{Classification, classify, raw_option};
 use super::leases::{ClientKey, Lease, LeaseState, LeaseTable};
+use crate::config::profile::{Facts, SecureBoot};
 use crate::config::{Config, DhcpMode, Host, UnknownPolicy};
 use crate::mac::MacAddr;
 use dhcproto::v4::{
@@ -42,6 +43,8 @@ pub struct ServerParams {
     pub new_clients_per_s: u32,
     /// What a client without a reservation gets.
     pub unknown: UnknownPolicy,
+    /// Which machines boot the Secure Boot chain.
+    pub secure_boot: SecureBoot,
 }
 
 /// Boot file names and URLs, `{server}` already expanded.
@@ -51,14 +54,18 @@ pub struct BootFiles {
     pub uefi_ia32: String,
     pub uefi_x64: String,
     pub uefi_arm64: String,
+    /// The first file of the Secure Boot chain (a signed shim) per UEFI architecture.
+    pub secure_x64: String,
+    pub secure_arm64: String,
     pub http_client: String,
     pub ipxe_script: String,
 }
 
 impl BootFiles {
     /// The boot file or URL for a class and architecture; `None` for plain clients and unknown
-    /// PXE architectures.
-    pub fn for_client(&self, c: Classification) -> Option<&str> {
+    /// PXE architectures. A `secure` machine's UEFI firmware gets the signed shim: it would
+    /// refuse iPXE, which no Secure Boot key signs.
+    pub fn for_client(&self, c: Classification, secure: bool) -> Option<&str> {
         let file: &String = match c.class {
             ClientClass::Plain => return None,
             ClientClass::Ipxe => &self.ipxe_script,
@@ -66,7 +73,9 @@ impl BootFiles {
             ClientClass::Pxe => match c.arch.unwrap_or(arch::BIOS) {
                 arch::BIOS => &self.bios,
                 arch::EFI_IA32 => &self.uefi_ia32,
+                arch::EFI_X64 | arch::EFI_BC if secure => &self.secure_x64,
                 arch::EFI_X64 | arch::EFI_BC => &self.uefi_x64,
+                arch::EFI_ARM64 if secure => &self.secure_arm64,
                 arch::EFI_ARM64 => &self.uefi_arm64,
                 _ => return None,
             },
@@ -97,12 +106,15 @@ impl ServerParams {
                 uefi_ia32: x(&b.uefi_ia32),
                 uefi_x64: x(&b.uefi_x64),
                 uefi_arm64: x(&b.uefi_arm64),
+                secure_x64: x(&b.secure_x64),
+                secure_arm64: x(&b.secure_arm64),
                 http_client: x(&b.http_client),
                 ipxe_script: x(&b.ipxe_script),
             },
             reservations: cfg.dhcp.reservations().map(|h| (h.mac, h.clone())).collect(),
             new_clients_per_s: cfg.dhcp.new_clients_per_s,
             unknown: cfg.dhcp.unknown,
+            secure_boot: SecureBoot::from_config(cfg),
         }
     }
 }
@@ -625,7 +637,7 @@ impl DhcpServer {
     /// ProxyDHCP: boot clients get boot information without an address; a DISCOVER on 67 gets
     /// an OFFER, a REQUEST on 4011 an ACK back to its source.
     fn proxy(&mut self, c: &Ctx, kind: MessageType) -> Outcome {
-        if c.class.class == ClientClass::Plain || self.boot_file(c.class).is_none() {
+        if c.class.class == ClientClass::Plain || self.boot_file(c).is_none() {
             return silent(Silence::ProxyIgnored);
         }
         let reply_kind = match (kind, c.req.local_port) {
@@ -652,8 +664,17 @@ impl DhcpServer {
         }
     }
 
-    fn boot_file(&self, c: Classification) -> Option<&str> {
-        self.params.boot.for_client(c)
+    fn boot_file(&self, c: &Ctx) -> Option<&str> {
+        let secure = self.params.secure_boot.wants(self.reservation(c.mac), || Facts {
+            mac: Some(c.mac),
+            known: self.reservation(c.mac).is_some(),
+            ip: self.reservation(c.mac).map(|h| h.ip),
+            arch: c.class.arch,
+            vendor_class: raw_option(c.raw, 60).map(|v| String::from_utf8_lossy(v).into_owned()),
+            relay: Some(c.msg.giaddr()).filter(|g| !g.is_unspecified()),
+            vars: self.reservation(c.mac).map(|h| h.vars.clone()).unwrap_or_default(),
+        });
+        self.params.boot.for_client(c.class, secure)
     }
 
     /// Encodes the reply message. Deterministic: the same request and lease state give the same
@@ -719,7 +740,7 @@ impl DhcpServer {
                 o.insert(DhcpOption::Rebinding((u64::from(secs) * 7 / 8) as u32));
             }
         }
-        if let Some(file) = self.boot_file(c.class) {
+        if let Some(file) = self.boot_file(c) {
             m.set_siaddr(p.server_ip);
             m.set_sname_str(p.server_ip.to_string());
             if file.len() < 128 {

@@ -69,6 +69,9 @@ impl Params6 {
                 uefi_ia32: tftp(&b.uefi_ia32),
                 uefi_x64: tftp(&b.uefi_x64),
                 uefi_arm64: tftp(&b.uefi_arm64),
+                // The Secure Boot chain is booted over IPv4 only (docs/DESIGN.md §5).
+                secure_x64: String::new(),
+                secure_arm64: String::new(),
                 http_client: url(&b.http_client),
                 ipxe_script: url(&b.ipxe_script),
             },
@@ -338,7 +341,7 @@ impl Dhcp6Server {
     /// Option 59 (and 16 for HTTP boot) by class.
     fn boot_options(&self, c: &Ctx, o: &mut dhcproto::v6::DhcpOptions) {
         let class = crate::dhcp::Classification { class: c.class, arch: c.arch };
-        let Some(url) = self.params.boot.for_client(class) else { return };
+        let Some(url) = self.params.boot.for_client(class, false) else { return };
         o.insert(DhcpOption::Unknown(UnknownOption::new(OptionCode::OptBootfileUrl, url.as_bytes().to_vec())));
         if c.class == ClientClass::Http {
             // UEFI HTTP boot takes only an answer that says "HTTPClient" (EDK2 HttpBootDhcp6.c).

@@ -64,9 +64,11 @@ impl FileCache {
         for c in rel.components() {
             match c {
                 Component::Normal(p) => clean.push(p),
-                Component::CurDir => {}
-                // TFTP names are relative to the root: `/x`, `../x`, `C:\x` are refused.
-                Component::RootDir | Component::ParentDir | Component::Prefix(_) => return Err(Refusal::OutsideRoot),
+                // `/x` is the root's `x`, as tftpd-hpa (`--secure`) and dnsmasq take it: GRUB
+                // and many PXE configs name files so.
+                Component::CurDir | Component::RootDir => {}
+                // `../x` and `C:\x` are refused.
+                Component::ParentDir | Component::Prefix(_) => return Err(Refusal::OutsideRoot),
             }
         }
         if clean.as_os_str().is_empty() || name.contains('\0') {
@@ -169,7 +171,9 @@ mod tests {
         assert_eq!(&*c.get("inside", Mode::Octet).unwrap(), b"hello");
         assert_eq!(c.get("../secret", Mode::Octet), Err(Refusal::OutsideRoot));
         assert_eq!(c.get("sub/../../secret", Mode::Octet), Err(Refusal::OutsideRoot));
-        assert_eq!(c.get("/etc/passwd", Mode::Octet), Err(Refusal::OutsideRoot));
+        assert_eq!(&*c.get("/sub/a.bin", Mode::Octet).unwrap(), b"hello");
+        assert_eq!(c.get("/etc/passwd", Mode::Octet), Err(Refusal::NotFound));
+        assert_eq!(c.get("/../secret", Mode::Octet), Err(Refusal::OutsideRoot));
         assert_eq!(c.get("escape", Mode::Octet), Err(Refusal::OutsideRoot));
         assert_eq!(c.get("missing", Mode::Octet), Err(Refusal::NotFound));
         assert_eq!(c.get("sub", Mode::Octet), Err(Refusal::NotFound));

@@ -8,7 +8,7 @@ use crate::stats::{Stage, Stats};
 use crate::timeline::{Milestone, TftpOutcome, Timelines};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// A read request, accepted.
@@ -99,11 +99,20 @@ pub struct Source {
     pub files: Arc<FileCache>,
     pub limits: Limits,
     pub admission: Arc<Admission>,
+    /// Files made for the client that asks (set once the HTTP layer, which renders them, is up).
+    pub generated: Arc<OnceLock<Arc<dyn Generated>>>,
+}
+
+/// Files made per client instead of read from the root: a node's GRUB config.
+pub trait Generated: Send + Sync {
+    /// The file `name` made for `client`; `None` when `name` is not made for it (the root
+    /// serves it, if it has it).
+    fn generate(&self, name: &str, client: IpAddr) -> Option<Vec<u8>>;
 }
 
 /// Opens a read request from `client`; counts refusals.
 pub fn open(src: &Source, request: &[u8], client: SocketAddr, stats: &Stats, now: Instant) -> Opened {
-    let Source { files, limits, admission } = src;
+    let Source { files, limits, admission, generated } = src;
     let limits = limits.for_client(client);
     let refuse = |code: ErrorCode, msg: &str, counter: &str| {
         stats.bump(counter);
@@ -127,7 +136,12 @@ pub fn open(src: &Source, request: &[u8], client: SocketAddr, stats: &Stats, now
         Err(Busy::Server) => return refuse(ErrorCode::NotDefined, "server busy, retry", "tftp_refused_busy"),
         Err(Busy::Client) => return refuse(ErrorCode::NotDefined, "too many transfers from this client", "tftp_refused_client_limit"),
     };
-    let data = match files.get(&file, mode) {
+    let made = generated.get().filter(|_| mode == Mode::Octet).and_then(|g| g.generate(&file, client.ip()));
+    let found = match made {
+        Some(bytes) => Ok(Arc::<[u8]>::from(bytes)),
+        None => files.get(&file, mode),
+    };
+    let data = match found {
         Ok(b) => b,
         Err(Refusal::NotFound) => return refuse(ErrorCode::FileNotFound, "file not found", "tftp_not_found"),
         Err(Refusal::OutsideRoot) => {

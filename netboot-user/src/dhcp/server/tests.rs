@@ -316,6 +316,26 @@ fn boot_answers_per_class_and_architecture() {
 }
 
 #[test]
+fn machines_of_a_secure_boot_profile_get_the_signed_shim_and_the_others_ipxe() {
+    let frame = frames("uefi-pxe")[0].clone();
+    let p = parse_udp(&frame).unwrap();
+    let mac = MacAddr(p.payload[28..34].try_into().unwrap());
+    let cfg = config(&format!(
+        "[[dhcp.host]]\nmac = \"{mac}\"\nip = \"10.78.2.1\"\n[[profile]]\nname = \"signed\"\nsecure_boot = true\nselector = {{ arch = [\"efi-x64\"] }}\n"
+    ));
+    let mut s = server(&cfg);
+    assert_eq!(file(&decode(&reply(handle_frame(&mut s, &frame, NOW)))), Some("shimx64.efi"));
+    // The selector asks for UEFI x64: the same machine as a BIOS gets its iPXE ROM loader.
+    let mut bios = frame.clone();
+    let off = p.udp_offset + 8 + raw_option(p.payload, 93).unwrap().as_ptr() as usize - p.payload.as_ptr() as usize;
+    bios[off + 1] = 0;
+    assert_eq!(file(&decode(&reply(handle_frame(&mut s, &bios, NOW)))), Some("undionly.kpxe"));
+    // A machine no host describes is in no selector's profile.
+    let stranger = from_mac(&frame, [0x02, 0, 0, 0, 0, 9], |_| {});
+    assert_eq!(file(&decode(&reply(handle_payload(&mut s, &stranger, NOW)))), Some("ipxe.efi"));
+}
+
+#[test]
 fn http_boot_gets_url_and_httpclient() {
     let cfg = config("");
     let mut s = server(&cfg);
