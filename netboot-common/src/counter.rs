@@ -118,6 +118,13 @@ counters! {
     /// DISCOVER or REQUEST while this cluster member's agent has not renewed its liveness for
     /// `cluster.takeover` (the others own its buckets by then): dropped.
     MemberStalled = "member_stalled",
+    /// DHCPv6 (IPv6/UDP to port 547) by message type: SOLICIT, REQUEST, anything else.
+    Msg6Solicit = "msg6_solicit",
+    Msg6Request = "msg6_request",
+    Msg6Other = "msg6_other",
+    /// ADVERTISEs and REPLYs answered in the kernel from the DHCPv6 reply cache.
+    Fast6Advertise = "fast6_advertise",
+    Fast6Reply = "fast6_reply",
 }
 
 /// Number of counters; the size of the `COUNTERS` map.
@@ -194,4 +201,7 @@ pub const OUTCOMES: &[Counter] = &[
     Counter::MsgRelease,
     Counter::MsgInform,
     Counter::MsgOther,
+    Counter::Msg6Solicit,
+    Counter::Msg6Request,
+    Counter::Msg6Other,
 ];

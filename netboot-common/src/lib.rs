@@ -6,6 +6,7 @@
 #![no_std]
 
 pub mod cache;
+pub mod cache6;
 pub mod cluster;
 pub mod counter;
 pub mod wire;
@@ -38,6 +39,11 @@ pub mod maps {
     /// [`crate::cluster::OWNER_SELF`] (answer) or [`crate::cluster::OWNER_OTHER`] (drop
     /// DISCOVER and REQUEST: another server of the cluster answers them).
     pub const BUCKET_OWNER: &str = "BUCKET_OWNER";
+    /// `LruHashMap<Cache6Key, Cache6Entry>`: the DHCPv6 reply cache (not pinned: entries are
+    /// compiled from clients' requests again).
+    pub const REPLY_CACHE6: &str = "REPLY_CACHE6";
+    /// `RingBuf` of `Reply6Event`s.
+    pub const EVENTS6: &str = "EVENTS6";
 }
 
 /// A running transfer of the AF_XDP TFTP engine: the client's address and port and our TID.

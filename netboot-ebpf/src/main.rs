@@ -22,11 +22,13 @@ use netboot_common::{
     counter::NUM_COUNTERS,
     wire::{
         self, BOOTP_OPTIONS_OFF, ClientClass, DHCP_MAGIC, DHCP_SERVER_PORT, ETH_HLEN, ETH_P_8021AD,
-        ETH_P_8021Q, ETH_P_IP, IPPROTO_UDP, UDP_HLEN, VLAN_HLEN, VendorClass, bootp, msg, opt,
+        ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_UDP, UDP_HLEN, VLAN_HLEN, VendorClass, bootp, msg, opt,
     },
 };
 
+mod dhcp6;
 mod reply;
+mod reply6;
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NUM_COUNTERS, 0);
@@ -73,22 +75,28 @@ pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 pub struct Scratch {
     opts: [u8; SCRATCH_LEN],
     facts: Facts,
-    walk: Walk,
+    pub(crate) walk: Walk,
     /// The reply being finished.
-    reply: [u8; TEMPLATE_MAX],
+    pub(crate) reply: [u8; TEMPLATE_MAX],
     /// The UDP pseudo-header of the reply, for its checksum.
     pseudo: [u8; 12],
     _pad: [u8; 4],
     /// A copy of the request's UDP segment, to verify its checksum.
-    request: [u8; REQUEST_MAX],
+    pub(crate) request: [u8; REQUEST_MAX],
+    /// What the DHCPv6 option walk found.
+    pub(crate) facts6: dhcp6::Facts6,
+    /// The IPv6 UDP pseudo-header.
+    pub(crate) pseudo6: [u8; 40],
+    /// The DHCPv6 request being answered.
+    pub(crate) req6: dhcp6::Classified6,
 }
 
 /// Position of the option walk.
 #[repr(C)]
 struct Walk {
-    pos: u32,
-    len: u32,
-    status: u32,
+    pub(crate) pos: u32,
+    pub(crate) len: u32,
+    pub(crate) status: u32,
     _pad: u32,
 }
 
@@ -158,7 +166,7 @@ pub fn bytes_at<const LEN: usize>(ctx: &XdpContext, off: usize) -> Result<*const
 }
 
 #[inline(always)]
-fn be16(b: [u8; 2]) -> u16 {
+pub(crate) fn be16(b: [u8; 2]) -> u16 {
     u16::from_be_bytes(b)
 }
 
@@ -179,6 +187,13 @@ pub fn netboot(ctx: XdpContext) -> u32 {
             xdp_action::XDP_DROP
         }
         Ok(Frame::Dhcp(req)) => match reply::answer(&ctx, &req) {
+            Ok(action) => action,
+            Err(c) => {
+                bump(c);
+                xdp_action::XDP_PASS
+            }
+        },
+        Ok(Frame::Dhcp6) => match reply6::answer(&ctx) {
             Ok(action) => action,
             Err(c) => {
                 bump(c);
@@ -265,6 +280,8 @@ fn member_stalled() -> bool {
 /// What a frame is, for the program's purposes.
 pub enum Frame {
     Dhcp(Classified),
+    /// A DHCPv6 message to port 547 (parsed into `Scratch::req6`).
+    Dhcp6,
     /// For the TFTP engine's AF_XDP socket: to port 69, or to one of its transfer ports.
     Tftp { transfer_port: bool },
 }
@@ -312,6 +329,9 @@ fn classify(ctx: &XdpContext) -> Result<Frame, Counter> {
         ethertype = be16([tag[2], tag[3]]);
         l3 = ETH_HLEN + VLAN_HLEN;
         bump(Counter::VlanTagged);
+    }
+    if ethertype == ETH_P_IPV6 {
+        return dhcp6::classify6(ctx, l3);
     }
     if ethertype != ETH_P_IP {
         return Err(Counter::NotDhcp);
@@ -439,7 +459,7 @@ fn classify(ctx: &XdpContext) -> Result<Frame, Counter> {
 
 /// Copies `len` (1..=SCRATCH_LEN) option bytes from the frame into the scratch buffer.
 #[inline(always)]
-fn load_options(ctx: &XdpContext, off: usize, len: usize, s: &mut Scratch) -> Result<(), Counter> {
+pub(crate) fn load_options(ctx: &XdpContext, off: usize, len: usize, s: &mut Scratch) -> Result<(), Counter> {
     // Re-derive the bound in a form the verifier tracks on the register passed to the helper.
     let len = (len as u32) & (SCRATCH_LEN as u32 * 2 - 1);
     if len == 0 || len > SCRATCH_LEN as u32 {
@@ -594,7 +614,7 @@ fn record_option(s: &mut Scratch, code: u8, data: usize, olen: usize) -> Result<
 
 /// 1 = `PXEClient…`, 2 = `HTTPClient…`, 0 = anything else (VendorClass as u8).
 #[inline(always)]
-fn vendor_kind(s: &Scratch, data: usize, olen: usize) -> u8 {
+pub(crate) fn vendor_kind(s: &Scratch, data: usize, olen: usize) -> u8 {
     if olen >= wire::HTTP_VENDOR_PREFIX.len() && prefix_eq(s, data, &wire::HTTP_VENDOR_PREFIX) {
         VendorClass::HttpClient as u8
     } else if olen >= wire::PXE_VENDOR_PREFIX.len() && prefix_eq(s, data, &wire::PXE_VENDOR_PREFIX) {

@@ -107,7 +107,19 @@ fn checksums_ok(ctx: &XdpContext, s: &mut Scratch, req: &Classified) -> bool {
     if req.udp_csum == 0 {
         return true; // no checksum (RFC 768)
     }
-    let n = req.udp_len as usize;
+    let p = &mut s.pseudo;
+    p[0..8].copy_from_slice(&req.ip_hdr[12..20]);
+    p[8] = 0;
+    p[9] = 17;
+    p[10..12].copy_from_slice(&req.udp_len.to_be_bytes());
+    let pseudo = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, s.pseudo.as_mut_ptr().cast(), 12, 0) };
+    udp_checksum_ok::<{ off::UDP }>(ctx, s, req.udp_len as usize, pseudo)
+}
+
+/// Verifies the UDP checksum of the `n`-byte segment at `UDP` in the frame, given the sum of
+/// its pseudo-header (IPv4 or IPv6).
+#[inline(always)]
+pub(crate) fn udp_checksum_ok<const UDP: usize>(ctx: &XdpContext, s: &mut Scratch, n: usize, pseudo: i64) -> bool {
     if n < 8 || n > REQUEST_MAX - 4 {
         return false;
     }
@@ -115,7 +127,7 @@ fn checksums_ok(ctx: &XdpContext, s: &mut Scratch, req: &Classified) -> bool {
     if len == 0 {
         return false;
     }
-    if unsafe { bpf_xdp_load_bytes(ctx.ctx, off::UDP as u32, s.request.as_mut_ptr().cast(), len) } != 0 {
+    if unsafe { bpf_xdp_load_bytes(ctx.ctx, UDP as u32, s.request.as_mut_ptr().cast(), len) } != 0 {
         return false;
     }
     // Zero the bytes up to the next multiple of 4: they are summed too.
@@ -123,12 +135,6 @@ fn checksums_ok(ctx: &XdpContext, s: &mut Scratch, req: &Classified) -> bool {
     s.request[n & rmask] = 0;
     s.request[(n + 1) & rmask] = 0;
     s.request[(n + 2) & rmask] = 0;
-    let p = &mut s.pseudo;
-    p[0..8].copy_from_slice(&req.ip_hdr[12..20]);
-    p[8] = 0;
-    p[9] = 17;
-    p[10..12].copy_from_slice(&req.udp_len.to_be_bytes());
-    let pseudo = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, s.pseudo.as_mut_ptr().cast(), 12, 0) };
     // CHECKSUM_PARTIAL: a local sender with TX offload (a veth, a VM's virtio tap) leaves the
     // pseudo-header sum in the field for hardware that never comes. The kernel stack accepts
     // such a frame; so do we, in exactly that form (any other value is checked in full).
@@ -195,8 +201,6 @@ fn finish(s: &mut Scratch, e: &CacheEntry, req: &Classified, len: usize) {
     let c = fold(ip as u64);
     r[off::IP_CSUM..off::IP_CSUM + 2].copy_from_slice(&c.to_ne_bytes());
 
-    // UDP checksum over the pseudo-header and the segment. The template is zero past `len`, so
-    // summing up to the next multiple of 4 adds nothing.
     let udp_len = len - off::UDP;
     let p = &mut s.pseudo;
     p[0..4].copy_from_slice(&s.reply[off::IP + 12..off::IP + 16]);
@@ -204,33 +208,41 @@ fn finish(s: &mut Scratch, e: &CacheEntry, req: &Classified, len: usize) {
     p[8] = 0;
     p[9] = 17;
     p[10..12].copy_from_slice(&(udp_len as u16).to_be_bytes());
-    let r = &mut s.reply;
-    r[off::UDP_CSUM] = 0;
-    r[off::UDP_CSUM + 1] = 0;
     let seed = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, s.pseudo.as_mut_ptr().cast(), 12, 0) };
+    set_udp_checksum::<{ off::UDP }>(s, udp_len, seed);
+}
+
+/// Writes the UDP checksum of the reply in scratch (its segment at `UDP`, `udp_len` bytes)
+/// over the pseudo-header sum `seed`. The template is zero past its length, so summing up to
+/// the next multiple of 4 adds nothing.
+#[inline(always)]
+pub(crate) fn set_udp_checksum<const UDP: usize>(s: &mut Scratch, udp_len: usize, seed: i64) {
+    let r = &mut s.reply;
+    r[UDP + 6] = 0;
+    r[UDP + 7] = 0;
     let words = opaque(((udp_len + 3) & !3) as u32) & (TMASK as u32);
     // At most the rest of the reply buffer after the UDP header's offset (a multiple of 4).
-    let words = if words > (TEMPLATE_MAX - off::UDP) as u32 & !3 { (TEMPLATE_MAX - off::UDP) as u32 & !3 } else { words };
+    let words = if words > (TEMPLATE_MAX - UDP) as u32 & !3 { (TEMPLATE_MAX - UDP) as u32 & !3 } else { words };
     let sum = unsafe {
-        bpf_csum_diff(core::ptr::null_mut(), 0, s.reply.as_mut_ptr().add(off::UDP).cast(), words, seed as u32)
+        bpf_csum_diff(core::ptr::null_mut(), 0, s.reply.as_mut_ptr().add(UDP).cast(), words, seed as u32)
     };
     let mut c = fold(sum as u64);
     if c == 0 {
         c = 0xffff; // RFC 768: a computed zero is sent as all ones
     }
-    s.reply[off::UDP_CSUM..off::UDP_CSUM + 2].copy_from_slice(&c.to_ne_bytes());
+    s.reply[UDP + 6..UDP + 8].copy_from_slice(&c.to_ne_bytes());
 }
 
 /// Hides a value's known range from the optimizer, so that the bounds check written after it
 /// stays in the program where the verifier can see it on the register passed to a helper.
 #[inline(always)]
-fn opaque(x: u32) -> u32 {
+pub(crate) fn opaque(x: u32) -> u32 {
     unsafe { core::ptr::read_volatile(&x) }
 }
 
 /// One's complement fold of a checksum accumulator to 16 bits, complemented.
 #[inline(always)]
-fn fold(mut sum: u64) -> u16 {
+pub(crate) fn fold(mut sum: u64) -> u16 {
     sum = (sum & 0xffff_ffff) + (sum >> 32);
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
@@ -240,7 +252,7 @@ fn fold(mut sum: u64) -> u16 {
 
 /// Resizes the frame to `len` and writes the finished reply over it.
 #[inline(always)]
-fn write_frame(ctx: &XdpContext, s: &mut Scratch, len: usize) -> Result<(), Counter> {
+pub(crate) fn write_frame(ctx: &XdpContext, s: &mut Scratch, len: usize) -> Result<(), Counter> {
     let cur = ctx.data_end() - ctx.data();
     let delta = len as i32 - cur as i32;
     if delta != 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
