@@ -158,6 +158,17 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
             None
         }
     };
+    let dhcp6 = dhcp6.map(|d| match (fastpath.take_map(maps::REPLY_CACHE6), fastpath.take_map(maps::EVENTS6), iface.link_local6()) {
+        (Some(cache), Some(events), Some(server_ll)) => match (crate::fastpath::cache6::ReplyCache6::new(cache), RingBuf::try_from(events)) {
+            (Ok(cache), Ok(events)) => d.with_fast_path(crate::dhcp6::io::FastPath6 { cache, events, server_mac: iface.mac, server_ll }),
+            _ => d,
+        },
+        (_, _, None) => {
+            tracing::warn!(iface = iface_name, "DHCPv6 in the kernel off: the interface has no link-local address");
+            d
+        }
+        _ => d,
+    });
     let dhcp6_task = dhcp6.map(|d| tokio::spawn(d.run(configs.clone(), stop_rx.clone())));
     let reload_task = tokio::spawn(crate::reload::run(config_path.to_path_buf(), file_tx, stats.clone(), stop_rx.clone()));
     // The record last: once it says we run, the control socket answers.

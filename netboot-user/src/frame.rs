@@ -3,10 +3,11 @@
 //! the checksums are always computed (never left zero or to offload).
 
 use crate::mac::MacAddr;
-use netboot_common::wire::{ETH_HLEN, ETH_P_8021Q, ETH_P_IP, IPPROTO_UDP, UDP_HLEN, VLAN_HLEN};
-use std::net::Ipv4Addr;
+use netboot_common::wire::{ETH_HLEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_UDP, UDP_HLEN, VLAN_HLEN};
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 pub const IPV4_HLEN: usize = 20;
+pub const IPV6_HLEN: usize = 40;
 
 /// The addressing of one UDP datagram on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +74,57 @@ impl UdpEnvelope {
         let csum = udp_checksum(self.src_ip, self.dst_ip, udp);
         udp[6..8].copy_from_slice(&csum.to_be_bytes());
         len
+    }
+}
+
+/// The addressing of one UDP datagram over IPv6 (untagged, no extension headers): the
+/// DHCPv6 replies of the XDP reply cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Udp6Envelope {
+    pub src_mac: MacAddr,
+    pub dst_mac: MacAddr,
+    pub src_ip: Ipv6Addr,
+    pub dst_ip: Ipv6Addr,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub hop_limit: u8,
+}
+
+impl Udp6Envelope {
+    pub const HEADER_LEN: usize = ETH_HLEN + IPV6_HLEN + UDP_HLEN;
+
+    /// Builds the whole frame around `payload`, with its UDP checksum.
+    pub fn build(&self, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![0; Self::HEADER_LEN + payload.len()];
+        f[0..6].copy_from_slice(&self.dst_mac.octets());
+        f[6..12].copy_from_slice(&self.src_mac.octets());
+        f[12..14].copy_from_slice(&ETH_P_IPV6.to_be_bytes());
+        let udp_len = (UDP_HLEN + payload.len()) as u16;
+        let ip = &mut f[ETH_HLEN..ETH_HLEN + IPV6_HLEN];
+        ip[0] = 0x60;
+        ip[4..6].copy_from_slice(&udp_len.to_be_bytes());
+        ip[6] = IPPROTO_UDP;
+        ip[7] = self.hop_limit;
+        ip[8..24].copy_from_slice(&self.src_ip.octets());
+        ip[24..40].copy_from_slice(&self.dst_ip.octets());
+        let udp = &mut f[ETH_HLEN + IPV6_HLEN..];
+        udp[0..2].copy_from_slice(&self.src_port.to_be_bytes());
+        udp[2..4].copy_from_slice(&self.dst_port.to_be_bytes());
+        udp[4..6].copy_from_slice(&udp_len.to_be_bytes());
+        udp[UDP_HLEN..].copy_from_slice(payload);
+        let csum = udp6_checksum(self.src_ip, self.dst_ip, udp);
+        udp[6..8].copy_from_slice(&csum.to_be_bytes());
+        f
+    }
+}
+
+/// The UDP checksum over IPv6 of `udp` (header with a zero checksum field, then payload);
+/// never zero (RFC 8200 §8.1).
+pub fn udp6_checksum(src: Ipv6Addr, dst: Ipv6Addr, udp: &[u8]) -> u16 {
+    let len = (udp.len() as u32).to_be_bytes();
+    match checksum(&[&src.octets(), &dst.octets(), &len, &[0, 0, 0, IPPROTO_UDP], udp]) {
+        0 => 0xffff,
+        c => c,
     }
 }
 

@@ -37,6 +37,12 @@ impl Interface {
         found.ok_or_else(|| anyhow::anyhow!("{} has no IPv6 address inside [dhcp6] prefix: add one or set [server] address6", self.name))
     }
 
+    /// The interface's link-local IPv6 address: the source of DHCPv6 replies to clients on
+    /// the link.
+    pub fn link_local6(&self) -> Option<Ipv6Addr> {
+        ipv6_addrs(self.index).into_iter().find(|a| a.is_unicast_link_local())
+    }
+
     /// The address to serve from: `configured`, or the interface's first IPv4 address.
     pub fn server_ip(&self, configured: Option<Ipv4Addr>) -> anyhow::Result<Ipv4Addr> {
         match (configured, self.ipv4.first()) {

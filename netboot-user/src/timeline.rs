@@ -65,7 +65,7 @@ pub enum Milestone {
     /// DHCP of iPXE (user class "iPXE" or option 175).
     IpxeDhcp { kind: &'static str, arch: Option<u16>, ip: Ipv4Addr, path: Path },
     /// A DHCPv6 answer ("advertise", "reply") and the address it gives.
-    Dhcp6 { kind: &'static str, class: &'static str, arch: Option<u16>, ip: Option<Ipv6Addr> },
+    Dhcp6 { kind: &'static str, class: &'static str, arch: Option<u16>, ip: Option<Ipv6Addr>, path: Path },
     /// A TFTP read, finished, probed or abandoned.
     Tftp { file: String, blksize: u16, windowsize: u16, bytes: u64, ms: u64, retransmits: u64, outcome: TftpOutcome },
     /// The iPXE script was served.
@@ -315,9 +315,9 @@ fn describe(m: &Milestone) -> String {
             format!("DHCP {kind} {ip} to {class} client (arch {arch:?}) from the {} path", path.name())
         }
         Milestone::IpxeDhcp { kind, ip, path, .. } => format!("iPXE DHCP {kind} {ip} from the {} path", path.name()),
-        Milestone::Dhcp6 { kind, class, arch, ip } => match ip {
-            Some(ip) => format!("DHCPv6 {kind} {ip} to {class} client (arch {arch:?})"),
-            None => format!("DHCPv6 {kind} to {class} client (arch {arch:?})"),
+        Milestone::Dhcp6 { kind, class, arch, ip, path } => match ip {
+            Some(ip) => format!("DHCPv6 {kind} {ip} to {class} client (arch {arch:?}) from the {} path", path.name()),
+            None => format!("DHCPv6 {kind} to {class} client (arch {arch:?}) from the {} path", path.name()),
         },
         Milestone::Tftp { file, bytes, ms, retransmits, outcome: TftpOutcome::Complete, .. } => {
             format!("TFTP {file}: {bytes} bytes in {ms} ms, {retransmits} retransmits")

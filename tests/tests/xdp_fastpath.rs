@@ -483,3 +483,192 @@ fn the_kernel_and_the_core_agree_on_which_clients_a_member_answers() {
     let (action, _, d) = prog.run(&frame);
     assert_ne!(action, testrun::XDP_DROP, "{:?}", d.nonzero());
 }
+
+/// Issue 16: the DHCPv6 reply cache. A host with a fixed `ip6` asks once (the core answers
+/// and the agent compiles the reply into an entry); its next SOLICIT or REQUEST is answered by
+/// the program, byte for byte the frame the core's reply goes out in.
+mod v6 {
+    use super::*;
+    use netboot::dhcp6::{Dhcp6Server, Params6, Request6};
+    use netboot::fastpath::cache6::{ReplyCache6, compile6, reply_frame};
+    use netboot::frame::Udp6Envelope;
+    use netboot_common::cache6::{ALL_DHCP_AGENTS, ALL_DHCP_AGENTS_MAC};
+    use std::net::Ipv6Addr;
+
+    const CLIENT_MAC: MacAddr = MacAddr([0x52, 0x54, 0, 0, 0, 9]);
+    const FIXED: &str = "fd00:78::9";
+
+    fn client_ll() -> Ipv6Addr {
+        "fe80::5054:ff:fe00:9".parse().unwrap()
+    }
+    fn server_ll() -> Ipv6Addr {
+        "fe80::6e:62ff:fe00:1".parse().unwrap()
+    }
+
+    fn core() -> Dhcp6Server {
+        let text = format!(
+            "[server]\naddress = \"10.78.0.1\"\n[dhcp]\nsubnet = \"10.78.0.0/16\"\npools = [\"10.78.2.1-10.78.2.200\"]\n\
+             [[dhcp.host]]\nmac = \"{CLIENT_MAC}\"\nip = \"10.78.1.9\"\nip6 = \"{FIXED}\"\n\
+             [dhcp6]\nenabled = true\nprefix = \"fd00:78::/64\"\npools = [\"fd00:78::1000-fd00:78::1fff\"]\ndns = [\"fd00:78::53\"]\n"
+        );
+        let cfg = Config::parse(Path::new("diff6.toml"), &text).unwrap();
+        Dhcp6Server::new(Params6::from_config(&cfg, "fd00:78::1".parse().unwrap(), netboot::dhcp6::identity::server_duid(SERVER_MAC)))
+    }
+
+    fn server_duid() -> Vec<u8> {
+        netboot::dhcp6::identity::server_duid(SERVER_MAC)
+    }
+
+    /// The frame a client on the link sends `payload` in.
+    fn frame(payload: &[u8], src: Ipv6Addr) -> Vec<u8> {
+        let dst_mac = MacAddr(ALL_DHCP_AGENTS_MAC);
+        Udp6Envelope { src_mac: CLIENT_MAC, dst_mac, src_ip: src, dst_ip: Ipv6Addr::from(ALL_DHCP_AGENTS), src_port: 546, dst_port: 547, hop_limit: 1 }.build(payload)
+    }
+
+    fn seed(name: &str) -> Vec<u8> {
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/dhcp6").join(name)).unwrap()
+    }
+
+    /// Edits the options of a message as (code, data) pairs, byte for byte (dhcproto
+    /// re-encodes user and vendor classes with wrong lengths).
+    fn edit(payload: &[u8], f: impl FnOnce(&mut Vec<(u16, Vec<u8>)>)) -> Vec<u8> {
+        let mut opts = Vec::new();
+        let mut rest = &payload[4..];
+        while rest.len() >= 4 {
+            let (code, len) = (u16::from_be_bytes([rest[0], rest[1]]), usize::from(u16::from_be_bytes([rest[2], rest[3]])));
+            opts.push((code, rest[4..4 + len].to_vec()));
+            rest = &rest[4 + len..];
+        }
+        f(&mut opts);
+        let mut out = payload[..4].to_vec();
+        for (code, data) in opts {
+            out.extend_from_slice(&code.to_be_bytes());
+            out.extend_from_slice(&(data.len() as u16).to_be_bytes());
+            out.extend_from_slice(&data);
+        }
+        out
+    }
+
+    fn without(code: u16) -> impl FnOnce(&mut Vec<(u16, Vec<u8>)>) {
+        move |o| o.retain(|(c, _)| *c != code)
+    }
+
+    fn with_xid(payload: &[u8], xid: [u8; 3]) -> Vec<u8> {
+        let mut p = payload.to_vec();
+        p[1..4].copy_from_slice(&xid);
+        p
+    }
+
+    /// EDK2's PXE SOLICIT, UEFI HTTP boot's, iPXE's (without Rapid Commit), and a REQUEST
+    /// naming us.
+    fn corpus() -> Vec<(&'static str, Vec<u8>)> {
+        let ours = |o: &mut Vec<(u16, Vec<u8>)>| {
+            o.retain(|(c, _)| *c != 2);
+            o.insert(0, (2, server_duid()));
+        };
+        vec![
+            ("edk2 solicit", seed("01-edk2-solicit")),
+            ("http solicit", seed("03-http-solicit")),
+            ("ipxe solicit", edit(&seed("02-ipxe-solicit-rapid"), without(14))),
+            ("request", edit(&seed("04-request"), ours)),
+        ]
+    }
+
+    struct Prog6 {
+        loaded: netboot::fastpath::Loaded,
+        cache: ReplyCache6,
+    }
+
+    impl Prog6 {
+        fn load() -> Prog6 {
+            let mut loaded = netboot::fastpath::Loaded::new().expect("load");
+            let cache = ReplyCache6::new(loaded.take_map(maps::REPLY_CACHE6).unwrap()).unwrap();
+            Prog6 { loaded, cache }
+        }
+
+        fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>, Counters) {
+            let before = self.loaded.counters().unwrap();
+            let r = testrun::run(self.loaded.program_fd(), frame, 1).unwrap();
+            (r.action, r.output, self.loaded.counters().unwrap().delta(&before))
+        }
+
+        /// The core answers `payload` from the client's link-local; its entry is installed.
+        fn learn(&mut self, core: &mut Dhcp6Server, what: &str, payload: &[u8]) {
+            let r = core.handle(&Request6 { payload, src: client_ll(), now: NOW }).unwrap_or_else(|e| panic!("{what}: {e:?}"));
+            let c = r.cacheable.clone().unwrap_or_else(|| panic!("{what}: not cacheable"));
+            let (key, entry) = compile6(&r, &c, SERVER_MAC, server_ll(), &server_duid()).unwrap();
+            self.cache.install(key, &entry).unwrap();
+        }
+    }
+
+    #[test]
+    fn xdp_dhcpv6_replies_are_byte_identical_to_the_core() {
+        if !require_root("xdp_dhcpv6_replies_are_byte_identical_to_the_core") {
+            return;
+        }
+        let mut prog = Prog6::load();
+        for (what, payload) in corpus() {
+            let mut core = core();
+            prog.learn(&mut core, what, &payload);
+            // The next one, as a client sends it: a new transaction id.
+            let next = with_xid(&payload, [0xab, 0xcd, 0xef]);
+            let expected = core.handle(&Request6 { payload: &next, src: client_ll(), now: NOW }).unwrap();
+            assert_eq!(expected.to, client_ll());
+            let expected = reply_frame(&expected, CLIENT_MAC, SERVER_MAC, server_ll());
+            let (action, out, d) = prog.run(&frame(&next, client_ll()));
+            assert_eq!(action, testrun::XDP_TX, "{what}: not answered in the kernel: {:?}", d.nonzero());
+            assert_eq!(out, expected, "{what}: the kernel's reply differs from the core's");
+            assert_eq!(d.get(Counter::Fast6Advertise) + d.get(Counter::Fast6Reply), 1, "{what}");
+            prog.cache.forget(CLIENT_MAC);
+        }
+    }
+
+    #[test]
+    fn dhcpv6_requests_the_entry_does_not_describe_go_to_the_agent() {
+        if !require_root("dhcpv6_requests_the_entry_does_not_describe_go_to_the_agent") {
+            return;
+        }
+        let mut prog = Prog6::load();
+        let mut core = core();
+        let solicit = seed("01-edk2-solicit");
+        prog.learn(&mut core, "edk2 solicit", &solicit);
+        let pass = |prog: &mut Prog6, what: &str, frame: &[u8], counter: Counter| {
+            let (action, out, d) = prog.run(frame);
+            assert_eq!(action, testrun::XDP_PASS, "{what}");
+            assert_eq!(out, frame, "{what}: modified");
+            assert_eq!(d.get(counter), 1, "{what}: {:?}", d.nonzero());
+        };
+        assert_eq!(prog.run(&frame(&solicit, client_ll())).0, testrun::XDP_TX, "the cached client");
+        let other_duid = edit(&solicit, |o| {
+            o.retain(|(c, _)| *c != 1);
+            o.insert(0, (1, vec![0, 4, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 1, 2, 3, 4, 5, 6]));
+        });
+        pass(&mut prog, "another DUID", &frame(&other_duid, client_ll()), Counter::FastMismatch);
+        let other_iaid = edit(&solicit, |o| {
+            let ia = o.iter_mut().find(|(c, _)| *c == 3).expect("IA_NA");
+            ia.1[3] ^= 1;
+        });
+        pass(&mut prog, "another IAID", &frame(&other_iaid, client_ll()), Counter::FastMismatch);
+        pass(&mut prog, "another source", &frame(&solicit, "fe80::1".parse().unwrap()), Counter::FastMismatch);
+        let rapid = edit(&solicit, |o| o.push((14, Vec::new())));
+        pass(&mut prog, "rapid commit", &frame(&rapid, client_ll()), Counter::FastIneligible);
+        let two_ias = edit(&solicit, |o| o.push((3, vec![0, 0, 0, 77, 0, 0, 0, 0, 0, 0, 0, 0])));
+        pass(&mut prog, "two IA_NAs", &frame(&two_ias, client_ll()), Counter::FastIneligible);
+        let named = edit(&solicit, |o| o.push((2, server_duid())));
+        pass(&mut prog, "SOLICIT naming a server", &frame(&named, client_ll()), Counter::FastIneligible);
+        let mut f = frame(&solicit, client_ll());
+        let last = f.len() - 1;
+        f[last] ^= 0x5a; // without fixing the UDP checksum
+        pass(&mut prog, "bad UDP checksum", &f, Counter::BadChecksum);
+        let mut f = frame(&solicit, client_ll());
+        f[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x77]);
+        pass(&mut prog, "to another host", &f, Counter::FastNotForUs);
+        let envelope = netboot::dhcp6::relay::Envelope { hop_count: 0, link: "fd00:78::2".parse().unwrap(), peer: client_ll(), interface_id: None, client_mac: None };
+        let mut relayed = netboot::dhcp6::relay::wrap(&[envelope], solicit.clone());
+        relayed[0] = netboot::dhcp6::relay::RELAY_FORW;
+        let (action, _, d) = prog.run(&frame(&relayed, client_ll()));
+        assert_eq!((action, d.get(Counter::Msg6Other)), (testrun::XDP_PASS, 1), "RELAY-FORW is the agent's");
+        prog.cache.forget(CLIENT_MAC);
+        pass(&mut prog, "forgotten", &frame(&solicit, client_ll()), Counter::CacheMiss);
+    }
+}

@@ -10,7 +10,13 @@ use crate::config::Config;
 use crate::provision::db::ProvisionDb;
 use crate::iface::{Interface, udp_socket};
 use crate::stats::Stats;
-use crate::timeline::{Milestone, Timelines};
+use crate::fastpath::cache6::{ReplyCache6, compile6};
+use crate::mac::MacAddr;
+use crate::timeline::{Milestone, Path, Timelines};
+use super::leases::Lease6;
+use aya::maps::{MapData, RingBuf};
+use netboot_common::cache6::{REQUEST, Reply6Event, SOLICIT};
+use tokio::io::unix::AsyncFd;
 use anyhow::Context;
 use dhcproto::v6::MessageType;
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
@@ -31,6 +37,17 @@ pub struct Service6 {
     stats: Arc<Stats>,
     timelines: Arc<Timelines>,
     discovery: Option<Arc<crate::provision::discovery::Discovery>>,
+    fast: Option<FastPath6>,
+}
+
+/// The kernel's half of DHCPv6: the reply cache this service fills and the REPLYs the
+/// program sent from it.
+pub struct FastPath6 {
+    pub cache: ReplyCache6,
+    pub events: RingBuf<MapData>,
+    pub server_mac: MacAddr,
+    /// Our link-local address: the source of replies on the link.
+    pub server_ll: Ipv6Addr,
 }
 
 impl Service6 {
@@ -53,12 +70,18 @@ impl Service6 {
         stats.add("dhcp6_leases_loaded", stored.len() as u64);
         server.restore(stored);
         tracing::info!(server = %server_ip, prefix = ?config.dhcp6.prefix(), leases = server.leases().len(), "DHCPv6 service up");
-        Ok(Service6 { sock, server, ifindex: iface.index, duid, store, stats, timelines, discovery: None })
+        Ok(Service6 { sock, server, ifindex: iface.index, duid, store, stats, timelines, discovery: None, fast: None })
     }
 
     /// Records every machine that asks (see [`crate::provision::discovery`]).
     pub fn with_discovery(mut self, discovery: Arc<crate::provision::discovery::Discovery>) -> Service6 {
         self.discovery = Some(discovery);
+        self
+    }
+
+    /// Lets the XDP program answer known clients from the replies this service sends them.
+    pub fn with_fast_path(mut self, fast: FastPath6) -> Service6 {
+        self.fast = Some(fast);
         self
     }
 
@@ -68,10 +91,36 @@ impl Service6 {
         let mut buf = vec![0u8; 65536];
         let mut sweep = tokio::time::interval(Duration::from_secs(60));
         let mut enabled = configs.borrow().dhcp6.enabled;
+        let (mut fast, mut events) = match self.fast.take() {
+            // Safety: the ring's fd lives as long as the AsyncFd that owns the RingBuf.
+            Some(f) => match unsafe { AsyncFd::register_with_interest(f.events, tokio::io::Interest::READABLE) } {
+                Ok(events) => (Some((f.cache, f.server_mac, f.server_ll)), Some(events)),
+                Err(e) => {
+                    tracing::warn!("DHCPv6 fast path off: its event ring cannot be polled: {e}");
+                    (None, None)
+                }
+            },
+            None => (None, None),
+        };
         loop {
             tokio::select! {
+                r = async { events.as_mut().expect("guarded").readable_mut().await }, if events.is_some() => {
+                    let Ok(mut guard) = r else { continue };
+                    let replies: Vec<Reply6Event> = {
+                        let ring = guard.get_inner_mut();
+                        let mut v = Vec::new();
+                        while let Some(item) = ring.next() {
+                            if item.len() >= std::mem::size_of::<Reply6Event>() {
+                                v.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Reply6Event>()) });
+                            }
+                        }
+                        v
+                    };
+                    guard.clear_ready();
+                    self.record_kernel_replies(replies).await;
+                }
                 r = self.sock.recv_from(&mut buf) => match r {
-                    Ok((n, SocketAddr::V6(from))) => self.answer(&buf[..n], *from.ip(), enabled).await,
+                    Ok((n, SocketAddr::V6(from))) => self.answer(&buf[..n], *from.ip(), enabled, fast.as_mut()).await,
                     Ok(_) => {}
                     Err(e) => tracing::debug!("DHCPv6 recv: {e}"),
                 },
@@ -81,6 +130,10 @@ impl Service6 {
                     }
                     let cfg = configs.borrow_and_update().clone();
                     enabled = cfg.dhcp6.enabled;
+                    // Hosts, boot files or lifetimes may have changed: every cached reply may.
+                    if let Some((cache, ..)) = &mut fast {
+                        cache.clear();
+                    }
                     let ip = self.server.params().server_ip;
                     self.server.set_params(Params6::from_config(&cfg, cfg.server.address6.as_ref().map_or(ip, |a| *a.get_ref()), self.duid.clone()));
                 }
@@ -96,7 +149,7 @@ impl Service6 {
         }
     }
 
-    async fn answer(&mut self, payload: &[u8], src: Ipv6Addr, enabled: bool) {
+    async fn answer(&mut self, payload: &[u8], src: Ipv6Addr, enabled: bool, fast: Option<&mut (ReplyCache6, MacAddr, Ipv6Addr)>) {
         self.stats.bump("dhcp6_received");
         if !enabled {
             self.stats.bump("dhcp6_silent_disabled");
@@ -122,10 +175,53 @@ impl Service6 {
                 return;
             }
         }
-        self.send(&reply).await;
+        self.send(&reply, Path::Agent).await;
+        if let (Some((cache, server_mac, server_ll)), Some(mac)) = (fast, reply.mac) {
+            match &reply.cacheable {
+                // The next such request of this client can be the kernel's.
+                Some(c) => match compile6(&reply, c, *server_mac, *server_ll, &self.duid) {
+                    Some((key, entry)) => {
+                        if let Err(e) = cache.install(key, &entry) {
+                            tracing::warn!(%mac, "DHCPv6 reply cache: {e:#}");
+                        }
+                    }
+                    None => self.stats.bump("dhcp6_not_cached_too_large"),
+                },
+                // Another message of the client (RENEW, RELEASE, DECLINE...) may change what
+                // it should be told: its cached replies go.
+                None if !matches!(payload.first(), Some(&(SOLICIT | REQUEST))) => cache.forget(mac),
+                None => {}
+            }
+        }
     }
 
-    async fn send(&self, r: &Reply6) {
+    /// The REPLYs the kernel sent from the cache: their bindings written as the agent's own.
+    async fn record_kernel_replies(&mut self, replies: Vec<Reply6Event>) {
+        if replies.is_empty() {
+            return;
+        }
+        let now = crate::dhcp::io::unix_now();
+        self.stats.add("dhcp6_kernel_replies_recorded", replies.len() as u64);
+        let leases: Vec<Lease6> = replies
+            .iter()
+            .map(|ev| {
+                let duid = ev.client_id[..usize::from(ev.client_id_len).min(ev.client_id.len())].to_vec();
+                self.server.bound_by_kernel(Ipv6Addr::from(ev.ip), duid, u32::from_be_bytes(ev.iaid), MacAddr(ev.mac), now)
+            })
+            .collect();
+        if let Err(e) = super::store::commit(&self.store, leases).await {
+            // The address is the host's fixed one: nobody else can be given it meanwhile.
+            self.stats.bump("dhcp6_kernel_replies_not_stored");
+            tracing::warn!("DHCPv6: bindings of kernel REPLYs not stored: {e:#}");
+        }
+        for ev in replies {
+            let class = netboot_common::wire::ClientClass::from_u8(ev.class);
+            let arch = ev.arch1.checked_sub(1).map(u16::from);
+            self.timelines.record(MacAddr(ev.mac), Milestone::Dhcp6 { kind: "reply", class: class.name(), arch, ip: Some(Ipv6Addr::from(ev.ip)), path: Path::Kernel });
+        }
+    }
+
+    async fn send(&self, r: &Reply6, path: Path) {
         // A link-local destination needs the interface as its scope.
         let scope = if r.to.is_unicast_link_local() { self.ifindex } else { 0 };
         let kind = if r.kind == MessageType::Advertise { "advertise" } else { "reply" };
@@ -133,7 +229,7 @@ impl Service6 {
             Ok(_) => {
                 self.stats.bump(&format!("dhcp6_sent_{kind}"));
                 if let Some(mac) = r.mac {
-                    self.timelines.record(mac, Milestone::Dhcp6 { kind, class: r.class.name(), arch: r.arch, ip: r.address() });
+                    self.timelines.record(mac, Milestone::Dhcp6 { kind, class: r.class.name(), arch: r.arch, ip: r.address(), path });
                 }
             }
             Err(e) => {

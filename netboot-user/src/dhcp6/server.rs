@@ -106,6 +106,22 @@ pub struct Reply6 {
     pub arch: Option<u16>,
     /// Bindings this exchange made or changed: durable before the reply leaves.
     pub leases: Vec<Lease6>,
+    /// Set when the kernel may answer the same client's next such request with this reply.
+    pub cacheable: Option<Cacheable6>,
+}
+
+/// What the XDP program must check before it answers a request with a reply compiled from
+/// this one (`netboot_common::cache6`): the reply depends on nothing else of the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cacheable6 {
+    /// The request's message type (SOLICIT or REQUEST).
+    pub kind: u8,
+    pub client_id: Vec<u8>,
+    pub iaid: u32,
+    /// The host's fixed address, which the reply gives.
+    pub ip: Ipv6Addr,
+    /// The vendor class enterprise number (0 without one).
+    pub enterprise: u32,
 }
 
 impl Reply6 {
@@ -240,6 +256,14 @@ impl Dhcp6Server {
         }
     }
 
+    /// A REPLY the kernel sent from the reply cache bound `ip` to the client: the binding the
+    /// core would have made (to be written to the store).
+    pub fn bound_by_kernel(&mut self, ip: Ipv6Addr, duid: Vec<u8>, iaid: u32, mac: MacAddr, now: u64) -> Lease6 {
+        let lease = Lease6 { ip, duid, iaid, mac: Some(mac), state: Lease6State::Bound, expires: now + u64::from(self.params.lease_secs) };
+        self.leases.upsert(lease.clone());
+        lease
+    }
+
     pub fn sweep(&mut self, now: u64) -> usize {
         self.leases.sweep(now)
     }
@@ -333,9 +357,41 @@ impl Dhcp6Server {
             self.boot_options(&c, o);
         }
         let inner = reply.to_vec().expect("a reply encodes");
+        let cacheable = if outer.envelopes.is_empty() && !rapid { self.cacheable(&c, kind, &leases) } else { None };
         // To the client, or to the relay that sent the request (RFC 8415 §19.3).
         let port = if outer.envelopes.is_empty() { CLIENT_PORT } else { SERVER_PORT };
-        Ok(Reply6 { kind: reply_kind, payload: relay::wrap(&outer.envelopes, inner), to: req.src, port, mac, class, arch, leases })
+        Ok(Reply6 { kind: reply_kind, payload: relay::wrap(&outer.envelopes, inner), to: req.src, port, mac, class, arch, leases, cacheable })
+    }
+
+    /// Whether the reply to this SOLICIT or REQUEST (on the link, no Rapid Commit) can answer
+    /// the client's next one in the kernel: a host's fixed address for its one IA_NA, class
+    /// options the kernel reads the same way, DUIDs an entry holds. The reply then depends on
+    /// the DUID, IAID, source, class, architecture and enterprise number only (and on the
+    /// config: a reload empties the cache).
+    fn cacheable(&self, c: &Ctx, kind: MessageType, leases: &[Lease6]) -> Option<Cacheable6> {
+        use netboot_common::cache6::{DUID_MAX, REQUEST, SOLICIT};
+        let kind = match kind {
+            MessageType::Solicit => SOLICIT,
+            MessageType::Request => REQUEST,
+            _ => return None,
+        };
+        let fixed = self.params.hosts.get(&c.mac?).copied().flatten()?;
+        let o = c.msg.opts();
+        let one_ia = ia_nas(&c.msg).count() == 1 && !o.iter().any(|o| matches!(o, DhcpOption::IATA(_) | DhcpOption::IAPD(_)));
+        let plain_classes = match (o.get(OptionCode::UserClass), o.get(OptionCode::VendorClass)) {
+            (Some(DhcpOption::UserClass(u)), _) if !(u.data.len() == 1 && u.data[0] == wire::IPXE_USER_CLASS) => false,
+            (_, Some(DhcpOption::VendorClass(v))) if v.data.len() != 1 => false,
+            _ => true,
+        };
+        let gives_fixed = leases.len() == 1 && leases[0].ip == fixed;
+        let fits = (1..=DUID_MAX).contains(&c.duid.len()) && self.params.server_duid.len() <= DUID_MAX;
+        (one_ia && plain_classes && gives_fixed && fits).then(|| Cacheable6 {
+            kind,
+            client_id: c.duid.clone(),
+            iaid: leases[0].iaid,
+            ip: fixed,
+            enterprise: c.enterprise.unwrap_or(0),
+        })
     }
 
     /// Option 59 (and 16 for HTTP boot) by class.
@@ -353,7 +409,10 @@ impl Dhcp6Server {
     fn address_for(&self, c: &Ctx, iaid: u32) -> Option<Ipv6Addr> {
         let fixed = c.mac.and_then(|m| self.params.hosts.get(&m).copied().flatten());
         if let Some(ip) = fixed {
-            return self.leases.is_free_for(ip, &c.duid, iaid, c.now).then_some(ip);
+            // The reservation is the machine's: its firmware and its iPXE (two DUIDs) both
+            // get it, as in v4, unless it was declined.
+            let machine_holds = self.leases.get(ip).is_some_and(|l| l.mac == c.mac && l.state != Lease6State::Declined);
+            return (machine_holds || self.leases.is_free_for(ip, &c.duid, iaid, c.now)).then_some(ip);
         }
         if let Some(l) = self.leases.of_client(&c.duid, iaid, c.now) {
             if self.params.pools.iter().any(|p| p.contains(l.ip)) {

@@ -2,6 +2,7 @@
 //! its pinned maps, its counters, and a `BPF_PROG_TEST_RUN` harness.
 
 pub mod cache;
+pub mod cache6;
 pub mod counters;
 pub mod limits;
 pub mod loader;
