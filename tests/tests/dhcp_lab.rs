@@ -296,6 +296,26 @@ fn dhclient6_gets_its_reserved_address_from_managed_ras_and_releases_it() {
 
     let leases6: serde_json::Value = serde_json::from_slice(&netboot::runtime::control_get(&s.lab.server_if, "/api/v1/leases6").unwrap()).unwrap();
     assert_eq!((leases6[0]["ip"].as_str(), leases6[0]["state"].as_str(), leases6[0]["mac"].as_str()), (Some("fd00:77::77"), Some("bound"), Some(mac.as_str())), "{leases6}");
+
+    // The same machine boots again (its DUID kept, no lease remembered): the kernel answers
+    // its SOLICIT and REQUEST from the replies the agent sent it, and the agent stores the
+    // binding the kernel's REPLY made.
+    let again = s.dir.join("dhclient6-again");
+    std::fs::create_dir_all(&again).unwrap();
+    let leases = std::fs::read_to_string(dir.join("leases6")).unwrap();
+    let duid = leases.lines().find(|l| l.starts_with("default-duid")).expect("dhclient saved its DUID");
+    std::fs::write(again.join("leases6"), format!("{duid}\n")).unwrap();
+    let (script2, env2) = s.recorder("dhclient6-again");
+    let out = clients::dhclient6(&s.lab, &again, &script2, &[]).unwrap();
+    let e = event(&env2, "reason", "BOUND6");
+    assert_eq!(e["new_ip6_address"], "fd00:77::77", "{}", String::from_utf8_lossy(&out.stderr));
+    let xdp = agent.counters().unwrap();
+    assert_eq!((xdp.get("fast6_advertise"), xdp.get("fast6_reply")), (Some(&1), Some(&1)), "{xdp:?}");
+    assert_eq!((counter("dhcp6_sent_advertise"), counter("dhcp6_sent_reply")), (1, 1), "the agent answered nothing more");
+    assert!(tests::eventually(3, || counter("dhcp6_kernel_replies_recorded") == 1), "{}", agent.status().unwrap());
+    let node: serde_json::Value = serde_json::from_slice(&netboot::runtime::control_get(&s.lab.server_if, &format!("/api/v1/nodes/{mac}")).unwrap()).unwrap();
+    let kernel = node["events"].as_array().unwrap().iter().any(|e| e["stage"] == "dhcp6" && e["kind"] == "reply" && e["path"] == "kernel");
+    assert!(kernel, "the kernel's REPLY on the timeline: {node:#}");
     // The binding is in the lease store: an agent killed and restarted has it.
     let mut agent = agent;
     agent.crash_and_restart().unwrap();
