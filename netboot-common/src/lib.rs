@@ -50,7 +50,8 @@ pub mod maps {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct TransferKey {
-    pub client_ip: [u8; 4],
+    /// IPv6, or IPv4-mapped (`::ffff:a.b.c.d`).
+    pub client_ip: [u8; 16],
     pub client_port: u16,
     pub tid: u16,
 }
@@ -78,8 +79,8 @@ pub struct TransferRecord {
 }
 
 /// Which UDP frames the XDP program redirects to the TFTP engine's AF_XDP sockets: to
-/// `server_ip`, port 69 or a transfer port in `port_lo..=port_hi`, untagged, no IP options, not
-/// fragmented. All zero (the default) steers nothing.
+/// `server_ip` (or `server_ip6`), port 69 or a transfer port in `port_lo..=port_hi`, untagged,
+/// no IP options or extension headers, not fragmented. All zero (the default) steers nothing.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TftpSteer {
@@ -87,7 +88,10 @@ pub struct TftpSteer {
     pub port_lo: u16,
     pub port_hi: u16,
     pub enabled: u8,
-    pub _pad: [u8; 3],
+    /// IPv6/UDP frames (no extension headers) to `server_ip6` are steered too.
+    pub enabled6: u8,
+    pub _pad: [u8; 2],
+    pub server_ip6: [u8; 16],
 }
 
 #[cfg(feature = "user")]

@@ -84,11 +84,21 @@ pub fn classify6(ctx: &XdpContext, l3: usize) -> Result<Frame, Counter> {
     if hdrs[0] >> 4 != 6 {
         return Err(Counter::MalformedIp);
     }
-    if hdrs[6] != IPPROTO_UDP || be16([hdrs[42], hdrs[43]]) != cache6::SERVER_PORT {
+    if hdrs[6] != IPPROTO_UDP {
         return Err(Counter::NotDhcp);
     }
     let frame_len = ctx.data_end() - ctx.data();
     let payload_len = be16([hdrs[4], hdrs[5]]) as usize;
+    let dport = be16([hdrs[42], hdrs[43]]);
+    if dport != cache6::SERVER_PORT {
+        // The TFTP engine's, if the lengths are whole (its parser checks them again).
+        if l3 == wire::ETH_HLEN && l3 + IPV6_HLEN + payload_len <= frame_len && payload_len >= UDP_HLEN {
+            if let Some(transfer_port) = crate::tftp_steered6(&hdrs[24..40], dport) {
+                return Ok(Frame::Tftp { transfer_port });
+            }
+        }
+        return Err(Counter::NotDhcp);
+    }
     if l3 + IPV6_HLEN + payload_len > frame_len {
         return Err(Counter::Truncated);
     }

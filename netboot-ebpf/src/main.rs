@@ -294,9 +294,24 @@ fn tftp_steered(hdrs: &[u8; IPV4_HLEN + UDP_HLEN]) -> Option<bool> {
     if steer.enabled == 0 || hdrs[16..20] != steer.server_ip {
         return None;
     }
-    let dport = be16([hdrs[22], hdrs[23]]);
+    tftp_port(steer, be16([hdrs[22], hdrs[23]]))
+}
+
+/// `Some(a transfer port)` if `dport` is port 69 or one of the engine's transfer ports.
+#[inline(always)]
+pub(crate) fn tftp_port(steer: &TftpSteer, dport: u16) -> Option<bool> {
     let transfer_port = steer.port_lo <= dport && dport <= steer.port_hi;
     (dport == wire::TFTP_PORT || transfer_port).then_some(transfer_port)
+}
+
+/// As [`tftp_steered`], for an untagged IPv6 frame to `dst` (no extension headers).
+#[inline(always)]
+pub(crate) fn tftp_steered6(dst: &[u8], dport: u16) -> Option<bool> {
+    let steer = TFTP_STEER.get(0)?;
+    if steer.enabled6 == 0 || dst != steer.server_ip6 {
+        return None;
+    }
+    tftp_port(steer, dport)
 }
 
 /// A fully validated, classified client request: what the reply cache lookup needs.

@@ -145,7 +145,7 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
     let dhcp_task = tokio::spawn(dhcp.with_reload(configs.clone()).run(stop_rx.clone()));
     let cluster_task = cluster.map(|(member, remote_tx)| tokio::spawn(member.run(remote_tx, stop_rx.clone())));
     let afxdp = match (&tftp, config_engine) {
-        (Some((_, source)), TftpEngine::Afxdp) => afxdp_engine(&mut fastpath, &iface, server_ip, source.clone(), &stats, &http_timelines, &configs),
+        (Some((_, source)), TftpEngine::Afxdp) => afxdp_engine(&mut fastpath, &iface, (server_ip, server_ip6), source.clone(), &stats, &http_timelines, &configs),
         _ => None,
     };
     let tftp_task = tftp.map(|(t, _)| tokio::spawn(t.run(configs.clone(), stop_rx.clone())));
@@ -294,7 +294,7 @@ fn tftp_service(
 fn afxdp_engine(
     fastpath: &mut crate::fastpath::FastPath,
     iface: &Interface,
-    server_ip: std::net::Ipv4Addr,
+    (server_ip, server_ip6): (std::net::Ipv4Addr, Option<std::net::Ipv6Addr>),
     source: tftp::session::Source,
     stats: &Arc<Stats>,
     timelines: &Arc<Timelines>,
@@ -304,7 +304,7 @@ fn afxdp_engine(
         let xsks = aya::maps::XskMap::try_from(fastpath.take_map(maps::XSKS).ok_or_else(|| anyhow::anyhow!("no XSKS map"))?)?;
         let steer = aya::maps::Array::try_from(fastpath.take_map(maps::TFTP_STEER).ok_or_else(|| anyhow::anyhow!("no TFTP_STEER map"))?)?;
         let records = fastpath.take_map(maps::TFTP_TRANSFERS).map(aya::maps::HashMap::try_from).transpose()?;
-        tftp::afxdp::Engine::start(iface, server_ip, source, xsks, steer, records, stats.clone(), timelines.clone(), configs.clone())
+        tftp::afxdp::Engine::start(iface, server_ip, server_ip6, source, xsks, steer, records, stats.clone(), timelines.clone(), configs.clone())
     })();
     match started {
         Ok(e) => Some(e),

@@ -96,11 +96,21 @@ impl Udp6Envelope {
     /// Builds the whole frame around `payload`, with its UDP checksum.
     pub fn build(&self, payload: &[u8]) -> Vec<u8> {
         let mut f = vec![0; Self::HEADER_LEN + payload.len()];
+        self.write(&mut f, payload);
+        f
+    }
+
+    /// Writes the whole frame around `payload` at the start of `buf`; returns its length, or
+    /// 0 when it does not fit.
+    pub fn write(&self, buf: &mut [u8], payload: &[u8]) -> usize {
+        let len = Self::HEADER_LEN + payload.len();
+        let Some(f) = buf.get_mut(..len) else { return 0 };
         f[0..6].copy_from_slice(&self.dst_mac.octets());
         f[6..12].copy_from_slice(&self.src_mac.octets());
         f[12..14].copy_from_slice(&ETH_P_IPV6.to_be_bytes());
         let udp_len = (UDP_HLEN + payload.len()) as u16;
         let ip = &mut f[ETH_HLEN..ETH_HLEN + IPV6_HLEN];
+        ip.fill(0);
         ip[0] = 0x60;
         ip[4..6].copy_from_slice(&udp_len.to_be_bytes());
         ip[6] = IPPROTO_UDP;
@@ -111,11 +121,59 @@ impl Udp6Envelope {
         udp[0..2].copy_from_slice(&self.src_port.to_be_bytes());
         udp[2..4].copy_from_slice(&self.dst_port.to_be_bytes());
         udp[4..6].copy_from_slice(&udp_len.to_be_bytes());
+        udp[6..8].fill(0);
         udp[UDP_HLEN..].copy_from_slice(payload);
         let csum = udp6_checksum(self.src_ip, self.dst_ip, udp);
         udp[6..8].copy_from_slice(&csum.to_be_bytes());
-        f
+        len
     }
+}
+
+/// A parsed IPv6 frame: the envelope and the UDP payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedUdp6<'a> {
+    pub envelope: Udp6Envelope,
+    pub payload: &'a [u8],
+    /// The UDP checksum is right, or in the CHECKSUM_PARTIAL form of a local sender with TX
+    /// offload (the pseudo-header sum alone).
+    pub checksum_ok: bool,
+}
+
+/// Parses an untagged Ethernet / IPv6 / UDP frame (no extension headers); checks lengths.
+pub fn parse_udp6(frame: &[u8]) -> Option<ParsedUdp6<'_>> {
+    if u16::from_be_bytes(frame.get(12..14)?.try_into().ok()?) != ETH_P_IPV6 {
+        return None;
+    }
+    let ip = frame.get(ETH_HLEN..ETH_HLEN + IPV6_HLEN)?;
+    if ip[0] >> 4 != 6 || ip[6] != IPPROTO_UDP {
+        return None;
+    }
+    let payload_len = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+    let udp = frame.get(ETH_HLEN + IPV6_HLEN..ETH_HLEN + IPV6_HLEN + payload_len)?;
+    let udp_len = usize::from(u16::from_be_bytes(udp.get(4..6)?.try_into().ok()?));
+    if udp_len < UDP_HLEN || udp_len != udp.len() {
+        return None;
+    }
+    let addr = |r: std::ops::Range<usize>| Ipv6Addr::from(<[u8; 16]>::try_from(&ip[r]).expect("16 bytes"));
+    let (src_ip, dst_ip) = (addr(8..24), addr(24..40));
+    let stored = u16::from_be_bytes([udp[6], udp[7]]);
+    let len = (udp.len() as u32).to_be_bytes();
+    let partial = !checksum(&[&src_ip.octets(), &dst_ip.octets(), &len, &[0, 0, 0, IPPROTO_UDP]]);
+    let sum_ok = checksum(&[&src_ip.octets(), &dst_ip.octets(), &len, &[0, 0, 0, IPPROTO_UDP], udp]) == 0;
+    let mac = |r: std::ops::Range<usize>| MacAddr(frame[r].try_into().expect("6 bytes"));
+    Some(ParsedUdp6 {
+        envelope: Udp6Envelope {
+            dst_mac: mac(0..6),
+            src_mac: mac(6..12),
+            src_ip,
+            dst_ip,
+            src_port: u16::from_be_bytes([udp[0], udp[1]]),
+            dst_port: u16::from_be_bytes([udp[2], udp[3]]),
+            hop_limit: ip[7],
+        },
+        payload: &udp[UDP_HLEN..],
+        checksum_ok: stored != 0 && (sum_ok || stored == partial),
+    })
 }
 
 /// The UDP checksum over IPv6 of `udp` (header with a zero checksum field, then payload);
@@ -281,6 +339,34 @@ mod tests {
             assert_eq!(p.payload, &payload[..]);
             assert!(udp_checksum_ok(&f));
         }
+    }
+
+    #[test]
+    fn ipv6_build_then_parse_is_identity_and_a_corrupted_or_partial_checksum_is_told() {
+        let e = Udp6Envelope {
+            src_mac: "02:00:00:00:00:01".parse().unwrap(),
+            dst_mac: "02:00:00:00:00:02".parse().unwrap(),
+            src_ip: "fd00:77::1".parse().unwrap(),
+            dst_ip: "fe80::5054:ff:fe00:9".parse().unwrap(),
+            src_port: 61000,
+            dst_port: 1024,
+            hop_limit: 64,
+        };
+        let payload: Vec<u8> = (0..517u32).map(|i| i as u8).collect();
+        let f = e.build(&payload);
+        assert_eq!(f.len(), Udp6Envelope::HEADER_LEN + payload.len());
+        let p = parse_udp6(&f).unwrap();
+        assert_eq!((p.envelope, p.payload, p.checksum_ok), (e, &payload[..], true));
+        let mut bad = f.clone();
+        bad[Udp6Envelope::HEADER_LEN + 3] ^= 1;
+        assert!(!parse_udp6(&bad).unwrap().checksum_ok);
+        // What a sender with TX offload leaves: the pseudo-header sum alone.
+        let mut partial = f.clone();
+        let len = ((UDP_HLEN + payload.len()) as u32).to_be_bytes();
+        let field = !checksum(&[&e.src_ip.octets(), &e.dst_ip.octets(), &len, &[0, 0, 0, IPPROTO_UDP]]);
+        partial[ETH_HLEN + IPV6_HLEN + 6..ETH_HLEN + IPV6_HLEN + 8].copy_from_slice(&field.to_be_bytes());
+        assert!(parse_udp6(&partial).unwrap().checksum_ok);
+        assert!(parse_udp6(&f[..f.len() - 1]).is_none(), "truncated");
     }
 
     #[test]

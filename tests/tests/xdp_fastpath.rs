@@ -394,7 +394,7 @@ fn hostile_and_offloaded_frames_are_counted_and_never_answered_wrongly() {
     // A TFTP frame whose IPv4 total length is below its header length (it once killed the
     // AF_XDP thread): never steered.
     let mut steer: Array<_, netboot_common::TftpSteer> = Array::try_from(prog.loaded.take_map(maps::TFTP_STEER).unwrap()).unwrap();
-    steer.set(0, netboot_common::TftpSteer { server_ip: SERVER.octets(), port_lo: 0, port_hi: 0, enabled: 1, _pad: [0; 3] }, 0).unwrap();
+    steer.set(0, netboot_common::TftpSteer { server_ip: SERVER.octets(), port_lo: 0, port_hi: 0, enabled: 1, ..Default::default() }, 0).unwrap();
     let rrq = UdpEnvelope {
         src_mac: MacAddr([2, 0, 0, 0, 0, 5]),
         dst_mac: SERVER_MAC,

@@ -17,7 +17,7 @@
 use super::session::{self, Opened, Session, Source};
 use super::transfer::Step;
 use crate::config::Config;
-use crate::frame::{UdpEnvelope, parse_udp, udp_checksum_ok};
+use crate::frame::{Udp6Envelope, UdpEnvelope, parse_udp, parse_udp6, udp_checksum_ok};
 use crate::iface::Interface;
 use crate::mac::MacAddr;
 use crate::stats::Stats;
@@ -30,7 +30,7 @@ use netboot_common::{TftpSteer, TransferKey, TransferRecord};
 use netboot_common::wire::TFTP_PORT;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -70,6 +70,7 @@ impl Engine {
     pub fn start(
         iface: &Interface,
         server_ip: Ipv4Addr,
+        server_ip6: Option<Ipv6Addr>,
         source: Source,
         mut xsks: XskMap<MapData>,
         mut steer: Array<MapData, TftpSteer>,
@@ -90,13 +91,23 @@ impl Engine {
         let fits = (crate::xsk::MAX_FRAME - crate::frame::UdpEnvelope::UNTAGGED_HEADER_LEN) as u16;
         source.limits.max_payload = source.limits.max_payload.min(fits);
         let (port_lo, port_hi) = transfer_ports();
-        steer.set(0, TftpSteer { server_ip: server_ip.octets(), port_lo, port_hi, enabled: 1, _pad: [0; 3] }, 0)?;
+        let steer6 = TftpSteer {
+            server_ip: server_ip.octets(),
+            port_lo,
+            port_hi,
+            enabled: 1,
+            enabled6: u8::from(server_ip6.is_some()),
+            _pad: [0; 2],
+            server_ip6: server_ip6.unwrap_or(Ipv6Addr::UNSPECIFIED).octets(),
+        };
+        steer.set(0, steer6, 0)?;
         let stop = Arc::new(AtomicBool::new(false));
         let mut worker = Worker {
             socks,
             xsks,
             mac: iface.mac,
             server_ip,
+            server_ip6,
             source,
             records,
             stats,
@@ -130,6 +141,7 @@ struct Worker {
     xsks: XskMap<MapData>,
     mac: MacAddr,
     server_ip: Ipv4Addr,
+    server_ip6: Option<Ipv6Addr>,
     source: Source,
     /// The pinned record of running transfers (`None`: not resumable after a crash).
     records: Option<BpfHashMap<MapData, TransferKey, TransferRecord>>,
@@ -138,8 +150,8 @@ struct Worker {
     configs: watch::Receiver<Arc<Config>>,
     /// By client address and port: a TID pair is unique per client, so ports can repeat across
     /// clients.
-    transfers: HashMap<SocketAddrV4, Live>,
-    timers: BinaryHeap<Reverse<(Instant, SocketAddrV4)>>,
+    transfers: HashMap<SocketAddr, Live>,
+    timers: BinaryHeap<Reverse<(Instant, SocketAddr)>>,
     ports: (u16, u16),
     next_tid: u16,
     /// Frames to send, written into the queue's UMEM at the next flush.
@@ -159,7 +171,7 @@ impl Worker {
         while !stop.load(Ordering::Relaxed) {
             if !inherited.is_empty() && started.elapsed() > RESUME_WINDOW {
                 for k in std::mem::take(&mut inherited) {
-                    let client = SocketAddrV4::new(k.client_ip.into(), k.client_port);
+                    let client = SocketAddr::new(Ipv6Addr::from(k.client_ip).to_canonical(), k.client_port);
                     if !self.transfers.get(&client).is_some_and(|l| l.tid == k.tid) {
                         self.forget_record(client, k.tid);
                     }
@@ -209,21 +221,24 @@ impl Worker {
     }
 
     fn on_frame(&mut self, queue: usize, frame: &[u8], now: Instant) {
-        let Some(p) = parse_udp(frame) else {
+        // (client, its MAC, our port, the TFTP packet), over IPv4 or IPv6.
+        let parsed = match parse_udp(frame) {
+            Some(p) => Some((udp_checksum_ok(frame), SocketAddr::new(p.envelope.src_ip.into(), p.envelope.src_port), p.envelope.src_mac, p.envelope.dst_port, p.payload)),
+            None => parse_udp6(frame).map(|p| (p.checksum_ok, SocketAddr::new(p.envelope.src_ip.into(), p.envelope.src_port), p.envelope.src_mac, p.envelope.dst_port, p.payload)),
+        };
+        let Some((checksum_ok, client, src_mac, dst_port, payload)) = parsed else {
             self.stats.bump("tftp_xsk_malformed");
             return;
         };
-        if !udp_checksum_ok(frame) {
+        if !checksum_ok {
             self.stats.bump("tftp_xsk_bad_checksum");
             return;
         }
-        let e = p.envelope;
-        let client = SocketAddrV4::new(e.src_ip, e.src_port);
-        if e.dst_port == TFTP_PORT {
-            self.on_request(queue, client, e.src_mac, p.payload, now);
+        if dst_port == TFTP_PORT {
+            self.on_request(queue, client, src_mac, payload, now);
             return;
         }
-        if !self.transfers.get(&client).is_some_and(|l| l.tid == e.dst_port) && !self.resume(queue, client, e.src_mac, e.dst_port, now) {
+        if !self.transfers.get(&client).is_some_and(|l| l.tid == dst_port) && !self.resume(queue, client, src_mac, dst_port, now) {
             // Not a transfer of ours (an old TID after the end): RFC 1350 says answer with an
             // error to that TID; a quiet drop costs the client nothing it would not retry.
             self.stats.bump("tftp_xsk_unknown_tid");
@@ -231,11 +246,11 @@ impl Worker {
         }
         let live = self.transfers.get_mut(&client).expect("present or resumed");
         live.queue = queue;
-        let step = live.session.transfer.on_packet(p.payload, now);
+        let step = live.session.transfer.on_packet(payload, now);
         self.on_step(client, step);
     }
 
-    fn on_request(&mut self, queue: usize, client: SocketAddrV4, client_mac: MacAddr, request: &[u8], now: Instant) {
+    fn on_request(&mut self, queue: usize, client: SocketAddr, client_mac: MacAddr, request: &[u8], now: Instant) {
         if let Some(live) = self.transfers.get(&client) {
             if !live.session.transfer.awaiting_final_ack() {
                 // The client sent its request again: the transfer's own timer covers it.
@@ -264,7 +279,7 @@ impl Worker {
     }
 
     /// Takes over the transfer an engine before this one recorded for `client` and `tid`.
-    fn resume(&mut self, queue: usize, client: SocketAddrV4, client_mac: MacAddr, tid: u16, now: Instant) -> bool {
+    fn resume(&mut self, queue: usize, client: SocketAddr, client_mac: MacAddr, tid: u16, now: Instant) -> bool {
         let key = transfer_key(client, tid);
         let Some(rec) = self.records.as_ref().and_then(|m| m.get(&key, 0).ok()) else { return false };
         let Some(session) = session::resume(&self.source, &rec, client.into(), &self.stats, now) else {
@@ -279,14 +294,14 @@ impl Worker {
         true
     }
 
-    fn record(&mut self, client: SocketAddrV4, tid: u16, session: &Session) {
+    fn record(&mut self, client: SocketAddr, tid: u16, session: &Session) {
         let (Some(map), Some(rec)) = (self.records.as_mut(), session.record()) else { return };
         if map.insert(transfer_key(client, tid), rec, 0).is_err() {
             self.stats.bump("tftp_xsk_unrecorded_transfers"); // the map is full
         }
     }
 
-    fn forget_record(&mut self, client: SocketAddrV4, tid: u16) {
+    fn forget_record(&mut self, client: SocketAddr, tid: u16) {
         if let Some(map) = self.records.as_mut() {
             let _ = map.remove(&transfer_key(client, tid));
         }
@@ -298,7 +313,7 @@ impl Worker {
         t
     }
 
-    fn on_step(&mut self, client: SocketAddrV4, step: Step) {
+    fn on_step(&mut self, client: SocketAddr, step: Step) {
         let Some(live) = self.transfers.get(&client) else { return };
         let (queue, mac, tid) = (live.queue, live.client_mac, live.tid);
         match step {
@@ -327,7 +342,7 @@ impl Worker {
 
     /// Puts the transfer's deadline in the timer heap, unless an entry that fires no later
     /// is there already.
-    fn schedule(&mut self, client: SocketAddrV4) {
+    fn schedule(&mut self, client: SocketAddr) {
         let Some(live) = self.transfers.get_mut(&client) else { return };
         let due = live.session.transfer.deadline();
         if live.timer_at.is_none_or(|t| due < t) {
@@ -361,16 +376,28 @@ impl Worker {
         }
     }
 
-    fn outgoing(&self, queue: usize, client: SocketAddrV4, client_mac: MacAddr, tid: u16, payload: Vec<u8>) -> Outgoing {
-        let envelope = UdpEnvelope {
-            src_mac: self.mac,
-            dst_mac: client_mac,
-            vlan: None,
-            src_ip: self.server_ip,
-            dst_ip: *client.ip(),
-            src_port: tid,
-            dst_port: client.port(),
-            ttl: 64,
+    fn outgoing(&self, queue: usize, client: SocketAddr, client_mac: MacAddr, tid: u16, payload: Vec<u8>) -> Outgoing {
+        let envelope = match client.ip() {
+            IpAddr::V4(dst_ip) => Envelope::V4(UdpEnvelope {
+                src_mac: self.mac,
+                dst_mac: client_mac,
+                vlan: None,
+                src_ip: self.server_ip,
+                dst_ip,
+                src_port: tid,
+                dst_port: client.port(),
+                ttl: 64,
+            }),
+            IpAddr::V6(dst_ip) => Envelope::V6(Udp6Envelope {
+                src_mac: self.mac,
+                dst_mac: client_mac,
+                // Only frames to this address are steered here.
+                src_ip: self.server_ip6.unwrap_or(Ipv6Addr::UNSPECIFIED),
+                dst_ip,
+                src_port: tid,
+                dst_port: client.port(),
+                hop_limit: 64,
+            }),
         };
         Outgoing { queue, envelope, payload }
     }
@@ -395,13 +422,31 @@ impl Worker {
 /// How long after a restart an inherited transfer can be resumed: longer than any client waits.
 const RESUME_WINDOW: Duration = Duration::from_secs(120);
 
-fn transfer_key(client: SocketAddrV4, tid: u16) -> TransferKey {
-    TransferKey { client_ip: client.ip().octets(), client_port: client.port(), tid }
+fn transfer_key(client: SocketAddr, tid: u16) -> TransferKey {
+    let ip = match client.ip() {
+        IpAddr::V4(a) => a.to_ipv6_mapped(),
+        IpAddr::V6(a) => a,
+    };
+    TransferKey { client_ip: ip.octets(), client_port: client.port(), tid }
 }
 
 /// A frame to send: its addressing and its UDP payload.
 struct Outgoing {
     queue: usize,
-    envelope: UdpEnvelope,
+    envelope: Envelope,
     payload: Vec<u8>,
+}
+
+enum Envelope {
+    V4(UdpEnvelope),
+    V6(Udp6Envelope),
+}
+
+impl Envelope {
+    fn write(&self, buf: &mut [u8], payload: &[u8]) -> usize {
+        match self {
+            Envelope::V4(e) => e.write(buf, payload),
+            Envelope::V6(e) => e.write(buf, payload),
+        }
+    }
 }
