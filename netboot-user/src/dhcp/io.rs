@@ -350,16 +350,7 @@ impl Service {
                 },
                 r = async { events.as_mut().expect("guarded").readable_mut().await }, if events.is_some() => {
                     let mut guard = r?;
-                    let acks: Vec<AckEvent> = {
-                        let ring = guard.get_inner_mut();
-                        let mut v = Vec::new();
-                        while let Some(item) = ring.next() {
-                            if item.len() >= std::mem::size_of::<AckEvent>() {
-                                v.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<AckEvent>()) });
-                            }
-                        }
-                        v
-                    };
+                    let acks: Vec<AckEvent> = crate::fastpath::drain(guard.get_inner_mut());
                     guard.clear_ready();
                     let now = unix_now();
                     stats.add("fast_acks_recorded", acks.len() as u64);

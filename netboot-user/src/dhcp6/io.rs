@@ -106,16 +106,7 @@ impl Service6 {
             tokio::select! {
                 r = async { events.as_mut().expect("guarded").readable_mut().await }, if events.is_some() => {
                     let Ok(mut guard) = r else { continue };
-                    let replies: Vec<Reply6Event> = {
-                        let ring = guard.get_inner_mut();
-                        let mut v = Vec::new();
-                        while let Some(item) = ring.next() {
-                            if item.len() >= std::mem::size_of::<Reply6Event>() {
-                                v.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Reply6Event>()) });
-                            }
-                        }
-                        v
-                    };
+                    let replies: Vec<Reply6Event> = crate::fastpath::drain(guard.get_inner_mut());
                     guard.clear_ready();
                     self.record_kernel_replies(replies).await;
                 }

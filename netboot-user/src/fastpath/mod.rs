@@ -28,6 +28,18 @@ pub fn cache_entries(clients: u64) -> u32 {
     want.clamp(u64::from(netboot_common::cache::CACHE_ENTRIES), u64::from(MAX_CACHE_ENTRIES)) as u32
 }
 
+/// Takes every event of type `T` (a `repr(C)` struct the program writes) waiting in `ring`.
+pub fn drain<T: Copy>(ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> Vec<T> {
+    let mut v = Vec::new();
+    while let Some(item) = ring.next() {
+        if item.len() >= std::mem::size_of::<T>() {
+            // Safety: the program wrote a whole T there; the ring's items are not aligned.
+            v.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<T>()) });
+        }
+    }
+    v
+}
+
 /// The XDP object built from `netboot-ebpf` by build.rs (aya-build, nightly, BTF on).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netboot"));
 
