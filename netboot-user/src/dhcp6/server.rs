@@ -49,6 +49,9 @@ pub struct Params6 {
     /// The fixed addresses of `hosts`: never given from the pools to anyone else.
     pub reserved: HashSet<Ipv6Addr>,
     pub unknown: UnknownPolicy,
+    /// `[dhcp] new_clients_per_s`: pool allocations per second, at most (0 = unlimited), as in
+    /// v4: a flood of invented DUIDs cannot take the pool faster.
+    pub new_clients_per_s: u32,
 }
 
 impl Params6 {
@@ -78,6 +81,7 @@ impl Params6 {
             hosts: cfg.dhcp.reservations().map(|h| (h.mac, h.ip6)).collect(),
             reserved: cfg.dhcp.reservations().filter_map(|h| h.ip6).collect(),
             unknown: cfg.dhcp.unknown,
+            new_clients_per_s: cfg.dhcp.new_clients_per_s,
         }
     }
 }
@@ -148,6 +152,8 @@ pub enum Silence6 {
     UnknownClient,
     /// CONFIRM without addresses.
     NothingToConfirm,
+    /// A new client over `new_clients_per_s` this second.
+    NewClientLimited,
 }
 
 impl Silence6 {
@@ -161,6 +167,7 @@ impl Silence6 {
             Silence6::IaInInformationRequest => "dhcp6_silent_ia_in_information_request",
             Silence6::UnknownClient => "dhcp6_silent_unknown_client",
             Silence6::NothingToConfirm => "dhcp6_silent_nothing_to_confirm",
+            Silence6::NewClientLimited => "dhcp6_silent_new_client_limited",
         }
     }
 }
@@ -189,6 +196,10 @@ pub struct Dhcp6Server {
     leases: Lease6Table,
     /// Machines seen asking since the I/O layer last took them (for discovery).
     sightings: Vec<Sighting>,
+    /// Pool allocations in the current second: (second, count).
+    allocations: (u64, u32),
+    /// The request being handled wanted a new address over `new_clients_per_s`.
+    limited: bool,
 }
 
 /// Sightings kept between two takes, at most.
@@ -222,7 +233,7 @@ struct Ctx {
 
 impl Dhcp6Server {
     pub fn new(params: Params6) -> Dhcp6Server {
-        Dhcp6Server { params, leases: Lease6Table::default(), sightings: Vec::new() }
+        Dhcp6Server { params, leases: Lease6Table::default(), sightings: Vec::new(), allocations: (0, 0), limited: false }
     }
 
     fn observe(&mut self, s: Sighting) {
@@ -323,6 +334,7 @@ impl Dhcp6Server {
             return Err(Silence6::UnknownClient);
         }
         let c = Ctx { msg, duid, mac, class, arch, enterprise, now: req.now };
+        self.limited = false;
 
         let rapid = kind == MessageType::Solicit && c.msg.opts().get(OptionCode::RapidCommit).is_some();
         let (reply_kind, opts, leases) = match kind {
@@ -335,6 +347,11 @@ impl Dhcp6Server {
             MessageType::Confirm => self.confirm(&c)?,
             _ => (MessageType::Reply, Vec::new(), Vec::new()),
         };
+        if self.limited && leases.is_empty() {
+            // Nothing to give but new addresses, and none this second: silence, as in v4
+            // (the client retries; a flood of invented DUIDs gets nothing).
+            return Err(Silence6::NewClientLimited);
+        }
         let mut reply = Message::new_with_id(reply_kind, c.msg.xid());
         let o = reply.opts_mut();
         o.insert(DhcpOption::ServerId(self.params.server_duid.clone()));
@@ -406,7 +423,7 @@ impl Dhcp6Server {
     }
 
     /// The address for one IA of the client: its host's, its current binding, or a new one.
-    fn address_for(&self, c: &Ctx, iaid: u32) -> Option<Ipv6Addr> {
+    fn address_for(&mut self, c: &Ctx, iaid: u32) -> Option<Ipv6Addr> {
         let fixed = c.mac.and_then(|m| self.params.hosts.get(&m).copied().flatten());
         if let Some(ip) = fixed {
             // The reservation is the machine's: its firmware and its iPXE (two DUIDs) both
@@ -419,7 +436,16 @@ impl Dhcp6Server {
                 return Some(l.ip);
             }
         }
-        self.leases.allocate(&self.params.pools, &c.duid, iaid, c.now, |ip| self.params.reserved.contains(&ip))
+        if self.allocations.0 != c.now {
+            self.allocations = (c.now, 0);
+        }
+        if self.params.new_clients_per_s != 0 && self.allocations.1 >= self.params.new_clients_per_s {
+            self.limited = true;
+            return None;
+        }
+        let ip = self.leases.allocate(&self.params.pools, &c.duid, iaid, c.now, |ip| self.params.reserved.contains(&ip))?;
+        self.allocations.1 += 1;
+        Some(ip)
     }
 
     fn lifetimes(&self) -> (u32, u32) {

@@ -252,3 +252,20 @@ fn a_message_packed_with_ias_gets_a_bounded_answer_even_through_a_relay() {
     }
     assert!(s.leases().len() <= MAX_IAS);
 }
+
+#[test]
+fn new_clients_per_second_are_limited_and_known_ones_are_not() {
+    let mut s = server("new_clients_per_s = 2");
+    let now = 1_800_000_000;
+    let solicit = |n: u8| message(MessageType::Solicit, &[0, 3, 0, 1, 2, 0, 0, 0, 9, n], Some(1), edk2_options()).to_vec().unwrap();
+    let from = "fe80::1";
+    assert!(handle(&mut s, &solicit(1), from, now).is_ok());
+    assert!(handle(&mut s, &solicit(2), from, now).is_ok());
+    assert_eq!(handle(&mut s, &solicit(3), from, now).err(), Some(Silence6::NewClientLimited), "the third new client this second");
+    // A client that has its address, and a host with a fixed one, are not new clients.
+    assert!(handle(&mut s, &solicit(1), from, now).is_ok());
+    let host = message(MessageType::Solicit, &[0, 3, 0, 1, 0x52, 0x54, 0, 0, 0, 7], Some(1), edk2_options()).to_vec().unwrap();
+    assert_eq!(addresses(&decode(&handle(&mut s, &host, from, now).unwrap()))[0].1, "fd00:77::7".parse::<Ipv6Addr>().unwrap());
+    // The next second has room again.
+    assert!(handle(&mut s, &solicit(3), from, now + 1).is_ok());
+}
