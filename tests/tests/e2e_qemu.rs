@@ -466,3 +466,70 @@ fn installed_node_boots_its_local_disk_next_time() {
     assert!(events[installed..].iter().any(|e| e["stage"] == "script"), "no script after the install: {node:#}");
     eprintln!("e2e: install then local boot (SeaBIOS): VM start to script {to_script:.1} s, to the local disk {:.1} s", vms[0].started.elapsed().as_secs_f64());
 }
+
+/// Issue 17's admission question, measured with real iPXE (SeaBIOS ROM): what does iPXE do
+/// with `503 Service Unavailable` and `Retry-After`? A responder on the boot network answers
+/// the first two requests for a payload 503 with `Retry-After: 1`, then 200. iPXE waits the
+/// delay and asks again: the fetch succeeds. (The agent's script answers 503 + Retry-After
+/// when its lease store is unreachable, counting on exactly this.)
+#[test]
+fn ipxe_waits_out_a_503_with_retry_after_and_asks_again() {
+    use std::io::{Read, Write};
+    if !require_root("ipxe_waits_out_a_503_with_retry_after_and_asks_again") {
+        return;
+    }
+    let _serial = tests::serial();
+    let s = setup("e2e-503", 1);
+    std::fs::write(
+        s.dir.join("http/boot.ipxe.j2"),
+        "#!ipxe\nimgfetch http://{{ server }}:8081/payload && echo nbx-payload-ok || echo nbx-payload-failed\nimgfetch http://{{ server }}:8080/final.txt\nsleep 600\n",
+    )
+    .unwrap();
+    let listener = s.lab.server.run(|| std::net::TcpListener::bind("10.77.0.1:8081")).unwrap().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(Instant, u16)>::new()));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let responder = {
+        let (seen, stop) = (seen.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + BOOT_TIMEOUT;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+                let Ok((mut c, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                let _ = c.set_nonblocking(false);
+                let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut head = Vec::new();
+                let mut b = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16384 {
+                    match c.read(&mut b) {
+                        Ok(n) if n > 0 => head.extend_from_slice(&b[..n]),
+                        _ => break,
+                    }
+                }
+                let mut seen = seen.lock().unwrap();
+                let busy = seen.len() < 2;
+                let reply: &[u8] = if busy {
+                    b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 5\r\nConnection: close\r\n\r\nbusy\n"
+                } else {
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\nConnection: close\r\n\r\npayload\n"
+                };
+                seen.push((Instant::now(), if busy { 503 } else { 200 }));
+                let _ = c.write_all(reply);
+            }
+        })
+    };
+    let agent = s.start();
+    boot_one(&s, 0, Firmware::SeaBiosIpxeRom);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    responder.join().unwrap();
+    let seen = seen.lock().unwrap().clone();
+    let statuses: Vec<u16> = seen.iter().map(|(_, st)| *st).collect();
+    let gaps: Vec<f64> = seen.windows(2).map(|w| (w[1].0 - w[0].0).as_secs_f64()).collect();
+    eprintln!("e2e: iPXE and 503 + Retry-After: 1: requests {statuses:?}, seconds between them {gaps:.2?}");
+    // (The SeaBIOS ROM prints to the screen, not the serial console: the requests tell.)
+    assert_eq!(statuses, [503, 503, 200], "iPXE asked again after each 503 and stopped at the 200");
+    assert!(gaps.iter().all(|g| *g >= 0.9), "it waited the Retry-After delay: {gaps:?}");
+    drop(agent);
+}
