@@ -51,6 +51,8 @@ pub struct View {
     pub profiles: Vec<crate::config::profile::Profile>,
     /// `http.listen` also speaks TLS (`[api] tls_cert`): tokens are refused over plain HTTP.
     pub tls: bool,
+    /// `http.max_downloads` (0 = unlimited).
+    pub max_downloads: u32,
 }
 
 impl View {
@@ -64,6 +66,7 @@ impl View {
             port: config.http.listen.port(),
             profiles: config.profiles.clone(),
             tls: config.api.tls_cert.is_some(),
+            max_downloads: config.http.max_downloads,
         }
     }
 }
@@ -93,6 +96,32 @@ pub struct HttpState {
     pub discovery: Option<Arc<crate::provision::discovery::Discovery>>,
     /// Files of `http.root` kept open.
     pub files: crate::http_files::OpenFiles,
+    /// Files being sent now, for `http.max_downloads`.
+    downloads: Arc<std::sync::atomic::AtomicU32>,
+}
+
+/// A place among the files being sent, held by the response (its extensions live until the
+/// connection wrote the last byte) and given back on drop.
+#[derive(Clone)]
+struct Download {
+    _slot: Arc<DownloadSlot>,
+}
+
+struct DownloadSlot(Arc<std::sync::atomic::AtomicU32>);
+
+impl Drop for DownloadSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+impl HttpState {
+    /// A place among `max` concurrent downloads (0 = unlimited), or `None` when all are taken.
+    fn admit_download(&self, max: u32) -> Option<Download> {
+        use std::sync::atomic::Ordering;
+        let taken = self.downloads.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (max == 0 || n < max).then_some(n + 1));
+        taken.ok().map(|_| Download { _slot: Arc::new(DownloadSlot(self.downloads.clone())) })
+    }
 }
 
 impl HttpState {
@@ -110,6 +139,7 @@ impl HttpState {
             provision: None,
             discovery: None,
             files: Default::default(),
+            downloads: Arc::default(),
         }
     }
 
@@ -237,11 +267,18 @@ async fn static_file(State(st): State<Arc<HttpState>>, req: Request) -> Response
         return crate::provision::api::text(StatusCode::NOT_FOUND, "no such API route (see /api/v1/openapi.json)");
     }
     let rel = percent_decode(path.trim_start_matches('/'));
-    let root = st.view().root.clone();
-    match st.files.get(&root, &rel) {
+    let view = st.view();
+    match st.files.get(&view.root, &rel) {
         Ok(file) => {
+            // Over `http.max_downloads`: come back in a second (iPXE does, on its own).
+            let Some(download) = st.admit_download(view.max_downloads) else {
+                st.stats.bump("http_downloads_deferred");
+                return (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "1")], "busy, retry\n").into_response();
+            };
             let sendfile = req.extensions().get::<crate::http_files::SendFileOk>().is_some();
-            crate::http_files::respond(req.method(), req.headers(), path, file, sendfile)
+            let mut resp = crate::http_files::respond(req.method(), req.headers(), path, file, sendfile);
+            resp.extensions_mut().insert(download);
+            resp
         }
         Err(crate::http_files::Refusal::Outside) => {
             st.stats.bump("http_refused_path");

