@@ -94,7 +94,13 @@ pub fn render(iface: &str, xdp: Option<&Counters>, stats: &Stats, timeline_nodes
     t.sample("netboot_tftp_retransmits_total", &[], get("tftp_retransmits"));
 
     t.family("netboot_http_requests_total", "counter", "HTTP requests, by kind.");
-    for (kind, key) in [("all", "http_requests"), ("script", "http_scripts"), ("refused", "http_refused_path"), ("template_error", "http_template_errors")] {
+    for (kind, key) in [
+        ("all", "http_requests"),
+        ("script", "http_scripts"),
+        ("refused", "http_refused_path"),
+        ("template_error", "http_template_errors"),
+        ("deferred", "http_downloads_deferred"),
+    ] {
         t.sample("netboot_http_requests_total", &[("kind", kind)], get(key));
     }
 
