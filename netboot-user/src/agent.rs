@@ -158,16 +158,12 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
             None
         }
     };
-    let dhcp6 = dhcp6.map(|d| match (fastpath.take_map(maps::REPLY_CACHE6), fastpath.take_map(maps::EVENTS6), iface.link_local6()) {
-        (Some(cache), Some(events), Some(server_ll)) => match (crate::fastpath::cache6::ReplyCache6::new(cache), RingBuf::try_from(events)) {
-            (Ok(cache), Ok(events)) => d.with_fast_path(crate::dhcp6::io::FastPath6 { cache, events, server_mac: iface.mac, server_ll }),
-            _ => d,
-        },
-        (_, _, None) => {
-            tracing::warn!(iface = iface_name, "DHCPv6 in the kernel off: the interface has no link-local address");
+    let dhcp6 = dhcp6.map(|d| match dhcp6_fast_path(&mut fastpath, &iface) {
+        Ok((link, events)) => d.with_fast_path(link, events),
+        Err(e) => {
+            tracing::warn!(iface = iface_name, "DHCPv6 in the kernel off, the agent answers it all: {e:#}");
             d
         }
-        _ => d,
     });
     let dhcp6_task = dhcp6.map(|d| tokio::spawn(d.run(configs.clone(), stop_rx.clone())));
     let reload_task = tokio::spawn(crate::reload::run(config_path.to_path_buf(), file_tx, stats.clone(), stop_rx.clone()));
@@ -286,6 +282,15 @@ fn tftp_service(
     };
     let source = tftp::session::Source { files: Arc::new(files), limits, admission: Arc::default(), generated: Arc::default() };
     Ok(Some((tftp::socket::Service::bind(iface, server_ip, server_ip6, source.clone(), stats, timelines)?, source)))
+}
+
+/// The DHCPv6 reply cache and its event ring, and where cached replies leave from.
+fn dhcp6_fast_path(fastpath: &mut crate::fastpath::FastPath, iface: &Interface) -> anyhow::Result<(crate::dhcp6::io::CacheLink, RingBuf<aya::maps::MapData>)> {
+    let cache = fastpath.take_map(maps::REPLY_CACHE6).ok_or_else(|| anyhow::anyhow!("the XDP object has no REPLY_CACHE6 map"))?;
+    let events = fastpath.take_map(maps::EVENTS6).ok_or_else(|| anyhow::anyhow!("the XDP object has no EVENTS6 map"))?;
+    let server_ll = iface.link_local6().ok_or_else(|| anyhow::anyhow!("{} has no link-local address", iface.name))?;
+    let cache = crate::fastpath::cache6::ReplyCache6::new(cache)?;
+    Ok((crate::dhcp6::io::CacheLink { cache, server_mac: iface.mac, server_ll }, RingBuf::try_from(events)?))
 }
 
 /// The AF_XDP TFTP engine beside the socket engine, or `None` (with the reason logged) when

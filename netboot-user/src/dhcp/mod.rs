@@ -4,6 +4,7 @@
 pub mod classify;
 pub mod io;
 pub mod leases;
+pub mod new_clients;
 pub mod server;
 
 pub use classify::{Classification, classify};

@@ -249,8 +249,8 @@ pub struct DhcpServer {
     leases: LeaseTable,
     /// The expiry each address has in the store, as far as this core handed leases to it.
     persisted: HashMap<Ipv4Addr, u64>,
-    /// Pool allocations in the current second: (second, count).
-    allocations: (u64, u32),
+    /// Pool allocations in the current second.
+    allocations: super::new_clients::NewClients,
     /// The load-balancing buckets this server answers (all, alone).
     buckets: Arc<Buckets>,
     /// Who asked, since the I/O layer last took them (discovery).
@@ -340,7 +340,7 @@ impl DhcpServer {
         let slack = renewal_slack(params.lease_secs);
         let persisted = stored.iter().map(|l| (l.ip, l.expires)).collect();
         leases.load(stored.into_iter().map(|l| held_with_slack(l, slack)));
-        DhcpServer { params, leases, persisted, allocations: (0, 0), buckets: Arc::default(), sightings: Vec::new() }
+        DhcpServer { params, leases, persisted, allocations: Default::default(), buckets: Arc::default(), sightings: Vec::new() }
     }
 
     /// Allocates from `part`/`parts` of the pools on (see [`LeaseTable::start_at`]).
@@ -479,12 +479,12 @@ impl DhcpServer {
         } else if let Some(want) = requested_ip(&c.msg).filter(|ip| self.leases.available_to(*ip, &c.client, now)) {
             want
         } else {
-            if !self.allocation_allowed(now) {
+            if !self.allocations.allowed(now, self.params.new_clients_per_s) {
                 return silent(Silence::NewClientLimited);
             }
             match self.leases.allocate(&c.client, now) {
                 Some(ip) => {
-                    self.allocations.1 += 1;
+                    self.allocations.made();
                     ip
                 }
                 None => return silent(Silence::PoolExhausted),
@@ -499,14 +499,6 @@ impl DhcpServer {
         self.leases.upsert(lease.clone());
         let payload = self.build(c, MessageType::Offer, ip);
         self.reply(c, MessageType::Offer, payload, ip, vec![lease])
-    }
-
-    /// Whether one more address may be allocated this second (`new_clients_per_s`).
-    fn allocation_allowed(&mut self, now: u64) -> bool {
-        if self.allocations.0 != now {
-            self.allocations = (now, 0);
-        }
-        self.params.new_clients_per_s == 0 || self.allocations.1 < self.params.new_clients_per_s
     }
 
     fn request(&mut self, c: &Ctx) -> Outcome {
@@ -665,14 +657,15 @@ impl DhcpServer {
     }
 
     fn boot_file(&self, c: &Ctx) -> Option<&str> {
-        let secure = self.params.secure_boot.wants(self.reservation(c.mac), || Facts {
+        let host = self.reservation(c.mac);
+        let secure = self.params.secure_boot.wants(host, || Facts {
             mac: Some(c.mac),
-            known: self.reservation(c.mac).is_some(),
-            ip: self.reservation(c.mac).map(|h| h.ip),
+            known: host.is_some(),
+            ip: host.map(|h| h.ip),
             arch: c.class.arch,
             vendor_class: raw_option(c.raw, 60).map(|v| String::from_utf8_lossy(v).into_owned()),
             relay: Some(c.msg.giaddr()).filter(|g| !g.is_unspecified()),
-            vars: self.reservation(c.mac).map(|h| h.vars.clone()).unwrap_or_default(),
+            vars: host.map(|h| h.vars.clone()).unwrap_or_default(),
         });
         self.params.boot.for_client(c.class, secure)
     }

@@ -37,14 +37,15 @@ pub struct Service6 {
     stats: Arc<Stats>,
     timelines: Arc<Timelines>,
     discovery: Option<Arc<crate::provision::discovery::Discovery>>,
-    fast: Option<FastPath6>,
+    /// The reply cache this service fills (the kernel's half of DHCPv6).
+    cache: Option<CacheLink>,
+    /// The REPLYs the program sent from it (taken by [`Service6::run`]).
+    events: Option<RingBuf<MapData>>,
 }
 
-/// The kernel's half of DHCPv6: the reply cache this service fills and the REPLYs the
-/// program sent from it.
-pub struct FastPath6 {
+/// Where compiled replies go, and what their frames leave from.
+pub struct CacheLink {
     pub cache: ReplyCache6,
-    pub events: RingBuf<MapData>,
     pub server_mac: MacAddr,
     /// Our link-local address: the source of replies on the link.
     pub server_ll: Ipv6Addr,
@@ -70,7 +71,7 @@ impl Service6 {
         stats.add("dhcp6_leases_loaded", stored.len() as u64);
         server.restore(stored);
         tracing::info!(server = %server_ip, prefix = ?config.dhcp6.prefix(), leases = server.leases().len(), "DHCPv6 service up");
-        Ok(Service6 { sock, server, ifindex: iface.index, duid, store, stats, timelines, discovery: None, fast: None })
+        Ok(Service6 { sock, server, ifindex: iface.index, duid, store, stats, timelines, discovery: None, cache: None, events: None })
     }
 
     /// Records every machine that asks (see [`crate::provision::discovery`]).
@@ -79,9 +80,11 @@ impl Service6 {
         self
     }
 
-    /// Lets the XDP program answer known clients from the replies this service sends them.
-    pub fn with_fast_path(mut self, fast: FastPath6) -> Service6 {
-        self.fast = Some(fast);
+    /// Lets the XDP program answer known clients from the replies this service sends them
+    /// (compiled into `link`), and reads the REPLYs it sent from `events`.
+    pub fn with_fast_path(mut self, link: CacheLink, events: RingBuf<MapData>) -> Service6 {
+        self.cache = Some(link);
+        self.events = Some(events);
         self
     }
 
@@ -91,16 +94,15 @@ impl Service6 {
         let mut buf = vec![0u8; 65536];
         let mut sweep = tokio::time::interval(Duration::from_secs(60));
         let mut enabled = configs.borrow().dhcp6.enabled;
-        let (mut fast, mut events) = match self.fast.take() {
-            // Safety: the ring's fd lives as long as the AsyncFd that owns the RingBuf.
-            Some(f) => match unsafe { AsyncFd::register_with_interest(f.events, tokio::io::Interest::READABLE) } {
-                Ok(events) => (Some((f.cache, f.server_mac, f.server_ll)), Some(events)),
-                Err(e) => {
-                    tracing::warn!("DHCPv6 fast path off: its event ring cannot be polled: {e}");
-                    (None, None)
-                }
-            },
-            None => (None, None),
+        // Safety: the ring's fd lives as long as the AsyncFd that owns the RingBuf.
+        let mut events = match self.events.take().map(|ring| unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }) {
+            Some(Ok(events)) => Some(events),
+            Some(Err(e)) => {
+                tracing::warn!("DHCPv6 fast path off: its event ring cannot be polled: {e}");
+                self.cache = None;
+                None
+            }
+            None => None,
         };
         loop {
             tokio::select! {
@@ -111,7 +113,7 @@ impl Service6 {
                     self.record_kernel_replies(replies).await;
                 }
                 r = self.sock.recv_from(&mut buf) => match r {
-                    Ok((n, SocketAddr::V6(from))) => self.answer(&buf[..n], *from.ip(), enabled, fast.as_mut()).await,
+                    Ok((n, SocketAddr::V6(from))) => self.answer(&buf[..n], *from.ip(), enabled).await,
                     Ok(_) => {}
                     Err(e) => tracing::debug!("DHCPv6 recv: {e}"),
                 },
@@ -122,8 +124,8 @@ impl Service6 {
                     let cfg = configs.borrow_and_update().clone();
                     enabled = cfg.dhcp6.enabled;
                     // Hosts, boot files or lifetimes may have changed: every cached reply may.
-                    if let Some((cache, ..)) = &mut fast {
-                        cache.clear();
+                    if let Some(link) = &mut self.cache {
+                        link.cache.clear();
                     }
                     let ip = self.server.params().server_ip;
                     self.server.set_params(Params6::from_config(&cfg, cfg.server.address6.as_ref().map_or(ip, |a| *a.get_ref()), self.duid.clone()));
@@ -140,7 +142,7 @@ impl Service6 {
         }
     }
 
-    async fn answer(&mut self, payload: &[u8], src: Ipv6Addr, enabled: bool, fast: Option<&mut (ReplyCache6, MacAddr, Ipv6Addr)>) {
+    async fn answer(&mut self, payload: &[u8], src: Ipv6Addr, enabled: bool) {
         self.stats.bump("dhcp6_received");
         if !enabled {
             self.stats.bump("dhcp6_silent_disabled");
@@ -167,12 +169,12 @@ impl Service6 {
             }
         }
         self.send(&reply, Path::Agent).await;
-        if let (Some((cache, server_mac, server_ll)), Some(mac)) = (fast, reply.mac) {
+        if let (Some(link), Some(mac)) = (&mut self.cache, reply.mac) {
             match &reply.cacheable {
                 // The next such request of this client can be the kernel's.
-                Some(c) => match compile6(&reply, c, *server_mac, *server_ll, &self.duid) {
+                Some(c) => match compile6(&reply, c, link.server_mac, link.server_ll, &self.duid) {
                     Some((key, entry)) => {
-                        if let Err(e) = cache.install(key, &entry) {
+                        if let Err(e) = link.cache.install(key, &entry) {
                             tracing::warn!(%mac, "DHCPv6 reply cache: {e:#}");
                         }
                     }
@@ -180,7 +182,7 @@ impl Service6 {
                 },
                 // Another message of the client (RENEW, RELEASE, DECLINE...) may change what
                 // it should be told: its cached replies go.
-                None if !matches!(payload.first(), Some(&(SOLICIT | REQUEST))) => cache.forget(mac),
+                None if !matches!(payload.first(), Some(&(SOLICIT | REQUEST))) => link.cache.forget(mac),
                 None => {}
             }
         }

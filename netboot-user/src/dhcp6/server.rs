@@ -196,8 +196,8 @@ pub struct Dhcp6Server {
     leases: Lease6Table,
     /// Machines seen asking since the I/O layer last took them (for discovery).
     sightings: Vec<Sighting>,
-    /// Pool allocations in the current second: (second, count).
-    allocations: (u64, u32),
+    /// Pool allocations in the current second.
+    allocations: crate::dhcp::new_clients::NewClients,
     /// The request being handled wanted a new address over `new_clients_per_s`.
     limited: bool,
 }
@@ -233,7 +233,7 @@ struct Ctx {
 
 impl Dhcp6Server {
     pub fn new(params: Params6) -> Dhcp6Server {
-        Dhcp6Server { params, leases: Lease6Table::default(), sightings: Vec::new(), allocations: (0, 0), limited: false }
+        Dhcp6Server { params, leases: Lease6Table::default(), sightings: Vec::new(), allocations: Default::default(), limited: false }
     }
 
     fn observe(&mut self, s: Sighting) {
@@ -436,15 +436,12 @@ impl Dhcp6Server {
                 return Some(l.ip);
             }
         }
-        if self.allocations.0 != c.now {
-            self.allocations = (c.now, 0);
-        }
-        if self.params.new_clients_per_s != 0 && self.allocations.1 >= self.params.new_clients_per_s {
+        if !self.allocations.allowed(c.now, self.params.new_clients_per_s) {
             self.limited = true;
             return None;
         }
         let ip = self.leases.allocate(&self.params.pools, &c.duid, iaid, c.now, |ip| self.params.reserved.contains(&ip))?;
-        self.allocations.1 += 1;
+        self.allocations.made();
         Some(ip)
     }
 
