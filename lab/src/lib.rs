@@ -340,6 +340,14 @@ impl Lab {
                 first_err.get_or_insert(e);
             }
         }
+        // Pins an agent of this lab could not remove (it was killed with -9 on purpose: its pins
+        // outlive it, invariant 4), on interfaces that are gone with the namespaces.
+        let ours = format!("nbx{id}");
+        for iface in netboot::fastpath::pins::pinned_ifaces().into_iter().filter(|i| i.starts_with(&ours)) {
+            if let Err(e) = netboot::fastpath::pins::remove_iface_dir(&iface) {
+                first_err.get_or_insert(anyhow::anyhow!("pins of {iface}: {e}"));
+            }
+        }
         let dir = lab_pin_dir(id);
         if dir.exists() {
             for e in std::fs::read_dir(&dir)?.flatten() {
