@@ -33,6 +33,10 @@ pub struct Args {
     /// Give up on a client after this many seconds.
     #[arg(long, default_value_t = 300)]
     pub deadline: u64,
+    /// TCP congestion control of the lab's two ends (net.ipv4.tcp_congestion_control, which
+    /// each network namespace has its own of); the machine's own when absent.
+    #[arg(long)]
+    pub congestion: Option<String>,
 }
 
 const FILES: [&str; 2] = ["vmlinuz", "initrd.img"];
@@ -58,6 +62,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         // HTTP alone needs no XDP_TX to the clients: no program on the client end, so TCP gets
         // the veth's normal receive path (see Lab::remove_peer_pass).
         lab.remove_peer_pass()?;
+        if let Some(cc) = &args.congestion {
+            for ns in [&lab.server, &lab.client] {
+                netboot_lab::run_checked(ns.command("sysctl").args(["-qw", &format!("net.ipv4.tcp_congestion_control={cc}")]))?;
+            }
+        }
         let dir = lab.scratch_dir("http-rate")?;
         let root = dir.join("http");
         std::fs::create_dir_all(&root)?;
@@ -204,6 +213,7 @@ fn json(runs: &[Run], args: &Args) -> serde_json::Value {
         "clients": args.clients,
         "kernel_mb": args.kernel_mb,
         "payload_mb": args.payload_mb,
+        "congestion": args.congestion.clone().unwrap_or_else(|| std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control").unwrap_or_default().trim().to_string()),
         "servers": runs.iter().map(summary).collect::<Vec<_>>(),
     })
 }

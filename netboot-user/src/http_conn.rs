@@ -51,6 +51,9 @@ pub trait Socket: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {
     fn send_file(&mut self, _file: &std::fs::File, _offset: u64, _len: u64, _sent: &(dyn Fn(u64) + Sync)) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
         async { Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "this connection cannot send a file itself")) }
     }
+
+    /// Holds partial segments back while on (see [`LimitedStream::cork`]).
+    fn cork(&self, _on: bool) {}
 }
 
 impl Socket for LimitedStream {
@@ -60,6 +63,10 @@ impl Socket for LimitedStream {
 
     fn send_file(&mut self, file: &std::fs::File, offset: u64, len: u64, sent: &(dyn Fn(u64) + Sync)) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
         LimitedStream::send_file(self, file, offset, len, sent)
+    }
+
+    fn cork(&self, on: bool) {
+        LimitedStream::cork(self, on)
     }
 }
 
@@ -217,6 +224,11 @@ async fn respond<S: Socket>(io: &mut S, resp: Response<Body>, head_only: bool, v
         head.extend_from_slice(b"\r\n");
     }
     head.extend_from_slice(b"\r\n");
+    // A file's head and body leave together in full segments; the last one when it is done.
+    let corked = sendfile.is_some() && !bodiless;
+    if corked {
+        io.cork(true);
+    }
     io.write_all(&head).await?;
     if bodiless {
         io.flush().await?;
@@ -225,6 +237,9 @@ async fn respond<S: Socket>(io: &mut S, resp: Response<Body>, head_only: bool, v
     if let Some(sf) = sendfile {
         stats.add("http_downloads_active", 1);
         let sent = io.send_file(&sf.file.file, sf.offset, sf.len, &|n| stats.add("http_file_bytes", n)).await;
+        if corked {
+            io.cork(false);
+        }
         stats.sub("http_downloads_active", 1);
         if let Some(done) = &sf.done {
             done(sent.is_ok());

@@ -235,6 +235,17 @@ impl LimitedStream {
 const SENDFILE_CHUNK: u64 = 256 * 1024;
 
 impl LimitedStream {
+    /// Holds partial segments back while on (TCP_CORK), as nginx's `tcp_nopush`: a file's head
+    /// and body leave in full segments, and the last one when it is turned off.
+    pub fn cork(&self, on: bool) {
+        use std::os::fd::AsRawFd;
+        if let Io::Plain(tcp) = &self.stream {
+            let v: libc::c_int = on.into();
+            // SAFETY: a valid socket and an int option of the right size.
+            unsafe { libc::setsockopt(tcp.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_CORK, (&v as *const libc::c_int).cast(), std::mem::size_of::<libc::c_int>() as libc::socklen_t) };
+        }
+    }
+
     /// Sends `len` bytes of `file` from `offset` with sendfile(2), from the page cache to the
     /// socket without a copy through this process; `sent` is told of every step. Plain
     /// connections only (TLS bodies are written as bytes).
@@ -246,35 +257,70 @@ impl LimitedStream {
         };
         let (sock, src) = (tcp.as_raw_fd(), file.as_raw_fd());
         let (mut at, end) = (offset, offset + len);
-        idle.as_mut().reset(tokio::time::Instant::now() + SEND_TIMEOUT);
+        // The idle deadline moves lazily: progress is noted here, and the timer re-armed only
+        // when it fires (re-arming it per call costs a timer-wheel update per chunk). A peer
+        // still acknowledging bytes is progress too: a connection whose congestion control
+        // slowed it to a crawl (BBR's policer mode after losses does) is slow, not dead.
+        let mut progress_at = tokio::time::Instant::now();
+        let mut acked = peer_acked(sock);
+        idle.as_mut().reset(progress_at + SEND_TIMEOUT);
         while at < end {
-            let chunk = (end - at).min(SENDFILE_CHUNK) as usize;
             tokio::select! {
                 r = tcp.writable() => r?,
                 () = idle.as_mut() => {
+                    let now_acked = peer_acked(sock);
+                    if now_acked > acked {
+                        (acked, progress_at) = (now_acked, tokio::time::Instant::now());
+                    }
+                    if progress_at.elapsed() < SEND_TIMEOUT {
+                        idle.as_mut().reset(progress_at + SEND_TIMEOUT);
+                        continue;
+                    }
                     stats.bump("http_idle_closed");
                     return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "idle connection"));
                 }
             }
+            // Writes until the socket is full or this turn's chunk is sent. A full socket is
+            // reported as WouldBlock even after progress, so tokio clears the readiness and the
+            // task sleeps at once instead of trying again for an EAGAIN.
+            let mut moved = 0u64;
+            let turn = (end - at).min(SENDFILE_CHUNK);
             let step = tcp.try_io(tokio::io::Interest::WRITABLE, || {
-                let mut off = at as libc::off_t;
-                // SAFETY: both descriptors are open for the call; `off` is ours.
-                let n = unsafe { libc::sendfile(sock, src, &mut off, chunk) };
-                if n < 0 { Err(std::io::Error::last_os_error()) } else { Ok(n as u64) }
-            });
-            match step {
-                Ok(0) => return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the file is shorter than it was")),
-                Ok(n) => {
-                    at += n;
-                    idle.as_mut().reset(tokio::time::Instant::now() + SEND_TIMEOUT);
-                    sent(n);
+                while moved < turn {
+                    let mut off = (at + moved) as libc::off_t;
+                    // SAFETY: both descriptors are open for the call; `off` is ours.
+                    let n = unsafe { libc::sendfile(sock, src, &mut off, (turn - moved) as usize) };
+                    match n {
+                        0 => return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the file is shorter than it was")),
+                        n if n > 0 => moved += n as u64,
+                        _ => return Err(std::io::Error::last_os_error()),
+                    }
                 }
+                Ok(())
+            });
+            if moved > 0 {
+                at += moved;
+                progress_at = tokio::time::Instant::now();
+                sent(moved);
+            }
+            match step {
+                Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e),
             }
         }
+        idle.as_mut().reset(tokio::time::Instant::now() + SEND_TIMEOUT);
         Ok(())
     }
+}
+
+/// Bytes the peer of TCP socket `fd` has acknowledged (TCP_INFO), 0 if it cannot be read.
+fn peer_acked(fd: std::os::fd::RawFd) -> u64 {
+    // SAFETY: tcp_info is plain data; the kernel writes at most `len` bytes of it.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    let r = unsafe { libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, (&mut info as *mut libc::tcp_info).cast(), &mut len) };
+    if r == 0 { info.tcpi_bytes_acked } else { 0 }
 }
 
 impl AsyncRead for LimitedStream {
