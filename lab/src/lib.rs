@@ -13,6 +13,7 @@
 
 mod agent;
 pub mod clients;
+pub mod pki;
 pub mod postgres;
 mod netns;
 pub mod tftp_fetch;

@@ -12,6 +12,8 @@ pub struct Postgres {
     /// The database the agents use.
     pub db: String,
     running: bool,
+    /// With [`Postgres::start_tls`]: the loopback port it also listens on, TLS only.
+    tls_port: Option<u16>,
 }
 
 /// The newest PostgreSQL server installed (Debian: /usr/lib/postgresql/<major>/bin).
@@ -49,7 +51,7 @@ impl Postgres {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
         checked(Command::new("chown").arg("postgres:postgres").arg(&dir))?;
-        let mut pg = Postgres { dir, bin, db: "netboot".into(), running: false };
+        let mut pg = Postgres { dir, bin, db: "netboot".into(), running: false, tls_port: None };
         checked(
             as_postgres(&pg.bin.join("initdb"))
                 .args(["-D"])
@@ -61,13 +63,35 @@ impl Postgres {
         Ok(pg)
     }
 
+    /// As [`Postgres::start`], and also listening on a free port of 127.0.0.1 for TLS
+    /// connections only (`hostssl`; a plain TCP connection is refused), with the server
+    /// certificate and key of `pki` (see [`crate::pki`]).
+    pub fn start_tls(tag: &str, pki: &crate::pki::Pki) -> anyhow::Result<Postgres> {
+        let mut pg = Postgres::start(tag)?;
+        pg.stop_immediate()?;
+        for (from, to) in [(&pki.server_cert, "server.crt"), (&pki.server_key, "server.key")] {
+            std::fs::copy(from, pg.data().join(to))?;
+            checked(Command::new("chown").arg("postgres:postgres").arg(pg.data().join(to)))?;
+            checked(Command::new("chmod").arg("600").arg(pg.data().join(to)))?;
+        }
+        std::fs::write(pg.data().join("pg_hba.conf"), "local all all trust\nhostssl all all 127.0.0.1/32 trust\n")?;
+        pg.tls_port = Some(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port());
+        pg.start_again()?;
+        Ok(pg)
+    }
+
+    /// The TLS port of [`Postgres::start_tls`].
+    pub fn tls_port(&self) -> Option<u16> {
+        self.tls_port
+    }
+
     fn data(&self) -> PathBuf {
         self.dir.join("data")
     }
 
     /// The libpq URL of the database, as `[cluster] store` takes it.
     pub fn url(&self) -> String {
-        format!("postgresql://netboot@/{}?host={}", self.db, self.dir.display())
+        format!("postgresql://netboot@/{}?host={}&port={}", self.db, self.dir.display(), self.tls_port.unwrap_or(5432))
     }
 
     /// The directory of the server's Unix socket (libpq's `host`).
@@ -83,7 +107,11 @@ impl Postgres {
 
     /// Starts the server (again, after [`Postgres::stop_immediate`]); waits until it accepts.
     pub fn start_again(&mut self) -> anyhow::Result<()> {
-        let opts = format!("-c listen_addresses='' -c unix_socket_directories='{}' -c fsync=off -c max_connections=200", self.dir.display());
+        let listen = match self.tls_port {
+            Some(port) => format!("-c listen_addresses=127.0.0.1 -c port={port} -c ssl=on"),
+            None => "-c listen_addresses=''".to_string(),
+        };
+        let opts = format!("{listen} -c unix_socket_directories='{}' -c fsync=off -c max_connections=200", self.dir.display());
         checked(
             as_postgres(&self.bin.join("pg_ctl"))
                 .args(["-D"])
@@ -109,6 +137,7 @@ impl Postgres {
             Command::new(self.bin.join("psql"))
                 .args(["-h"])
                 .arg(&self.dir)
+                .args(["-p", &self.tls_port.unwrap_or(5432).to_string()])
                 .args(["-U", "netboot", "-d", &self.db, "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql]),
         )?;
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())

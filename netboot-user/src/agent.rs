@@ -127,7 +127,7 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
         tracing::warn!(root = %config.http.root.display(), "http.root is not a directory: scripts and files will not be found");
     }
     let http_timelines = timelines.clone();
-    let mut http_state = crate::http::HttpState::new(&config, server_ip, record.clone(), stats.clone(), timelines);
+    let mut http_state = crate::http::HttpState::new(&config, server_ip, record.clone(), stats.clone(), timelines)?;
     http_state.renewals = renewals;
     http_state.cluster = cluster.as_ref().map(|(m, _)| m.state.clone());
     http_state.provision = Some(provision.clone());
@@ -226,21 +226,21 @@ async fn open_store(config: &Config, lease_secs: u32, stats: &Arc<Stats>) -> any
         return Ok((Box::new(SqliteStore::open(&config.server.state_dir)?), None));
     };
     let server_id = config.cluster.server_id().expect("validated: a store has a server_id");
-    let cfg = postgres::parse_url(url)?;
+    let target = postgres::parse_url(url)?;
     let slack = crate::dhcp::server::renewal_slack(lease_secs);
     let store = {
-        let cfg = cfg.clone();
+        let target = target.clone();
         let id = server_id.to_string();
-        tokio::task::spawn_blocking(move || postgres::PgStore::open(cfg, &id, slack))
+        tokio::task::spawn_blocking(move || postgres::PgStore::open(target, &id, slack))
             .await?
             .map_err(|e| e.context(format!("lease store {}", redact(url))))?
     };
-    let pool = postgres::pool(&cfg, 4)?;
+    let pool = postgres::pool(&target, 4)?;
     // Before the leases are loaded: what is committed meanwhile comes through the change log.
     let seq = crate::cluster::current_seq(&pool).await?;
     let state = Arc::new(crate::cluster::ClusterState::new(server_id, config.cluster.takeover.0, seq));
     tracing::info!(server_id, store = %redact(url), "cluster member: shared PostgreSQL lease store");
-    Ok((Box::new(store), Some(crate::cluster::Member::new(state, pool, cfg, None, stats.clone()))))
+    Ok((Box::new(store), Some(crate::cluster::Member::new(state, pool, target, None, stats.clone()))))
 }
 
 /// A store URL as logs may show it: without a password.

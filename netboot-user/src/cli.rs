@@ -396,9 +396,9 @@ fn db_migrate(path: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     let (applied, store, version) = match config.cluster.store_url() {
         Some(url) => {
-            let cfg = crate::store::postgres::parse_url(url)?;
+            let target = crate::store::postgres::parse_url(url)?;
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let applied = rt.block_on(async { crate::store::postgres::migrate(&mut crate::store::postgres::connect(&cfg).await?).await })?;
+            let applied = rt.block_on(async { crate::store::postgres::migrate(&mut crate::store::postgres::connect(&target).await?).await })?;
             (applied, "PostgreSQL", crate::store::schema::POSTGRES.last().map_or(0, |m| m.version))
         }
         None => {

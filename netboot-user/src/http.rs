@@ -125,11 +125,12 @@ impl HttpState {
 }
 
 impl HttpState {
-    pub fn new(config: &Config, server: Ipv4Addr, agent: AgentRecord, stats: Arc<Stats>, timelines: Arc<Timelines>) -> HttpState {
-        HttpState {
+    /// Fails only on a `cluster.store` URL that does not parse (validated with the config).
+    pub fn new(config: &Config, server: Ipv4Addr, agent: AgentRecord, stats: Arc<Stats>, timelines: Arc<Timelines>) -> anyhow::Result<HttpState> {
+        Ok(HttpState {
             view: RwLock::new(Arc::new(View::new(config))),
             server,
-            leases: LeaseReader::new(config).unwrap_or_else(|_| LeaseReader::Sqlite(config.server.state_dir.clone())),
+            leases: LeaseReader::new(config)?,
             agent,
             stats,
             timelines,
@@ -140,7 +141,7 @@ impl HttpState {
             discovery: None,
             files: Default::default(),
             downloads: Arc::default(),
-        }
+        })
     }
 
     pub fn view(&self) -> Arc<View> {
@@ -626,7 +627,7 @@ mod tests {
         );
         let cfg = crate::config::Config::parse(std::path::Path::new("t.toml"), &text).unwrap();
         let agent = AgentRecord { pid: 1, iface: "nbxtest0".into(), xdp_mode: "skb".into(), config: "t.toml".into(), state_dir: dir.join("no-such-state") };
-        let state = HttpState::new(&cfg, "10.0.0.1".parse().unwrap(), agent, Arc::default(), Arc::new(crate::timeline::Timelines::new("nbxtest0")));
+        let state = HttpState::new(&cfg, "10.0.0.1".parse().unwrap(), agent, Arc::default(), Arc::new(crate::timeline::Timelines::new("nbxtest0"))).expect("state");
         let app = router(Arc::new(state));
         let get = |uri: &str| axum::http::Request::get(uri).body(axum::body::Body::empty()).unwrap();
         let r = app.clone().oneshot(get("/boot.ipxe?mac=52:54:00:00:00:09")).await.unwrap();

@@ -347,7 +347,7 @@ impl Http {
         };
         let stats = std::sync::Arc::new(netboot::stats::Stats::default());
         let timelines = std::sync::Arc::new(netboot::timeline::Timelines::new("nbxfuzz0"));
-        let state = netboot::http::HttpState::new(&cfg, "10.78.0.1".parse().unwrap(), agent, stats, timelines);
+        let state = netboot::http::HttpState::new(&cfg, "10.78.0.1".parse().unwrap(), agent, stats, timelines).expect("http state");
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         Http { rt, app: netboot::http::router(std::sync::Arc::new(state)) }
     }

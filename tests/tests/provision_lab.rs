@@ -355,22 +355,6 @@ fn dashboard_shows_the_apis_numbers(s: &Setup, reader: &str) {
     assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "no screenshot at {}", shot.display());
 }
 
-/// A CA, a server certificate for 10.77.0.1 and a client certificate, made with openssl in
-/// `dir`.
-fn certificates(dir: &std::path::Path) {
-    let sh = |cmd: &str| {
-        let out = Command::new("sh").arg("-c").arg(cmd).current_dir(dir).output().unwrap();
-        assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
-    };
-    let key = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
-    sh(&format!("openssl req -x509 {key} -keyout ca.key -out ca.pem -days 2 -subj /CN=nbx-test-ca"));
-    for (name, ext) in [("server", "subjectAltName=IP:10.77.0.1\nextendedKeyUsage=serverAuth"), ("client", "extendedKeyUsage=clientAuth")] {
-        std::fs::write(dir.join(format!("{name}.ext")), format!("basicConstraints=CA:FALSE\n{ext}\n")).unwrap();
-        sh(&format!("openssl req {key} -keyout {name}.key -out {name}.csr -subj /CN=nbx-test-{name}"));
-        sh(&format!("openssl x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -out {name}.pem -extfile {name}.ext"));
-    }
-}
-
 /// `[api] tls_cert`, `tls_key`, `client_ca`: the API over TLS with client certificates on
 /// `http.listen`'s port, boot routes still plain HTTP there, a token over plain HTTP refused,
 /// and a half TLS config refused with its position.
@@ -381,7 +365,7 @@ fn the_api_speaks_tls_with_client_certificates_beside_plain_boot_http() {
     }
     let _serial = tests::serial();
     let s = setup("provtls");
-    certificates(&s.dir);
+    netboot_lab::pki::Pki::make(&s.dir, "10.77.0.1", "api").unwrap();
     let base = std::fs::read_to_string(&s.config).unwrap();
     std::fs::write(&s.config, format!("{base}tls_cert = \"server.pem\"\n")).unwrap();
     let check = Command::new(bin("netboot-xdp")).args(["check", "-c"]).arg(&s.config).output().unwrap();

@@ -213,3 +213,47 @@ fn a_node_reporting_without_end_keeps_only_its_newest_events_on_both_backends() 
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `cluster.store` over TLS (libpq's `sslmode` and `sslrootcert`): with the CA that signed the
+/// server's certificate, leases are committed over a verified TLS session; a server whose
+/// certificate another CA signed is refused, a plain connection is not attempted, and TLS
+/// that could not be verified (`require` without a CA) is a config error.
+#[test]
+fn the_store_over_tls_verifies_the_server_and_never_falls_back_to_plain() {
+    if !require_root("the_store_over_tls_verifies_the_server_and_never_falls_back_to_plain") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("nbx-pgtls-{}", std::process::id()));
+    let pki = netboot_lab::pki::Pki::make(&dir.join("good"), "127.0.0.1", "good").unwrap();
+    let other = netboot_lab::pki::Pki::make(&dir.join("other"), "127.0.0.1", "other").unwrap();
+    let pg = Postgres::start_tls("tls", &pki).unwrap();
+    let port = pg.tls_port().unwrap();
+    let url = |query: &str| format!("postgresql://netboot@127.0.0.1:{port}/netboot?{query}");
+
+    // Verified TLS: leases committed, and the server sees a TLS session from netboot-xdp.
+    let mut s = PgStore::open(parse_url(&url(&format!("sslmode=verify-full&sslrootcert={}", pki.ca.display()))).unwrap(), "boot-a", 0).unwrap();
+    let l = lease(1, 1, LeaseState::Bound, FAR);
+    assert!(s.commit(&[&l]).unwrap().is_empty());
+    assert_eq!(pg.sql("SELECT count(*) FROM netboot_leases").unwrap(), "1");
+    let tls = pg.sql("SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) WHERE ssl AND application_name = 'netboot-xdp'").unwrap();
+    assert_eq!(tls, "1", "the store's connection is not TLS");
+    // With a client certificate too.
+    let with_cert = format!("sslmode=verify-full&sslrootcert={}&sslcert={}&sslkey={}", pki.ca.display(), pki.client_cert.display(), pki.client_key.display());
+    assert!(PgStore::open(parse_url(&url(&with_cert)).unwrap(), "boot-b", 0).is_ok());
+
+    // Another CA: the handshake fails, nothing is written, the reason is named.
+    let err = PgStore::open(parse_url(&url(&format!("sslmode=verify-full&sslrootcert={}", other.ca.display()))).unwrap(), "boot-c", 0).err().expect("a server signed by an unknown CA was accepted");
+    assert!(format!("{err:#}").to_lowercase().contains("certificate"), "{err:#}");
+    // No sslmode: plain, which this server refuses (hostssl only) — never a silent downgrade
+    // the other way either: a TLS URL does not fall back to plain.
+    let err = PgStore::open(parse_url(&url("")).unwrap(), "boot-d", 0).err().expect("a plain connection was accepted");
+    assert!(format!("{err:#}").contains("no encryption") || format!("{err:#}").contains("pg_hba"), "{err:#}");
+    // TLS that cannot be verified is refused before any connection, as are unknown modes.
+    for (query, why) in [("sslmode=require", "needs sslrootcert"), ("sslmode=maybe&sslrootcert=/x", "sslmode=maybe"), (&format!("sslmode=require&sslrootcert={}", dir.join("none.pem").display()), "cannot read")] {
+        let e = parse_url(&url(query)).err().unwrap_or_else(|| panic!("{query} was accepted"));
+        assert!(format!("{e:#}").contains(why), "{query}: {e:#}");
+    }
+    assert_eq!(pg.sql("SELECT count(*) FROM netboot_leases").unwrap(), "1");
+    drop(s);
+    let _ = std::fs::remove_dir_all(&dir);
+}

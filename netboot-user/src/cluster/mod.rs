@@ -103,7 +103,7 @@ pub async fn current_seq(pool: &deadpool_postgres::Pool) -> anyhow::Result<i64> 
 pub struct Member {
     pub state: Arc<ClusterState>,
     pool: deadpool_postgres::Pool,
-    cfg: tokio_postgres::Config,
+    target: crate::store::postgres::Target,
     owner_map: Option<OwnerMap>,
     stats: Arc<Stats>,
     /// The presence session and its backend pid (None while it cannot be opened: the others
@@ -112,8 +112,8 @@ pub struct Member {
 }
 
 impl Member {
-    pub fn new(state: Arc<ClusterState>, pool: deadpool_postgres::Pool, cfg: tokio_postgres::Config, owner_map: Option<OwnerMap>, stats: Arc<Stats>) -> Member {
-        Member { state, pool, cfg, owner_map, stats, presence: None }
+    pub fn new(state: Arc<ClusterState>, pool: deadpool_postgres::Pool, target: crate::store::postgres::Target, owner_map: Option<OwnerMap>, stats: Arc<Stats>) -> Member {
+        Member { state, pool, target, owner_map, stats, presence: None }
     }
 
     /// The member's connection pool (the provisioning tables share it).
@@ -178,7 +178,7 @@ impl Member {
         }
         if self.presence.is_none() {
             let open = async {
-                let (client, conn) = self.cfg.connect(tokio_postgres::NoTls).await?;
+                let (client, conn) = self.target.connect().await?;
                 tokio::spawn(conn);
                 let pid: i32 = client.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
                 anyhow::Ok((client, pid))
@@ -195,7 +195,7 @@ impl Member {
     /// leaves the member list. `remote` receives the leases other servers committed.
     pub async fn run(mut self, remote: mpsc::UnboundedSender<Vec<Lease>>, mut shutdown: watch::Receiver<bool>) {
         let wake = Arc::new(Notify::new());
-        let listener = tokio::spawn(listen(self.cfg.clone(), wake.clone(), shutdown.clone()));
+        let listener = tokio::spawn(listen(self.target.clone(), wake.clone(), shutdown.clone()));
         // Six beats per takeover: a crashed member is seen within one beat (half a second
         // at the default), a silent one within takeover and one beat.
         let mut beat = tokio::time::interval((self.state.takeover / 6).max(Duration::from_millis(250)));
@@ -282,11 +282,11 @@ impl Member {
 
 /// LISTENs on the change channel and wakes the follower; reconnects every second after a
 /// failure (the follower polls meanwhile).
-async fn listen(cfg: tokio_postgres::Config, wake: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
+async fn listen(target: crate::store::postgres::Target, wake: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
     use futures_util::StreamExt;
     loop {
         let session = async {
-            let (client, mut conn) = cfg.connect(tokio_postgres::NoTls).await?;
+            let (client, mut conn) = target.connect().await?;
             let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
             let listen = client.batch_execute("LISTEN netboot_leases");
             tokio::pin!(listen);

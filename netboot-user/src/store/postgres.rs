@@ -14,7 +14,8 @@ use crate::dhcp::leases::{ClientKey, Lease, LeaseState};
 use crate::mac::MacAddr;
 use anyhow::Context;
 use std::time::Duration;
-use tokio_postgres::{Client, NoTls, Row};
+use tokio_postgres::{Client, Row};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// How long a member's transaction may sit idle, and a claim may wait for a lock, before
 /// PostgreSQL gives up on it: below the default `cluster.takeover`, so that a frozen member's
@@ -24,9 +25,63 @@ pub const LOCK_BOUND: Duration = Duration::from_secs(2);
 /// How long connecting may take before the store counts as unreachable.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Parses `cluster.store` (a libpq URL or key=value string). Without a user, the user this
-/// process runs as (libpq's default); a connect timeout if none is given.
-pub fn parse_url(url: &str) -> anyhow::Result<tokio_postgres::Config> {
+/// The PostgreSQL server of `cluster.store` and how to reach it: the parsed URL and the TLS
+/// connector (rustls) its connections use when the URL asks for TLS.
+#[derive(Clone)]
+pub struct Target {
+    pub cfg: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
+}
+
+/// A connection to the store; it must be polled (spawned) for its client to work.
+pub type Connection = tokio_postgres::Connection<tokio_postgres::Socket, <MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>>::Stream>;
+
+impl Target {
+    /// Opens a connection (TLS when the URL asks for it).
+    pub async fn connect(&self) -> Result<(Client, Connection), tokio_postgres::Error> {
+        self.cfg.connect(self.tls.clone()).await
+    }
+}
+
+/// libpq's TLS parameters that tokio-postgres does not read; taken out of the URL here.
+const TLS_FILES: [&str; 3] = ["sslrootcert", "sslcert", "sslkey"];
+
+/// Parses `cluster.store` (a libpq URL). Without a user, the user this process runs as
+/// (libpq's default); a connect timeout if none is given.
+///
+/// TLS, as libpq spells it: `sslmode=require` (or `verify-ca`, `verify-full`) with
+/// `sslrootcert=FILE`, the CA that signed the server's certificate; the certificate is always
+/// verified, its name against the URL's host. `sslcert=FILE&sslkey=FILE` add a client
+/// certificate. Without `sslrootcert` the connection is plain (an unverified TLS connection
+/// is not offered: it would only look safe). Over a Unix socket there is no TLS.
+pub fn parse_url(url: &str) -> anyhow::Result<Target> {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut files: [Option<String>; 3] = Default::default();
+    let mut mode = None;
+    let mut kept = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = percent_decode(v);
+        if let Some(i) = TLS_FILES.iter().position(|f| *f == k) {
+            files[i] = Some(v);
+        } else if k == "sslmode" {
+            mode = Some(v);
+        } else {
+            kept.push(pair);
+        }
+    }
+    let [root, cert, key] = files;
+    let tls_mode = match (mode.as_deref(), &root) {
+        (None | Some("disable") | Some("allow") | Some("prefer"), None) => "disable",
+        (Some("require" | "verify-ca" | "verify-full"), None) => {
+            anyhow::bail!("sslmode={} needs sslrootcert=FILE (the CA that signed the server's certificate): netboot-xdp does not use TLS it cannot verify", mode.unwrap_or_default())
+        }
+        (None | Some("require" | "verify-ca" | "verify-full"), Some(_)) => "require",
+        (Some(m), Some(_)) if ["disable", "allow", "prefer"].contains(&m) => anyhow::bail!("sslrootcert is given but sslmode={m}: use sslmode=verify-full"),
+        (Some(m), _) => anyhow::bail!("sslmode={m}: use disable, require, verify-ca or verify-full"),
+    };
+    kept.push(if tls_mode == "require" { "sslmode=require" } else { "sslmode=disable" });
+    let url = format!("{base}?{}", kept.join("&"));
     let mut cfg: tokio_postgres::Config = url.parse().map_err(|e| anyhow::anyhow!("not a PostgreSQL URL ({e})"))?;
     if cfg.get_user().is_none() {
         cfg.user(&os_user());
@@ -37,7 +92,52 @@ pub fn parse_url(url: &str) -> anyhow::Result<tokio_postgres::Config> {
     if cfg.get_application_name().is_none() {
         cfg.application_name("netboot-xdp");
     }
-    Ok(cfg)
+    let tls = tls_config(root.as_deref(), cert.as_deref(), key.as_deref())?;
+    Ok(Target { cfg, tls: MakeRustlsConnect::new(tls) })
+}
+
+/// The rustls client config: the CA of `root` (none: no server can be verified, and none is
+/// asked, see [`parse_url`]), and a client certificate if both `cert` and `key` are given.
+fn tls_config(root: Option<&str>, cert: Option<&str>, key: Option<&str>) -> anyhow::Result<rustls::ClientConfig> {
+    use rustls::pki_types::{PrivateKeyDer, pem::PemObject};
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(root) = root {
+        for ca in crate::api_tls::certificates(std::path::Path::new(root)).context("sslrootcert")? {
+            roots.add(ca).with_context(|| format!("sslrootcert {root}: not a CA certificate"))?;
+        }
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions()?.with_root_certificates(roots);
+    Ok(match (cert, key) {
+        (None, None) => builder.with_no_client_auth(),
+        (Some(cert), Some(key)) => {
+            let chain = crate::api_tls::certificates(std::path::Path::new(cert)).context("sslcert")?;
+            let key = PrivateKeyDer::from_pem_file(key).with_context(|| format!("sslkey {key}: no PEM private key"))?;
+            builder.with_client_auth_cert(chain, key).context("sslcert and sslkey do not go together")?
+        }
+        _ => anyhow::bail!("sslcert and sslkey go together"),
+    })
+}
+
+/// `%XX` escapes of a URL parameter's value (a path may hold any byte).
+fn percent_decode(v: &str) -> String {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (b[i], b.get(i + 1).and_then(|&c| hex(c)), b.get(i + 2).and_then(|&c| hex(c))) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn os_user() -> String {
@@ -49,8 +149,8 @@ fn os_user() -> String {
 }
 
 /// A connection whose driver runs on the current runtime (it ends when the client is dropped).
-pub async fn connect(cfg: &tokio_postgres::Config) -> anyhow::Result<Client> {
-    let (client, conn) = tokio::time::timeout(CONNECT_TIMEOUT, cfg.connect(NoTls))
+pub async fn connect(target: &Target) -> anyhow::Result<Client> {
+    let (client, conn) = tokio::time::timeout(CONNECT_TIMEOUT, target.connect())
         .await
         .map_err(|_| anyhow::anyhow!("connecting to PostgreSQL timed out after {CONNECT_TIMEOUT:?}"))?
         .context("cannot connect to PostgreSQL")?;
@@ -64,10 +164,10 @@ pub async fn connect(cfg: &tokio_postgres::Config) -> anyhow::Result<Client> {
 
 /// A pool for the agent's tasks (cluster membership, change log, HTTP reads). Connections are
 /// made on first use, so building one never fails on an unreachable server.
-pub fn pool(cfg: &tokio_postgres::Config, size: usize) -> anyhow::Result<deadpool_postgres::Pool> {
+pub fn pool(target: &Target, size: usize) -> anyhow::Result<deadpool_postgres::Pool> {
     let mgr = deadpool_postgres::Manager::from_config(
-        cfg.clone(),
-        NoTls,
+        target.cfg.clone(),
+        target.tls.clone(),
         deadpool_postgres::ManagerConfig { recycling_method: deadpool_postgres::RecyclingMethod::Fast },
     );
     deadpool_postgres::Pool::builder(mgr)
@@ -148,7 +248,7 @@ pub struct PgStore {
     /// Shut down in the background on drop: a store may be dropped on the agent's runtime
     /// (a failed start), where a runtime cannot block.
     rt: Option<tokio::runtime::Runtime>,
-    cfg: tokio_postgres::Config,
+    target: Target,
     /// The connection and its prepared claim.
     client: Option<(Client, tokio_postgres::Statement)>,
     server_id: String,
@@ -164,10 +264,10 @@ const CLAIM: &str = "SELECT won, ip, client, mac, hostname, state, expires FROM 
 impl PgStore {
     /// Connects and brings the schema up to date; an unreachable server is an error here
     /// (the agent does not start without the leases it must know).
-    pub fn open(cfg: tokio_postgres::Config, server_id: &str, slack: u64) -> anyhow::Result<PgStore> {
+    pub fn open(target: Target, server_id: &str, slack: u64) -> anyhow::Result<PgStore> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let slack = i64::try_from(slack).unwrap_or(i64::MAX);
-        let mut store = PgStore { rt: Some(rt), cfg, client: None, server_id: server_id.to_string(), slack };
+        let mut store = PgStore { rt: Some(rt), target, client: None, server_id: server_id.to_string(), slack };
         store.client()?;
         Ok(store)
     }
@@ -181,7 +281,7 @@ impl PgStore {
         if self.client.as_ref().is_none_or(|(c, _)| c.is_closed()) {
             self.client = None;
             let c = self.rt().block_on(async {
-                let c = connect(&self.cfg).await?;
+                let c = connect(&self.target).await?;
                 // The schema first (a claim cannot be prepared before its function exists).
                 let mut c = c;
                 // A member frozen in the middle of a batch (SIGSTOP, a hang) holds its locks in
