@@ -231,16 +231,7 @@ fn start_dnsmasq(lab: &Lab, dir: &Path, clients: u32) -> anyhow::Result<Child> {
 fn start_kea(lab: &Lab, dir: &Path, pg: Option<&netboot_lab::postgres::Postgres>) -> anyhow::Result<Child> {
     let extra = match pg {
         None => serde_json::json!({}),
-        Some(pg) => {
-            pg.create_db("kea")?;
-            let out = std::process::Command::new("kea-admin")
-                .args(["db-init", "pgsql", "-u", "netboot", "-n", "kea", "-h"])
-                .arg(pg.socket_dir())
-                .output()
-                .context("kea-admin (Debian package kea-admin)")?;
-            anyhow::ensure!(out.status.success(), "kea-admin db-init pgsql: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-            serde_json::json!({ "lease-database": { "type": "postgresql", "name": "kea", "user": "netboot", "host": pg.socket_dir() } })
-        }
+        Some(pg) => crate::peers::kea_pg_database(pg)?,
     };
     crate::peers::kea(lab, dir, serde_json::json!({ "pools": [{ "pool": "10.77.1.1 - 10.77.250.254" }] }), extra)
 }

@@ -16,6 +16,9 @@ pub enum Running {
     /// the lab's segment (the first on the lab's server end); the hosts and the store are held
     /// for the run.
     Cluster { agents: Vec<Agent>, _hosts: Vec<netboot_lab::Segment>, _store: netboot_lab::postgres::Postgres },
+    /// Peer processes (several Kea servers and what serves their files) sharing one
+    /// PostgreSQL, on hosts of the segment; stopped before the hosts and the store go.
+    PeerCluster { children: Vec<Child>, _hosts: Vec<netboot_lab::Segment>, _store: netboot_lab::postgres::Postgres },
 }
 
 impl Running {
@@ -32,20 +35,20 @@ impl Running {
         match self {
             Running::Agent(a) | Running::AgentWith(a, _) => std::slice::from_ref(a),
             Running::Cluster { agents, .. } => agents,
-            Running::Children(_) => &[],
+            Running::Children(_) | Running::PeerCluster { .. } => &[],
         }
     }
 
     fn children(&self) -> &[Child] {
         match self {
-            Running::Children(c) | Running::AgentWith(_, c) => c,
+            Running::Children(c) | Running::AgentWith(_, c) | Running::PeerCluster { children: c, .. } => c,
             _ => &[],
         }
     }
 
     fn children_mut(&mut self) -> &mut [Child] {
         match self {
-            Running::Children(c) | Running::AgentWith(_, c) => c,
+            Running::Children(c) | Running::AgentWith(_, c) | Running::PeerCluster { children: c, .. } => c,
             _ => &mut [],
         }
     }
@@ -119,10 +122,16 @@ pub fn peer_binary(package: &str, path: &str) -> anyhow::Result<PathBuf> {
 /// raw sockets, the lab's /16 with the router; `subnet` keys are added to the subnet (pools,
 /// reservations) and `extra` keys to `Dhcp4` (client classes, option definitions).
 pub fn kea(lab: &Lab, dir: &Path, subnet: serde_json::Value, extra: serde_json::Value) -> anyhow::Result<Child> {
+    kea_on(&lab.server, &lab.server_if, dir, subnet, extra)
+}
+
+/// [`kea`] on interface `iface` of namespace `ns` (a host of its own on the lab's segment), its
+/// files (config, leases, log, pid and lock) under `dir`.
+pub fn kea_on(ns: &netboot_lab::NetNs, iface: &str, dir: &Path, subnet: serde_json::Value, extra: serde_json::Value) -> anyhow::Result<Child> {
     let mut sub = serde_json::json!({ "id": 1, "subnet": "10.77.0.0/16", "option-data": [{ "name": "routers", "data": "10.77.0.1" }] });
     merge(&mut sub, subnet);
     let mut dhcp4 = serde_json::json!({
-        "interfaces-config": { "interfaces": [lab.server_if], "dhcp-socket-type": "raw" },
+        "interfaces-config": { "interfaces": [iface], "dhcp-socket-type": "raw" },
         "lease-database": { "type": "memfile", "persist": true, "name": dir.join("kea-leases.csv") },
         "valid-lifetime": 3600,
         "multi-threading": { "enable-multi-threading": true, "thread-pool-size": 2, "packet-queue-size": 16384 },
@@ -132,7 +141,7 @@ pub fn kea(lab: &Lab, dir: &Path, subnet: serde_json::Value, extra: serde_json::
     merge(&mut dhcp4, extra);
     let file = dir.join("kea.json");
     std::fs::write(&file, serde_json::to_string_pretty(&serde_json::json!({ "Dhcp4": dhcp4 }))?)?;
-    own_group(lab.server.command("kea-dhcp4").arg("-c").arg(&file).env("KEA_PIDFILE_DIR", dir).env("KEA_LOCKFILE_DIR", dir))
+    own_group(ns.command("kea-dhcp4").arg("-c").arg(&file).env("KEA_PIDFILE_DIR", dir).env("KEA_LOCKFILE_DIR", dir))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -140,7 +149,21 @@ pub fn kea(lab: &Lab, dir: &Path, subnet: serde_json::Value, extra: serde_json::
         .context("starting kea-dhcp4 (Debian package kea-dhcp4-server)")
 }
 
-fn merge(into: &mut serde_json::Value, from: serde_json::Value) {
+/// Kea's PostgreSQL lease backend on `pg`: a database `kea` with the schema `kea-admin db-init
+/// pgsql` creates; the `lease-database` key for Kea's config (every Kea given it shares it).
+pub fn kea_pg_database(pg: &netboot_lab::postgres::Postgres) -> anyhow::Result<serde_json::Value> {
+    pg.create_db("kea")?;
+    let out = Command::new("kea-admin")
+        .args(["db-init", "pgsql", "-u", "netboot", "-n", "kea", "-h"])
+        .arg(pg.socket_dir())
+        .output()
+        .context("kea-admin (Debian package kea-admin)")?;
+    anyhow::ensure!(out.status.success(), "kea-admin db-init pgsql: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    Ok(serde_json::json!({ "lease-database": { "type": "postgresql", "name": "kea", "user": "netboot", "host": pg.socket_dir() } }))
+}
+
+/// Adds `from`'s keys to the object `into`.
+pub fn merge(into: &mut serde_json::Value, from: serde_json::Value) {
     if let (Some(a), serde_json::Value::Object(b)) = (into.as_object_mut(), from) {
         a.extend(b);
     }

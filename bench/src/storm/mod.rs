@@ -81,12 +81,12 @@ pub struct Args {
     /// host of its own on the segment.
     #[arg(long, default_value_t = 0)]
     pub flood: u32,
-    /// netboot-xdp servers on the segment, active-active (more than one needs
-    /// `--store postgres`).
+    /// Servers on the segment, active-active (more than one needs `--store postgres`):
+    /// netboot-xdp members, or Kea servers sharing its PostgreSQL lease backend.
     #[arg(long, default_value_t = 1)]
     pub servers: u32,
-    /// netboot-xdp's lease store: SQLite in its state_dir, or one PostgreSQL (started for the
-    /// run) shared by every server.
+    /// The lease store: netboot-xdp's SQLite in its state_dir (Kea's memfile), or one
+    /// PostgreSQL (started for the run) shared by every server.
     #[arg(long, value_enum, default_value_t = Store::Sqlite)]
     pub store: Store,
     /// Once `--member-fault-at` of the machines have an address, kill -9 (`kill`) or SIGSTOP
@@ -190,12 +190,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         reserved: !args.pool,
         files: Arc::new(payload.iter().zip(["vmlinuz", "initrd.img"]).map(|(c, f)| (f.to_string(), crate::http_fetch::Expect::of(c))).collect()),
     };
-    anyhow::ensure!(!args.pool || servers == ["netboot-xdp"], "--pool runs against netboot-xdp only");
+    let clusterable = |s: &String| s == "netboot-xdp" || s == "kea+tftpd-hpa";
+    anyhow::ensure!(!args.pool || servers.iter().all(clusterable), "--pool runs against netboot-xdp and kea+tftpd-hpa only");
     anyhow::ensure!(args.kill_agent_at.is_none() || servers == ["netboot-xdp"], "--kill-agent-at runs against netboot-xdp only");
     anyhow::ensure!((0.0..100.0).contains(&args.loss), "--loss must be a percentage below 100");
     anyhow::ensure!(args.servers >= 1 && args.servers <= 8, "--servers must be 1..=8");
     anyhow::ensure!(args.servers == 1 || args.store == Store::Postgres, "--servers {} needs --store postgres (one truth for all of them)", args.servers);
-    anyhow::ensure!((args.servers == 1 && args.store == Store::Sqlite) || servers == ["netboot-xdp"], "--servers and --store are netboot-xdp's");
+    anyhow::ensure!((args.servers == 1 && args.store == Store::Sqlite) || servers.iter().all(clusterable), "--servers and --store are for netboot-xdp and kea+tftpd-hpa (Kea on its PostgreSQL lease backend)");
     anyhow::ensure!(args.member_fault.is_none() || args.servers > 1, "--member-fault needs --servers 2 or more");
     anyhow::ensure!(args.payload_mb.is_none() || args.files, "--payload-mb needs --files");
     let how = Behaviour {

@@ -56,6 +56,7 @@ pub fn start(server: &str, lab: &Lab, dir: &Path, machines: &[Identity], args: &
             Running::AgentWith(agent, vec![http_server(lab, dir)?])
         }
         "dnsmasq" => Running::Children(vec![dnsmasq(lab, dir, machines)?]),
+        "kea+tftpd-hpa" if args.store == super::Store::Postgres => kea_cluster(lab, dir, machines, args)?,
         "kea+tftpd-hpa" => Running::Children(vec![kea(lab, dir, machines)?, tftpd_hpa(lab, dir)?, http_server(lab, dir)?]),
         other => anyhow::bail!("unknown server {other:?} (one of {})", SERVERS.join(", ")),
     };
@@ -161,9 +162,22 @@ fn dnsmasq(lab: &Lab, dir: &Path, machines: &[Identity]) -> anyhow::Result<Child
 }
 
 fn kea(lab: &Lab, dir: &Path, machines: &[Identity]) -> anyhow::Result<Child> {
+    crate::peers::kea(lab, dir, kea_addresses(machines, false), kea_classes())
+}
+
+/// A reservation per machine, or (`pool`) the pool netboot-xdp's `--pool` runs use.
+fn kea_addresses(machines: &[Identity], pool: bool) -> serde_json::Value {
+    if pool {
+        return serde_json::json!({ "pools": [{ "pool": "10.77.2.1 - 10.77.255.254" }] });
+    }
     let reservations: Vec<serde_json::Value> =
         machines.iter().map(|m| serde_json::json!({ "hw-address": m.mac.to_string(), "ip-address": m.ip.to_string() })).collect();
-    let classes = serde_json::json!({
+    serde_json::json!({ "reservations": reservations })
+}
+
+/// The boot chain for Kea (PEERS.md): iPXE by option 77, then the firmware by option 93.
+fn kea_classes() -> serde_json::Value {
+    serde_json::json!({
         "option-def": [{ "name": "ipxe-encap", "code": 175, "type": "binary" }],
         "client-classes": [
             { "name": "ipxe", "test": "option[77].hex == 'iPXE'", "boot-file-name": SCRIPT_URL,
@@ -171,8 +185,36 @@ fn kea(lab: &Lab, dir: &Path, machines: &[Identity]) -> anyhow::Result<Child> {
             { "name": "efi64", "test": "not member('ipxe') and option[93].hex == 0x0007", "next-server": SERVER_IP, "boot-file-name": "ipxe.efi" },
             { "name": "bios", "test": "not member('ipxe') and option[93].hex == 0x0000", "next-server": SERVER_IP, "boot-file-name": "undionly.kpxe" }
         ]
-    });
-    crate::peers::kea(lab, dir, serde_json::json!({ "reservations": reservations }), classes)
+    })
+}
+
+/// `--server kea+tftpd-hpa --servers N --store postgres`: N Kea servers sharing one PostgreSQL
+/// lease database (Kea's shared-lease-database set-up: no HA hook, every server answers, the
+/// database settles conflicts), the first on the lab's server end and the others on hosts of
+/// their own, as netboot-xdp's members are placed. TFTP and HTTP (tftpd-hpa, nginx) run once,
+/// on the lab's server end, which every Kea names: what is compared is DHCP on a shared store.
+fn kea_cluster(lab: &Lab, dir: &Path, machines: &[Identity], args: &super::Args) -> anyhow::Result<Running> {
+    let store = netboot_lab::postgres::Postgres::start(&lab.id)?;
+    let mut extra = kea_classes();
+    crate::peers::merge(&mut extra, crate::peers::kea_pg_database(&store)?);
+    let mut children = vec![tftpd_hpa(lab, dir)?, http_server(lab, dir)?];
+    let mut hosts = Vec::new();
+    for i in 0..args.servers {
+        let own = dir.join(format!("kea-{i}"));
+        std::fs::create_dir_all(&own)?;
+        let kea = if i == 0 {
+            crate::peers::kea_on(&lab.server, &lab.server_if, &own, kea_addresses(machines, args.pool), extra.clone())?
+        } else {
+            let tag = (b'k' + i as u8) as char;
+            let host = lab.add_server(&format!("srv{i}"), tag, format!("{}/16", server_ip(i)).parse()?)?;
+            netboot_lab::run_checked(host.ns.command("sysctl").args(["-qw", "net.core.rmem_default=16777216", "net.core.rmem_max=16777216"]))?;
+            let k = crate::peers::kea_on(&host.ns, &host.iface, &own, kea_addresses(machines, args.pool), extra.clone())?;
+            hosts.push(host);
+            k
+        };
+        children.push(kea);
+    }
+    Ok(Running::PeerCluster { children, _hosts: hosts, _store: store })
 }
 
 fn tftpd_hpa(lab: &Lab, dir: &Path) -> anyhow::Result<Child> {
