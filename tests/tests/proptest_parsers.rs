@@ -209,14 +209,22 @@ proptest! {
         let p = Packet::parse(&bytes).expect("an encoded packet parses");
         prop_assert_eq!(p.to_vec(), bytes.clone());
         let mut t = TFTP.lock().unwrap_or_else(|e| e.into_inner());
-        let dir = std::env::temp_dir().join(format!("nbx-proptest-{}", std::process::id()));
-        let t = t.get_or_insert_with(|| tests::fuzz::Tftp::new(&dir));
+        // The harness lives in a static (never dropped): one fixed directory, emptied when the
+        // harness is made, so that runs do not leave one each behind.
+        let t = t.get_or_insert_with(|| tests::fuzz::Tftp::new(&fresh_dir("nbx-proptest-tftp")));
         t.run(&bytes);
         let mut damaged = bytes;
         let i = at.index(damaged.len());
         damaged[i] = byte;
         t.run(&damaged);
     }
+}
+
+/// `name` under the temporary directory, emptied of what an earlier run left.
+fn fresh_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
 }
 
 // ---------------------------------------------------------------- HTTP
@@ -262,7 +270,6 @@ proptest! {
     #[test]
     fn http_requests_get_well_formed_answers(req in http_request()) {
         let mut h = HTTP.lock().unwrap_or_else(|e| e.into_inner());
-        let dir = std::env::temp_dir().join(format!("nbx-proptest-http-{}", std::process::id()));
-        h.get_or_insert_with(|| tests::fuzz::Http::new(&dir)).run(&req);
+        h.get_or_insert_with(|| tests::fuzz::Http::new(&fresh_dir("nbx-proptest-http"))).run(&req);
     }
 }
