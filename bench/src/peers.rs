@@ -39,6 +39,23 @@ impl Running {
         }
     }
 
+    /// The servers on hosts of their own on the segment (a cluster's members beyond the lab's
+    /// server end, made with [`host_tag`] of 1, 2, ...), for clients that build frames.
+    pub fn server_hosts(&self) -> anyhow::Result<Vec<crate::tftp_xsk::ServerHost>> {
+        let hosts = match self {
+            Running::Cluster { _hosts: h, .. } | Running::PeerCluster { _hosts: h, .. } => h.as_slice(),
+            _ => &[],
+        };
+        let mut ends = Vec::new();
+        for (i, h) in hosts.iter().enumerate() {
+            let name = h.iface.clone();
+            let itf = h.ns.run(move || netboot::iface::Interface::lookup(&name))??;
+            let ip = itf.ipv4.first().map(|n| n.addr()).with_context(|| format!("{} has no address", h.iface))?;
+            ends.push(crate::tftp_xsk::ServerHost { tag: host_tag(i as u32 + 1), ip, mac: itf.mac });
+        }
+        Ok(ends)
+    }
+
     fn children(&self) -> &[Child] {
         match self {
             Running::Children(c) | Running::AgentWith(_, c) | Running::PeerCluster { children: c, .. } => c,
@@ -84,6 +101,12 @@ impl Drop for Running {
             let _ = c.wait();
         }
     }
+}
+
+/// The tag of the lab host ([`netboot_lab::Lab::add_server`]) of a cluster's server `i` (1, 2,
+/// ...; 0 is the lab's own server end).
+pub fn host_tag(i: u32) -> char {
+    (b'k' + i as u8) as char
 }
 
 /// Makes `cmd` the leader of a new process group, so that [`Running`] can stop it with every

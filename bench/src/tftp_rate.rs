@@ -60,7 +60,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         let mut guard = start(server, &lab, &dir, &root)?;
         let addr: std::net::SocketAddrV4 = "10.77.0.1:69".parse()?;
         let mut xsk = match args.client {
-            Client::Xsk => Some(crate::tftp_xsk::XskClient::open(&lab, counts.iter().copied().max().unwrap_or(1))?),
+            Client::Xsk => Some(crate::tftp_xsk::XskClient::open(&lab, counts.iter().copied().max().unwrap_or(1), &[])?),
             Client::Sockets => None,
         };
         std::thread::sleep(Duration::from_millis(300));

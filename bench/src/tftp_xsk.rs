@@ -19,7 +19,7 @@ use netboot_lab::tftp_fetch::Fetched;
 use netboot::mac::MacAddr;
 use netboot::tftp::client::{ClientStep, ClientTransfer, Request};
 use netboot::xsk::{IdleWait, XskSizes};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -45,12 +45,24 @@ struct Read {
     done: Option<Done>,
 }
 
-/// The client's end of the lab: AF_XDP sockets for the ports of `slots` reads at once.
+/// A server on a host of its own on the lab's segment ([`netboot_lab::Lab::add_server`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ServerHost {
+    pub tag: char,
+    pub ip: Ipv4Addr,
+    pub mac: MacAddr,
+}
+
+/// The client's end of the lab: AF_XDP sockets for the ports of `slots` reads at once, on the
+/// link to the lab's server end and on the link to each server host given.
 pub struct XskClient {
-    port: netboot_lab::ClientXsk,
+    /// Every link's sockets (closed before the links' programs are restored).
+    socks: Vec<netboot::xsk::Xsk>,
+    _links: Vec<netboot_lab::ClientXsk>,
     mac: MacAddr,
     ip: Ipv4Addr,
-    server_mac: MacAddr,
+    /// Per server address: the socket its frames leave by (one of its link's) and its MAC.
+    servers: HashMap<Ipv4Addr, (usize, MacAddr)>,
     reads: Vec<Option<Read>>,
     /// Free slots, the longest free first: a port is reused as late as possible, so that a
     /// server's late duplicate for the last read on it is not taken for the new read's first
@@ -63,7 +75,7 @@ pub struct XskClient {
 }
 
 impl XskClient {
-    pub fn open(lab: &Lab, slots: usize) -> anyhow::Result<XskClient> {
+    pub fn open(lab: &Lab, slots: usize, hosts: &[ServerHost]) -> anyhow::Result<XskClient> {
         anyhow::ensure!((1..=MAX_SLOTS).contains(&slots), "at most {MAX_SLOTS} transfers at once");
         let bridge = lab.client_if.clone();
         let me = lab.client.run(move || Interface::lookup(&bridge))??;
@@ -72,12 +84,22 @@ impl XskClient {
         let server_mac = lab.server.run(move || Interface::lookup(&server_if))??.mac;
         let last = FIRST_PORT + slots as u16 - 1;
         let ring = (slots as u32).next_power_of_two().clamp(8192, 16384);
-        let port = lab.client_xsk(FIRST_PORT..=last, XskSizes { frames: 2 * ring, fill: ring, ring })?;
+        let sizes = XskSizes { frames: 2 * ring, fill: ring, ring };
+        let mut links = vec![lab.client_xsk(FIRST_PORT..=last, sizes)?];
+        let mut socks = std::mem::take(&mut links[0].socks);
+        let mut servers = HashMap::from([(lab.server_ip(), (0, server_mac))]);
+        for h in hosts {
+            let mut link = lab.server_host_xsk(h.tag, FIRST_PORT..=last, sizes)?;
+            servers.insert(h.ip, (socks.len(), h.mac));
+            socks.append(&mut link.socks);
+            links.push(link);
+        }
         Ok(XskClient {
-            port,
+            socks,
+            _links: links,
             mac: me.mac,
             ip,
-            server_mac,
+            servers,
             reads: (0..slots).map(|_| None).collect(),
             free: (0..slots).collect(),
             out: Vec::new(),
@@ -114,16 +136,16 @@ impl XskClient {
         self.send();
         // The sockets leave `self` while their frames are handled (which needs `&mut self`;
         // handling only queues packets, it sends none).
-        let mut socks = std::mem::take(&mut self.port.socks);
+        let mut socks = std::mem::take(&mut self.socks);
         let now = Instant::now();
         let received: usize = socks.iter_mut().map(|x| x.recv_all(|f| self.on_frame(f, now))).sum();
-        self.port.socks = socks;
+        self.socks = socks;
         if self.last_scan.elapsed() >= Duration::from_millis(20) {
             self.last_scan = Instant::now();
             self.timers(self.last_scan);
         }
         self.send();
-        self.wait.after_turn(received > 0, &self.port.socks);
+        self.wait.after_turn(received > 0, &self.socks);
     }
 
     fn on_frame(&mut self, f: &[u8], now: Instant) {
@@ -193,9 +215,11 @@ impl XskClient {
     /// Sends what is queued (packets of reads that have ended too: their final ACK).
     fn send(&mut self) {
         for (slot, to, payload) in self.out.drain(..) {
+            // Reads start only towards servers of `servers` (XskService::fetch).
+            let Some(&(sock, dst_mac)) = self.servers.get(to.ip()) else { continue };
             let e = UdpEnvelope {
                 src_mac: self.mac,
-                dst_mac: self.server_mac,
+                dst_mac,
                 vlan: None,
                 src_ip: self.ip,
                 dst_ip: *to.ip(),
@@ -203,9 +227,9 @@ impl XskClient {
                 dst_port: to.port(),
                 ttl: 64,
             };
-            self.port.socks[0].push(|buf| e.write(buf, &payload));
+            self.socks[sock].push(|buf| e.write(buf, &payload));
         }
-        for x in self.port.socks.iter_mut() {
+        for x in self.socks.iter_mut() {
             x.flush();
         }
     }
@@ -237,18 +261,18 @@ struct Job {
 
 /// An [`XskClient`] on a thread of its own, taking reads from async tasks.
 pub struct XskService {
-    /// The lab's server end, which the AF_XDP client reaches; other servers (the members of a
-    /// cluster on the segment) are read from over kernel sockets.
-    server_ip: std::net::Ipv4Addr,
+    /// The servers the AF_XDP client reaches (the lab's server end and the hosts given to
+    /// [`XskService::start`]); any other is read from over kernel sockets.
+    servers: Vec<Ipv4Addr>,
     jobs: Mutex<mpsc::Sender<Job>>,
     stop: Arc<AtomicBool>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl XskService {
-    pub fn start(lab: &Lab, slots: usize) -> anyhow::Result<XskService> {
-        let mut client = XskClient::open(lab, slots)?;
-        let server_ip = lab.server_ip();
+    pub fn start(lab: &Lab, slots: usize, hosts: &[ServerHost]) -> anyhow::Result<XskService> {
+        let mut client = XskClient::open(lab, slots, hosts)?;
+        let servers = client.servers.keys().copied().collect();
         let (jobs, inbox) = mpsc::channel::<Job>();
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
@@ -277,12 +301,12 @@ impl XskService {
             }
             client.send();
         })?;
-        Ok(XskService { server_ip, jobs: Mutex::new(jobs), stop, thread: Mutex::new(Some(thread)) })
+        Ok(XskService { servers, jobs: Mutex::new(jobs), stop, thread: Mutex::new(Some(thread)) })
     }
 
     /// Reads `req` from `server` (call from the client namespace).
     pub async fn fetch(&self, server: SocketAddrV4, req: &Request, give_up: Duration) -> Fetched {
-        if *server.ip() != self.server_ip {
+        if !self.servers.contains(server.ip()) {
             let read = async {
                 let sock = tokio::net::UdpSocket::bind("0.0.0.0:0").await?;
                 netboot_lab::tftp_fetch::fetch(sock, server.into(), req, give_up).await

@@ -249,7 +249,18 @@ impl Lab {
     /// frames to a port in `ports` that arrive there (the servers' replies) go to them instead
     /// of the bridge. The pass-through program comes back when the value is dropped.
     pub fn client_xsk(&self, ports: std::ops::RangeInclusive<u16>, sizes: netboot::xsk::XskSizes) -> anyhow::Result<ClientXsk> {
-        let dev = self.link_if.clone();
+        self.client_xsk_on(&self.link_if.clone(), "peer_pass", ports, sizes)
+    }
+
+    /// As [`Lab::client_xsk`], on the client end's link to the server host of
+    /// [`Lab::add_server`] with tag `tag` (its frames reach that host only).
+    pub fn server_host_xsk(&self, tag: char, ports: std::ops::RangeInclusive<u16>, sizes: netboot::xsk::XskSizes) -> anyhow::Result<ClientXsk> {
+        self.client_xsk_on(&format!("nbx{}{}", self.id, tag.to_ascii_uppercase()), &format!("peer_pass_{tag}"), ports, sizes)
+    }
+
+    /// AF_XDP sockets on `dev`, a link of the client end whose program is pinned as `pin`.
+    fn client_xsk_on(&self, dev: &str, pin: &str, ports: std::ops::RangeInclusive<u16>, sizes: netboot::xsk::XskSizes) -> anyhow::Result<ClientXsk> {
+        let dev = dev.to_string();
         let queues = self.client.run(|| netboot::iface::rx_queues(&dev))?;
         let open = |q| -> anyhow::Result<netboot::xsk::Xsk> {
             // A closed socket's queue stays busy until the kernel has freed the last frame it
@@ -265,7 +276,7 @@ impl Lab {
             }
         };
         let socks = (0..queues).map(open).collect::<anyhow::Result<Vec<_>>>()?;
-        let ebpf = self.replace_client_program(netboot_common::LAB_CLIENT_PROGRAM_NAME, |ebpf| {
+        let ebpf = replace_client_program(&self.pin_dir().join(pin), netboot_common::LAB_CLIENT_PROGRAM_NAME, |ebpf| {
             let mut xsks = aya::maps::XskMap::try_from(ebpf.map_mut(netboot_common::LAB_CLIENT_XSKS_MAP).context("no client XSKMAP")?)?;
             for (q, x) in socks.iter().enumerate() {
                 xsks.set(q as u32, x.raw_fd(), 0)?;
@@ -277,13 +288,13 @@ impl Lab {
                 aya::maps::Array::try_from(ebpf.map_mut(netboot_common::LAB_LOSS_MAP).context("no LAB_LOSS map")?)?;
             Ok(loss.set(0, self.loss_share.load(std::sync::atomic::Ordering::Relaxed), 0)?)
         })?;
-        Ok(ClientXsk { socks, _ebpf: ebpf, lab_pins: self.pin_dir() })
+        Ok(ClientXsk { socks, _ebpf: ebpf, link_pin: self.pin_dir().join(pin) })
     }
 
     /// Loads `program` (after `setup` has filled its maps) and puts it in place of the client
     /// end's program, inside the pinned link.
     fn replace_client_program(&self, program: &str, setup: impl FnOnce(&mut aya::Ebpf) -> anyhow::Result<()>) -> anyhow::Result<aya::Ebpf> {
-        replace_client_program(&self.pin_dir(), program, setup)
+        replace_client_program(&self.pin_dir().join("peer_pass"), program, setup)
     }
 
     /// A directory for this lab's files (configs, state, roots, logs of peers), named
@@ -386,13 +397,14 @@ impl Drop for Lab {
     }
 }
 
-fn replace_client_program(pins: &std::path::Path, program: &str, setup: impl FnOnce(&mut aya::Ebpf) -> anyhow::Result<()>) -> anyhow::Result<aya::Ebpf> {
+/// Loads `program` and puts it in place of the one in the pinned link `link_pin`.
+fn replace_client_program(link_pin: &std::path::Path, program: &str, setup: impl FnOnce(&mut aya::Ebpf) -> anyhow::Result<()>) -> anyhow::Result<aya::Ebpf> {
     use aya::programs::{Xdp, links::{FdLink, PinnedLink}, xdp::XdpLink};
     let mut ebpf = aya::EbpfLoader::new().load(OBJECT)?;
     setup(&mut ebpf)?;
     let prog: &mut Xdp = ebpf.program_mut(program).with_context(|| format!("no {program} program"))?.try_into()?;
     prog.load()?;
-    let pinned = PinnedLink::from_pin(pins.join("peer_pass")).context("the lab's peer link pin")?;
+    let pinned = PinnedLink::from_pin(link_pin).with_context(|| format!("the lab's link pin {}", link_pin.display()))?;
     let link = XdpLink::try_from(FdLink::from(pinned))?;
     prog.attach_to_link(link)?;
     Ok(ebpf)
@@ -403,12 +415,13 @@ pub struct ClientXsk {
     pub socks: Vec<netboot::xsk::Xsk>,
     /// Holds the maps the program uses.
     _ebpf: aya::Ebpf,
-    lab_pins: PathBuf,
+    /// The link whose pass-through program comes back on drop.
+    link_pin: PathBuf,
 }
 
 impl Drop for ClientXsk {
     fn drop(&mut self) {
-        if let Err(e) = replace_client_program(&self.lab_pins, netboot_common::PASS_PROGRAM_NAME, |_| Ok(())) {
+        if let Err(e) = replace_client_program(&self.link_pin, netboot_common::PASS_PROGRAM_NAME, |_| Ok(())) {
             tracing::warn!("restoring the lab's pass-through program: {e:#}");
         }
     }

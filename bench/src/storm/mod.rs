@@ -231,6 +231,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             lab.set_loss(args.loss)?;
         }
         let cpu0 = running.cpu();
+        let hosts = running.server_hosts()?;
         let progress = Arc::new(Progress::default());
         let flood = (args.flood > 0).then(|| faults::Flood::start(&lab, args.flood)).transpose()?;
         let threshold = |at: f64| ((at * args.nodes as f64).ceil() as u32).clamp(1, args.nodes);
@@ -247,7 +248,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 }
                 (None, None) => None,
             };
-            let r = storm(&lab, &machines, &expect, how, args, progress.clone());
+            let r = storm(&lab, &hosts, &machines, &expect, how, args, progress.clone());
             let fault = fault.map(|k| k.join().expect("fault thread")).transpose();
             r.and_then(|(o, w, c)| Ok((o, w, c, fault?.unwrap_or_default())))
         })?;
@@ -288,6 +289,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 /// until the last one finished, and this process's CPU.
 fn storm(
     lab: &Lab,
+    hosts: &[crate::tftp_xsk::ServerHost],
     machines: &[Identity],
     expect: &Expect,
     how: Behaviour,
@@ -306,7 +308,7 @@ fn storm(
     let (ramp, deadline) = (args.ramp, Duration::from_secs(args.deadline));
     let n = machines.len();
     // TFTP from the machines through the bench's AF_XDP client (one thread, a port per read).
-    let tftp = Arc::new(crate::tftp_xsk::XskService::start(lab, n.min(20_000))?);
+    let tftp = Arc::new(crate::tftp_xsk::XskService::start(lab, n.min(20_000), hosts)?);
     lab.client.run(move || -> anyhow::Result<(Vec<Outcome>, Duration, Duration)> {
         netboot_lab::tftp_fetch::raise_fd_limit(2 * n as u64 + 1024);
         let macs: Vec<MacAddr> = machines.iter().map(|m| m.mac).collect();

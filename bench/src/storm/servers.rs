@@ -82,7 +82,7 @@ fn cluster(lab: &Lab, dir: &Path, machines: &[Identity], args: &super::Args) -> 
         let agent = if i == 0 {
             Agent::start(lab, &bin, &config, &[])?
         } else {
-            let tag = (b'k' + i as u8) as char;
+            let tag = crate::peers::host_tag(i);
             let host = lab.add_server(&format!("srv{i}"), tag, format!("{}/16", server_ip(i)).parse()?)?;
             netboot_lab::run_checked(host.ns.command("sysctl").args(["-qw", "net.core.rmem_default=16777216", "net.core.rmem_max=16777216"]))?;
             let a = Agent::start_on(&host.ns, &host.iface, &bin, &config, &[])?;
@@ -205,7 +205,7 @@ fn kea_cluster(lab: &Lab, dir: &Path, machines: &[Identity], args: &super::Args)
         let kea = if i == 0 {
             crate::peers::kea_on(&lab.server, &lab.server_if, &own, kea_addresses(machines, args.pool), extra.clone())?
         } else {
-            let tag = (b'k' + i as u8) as char;
+            let tag = crate::peers::host_tag(i);
             let host = lab.add_server(&format!("srv{i}"), tag, format!("{}/16", server_ip(i)).parse()?)?;
             netboot_lab::run_checked(host.ns.command("sysctl").args(["-qw", "net.core.rmem_default=16777216", "net.core.rmem_max=16777216"]))?;
             let k = crate::peers::kea_on(&host.ns, &host.iface, &own, kea_addresses(machines, args.pool), extra.clone())?;
