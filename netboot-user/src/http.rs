@@ -321,7 +321,8 @@ async fn confine_and_count(State(st): State<Arc<HttpState>>, mut req: Request, n
     resp
 }
 
-fn percent_decode(s: &str) -> String {
+/// `%XX` escapes decoded (a URL path here, a store URL's parameters in `store::postgres`).
+pub(crate) fn percent_decode(s: &str) -> String {
     let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());

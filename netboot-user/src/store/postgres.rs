@@ -61,7 +61,7 @@ pub fn parse_url(url: &str) -> anyhow::Result<Target> {
     let mut kept = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let v = percent_decode(v);
+        let v = crate::http::percent_decode(v);
         if let Some(i) = TLS_FILES.iter().position(|f| *f == k) {
             files[i] = Some(v);
         } else if k == "sslmode" {
@@ -117,27 +117,6 @@ fn tls_config(root: Option<&str>, cert: Option<&str>, key: Option<&str>) -> anyh
         }
         _ => anyhow::bail!("sslcert and sslkey go together"),
     })
-}
-
-/// `%XX` escapes of a URL parameter's value (a path may hold any byte).
-fn percent_decode(v: &str) -> String {
-    let b = v.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        match (b[i], b.get(i + 1).and_then(|&c| hex(c)), b.get(i + 2).and_then(|&c| hex(c))) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (c, _, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn os_user() -> String {
