@@ -73,7 +73,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         for (f, content) in FILES.iter().zip(&files) {
             std::fs::write(root.join(f), content)?;
         }
-        let running = start(server, &lab, &dir, &root)?;
+        let mut running = start(server, &lab, &dir, &root)?;
         // Warm the page cache for both alike: the first read of a file is a disk read.
         for f in FILES {
             let _ = std::fs::read(root.join(f))?;
@@ -81,6 +81,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         let cpu0: Duration = running.pids().into_iter().map(cpu_of).sum();
         let (done, bytes, wall, client_cpu) = fetch_all(&lab, args, expect.clone())?;
         let server_cpu = running.pids().into_iter().map(cpu_of).sum::<Duration>().saturating_sub(cpu0);
+        running.check_alive(server, "during the run")?;
         drop(running);
         let r = Run { server: server.to_string(), done, bytes, wall, server_cpu, client_cpu };
         print(&r);

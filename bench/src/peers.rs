@@ -70,14 +70,28 @@ impl Running {
         }
     }
 
-    /// Fails if a child process has already exited (a peer that rejected its config).
-    pub fn check_alive(&mut self, what: &str) -> anyhow::Result<()> {
+    /// Fails if a server process has already exited: at start, a peer that rejected its
+    /// config; after a run (`when` says which), a server that died during it.
+    pub fn check_alive(&mut self, what: &str, when: &str) -> anyhow::Result<()> {
         for c in self.children_mut() {
             if let Some(st) = c.try_wait()? {
-                bail!("{what}: a server process exited at start ({st})");
+                bail!("{what}: a server process exited {when} ({st})");
+            }
+        }
+        for a in self.agents_mut() {
+            if let Some(st) = a.died() {
+                bail!("{what}: the netboot-xdp agent on {} exited {when} ({st})", a.iface);
             }
         }
         Ok(())
+    }
+
+    fn agents_mut(&mut self) -> &mut [Agent] {
+        match self {
+            Running::Agent(a) | Running::AgentWith(a, _) => std::slice::from_mut(a),
+            Running::Cluster { agents, .. } => agents,
+            Running::Children(_) | Running::PeerCluster { .. } => &mut [],
+        }
     }
 
     /// CPU of all its processes so far.

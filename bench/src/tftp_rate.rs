@@ -64,7 +64,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             Client::Sockets => None,
         };
         std::thread::sleep(Duration::from_millis(300));
-        guard.check_alive(server)?;
+        guard.check_alive(server, "at start")?;
         for (name, size, blksize) in CASES {
             for &n in &counts {
                 let req = Request { file: name.into(), blksize: (blksize != 512).then_some(blksize), windowsize: None, tsize: true };

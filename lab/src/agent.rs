@@ -66,6 +66,12 @@ impl Agent {
         self.spawn()
     }
 
+    /// How the agent ended, if it ended on its own (not by [`Agent::crash`] or a stop): a
+    /// server that dies during a run is a finding, not a detail to read from a missing socket.
+    pub fn died(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
+    }
+
     /// SIGSTOP or SIGCONT of the running agent: a server that hangs, then wakes up.
     pub fn pause(&self, paused: bool) {
         if let Some(c) = &self.child {
@@ -153,11 +159,18 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
+        let died = self.died();
         if self.child.is_some() {
             let _ = self.terminate();
         }
-        // The log stays for a failing test to be read; otherwise it goes with the agent.
-        if std::thread::panicking() {
+        // An agent killed (by a test, or by a fault) leaves its run-time record and control
+        // socket behind; they name this lab's interface, so they are ours to remove.
+        netboot::runtime::AgentRecord::remove(&self.iface);
+        // The log stays for a failing test to be read, or when the agent died on its own;
+        // otherwise it goes with the agent.
+        if let Some(st) = died {
+            eprintln!("agent on {} had died ({st}); its log kept: {}", self.iface, self.log.display());
+        } else if std::thread::panicking() {
             eprintln!("agent log kept: {}", self.log.display());
         } else {
             let _ = std::fs::remove_file(&self.log);

@@ -156,9 +156,14 @@ pub enum DbAction {
 /// Entry point of the binary: parses arguments, runs, and turns errors into one line on stderr
 /// and a non-zero exit code.
 pub fn main() -> ExitCode {
-    // Behave like a Unix tool when the reader goes away (`netboot-xdp leases | head`).
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
+    // A command that prints behaves like a Unix tool when its reader goes away
+    // (`netboot-xdp leases | head`). The agent must not: sendfile(2) has no MSG_NOSIGNAL, and a
+    // client that hangs up mid-file (FIN, then RST) would make it raise SIGPIPE and kill the
+    // server; with the signal ignored the call fails with EPIPE and only that connection ends.
+    let sigpipe = if matches!(cli.command, Command::Attach { .. }) { libc::SIG_IGN } else { libc::SIG_DFL };
+    // SAFETY: at start, before any thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, sigpipe) };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -205,3 +205,68 @@ fn file_requests_over_max_downloads_are_told_to_come_back() {
     assert!(again.success());
     assert_eq!(std::fs::read(&out).unwrap(), pattern(1 << 20, 9), "served whole once there was room");
 }
+
+/// A client that hangs up in the middle of a file must cost the agent that connection and
+/// nothing else. The worst way to hang up: a FIN then a RST (the kernel then reports EPIPE to
+/// the sender, and sendfile(2), which has no MSG_NOSIGNAL, raises SIGPIPE): an agent that does
+/// not ignore SIGPIPE dies of it, as it did at the end of the 1000-machine payload storms.
+/// Also a bare RST, and a half-close (FIN) that reads on to the end; each while the agent is blocked sending a 64 MiB file.
+#[test]
+fn a_client_hanging_up_mid_file_costs_only_its_connection() {
+    if !require_root("a_client_hanging_up_mid_file_costs_only_its_connection") {
+        return;
+    }
+    let _serial = tests::serial();
+    let s = setup();
+    std::fs::write(s.root.join("big.img"), pattern(64 << 20, 5)).unwrap();
+    #[derive(Debug, Clone, Copy)]
+    enum HangUp {
+        FinThenRst,
+        Rst,
+        Fin,
+    }
+    for way in [HangUp::FinThenRst, HangUp::Rst, HangUp::Fin, HangUp::FinThenRst] {
+        s.lab
+            .client
+            .run(|| {
+                use std::io::{Read, Write};
+                let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+                sock.connect(&"10.77.0.1:8080".parse::<std::net::SocketAddr>().unwrap().into()).unwrap_or_else(|e| panic!("before the {way:?}: connect: {e}"));
+                let mut tcp: std::net::TcpStream = sock.into();
+                tcp.write_all(b"GET /big.img HTTP/1.1\r\nHost: 10.77.0.1\r\n\r\n").unwrap();
+                // The head and the first bytes of the body: the agent is in the file now.
+                let mut got = vec![0u8; 64 << 10];
+                tcp.read_exact(&mut got).unwrap();
+                assert!(got.starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&got[..64]));
+                let sock = socket2::Socket::from(tcp);
+                match way {
+                    HangUp::FinThenRst => {
+                        sock.shutdown(std::net::Shutdown::Write).unwrap();
+                        std::thread::sleep(std::time::Duration::from_millis(100));
+                        sock.set_linger(Some(std::time::Duration::ZERO)).unwrap();
+                    }
+                    HangUp::Rst => sock.set_linger(Some(std::time::Duration::ZERO)).unwrap(),
+                    HangUp::Fin => {
+                        // A half-close only: the response goes on to its end.
+                        sock.shutdown(std::net::Shutdown::Write).unwrap();
+                        let mut rest = Vec::new();
+                        std::net::TcpStream::from(sock.try_clone().unwrap()).read_to_end(&mut rest).unwrap();
+                        assert!(rest.len() + got.len() > 64 << 20, "the whole file after a half-close: {}", rest.len());
+                    }
+                }
+                drop(sock);
+            })
+            .unwrap();
+        let active = || s.agent.status().map(|st| st["agent"]["http_downloads_active"].as_u64().unwrap_or(0));
+        assert!(
+            tests::eventually(10, || active().is_ok_and(|n| n == 0)),
+            "after a {way:?}, the agent must live on with no download open: {:?}\n{}",
+            active(),
+            s.agent.log_text()
+        );
+    }
+    let out = s.dir.join("vmlinuz.after");
+    let again = s.lab.client.command("curl").args(["-s", "-f", "-o"]).arg(&out).arg("http://10.77.0.1:8080/vmlinuz").status().unwrap();
+    assert!(again.success());
+    assert_eq!(std::fs::read(&out).unwrap(), pattern(1 << 20, 9));
+}

@@ -255,6 +255,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         let flood_sent = flood.map(faults::Flood::stop).unwrap_or(0);
         // A member stopped by --member-fault goes on now (and rejoins): its CPU can be read.
         running.agents().iter().for_each(|a| a.pause(false));
+        running.check_alive(server, "during the storm")?;
         let server_cpu = running.cpu().saturating_sub(cpu0);
         let lost = match running.agents().first() {
             Some(a) => Some(faults::lost_leases(a, &outcomes)?),

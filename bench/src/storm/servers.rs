@@ -66,7 +66,7 @@ pub fn start(server: &str, lab: &Lab, dir: &Path, machines: &[Identity], args: &
         }
     }
     std::thread::sleep(std::time::Duration::from_millis(500));
-    running.check_alive(server)?;
+    running.check_alive(server, "at start")?;
     Ok(running)
 }
 
