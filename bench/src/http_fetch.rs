@@ -36,13 +36,18 @@ impl Connection {
     }
 
     /// GETs `path` and checks it against `expect`; `bytes` counts what arrives as it arrives.
-    pub async fn fetch(&mut self, path: &str, expect: &Expect, bytes: &AtomicU64) -> Result<(), String> {
+    /// A 503 with `Retry-After` (a server over its download limit) is [`Fetched::ComeBack`].
+    pub async fn fetch(&mut self, path: &str, expect: &Expect, bytes: &AtomicU64) -> Result<Fetched, String> {
         let req = hyper::Request::get(path)
             .header("host", &self.authority)
             .header("user-agent", "iPXE/1.21.1 (netboot-bench)")
             .body(http_body_util::Empty::<bytes::Bytes>::new())
             .map_err(|e| e.to_string())?;
         let resp = self.send.send_request(req).await.map_err(|e| format!("{path}: {e}"))?;
+        let retry_after = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+        if let (hyper::StatusCode::SERVICE_UNAVAILABLE, Some(secs)) = (resp.status(), retry_after) {
+            return Ok(Fetched::ComeBack(std::time::Duration::from_secs(secs)));
+        }
         if resp.status() != 200 {
             return Err(format!("{path}: HTTP {}", resp.status()));
         }
@@ -67,6 +72,16 @@ impl Connection {
         if got != expect.size || head != expect.head || tail != expect.tail {
             return Err(format!("{path}: {got} bytes of {}, or wrong bytes", expect.size));
         }
-        Ok(())
+        Ok(Fetched::Done)
     }
+}
+
+/// How a fetch ended, short of an error.
+#[derive(Debug, PartialEq)]
+pub enum Fetched {
+    /// Every byte, checked.
+    Done,
+    /// `503 Service Unavailable` with `Retry-After`: iPXE waits that long and asks again (on a
+    /// new connection), within the same `imgfetch` (docs/BENCHMARKS.md, "Admission").
+    ComeBack(std::time::Duration),
 }

@@ -63,6 +63,9 @@ pub struct Lab {
     loss_share: std::sync::atomic::AtomicU32,
 }
 
+/// The routing table of [`Lab::add_tcp_path`] in the lab's namespaces.
+const TCP_PATH_TABLE: &str = "77";
+
 /// Ids of the labs this process owns, for the signal handler.
 static LIVE: Mutex<Vec<String>> = Mutex::new(Vec::new());
 static SIGNALS: Once = Once::new();
@@ -195,6 +198,32 @@ impl Lab {
         let port = format!("nbx{}{}", self.id, tag.to_ascii_uppercase());
         self.attach_peer_pass(&port, &format!("peer_pass_{tag}"))?;
         Ok(seg)
+    }
+
+    /// A second link between the client and server namespaces, `nbx<id>T` to `nbx<id>t`, with
+    /// no XDP program on either end, that carries the TCP between the client end's address
+    /// (`client`) and the server's (policy routes on `ipproto tcp`; DHCP, TFTP and every
+    /// other protocol stay on the lab's link). For storms that move a payload: the load
+    /// generator's program on the client end is the instrument's, not a booting machine's, and
+    /// with it veth hands each TCP segment to it separately through a 256-frame ring that
+    /// drops under bulk TCP (no GRO), which no NIC does. Removed with the namespaces.
+    pub fn add_tcp_path(&self, client: Ipv4Addr) -> anyhow::Result<()> {
+        let (cli_dev, srv_dev) = (format!("nbx{}T", self.id), format!("nbx{}t", self.id));
+        run_checked(Command::new("ip").args([
+            "link", "add", &cli_dev, "netns", self.client.name(), "type", "veth", "peer", "name", &srv_dev, "netns", self.server.name(),
+        ]))?;
+        let server = self.server_ip();
+        for (ns, dev, to, from) in [(&self.client, &cli_dev, server, client), (&self.server, &srv_dev, client, server)] {
+            // The replies come in on a link whose routes do not lead back to their source
+            // outside this rule: no reverse-path filter on it.
+            for key in ["all", dev.as_str()] {
+                run_checked(ns.command("sysctl").args(["-qw", &format!("net.ipv4.conf.{key}.rp_filter=0")]))?;
+            }
+            run_checked(ns.command("ip").args(["link", "set", dev, "up"]))?;
+            run_checked(ns.command("ip").args(["route", "add", &format!("{to}/32"), "dev", dev, "src", &from.to_string(), "table", TCP_PATH_TABLE]))?;
+            run_checked(ns.command("ip").args(["rule", "add", "ipproto", "tcp", "to", &format!("{to}/32"), "lookup", TCP_PATH_TABLE, "pref", "100"]))?;
+        }
+        Ok(())
     }
 
     /// Detaches the pass-through program of the client end (unpins its link). Only for runs

@@ -100,6 +100,8 @@ pub struct Outcome {
     pub ip: Option<Ipv4Addr>,
     pub dhcp_retransmits: u32,
     pub tftp_retransmits: u64,
+    /// File requests answered "503, come back later" (`--max-downloads`).
+    pub http_deferred: u32,
     /// Boots started over after a failure ([`Behaviour::reboots`]).
     pub reboots: u32,
 }
@@ -239,11 +241,24 @@ impl Machine<'_> {
                     let (authority, path) = url.strip_prefix("http://").and_then(|r| r.split_once('/')).ok_or_else(|| fail("files", format!("not an http URL: {url}")))?;
                     let name = path.rsplit('/').next().unwrap_or_default();
                     let want = expect.files.iter().find(|(f, _)| f == name).map(|(_, e)| e).ok_or_else(|| fail("files", format!("{VIOLATION}the script names {url}, not a file of the bench")))?;
-                    if conn.is_none() {
-                        conn = Some(crate::http_fetch::Connection::open(authority).await.map_err(|e| fail("files", e))?);
-                    }
-                    let c = conn.as_mut().expect("opened above");
-                    let got = tokio::time::timeout(FILE_TIMEOUT, c.fetch(&format!("/{path}"), want, &progress.file_bytes)).await;
+                    let fetched = async {
+                        loop {
+                            if conn.is_none() {
+                                conn = Some(crate::http_fetch::Connection::open(authority).await?);
+                            }
+                            let c = conn.as_mut().expect("opened above");
+                            match c.fetch(&format!("/{path}"), want, &progress.file_bytes).await? {
+                                crate::http_fetch::Fetched::Done => return Ok::<(), String>(()),
+                                crate::http_fetch::Fetched::ComeBack(after) => {
+                                    // As iPXE: wait what the server says, then a new connection.
+                                    self.out.http_deferred += 1;
+                                    conn = None;
+                                    tokio::time::sleep(after).await;
+                                }
+                            }
+                        }
+                    };
+                    let got = tokio::time::timeout(FILE_TIMEOUT, fetched).await;
                     got.map_err(|_| fail("files", format!("{url}: not fetched within {FILE_TIMEOUT:?}")))?.map_err(|e| fail("files", format!("{url}: {e}")))?;
                 }
             }

@@ -48,12 +48,19 @@ pub struct Args {
     /// TFTP windowsize UEFI machines ask (none by default).
     #[arg(long)]
     pub uefi_windowsize: Option<u16>,
-    /// Also fetch the kernel and initrd the script names (256 KiB and 512 KiB).
+    /// Also fetch the kernel and initrd the script names (256 KiB and 512 KiB). With one
+    /// server, the machines' TCP then goes over a link of its own without the load generator's
+    /// XDP program (which drops bulk TCP), as a booting machine's NIC would carry it.
     #[arg(long)]
     pub files: bool,
     /// With --files: an initrd of N MiB and a kernel of N/4 MiB (realistic: 32 → 8 + 32).
     #[arg(long)]
     pub payload_mb: Option<u64>,
+    /// netboot-xdp's `[http] max_downloads`: files sent at once; a request beyond them is
+    /// answered 503 with Retry-After, which the machines wait out and ask again as iPXE does
+    /// (0: no limit, the default).
+    #[arg(long, default_value_t = 0)]
+    pub max_downloads: u32,
     /// Power machines on evenly over this many seconds instead of all at once.
     #[arg(long, default_value_t = 0.0)]
     pub ramp: f64,
@@ -126,6 +133,7 @@ impl Args {
             uefi_windowsize: None,
             files: false,
             payload_mb: None,
+            max_downloads: 0,
             ramp: 0.0,
             deadline: 180,
             json: None,
@@ -224,6 +232,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         // default socket receive buffer that holds a burst (dnsmasq and Kea do not size their
         // own; netboot-xdp does). Per network namespace: this changes the lab only.
         netboot_lab::run_checked(lab.server.command("sysctl").args(["-qw", "net.core.rmem_default=16777216", "net.core.rmem_max=16777216"]))?;
+        if args.files && args.servers == 1 {
+            // The payload's TCP on a link without the load generator's XDP program
+            // (Lab::add_tcp_path); with several servers every one keeps the segment's path.
+            lab.add_tcp_path("10.77.0.2".parse()?)?;
+        }
         let dir = lab.scratch_dir("storm")?;
         servers::write_files(&dir, &expect.bios_bytes, &expect.uefi_bytes, &payload)?;
         let mut running = servers::start(server, &lab, &dir, &machines, args)?;

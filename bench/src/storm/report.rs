@@ -75,15 +75,17 @@ pub fn print(r: &Run, nodes: u32) {
     let last = r.outcomes.iter().filter_map(Outcome::booted_at).fold(0.0, f64::max);
     let dhcp_retx: u64 = r.outcomes.iter().map(|o| u64::from(o.dhcp_retransmits)).sum();
     let tftp_retx: u64 = r.outcomes.iter().map(|o| o.tftp_retransmits).sum();
+    let deferred: u64 = r.outcomes.iter().map(|o| u64::from(o.http_deferred)).sum();
     let done = match all_booted(r) {
         Some(t) => format!("all {nodes} booted in {t:.2} s"),
         None => format!("{booted}/{nodes} booted (last at {last:.2} s)"),
     };
     println!("\n{}: {done}", r.server);
     println!(
-        "  server CPU {:.2} s, client CPU {:.2} s, retransmits: DHCP {dhcp_retx}, TFTP {tftp_retx}",
+        "  server CPU {:.2} s, client CPU {:.2} s, retransmits: DHCP {dhcp_retx}, TFTP {tftp_retx}{}",
         r.server_cpu.as_secs_f64(),
-        r.client_cpu.as_secs_f64()
+        r.client_cpu.as_secs_f64(),
+        if deferred > 0 { format!(", files deferred (503): {deferred}") } else { String::new() }
     );
     println!("  {:<10} {:>8} {:>9} {:>9} {:>9} {:>9}   (seconds per stage)", "stage", "done", "p50", "p95", "p99", "max");
     for (i, d) in stage_durations(&r.outcomes).iter().enumerate() {
@@ -195,6 +197,7 @@ pub fn json(runs: &[Run], args: &Args) -> serde_json::Value {
                 "dhcp_retransmits": r.outcomes.iter().map(|o| u64::from(o.dhcp_retransmits)).sum::<u64>(),
                 "reboots": r.outcomes.iter().map(|o| u64::from(o.reboots)).sum::<u64>(),
                 "tftp_retransmits": r.outcomes.iter().map(|o| o.tftp_retransmits).sum::<u64>(),
+                "http_deferred": r.outcomes.iter().map(|o| u64::from(o.http_deferred)).sum::<u64>(),
                 "server_cpu_s": r.server_cpu.as_secs_f64(),
                 "client_cpu_s": r.client_cpu.as_secs_f64(),
                 "stages": stages,

@@ -45,11 +45,11 @@ pub fn write_files(dir: &Path, bios: &[u8], uefi: &[u8], payload: &[Vec<u8>; 2])
 pub fn start(server: &str, lab: &Lab, dir: &Path, machines: &[Identity], args: &super::Args) -> anyhow::Result<Running> {
     let mut running = match server {
         "netboot-xdp" if args.store == super::Store::Postgres => cluster(lab, dir, machines, args)?,
-        "netboot-xdp" => Running::Agent(Agent::start(lab, &crate::bin_dir().join("netboot-xdp"), &netboot_xdp_config(dir, machines, args.pool, 0, None)?, &[])?),
+        "netboot-xdp" => Running::Agent(Agent::start(lab, &crate::bin_dir().join("netboot-xdp"), &netboot_xdp_config(dir, machines, args, 0, None)?, &[])?),
         // HTTP compared like for like: netboot-xdp answers DHCP and TFTP (its HTTP moved off
         // the port), nginx serves the same script (static) and files on 8080.
         "nginx" => {
-            let config = netboot_xdp_config(dir, machines, args.pool, 0, None)?;
+            let config = netboot_xdp_config(dir, machines, args, 0, None)?;
             let text = std::fs::read_to_string(&config)?.replace("listen = \"0.0.0.0:8080\"", "listen = \"127.0.0.1:8081\"");
             std::fs::write(&config, text)?;
             let agent = Agent::start(lab, &crate::bin_dir().join("netboot-xdp"), &config, &[])?;
@@ -78,7 +78,7 @@ fn cluster(lab: &Lab, dir: &Path, machines: &[Identity], args: &super::Args) -> 
     let bin = crate::bin_dir().join("netboot-xdp");
     let (mut agents, mut hosts) = (Vec::new(), Vec::new());
     for i in 0..args.servers {
-        let config = netboot_xdp_config(dir, machines, args.pool, i, Some((&store.url(), args.takeover)))?;
+        let config = netboot_xdp_config(dir, machines, args, i, Some((&store.url(), args.takeover)))?;
         let agent = if i == 0 {
             Agent::start(lab, &bin, &config, &[])?
         } else {
@@ -100,9 +100,9 @@ fn cluster(lab: &Lab, dir: &Path, machines: &[Identity], args: &super::Args) -> 
     Ok(Running::Cluster { agents, _hosts: hosts, _store: store })
 }
 
-/// netboot-xdp's config as server `i` with a reservation per machine, or (`pool`) a pool of
+/// netboot-xdp's config as server `i` with a reservation per machine, or (`--pool`) a pool of
 /// addresses for them; a member of a cluster sharing `store` (URL, takeover in seconds).
-fn netboot_xdp_config(dir: &Path, machines: &[Identity], pool: bool, i: u32, store: Option<(&str, u32)>) -> anyhow::Result<std::path::PathBuf> {
+fn netboot_xdp_config(dir: &Path, machines: &[Identity], args: &super::Args, i: u32, store: Option<(&str, u32)>) -> anyhow::Result<std::path::PathBuf> {
     let mut hosts = String::from("mac,ip,hostname\n");
     for m in machines {
         hosts.push_str(&format!("{},{},node-{:05}\n", m.mac, m.ip, m.index));
@@ -120,12 +120,13 @@ fn netboot_xdp_config(dir: &Path, machines: &[Identity], pool: bool, i: u32, sto
              [dhcp]\nsubnet = \"10.77.0.0/16\"\nlease_time = \"1h\"\n{addresses}\n\
              [boot]\nbios = \"undionly.kpxe\"\nuefi_x64 = \"ipxe.efi\"\nipxe_script = \"http://{{server}}:8080/boot.ipxe\"\n\
              [tftp]\nroot = \"{tftp}\"\nengine = \"afxdp\"\nmax_transfers_per_client = 0\n\
-             [http]\nlisten = \"0.0.0.0:8080\"\nroot = \"{http}\"\nscript = \"boot.ipxe.j2\"\n{cluster}",
+             [http]\nlisten = \"0.0.0.0:8080\"\nroot = \"{http}\"\nscript = \"boot.ipxe.j2\"\nmax_downloads = {max_downloads}\n{cluster}",
             address = server_ip(i),
             state = dir.join(format!("state-{i}")).display(),
             tftp = dir.join("tftp").display(),
             http = dir.join("http").display(),
-            addresses = if pool { "pools = [\"10.77.2.1-10.77.255.254\"]" } else { "hosts_file = \"hosts.csv\"" },
+            max_downloads = args.max_downloads,
+            addresses = if args.pool { "pools = [\"10.77.2.1-10.77.255.254\"]" } else { "hosts_file = \"hosts.csv\"" },
         ),
     )?;
     Ok(config)
