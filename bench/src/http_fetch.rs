@@ -21,6 +21,9 @@ impl Expect {
     }
 }
 
+/// iPXE's largest TCP receive window.
+const IPXE_WINDOW: u32 = 256 * 1024;
+
 /// An HTTP/1.1 connection to `authority` ("10.77.0.1:8080").
 pub struct Connection {
     send: hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
@@ -28,8 +31,17 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// Connects with iPXE's receive window: iPXE advertises at most 256 KiB
+    /// (`TCP_MAX_WINDOW_SIZE`, src/include/ipxe/tcp.h), where the lab's kernel would autotune
+    /// up to megabytes per connection — for thousands of machines in one process, more than
+    /// the kernel's TCP memory, whose pressure then drops segments of every flow.
     pub async fn open(authority: &str) -> Result<Connection, String> {
-        let stream = tokio::net::TcpStream::connect(authority).await.map_err(|e| format!("connect {authority}: {e}"))?;
+        let err = |e: std::io::Error| format!("connect {authority}: {e}");
+        let addr: std::net::SocketAddr = tokio::net::lookup_host(authority).await.map_err(err)?.next().ok_or_else(|| format!("{authority}: no address"))?;
+        let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }.map_err(err)?;
+        // The kernel doubles it for its bookkeeping and advertises about half: ~IPXE_WINDOW.
+        socket.set_recv_buffer_size(IPXE_WINDOW).map_err(err)?;
+        let stream = socket.connect(addr).await.map_err(err)?;
         let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
         tokio::spawn(conn);
         Ok(Connection { send, authority: authority.to_string() })

@@ -63,9 +63,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         // the veth's normal receive path (see Lab::remove_peer_pass).
         lab.remove_peer_pass()?;
         if let Some(cc) = &args.congestion {
-            for ns in [&lab.server, &lab.client] {
-                netboot_lab::run_checked(ns.command("sysctl").args(["-qw", &format!("net.ipv4.tcp_congestion_control={cc}")]))?;
-            }
+            lab.set_congestion(cc)?;
         }
         let dir = lab.scratch_dir("http-rate")?;
         let root = dir.join("http");

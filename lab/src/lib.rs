@@ -226,6 +226,15 @@ impl Lab {
         Ok(())
     }
 
+    /// TCP congestion control `cc` in the lab's two namespaces (each has its own
+    /// `net.ipv4.tcp_congestion_control`; new ones take the machine's).
+    pub fn set_congestion(&self, cc: &str) -> anyhow::Result<()> {
+        for ns in [&self.server, &self.client] {
+            run_checked(ns.command("sysctl").args(["-qw", &format!("net.ipv4.tcp_congestion_control={cc}")]))?;
+        }
+        Ok(())
+    }
+
     /// Detaches the pass-through program of the client end (unpins its link). Only for runs
     /// that need no XDP_TX towards the clients (HTTP alone): an XDP program on a veth makes the
     /// kernel hand it every segment separately (no GRO, a 256-frame ring that drops under bulk

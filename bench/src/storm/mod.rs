@@ -61,6 +61,10 @@ pub struct Args {
     /// (0: no limit, the default).
     #[arg(long, default_value_t = 0)]
     pub max_downloads: u32,
+    /// TCP congestion control of the lab's namespaces (`reno` or `bbr` on this machine kind);
+    /// the machine's own when absent.
+    #[arg(long)]
+    pub congestion: Option<String>,
     /// Power machines on evenly over this many seconds instead of all at once.
     #[arg(long, default_value_t = 0.0)]
     pub ramp: f64,
@@ -134,6 +138,7 @@ impl Args {
             files: false,
             payload_mb: None,
             max_downloads: 0,
+            congestion: None,
             ramp: 0.0,
             deadline: 180,
             json: None,
@@ -232,6 +237,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         // default socket receive buffer that holds a burst (dnsmasq and Kea do not size their
         // own; netboot-xdp does). Per network namespace: this changes the lab only.
         netboot_lab::run_checked(lab.server.command("sysctl").args(["-qw", "net.core.rmem_default=16777216", "net.core.rmem_max=16777216"]))?;
+        if let Some(cc) = &args.congestion {
+            lab.set_congestion(cc)?;
+        }
         if args.files && args.servers == 1 {
             // The payload's TCP on a link without the load generator's XDP program
             // (Lab::add_tcp_path); with several servers every one keeps the segment's path.
