@@ -5,7 +5,8 @@
 //! `nbx-<id>-<segment>` for extra hosts). The server end of the veth pair is `nbx<id>s`; its
 //! other end `nbx<id>x` is a port of the bridge `nbx<id>c` in the client namespace, the
 //! interface clients use. More hosts (a peer DHCP server, QEMU taps) join that bridge, as
-//! machines join a boot network's switch.
+//! machines join a boot network's switch. A payload storm's TCP may take a link of its own,
+//! `nbx<id>T` to `nbx<id>t` ([`Lab::add_tcp_path`]); no segment uses the tag `t`.
 //!
 //! A lab removes exactly what it created: on drop, and on SIGINT/SIGTERM/SIGHUP through a
 //! process-wide handler. The client end of the veth gets what native XDP on the server end
@@ -173,7 +174,7 @@ impl Lab {
     pub fn add_segment(&self, name: &str, tag: char, addr: Option<Ipv4Net>) -> anyhow::Result<Segment> {
         let ns = NetNs::named(&format!("nbx-{}-{name}", self.id));
         let dev = format!("nbx{}{tag}", self.id);
-        let port = format!("nbx{}{}", self.id, tag.to_ascii_uppercase());
+        let port = self.segment_port(tag);
         ns.add()?;
         run_checked(Command::new("ip").args([
             "link", "add", &dev, "netns", ns.name(), "type", "veth", "peer", "name", &port, "netns", self.client.name(),
@@ -190,12 +191,17 @@ impl Lab {
         Ok(Segment { ns, iface: dev })
     }
 
+    /// The client bridge's port to the segment with tag `tag`.
+    fn segment_port(&self, tag: char) -> String {
+        format!("nbx{}{}", self.id, tag.to_ascii_uppercase())
+    }
+
     /// Adds a second boot server on the client bridge: a segment (see [`Lab::add_segment`])
     /// whose bridge port carries the pass-through program, so that an agent attached in native
     /// mode there is heard (P3), as on the lab's own server end.
     pub fn add_server(&self, name: &str, tag: char, addr: Ipv4Net) -> anyhow::Result<Segment> {
         let seg = self.add_segment(name, tag, Some(addr))?;
-        let port = format!("nbx{}{}", self.id, tag.to_ascii_uppercase());
+        let port = self.segment_port(tag);
         self.attach_peer_pass(&port, &format!("peer_pass_{tag}"))?;
         Ok(seg)
     }
@@ -293,7 +299,7 @@ impl Lab {
     /// As [`Lab::client_xsk`], on the client end's link to the server host of
     /// [`Lab::add_server`] with tag `tag` (its frames reach that host only).
     pub fn server_host_xsk(&self, tag: char, ports: std::ops::RangeInclusive<u16>, sizes: netboot::xsk::XskSizes) -> anyhow::Result<ClientXsk> {
-        self.client_xsk_on(&format!("nbx{}{}", self.id, tag.to_ascii_uppercase()), &format!("peer_pass_{tag}"), ports, sizes)
+        self.client_xsk_on(&self.segment_port(tag), &format!("peer_pass_{tag}"), ports, sizes)
     }
 
     /// AF_XDP sockets on `dev`, a link of the client end whose program is pinned as `pin`.
