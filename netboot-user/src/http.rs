@@ -271,8 +271,13 @@ async fn static_file(State(st): State<Arc<HttpState>>, req: Request) -> Response
     let view = st.view();
     match st.files.get(&view.root, &rel) {
         Ok(file) => {
-            // Over `http.max_downloads`: come back in a second (iPXE does, on its own).
-            let Some(download) = st.admit_download(view.max_downloads) else {
+            // Over `http.max_downloads`: come back in a second. Only iPXE is told so: it waits
+            // out a 503 with Retry-After and asks again (measured, docs/BENCHMARKS.md). UEFI's
+            // HTTP boot client (`UefiHttpBoot/1.0`, EDK2's HttpBootDxe, GRUB) accepts only 200
+            // and would fail the boot, so it and every other client are always served (and
+            // counted among the downloads).
+            let max = if waits_out_a_503(req.headers()) { view.max_downloads } else { 0 };
+            let Some(download) = st.admit_download(max) else {
                 st.stats.bump("http_downloads_deferred");
                 return (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "1")], "busy, retry\n").into_response();
             };
@@ -287,6 +292,11 @@ async fn static_file(State(st): State<Arc<HttpState>>, req: Request) -> Response
         }
         Err(crate::http_files::Refusal::NotFound) => StatusCode::NOT_FOUND.into_response(),
     }
+}
+
+/// Whether the client is iPXE (`User-Agent: iPXE/…`), which retries a 503 by itself.
+fn waits_out_a_503(headers: &axum::http::HeaderMap) -> bool {
+    headers.get(header::USER_AGENT).is_some_and(|ua| ua.as_bytes().starts_with(b"iPXE/"))
 }
 
 /// Counts and times every request, and records files fetched on the node's timeline (when

@@ -171,9 +171,10 @@ fn files_and_ranges_are_byte_exact_under_concurrency_and_dhcp_keeps_answering() 
     }
 }
 
-/// Issue 17's admission: with `http.max_downloads = 2`, a third file request while two files
-/// are being sent gets 503 with `Retry-After: 1` (what iPXE waits out, docs/BENCHMARKS.md);
-/// once they end, it is served. The two are held open by clients reading slowly.
+/// Issue 17's admission: with `http.max_downloads = 2`, a third file request from iPXE while
+/// two files are being sent gets 503 with `Retry-After: 1` (what iPXE waits out,
+/// docs/BENCHMARKS.md), a request from UEFI's HTTP boot client is served; once they end, iPXE's
+/// is served. The two are held open by clients reading slowly.
 #[test]
 fn file_requests_over_max_downloads_are_told_to_come_back() {
     if !require_root("file_requests_over_max_downloads_are_told_to_come_back") {
@@ -190,10 +191,16 @@ fn file_requests_over_max_downloads_are_told_to_come_back() {
         })
         .collect();
     assert!(tests::eventually(10, || active() == 2), "two downloads running: {}", s.agent.status().unwrap());
-    let third = s.lab.client.command("curl").args(["-s", "-o", "/dev/null", "-D", "-", "http://10.77.0.1:8080/vmlinuz"]).output().unwrap();
+    let third = s.lab.client.command("curl").args(["-s", "-A", "iPXE/1.21.1", "-o", "/dev/null", "-D", "-", "http://10.77.0.1:8080/vmlinuz"]).output().unwrap();
     let head = String::from_utf8_lossy(&third.stdout).to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 503"), "{head}");
     assert!(head.contains("retry-after: 1"), "{head}");
+    assert_eq!(s.agent.status().unwrap()["agent"]["http_downloads_deferred"].as_u64(), Some(1));
+    // UEFI's HTTP boot client takes only a 200 (a 503 would fail the boot option): served.
+    let uefi_out = s.dir.join("vmlinuz.uefi");
+    let uefi = s.lab.client.command("curl").args(["-s", "-f", "-A", "UefiHttpBoot/1.0", "-o"]).arg(&uefi_out).arg("http://10.77.0.1:8080/vmlinuz").status().unwrap();
+    assert!(uefi.success(), "UEFI HTTP boot is never deferred");
+    assert_eq!(std::fs::read(&uefi_out).unwrap(), pattern(1 << 20, 9));
     assert_eq!(s.agent.status().unwrap()["agent"]["http_downloads_deferred"].as_u64(), Some(1));
     for c in &mut slow {
         let _ = c.kill();
@@ -201,7 +208,7 @@ fn file_requests_over_max_downloads_are_told_to_come_back() {
     }
     assert!(tests::eventually(10, || active() == 0), "the slow downloads ended: {}", s.agent.status().unwrap());
     let out = s.dir.join("vmlinuz.again");
-    let again = s.lab.client.command("curl").args(["-s", "-f", "-o"]).arg(&out).arg("http://10.77.0.1:8080/vmlinuz").status().unwrap();
+    let again = s.lab.client.command("curl").args(["-s", "-f", "-A", "iPXE/1.21.1", "-o"]).arg(&out).arg("http://10.77.0.1:8080/vmlinuz").status().unwrap();
     assert!(again.success());
     assert_eq!(std::fs::read(&out).unwrap(), pattern(1 << 20, 9), "served whole once there was room");
 }
