@@ -40,18 +40,18 @@ impl Running {
     }
 
     /// The servers on hosts of their own on the segment (a cluster's members beyond the lab's
-    /// server end, made with [`host_tag`] of 1, 2, ...), for clients that build frames.
+    /// server end), for clients that build frames.
     pub fn server_hosts(&self) -> anyhow::Result<Vec<crate::tftp_xsk::ServerHost>> {
         let hosts = match self {
             Running::Cluster { _hosts: h, .. } | Running::PeerCluster { _hosts: h, .. } => h.as_slice(),
             _ => &[],
         };
         let mut ends = Vec::new();
-        for (i, h) in hosts.iter().enumerate() {
+        for h in hosts {
             let name = h.iface.clone();
             let itf = h.ns.run(move || netboot::iface::Interface::lookup(&name))??;
             let ip = itf.ipv4.first().map(|n| n.addr()).with_context(|| format!("{} has no address", h.iface))?;
-            ends.push(crate::tftp_xsk::ServerHost { tag: host_tag(i as u32 + 1), ip, mac: itf.mac });
+            ends.push(crate::tftp_xsk::ServerHost { tag: h.tag, ip, mac: itf.mac });
         }
         Ok(ends)
     }

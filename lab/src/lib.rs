@@ -188,7 +188,7 @@ impl Lab {
         run_checked(ns.command("ip").args(["link", "set", &dev, "up"]))?;
         run_checked(ns.command("ethtool").args(["-K", &dev, "tx", "off"]))?;
         self.wait_forwarding(&port)?;
-        Ok(Segment { ns, iface: dev })
+        Ok(Segment { ns, iface: dev, tag })
     }
 
     /// The client bridge's port to the segment with tag `tag`.
@@ -498,6 +498,8 @@ impl Drop for ScratchDir {
 pub struct Segment {
     pub ns: NetNs,
     pub iface: String,
+    /// Its tag (see [`Lab::add_segment`]).
+    pub tag: char,
 }
 
 /// A locally administered MAC derived from the lab id.
