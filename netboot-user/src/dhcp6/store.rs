@@ -5,6 +5,7 @@
 use super::leases::{Lease6, Lease6State};
 use crate::mac::MacAddr;
 use crate::provision::db::{ProvisionDb, with_sqlite};
+use crate::provision::stmt::Stmt;
 
 const UPSERT: &str = "INSERT INTO netboot_leases6 (ip, duid, iaid, mac, state, expires) VALUES ({p}1, {p}2, {p}3, {p}4, {p}5, {p}6)
      ON CONFLICT (ip) DO UPDATE SET duid = EXCLUDED.duid, iaid = EXCLUDED.iaid, mac = EXCLUDED.mac, state = EXCLUDED.state, expires = EXCLUDED.expires";
@@ -44,33 +45,14 @@ fn lease((ip, duid, iaid, mac, state, expires): Row) -> Option<Lease6> {
 
 /// Writes `leases` in one transaction; durable when this returns `Ok`.
 pub async fn commit(db: &ProvisionDb, leases: Vec<Lease6>) -> anyhow::Result<()> {
-    let rows: Vec<Row> = leases.iter().map(row).collect();
-    match db {
-        ProvisionDb::Sqlite(db) => {
-            with_sqlite(db, move |store| {
-                let tx = store.conn_mut().transaction()?;
-                {
-                    let mut up = tx.prepare_cached(&UPSERT.replace("{p}", "?"))?;
-                    for r in &rows {
-                        up.execute(rusqlite::params![r.0, r.1, r.2, r.3, r.4, r.5])?;
-                    }
-                }
-                tx.commit()?;
-                Ok(())
-            })
-            .await
-        }
-        ProvisionDb::Postgres(pool) => {
-            let mut client = pool.get().await?;
-            let tx = client.transaction().await?;
-            let up = tx.prepare_cached(&UPSERT.replace("{p}", "$")).await?;
-            for r in &rows {
-                tx.execute(&up, &[&r.0, &r.1, &r.2, &r.3, &r.4, &r.5]).await?;
-            }
-            tx.commit().await?;
-            Ok(())
-        }
-    }
+    let stmts = leases
+        .iter()
+        .map(|l| {
+            let (ip, duid, iaid, mac, state, expires) = row(l);
+            Stmt::new(UPSERT, vec![ip.into(), duid.into(), iaid.into(), mac.into(), state.into(), expires.into()])
+        })
+        .collect();
+    db.transact(stmts).await
 }
 
 /// Deletes the bindings that expired before `now`: a /64 pool's churn would otherwise keep a

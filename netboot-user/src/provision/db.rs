@@ -4,6 +4,7 @@
 //! `netboot_provision_rev`, which the members poll.
 
 use super::records::{AuditEntry, Intent, NodeEvent, NodeIntent};
+use super::stmt::Stmt;
 use crate::config::Host;
 use crate::mac::MacAddr;
 use crate::store::SqliteStore;
@@ -43,11 +44,11 @@ pub const EVENTS_PER_NODE: i64 = 100;
 pub const AUDIT_KEPT: i64 = 100_000;
 
 /// The deletions that keep the bounds above, after an event of `$1`/`?1` and an audit entry.
-const TRIM_EVENTS: &str = "DELETE FROM netboot_events WHERE mac = {p1} AND id <= (SELECT id FROM netboot_events WHERE mac = {p1} ORDER BY id DESC LIMIT 1 OFFSET {n})";
+const TRIM_EVENTS: &str = "DELETE FROM netboot_events WHERE mac = {p}1 AND id <= (SELECT id FROM netboot_events WHERE mac = {p}1 ORDER BY id DESC LIMIT 1 OFFSET {n})";
 const TRIM_AUDIT: &str = "DELETE FROM netboot_audit WHERE id <= (SELECT max(id) FROM netboot_audit) - {n}";
 
-fn trim_events(p1: &str) -> String {
-    TRIM_EVENTS.replace("{p1}", p1).replace("{n}", &EVENTS_PER_NODE.to_string())
+fn trim_events() -> String {
+    TRIM_EVENTS.replace("{n}", &EVENTS_PER_NODE.to_string())
 }
 
 fn trim_audit() -> String {
@@ -125,21 +126,31 @@ impl ProvisionDb {
 
     /// Applies `changes` and `audit` in one transaction.
     pub async fn apply(&self, changes: Vec<Change>, audit: Option<AuditEntry>) -> anyhow::Result<()> {
+        let mut stmts = Vec::new();
+        for c in &changes {
+            stmts.extend(statements(c)?);
+        }
+        if let Some(a) = audit {
+            stmts.push(Stmt::new(
+                "INSERT INTO netboot_audit (at, who, action, target, detail) VALUES ({p}1, {p}2, {p}3, {p}4, {p}5)",
+                vec![a.at.into(), a.who.into(), a.action.into(), a.target.into(), a.detail.into()],
+            ));
+            stmts.push(Stmt::new(trim_audit(), vec![]));
+        }
+        stmts.push(Stmt::new("UPDATE netboot_provision_rev SET rev = rev + 1", vec![]));
+        self.transact(stmts).await
+    }
+
+    /// Runs `stmts` in order in one transaction, on either backend; durable when this
+    /// returns `Ok`.
+    pub async fn transact(&self, stmts: Vec<Stmt>) -> anyhow::Result<()> {
         match self {
             ProvisionDb::Sqlite(db) => {
                 with_sqlite(db, move |store| {
                     let tx = store.conn_mut().transaction()?;
-                    for c in &changes {
-                        apply_sqlite(&tx, c)?;
+                    for s in &stmts {
+                        tx.prepare_cached(&s.sql("?"))?.execute(rusqlite::params_from_iter(&s.params))?;
                     }
-                    if let Some(a) = &audit {
-                        tx.execute(
-                            "INSERT INTO netboot_audit (at, who, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
-                            rusqlite::params![a.at, a.who, a.action, a.target, a.detail],
-                        )?;
-                        tx.execute(&trim_audit(), [])?;
-                    }
-                    tx.execute("UPDATE netboot_provision_rev SET rev = rev + 1", [])?;
                     tx.commit()?;
                     Ok(())
                 })
@@ -148,18 +159,11 @@ impl ProvisionDb {
             ProvisionDb::Postgres(pool) => {
                 let mut client = pool.get().await?;
                 let tx = client.transaction().await?;
-                for c in &changes {
-                    apply_postgres(&tx, c).await?;
+                for s in &stmts {
+                    let prepared = tx.prepare_cached(&s.sql("$")).await?;
+                    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = s.params.iter().map(|p| p as _).collect();
+                    tx.execute(&prepared, &params).await?;
                 }
-                if let Some(a) = &audit {
-                    tx.execute(
-                        "INSERT INTO netboot_audit (at, who, action, target, detail) VALUES ($1, $2, $3, $4, $5)",
-                        &[&a.at, &a.who, &a.action, &a.target, &a.detail],
-                    )
-                    .await?;
-                    tx.execute(trim_audit().as_str(), &[]).await?;
-                }
-                tx.execute("UPDATE netboot_provision_rev SET rev = rev + 1", &[]).await?;
                 tx.commit().await?;
                 Ok(())
             }
@@ -234,82 +238,35 @@ fn load_rows_sqlite(tx: &rusqlite::Transaction) -> anyhow::Result<Vec<Row>> {
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
-fn apply_sqlite(tx: &rusqlite::Transaction, c: &Change) -> anyhow::Result<()> {
-    use rusqlite::params;
-    match c {
-        Change::PutHost(h) => {
-            tx.execute(
-                "INSERT INTO netboot_hosts (mac, doc) VALUES (?1, ?2) ON CONFLICT (mac) DO UPDATE SET doc = excluded.doc",
-                params![h.mac.to_string(), serde_json::to_string(h)?],
-            )?;
-        }
-        Change::DeleteHost(mac) => {
-            tx.execute("DELETE FROM netboot_hosts WHERE mac = ?1", [mac.to_string()])?;
-            tx.execute("DELETE FROM netboot_nodes WHERE mac = ?1", [mac.to_string()])?;
-        }
-        Change::SetIntent { mac, intent, once } => {
-            tx.execute(
-                "INSERT INTO netboot_nodes (mac, intent, intent_once, updated) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (mac) DO UPDATE SET intent = excluded.intent, intent_once = excluded.intent_once, updated = excluded.updated,
-                    boot_token = CASE WHEN netboot_nodes.intent = excluded.intent THEN netboot_nodes.boot_token END",
-                params![mac.to_string(), intent.name(), once, now()],
-            )?;
-        }
-        Change::ClearIntent(mac) => {
-            tx.execute("DELETE FROM netboot_nodes WHERE mac = ?1", [mac.to_string()])?;
-        }
+/// What `c` writes.
+fn statements(c: &Change) -> anyhow::Result<Vec<Stmt>> {
+    Ok(match c {
+        Change::PutHost(h) => vec![Stmt::new(
+            "INSERT INTO netboot_hosts (mac, doc) VALUES ({p}1, {p}2) ON CONFLICT (mac) DO UPDATE SET doc = EXCLUDED.doc",
+            vec![h.mac.to_string().into(), serde_json::to_string(h)?.into()],
+        )],
+        Change::DeleteHost(mac) => vec![
+            Stmt::new("DELETE FROM netboot_hosts WHERE mac = {p}1", vec![mac.to_string().into()]),
+            Stmt::new("DELETE FROM netboot_nodes WHERE mac = {p}1", vec![mac.to_string().into()]),
+        ],
+        Change::SetIntent { mac, intent, once } => vec![Stmt::new(
+            "INSERT INTO netboot_nodes (mac, intent, intent_once, updated) VALUES ({p}1, {p}2, {p}3, {p}4)
+             ON CONFLICT (mac) DO UPDATE SET intent = EXCLUDED.intent, intent_once = EXCLUDED.intent_once, updated = EXCLUDED.updated,
+                boot_token = CASE WHEN netboot_nodes.intent = EXCLUDED.intent THEN netboot_nodes.boot_token END",
+            vec![mac.to_string().into(), intent.name().into(), (*once).into(), now().into()],
+        )],
+        Change::ClearIntent(mac) => vec![Stmt::new("DELETE FROM netboot_nodes WHERE mac = {p}1", vec![mac.to_string().into()])],
         Change::BootToken { mac, token } => {
-            tx.execute("UPDATE netboot_nodes SET boot_token = ?2 WHERE mac = ?1", params![mac.to_string(), token])?;
+            vec![Stmt::new("UPDATE netboot_nodes SET boot_token = {p}2 WHERE mac = {p}1", vec![mac.to_string().into(), token.clone().into()])]
         }
-        Change::Event { mac, event, message } => {
-            tx.execute(
-                "INSERT INTO netboot_events (mac, at, event, message) VALUES (?1, ?2, ?3, ?4)",
-                params![mac.to_string(), now(), event, message],
-            )?;
-            tx.execute(&trim_events("?1"), [mac.to_string()])?;
-        }
-    }
-    Ok(())
-}
-
-async fn apply_postgres(tx: &deadpool_postgres::Transaction<'_>, c: &Change) -> anyhow::Result<()> {
-    match c {
-        Change::PutHost(h) => {
-            tx.execute(
-                "INSERT INTO netboot_hosts (mac, doc) VALUES ($1, $2) ON CONFLICT (mac) DO UPDATE SET doc = EXCLUDED.doc",
-                &[&h.mac.to_string(), &serde_json::to_string(h)?],
-            )
-            .await?;
-        }
-        Change::DeleteHost(mac) => {
-            tx.execute("DELETE FROM netboot_hosts WHERE mac = $1", &[&mac.to_string()]).await?;
-            tx.execute("DELETE FROM netboot_nodes WHERE mac = $1", &[&mac.to_string()]).await?;
-        }
-        Change::SetIntent { mac, intent, once } => {
-            tx.execute(
-                "INSERT INTO netboot_nodes (mac, intent, intent_once, updated) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (mac) DO UPDATE SET intent = EXCLUDED.intent, intent_once = EXCLUDED.intent_once, updated = EXCLUDED.updated,
-                    boot_token = CASE WHEN netboot_nodes.intent = EXCLUDED.intent THEN netboot_nodes.boot_token END",
-                &[&mac.to_string(), &intent.name(), once, &now()],
-            )
-            .await?;
-        }
-        Change::ClearIntent(mac) => {
-            tx.execute("DELETE FROM netboot_nodes WHERE mac = $1", &[&mac.to_string()]).await?;
-        }
-        Change::BootToken { mac, token } => {
-            tx.execute("UPDATE netboot_nodes SET boot_token = $2 WHERE mac = $1", &[&mac.to_string(), token]).await?;
-        }
-        Change::Event { mac, event, message } => {
-            tx.execute(
-                "INSERT INTO netboot_events (mac, at, event, message) VALUES ($1, $2, $3, $4)",
-                &[&mac.to_string(), &now(), event, message],
-            )
-            .await?;
-            tx.execute(trim_events("$1").as_str(), &[&mac.to_string()]).await?;
-        }
-    }
-    Ok(())
+        Change::Event { mac, event, message } => vec![
+            Stmt::new(
+                "INSERT INTO netboot_events (mac, at, event, message) VALUES ({p}1, {p}2, {p}3, {p}4)",
+                vec![mac.to_string().into(), now().into(), event.clone().into(), message.clone().into()],
+            ),
+            Stmt::new(trim_events(), vec![mac.to_string().into()]),
+        ],
+    })
 }
 
 /// Runs `f` on the SQLite connection off the runtime's threads (a commit waits for the disk).

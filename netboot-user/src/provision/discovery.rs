@@ -9,6 +9,7 @@
 //! invented MACs pushes out the longest unseen.
 
 use super::db::{ProvisionDb, with_sqlite};
+use super::stmt::Stmt;
 use crate::dhcp::server::Sighting;
 use crate::mac::MacAddr;
 use serde::Serialize;
@@ -165,47 +166,24 @@ impl Discovery {
     }
 
     async fn write(&self, rows: Vec<Seen>) -> anyhow::Result<()> {
-        let trim = TRIM.replace("{n}", &KEPT.to_string());
-        match &self.db {
-            ProvisionDb::Sqlite(db) => {
-                with_sqlite(db, move |store| {
-                    let tx = store.conn_mut().transaction()?;
-                    {
-                        let mut up = tx.prepare(&UPSERT.replace("{p}", "?"))?;
-                        for r in &rows {
-                            up.execute(rusqlite::params![
-                                r.mac.to_string(),
-                                r.first_seen,
-                                r.last_seen,
-                                r.class,
-                                r.arch,
-                                r.uuid,
-                                r.vendor_class,
-                                r.relay.map(|a| a.to_string())
-                            ])?;
-                        }
-                    }
-                    tx.execute(&trim, [])?;
-                    tx.commit()?;
-                    Ok(())
-                })
-                .await
-            }
-            ProvisionDb::Postgres(pool) => {
-                let mut client = pool.get().await?;
-                let tx = client.transaction().await?;
-                let up = tx.prepare(&UPSERT.replace("{p}", "$")).await?;
-                for r in &rows {
-                    let arch = r.arch.map(i32::from);
-                    let relay = r.relay.map(|a| a.to_string());
-                    tx.execute(&up, &[&r.mac.to_string(), &r.first_seen, &r.last_seen, &r.class, &arch, &r.uuid, &r.vendor_class, &relay])
-                        .await?;
-                }
-                tx.execute(trim.as_str(), &[]).await?;
-                tx.commit().await?;
-                Ok(())
-            }
-        }
+        let mut stmts: Vec<Stmt> = rows
+            .into_iter()
+            .map(|r| {
+                let params = vec![
+                    r.mac.to_string().into(),
+                    r.first_seen.into(),
+                    r.last_seen.into(),
+                    r.class.into(),
+                    r.arch.map(i32::from).into(),
+                    r.uuid.into(),
+                    r.vendor_class.into(),
+                    r.relay.map(|a| a.to_string()).into(),
+                ];
+                Stmt::new(UPSERT, params)
+            })
+            .collect();
+        stmts.push(Stmt::new(TRIM.replace("{n}", &KEPT.to_string()), vec![]));
+        self.db.transact(stmts).await
     }
 
     /// Every machine seen, by any member, most recently seen first (this server's newer

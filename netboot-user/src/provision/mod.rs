@@ -15,6 +15,7 @@ pub mod db;
 pub mod discovery;
 pub mod openapi;
 pub mod records;
+pub mod stmt;
 
 use crate::config::{Config, Host};
 use crate::mac::MacAddr;
