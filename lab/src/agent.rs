@@ -159,7 +159,8 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        let died = self.died();
+        // A clean exit (a test's `netboot-xdp detach`) is not a death.
+        let died = self.died().filter(|st| !st.success());
         if self.child.is_some() {
             let _ = self.terminate();
         }
