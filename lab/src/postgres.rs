@@ -133,14 +133,18 @@ impl Postgres {
 
     /// Runs SQL with psql; its output (unaligned, tuples only).
     pub fn sql(&self, sql: &str) -> anyhow::Result<String> {
-        let out = checked(
-            Command::new(self.bin.join("psql"))
-                .args(["-h"])
-                .arg(&self.dir)
-                .args(["-p", &self.tls_port.unwrap_or(5432).to_string()])
-                .args(["-U", "netboot", "-d", &self.db, "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql]),
-        )?;
+        let out = checked(&mut self.psql(sql))?;
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// The psql command that runs `sql` (for a session a test holds open: spawn it).
+    pub fn psql(&self, sql: &str) -> Command {
+        let mut c = Command::new(self.bin.join("psql"));
+        c.args(["-h"])
+            .arg(&self.dir)
+            .args(["-p", &self.tls_port.unwrap_or(5432).to_string()])
+            .args(["-U", "netboot", "-d", &self.db, "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql]);
+        c
     }
 
     /// The server's log, for a failing test.

@@ -226,7 +226,7 @@ async fn open_store(config: &Config, lease_secs: u32, stats: &Arc<Stats>) -> any
         return Ok((Box::new(SqliteStore::open(&config.server.state_dir)?), None));
     };
     let server_id = config.cluster.server_id().expect("validated: a store has a server_id");
-    let target = postgres::parse_url(url)?;
+    let target = postgres::parse_url(url)?.for_member(server_id);
     let slack = crate::dhcp::server::renewal_slack(lease_secs);
     let store = {
         let target = target.clone();

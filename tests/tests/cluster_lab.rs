@@ -87,6 +87,11 @@ fn sigstop_of_one_of_two_servers_mid_storm_every_machine_boots() {
     let run = storm(&["--nodes", "1000", "--servers", "2", "--member-fault", "stop"], "cluster2stop");
     let failover = run["faults"]["failover_s"].as_f64().expect("the buckets never moved");
     assert!(failover <= 4.0, "buckets moved after {failover:.2} s");
+    // The survivor ended the stopped member's database sessions (its presence, pool and
+    // committer sessions were all opened before its last heartbeat).
+    let counter = |k: &str| -> u64 { run["faults"]["members"].as_array().unwrap().iter().map(|m| m["agent_counters"][k].as_u64().unwrap_or(0)).sum() };
+    eprintln!("fenced sessions {}, failed commits {}", counter("cluster_fenced_sessions"), counter("lease_commit_failures"));
+    assert!(counter("cluster_fenced_sessions") >= 1, "{run:#}");
 }
 
 /// The config of member `id` at `address` (10.77.0.1 the lab's server end), sharing `pg`.
@@ -195,6 +200,70 @@ fn change_log_reaches_the_other_member_without_its_listener_and_a_moved_client_k
     assert_eq!(dora.bind(mac, "10.77.0.3".parse().unwrap()), Some(ip), "the moved client lost its address");
     drop(b);
     drop(host_b);
+}
+
+/// A member hangs holding the lock of one of its clients in a backend that is not idle (as its
+/// committer's backend blocked writing the answers of a pipelined batch its frozen process no
+/// longer reads; here a session named as the member's, busy in `pg_sleep`), so neither
+/// `idle_in_transaction_session_timeout` nor anything else of PostgreSQL's ends it: the member
+/// that takes the buckets ends the hung member's sessions, and the client is then served. Woken
+/// up, the hung member connects again and is a member again.
+#[test]
+fn a_hung_members_sessions_are_ended_so_its_locks_do_not_outlive_its_buckets() {
+    if !require_root("a_hung_members_sessions_are_ended_so_its_locks_do_not_outlive_its_buckets") {
+        return;
+    }
+    let _serial = tests::serial();
+    let pg = Postgres::start("fence").unwrap();
+    let s = tests::kit::Setup::new("pgfence", |_| String::new());
+    let host_b = s.lab.add_server("srvb", 'q', "10.77.0.3/16".parse().unwrap()).unwrap();
+    let bin = tests::bin("netboot-xdp");
+    let a = Agent::start(&s.lab, &bin, &member_config(&s.dir, "boot-a", "10.77.0.1", &pg), &[]).expect("agent a");
+    let b = Agent::start_on(&host_b.ns, &host_b.iface, &bin, &member_config(&s.dir, "boot-b", "10.77.0.3", &pg), &[]).expect("agent b");
+    let members = vec!["boot-a".to_string(), "boot-b".to_string()];
+    let seen = |x: &Agent| x.status().unwrap()["cluster"]["members"].as_array().map(Vec::len).unwrap_or(0);
+    assert!(tests::eventually(10, || seen(&a) == 2 && seen(&b) == 2), "the members do not see each other");
+
+    let mac = mac_owned_by(&b, &members, 200);
+    let client = netboot::mac::MacAddr(mac).to_string();
+    let mut held = pg.psql(&format!("SELECT pg_advisory_lock(hashtext('{client}')), pg_sleep(300)"));
+    held.env("PGAPPNAME", "netboot-xdp boot-b").stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    let mut held = held.spawn().expect("psql");
+    let locked = || pg.sql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted").unwrap_or_default() == "1";
+    // B's sessions are the ones it opened before its last heartbeat: wait for one after this one.
+    let beat_after = || {
+        pg.sql(
+            "SELECT count(*) FROM netboot_members m, pg_stat_activity a
+              WHERE m.server_id = 'boot-b' AND a.query LIKE '%pg_sleep(300)%' AND a.state = 'active' AND m.heartbeat > a.backend_start",
+        )
+        .unwrap_or_default()
+            == "1"
+    };
+    assert!(tests::eventually(10, || locked() && beat_after()), "the lock is not held: {}", pg.log_text());
+
+    b.pause(true);
+    let counter = |k: &str| a.status().unwrap()["agent"][k].as_u64().unwrap_or(0);
+    assert!(tests::eventually(10, || counter("cluster_fenced_sessions") >= 1), "A never ended B's sessions: {}", a.log_text());
+    assert_eq!(a.status().unwrap()["cluster"]["owned_buckets"], 256, "A ended B's sessions without owning its buckets");
+    let of_b = || pg.sql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'netboot-xdp boot-b'").unwrap();
+    assert_eq!(of_b(), "0", "sessions of B left");
+    let status = held.wait().unwrap();
+    assert!(!status.success(), "the held session was not ended");
+    assert!(dora_bind(&s, mac, "10.77.0.1").is_some(), "A did not serve B's client after ending B's sessions: {}", a.log_text());
+    assert_eq!(counter("cluster_fence_errors"), 0);
+
+    b.pause(false);
+    assert!(tests::eventually(10, || seen(&a) == 2 && seen(&b) == 2), "B did not come back: {}", b.log_text());
+    let mac_b = mac_owned_by(&b, &members, 300);
+    assert!(dora_bind(&s, mac_b, "10.77.0.3").is_some(), "B does not serve its clients after it came back: {}", b.log_text());
+    // Its committer's connection had been ended: the batch went again on a new one.
+    assert_eq!(b.status().unwrap()["agent"]["lease_commit_failures"].as_u64().unwrap_or(0), 0, "{}", b.log_text());
+    drop(b);
+    drop(host_b);
+}
+
+fn dora_bind(s: &tests::kit::Setup, mac: [u8; 6], server: &str) -> Option<std::net::Ipv4Addr> {
+    Dora::open(&s.lab).bind(mac, server.parse().unwrap())
 }
 
 /// `netboot-xdp leases` reads the shared store: a member's lease, with the member stopped.

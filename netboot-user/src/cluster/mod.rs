@@ -9,7 +9,9 @@
 //! A member that crashes leaves at the others' next beat: each member holds a presence session
 //! open and heartbeats its backend pid; when the process dies its sessions end with it, and a
 //! member whose presence backend is gone is no longer listed. A hung member (its sockets still
-//! open) and a lost host (no FIN reaches the database) are only seen by their silence.
+//! open) and a lost host (no FIN reaches the database) are only seen by their silence; then the
+//! others end its sessions ([`Member::fence`]), whose locks would otherwise stand in the way of
+//! the claims on its clients.
 //!
 //! Leases other servers commit reach this server through the change log: a LISTEN wakes the
 //! follower, and it polls every second anyway (a lost listener connection costs a second).
@@ -171,6 +173,44 @@ impl Member {
         Ok(())
     }
 
+    /// Ends the database sessions of the members that fell silent (heartbeat `takeover` old)
+    /// and that they opened before their last heartbeat. A hung member's committer may hold
+    /// the advisory locks of its clients in a backend blocked writing answers its process no
+    /// longer reads: not idle, so `idle_in_transaction_session_timeout` never ends it, and every
+    /// claim of this member's on those clients would fail its `lock_timeout` for as long as
+    /// the member hangs (seen: 26 failed batches in a 1000-machine storm). A member that wakes
+    /// up finds its sessions gone, connects again and heartbeats back in; what it had not
+    /// committed was never acknowledged. Sessions are found by their `application_name`
+    /// ([`crate::store::postgres::member_application_name`]); ending them needs the same
+    /// database role for every member (or `pg_signal_backend`).
+    async fn fence(&self) {
+        let secs = self.state.takeover.as_secs_f64();
+        let fenced = async {
+            let c = self.pool.get().await?;
+            let rows = c
+                .query(
+                    "SELECT m.server_id, pg_terminate_backend(a.pid) FROM netboot_members m
+                       JOIN pg_stat_activity a ON a.application_name = left('netboot-xdp ' || m.server_id, 63)
+                      WHERE m.heartbeat <= now() - make_interval(secs => $1) AND m.server_id <> $2
+                        AND a.backend_start < m.heartbeat AND a.pid <> pg_backend_pid()",
+                    &[&secs, &self.state.server_id],
+                )
+                .await?;
+            anyhow::Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>())
+        };
+        match fenced.await {
+            Ok(ended) if !ended.is_empty() => {
+                self.stats.add("cluster_fenced_sessions", ended.len() as u64);
+                tracing::warn!(sessions = ended.len(), members = ?ended, "cluster: ended the database sessions of members that fell silent");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                self.stats.bump("cluster_fence_errors");
+                tracing::warn!("cluster: ending a silent member's sessions: {e:#}");
+            }
+        }
+    }
+
     /// The backend pid of this member's presence session, opened again when it was lost.
     async fn presence_pid(&mut self) -> Option<i32> {
         if self.presence.as_ref().is_some_and(|(c, _)| c.is_closed()) {
@@ -205,7 +245,11 @@ impl Member {
             tokio::select! {
                 _ = beat.tick() => {
                     let r = self.beat().await;
+                    let live = r.is_ok();
                     self.set_reachable(r);
+                    if live {
+                        self.fence().await;
+                    }
                 }
                 _ = poll.tick() => self.follow(&remote).await,
                 _ = wake.notified() => self.follow(&remote).await,

@@ -19,7 +19,9 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// How long a member's transaction may sit idle, and a claim may wait for a lock, before
 /// PostgreSQL gives up on it: below the default `cluster.takeover`, so that a frozen member's
-/// locks are gone by the time the others own its buckets.
+/// locks are gone by the time the others own its buckets. A frozen member's backend that is
+/// not idle (blocked writing the answers of a pipelined batch its client no longer reads) is
+/// not ended by this: the member that takes the buckets ends it ([`crate::cluster`]).
 pub const LOCK_BOUND: Duration = Duration::from_secs(2);
 
 /// How long connecting may take before the store counts as unreachable.
@@ -37,10 +39,26 @@ pub struct Target {
 pub type Connection = tokio_postgres::Connection<tokio_postgres::Socket, <MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>>::Stream>;
 
 impl Target {
+    /// The same server, every session named for cluster member `server_id`
+    /// ([`member_application_name`]): the others can then find the sessions of a member that
+    /// hung and end them.
+    pub fn for_member(mut self, server_id: &str) -> Target {
+        self.cfg.application_name(&member_application_name(server_id));
+        self
+    }
+
     /// Opens a connection (TLS when the URL asks for it).
     pub async fn connect(&self) -> Result<(Client, Connection), tokio_postgres::Error> {
         self.cfg.connect(self.tls.clone()).await
     }
+}
+
+/// The `application_name` of member `server_id`'s sessions, as PostgreSQL keeps it (at most 63
+/// bytes; server ids are ASCII). [`crate::cluster`] computes the same name in SQL.
+pub fn member_application_name(server_id: &str) -> String {
+    let mut name = format!("netboot-xdp {server_id}");
+    name.truncate(63);
+    name
 }
 
 /// libpq's TLS parameters that tokio-postgres does not read; taken out of the URL here.
@@ -317,6 +335,18 @@ impl PgStore {
     }
 }
 
+impl PgStore {
+    fn commit_once(&mut self, batch: &[&Lease]) -> anyhow::Result<Vec<Refusal>> {
+        self.client()?;
+        let (mut c, stmt) = self.client.take().expect("connected above");
+        let result = self.rt().block_on(Self::claim_all(&mut c, &stmt, &self.server_id, self.slack, batch));
+        if result.is_ok() {
+            self.client = Some((c, stmt));
+        }
+        result
+    }
+}
+
 impl LeaseStore for PgStore {
     fn load(&mut self) -> anyhow::Result<Vec<Lease>> {
         self.client()?;
@@ -329,16 +359,19 @@ impl LeaseStore for PgStore {
     }
 
     /// One transaction of pipelined claims. On an error the connection is dropped (the next
-    /// batch connects again) and nothing of the batch counts as stored.
+    /// batch connects again) and nothing of the batch counts as stored. A connection the server
+    /// closed while it was not in use (a restart, the cluster ending this member's sessions
+    /// while it hung) is only found closed when the batch is sent: then the batch is sent once
+    /// more on a new connection. Claims are idempotent (a client's claim of the address it
+    /// holds wins again), so a batch whose commit went through before the close is harmless.
     fn commit(&mut self, batch: &[&Lease]) -> anyhow::Result<Vec<Refusal>> {
-        self.client()?;
-        let (mut c, stmt) = self.client.take().expect("connected above");
-        let result = self.rt().block_on(Self::claim_all(&mut c, &stmt, &self.server_id, self.slack, batch));
-        let c = (c, stmt);
-        if result.is_ok() {
-            self.client = Some(c);
+        match self.commit_once(batch) {
+            Err(e) if e.downcast_ref::<tokio_postgres::Error>().is_some_and(tokio_postgres::Error::is_closed) => {
+                tracing::info!("PostgreSQL lease store: the connection was closed; the batch goes again on a new one");
+                self.commit_once(batch)
+            }
+            result => result,
         }
-        result
     }
 
     fn shared(&self) -> bool {
