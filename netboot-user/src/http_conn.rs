@@ -27,106 +27,17 @@ const MAX_HEADERS: usize = 64;
 /// default body limit, which the handlers' extractors apply anyway.
 const MAX_BODY: u64 = 2 * 1024 * 1024;
 
-/// Accepts connections until `shutdown`; each is served by a task of its own: a plain one on
-/// the least busy of the [`Workers`], a TLS one (the API) on the agent's runtime.
+/// Accepts connections until `shutdown`; each is served by a task of its own.
 pub async fn serve(mut listener: LimitedListener, app: Router, stats: Arc<Stats>, mut shutdown: watch::Receiver<bool>) {
     use axum::serve::Listener;
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut workers = match Workers::start(workers, &app, &stats) {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::warn!("HTTP worker threads: {e}; connections are served on the agent's runtime");
-            None
-        }
-    };
     loop {
         tokio::select! {
             (io, addr) = listener.accept() => {
                 let peer = PeerAddr { addr, tls: io.is_tls() };
-                let io = match (&mut workers, io.into_moved()) {
-                    (Some(w), Ok(moved)) => {
-                        w.hand(moved, peer);
-                        continue;
-                    }
-                    (None, Ok(moved)) => match moved.and_then(crate::http_listener::Moved::resume) {
-                        Ok(io) => io,
-                        Err(e) => {
-                            tracing::debug!(%addr, "HTTP connection lost: {e}");
-                            continue;
-                        }
-                    },
-                    (_, Err(tls)) => tls,
-                };
                 tokio::spawn(connection(io, peer, app.clone(), stats.clone()));
             }
             _ = shutdown.changed() => return,
         }
-    }
-}
-
-/// Threads serving plain connections, one per core, each with a runtime of its own, as
-/// nginx's worker processes: a connection's readiness, timers and sendfile calls stay on one
-/// thread, with none of a shared runtime's wake-ups of other threads (measured: 8,400 futex
-/// calls for nginx's 2 in a 1000-client run). A connection stays on its thread to the end;
-/// each goes to the thread with the fewest. Dropped: the threads end, closing theirs.
-struct Workers {
-    threads: Vec<Worker>,
-}
-
-struct Worker {
-    queue: tokio::sync::mpsc::UnboundedSender<(crate::http_listener::Moved, PeerAddr)>,
-    /// Its connections now.
-    load: Arc<std::sync::atomic::AtomicUsize>,
-}
-
-/// One connection in a worker's load, until dropped (also when its task panics).
-struct Counted(Arc<std::sync::atomic::AtomicUsize>);
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-impl Workers {
-    fn start(n: usize, app: &Router, stats: &Arc<Stats>) -> std::io::Result<Workers> {
-        let mut threads = Vec::with_capacity(n);
-        for i in 0..n {
-            let (queue, mut incoming) = tokio::sync::mpsc::unbounded_channel::<(crate::http_listener::Moved, PeerAddr)>();
-            let load = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let (app, stats, mine) = (app.clone(), stats.clone(), load.clone());
-            std::thread::Builder::new().name(format!("http-{i}")).spawn(move || {
-                rt.block_on(async move {
-                    while let Some((moved, peer)) = incoming.recv().await {
-                        let (app, stats, mine) = (app.clone(), stats.clone(), mine.clone());
-                        tokio::spawn(async move {
-                            let _counted = Counted(mine);
-                            match moved.resume() {
-                                Ok(io) => connection(io, peer, app, stats).await,
-                                Err(e) => tracing::debug!(addr = %peer.addr, "HTTP connection lost: {e}"),
-                            }
-                        });
-                    }
-                })
-            })?;
-            threads.push(Worker { queue, load });
-        }
-        Ok(Workers { threads })
-    }
-
-    /// Hands a connection to the thread with the fewest; a connection that could not be taken
-    /// off the accepting runtime is closed.
-    fn hand(&mut self, moved: std::io::Result<crate::http_listener::Moved>, peer: PeerAddr) {
-        use std::sync::atomic::Ordering;
-        let moved = match moved {
-            Ok(m) => m,
-            Err(e) => return tracing::debug!(addr = %peer.addr, "HTTP connection lost: {e}"),
-        };
-        let w = self.threads.iter().min_by_key(|w| w.load.load(Ordering::Relaxed)).expect("at least one worker");
-        w.load.fetch_add(1, Ordering::Relaxed);
-        // A worker ends only when this sender is dropped.
-        let _ = w.queue.send((moved, peer));
     }
 }
 

@@ -97,31 +97,6 @@ impl LimitedStream {
     pub fn is_tls(&self) -> bool {
         matches!(self.stream, Io::Tls(_))
     }
-
-    /// A plain connection taken off this runtime's reactor, to be served by another
-    /// ([`Moved::resume`]; the inner error: it could not be taken off, and is closed); a TLS
-    /// connection is given back as it is.
-    pub fn into_moved(self) -> Result<std::io::Result<Moved>, LimitedStream> {
-        let LimitedStream { stream, idle, stats, _place } = self;
-        match stream {
-            Io::Plain(tcp) => Ok(tcp.into_std().map(|tcp| Moved { tcp, stats, place: _place })),
-            tls => Err(LimitedStream { stream: tls, idle, stats, _place }),
-        }
-    }
-}
-
-/// A plain connection between two runtimes, its place still held.
-pub struct Moved {
-    tcp: std::net::TcpStream,
-    stats: Arc<Stats>,
-    place: Option<OwnedSemaphorePermit>,
-}
-
-impl Moved {
-    /// The connection, on the current runtime's reactor and timers.
-    pub fn resume(self) -> std::io::Result<LimitedStream> {
-        Ok(LimitedStream::new(Io::Plain(TcpStream::from_std(self.tcp)?), self.stats, self.place))
-    }
 }
 
 /// Tells a connection's protocol by its first byte, does the TLS handshake, hands it back.
