@@ -117,6 +117,37 @@ fn mac_owned_by(agent: &Agent, members: &[String], from: u16) -> [u8; 6] {
     (from..).map(|n| [2, 0x0e, 0, 0, (n >> 8) as u8, n as u8]).find(|m| owned[netboot_common::cluster::bucket(m) as usize]).unwrap()
 }
 
+/// Two members on one segment sharing a PostgreSQL of their own: boot-a at 10.77.0.1 (the
+/// lab's server end), boot-b at 10.77.0.3 on a host of its own; both see each other. (Bind
+/// its fields in the order `pg, s, host_b, b, a`: they are dropped in reverse, the database
+/// last.)
+struct TwoMembers {
+    a: Agent,
+    b: Agent,
+    host_b: netboot_lab::Segment,
+    s: tests::kit::Setup,
+    pg: Postgres,
+    members: Vec<String>,
+}
+
+impl TwoMembers {
+    fn start(name: &str) -> TwoMembers {
+        let pg = Postgres::start(name).unwrap();
+        let s = tests::kit::Setup::new(&format!("pg{name}"), |_| String::new());
+        let host_b = s.lab.add_server("srvb", 'q', "10.77.0.3/16".parse().unwrap()).unwrap();
+        let bin = tests::bin("netboot-xdp");
+        let a = Agent::start(&s.lab, &bin, &member_config(&s.dir, "boot-a", "10.77.0.1", &pg), &[]).expect("agent a");
+        let b = Agent::start_on(&host_b.ns, &host_b.iface, &bin, &member_config(&s.dir, "boot-b", "10.77.0.3", &pg), &[]).expect("agent b");
+        assert!(tests::eventually(10, || members_seen(&a) == 2 && members_seen(&b) == 2), "the members do not see each other");
+        TwoMembers { a, b, host_b, s, pg, members: vec!["boot-a".to_string(), "boot-b".to_string()] }
+    }
+}
+
+/// How many members `agent` sees.
+fn members_seen(agent: &Agent) -> usize {
+    agent.status().unwrap()["cluster"]["members"].as_array().map(Vec::len).unwrap_or(0)
+}
+
 /// `pg_ctl stop -m immediate` while a member serves: the kernel keeps answering the clients it
 /// knows (their leases are committed), new clients get nothing (no lease can be stored), status
 /// says the store is unreachable; when PostgreSQL is back, new clients are served again.
@@ -161,15 +192,7 @@ fn change_log_reaches_the_other_member_without_its_listener_and_a_moved_client_k
         return;
     }
     let _serial = tests::serial();
-    let pg = Postgres::start("listen").unwrap();
-    let s = tests::kit::Setup::new("pglisten", |_| String::new());
-    let host_b = s.lab.add_server("srvb", 'q', "10.77.0.3/16".parse().unwrap()).unwrap();
-    let bin = tests::bin("netboot-xdp");
-    let a = Agent::start(&s.lab, &bin, &member_config(&s.dir, "boot-a", "10.77.0.1", &pg), &[]).expect("agent a");
-    let b = Agent::start_on(&host_b.ns, &host_b.iface, &bin, &member_config(&s.dir, "boot-b", "10.77.0.3", &pg), &[]).expect("agent b");
-    let members = vec!["boot-a".to_string(), "boot-b".to_string()];
-    let seen = |x: &Agent| x.status().unwrap()["cluster"]["members"].as_array().map(Vec::len).unwrap_or(0);
-    assert!(tests::eventually(10, || seen(&a) == 2 && seen(&b) == 2), "the members do not see each other");
+    let TwoMembers { pg, s, host_b, b, a, members } = TwoMembers::start("listen");
 
     let listeners = pg.sql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'").unwrap();
     assert_eq!(listeners, "2", "one listener per member");
@@ -214,15 +237,7 @@ fn a_hung_members_sessions_are_ended_so_its_locks_do_not_outlive_its_buckets() {
         return;
     }
     let _serial = tests::serial();
-    let pg = Postgres::start("fence").unwrap();
-    let s = tests::kit::Setup::new("pgfence", |_| String::new());
-    let host_b = s.lab.add_server("srvb", 'q', "10.77.0.3/16".parse().unwrap()).unwrap();
-    let bin = tests::bin("netboot-xdp");
-    let a = Agent::start(&s.lab, &bin, &member_config(&s.dir, "boot-a", "10.77.0.1", &pg), &[]).expect("agent a");
-    let b = Agent::start_on(&host_b.ns, &host_b.iface, &bin, &member_config(&s.dir, "boot-b", "10.77.0.3", &pg), &[]).expect("agent b");
-    let members = vec!["boot-a".to_string(), "boot-b".to_string()];
-    let seen = |x: &Agent| x.status().unwrap()["cluster"]["members"].as_array().map(Vec::len).unwrap_or(0);
-    assert!(tests::eventually(10, || seen(&a) == 2 && seen(&b) == 2), "the members do not see each other");
+    let TwoMembers { pg, s, host_b, b, a, members } = TwoMembers::start("fence");
 
     let mac = mac_owned_by(&b, &members, 200);
     let client = netboot::mac::MacAddr(mac).to_string();
@@ -253,7 +268,7 @@ fn a_hung_members_sessions_are_ended_so_its_locks_do_not_outlive_its_buckets() {
     assert_eq!(counter("cluster_fence_errors"), 0);
 
     b.pause(false);
-    assert!(tests::eventually(10, || seen(&a) == 2 && seen(&b) == 2), "B did not come back: {}", b.log_text());
+    assert!(tests::eventually(10, || members_seen(&a) == 2 && members_seen(&b) == 2), "B did not come back: {}", b.log_text());
     let mac_b = mac_owned_by(&b, &members, 300);
     assert!(dora_bind(&s, mac_b, "10.77.0.3").is_some(), "B does not serve its clients after it came back: {}", b.log_text());
     // Its committer's connection had been ended: the batch went again on a new one.
