@@ -199,9 +199,12 @@ impl Member {
             anyhow::Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>())
         };
         match fenced.await {
-            Ok(ended) if !ended.is_empty() => {
+            Ok(mut ended) if !ended.is_empty() => {
                 self.stats.add("cluster_fenced_sessions", ended.len() as u64);
-                tracing::warn!(sessions = ended.len(), members = ?ended, "cluster: ended the database sessions of members that fell silent");
+                let sessions = ended.len();
+                ended.sort();
+                ended.dedup();
+                tracing::warn!(sessions, members = ?ended, "cluster: ended the database sessions of members that fell silent");
             }
             Ok(_) => {}
             Err(e) => {
