@@ -242,7 +242,8 @@ fn a_hung_members_sessions_are_ended_so_its_locks_do_not_outlive_its_buckets() {
     let mac = mac_owned_by(&b, &members, 200);
     let client = netboot::mac::MacAddr(mac).to_string();
     let mut held = pg.psql(&format!("SELECT pg_advisory_lock(hashtext('{client}')), pg_sleep(300)"));
-    held.env("PGAPPNAME", "netboot-xdp boot-b").stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    let name_of_b = netboot::store::postgres::member_application_name("boot-b");
+    held.env("PGAPPNAME", &name_of_b).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
     let mut held = held.spawn().expect("psql");
     let locked = || pg.sql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted").unwrap_or_default() == "1";
     // B's sessions are the ones it opened before its last heartbeat: wait for one after this one.
@@ -260,7 +261,7 @@ fn a_hung_members_sessions_are_ended_so_its_locks_do_not_outlive_its_buckets() {
     let counter = |k: &str| a.status().unwrap()["agent"][k].as_u64().unwrap_or(0);
     assert!(tests::eventually(10, || counter("cluster_fenced_sessions") >= 1), "A never ended B's sessions: {}", a.log_text());
     assert_eq!(a.status().unwrap()["cluster"]["owned_buckets"], 256, "A ended B's sessions without owning its buckets");
-    let of_b = || pg.sql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'netboot-xdp boot-b'").unwrap();
+    let of_b = || pg.sql(&format!("SELECT count(*) FROM pg_stat_activity WHERE application_name = '{name_of_b}'")).unwrap();
     assert_eq!(of_b(), "0", "sessions of B left");
     let status = held.wait().unwrap();
     assert!(!status.success(), "the held session was not ended");

@@ -178,7 +178,8 @@ impl Member {
     /// the advisory locks of its clients in a backend blocked writing answers its process no
     /// longer reads: not idle, so `idle_in_transaction_session_timeout` never ends it, and every
     /// claim of this member's on those clients would fail its `lock_timeout` for as long as
-    /// the member hangs (seen: 26 failed batches in a 1000-machine storm). A member that wakes
+    /// the member hangs (the likely cause of 26 failed batches in a 1000-machine SIGSTOP storm
+    /// in CI). A member that wakes
     /// up finds its sessions gone, connects again and heartbeats back in; what it had not
     /// committed was never acknowledged. Sessions are found by their `application_name`
     /// ([`crate::store::postgres::member_application_name`]); ending them needs the same

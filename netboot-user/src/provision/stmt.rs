@@ -69,29 +69,37 @@ impl Stmt {
     }
 }
 
-impl rusqlite::ToSql for Param {
-    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+impl Param {
+    /// The value as the Rust type it holds, which both backends know how to bind.
+    fn value(&self) -> &(dyn Value + Sync) {
         match self {
-            Param::Int8(v) => v.to_sql(),
-            Param::Int4(v) => v.to_sql(),
-            Param::Bool(v) => v.to_sql(),
-            Param::Text(v) => v.to_sql(),
+            Param::Int8(v) => v,
+            Param::Int4(v) => v,
+            Param::Bool(v) => v,
+            Param::Text(v) => v,
         }
     }
 }
 
+/// A value both backends bind.
+trait Value: rusqlite::ToSql + tokio_postgres::types::ToSql {}
+
+impl<T: rusqlite::ToSql + tokio_postgres::types::ToSql> Value for T {}
+
+impl rusqlite::ToSql for Param {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        rusqlite::ToSql::to_sql(self.value())
+    }
+}
+
 impl tokio_postgres::types::ToSql for Param {
+    /// Through [`Self::to_sql_checked`]: the held value's own `to_sql` needs its concrete type.
     fn to_sql(
         &self,
         ty: &tokio_postgres::types::Type,
         out: &mut bytes::BytesMut,
     ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        match self {
-            Param::Int8(v) => v.to_sql(ty, out),
-            Param::Int4(v) => v.to_sql(ty, out),
-            Param::Bool(v) => v.to_sql(ty, out),
-            Param::Text(v) => v.to_sql(ty, out),
-        }
+        self.to_sql_checked(ty, out)
     }
 
     /// Every variant is acceptable here; [`Self::to_sql_checked`] asks the value itself.
@@ -104,12 +112,7 @@ impl tokio_postgres::types::ToSql for Param {
         ty: &tokio_postgres::types::Type,
         out: &mut bytes::BytesMut,
     ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        match self {
-            Param::Int8(v) => v.to_sql_checked(ty, out),
-            Param::Int4(v) => v.to_sql_checked(ty, out),
-            Param::Bool(v) => v.to_sql_checked(ty, out),
-            Param::Text(v) => v.to_sql_checked(ty, out),
-        }
+        tokio_postgres::types::ToSql::to_sql_checked(self.value(), ty, out)
     }
 }
 

@@ -302,6 +302,18 @@ impl PgStore {
         Ok(())
     }
 
+    /// One batch on the current connection (made first if there is none); the connection is
+    /// kept only if the batch went through.
+    fn commit_once(&mut self, batch: &[&Lease]) -> anyhow::Result<Vec<Refusal>> {
+        self.client()?;
+        let (mut c, stmt) = self.client.take().expect("connected above");
+        let result = self.rt().block_on(Self::claim_all(&mut c, &stmt, &self.server_id, self.slack, batch));
+        if result.is_ok() {
+            self.client = Some((c, stmt));
+        }
+        result
+    }
+
     async fn claim_all(client: &mut Client, stmt: &tokio_postgres::Statement, server_id: &str, slack: i64, batch: &[&Lease]) -> anyhow::Result<Vec<Refusal>> {
         let tx = client.transaction().await?;
         let args: Vec<_> = batch
@@ -332,18 +344,6 @@ impl PgStore {
             .filter(|(_, r)| !r.get::<_, bool>(0))
             .map(|(index, r)| Refusal { index, winner: lease_from_row(r, 1) })
             .collect())
-    }
-}
-
-impl PgStore {
-    fn commit_once(&mut self, batch: &[&Lease]) -> anyhow::Result<Vec<Refusal>> {
-        self.client()?;
-        let (mut c, stmt) = self.client.take().expect("connected above");
-        let result = self.rt().block_on(Self::claim_all(&mut c, &stmt, &self.server_id, self.slack, batch));
-        if result.is_ok() {
-            self.client = Some((c, stmt));
-        }
-        result
     }
 }
 
