@@ -140,9 +140,11 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let config_engine = config.tftp.engine;
+    // The services that answer with the hosts: an API write returns once they have applied it.
+    let (dhcp_follows, dhcp6_follows) = (provision.follow(configs.clone()), provision.follow(configs.clone()));
     let provision_task = tokio::spawn(provision.run(stop_rx.clone()));
     let discovery_task = tokio::spawn(discovery.run(stop_rx.clone()));
-    let dhcp_task = tokio::spawn(dhcp.with_reload(configs.clone()).run(stop_rx.clone()));
+    let dhcp_task = tokio::spawn(dhcp.with_reload(dhcp_follows).run(stop_rx.clone()));
     let cluster_task = cluster.map(|(member, remote_tx)| tokio::spawn(member.run(remote_tx, stop_rx.clone())));
     let afxdp = match (&tftp, config_engine) {
         (Some((_, source)), TftpEngine::Afxdp) => afxdp_engine(&mut fastpath, &iface, (server_ip, server_ip6), source.clone(), &stats, &http_timelines, &configs),
@@ -165,7 +167,7 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
             d
         }
     });
-    let dhcp6_task = dhcp6.map(|d| tokio::spawn(d.run(configs.clone(), stop_rx.clone())));
+    let dhcp6_task = dhcp6.map(|d| tokio::spawn(d.run(dhcp6_follows, stop_rx.clone())));
     let reload_task = tokio::spawn(crate::reload::run(config_path.to_path_buf(), file_tx, stats.clone(), stop_rx.clone()));
     // The record last: once it says we run, the control socket answers.
     record.write()?;

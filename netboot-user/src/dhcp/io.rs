@@ -8,8 +8,8 @@
 
 use super::classify::raw_option;
 use super::server::{Destination, DhcpServer, Outcome, Reply, Request, ServerParams, Sighting};
-use crate::config::Config;
 use crate::metrics::reply_counter;
+use crate::reload::Follower;
 use crate::stats::Stage;
 use crate::timeline::{Milestone, Path, Timelines};
 use netboot_common::wire::ClientClass;
@@ -209,7 +209,7 @@ pub struct Service {
     sock4011: Option<Arc<UdpSocket>>,
     tx: Arc<Transmitter>,
     fast: Option<FastPathLink>,
-    reload: Option<watch::Receiver<Arc<Config>>>,
+    reload: Option<Follower>,
     /// Leases other servers of a cluster committed, from the shared store's change log.
     remote: Option<mpsc::UnboundedReceiver<Vec<Lease>>>,
     /// Where the machines that asked are recorded.
@@ -243,8 +243,8 @@ impl Service {
         Ok(Service { server, store, stats, sock67, sock4011, tx, fast: None, reload: None, remote: None, discovery: None })
     }
 
-    /// Applies every config published on `configs` (see [`crate::reload`]).
-    pub fn with_reload(mut self, configs: watch::Receiver<Arc<Config>>) -> Service {
+    /// Applies every config `configs` follows (see [`crate::reload`]).
+    pub fn with_reload(mut self, configs: Follower) -> Service {
         self.reload = Some(configs);
         self
     }
@@ -444,11 +444,10 @@ impl Service {
                     continue;
                 },
                 r = async { reload.as_mut().expect("guarded").changed().await }, if reload.is_some() => {
-                    if r.is_err() {
+                    let Some(config) = r else {
                         reload = None; // the publisher is gone: nothing more to apply
                         continue;
-                    }
-                    let config = reload.as_mut().expect("guarded").borrow_and_update().clone();
+                    };
                     let params = ServerParams::from_config(&config, server.params().server_ip);
                     server.reconfigure(params, config.dhcp.pools.iter().map(|p| *p.get_ref()).collect());
                     if let Some(sync) = &sync {
@@ -457,6 +456,7 @@ impl Service {
                         stats.set("fast_cached_clients", sync.clients() as u64);
                     }
                     tracing::info!(reservations = server.params().reservations.len(), "DHCP: reloaded config applied");
+                    reload.as_mut().expect("guarded").applied();
                     continue;
                 },
                 _ = shutdown.changed() => break,

@@ -7,6 +7,7 @@
 use super::identity::server_duid;
 use super::server::{Dhcp6Server, Params6, Reply6, Request6, SERVER_PORT};
 use crate::config::Config;
+use crate::reload::Follower;
 use crate::provision::db::ProvisionDb;
 use crate::iface::{Interface, udp_socket};
 use crate::stats::Stats;
@@ -90,10 +91,10 @@ impl Service6 {
 
     /// Answers until `shutdown` changes; a reload brings new pools, hosts and boot files
     /// (`[dhcp6] enabled = false` silences it).
-    pub async fn run(mut self, mut configs: watch::Receiver<Arc<Config>>, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(mut self, mut configs: Follower, mut shutdown: watch::Receiver<bool>) {
         let mut buf = vec![0u8; 65536];
         let mut sweep = tokio::time::interval(Duration::from_secs(60));
-        let mut enabled = configs.borrow().dhcp6.enabled;
+        let mut enabled = configs.current().dhcp6.enabled;
         // Safety: the ring's fd lives as long as the AsyncFd that owns the RingBuf.
         let mut events = match self.events.take().map(|ring| unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }) {
             Some(Ok(events)) => Some(events),
@@ -118,10 +119,7 @@ impl Service6 {
                     Err(e) => tracing::debug!("DHCPv6 recv: {e}"),
                 },
                 r = configs.changed() => {
-                    if r.is_err() {
-                        return;
-                    }
-                    let cfg = configs.borrow_and_update().clone();
+                    let Some(cfg) = r else { return };
                     enabled = cfg.dhcp6.enabled;
                     // Hosts, boot files or lifetimes may have changed: every cached reply may.
                     if let Some(link) = &mut self.cache {
@@ -129,6 +127,7 @@ impl Service6 {
                     }
                     let ip = self.server.params().server_ip;
                     self.server.set_params(Params6::from_config(&cfg, cfg.server.address6.as_ref().map_or(ip, |a| *a.get_ref()), self.duid.clone()));
+                    configs.applied();
                 }
                 _ = sweep.tick() => {
                     let now = crate::dhcp::io::unix_now();

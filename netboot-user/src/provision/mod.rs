@@ -6,8 +6,9 @@
 //! tables in memory ([`db::Contents`]) and lays the API's hosts over the file config: the
 //! *effective* config, published on the channel the DHCP core, the reply cache, TFTP and HTTP
 //! already follow for reloads, so a host written through the API reaches the kernel's reply
-//! cache the way a reload does (no second path). A write is committed first, then published;
-//! other members see it within a second (they poll the store's revision).
+//! cache the way a reload does (no second path). A write is committed first, then published,
+//! and returns once this agent's DHCP services have applied it; other members see it within a
+//! second (they poll the store's revision).
 
 pub mod api;
 pub mod auth;
@@ -19,6 +20,7 @@ pub mod stmt;
 
 use crate::config::{Config, Host};
 use crate::mac::MacAddr;
+use crate::reload::{Follower, Followers};
 use db::{Change, Contents, ProvisionDb};
 use records::{AuditEntry, NodeIntent};
 use std::collections::{HashMap, HashSet};
@@ -28,6 +30,10 @@ use tokio::sync::watch;
 
 /// How often a member checks the store for other members' writes.
 const POLL: Duration = Duration::from_secs(1);
+
+/// How long a write waits for the services to apply its hosts before it returns anyway (it
+/// is committed and published: they apply it when they can).
+const APPLY_WAIT: Duration = Duration::from_secs(5);
 
 /// Why a write was refused, for the API's status code.
 #[derive(Debug)]
@@ -49,6 +55,8 @@ pub struct Provision {
     effective: watch::Sender<Arc<Config>>,
     /// One write at a time: validate, commit, publish.
     writing: tokio::sync::Mutex<()>,
+    /// The services a write waits for (DHCP and DHCPv6: they answer with the hosts).
+    followers: Followers,
 }
 
 /// The file config with the API's hosts laid over it. A host of the API whose MAC or address
@@ -79,7 +87,7 @@ impl Provision {
         let contents = db.load().await?;
         let first = effective(&file.borrow(), &contents);
         let (effective, rx) = watch::channel(Arc::new(first));
-        let p = Provision { db, contents: RwLock::new(Arc::new(contents)), file, effective, writing: tokio::sync::Mutex::new(()) };
+        let p = Provision { db, contents: RwLock::new(Arc::new(contents)), file, effective, writing: tokio::sync::Mutex::new(()), followers: Followers::default() };
         Ok((Arc::new(p), rx))
     }
 
@@ -147,16 +155,27 @@ impl Provision {
         Ok(())
     }
 
-    /// Commits `changes` with `audit`, then reads the tables again and publishes the effective
-    /// config. `check` runs under the write lock, before the commit.
+    /// Commits `changes` with `audit`, then reads the tables again, publishes the effective
+    /// config and waits until DHCP answers with it. `check` runs under the write lock, before
+    /// the commit.
     pub async fn write(&self, changes: Vec<Change>, audit: Option<AuditEntry>, check: impl FnOnce(&Provision) -> Result<(), Refused>) -> Result<(), Refused> {
         let _one = self.writing.lock().await;
         check(self)?;
         self.db.apply(changes, audit).await.map_err(Refused::Store)?;
-        self.refresh().await.map_err(Refused::Store)
+        if self.refresh().await.map_err(Refused::Store)? && !self.followers.wait(APPLY_WAIT).await {
+            tracing::warn!("provisioning: a service did not apply the hosts within {APPLY_WAIT:?}; it will");
+        }
+        Ok(())
     }
 
-    async fn refresh(&self) -> anyhow::Result<()> {
+    /// A service's follower of `configs` (a receiver of the channel [`Provision::open`]
+    /// returned): writes wait until it has applied them.
+    pub fn follow(&self, configs: watch::Receiver<Arc<Config>>) -> Follower {
+        self.followers.follow(configs)
+    }
+
+    /// Reads the tables again; publishes the effective config if its hosts changed (true).
+    async fn refresh(&self) -> anyhow::Result<bool> {
         let contents = self.db.load().await?;
         let before = self.contents();
         let hosts_changed = before.hosts != contents.hosts;
@@ -164,7 +183,7 @@ impl Provision {
         if hosts_changed {
             self.publish();
         }
-        Ok(())
+        Ok(hosts_changed)
     }
 
     fn publish(&self) {
