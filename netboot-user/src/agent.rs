@@ -40,13 +40,12 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
     let (store, mut cluster) = open_store(&file_config, ServerParams::lease_secs(&file_config), &stats).await?;
     // The hosts of the API are reservations like the config's: laid over it before anything
     // serves ([`crate::provision`]); from here on `config` is the effective config.
-    let (file_tx, file_rx) = watch::channel(Arc::new(file_config));
     let provision_db = match &cluster {
         Some(member) => crate::provision::db::ProvisionDb::Postgres(member.pool()),
-        None => crate::provision::db::ProvisionDb::sqlite(&file_tx.borrow().server.state_dir)?,
+        None => crate::provision::db::ProvisionDb::sqlite(&file_config.server.state_dir)?,
     };
     let discovery = Arc::new(crate::provision::discovery::Discovery::new(provision_db.clone()));
-    let (provision, configs) = crate::provision::Provision::open(provision_db.clone(), file_rx)
+    let (provision, configs) = crate::provision::Provision::open(provision_db.clone(), file_config)
         .await
         .map_err(|e| e.context("cannot read the provisioning tables of the lease store"))?;
     let config = (*configs.borrow()).clone();
@@ -140,19 +139,23 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let config_engine = config.tftp.engine;
-    // The services that answer with the hosts: an API write returns once they have applied it.
-    let (dhcp_follows, dhcp6_follows) = (provision.follow(configs.clone()), provision.follow(configs.clone()));
+    // Every service that applies the config confirms it: a host write or a reload is done
+    // once they all have.
+    let follow = || provision.follow(configs.clone());
+    let (dhcp_follows, dhcp6_follows, tftp_follows, limits_follows, http_follows) = (follow(), follow(), follow(), follow(), follow());
+    let afxdp_follows = (config_engine == TftpEngine::Afxdp).then(follow);
+    let reload_task = tokio::spawn(crate::reload::run(config_path.to_path_buf(), provision.clone(), stats.clone(), stop_rx.clone()));
     let provision_task = tokio::spawn(provision.run(stop_rx.clone()));
     let discovery_task = tokio::spawn(discovery.run(stop_rx.clone()));
     let dhcp_task = tokio::spawn(dhcp.with_reload(dhcp_follows).run(stop_rx.clone()));
     let cluster_task = cluster.map(|(member, remote_tx)| tokio::spawn(member.run(remote_tx, stop_rx.clone())));
-    let afxdp = match (&tftp, config_engine) {
-        (Some((_, source)), TftpEngine::Afxdp) => afxdp_engine(&mut fastpath, &iface, (server_ip, server_ip6), source.clone(), &stats, &http_timelines, &configs),
+    let afxdp = match (&tftp, afxdp_follows) {
+        (Some((_, source)), Some(follows)) => afxdp_engine(&mut fastpath, &iface, (server_ip, server_ip6), source.clone(), &stats, &http_timelines, follows),
         _ => None,
     };
-    let tftp_task = tftp.map(|(t, _)| tokio::spawn(t.run(configs.clone(), stop_rx.clone())));
-    tokio::spawn(limits.follow(configs.clone(), stop_rx.clone()));
-    let http_task = tokio::spawn(crate::http::serve(http_listener, control, http_state, configs.clone(), stop_rx.clone()));
+    let tftp_task = tftp.map(|(t, _)| tokio::spawn(t.run(tftp_follows, stop_rx.clone())));
+    tokio::spawn(limits.follow(limits_follows, stop_rx.clone()));
+    let http_task = tokio::spawn(crate::http::serve(http_listener, control, http_state, http_follows, stop_rx.clone()));
     let ra_task = match crate::ra::Responder::open(&iface, stats.clone()) {
         Ok(r) => Some(tokio::spawn(r.run(configs.clone(), stop_rx.clone()))),
         Err(e) => {
@@ -168,7 +171,6 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
         }
     });
     let dhcp6_task = dhcp6.map(|d| tokio::spawn(d.run(dhcp6_follows, stop_rx.clone())));
-    let reload_task = tokio::spawn(crate::reload::run(config_path.to_path_buf(), file_tx, stats.clone(), stop_rx.clone()));
     // The record last: once it says we run, the control socket answers.
     record.write()?;
     tracing::info!(iface = iface_name, mode = fastpath.mode(), server = %server_ip, "XDP attached; serving until SIGINT/SIGTERM (SIGHUP reloads the config)");
@@ -305,13 +307,13 @@ fn afxdp_engine(
     source: tftp::session::Source,
     stats: &Arc<Stats>,
     timelines: &Arc<Timelines>,
-    configs: &watch::Receiver<Arc<Config>>,
+    configs: crate::reload::Follower,
 ) -> Option<tftp::afxdp::Engine> {
     let started = (|| -> anyhow::Result<tftp::afxdp::Engine> {
         let xsks = aya::maps::XskMap::try_from(fastpath.take_map(maps::XSKS).ok_or_else(|| anyhow::anyhow!("no XSKS map"))?)?;
         let steer = aya::maps::Array::try_from(fastpath.take_map(maps::TFTP_STEER).ok_or_else(|| anyhow::anyhow!("no TFTP_STEER map"))?)?;
         let records = fastpath.take_map(maps::TFTP_TRANSFERS).map(aya::maps::HashMap::try_from).transpose()?;
-        tftp::afxdp::Engine::start(iface, server_ip, server_ip6, source, xsks, steer, records, stats.clone(), timelines.clone(), configs.clone())
+        tftp::afxdp::Engine::start(iface, server_ip, server_ip6, source, xsks, steer, records, stats.clone(), timelines.clone(), configs)
     })();
     match started {
         Ok(e) => Some(e),

@@ -15,6 +15,7 @@
 //! The same routes are served on the agent's control socket (`/run/netboot-xdp/IFACE.sock`),
 //! which the CLI uses whatever `http.listen` is.
 
+use crate::reload::Follower;
 use crate::config::{Config, Host};
 use crate::store::LeaseReader;
 use crate::fastpath::{Counters, pins};
@@ -200,18 +201,19 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     control: tokio::net::UnixListener,
     state: Arc<HttpState>,
-    mut configs: watch::Receiver<Arc<Config>>,
+    mut configs: Follower,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let max_connections = configs.borrow().http.max_connections;
-    let tls = crate::api_tls::server_config(&configs.borrow().api)?;
+    let max_connections = configs.current().http.max_connections;
+    let tls = crate::api_tls::server_config(&configs.current().api)?;
     let follow = {
         let state = state.clone();
         tokio::spawn(async move {
-            while configs.changed().await.is_ok() {
-                let view = Arc::new(View::new(&configs.borrow_and_update()));
+            while let Some(config) = configs.changed().await {
+                let view = Arc::new(View::new(&config));
                 *state.view.write().unwrap_or_else(|e| e.into_inner()) = view;
                 state.files.clear();
+                configs.applied();
             }
         })
     };

@@ -1,10 +1,13 @@
 //! Live reload (DESIGN.md invariant 7): on SIGHUP, and when the config file or its hosts file
 //! changes on disk, the config is loaded again. An invalid config changes nothing: the exact
-//! error is logged and counted and the running config stays. A valid one is published on a
-//! watch channel; the DHCP service, the reply cache, TFTP and HTTP apply it without dropping
-//! leases or live transfers. Keys that only a restart can apply are named in a warning.
+//! error is logged and counted and the running config stays. A valid one is published (the
+//! API's hosts laid over it, [`crate::provision`]); DHCP, DHCPv6, the reply caches, the XDP
+//! limits, TFTP and HTTP apply it without dropping leases or live transfers, each confirming
+//! it ([`Follower`]): a reload is counted once they all have. Keys that only a restart can
+//! apply are named in a warning.
 
 use crate::config::Config;
+use crate::provision::Provision;
 use crate::stats::Stats;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -98,6 +101,19 @@ impl Follower {
         }
     }
 
+    /// As [`Follower::changed`] without waiting, for a thread that polls: the config to apply,
+    /// if one is published that this service has not seen.
+    pub fn try_changed(&mut self) -> Option<Arc<Config>> {
+        while let Ok(ask) = self.asks.try_recv() {
+            self.owed.push(ask);
+        }
+        if self.configs.has_changed().unwrap_or(false) {
+            return Some(self.configs.borrow_and_update().clone());
+        }
+        self.applied();
+        None
+    }
+
     /// Confirms to every writer waiting that the config last returned is applied.
     pub fn applied(&mut self) {
         for ask in self.owed.drain(..) {
@@ -142,8 +158,9 @@ impl Followers {
     }
 }
 
-/// Watches `path` until `stop` changes; publishes every valid new config on `tx`.
-pub async fn run(path: PathBuf, tx: watch::Sender<Arc<Config>>, stats: Arc<Stats>, mut stop: watch::Receiver<bool>) {
+/// Watches `path` until `stop` changes; gives every valid new config to `provision`, which
+/// publishes it. `config_reloads` counts a reload once the services have applied it.
+pub async fn run(path: PathBuf, provision: Arc<Provision>, stats: Arc<Stats>, mut stop: watch::Receiver<bool>) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = match signal(SignalKind::hangup()) {
         Ok(s) => Some(s),
@@ -152,35 +169,38 @@ pub async fn run(path: PathBuf, tx: watch::Sender<Arc<Config>>, stats: Arc<Stats
             None
         }
     };
-    let mut seen = Fingerprint::of(&files_of(&path, &tx.borrow()));
+    let mut seen = Fingerprint::of(&files_of(&path, &provision.file_config()));
     let mut tick = tokio::time::interval(POLL);
     loop {
         let why = tokio::select! {
             _ = async { hup.as_mut().expect("guarded").recv().await }, if hup.is_some() => "SIGHUP",
             _ = tick.tick() => {
-                let now = Fingerprint::of(&files_of(&path, &tx.borrow()));
+                let now = Fingerprint::of(&files_of(&path, &provision.file_config()));
                 if now == seen { continue; }
                 // A file is being written: wait until it has stayed the same for one poll.
                 tokio::time::sleep(POLL).await;
-                if Fingerprint::of(&files_of(&path, &tx.borrow())) != now { continue; }
+                if Fingerprint::of(&files_of(&path, &provision.file_config())) != now { continue; }
                 "file change"
             },
             _ = stop.changed() => return,
         };
-        seen = Fingerprint::of(&files_of(&path, &tx.borrow()));
+        seen = Fingerprint::of(&files_of(&path, &provision.file_config()));
         match Config::load(&path) {
             Err(e) => {
                 stats.bump("config_reload_errors");
                 tracing::error!("config reload ({why}) rejected, still serving the previous config: {e}");
             }
             Ok(new) => {
-                for key in restart_only_changes(&tx.borrow(), &new) {
+                for key in restart_only_changes(&provision.file_config(), &new) {
                     tracing::warn!("config reload: {key} changed; it takes effect at the next attach");
                 }
                 seen = Fingerprint::of(&files_of(&path, &new));
+                let reservations = new.dhcp.reservations().count();
+                if !provision.reload_file(new).await {
+                    tracing::warn!("config reload: a service did not apply it in time; it will");
+                }
                 stats.bump("config_reloads");
-                tracing::info!(reservations = new.dhcp.reservations().count(), "config reloaded ({why})");
-                tx.send_replace(Arc::new(new));
+                tracing::info!(reservations, "config reloaded ({why})");
             }
         }
     }

@@ -1,10 +1,10 @@
 //! The XDP program's limits (`LIMITS`), set from the config at start and on every reload; for
 //! a cluster member also its liveness, renewed while the agent runs.
 
+use crate::reload::Follower;
 use crate::config::Config;
 use aya::maps::{Array, Map, MapData};
 use netboot_common::cache::FastLimits;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -57,21 +57,19 @@ impl LimitsMap {
         Ok(())
     }
 
-    /// Applies each config published on `configs`, and renews a member's liveness, until
+    /// Applies each config `configs` follows, and renews a member's liveness, until
     /// `shutdown` changes.
-    pub async fn follow(mut self, mut configs: watch::Receiver<Arc<Config>>, mut shutdown: watch::Receiver<bool>) {
+    pub async fn follow(mut self, mut configs: Follower, mut shutdown: watch::Receiver<bool>) {
         let every = self.liveness.map_or(Duration::from_secs(3600), |t| (t / 4).max(Duration::from_millis(100)));
         let mut renew = tokio::time::interval(every);
         loop {
             tokio::select! {
                 r = configs.changed() => {
-                    if r.is_err() {
-                        return;
-                    }
-                    let config = configs.borrow_and_update().clone();
+                    let Some(config) = r else { return };
                     if let Err(e) = self.apply(&config) {
                         tracing::error!("reload: cannot set the XDP limits: {e:#}");
                     }
+                    configs.applied();
                 }
                 _ = renew.tick(), if self.liveness.is_some() => {
                     if let Err(e) = self.write() {

@@ -49,13 +49,13 @@ pub enum Refused {
 pub struct Provision {
     pub db: ProvisionDb,
     contents: RwLock<Arc<Contents>>,
-    /// The config as the files say (reloads arrive here).
-    file: watch::Receiver<Arc<Config>>,
+    /// The config as the files say ([`Provision::reload_file`] replaces it).
+    file: RwLock<Arc<Config>>,
     /// The effective config: the files' with the API's hosts.
     effective: watch::Sender<Arc<Config>>,
     /// One write at a time: validate, commit, publish.
     writing: tokio::sync::Mutex<()>,
-    /// The services a write waits for (DHCP and DHCPv6: they answer with the hosts).
+    /// The services a write or a reload waits for.
     followers: Followers,
 }
 
@@ -81,13 +81,13 @@ pub fn effective(file: &Config, contents: &Contents) -> Config {
 }
 
 impl Provision {
-    /// The provisioning state read from `db`; `file` is the file config's channel. Returns it
+    /// The provisioning state read from `db`, over the config of the files `file`. Returns it
     /// and the effective config's channel.
-    pub async fn open(db: ProvisionDb, file: watch::Receiver<Arc<Config>>) -> anyhow::Result<(Arc<Provision>, watch::Receiver<Arc<Config>>)> {
+    pub async fn open(db: ProvisionDb, file: Config) -> anyhow::Result<(Arc<Provision>, watch::Receiver<Arc<Config>>)> {
         let contents = db.load().await?;
-        let first = effective(&file.borrow(), &contents);
+        let first = effective(&file, &contents);
         let (effective, rx) = watch::channel(Arc::new(first));
-        let p = Provision { db, contents: RwLock::new(Arc::new(contents)), file, effective, writing: tokio::sync::Mutex::new(()), followers: Followers::default() };
+        let p = Provision { db, contents: RwLock::new(Arc::new(contents)), file: RwLock::new(Arc::new(file)), effective, writing: tokio::sync::Mutex::new(()), followers: Followers::default() };
         Ok((Arc::new(p), rx))
     }
 
@@ -99,19 +99,24 @@ impl Provision {
         self.effective.borrow().clone()
     }
 
+    /// The config as the files say.
+    pub fn file_config(&self) -> Arc<Config> {
+        self.file.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     pub fn intent(&self, mac: MacAddr) -> Option<NodeIntent> {
         self.contents().intents.get(&mac).cloned()
     }
 
     /// Whether the config's files reserve `mac` (such a host is read-only here).
     pub fn file_managed(&self, mac: MacAddr) -> bool {
-        self.file.borrow().dhcp.file_reservations().any(|h| h.mac == mac)
+        self.file_config().dhcp.file_reservations().any(|h| h.mac == mac)
     }
 
     /// Checks `hosts` (replacing the API hosts of the same MACs, `removed` gone) against the
     /// config's subnet and every other reservation.
     pub fn validate(&self, hosts: &[Host], removed: &[MacAddr]) -> Result<(), Refused> {
-        let file = self.file.borrow().clone();
+        let file = self.file_config();
         let contents = self.contents();
         let replaced: HashSet<MacAddr> = hosts.iter().map(|h| h.mac).chain(removed.iter().copied()).collect();
         // Every address a host reserves: its IPv4 one, and its DHCPv6 one if it has one.
@@ -187,25 +192,25 @@ impl Provision {
     }
 
     fn publish(&self) {
-        let c = effective(&self.file.borrow(), &self.contents());
+        let c = effective(&self.file_config(), &self.contents());
         tracing::info!(api_hosts = c.dhcp.api_hosts.len(), "provisioning: hosts applied");
         self.effective.send_replace(Arc::new(c));
     }
 
-    /// Follows reloads of the files and the other members' writes until `shutdown`.
+    /// Replaces the config of the files (a reload), publishes the effective config and waits
+    /// until the services have applied it; false if one did not within [`APPLY_WAIT`].
+    pub async fn reload_file(&self, file: Config) -> bool {
+        let _one = self.writing.lock().await;
+        *self.file.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(file);
+        self.publish();
+        self.followers.wait(APPLY_WAIT).await
+    }
+
+    /// Follows the other members' writes until `shutdown`.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let mut file = self.file.clone();
         let mut poll = tokio::time::interval(POLL);
         loop {
             tokio::select! {
-                r = file.changed() => {
-                    if r.is_err() {
-                        return;
-                    }
-                    file.borrow_and_update();
-                    let _one = self.writing.lock().await;
-                    self.publish();
-                }
                 _ = poll.tick() => {
                     let rev = self.contents().rev;
                     match self.db.rev().await {

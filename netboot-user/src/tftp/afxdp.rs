@@ -16,6 +16,7 @@
 
 use super::session::{self, Opened, Session, Source};
 use super::transfer::Step;
+use crate::reload::Follower;
 use crate::config::Config;
 use crate::frame::{Udp6Envelope, UdpEnvelope, parse_udp, parse_udp6, udp_checksum_ok};
 use crate::iface::Interface;
@@ -34,7 +35,6 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
 
 /// A running transfer.
 struct Live {
@@ -77,7 +77,7 @@ impl Engine {
         records: Option<BpfHashMap<MapData, TransferKey, TransferRecord>>,
         stats: Arc<Stats>,
         timelines: Arc<Timelines>,
-        configs: watch::Receiver<Arc<Config>>,
+        configs: Follower,
     ) -> anyhow::Result<Engine> {
         let queues = crate::iface::rx_queues(&iface.name);
         let mut socks = Vec::new();
@@ -147,7 +147,7 @@ struct Worker {
     records: Option<BpfHashMap<MapData, TransferKey, TransferRecord>>,
     stats: Arc<Stats>,
     timelines: Arc<Timelines>,
-    configs: watch::Receiver<Arc<Config>>,
+    configs: Follower,
     /// By client address and port: a TID pair is unique per client, so ports can repeat across
     /// clients.
     transfers: HashMap<SocketAddr, Live>,
@@ -181,9 +181,9 @@ impl Worker {
                 published = Instant::now();
                 self.publish_socket_stats();
             }
-            if self.configs.has_changed().unwrap_or(false) {
-                let config = self.configs.borrow_and_update().clone();
+            if let Some(config) = self.configs.try_changed() {
                 self.reconfigure(&config);
+                self.configs.applied();
             }
             let now = Instant::now();
             self.expire(now);

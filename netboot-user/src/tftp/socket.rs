@@ -3,7 +3,7 @@
 
 use super::session::{self, Opened, Source};
 use super::transfer::Step;
-use crate::config::Config;
+use crate::reload::Follower;
 use crate::timeline::Timelines;
 use crate::iface::{Interface, udp_socket};
 use crate::stats::Stats;
@@ -43,7 +43,7 @@ impl Service {
 
     /// Serves until `shutdown` changes. Each config published on `configs` applies to new
     /// transfers (root, limits); running transfers keep the file and limits they started with.
-    pub async fn run(mut self, mut configs: watch::Receiver<Arc<Config>>, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    pub async fn run(mut self, mut configs: Follower, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         tracing::info!(root = %self.ctx.source.files.root().display(), "TFTP service up (socket engine)");
         let mut buf = vec![0u8; 2048];
         let mut buf6 = vec![0u8; 2048];
@@ -57,11 +57,9 @@ impl Service {
                     Ok((n, from)) => (n, from, &buf6),
                     Err(e) => { tracing::warn!("tftp recv: {e}"); continue; }
                 },
-                r = configs.changed() => {
-                    if r.is_ok() {
-                        let config = configs.borrow_and_update().clone();
-                        session::reconfigure(&mut self.ctx.source, &config);
-                    }
+                Some(config) = configs.changed() => {
+                    session::reconfigure(&mut self.ctx.source, &config);
+                    configs.applied();
                     continue;
                 },
                 _ = shutdown.changed() => return Ok(()),
