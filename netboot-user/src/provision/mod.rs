@@ -7,8 +7,8 @@
 //! *effective* config, published on the channel the DHCP core, the reply cache, TFTP and HTTP
 //! already follow for reloads, so a host written through the API reaches the kernel's reply
 //! cache the way a reload does (no second path). A write is committed first, then published,
-//! and returns once this agent's DHCP services have applied it; other members see it within a
-//! second (they poll the store's revision).
+//! and returns once this agent's services have applied it ([`crate::reload::Follower`]); other
+//! members see it within a second (they poll the store's revision).
 
 pub mod api;
 pub mod auth;
@@ -234,5 +234,40 @@ fn file_names(c: &Config) -> String {
     match &c.dhcp.hosts_path {
         Some(p) => format!("[[dhcp.host]] or {}", p.display()),
         None => "[[dhcp.host]]".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A host write returns once a service following the config has applied the host, however
+    /// long that takes (within APPLY_WAIT): the API's 200 means DHCP answers with it.
+    #[test]
+    fn a_host_write_returns_once_the_services_have_applied_it() {
+        let dir = std::env::temp_dir().join(format!("nbx-provision-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let file = Config::parse(std::path::Path::new("netboot.toml"), "[dhcp]\nsubnet = \"10.1.0.0/24\"\n").unwrap();
+            let (p, configs) = Provision::open(ProvisionDb::sqlite(&dir).unwrap(), file).await.unwrap();
+            let mut follower = p.follow(configs);
+            let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(async move {
+                while let Some(c) = follower.changed().await {
+                    tokio::time::sleep(Duration::from_millis(200)).await; // a busy service
+                    seen_tx.send(c.dhcp.api_hosts.len()).unwrap();
+                    follower.applied();
+                }
+            });
+            let host = Host { mac: "52:54:00:00:00:07".parse().unwrap(), ip: "10.1.0.7".parse().unwrap(), ip6: None, hostname: None, vars: Default::default(), profile: None };
+            p.write(vec![Change::PutHost(host)], None, |_| Ok(())).await.unwrap();
+            assert_eq!(seen.try_recv(), Ok(1), "the write returned before the host was applied");
+            // A write that changes no host (an intent) publishes nothing and does not wait.
+            let mac = "52:54:00:00:00:07".parse().unwrap();
+            p.write(vec![Change::SetIntent { mac, intent: records::Intent::Local, once: false }], None, |_| Ok(())).await.unwrap();
+            assert!(seen.try_recv().is_err());
+        });
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
