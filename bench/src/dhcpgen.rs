@@ -167,7 +167,7 @@ impl Reply {
         }
         let ip = |at: usize| Ipv4Addr::new(b[at], b[at + 1], b[at + 2], b[at + 3]);
         let kind = *raw_option(b, opt::MESSAGE_TYPE)?.first()?;
-        let server = raw_option(b, opt::SERVER_ID).filter(|v| v.len() == 4).map_or(Ipv4Addr::UNSPECIFIED, |v| ip_of(v));
+        let server = raw_option(b, opt::SERVER_ID).filter(|v| v.len() == 4).map_or(Ipv4Addr::UNSPECIFIED, ip_of);
         Some(Reply {
             xid: u32::from_be_bytes(b[bootp::XID..bootp::XID + 4].try_into().ok()?),
             chaddr: b[bootp::CHADDR..bootp::CHADDR + 6].try_into().ok()?,

@@ -113,9 +113,12 @@ fn start(server: &str, lab: &Lab, dir: &Path, root: &Path) -> anyhow::Result<Run
     }
 }
 
-/// Every client at once from the lab's client namespace; per-client completion, bytes, wall
-/// time and this process's CPU.
-fn fetch_all(lab: &Lab, args: &Args, expect: Arc<[Expect; 2]>) -> anyhow::Result<(Vec<Result<f64, String>>, u64, Duration, Duration)> {
+/// What every client did: per client the seconds its downloads took or why it failed; the
+/// bytes received, the wall time and this process's CPU time.
+type Fetched = (Vec<Result<f64, String>>, u64, Duration, Duration);
+
+/// Every client at once from the lab's client namespace.
+fn fetch_all(lab: &Lab, args: &Args, expect: Arc<[Expect; 2]>) -> anyhow::Result<Fetched> {
     let (n, deadline) = (args.clients as usize, Duration::from_secs(args.deadline));
     lab.client.run(move || -> anyhow::Result<_> {
         netboot_lab::tftp_fetch::raise_fd_limit(n as u64 + 1024);

@@ -433,10 +433,8 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        if self.owned {
-            if let Err(e) = Lab::destroy(&self.id) {
-                eprintln!("lab {}: teardown: {e:#}", self.id);
-            }
+        if self.owned && let Err(e) = Lab::destroy(&self.id) {
+            eprintln!("lab {}: teardown: {e:#}", self.id);
         }
     }
 }

@@ -346,7 +346,7 @@ fn hosts(action: HostsAction, iface: &str) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&v)?);
                 return Ok(());
             }
-            println!("{:<18} {:<16} {:<20} {:<8} {:<9} {}", "MAC", "IP", "HOSTNAME", "SOURCE", "INTENT", "PROFILE");
+            println!("{:<18} {:<16} {:<20} {:<8} {:<9} PROFILE", "MAC", "IP", "HOSTNAME", "SOURCE", "INTENT");
             for h in v.as_array().into_iter().flatten() {
                 let t = |k: &str| printable(h[k].as_str().unwrap_or("-"));
                 println!("{:<18} {:<16} {:<20} {:<8} {:<9} {}", t("mac"), t("ip"), t("hostname"), t("source"), t("intent"), t("profile"));
@@ -440,7 +440,7 @@ fn leases(json: bool, config: Option<&std::path::Path>) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&leases)?);
         return Ok(());
     }
-    println!("{:<16} {:<18} {:<9} {:>9}  {}", "IP", "MAC", "STATE", "EXPIRES", "HOSTNAME");
+    println!("{:<16} {:<18} {:<9} {:>9}  HOSTNAME", "IP", "MAC", "STATE", "EXPIRES");
     for l in &leases {
         let text = |k: &str| printable(l[k].as_str().unwrap_or(""));
         let left = l["expires"].as_u64().unwrap_or(0).saturating_sub(now);

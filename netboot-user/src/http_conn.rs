@@ -202,10 +202,8 @@ async fn respond<S: Socket>(io: &mut S, resp: Response<Body>, head_only: bool, v
     let h = &mut parts.headers;
     h.remove(header::CONNECTION);
     h.remove(header::TRANSFER_ENCODING);
-    if let (Some(n), false) = (exact, h.contains_key(header::CONTENT_LENGTH)) {
-        if !(head_only && n == 0) && status != StatusCode::NOT_MODIFIED {
-            h.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-        }
+    if let (Some(n), false) = (exact, h.contains_key(header::CONTENT_LENGTH)) && !(head_only && n == 0) && status != StatusCode::NOT_MODIFIED {
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
     }
     if chunked {
         h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));

@@ -110,10 +110,8 @@ impl OpenFiles {
         }
         let open = Arc::new(OpenFile::open(&real).map_err(|_| Refusal::NotFound)?);
         let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
-        if kept.len() >= KEPT {
-            if let Some(oldest) = kept.iter().min_by_key(|(_, k)| k.used).map(|(p, _)| p.clone()) {
-                kept.remove(&oldest);
-            }
+        if kept.len() >= KEPT && let Some(oldest) = kept.iter().min_by_key(|(_, k)| k.used).map(|(p, _)| p.clone()) {
+            kept.remove(&oldest);
         }
         kept.insert(key, Kept { open: open.clone(), real, checked: now, used: now });
         Ok(open)

@@ -109,7 +109,7 @@ pub fn mutate(rng: &mut XorShift, corpus: &[Vec<u8>]) -> Vec<u8> {
             }
             1 if len > 0 => {
                 let at = rng.below(len);
-                b[at] = [0, 1, 0x7f, 0x80, 0xff, 0x25, 0x2f, rng.next() as u8][rng.below(8)];
+                b[at] = [0, 1, 0x7f, 0x80, 0xff, 0x25, 0x2f, rng.next_u64() as u8][rng.below(8)];
             }
             2 if len > 1 => {
                 // A 16-bit length field set to something near the truth, or far from it.
@@ -120,7 +120,7 @@ pub fn mutate(rng: &mut XorShift, corpus: &[Vec<u8>]) -> Vec<u8> {
             3 => {
                 let at = rng.below(len + 1);
                 let n = 1 + rng.below(16);
-                let bytes: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+                let bytes: Vec<u8> = (0..n).map(|_| rng.next_u64() as u8).collect();
                 b.splice(at..at, bytes);
             }
             4 if len > 0 => {
@@ -246,7 +246,7 @@ impl Target for Dhcp6 {
             let inner = netboot::dhcp6::relay::unwrap(&as_forward).map(|u| u.message.to_vec());
             assert!(inner.is_ok_and(|m| !m.is_empty()), "a reply that does not parse");
         }
-        if self.now % 1000 == 0 {
+        if self.now.is_multiple_of(1000) {
             self.server.sweep(self.now);
         }
     }

@@ -71,7 +71,7 @@ fn udhcpc_and_dhclient_get_leases_with_the_configured_options() {
 /// Parses perfdhcp's report: (sent, received, drops) per exchange.
 fn perfdhcp_report(out: &str) -> Vec<(u64, u64, u64)> {
     let grab = |key: &str| -> Vec<u64> {
-        out.lines().filter_map(|l| l.trim().strip_prefix(key)).filter_map(|v| v.trim().split_whitespace().next()?.parse().ok()).collect()
+        out.lines().filter_map(|l| l.trim().strip_prefix(key)).filter_map(|v| v.split_whitespace().next()?.parse().ok()).collect()
     };
     let (s, r, d) = (grab("sent packets:"), grab("received packets:"), grab("drops:"));
     s.into_iter().zip(r).zip(d).map(|((s, r), d)| (s, r, d)).collect()

@@ -200,6 +200,7 @@ fn ovmf_http_boot_fetches_ipxe_over_http() {
 ///   PXEClient arch 7, gets `tftp://[fd00:77::1]/ipxe.efi` and fetches it over TFTPv6;
 /// - OVMF with both PXE off boots UEFI HTTP over IPv6 (HTTPv4 finds no address): DHCPv6 as
 ///   HTTPClient, `http://[fd00:77::1]:8080/ipxe.efi` with "HTTPClient" echoed;
+///
 /// then in both iPXE configures IPv6 from the same RA, gets the script URL by DHCPv6 and
 /// fetches the script and the final file over HTTPv6.
 #[test]

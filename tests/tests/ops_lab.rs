@@ -207,7 +207,7 @@ fn reload_applies_good_configs_keeps_transfers_and_rejects_broken_ones() {
     assert_eq!(counter("tftp_transfers_completed") + counter("tftp_transfers_failed"), 0, "the transfer ended before the reload");
     pause(18); // SIGCONT
     let pxe = s.udhcpc("after", &["-V", "PXEClient:Arch:00000:UNDI:002001", "-x", "0x5d:0000"]);
-    assert_eq!((pxe["ip"].as_str(), pxe["boot_file"].as_str()), ("10.77.0.22".into(), "other.kpxe".into()));
+    assert_eq!((pxe["ip"].as_str(), pxe["boot_file"].as_str()), ("10.77.0.22", "other.kpxe"));
     assert_eq!(tftp_get(&s, "other.kpxe"), b"second root");
 
     // A broken config changes nothing; the error names file, line and column.

@@ -49,7 +49,7 @@ fn option() -> impl Strategy<Value = DhcpOption> {
         any::<[u8; 4]>().prop_map(|a| DhcpOption::ServerIdentifier(Ipv4Addr::from(a))),
         proptest::collection::vec(any::<u8>(), 0..40).prop_map(DhcpOption::ClientIdentifier),
         proptest::collection::vec(any::<u8>(), 0..40).prop_map(|v| DhcpOption::ParameterRequestList(v.into_iter().map(OptionCode::from).collect())),
-        "[ -~]{0,40}".prop_map(|s| DhcpOption::Hostname(s)),
+        "[ -~]{0,40}".prop_map(DhcpOption::Hostname),
         prop_oneof![Just(b"PXEClient:Arch:00007:UNDI:003016".to_vec()), Just(b"HTTPClient:Arch:00016".to_vec()), proptest::collection::vec(any::<u8>(), 0..40)]
             .prop_map(DhcpOption::ClassIdentifier),
         (any::<u8>(), proptest::collection::vec(any::<u8>(), 0..64)).prop_map(|(c, v)| {

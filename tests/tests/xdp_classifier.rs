@@ -224,7 +224,7 @@ fn mutated_frames_are_passed_and_counted() {
                 for _ in 0..1 + rng.below(4) {
                     // Bias edits towards the headers and the first options, where decisions are.
                     let at = if rng.below(2) == 0 { rng.below(f.len()) } else { rng.below(f.len().min(320)) };
-                    f[at] = rng.next() as u8;
+                    f[at] = rng.next_u64() as u8;
                 }
                 let (action, same, d) = p.run(&f);
                 assert_eq!(action, testrun::XDP_PASS);

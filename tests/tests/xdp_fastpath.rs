@@ -264,7 +264,7 @@ fn mutated_requests_never_get_a_reply_the_core_would_not_send() {
             let mut f = frame.clone();
             for _ in 0..1 + rng.below(3) {
                 let at = 14 + rng.below(f.len() - 14);
-                f[at] = rng.next() as u8;
+                f[at] = rng.next_u64() as u8;
             }
             // Half of them with valid checksums, so that the edit reaches the DHCP checks.
             if rng.below(2) == 0 {
@@ -444,7 +444,7 @@ fn the_kernel_and_the_core_agree_on_which_clients_a_member_answers() {
     let mut rng = XorShift(0x14_0014_1401);
     let (mut mine, mut theirs) = (0, 0);
     for _ in 0..300 {
-        let mac = MacAddr([2, 0x14, rng.next() as u8, rng.next() as u8, rng.next() as u8, rng.next() as u8]);
+        let mac = MacAddr([2, 0x14, rng.next_u64() as u8, rng.next_u64() as u8, rng.next_u64() as u8, rng.next_u64() as u8]);
         let ours = owned[netboot_common::cluster::bucket(&mac.0) as usize];
         assert_eq!(buckets.owns(mac), ours);
         let mut m = req(base[0].clone()).msg;

@@ -8,7 +8,7 @@
 //! - `deb`    setup, build, then the Debian package (cargo-deb) under target/debian/.
 //! - `lab`    `up` / `down` / `list` a lab by hand.
 //! - `fuzz`   the fuzz targets (DHCP, frames, TFTP, HTTP) for SECONDS each from a random seed,
-//!            and the proptest properties with 50 times their cases.
+//!   and the proptest properties with 50 times their cases.
 
 mod setup;
 

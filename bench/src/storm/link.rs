@@ -11,6 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
+/// One machine's DHCP replies, as the link routed them to it.
+pub type Replies = UnboundedReceiver<Vec<u8>>;
+
 pub struct DhcpLink {
     sock: PacketSocket,
     routes: HashMap<[u8; 6], UnboundedSender<Vec<u8>>>,
@@ -42,8 +45,9 @@ fn dhcp_reply_filter() -> [libc::sock_filter; 10] {
 }
 
 impl DhcpLink {
-    /// Opens the socket on `dev` (call inside the client namespace); one route per MAC.
-    pub fn open(dev: &str, macs: &[MacAddr]) -> anyhow::Result<(Arc<DhcpLink>, Vec<UnboundedReceiver<Vec<u8>>>)> {
+    /// Opens the socket on `dev` (call inside the client namespace); one route per MAC: the
+    /// link, and each MAC's receiver of replies, in the order of `macs`.
+    pub fn open(dev: &str, macs: &[MacAddr]) -> anyhow::Result<(Arc<DhcpLink>, Vec<Replies>)> {
         let mut filter = dhcp_reply_filter().to_vec();
         filter.push(libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: 0 }); // drop
         let sock = PacketSocket::open(dev, Some(&filter))?;

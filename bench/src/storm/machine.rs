@@ -141,6 +141,7 @@ struct Bound {
 type Fail = (String, String);
 
 /// Boots one machine; never panics on what the server sends.
+#[allow(clippy::too_many_arguments)]
 pub async fn boot(
     id: &Identity,
     link: &DhcpLink,

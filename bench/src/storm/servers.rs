@@ -60,10 +60,8 @@ pub fn start(server: &str, lab: &Lab, dir: &Path, machines: &[Identity], args: &
         "kea+tftpd-hpa" => Running::Children(vec![kea(lab, dir, machines)?, tftpd_hpa(lab, dir)?, http_server(lab, dir)?]),
         other => anyhow::bail!("unknown server {other:?} (one of {})", SERVERS.join(", ")),
     };
-    if let Running::Children(c) = &mut running {
-        if server == "dnsmasq" {
-            c.push(http_server(lab, dir)?);
-        }
+    if let Running::Children(c) = &mut running && server == "dnsmasq" {
+        c.push(http_server(lab, dir)?);
     }
     std::thread::sleep(std::time::Duration::from_millis(500));
     running.check_alive(server, "at start")?;

@@ -572,10 +572,8 @@ impl Config {
             })?;
             let subnet = cfg.dhcp.subnet.as_ref().map(|s| *s.get_ref());
             for (row_pos, host) in rows {
-                if let Some(net) = subnet {
-                    if !net.contains(&host.ip) {
-                        return Err(row_pos.error(format!("reservation {} is not inside subnet {net}", host.ip)));
-                    }
+                if let Some(net) = subnet && !net.contains(&host.ip) {
+                    return Err(row_pos.error(format!("reservation {} is not inside subnet {net}", host.ip)));
                 }
                 claim(&host, row_pos.location()).map_err(|m| row_pos.error(m))?;
                 cfg.dhcp.file_hosts.push(host);
@@ -659,10 +657,8 @@ impl Config {
                 }
             }
         }
-        if let Some(a) = &self.server.address6 {
-            if !net.contains(a.get_ref()) {
-                return Err(at(a.span(), format!("address6 {} is not inside [dhcp6] prefix {net}", a.get_ref())));
-            }
+        if let Some(a) = &self.server.address6 && !net.contains(a.get_ref()) {
+            return Err(at(a.span(), format!("address6 {} is not inside [dhcp6] prefix {net}", a.get_ref())));
         }
         if d.lease_time.0.as_secs() < 60 {
             return Err(ConfigError::at(path, text, text.find("[dhcp6]").unwrap_or(0), "[dhcp6] lease_time must be at least 1m".into()));

@@ -227,15 +227,11 @@ pub fn choose(profiles: &[Profile], named: Option<&str>, facts: &Facts) -> Choic
         reason,
         candidates,
     };
-    if let Some(n) = named {
-        if let Some(i) = find(n) {
-            return pick(i, "host", format!("the host names profile {n}"), Vec::new());
-        }
+    if let Some(n) = named && let Some(i) = find(n) {
+        return pick(i, "host", format!("the host names profile {n}"), Vec::new());
     }
-    if !facts.known {
-        if let Some(i) = find(DISCOVER) {
-            return pick(i, "discover", "no host describes this machine: the discover profile".into(), Vec::new());
-        }
+    if !facts.known && let Some(i) = find(DISCOVER) {
+        return pick(i, "discover", "no host describes this machine: the discover profile".into(), Vec::new());
     }
     let mut candidates = Vec::new();
     if facts.known {

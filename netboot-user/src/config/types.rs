@@ -84,7 +84,9 @@ pub struct Pool6 {
 }
 
 impl Pool6 {
-    /// Addresses in the pool (saturating: a /64 pool has 2^64).
+    /// Addresses in the pool (saturating: a /64 pool has 2^64). Never 0: the config checks
+    /// start <= end.
+    #[allow(clippy::len_without_is_empty)]
     pub fn len(&self) -> u128 {
         (u128::from(self.end) - u128::from(self.start)).saturating_add(1)
     }

@@ -17,7 +17,7 @@ pub struct ClientKey(pub Vec<u8>);
 impl ClientKey {
     pub fn new(mac: MacAddr, client_id: Option<&[u8]>) -> ClientKey {
         match client_id {
-            Some(id) if !(id.len() == 7 && id[0] == 1 && id[1..] == mac.0) && !id.is_empty() => {
+            Some(id) if !(id.is_empty() || id.len() == 7 && id[0] == 1 && id[1..] == mac.0) => {
                 let mut k = vec![0xff];
                 k.extend_from_slice(id);
                 ClientKey(k)
@@ -131,10 +131,8 @@ impl UnwrittenRenewals {
     pub fn overlay(&self, leases: &mut [Lease]) {
         let m = self.0.lock().unwrap_or_else(|e| e.into_inner());
         for l in leases.iter_mut().filter(|l| l.state == LeaseState::Bound) {
-            if let Some(&(mac, expires)) = m.get(&l.ip) {
-                if mac == l.mac && expires > l.expires {
-                    l.expires = expires;
-                }
+            if let Some(&(mac, expires)) = m.get(&l.ip) && mac == l.mac && expires > l.expires {
+                l.expires = expires;
             }
         }
     }
@@ -268,19 +266,15 @@ impl LeaseTable {
     /// Inserts or replaces the record of `lease.ip`; the client's record of another address
     /// (if any) is dropped from the client index.
     pub fn upsert(&mut self, lease: Lease) {
-        if let Some(old_ip) = self.by_client.get(&lease.client).copied() {
-            if old_ip != lease.ip {
-                if let Some(old) = self.by_ip.get(&old_ip) {
-                    if old.client == lease.client && old.state != LeaseState::Declined {
-                        self.by_ip.remove(&old_ip);
-                    }
-                }
-            }
+        if let Some(old_ip) = self.by_client.get(&lease.client).copied()
+            && old_ip != lease.ip
+            && let Some(old) = self.by_ip.get(&old_ip)
+            && old.client == lease.client && old.state != LeaseState::Declined
+        {
+            self.by_ip.remove(&old_ip);
         }
-        if let Some(prev) = self.by_ip.get(&lease.ip) {
-            if prev.client != lease.client && self.by_client.get(&prev.client) == Some(&lease.ip) {
-                self.by_client.remove(&prev.client.clone());
-            }
+        if let Some(prev) = self.by_ip.get(&lease.ip) && prev.client != lease.client && self.by_client.get(&prev.client) == Some(&lease.ip) {
+            self.by_client.remove(&prev.client.clone());
         }
         if lease.state != LeaseState::Declined {
             self.by_client.insert(lease.client.clone(), lease.ip);

@@ -720,7 +720,7 @@ impl DhcpServer {
             if let Some(d) = &p.domain {
                 o.insert(DhcpOption::DomainName(d.clone()));
                 if let Ok(name) = Name::from_ascii(format!("{}.", d.trim_end_matches('.'))) {
-                    o.insert(DhcpOption::DomainSearch(vec![name.into()]));
+                    o.insert(DhcpOption::DomainSearch(vec![name]));
                 }
             }
             if let Some(h) = self.reservation(c.mac).and_then(|h| h.hostname.clone()) {
@@ -759,10 +759,8 @@ impl DhcpServer {
             if proxy && c.class.class == ClientClass::Ipxe {
                 o.insert(DhcpOption::ClassIdentifier(b"PXEClient".to_vec()));
             }
-            if proxy {
-                if let Some(DhcpOption::ClientMachineIdentifier(uuid)) = req.opts().get(OptionCode::ClientMachineIdentifier) {
-                    o.insert(DhcpOption::ClientMachineIdentifier(uuid.clone()));
-                }
+            if proxy && let Some(DhcpOption::ClientMachineIdentifier(uuid)) = req.opts().get(OptionCode::ClientMachineIdentifier) {
+                o.insert(DhcpOption::ClientMachineIdentifier(uuid.clone()));
             }
         }
         // RFC 6842: echo the client identifier.

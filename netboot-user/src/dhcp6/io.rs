@@ -96,6 +96,7 @@ impl Service6 {
         let mut sweep = tokio::time::interval(Duration::from_secs(60));
         let mut enabled = configs.current().dhcp6.enabled;
         // Safety: the ring's fd lives as long as the AsyncFd that owns the RingBuf.
+        #[allow(clippy::result_large_err)] // the error gives the ring back; dropped at once
         let mut events = match self.events.take().map(|ring| unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }) {
             Some(Ok(events)) => Some(events),
             Some(Err(e)) => {
@@ -160,12 +161,10 @@ impl Service6 {
             }
         };
         // Invariant 1: nothing leaves that the store does not hold.
-        if !reply.leases.is_empty() {
-            if let Err(e) = super::store::commit(&self.store, reply.leases.clone()).await {
-                self.stats.bump("dhcp6_dropped_commit_failed");
-                tracing::warn!(mac = ?reply.mac, "DHCPv6 reply dropped: its bindings could not be stored: {e:#}");
-                return;
-            }
+        if !reply.leases.is_empty() && let Err(e) = super::store::commit(&self.store, reply.leases.clone()).await {
+            self.stats.bump("dhcp6_dropped_commit_failed");
+            tracing::warn!(mac = ?reply.mac, "DHCPv6 reply dropped: its bindings could not be stored: {e:#}");
+            return;
         }
         self.send(&reply, Path::Agent).await;
         if let (Some(link), Some(mac)) = (&mut self.cache, reply.mac) {

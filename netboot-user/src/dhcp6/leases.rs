@@ -102,15 +102,13 @@ impl Lease6Table {
     /// expired binding had the address.
     pub fn upsert(&mut self, lease: Lease6) {
         let key = (lease.duid.clone(), lease.iaid);
-        if let Some(old) = self.by_client.get(&key).copied() {
-            if old != lease.ip && self.by_ip.get(&old).is_some_and(|l| l.duid == lease.duid && l.iaid == lease.iaid) {
-                self.by_ip.remove(&old);
-            }
+        if let Some(old) = self.by_client.get(&key).copied()
+            && old != lease.ip && self.by_ip.get(&old).is_some_and(|l| l.duid == lease.duid && l.iaid == lease.iaid)
+        {
+            self.by_ip.remove(&old);
         }
-        if let Some(prev) = self.by_ip.get(&lease.ip) {
-            if (prev.duid.as_slice(), prev.iaid) != (lease.duid.as_slice(), lease.iaid) {
-                self.by_client.remove(&(prev.duid.clone(), prev.iaid));
-            }
+        if let Some(prev) = self.by_ip.get(&lease.ip) && (prev.duid.as_slice(), prev.iaid) != (lease.duid.as_slice(), lease.iaid) {
+            self.by_client.remove(&(prev.duid.clone(), prev.iaid));
         }
         self.by_client.insert(key, lease.ip);
         self.by_ip.insert(lease.ip, lease);
@@ -127,10 +125,8 @@ impl Lease6Table {
     pub fn sweep(&mut self, now: u64) -> usize {
         let gone: Vec<Ipv6Addr> = self.by_ip.values().filter(|l| !l.holds(now)).map(|l| l.ip).collect();
         for ip in &gone {
-            if let Some(l) = self.by_ip.remove(ip) {
-                if self.by_client.get(&(l.duid.clone(), l.iaid)) == Some(ip) {
-                    self.by_client.remove(&(l.duid, l.iaid));
-                }
+            if let Some(l) = self.by_ip.remove(ip) && self.by_client.get(&(l.duid.clone(), l.iaid)) == Some(ip) {
+                self.by_client.remove(&(l.duid, l.iaid));
             }
         }
         gone.len()

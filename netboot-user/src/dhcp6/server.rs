@@ -431,10 +431,8 @@ impl Dhcp6Server {
             let machine_holds = self.leases.get(ip).is_some_and(|l| l.mac == c.mac && l.state != Lease6State::Declined);
             return (machine_holds || self.leases.is_free_for(ip, &c.duid, iaid, c.now)).then_some(ip);
         }
-        if let Some(l) = self.leases.of_client(&c.duid, iaid, c.now) {
-            if self.params.pools.iter().any(|p| p.contains(l.ip)) {
-                return Some(l.ip);
-            }
+        if let Some(l) = self.leases.of_client(&c.duid, iaid, c.now) && self.params.pools.iter().any(|p| p.contains(l.ip)) {
+            return Some(l.ip);
         }
         if !self.allocations.allowed(c.now, self.params.new_clients_per_s) {
             self.limited = true;

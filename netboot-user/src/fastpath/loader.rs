@@ -131,7 +131,7 @@ impl Loaded {
             None => Vec::new(),
         };
         for (name, path) in &paths {
-            loader.map_pin_path(*name, path.as_path());
+            loader.map_pin_path(name, path.as_path());
         }
         if let Some(n) = cache_entries {
             loader.map_max_entries(maps::REPLY_CACHE, n);

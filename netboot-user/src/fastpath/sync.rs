@@ -72,10 +72,8 @@ impl CacheSync {
             Presentation { mac, class: ClientClass::Pxe, arch: Some(arch::BIOS), client_id: None, relay },
             Presentation { mac, class: ClientClass::Pxe, arch: Some(arch::EFI_X64), client_id: None, relay },
         ];
-        if let Some(s) = seen {
-            if !v.contains(&s) {
-                v.insert(0, s);
-            }
+        if let Some(s) = seen && !v.contains(&s) {
+            v.insert(0, s);
         }
         v
     }
@@ -146,10 +144,8 @@ impl CacheSync {
             g.0 += 1;
         }
         self.cache.forget(mac);
-        if let Some((ip, _)) = self.clients.remove(&mac) {
-            if self.owner.get(&ip) == Some(&mac) {
-                self.owner.remove(&ip);
-            }
+        if let Some((ip, _)) = self.clients.remove(&mac) && self.owner.get(&ip) == Some(&mac) {
+            self.owner.remove(&ip);
         }
     }
 
@@ -162,10 +158,8 @@ impl CacheSync {
 
     /// A kernel ACK renewed `mac`'s lease until `expires`.
     pub fn renewed(&mut self, mac: MacAddr, expires: u64) {
-        if let Some((_, e)) = self.clients.get_mut(&mac) {
-            if e.is_some() {
-                *e = Some(expires);
-            }
+        if let Some((_, e)) = self.clients.get_mut(&mac) && e.is_some() {
+            *e = Some(expires);
         }
     }
 

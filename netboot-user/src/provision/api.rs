@@ -6,6 +6,9 @@
 //! writes, admin for the audit log; 401 without a valid token, 403 with one too small. Without
 //! a tokens file reads are public and writes need the control socket. An installer's
 //! phone-home may use its boot's token (`?token=`, from the script's `phone_home` URL) instead.
+//!
+//! Helpers return `Result<_, Response>`: the error is the answer, sent once per request.
+#![allow(clippy::result_large_err)]
 
 use super::auth::Scope;
 use super::db::Change;

@@ -32,10 +32,14 @@ fn hash(token: &str) -> String {
     Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A line of `tokens_file`: the token's name, its scope and its hash.
+type TokenRow = (String, Scope, String);
+
 /// The tokens of `tokens_file`, read again when the file changes.
 pub struct Tokens {
     path: Option<PathBuf>,
-    cache: Mutex<(Option<SystemTime>, Vec<(String, Scope, String)>)>,
+    /// The file's modification time when read, and its tokens.
+    cache: Mutex<(Option<SystemTime>, Vec<TokenRow>)>,
 }
 
 impl Tokens {
@@ -69,7 +73,7 @@ impl Tokens {
     }
 }
 
-fn read(path: &Path) -> anyhow::Result<Vec<(String, Scope, String)>> {
+fn read(path: &Path) -> anyhow::Result<Vec<TokenRow>> {
     let text = std::fs::read_to_string(path)?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {

@@ -75,7 +75,7 @@ impl ProvisionDb {
 
     pub async fn load(&self) -> anyhow::Result<Contents> {
         let mut c = Contents::default();
-        let rows: Vec<(String, Option<(String, bool, Option<String>)>, Option<String>)>;
+        let rows: Vec<Row>;
         match self {
             ProvisionDb::Sqlite(db) => {
                 (c.rev, rows) = with_sqlite(db, |store| {
@@ -108,10 +108,8 @@ impl ProvisionDb {
         }
         for (mac, intent, doc) in rows {
             let Ok(mac) = mac.parse::<MacAddr>() else { continue };
-            if let Some((i, once, boot_token)) = intent {
-                if let Some(intent) = Intent::parse(&i) {
-                    c.intents.insert(mac, NodeIntent { intent, once, boot_token });
-                }
+            if let Some((i, once, boot_token)) = intent && let Some(intent) = Intent::parse(&i) {
+                c.intents.insert(mac, NodeIntent { intent, once, boot_token });
             }
             if let Some(doc) = doc {
                 match serde_json::from_str::<Host>(&doc) {
@@ -220,6 +218,8 @@ impl ProvisionDb {
     }
 }
 
+/// A node's row of the provisioning tables: its MAC, its intent (intent, once, boot token) if
+/// it has one, its host document if it is a host.
 type Row = (String, Option<(String, bool, Option<String>)>, Option<String>);
 
 fn load_rows_sqlite(tx: &rusqlite::Transaction) -> anyhow::Result<Vec<Row>> {

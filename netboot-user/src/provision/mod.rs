@@ -139,10 +139,8 @@ impl Provision {
             if file_macs.contains(&h.mac) {
                 return Err(Refused::Conflict(format!("host {} is managed by the config file ({}); change it there", h.mac, file_names(&file))));
             }
-            if let Some(net) = file.dhcp.subnet.as_ref().map(|s| *s.get_ref()) {
-                if !net.contains(&h.ip) {
-                    return Err(Refused::Invalid(format!("{}: address {} is not inside subnet {net}", h.mac, h.ip)));
-                }
+            if let Some(net) = file.dhcp.subnet.as_ref().map(|s| *s.get_ref()) && !net.contains(&h.ip) {
+                return Err(Refused::Invalid(format!("{}: address {} is not inside subnet {net}", h.mac, h.ip)));
             }
             match (h.ip6, file.dhcp6.prefix()) {
                 (Some(ip6), Some(p)) if !p.contains(&ip6) => return Err(Refused::Invalid(format!("{}: ip6 {ip6} is not inside [dhcp6] prefix {p}", h.mac))),
@@ -150,10 +148,8 @@ impl Provision {
                 _ => {}
             }
             for a in addrs(h) {
-                if let Some((other, by)) = owner.insert(a, (h.mac, "this request")) {
-                    if other != h.mac {
-                        return Err(Refused::Conflict(format!("{}: address {a} is reserved for {other} by {by}", h.mac)));
-                    }
+                if let Some((other, by)) = owner.insert(a, (h.mac, "this request")) && other != h.mac {
+                    return Err(Refused::Conflict(format!("{}: address {a} is reserved for {other} by {by}", h.mac)));
                 }
             }
         }

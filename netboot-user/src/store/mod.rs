@@ -217,7 +217,7 @@ mod tests {
         assert_eq!(done.len(), 200);
         assert!(done.iter().all(|(_, ok)| *ok));
         let tx = stats.get("lease_commits");
-        assert!(tx >= 1 && tx <= 200, "{tx}");
+        assert!((1..=200).contains(&tx), "{tx}");
         assert_eq!(stats.get("lease_commit_leases"), 200);
         assert_eq!(stats.latency()[&Stage::LeaseCommit].count(), tx);
         std::fs::remove_dir_all(&dir).unwrap();

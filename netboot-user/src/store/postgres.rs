@@ -43,7 +43,7 @@ impl Target {
     /// ([`member_application_name`]): the others can then find the sessions of a member that
     /// hung and end them.
     pub fn for_member(mut self, server_id: &str) -> Target {
-        self.cfg.application_name(&member_application_name(server_id));
+        self.cfg.application_name(member_application_name(server_id));
         self
     }
 
@@ -102,7 +102,7 @@ pub fn parse_url(url: &str) -> anyhow::Result<Target> {
     let url = format!("{base}?{}", kept.join("&"));
     let mut cfg: tokio_postgres::Config = url.parse().map_err(|e| anyhow::anyhow!("not a PostgreSQL URL ({e})"))?;
     if cfg.get_user().is_none() {
-        cfg.user(&os_user());
+        cfg.user(os_user());
     }
     if cfg.get_connect_timeout().is_none() {
         cfg.connect_timeout(CONNECT_TIMEOUT);
@@ -191,10 +191,8 @@ pub async fn migrate(client: &mut Client) -> anyhow::Result<Vec<u32>> {
     .await?;
     let current: i32 = tx.query_one("SELECT coalesce(max(version), 0) FROM netboot_schema", &[]).await?.get(0);
     let current = current as u32;
-    if let Some(newest) = schema::POSTGRES.last() {
-        if current > newest.version {
-            anyhow::bail!("schema version {current} is newer than this netboot-xdp knows ({}): run the newer netboot-xdp", newest.version);
-        }
+    if let Some(newest) = schema::POSTGRES.last() && current > newest.version {
+        anyhow::bail!("schema version {current} is newer than this netboot-xdp knows ({}): run the newer netboot-xdp", newest.version);
     }
     let mut applied = Vec::new();
     for m in schema::POSTGRES.iter().filter(|m| m.version > current) {

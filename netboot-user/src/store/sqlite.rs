@@ -55,10 +55,8 @@ impl SqliteStore {
             tx.pragma_update(None, "user_version", m.version)?;
             applied.push(m.version);
         }
-        if let Some(newest) = schema::SQLITE.last() {
-            if current > newest.version {
-                anyhow::bail!("schema version {current} is newer than this netboot-xdp knows ({}): run the newer netboot-xdp", newest.version);
-            }
+        if let Some(newest) = schema::SQLITE.last() && current > newest.version {
+            anyhow::bail!("schema version {current} is newer than this netboot-xdp knows ({}): run the newer netboot-xdp", newest.version);
         }
         tx.commit()?;
         Ok(applied)

@@ -67,6 +67,7 @@ pub struct Engine {
 impl Engine {
     /// Opens a socket per RX queue of `iface`, registers them in `xsks` and steers TFTP to
     /// them through `steer`. Fails (and changes nothing) when AF_XDP is unavailable.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         iface: &Interface,
         server_ip: Ipv4Addr,
@@ -172,7 +173,7 @@ impl Worker {
             if !inherited.is_empty() && started.elapsed() > RESUME_WINDOW {
                 for k in std::mem::take(&mut inherited) {
                     let client = SocketAddr::new(Ipv6Addr::from(k.client_ip).to_canonical(), k.client_port);
-                    if !self.transfers.get(&client).is_some_and(|l| l.tid == k.tid) {
+                    if self.transfers.get(&client).is_none_or(|l| l.tid != k.tid) {
                         self.forget_record(client, k.tid);
                     }
                 }
@@ -238,7 +239,7 @@ impl Worker {
             self.on_request(queue, client, src_mac, payload, now);
             return;
         }
-        if !self.transfers.get(&client).is_some_and(|l| l.tid == dst_port) && !self.resume(queue, client, src_mac, dst_port, now) {
+        if self.transfers.get(&client).is_none_or(|l| l.tid != dst_port) && !self.resume(queue, client, src_mac, dst_port, now) {
             // Not a transfer of ours (an old TID after the end): RFC 1350 says answer with an
             // error to that TID; a quiet drop costs the client nothing it would not retry.
             self.stats.bump("tftp_xsk_unknown_tid");
@@ -261,10 +262,10 @@ impl Worker {
             // its port; a new client reuses it.
             let old = self.transfers.remove(&client).expect("present");
             self.forget_record(client, old.tid);
-            old.session.finish(client.into(), Some("replaced by a new request from the same port"), &self.stats, &self.timelines);
+            old.session.finish(client, Some("replaced by a new request from the same port"), &self.stats, &self.timelines);
         }
         let tid = self.allocate_tid();
-        match session::open(&self.source, request, client.into(), &self.stats, now) {
+        match session::open(&self.source, request, client, &self.stats, now) {
             Opened::Transfer(session, first) => {
                 for p in first {
                     self.out.push(self.outgoing(queue, client, client_mac, tid, p));
@@ -282,13 +283,13 @@ impl Worker {
     fn resume(&mut self, queue: usize, client: SocketAddr, client_mac: MacAddr, tid: u16, now: Instant) -> bool {
         let key = transfer_key(client, tid);
         let Some(rec) = self.records.as_ref().and_then(|m| m.get(&key, 0).ok()) else { return false };
-        let Some(session) = session::resume(&self.source, &rec, client.into(), &self.stats, now) else {
+        let Some(session) = session::resume(&self.source, &rec, client, &self.stats, now) else {
             self.forget_record(client, tid);
             return false;
         };
         if let Some(old) = self.transfers.remove(&client) {
             self.forget_record(client, old.tid);
-            old.session.finish(client.into(), Some("replaced by a resumed transfer"), &self.stats, &self.timelines);
+            old.session.finish(client, Some("replaced by a resumed transfer"), &self.stats, &self.timelines);
         }
         self.transfers.insert(client, Live { session, client_mac, tid, queue, timer_at: None });
         true
@@ -327,7 +328,7 @@ impl Worker {
             Step::Done => {
                 let live = self.transfers.remove(&client).expect("present");
                 self.forget_record(client, tid);
-                live.session.finish(client.into(), None, &self.stats, &self.timelines);
+                live.session.finish(client, None, &self.stats, &self.timelines);
             }
             Step::Abort(error, why) => {
                 if let Some(e) = error {
@@ -335,7 +336,7 @@ impl Worker {
                 }
                 let live = self.transfers.remove(&client).expect("present");
                 self.forget_record(client, tid);
-                live.session.finish(client.into(), Some(why), &self.stats, &self.timelines);
+                live.session.finish(client, Some(why), &self.stats, &self.timelines);
             }
         }
     }

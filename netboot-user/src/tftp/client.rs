@@ -161,7 +161,7 @@ mod tests {
                 let mut to_server = Vec::new();
                 for pkt in to_client.drain(..) {
                     n += 1;
-                    if n % 7 == 0 {
+                    if n.is_multiple_of(7) {
                         continue; // lost
                     }
                     match client.on_packet(&pkt, now) {

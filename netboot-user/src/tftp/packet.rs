@@ -57,7 +57,7 @@ fn strings(b: &[u8], max: usize) -> Result<Vec<String>, ParseError> {
 }
 
 fn pairs(fields: &[String]) -> Result<Vec<(String, String)>, ParseError> {
-    if fields.len() % 2 != 0 {
+    if !fields.len().is_multiple_of(2) {
         return Err(ParseError("option without a value"));
     }
     Ok(fields.chunks(2).map(|c| (c[0].to_ascii_lowercase(), c[1].clone())).collect())

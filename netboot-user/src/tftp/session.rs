@@ -82,7 +82,8 @@ impl Drop for Slot {
     }
 }
 
-/// What a packet sent to port 69 turns into.
+/// What a packet sent to port 69 turns into (short-lived: the size of a session is moot).
+#[allow(clippy::large_enum_variant)]
 pub enum Opened {
     /// A transfer, and its first packets (OACK, or the first window of DATA).
     Transfer(Session, Vec<Vec<u8>>),
