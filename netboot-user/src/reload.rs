@@ -196,9 +196,7 @@ pub async fn run(path: PathBuf, provision: Arc<Provision>, stats: Arc<Stats>, mu
                 }
                 seen = Fingerprint::of(&files_of(&path, &new));
                 let reservations = new.dhcp.reservations().count();
-                if !provision.reload_file(new).await {
-                    tracing::warn!("config reload: a service did not apply it in time; it will");
-                }
+                provision.reload_file(new).await;
                 stats.bump("config_reloads");
                 tracing::info!(reservations, "config reloaded ({why})");
             }

@@ -8,7 +8,7 @@
 //! already follow for reloads, so a host written through the API reaches the kernel's reply
 //! cache the way a reload does (no second path). A write is committed first, then published,
 //! and returns once this agent's services have applied it ([`crate::reload::Follower`]); other
-//! members see it within a second (they poll the store's revision).
+//! members apply it within a second (they poll the store's revision), and list it once applied.
 
 pub mod api;
 pub mod auth;
@@ -157,16 +157,13 @@ impl Provision {
     }
 
     /// Commits `changes` with `audit`, then reads the tables again, publishes the effective
-    /// config and waits until DHCP answers with it. `check` runs under the write lock, before
-    /// the commit.
+    /// config and waits until the services answer with it. `check` runs under the write lock,
+    /// before the commit.
     pub async fn write(&self, changes: Vec<Change>, audit: Option<AuditEntry>, check: impl FnOnce(&Provision) -> Result<(), Refused>) -> Result<(), Refused> {
         let _one = self.writing.lock().await;
         check(self)?;
         self.db.apply(changes, audit).await.map_err(Refused::Store)?;
-        if self.refresh().await.map_err(Refused::Store)? && !self.followers.wait(APPLY_WAIT).await {
-            tracing::warn!("provisioning: a service did not apply the hosts within {APPLY_WAIT:?}; it will");
-        }
-        Ok(())
+        self.refresh().await.map_err(Refused::Store)
     }
 
     /// A service's follower of `configs` (a receiver of the channel [`Provision::open`]
@@ -175,31 +172,35 @@ impl Provision {
         self.followers.follow(configs)
     }
 
-    /// Reads the tables again; publishes the effective config if its hosts changed (true).
-    async fn refresh(&self) -> anyhow::Result<bool> {
-        let contents = self.db.load().await?;
-        let before = self.contents();
-        let hosts_changed = before.hosts != contents.hosts;
-        *self.contents.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(contents);
-        if hosts_changed {
-            self.publish();
+    /// Reads the tables again. If their hosts changed, publishes the effective config and
+    /// waits for the services to apply it before the new tables are shown (`contents`): a host
+    /// the API lists, here or on another member, is a host DHCP answers with.
+    async fn refresh(&self) -> anyhow::Result<()> {
+        let contents = Arc::new(self.db.load().await?);
+        if self.contents().hosts != contents.hosts {
+            self.publish(&contents).await;
         }
-        Ok(hosts_changed)
+        *self.contents.write().unwrap_or_else(|e| e.into_inner()) = contents;
+        Ok(())
     }
 
-    fn publish(&self) {
-        let c = effective(&self.file_config(), &self.contents());
-        tracing::info!(api_hosts = c.dhcp.api_hosts.len(), "provisioning: hosts applied");
+    /// Publishes the files' config with `contents`' hosts and waits until the services have
+    /// applied it, for at most [`APPLY_WAIT`].
+    async fn publish(&self, contents: &Contents) {
+        let c = effective(&self.file_config(), contents);
+        tracing::info!(api_hosts = c.dhcp.api_hosts.len(), "provisioning: hosts published");
         self.effective.send_replace(Arc::new(c));
+        if !self.followers.wait(APPLY_WAIT).await {
+            tracing::warn!("provisioning: a service did not apply the config within {APPLY_WAIT:?}; it will");
+        }
     }
 
     /// Replaces the config of the files (a reload), publishes the effective config and waits
-    /// until the services have applied it; false if one did not within [`APPLY_WAIT`].
-    pub async fn reload_file(&self, file: Config) -> bool {
+    /// until the services have applied it.
+    pub async fn reload_file(&self, file: Config) {
         let _one = self.writing.lock().await;
         *self.file.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(file);
-        self.publish();
-        self.followers.wait(APPLY_WAIT).await
+        self.publish(&self.contents()).await;
     }
 
     /// Follows the other members' writes until `shutdown`.
@@ -238,7 +239,8 @@ mod tests {
     use super::*;
 
     /// A host write returns once a service following the config has applied the host, however
-    /// long that takes (within APPLY_WAIT): the API's 200 means DHCP answers with it.
+    /// long that takes (within APPLY_WAIT), and the host is listed only then: the API's 200, or
+    /// the host in its list, means DHCP answers with it.
     #[test]
     fn a_host_write_returns_once_the_services_have_applied_it() {
         let dir = std::env::temp_dir().join(format!("nbx-provision-{}", std::process::id()));
@@ -249,16 +251,19 @@ mod tests {
             let (p, configs) = Provision::open(ProvisionDb::sqlite(&dir).unwrap(), file).await.unwrap();
             let mut follower = p.follow(configs);
             let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+            let listed = { let p = p.clone(); move || p.contents().hosts.len() };
             tokio::spawn(async move {
                 while let Some(c) = follower.changed().await {
                     tokio::time::sleep(Duration::from_millis(200)).await; // a busy service
-                    seen_tx.send(c.dhcp.api_hosts.len()).unwrap();
+                    // (hosts the service applies, hosts the API lists while it applies them)
+                    seen_tx.send((c.dhcp.api_hosts.len(), listed())).unwrap();
                     follower.applied();
                 }
             });
             let host = Host { mac: "52:54:00:00:00:07".parse().unwrap(), ip: "10.1.0.7".parse().unwrap(), ip6: None, hostname: None, vars: Default::default(), profile: None };
             p.write(vec![Change::PutHost(host)], None, |_| Ok(())).await.unwrap();
-            assert_eq!(seen.try_recv(), Ok(1), "the write returned before the host was applied");
+            assert_eq!(seen.try_recv(), Ok((1, 0)), "the write returned before the host was applied, or it was listed before");
+            assert_eq!(p.contents().hosts.len(), 1);
             // A write that changes no host (an intent) publishes nothing and does not wait.
             let mac = "52:54:00:00:00:07".parse().unwrap();
             p.write(vec![Change::SetIntent { mac, intent: records::Intent::Local, once: false }], None, |_| Ok(())).await.unwrap();
