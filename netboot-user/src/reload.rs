@@ -92,10 +92,9 @@ impl Follower {
                 }
                 Some(ask) = self.asks.recv() => {
                     self.owed.push(ask);
-                    if self.configs.has_changed().unwrap_or(false) {
-                        return Some(self.configs.borrow_and_update().clone());
+                    if let Some(c) = self.unseen() {
+                        return Some(c);
                     }
-                    self.applied(); // what is published is what this service runs
                 }
             }
         }
@@ -107,6 +106,12 @@ impl Follower {
         while let Ok(ask) = self.asks.try_recv() {
             self.owed.push(ask);
         }
+        self.unseen()
+    }
+
+    /// The published config if this service has not seen it; else confirms what is owed
+    /// (what is published is what this service runs).
+    fn unseen(&mut self) -> Option<Arc<Config>> {
         if self.configs.has_changed().unwrap_or(false) {
             return Some(self.configs.borrow_and_update().clone());
         }
