@@ -628,7 +628,7 @@ mod tests {
     async fn the_script_is_503_when_the_lease_store_cannot_be_read() {
         use std::sync::Arc;
         use tower::ServiceExt;
-        let dir = std::env::temp_dir().join(format!("nbx-http-503-{}", std::process::id()));
+        let dir = crate::scratch::ScratchDir::new("http-503");
         std::fs::create_dir_all(dir.join("http")).unwrap();
         std::fs::write(dir.join("http/boot.ipxe.j2"), "#!ipxe\necho {{ hostname }}\n").unwrap();
         let text = format!(
@@ -647,7 +647,6 @@ mod tests {
         // A reserved node needs no lease: its script is served.
         let r = app.oneshot(get("/boot.ipxe?mac=52:54:00:00:00:01")).await.unwrap();
         assert_eq!(r.status(), StatusCode::OK);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub mod provision;
 pub mod ra;
 pub mod reload;
 pub mod runtime;
+#[cfg(test)]
+pub(crate) mod scratch;
 pub mod store;
 pub mod stats;
 pub mod tftp;

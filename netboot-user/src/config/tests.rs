@@ -124,8 +124,7 @@ fn proxy_mode_needs_no_subnet() {
 
 #[test]
 fn hosts_file_rows_load_and_errors_point_into_the_file() {
-    let dir = std::env::temp_dir().join(format!("nbx-cfg-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = crate::scratch::ScratchDir::new("cfg");
     let cfg = dir.join("netboot.toml");
     let hosts = dir.join("hosts.csv");
     let write = |p: &Path, s: &str| std::fs::File::create(p).unwrap().write_all(s.as_bytes()).unwrap();
@@ -153,7 +152,6 @@ fn hosts_file_rows_load_and_errors_point_into_the_file() {
     std::fs::remove_file(&hosts).unwrap();
     let e = Config::load(&cfg).unwrap_err().to_string();
     assert!(e.contains("netboot.toml:3:14: cannot read hosts_file"), "{e}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -97,8 +97,7 @@ mod tests {
 
     #[test]
     fn bindings_survive_a_restart_of_the_store() {
-        let dir = std::env::temp_dir().join(format!("nbx-leases6-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = crate::scratch::ScratchDir::new("leases6");
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let l = Lease6 {
             ip: "fd00::10".parse().unwrap(),
@@ -121,6 +120,5 @@ mod tests {
             assert_eq!(forget_expired(&db, 1000).await.unwrap(), 0);
             assert_eq!(load(&db, 1000).await.unwrap().len(), 1);
         });
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

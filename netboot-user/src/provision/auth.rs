@@ -127,8 +127,7 @@ mod tests {
 
     #[test]
     fn tokens_are_stored_hashed_and_checked_by_scope() {
-        let dir = std::env::temp_dir().join(format!("nbx-tokens-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::scratch::ScratchDir::new("tokens");
         let path = dir.join("tokens");
         let _ = std::fs::remove_file(&path);
         let w = add(&path, "ci", Scope::Write).unwrap();
@@ -141,6 +140,5 @@ mod tests {
         assert_eq!(t.check(&r), Some(("grafana".into(), Scope::Read)));
         assert_eq!(t.check("nbx_00"), None);
         assert!(Scope::Admin > Scope::Write && Scope::Write > Scope::Read);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -251,8 +251,7 @@ mod tests {
 
     #[tokio::test]
     async fn sightings_are_merged_stored_and_listed() {
-        let dir = std::env::temp_dir().join(format!("nbx-discovery-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::scratch::ScratchDir::new("discovery");
         let d = Discovery::new(ProvisionDb::sqlite(&dir).unwrap());
         d.observe(vec![sighting("52:54:00:00:00:01", 100, Some(7))]);
         d.observe(vec![sighting("52:54:00:00:00:01", 130, None), sighting("52:54:00:00:00:02", 120, Some(0))]);
@@ -265,6 +264,5 @@ mod tests {
         d.observe(vec![sighting("52:54:00:00:00:01", 150, Some(7))]);
         assert!(d.state().dirty.is_empty());
         assert_eq!(d.list().await.unwrap()[0].last_seen, 150);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -243,8 +243,7 @@ mod tests {
     /// the host in its list, means DHCP answers with it.
     #[test]
     fn a_host_write_returns_once_the_services_have_applied_it() {
-        let dir = std::env::temp_dir().join(format!("nbx-provision-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = crate::scratch::ScratchDir::new("provision");
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
             let file = Config::parse(std::path::Path::new("netboot.toml"), "[dhcp]\nsubnet = \"10.1.0.0/24\"\n").unwrap();
@@ -269,6 +268,5 @@ mod tests {
             p.write(vec![Change::SetIntent { mac, intent: records::Intent::Local, once: false }], None, |_| Ok(())).await.unwrap();
             assert!(seen.try_recv().is_err());
         });
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

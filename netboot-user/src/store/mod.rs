@@ -148,7 +148,6 @@ mod tests {
     use crate::dhcp::leases::{ClientKey, LeaseState, LeaseTable};
     use crate::mac::MacAddr;
     use std::net::Ipv4Addr;
-    use std::path::PathBuf;
 
     fn lease(i: u8, state: LeaseState) -> Lease {
         Lease {
@@ -161,10 +160,8 @@ mod tests {
         }
     }
 
-    fn tmpdir(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("nbx-store-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        d
+    fn tmpdir(tag: &str) -> crate::scratch::ScratchDir {
+        crate::scratch::ScratchDir::new(&format!("store-{tag}"))
     }
 
     #[test]
@@ -178,7 +175,6 @@ mod tests {
         drop(s);
         let loaded = SqliteStore::read_only(&dir).unwrap().load().unwrap();
         assert_eq!(loaded, vec![a2, b]);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -199,7 +195,6 @@ mod tests {
         assert_eq!(table.for_client(&new.client).unwrap().ip, new.ip);
         let mode = std::fs::metadata(dir.join(DB_FILE)).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -220,6 +215,5 @@ mod tests {
         assert!((1..=200).contains(&tx), "{tx}");
         assert_eq!(stats.get("lease_commit_leases"), 200);
         assert_eq!(stats.latency()[&Stage::LeaseCommit].count(), tx);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

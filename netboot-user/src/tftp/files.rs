@@ -157,8 +157,7 @@ mod tests {
 
     #[test]
     fn confinement() {
-        let base = std::env::temp_dir().join(format!("nbx-tftp-root-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&base);
+        let base = crate::scratch::ScratchDir::new("tftp-root");
         let root = base.join("root");
         std::fs::create_dir_all(root.join("sub")).unwrap();
         std::fs::write(root.join("sub/a.bin"), b"hello").unwrap();
@@ -186,7 +185,6 @@ mod tests {
         assert_eq!(&*c.get("text", Mode::Netascii).unwrap(), b"a\r\nb\r\0");
         assert_eq!(&*c.get("text", Mode::Octet).unwrap(), b"a\nb\r");
         assert!(Arc::ptr_eq(&c.get("text", Mode::Netascii).unwrap(), &c.get("text", Mode::Netascii).unwrap()));
-        std::fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]

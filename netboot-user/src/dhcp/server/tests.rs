@@ -525,8 +525,7 @@ fn a_giaddr_that_is_ours_or_the_subnets_broadcast_or_network_is_not_a_relay() {
 
 #[test]
 fn tens_of_thousands_of_reservations_from_a_hosts_file() {
-    let dir = std::env::temp_dir().join(format!("nbx-hosts-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = crate::scratch::ScratchDir::new("hosts");
     let mut csv = String::from("mac,ip,hostname,vars\n");
     for i in 0..30_000u32 {
         let b = i.to_be_bytes();
@@ -545,7 +544,6 @@ fn tens_of_thousands_of_reservations_from_a_hosts_file() {
     let m = decode(&reply(handle_frame(&mut s, &f, NOW)));
     assert_eq!(m.yiaddr(), Ipv4Addr::new(10, 78, 219, 250));
     assert_eq!(m.opts().get(OptionCode::Hostname), Some(&DhcpOption::Hostname("node-29999".into())));
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
