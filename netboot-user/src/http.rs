@@ -394,8 +394,22 @@ async fn boot_script(
         },
         None => None,
     };
-    // An install gets a token of its own for its installer's phone-home.
+    // An install gets a token of its own for its installer's phone-home, given only to the
+    // node itself (a request from one of its addresses, or the control socket): anyone else
+    // asking `?mac=X` could otherwise report X installed before it installed anything.
+    let from_the_node = |m: MacAddr| match peer.0 {
+        None => true,
+        Some(ip) => {
+            leased.as_ref().is_some_and(|l| std::net::IpAddr::V4(l.ip) == ip)
+                || host.is_some_and(|h| std::net::IpAddr::V4(h.ip) == ip || h.ip6.is_some_and(|a| std::net::IpAddr::V6(a) == ip))
+                || st.timelines.mac_of(ip) == Some(m)
+        }
+    };
     let phone_home = match (intent, mac, st.provision.as_ref()) {
+        (Some(Intent::Install), Some(m), Some(_)) if !from_the_node(m) => {
+            st.stats.bump("http_boot_token_withheld");
+            None
+        }
         (Some(Intent::Install), Some(m), Some(p)) => match crate::provision::api::boot_token(p, m).await {
             Ok(t) => Some(format!("http://{}:{}/api/v1/nodes/{m}/events?token={t}", st.server, view.port)),
             Err(e) => {

@@ -80,14 +80,24 @@ fn install_phones_home_then_the_node_boots_its_disk_and_api_hosts_reach_the_kern
     // DHCP serves the API's host at once (udhcpc), and the script is the installer's with a
     // phone-home URL of its own.
     assert_eq!(s.udhcpc("bound", &[])["ip"], "10.77.0.50");
+    // The phone-home token goes to the node alone: asked for from another address (the
+    // client namespace's own), the script has none, so nobody else can report its install.
     let (code, script) = s.curl(&[&format!("{BASE}/boot.ipxe?mac={mac}")]);
+    let script = String::from_utf8(script).unwrap();
+    assert_eq!(code, 200);
+    assert!(script.contains("intent=install host=node-050") && !script.contains("token="), "{script}");
+    // From the address it leased, it has.
+    let st = s.lab.client.command("ip").args(["addr", "add", "10.77.0.50/16", "dev", &s.lab.client_if]).status().unwrap();
+    assert!(st.success());
+    let node_curl = |args: &[&str]| s.curl(&[&["--interface", "10.77.0.50"], args].concat());
+    let (code, script) = node_curl(&[&format!("{BASE}/boot.ipxe?mac={mac}")]);
     let script = String::from_utf8(script).unwrap();
     assert_eq!(code, 200);
     assert!(script.contains("intent=install host=node-050"), "{script}");
     let phone_home = script.split("phone_home=").nth(1).unwrap().lines().next().unwrap().to_string();
     assert!(phone_home.starts_with(&format!("{BASE}/api/v1/nodes/{mac}/events?token=")), "{phone_home}");
     // The script fetched again (a retried boot) keeps the URL the installer may already have.
-    let (_, again) = s.curl(&[&format!("{BASE}/boot.ipxe?mac={mac}")]);
+    let (_, again) = node_curl(&[&format!("{BASE}/boot.ipxe?mac={mac}")]);
     assert!(String::from_utf8_lossy(&again).contains(&phone_home), "a second script changed the token");
 
     // A wrong boot token is refused; the installer's report with the right one turns the

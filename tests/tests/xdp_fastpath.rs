@@ -664,7 +664,7 @@ mod v6 {
         f[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x77]);
         pass(&mut prog, "to another host", &f, Counter::FastNotForUs);
         let envelope = netboot::dhcp6::relay::Envelope { hop_count: 0, link: "fd00:78::2".parse().unwrap(), peer: client_ll(), interface_id: None, client_mac: None };
-        let mut relayed = netboot::dhcp6::relay::wrap(&[envelope], solicit.clone());
+        let mut relayed = netboot::dhcp6::relay::wrap(&[envelope], solicit.clone()).unwrap();
         relayed[0] = netboot::dhcp6::relay::RELAY_FORW;
         let (action, _, d) = prog.run(&frame(&relayed, client_ll()));
         assert_eq!((action, d.get(Counter::Msg6Other)), (testrun::XDP_PASS, 1), "RELAY-FORW is the agent's");

@@ -527,6 +527,13 @@ impl Config {
             if c.server_id.is_none() {
                 return Err(at(store.span(), "a shared store needs [cluster] server_id (unique per server)".into()));
             }
+            // DHCPv6 is not coordinated between members (no buckets, no claims): two members
+            // would give one address to two clients, and a dead member's kernel would go on
+            // answering. Refused until it is (docs/CLUSTER.md).
+            if cfg.dhcp6.enabled {
+                let enabled = text.find("[dhcp6]").map_or(0, |i| i + text[i..].find("enabled").unwrap_or(0));
+                return Err(ConfigError::at(path, text, enabled, "[dhcp6] cannot be enabled with a [cluster] store: DHCPv6 is not coordinated between members yet; serve IPv6 boot from one server outside the cluster".into()));
+            }
         }
         if c.takeover.0 < std::time::Duration::from_secs(1) {
             return Err(ConfigError::at(path, text, find_key(text, "takeover"), "takeover must be at least 1s".into()));

@@ -161,3 +161,11 @@ fn the_shipped_example_config_is_valid() {
     assert_eq!(c.dhcp.reservations().count(), 3);
     assert_eq!(c.dhcp.hosts_path.as_deref(), Some(path.parent().unwrap().join("hosts.csv").as_path()));
 }
+
+#[test]
+fn dhcp6_with_a_cluster_store_is_refused_where_it_is_enabled() {
+    // DHCPv6 is not coordinated between members: two members would hand one address twice.
+    let e = err("[dhcp]\nsubnet = \"10.1.0.0/24\"\n[cluster]\nstore = \"postgresql://u@localhost/db\"\nserver_id = \"a\"\n[dhcp6]\nenabled = true\nprefix = \"fd00:1::/64\"\n");
+    assert!(e.starts_with("netboot.toml:7:1:") && e.contains("not coordinated"), "{e}");
+    parse("[dhcp]\nsubnet = \"10.1.0.0/24\"\n[cluster]\nstore = \"postgresql://u@localhost/db\"\nserver_id = \"a\"\n[dhcp6]\nenabled = false\nprefix = \"fd00:1::/64\"\n").unwrap();
+}

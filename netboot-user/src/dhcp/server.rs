@@ -476,19 +476,18 @@ impl DhcpServer {
             h.ip
         } else if let Some(l) = self.leases.for_client(&c.client).filter(|l| self.leases.available_to(l.ip, &c.client, now)) {
             l.ip
-        } else if let Some(want) = requested_ip(&c.msg).filter(|ip| self.leases.available_to(*ip, &c.client, now)) {
-            want
         } else {
+            // A new client: whether it names the address it wants (option 50) or not, it
+            // takes one from the pool, and counts against the limit.
             if !self.allocations.allowed(now, self.params.new_clients_per_s) {
                 return silent(Silence::NewClientLimited);
             }
-            match self.leases.allocate(&c.client, now) {
-                Some(ip) => {
-                    self.allocations.made();
-                    ip
-                }
-                None => return silent(Silence::PoolExhausted),
-            }
+            let wanted = requested_ip(&c.msg).filter(|ip| self.leases.available_to(*ip, &c.client, now));
+            let Some(ip) = wanted.or_else(|| self.leases.allocate(&c.client, now)) else {
+                return silent(Silence::PoolExhausted);
+            };
+            self.allocations.made();
+            ip
         };
         // Keep a bound lease bound (a rebooting client re-discovering); hold a new one briefly.
         let existing = self.leases.get(ip).filter(|l| l.client == c.client && l.state == LeaseState::Bound && l.expires > now);
@@ -557,6 +556,9 @@ impl DhcpServer {
             let known = record.is_some_and(|l| l.ip == ip && l.state != LeaseState::Released);
             if !known {
                 match (state, record) {
+                    // SELECTING binds only what we offered it (or its own lease, `known`): an
+                    // address it never was offered would bypass the OFFER's `new_clients_per_s`.
+                    (RequestState::Selecting, _) => return self.nak(c),
                     (RequestState::InitReboot, None) => return silent(Silence::NoRecord),
                     // Renewing an address we never gave it: start over (RFC 2131 §4.4.5).
                     (RequestState::Renewing, None) => return self.nak(c),

@@ -7,6 +7,7 @@
 //! in option 79 of a relay, a link-layer DUID, or the EUI-64 of the client's link-local source
 //! ([`identity`]).
 
+pub mod guard;
 pub mod identity;
 pub mod io;
 pub mod leases;

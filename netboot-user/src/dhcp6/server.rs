@@ -154,6 +154,10 @@ pub enum Silence6 {
     NothingToConfirm,
     /// A new client over `new_clients_per_s` this second.
     NewClientLimited,
+    /// A datagram over [`super::guard::MAX_DATAGRAM`].
+    TooLarge,
+    /// The reply (in its relay envelopes) does not encode: an option over 64 KiB.
+    ReplyTooLarge,
 }
 
 impl Silence6 {
@@ -168,6 +172,8 @@ impl Silence6 {
             Silence6::UnknownClient => "dhcp6_silent_unknown_client",
             Silence6::NothingToConfirm => "dhcp6_silent_nothing_to_confirm",
             Silence6::NewClientLimited => "dhcp6_silent_new_client_limited",
+            Silence6::TooLarge => "dhcp6_silent_too_large",
+            Silence6::ReplyTooLarge => "dhcp6_silent_reply_too_large",
         }
     }
 }
@@ -280,7 +286,11 @@ impl Dhcp6Server {
     }
 
     pub fn handle(&mut self, req: &Request6) -> Result<Reply6, Silence6> {
+        if req.payload.len() > super::guard::MAX_DATAGRAM {
+            return Err(Silence6::TooLarge);
+        }
         let outer = relay::unwrap(req.payload).map_err(|_| Silence6::Malformed)?;
+        super::guard::check(outer.message).map_err(|_| Silence6::Malformed)?;
         let msg = Message::decode(&mut Decoder::new(outer.message)).map_err(|_| Silence6::Malformed)?;
         let kind = msg.msg_type();
         if !matches!(
@@ -373,11 +383,11 @@ impl Dhcp6Server {
         if !matches!(kind, MessageType::Release | MessageType::Decline | MessageType::Confirm) {
             self.boot_options(&c, o);
         }
-        let inner = reply.to_vec().expect("a reply encodes");
+        let inner = reply.to_vec().map_err(|_| Silence6::ReplyTooLarge)?;
         let cacheable = if outer.envelopes.is_empty() && !rapid { self.cacheable(&c, kind, &leases) } else { None };
         // To the client, or to the relay that sent the request (RFC 8415 §19.3).
         let port = if outer.envelopes.is_empty() { CLIENT_PORT } else { SERVER_PORT };
-        Ok(Reply6 { kind: reply_kind, payload: relay::wrap(&outer.envelopes, inner), to: req.src, port, mac, class, arch, leases, cacheable })
+        Ok(Reply6 { kind: reply_kind, payload: relay::wrap(&outer.envelopes, inner).map_err(|_| Silence6::ReplyTooLarge)?, to: req.src, port, mac, class, arch, leases, cacheable })
     }
 
     /// Whether the reply to this SOLICIT or REQUEST (on the link, no Rapid Commit) can answer

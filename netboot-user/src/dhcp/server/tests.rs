@@ -217,6 +217,49 @@ fn requests_of_clients_without_a_record_never_bind_an_address() {
 }
 
 #[test]
+fn no_path_binds_a_pool_address_without_an_offer_counted_against_the_limit() {
+    // Issue 26: a SELECTING REQUEST naming us and any free pool address was ACKed for a full
+    // lease, and a DISCOVER carrying option 50 was offered that address; neither counted
+    // against new_clients_per_s, so one host drained the pool with the limit set.
+    let cfg = config("new_clients_per_s = 3");
+    let mut s = server(&cfg);
+    let f = frames("udhcpc");
+    for i in 0..20u8 {
+        let ip = Ipv4Addr::new(10, 78, 1, 1 + i);
+        let select = from_mac(&f[1], [2, 0, 0, 7, 0, i], |m| {
+            m.opts_mut().insert(DhcpOption::MessageType(MessageType::Request));
+            m.opts_mut().insert(DhcpOption::RequestedIpAddress(ip));
+            m.opts_mut().insert(DhcpOption::ServerIdentifier(SERVER));
+        });
+        let nak = reply(handle_payload(&mut s, &select, NOW));
+        assert_eq!((nak.kind, nak.commit.len()), (MessageType::Nak, 0), "SELECTING for an address never offered");
+    }
+    assert!(s.leases().iter().all(|l| !l.holds(NOW)), "nothing is held");
+    let mut offered = 0;
+    for i in 0..20u8 {
+        let ip = Ipv4Addr::new(10, 78, 1, 1 + i);
+        let discover = from_mac(&f[0], [2, 0, 0, 7, 1, i], |m| {
+            m.opts_mut().insert(DhcpOption::RequestedIpAddress(ip));
+        });
+        match handle_payload(&mut s, &discover, NOW) {
+            Outcome::Reply(r) => {
+                assert_eq!(decode(&r).yiaddr(), ip, "an available address asked for is offered");
+                offered += 1;
+            }
+            Outcome::Silent { why, .. } => assert_eq!(why, Silence::NewClientLimited),
+        }
+    }
+    assert_eq!(offered, 3, "option 50 counts like any new client");
+    // The offered client's SELECTING REQUEST still binds its offer.
+    let select = from_mac(&f[1], [2, 0, 0, 7, 1, 0], |m| {
+        m.opts_mut().insert(DhcpOption::MessageType(MessageType::Request));
+        m.opts_mut().insert(DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 78, 1, 1)));
+        m.opts_mut().insert(DhcpOption::ServerIdentifier(SERVER));
+    });
+    assert_eq!(reply(handle_payload(&mut s, &select, NOW)).kind, MessageType::Ack);
+}
+
+#[test]
 fn only_a_bound_lease_can_be_declined() {
     // Issue 13: DECLINE of an offered address quarantined it, so DISCOVER+DECLINE from one MAC
     // took the whole pool.

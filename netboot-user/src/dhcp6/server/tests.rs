@@ -139,7 +139,7 @@ fn a_relayed_request_is_answered_in_the_envelope_with_the_reserved_address() {
         interface_id: Some(b"ge-0/0/1".to_vec()),
         client_mac: Some(HOST_MAC),
     };
-    let r = handle(&mut s, &forward(&e, &solicit), "fd00:99::1", 7).unwrap();
+    let r = handle(&mut s, &forward(&e, &solicit).unwrap(), "fd00:99::1", 7).unwrap();
     assert_eq!((r.to, r.port, r.mac), ("fd00:99::1".parse().unwrap(), SERVER_PORT, Some(HOST_MAC)));
     let mut as_forward = r.payload.clone();
     as_forward[0] = relay::RELAY_FORW; // read the reply's envelope with the same view
@@ -147,6 +147,39 @@ fn a_relayed_request_is_answered_in_the_envelope_with_the_reserved_address() {
     assert_eq!(un.envelopes[0].interface_id.as_deref(), Some(&b"ge-0/0/1"[..]));
     let m = Message::decode(&mut Decoder::new(un.message)).unwrap();
     assert_eq!(addresses(&m), vec![(3, "fd00:77::7".parse().unwrap(), 3600)], "the host's ip6, by option 79");
+}
+
+#[test]
+fn hostile_relay_nests_and_option_trees_get_silence_not_a_panic() {
+    let mut s = server("");
+    let solicit = message(MessageType::Solicit, &UUID_DUID, Some(3), edk2_options()).to_vec().unwrap();
+    let e = |id: Vec<u8>| Envelope { hop_count: 0, link: "fd00:99::1".parse().unwrap(), peer: "fe80::abcd".parse().unwrap(), interface_id: Some(id), client_mac: Some(HOST_MAC) };
+    // A relay next to the client with a ~65 KB interface-id (reassembled from fragments),
+    // inside another relay's envelope, the whole the largest UDP payload IPv6 carries: the
+    // reply is longer than this small SOLICIT, so its inner RELAY-REPL exceeds what the outer
+    // option 9 can hold (this panicked the DHCPv6 task).
+    let small = message(MessageType::Solicit, &UUID_DUID, Some(3), vec![]).to_vec().unwrap();
+    let id_len = 65_527 - 38 - forward(&e(Vec::new()), &small).unwrap().len();
+    let inner = forward(&e(vec![b'x'; id_len]), &small).unwrap();
+    let hostile = forward(&Envelope { hop_count: 1, interface_id: None, client_mac: None, ..e(Vec::new()) }, &inner).unwrap();
+    assert_eq!(hostile.len(), 65_527);
+    assert_eq!(handle(&mut s, &hostile, "fd00:99::1", 7).err(), Some(Silence6::TooLarge));
+    // A client message whose IA_NA holds IA_NAs five deep: dhcproto would recurse per level.
+    let mut nested = Vec::new();
+    for _ in 0..5 {
+        let mut o = vec![0, 3];
+        o.extend_from_slice(&(12 + nested.len() as u16).to_be_bytes());
+        o.extend_from_slice(&[0; 12]);
+        o.extend_from_slice(&nested);
+        nested = o;
+    }
+    let deep = [&solicit[..], &nested].concat();
+    assert_eq!(handle(&mut s, &deep, "fe80::5054:ff:fe00:7", 7).err(), Some(Silence6::Malformed));
+    // A client message carrying a relay message (only relays may).
+    let with_relay_msg = [&solicit[..], &[0, 9, 0, 4, 1, 0, 0, 1]].concat();
+    assert_eq!(handle(&mut s, &with_relay_msg, "fe80::5054:ff:fe00:7", 7).err(), Some(Silence6::Malformed));
+    // And the server still answers.
+    assert!(handle(&mut s, &forward(&e(b"ge-0/0/1".to_vec()), &solicit).unwrap(), "fd00:99::1", 8).is_ok());
 }
 
 #[test]

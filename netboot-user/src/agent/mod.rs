@@ -1,4 +1,7 @@
-//! The agent: everything `netboot-xdp attach` runs on one interface, until a signal.
+//! The agent: everything `netboot-xdp attach` runs on one interface, until a signal or a
+//! service that fails ([`services`]).
+
+mod services;
 
 use crate::config::{Config, DhcpMode, TftpEngine};
 use crate::tftp;
@@ -144,25 +147,27 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
     let follow = || provision.follow(configs.clone());
     let (dhcp_follows, dhcp6_follows, tftp_follows, limits_follows, http_follows) = (follow(), follow(), follow(), follow(), follow());
     let afxdp_follows = (config_engine == TftpEngine::Afxdp).then(follow);
-    let reload_task = tokio::spawn(crate::reload::run(config_path.to_path_buf(), provision.clone(), stats.clone(), stop_rx.clone()));
-    let provision_task = tokio::spawn(provision.run(stop_rx.clone()));
-    let discovery_task = tokio::spawn(discovery.run(stop_rx.clone()));
-    let dhcp_task = tokio::spawn(dhcp.with_reload(dhcp_follows).run(stop_rx.clone()));
-    let cluster_task = cluster.map(|(member, remote_tx)| tokio::spawn(member.run(remote_tx, stop_rx.clone())));
+    let mut services = services::Services::default();
+    services.spawn("config reload", crate::reload::run(config_path.to_path_buf(), provision.clone(), stats.clone(), stop_rx.clone()));
+    services.spawn("provisioning", provision.run(stop_rx.clone()));
+    services.spawn("discovery", discovery.run(stop_rx.clone()));
+    services.spawn_fallible("DHCP", dhcp.with_reload(dhcp_follows).run(stop_rx.clone()));
+    if let Some((member, remote_tx)) = cluster {
+        services.spawn("cluster", member.run(remote_tx, stop_rx.clone()));
+    }
     let afxdp = match (&tftp, afxdp_follows) {
         (Some((_, source)), Some(follows)) => afxdp_engine(&mut fastpath, &iface, (server_ip, server_ip6), source.clone(), &stats, &http_timelines, follows),
         _ => None,
     };
-    let tftp_task = tftp.map(|(t, _)| tokio::spawn(t.run(tftp_follows, stop_rx.clone())));
-    tokio::spawn(limits.follow(limits_follows, stop_rx.clone()));
-    let http_task = tokio::spawn(crate::http::serve(http_listener, control, http_state, http_follows, stop_rx.clone()));
-    let ra_task = match crate::ra::Responder::open(&iface, stats.clone()) {
-        Ok(r) => Some(tokio::spawn(r.run(configs.clone(), stop_rx.clone()))),
-        Err(e) => {
-            tracing::warn!("IPv6 router advertisements off (dhcp.ipv6_ra): {e}");
-            None
-        }
-    };
+    if let Some((t, _)) = tftp {
+        services.spawn_fallible("TFTP", t.run(tftp_follows, stop_rx.clone()));
+    }
+    services.spawn("XDP limits", limits.follow(limits_follows, stop_rx.clone()));
+    services.spawn_fallible("HTTP", crate::http::serve(http_listener, control, http_state, http_follows, stop_rx.clone()));
+    match crate::ra::Responder::open(&iface, stats.clone()) {
+        Ok(r) => services.spawn("IPv6 router advertisements", r.run(configs.clone(), stop_rx.clone())),
+        Err(e) => tracing::warn!("IPv6 router advertisements off (dhcp.ipv6_ra): {e}"),
+    }
     let dhcp6 = dhcp6.map(|d| match dhcp6_fast_path(&mut fastpath, &iface) {
         Ok((link, events)) => d.with_fast_path(link, events),
         Err(e) => {
@@ -170,7 +175,9 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
             d
         }
     });
-    let dhcp6_task = dhcp6.map(|d| tokio::spawn(d.run(dhcp6_follows, stop_rx.clone())));
+    if let Some(d) = dhcp6 {
+        services.spawn("DHCPv6", d.run(dhcp6_follows, stop_rx.clone()));
+    }
     // The record last: once it says we run, the control socket answers.
     record.write()?;
     tracing::info!(iface = iface_name, mode = fastpath.mode(), server = %server_ip, "XDP attached; serving until SIGINT/SIGTERM (SIGHUP reloads the config)");
@@ -178,38 +185,18 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
     let outcome = tokio::select! {
         signal = wait_for_shutdown() => { tracing::info!(iface = iface_name, "{signal}: detaching"); Ok(()) }
         _ = interface_gone(iface_name) => Err(anyhow::anyhow!("{iface_name} disappeared; stopping")),
-        r = dhcp_task => match r {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e.context("DHCP service failed")),
-            Err(e) => Err(anyhow::anyhow!("DHCP service panicked: {e}")),
-        },
+        (service, why) = services.first_to_end() => {
+            stats.bump("agent_service_failures");
+            tracing::error!(iface = iface_name, service, "service stopped: {why:#}; the agent stops (exit status 1) to be restarted whole");
+            Err(why.context(format!("the {service} service stopped")))
+        }
     };
     let _ = stop_tx.send(true);
     if let Some(engine) = afxdp {
         engine.stop();
     }
-    let _ = reload_task.await;
-    let _ = provision_task.await;
-    let _ = discovery_task.await;
-    if let Some(t) = cluster_task {
-        let _ = t.await;
-    }
-    if let Some(t) = ra_task {
-        let _ = t.await;
-    }
-    if let Some(t) = dhcp6_task {
-        let _ = t.await;
-    }
-    if let Some(t) = tftp_task {
-        let _ = t.await;
-    }
-    match http_task.await {
-        Ok(Err(e)) => tracing::error!("HTTP service: {e:#}"),
-        Err(e) => tracing::error!("HTTP service panicked: {e}"),
-        Ok(Ok(())) => {}
-    }
-    // Give the DHCP task (if still running) a moment to flush its committed replies.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The DHCP service flushes its committed replies on the way out.
+    services.stopped().await;
     let counters = fastpath.counters().ok();
     if let Err(e) = fastpath.detach() {
         tracing::warn!(iface = iface_name, "detach: {e:#}");
