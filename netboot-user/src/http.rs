@@ -204,7 +204,7 @@ pub async fn serve(
     mut configs: Follower,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let max_connections = configs.current().http.max_connections;
+    let (max_connections, per_client) = (configs.current().http.max_connections, configs.current().http.max_connections_per_client);
     let tls = crate::api_tls::server_config(&configs.current().api)?;
     let follow = {
         let state = state.clone();
@@ -217,14 +217,14 @@ pub async fn serve(
             }
         })
     };
-    let mut listener = crate::http_listener::LimitedListener::new(listener, max_connections, state.stats.clone());
+    let mut listener = crate::http_listener::LimitedListener::new(listener, max_connections, state.stats.clone()).per_client(per_client);
     let tls_on = tls.is_some();
     if let Some(tls) = tls {
         listener = listener.with_tls(tls);
     }
     let stats = state.stats.clone();
     let app = router(state);
-    tracing::info!(listen = %axum::serve::Listener::local_addr(&listener)?, max_connections, tls = tls_on, "HTTP service up");
+    tracing::info!(listen = %axum::serve::Listener::local_addr(&listener)?, max_connections, per_client, tls = tls_on, "HTTP service up");
     let until = |mut s: watch::Receiver<bool>| async move {
         let _ = s.changed().await;
     };

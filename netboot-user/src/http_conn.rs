@@ -15,17 +15,23 @@ use axum::http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode,
 use bytes::{Buf, BytesMut};
 use http_body_util::BodyExt;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
 use tokio::sync::watch;
 use tower::ServiceExt;
 
 /// A request head larger than this is refused (431).
 const MAX_HEAD: usize = 32 * 1024;
 const MAX_HEADERS: usize = 64;
-/// A request body larger than this is refused (413). It is read before the router (and its
-/// token check) runs, so it is what an anonymous client can make a connection hold: axum's own
-/// default body limit, which the handlers' extractors apply anyway.
+/// A request body larger than this is refused (413): axum's own default body limit, which the
+/// handlers' extractors apply anyway.
 const MAX_BODY: u64 = 2 * 1024 * 1024;
+/// A request head must be complete this long after its first byte (nginx's
+/// `client_header_timeout`): a client sending a byte now and then (slowloris) keeps no place.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// A body must arrive at this rate at least, after [`HEAD_TIMEOUT`] of grace.
+const MIN_BODY_RATE: u64 = 32 * 1024;
 
 /// Accepts connections until `shutdown`; each is served by a task of its own.
 pub async fn serve(mut listener: LimitedListener, app: Router, stats: Arc<Stats>, mut shutdown: watch::Receiver<bool>) {
@@ -108,6 +114,9 @@ pub async fn connection<S: Socket>(mut io: S, peer: PeerAddr, app: Router, stats
 
 /// One request and its response; whether the connection stays open.
 async fn exchange<S: Socket>(io: &mut S, buf: &mut BytesMut, peer: PeerAddr, app: &Router, stats: &Stats) -> Result<bool, Stop> {
+    // Between requests the connection's idle timeout applies; once a head has begun, it has
+    // HEAD_TIMEOUT to be complete.
+    let mut head_deadline = None;
     let (mut req, head_len) = loop {
         if let Some(parsed) = parse_head(buf)? {
             break parsed;
@@ -115,12 +124,22 @@ async fn exchange<S: Socket>(io: &mut S, buf: &mut BytesMut, peer: PeerAddr, app
         if buf.len() > MAX_HEAD {
             return Err(Stop::Refuse(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "request head too large"));
         }
-        if io.read_buf(buf).await? == 0 {
+        if !buf.is_empty() && head_deadline.is_none() {
+            head_deadline = Some(Instant::now() + HEAD_TIMEOUT);
+        }
+        let read = match head_deadline {
+            Some(at) => tokio::time::timeout_at(at, io.read_buf(buf)).await.map_err(|_| {
+                stats.bump("http_head_timeout");
+                Stop::Refuse(StatusCode::REQUEST_TIMEOUT, "request head too slow")
+            })?,
+            None => io.read_buf(buf).await,
+        };
+        if read? == 0 {
             return Err(Stop::Closed);
         }
     };
     buf.advance(head_len);
-    let keep_alive = wants_keep_alive(&req);
+    let mut keep_alive = wants_keep_alive(&req);
     if req.headers().contains_key(header::TRANSFER_ENCODING) {
         return Err(Stop::Refuse(StatusCode::LENGTH_REQUIRED, "send the body with Content-Length"));
     }
@@ -131,29 +150,106 @@ async fn exchange<S: Socket>(io: &mut S, buf: &mut BytesMut, peer: PeerAddr, app
     if body_len > MAX_BODY {
         return Err(Stop::Refuse(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"));
     }
-    if body_len > 0 {
-        let expects = req.headers().get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-        if expects && buf.is_empty() {
-            io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
-        }
-        while (buf.len() as u64) < body_len {
-            if io.read_buf(buf).await? == 0 {
-                return Err(Stop::Closed);
-            }
-        }
-        *req.body_mut() = Body::from(buf.split_to(body_len as usize).freeze());
-    }
     let method = req.method().clone();
     let version = req.version();
     req.extensions_mut().insert(ConnectInfo(peer));
     if io.can_send_file() {
         req.extensions_mut().insert(SendFileOk);
     }
-    let resp = match app.clone().oneshot(req).await {
-        Ok(r) => r,
-        Err(never) => match never {},
+    let resp = if body_len == 0 {
+        match app.clone().oneshot(req).await {
+            Ok(r) => r,
+            Err(never) => match never {},
+        }
+    } else {
+        let expects = req.headers().get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        let (body, feed) = BodyFeed::new(body_len, expects);
+        *req.body_mut() = body;
+        let (resp, fed) = feed.run(io, buf, app.clone().oneshot(req), stats).await?;
+        // A body the handler did not read (a refused token, no such route) is still on the
+        // wire: the connection cannot be read from again.
+        keep_alive &= fed;
+        resp
     };
     respond(io, resp, method == Method::HEAD, version, keep_alive, stats).await
+}
+
+/// A request body read from the connection only as the handler asks for it: the router (and
+/// its token check) runs first, so an anonymous client cannot make the agent read and hold
+/// a body it would refuse; and the body must keep [`MIN_BODY_RATE`].
+struct BodyFeed {
+    /// Dropped at the body's end: the handler sees the end when the channel closes.
+    tx: Option<tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>>,
+    left: u64,
+    deadline: Instant,
+    expects_continue: bool,
+}
+
+impl BodyFeed {
+    fn new(len: u64, expects_continue: bool) -> (Body, BodyFeed) {
+        // One chunk in flight: the feed reads the next only once the handler took this one.
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let chunks = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+        let deadline = Instant::now() + HEAD_TIMEOUT + Duration::from_secs(len / MIN_BODY_RATE);
+        (Body::from_stream(chunks), BodyFeed { tx: Some(tx), left: len, deadline, expects_continue })
+    }
+
+    /// Runs `handler` while feeding it the body from `buf` and `io`; its response, and
+    /// whether the whole body was read.
+    async fn run<S: Socket>(
+        mut self,
+        io: &mut S,
+        buf: &mut BytesMut,
+        handler: impl std::future::Future<Output = Result<Response<Body>, std::convert::Infallible>>,
+        stats: &Stats,
+    ) -> Result<(Response<Body>, bool), Stop> {
+        tokio::pin!(handler);
+        let (mut failed, mut unwanted) = (None, false);
+        loop {
+            if self.left == 0 || failed.is_some() {
+                self.tx = None;
+            }
+            tokio::select! {
+                biased;
+                r = &mut handler => {
+                    let resp = match r { Ok(r) => r, Err(never) => match never {} };
+                    return match failed {
+                        Some(stop) => Err(stop),
+                        None => Ok((resp, self.left == 0)),
+                    };
+                }
+                permit = async { self.tx.as_ref().expect("guarded").reserve().await }, if self.tx.is_some() && !unwanted => {
+                    let Ok(permit) = permit else {
+                        unwanted = true; // the request was refused or answered without its body
+                        continue;
+                    };
+                    if buf.is_empty() {
+                        if std::mem::take(&mut self.expects_continue) {
+                            io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+                        }
+                        match tokio::time::timeout_at(self.deadline, io.read_buf(buf)).await {
+                            Ok(Ok(n)) if n > 0 => {}
+                            Ok(_) => {
+                                permit.send(Err(std::io::ErrorKind::UnexpectedEof.into()));
+                                failed = Some(Stop::Closed);
+                                continue;
+                            }
+                            Err(_) => {
+                                stats.bump("http_body_timeout");
+                                permit.send(Err(std::io::ErrorKind::TimedOut.into()));
+                                failed = Some(Stop::Refuse(StatusCode::REQUEST_TIMEOUT, "request body too slow"));
+                                continue;
+                            }
+                        }
+                    }
+                    let take = (buf.len() as u64).min(self.left) as usize;
+                    self.left -= take as u64;
+                    permit.send(Ok(buf.split_to(take).freeze()));
+
+                }
+            }
+        }
+    }
 }
 
 /// A request parsed from the start of `buf`, and the length of its head; `None` if incomplete.
@@ -265,4 +361,101 @@ async fn respond<S: Socket>(io: &mut S, resp: Response<Body>, head_only: bool, v
     }
     io.flush().await?;
     Ok(keep_alive)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::post;
+    use tokio::io::DuplexStream;
+
+    /// A router whose one route needs `Authorization: yes` (refused before the body is read,
+    /// as the API's token check is) and echoes the body's length.
+    fn app() -> Router {
+        let guard = axum::middleware::from_fn(|req: axum::extract::Request, next: axum::middleware::Next| async move {
+            if req.headers().get(header::AUTHORIZATION).is_some_and(|v| v == "yes") {
+                next.run(req).await
+            } else {
+                StatusCode::UNAUTHORIZED.into_response()
+            }
+        });
+        Router::new().route("/in", post(|body: bytes::Bytes| async move { body.len().to_string() })).layer(guard)
+    }
+
+    use axum::response::IntoResponse;
+
+    fn open() -> (DuplexStream, tokio::task::JoinHandle<()>, Arc<Stats>) {
+        let (client, server) = tokio::io::duplex(1 << 20);
+        let stats = Arc::new(Stats::default());
+        let peer = PeerAddr { addr: "10.0.0.9:4000".parse().unwrap(), tls: false };
+        let task = tokio::spawn(connection(server, peer, app(), stats.clone()));
+        (client, task, stats)
+    }
+
+    async fn response(client: &mut DuplexStream) -> String {
+        let mut out = Vec::new();
+        let _ = client.read_to_end(&mut out).await;
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_sent_a_byte_at_a_time_is_cut_off_after_its_deadline() {
+        let (client, task, stats) = open();
+        let (mut rx, mut tx) = tokio::io::split(client);
+        let started = Instant::now();
+        let writer = tokio::spawn(async move {
+            for b in b"GET /in HTTP/1.1\r\nHost: x\r\n" {
+                if tx.write_all(&[*b]).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            std::future::pending::<()>().await;
+        });
+        let mut out = Vec::new();
+        let _ = rx.read_to_end(&mut out).await;
+        let r = String::from_utf8_lossy(&out);
+        assert!(r.starts_with("HTTP/1.1 408"), "{r}");
+        assert_eq!(started.elapsed(), HEAD_TIMEOUT, "the head's deadline runs from its first byte");
+        writer.abort();
+        assert_eq!(stats.snapshot()["http_head_timeout"], 1);
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_is_not_read_before_the_route_accepts_it() {
+        // Refused: the 401 comes back at once though the 2 MiB body never does.
+        let (mut client, task, _) = open();
+        client.write_all(b"POST /in HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n0123456789").await.unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(1), response(&mut client)).await.expect("no answer before the body was sent");
+        assert!(r.starts_with("HTTP/1.1 401") && r.contains("connection: close"), "{r}");
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_accepted_body_is_read_whole() {
+        // Accepted, and sent whole: read and answered, the connection kept.
+        let (mut client, task, _) = open();
+        let body = vec![b'x'; 100_000];
+        client.write_all(format!("POST /in HTTP/1.1\r\nHost: x\r\nAuthorization: yes\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes()).await.unwrap();
+        client.write_all(&body).await.unwrap();
+        let mut head = [0u8; 64];
+        let n = client.read(&mut head).await.unwrap();
+        assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head[..n]));
+        drop(client);
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_behind_its_minimum_rate_is_cut_off() {
+        // Accepted, then a trickle: 408 once the body is behind its minimum rate.
+        let (mut client, task, stats) = open();
+        client.write_all(b"POST /in HTTP/1.1\r\nHost: x\r\nAuthorization: yes\r\nContent-Length: 64000\r\n\r\n0123").await.unwrap();
+        let started = Instant::now();
+        let r = response(&mut client).await;
+        assert!(r.starts_with("HTTP/1.1 408"), "{r}");
+        assert_eq!(started.elapsed(), HEAD_TIMEOUT + Duration::from_secs(64000 / MIN_BODY_RATE));
+        assert_eq!(stats.snapshot()["http_body_timeout"], 1);
+        task.await.unwrap();
+    }
 }

@@ -1,7 +1,9 @@
 //! The HTTP listener with limits: at most `http.max_connections` connections open (more wait
-//! in the listen backlog, where the kernel holds them without costing the agent anything), and
-//! a connection that moves no byte in either direction for [`IDLE_TIMEOUT`] is closed (a
-//! client that opens connections and sends nothing, or stops reading, does not keep a place).
+//! in the listen backlog, where the kernel holds them without costing the agent anything), at
+//! most `http.max_connections_per_client` of them from one address (more are closed at once:
+//! one host cannot take every place), and a connection that moves no byte in either direction
+//! for [`IDLE_TIMEOUT`] is closed (a client that opens connections and sends nothing, or stops
+//! reading, does not keep a place).
 //!
 //! With TLS for the API (`[api] tls_cert`), the same port speaks both: a connection whose first
 //! byte opens a TLS handshake record is TLS, any other is plain HTTP (boot clients). Each
@@ -11,7 +13,8 @@
 use crate::stats::Stats;
 use axum::extract::connect_info::Connected;
 use axum::serve::{IncomingStream, Listener};
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -35,8 +38,53 @@ pub struct LimitedListener {
     inner: TcpListener,
     /// `None`: unlimited.
     places: Option<Arc<Semaphore>>,
+    /// `None`: unlimited.
+    per_client: Option<Arc<PerClient>>,
     stats: Arc<Stats>,
     tls: Option<Tls>,
+}
+
+/// Connections open per client address, and how many one may have.
+struct PerClient {
+    limit: u32,
+    open: std::sync::Mutex<HashMap<IpAddr, u32>>,
+}
+
+/// One connection of a client, counted until it is dropped.
+struct ClientSlot {
+    table: Arc<PerClient>,
+    ip: IpAddr,
+}
+
+impl PerClient {
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<ClientSlot> {
+        let ip = ip.to_canonical(); // an IPv4 client of a dual-stack socket is one client
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(ip).or_default();
+        if *n >= self.limit {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot { table: self.clone(), ip })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = self.table.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// What a connection holds while open: its place, and its count against its client's limit.
+struct Place {
+    _place: Option<OwnedSemaphorePermit>,
+    _client: Option<ClientSlot>,
 }
 
 /// TLS beside plain HTTP: connections told apart (and handshaken) by tasks, handed back here.
@@ -50,7 +98,13 @@ impl LimitedListener {
     /// `max_connections` = 0: unlimited.
     pub fn new(inner: TcpListener, max_connections: u32, stats: Arc<Stats>) -> LimitedListener {
         let places = (max_connections != 0).then(|| Arc::new(Semaphore::new(max_connections as usize)));
-        LimitedListener { inner, places, stats, tls: None }
+        LimitedListener { inner, places, per_client: None, stats, tls: None }
+    }
+
+    /// At most `limit` connections open from one address (0 = unlimited).
+    pub fn per_client(mut self, limit: u32) -> LimitedListener {
+        self.per_client = (limit != 0).then(|| Arc::new(PerClient { limit, open: Default::default() }));
+        self
     }
 
     /// Also speaks TLS with `config` on the same port.
@@ -62,22 +116,33 @@ impl LimitedListener {
 }
 
 /// A TCP connection with its place.
-async fn accept_tcp(inner: &TcpListener, places: &Option<Arc<Semaphore>>, stats: &Stats) -> (TcpStream, SocketAddr, Option<OwnedSemaphorePermit>) {
-    let place = match places {
-        Some(p) => {
-            if p.available_permits() == 0 {
-                stats.bump("http_connections_waiting_for_a_place");
-            }
-            Some(p.clone().acquire_owned().await.expect("the semaphore is never closed"))
-        }
-        None => None,
-    };
+async fn accept_tcp(inner: &TcpListener, places: &Option<Arc<Semaphore>>, per_client: &Option<Arc<PerClient>>, stats: &Stats) -> (TcpStream, SocketAddr, Place) {
     loop {
+        let place = match places {
+            Some(p) => {
+                if p.available_permits() == 0 {
+                    stats.bump("http_connections_waiting_for_a_place");
+                }
+                Some(p.clone().acquire_owned().await.expect("the semaphore is never closed"))
+            }
+            None => None,
+        };
         match inner.accept().await {
             Ok((stream, addr)) => {
-                let _ = stream.set_nodelay(true);
                 stats.bump("http_connections");
-                return (stream, addr, place);
+                let client = match per_client {
+                    Some(table) => match table.take(addr.ip()) {
+                        Some(slot) => Some(slot),
+                        None => {
+                            // Closed at once; its place goes back with it.
+                            stats.bump("http_refused_client_limit");
+                            continue;
+                        }
+                    },
+                    None => None,
+                };
+                let _ = stream.set_nodelay(true);
+                return (stream, addr, Place { _place: place, _client: client });
             }
             // Out of descriptors and the like: wait, as axum's own listener does.
             Err(e) => {
@@ -89,7 +154,7 @@ async fn accept_tcp(inner: &TcpListener, places: &Option<Arc<Semaphore>>, stats:
 }
 
 impl LimitedStream {
-    fn new(stream: Io, stats: Arc<Stats>, place: Option<OwnedSemaphorePermit>) -> LimitedStream {
+    fn new(stream: Io, stats: Arc<Stats>, place: Place) -> LimitedStream {
         LimitedStream { stream, idle: Box::pin(tokio::time::sleep(IDLE_TIMEOUT)), stats, _place: place }
     }
 
@@ -100,7 +165,7 @@ impl LimitedStream {
 }
 
 /// Tells a connection's protocol by its first byte, does the TLS handshake, hands it back.
-async fn sort(tcp: TcpStream, addr: SocketAddr, place: Option<OwnedSemaphorePermit>, acceptor: tokio_rustls::TlsAcceptor, stats: Arc<Stats>, ready: tokio::sync::mpsc::Sender<(LimitedStream, SocketAddr)>) {
+async fn sort(tcp: TcpStream, addr: SocketAddr, place: Place, acceptor: tokio_rustls::TlsAcceptor, stats: Arc<Stats>, ready: tokio::sync::mpsc::Sender<(LimitedStream, SocketAddr)>) {
     let mut first = [0u8; 1];
     let io = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await {
         Ok(Ok(1)) if first[0] == TLS_HANDSHAKE => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -133,9 +198,9 @@ impl Listener for LimitedListener {
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (LimitedStream, SocketAddr) {
-        let LimitedListener { inner, places, stats, tls } = self;
+        let LimitedListener { inner, places, per_client, stats, tls } = self;
         let Some(tls) = tls else {
-            let (tcp, addr, place) = accept_tcp(inner, places, stats).await;
+            let (tcp, addr, place) = accept_tcp(inner, places, per_client, stats).await;
             return (LimitedStream::new(Io::Plain(tcp), stats.clone(), place), addr);
         };
         loop {
@@ -143,7 +208,7 @@ impl Listener for LimitedListener {
             // accepted, stays where it was).
             tokio::select! {
                 Some(ready) = tls.ready_rx.recv() => return ready,
-                (tcp, addr, place) = accept_tcp(inner, places, stats) => {
+                (tcp, addr, place) = accept_tcp(inner, places, per_client, stats) => {
                     tokio::spawn(sort(tcp, addr, place, tls.acceptor.clone(), stats.clone(), tls.ready_tx.clone()));
                 }
             }
@@ -212,7 +277,7 @@ pub struct LimitedStream {
     stream: Io,
     idle: Pin<Box<tokio::time::Sleep>>,
     stats: Arc<Stats>,
-    _place: Option<OwnedSemaphorePermit>,
+    _place: Place,
 }
 
 impl LimitedStream {
@@ -400,5 +465,33 @@ mod tests {
         let (_b, _) = waiting.await.unwrap();
         assert_eq!(stats.snapshot()["http_idle_closed"], 1);
         assert_eq!(stats.snapshot()["http_connections"], 2);
+    }
+
+    #[tokio::test]
+    async fn one_address_holds_at_most_its_share_of_connections() {
+        let inner = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = inner.local_addr().unwrap();
+        let stats = Arc::new(Stats::default());
+        let mut listener = LimitedListener::new(inner, 100, stats.clone()).per_client(2);
+        // Two from 127.0.0.1 are accepted; the third is closed at once; another address
+        // (127.0.0.2) still gets in.
+        let _a = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let _b = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let other = tokio::net::TcpSocket::new_v4().unwrap();
+        other.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let _other = other.connect(addr).await.unwrap();
+        let (a, _) = listener.accept().await;
+        let (_b, _) = listener.accept().await;
+        let (_, from) = listener.accept().await;
+        assert_eq!(from.ip(), "127.0.0.2".parse::<IpAddr>().unwrap(), "the third of 127.0.0.1 got a connection");
+        let mut buf = [0u8; 1];
+        assert_eq!(third.read(&mut buf).await.map_err(|e| e.kind()).unwrap_or(0), 0, "the third is closed");
+        assert_eq!(stats.snapshot()["http_refused_client_limit"], 1);
+        // One closed gives its place back to its client.
+        drop(a);
+        let _c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (_, from) = listener.accept().await;
+        assert_eq!(from.ip(), "127.0.0.1".parse::<IpAddr>().unwrap());
     }
 }

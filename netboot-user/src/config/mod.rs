@@ -421,6 +421,10 @@ pub struct HttpConfig {
     /// Open connections, at most (0 = unlimited); more wait in the listen backlog.
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
+    /// Open connections per client address, at most (0 = unlimited): one host cannot hold
+    /// every place. More are closed at once (`http_refused_client_limit`).
+    #[serde(default = "default_max_connections_per_client")]
+    pub max_connections_per_client: u32,
     /// Files being sent at once, at most (0 = unlimited): beyond, a file request gets 503 with
     /// `Retry-After: 1`, which iPXE waits out and asks again (measured, docs/BENCHMARKS.md).
     #[serde(default)]
@@ -434,6 +438,7 @@ impl Default for HttpConfig {
             root: default_http_root(),
             script: default_script(),
             max_connections: default_max_connections(),
+            max_connections_per_client: default_max_connections_per_client(),
             max_downloads: 0,
         }
     }
@@ -450,6 +455,10 @@ fn default_script() -> PathBuf {
 }
 fn default_max_connections() -> u32 {
     16384
+}
+
+fn default_max_connections_per_client() -> u32 {
+    64
 }
 
 impl Config {
