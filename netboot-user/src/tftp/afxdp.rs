@@ -117,7 +117,8 @@ impl Engine {
             transfers: HashMap::new(),
             timers: BinaryHeap::new(),
             ports: (port_lo, port_hi),
-            next_tid: port_lo,
+            tid_keys: std::collections::hash_map::RandomState::new(),
+            tids_drawn: 0,
             out: Vec::new(),
         };
         let flag = stop.clone();
@@ -154,7 +155,9 @@ struct Worker {
     transfers: HashMap<SocketAddr, Live>,
     timers: BinaryHeap<Reverse<(Instant, SocketAddr)>>,
     ports: (u16, u16),
-    next_tid: u16,
+    /// Keys of the transfer-port draw, and how many were drawn.
+    tid_keys: std::collections::hash_map::RandomState,
+    tids_drawn: u64,
     /// Frames to send, written into the queue's UMEM at the next flush.
     out: Vec<Outgoing>,
 }
@@ -247,7 +250,7 @@ impl Worker {
         }
         let live = self.transfers.get_mut(&client).expect("present or resumed");
         live.queue = queue;
-        let step = live.session.transfer.on_packet(payload, now);
+        let step = live.session.on_packet(payload, client.ip(), now, &self.stats);
         self.on_step(client, step);
     }
 
@@ -308,10 +311,15 @@ impl Worker {
         }
     }
 
+    /// A transfer port drawn at random from the engine's range (RFC 1350 §4 asks for random
+    /// TIDs): a sequential one let any host on the segment guess another client's port and
+    /// drive or abort its transfer with forged ACKs and ERRORs. SipHash with keys drawn from
+    /// the OS at start, over a counter: not guessable from the ports a client is given.
     fn allocate_tid(&mut self) -> u16 {
-        let t = self.next_tid;
-        self.next_tid = if t >= self.ports.1 { self.ports.0 } else { t + 1 };
-        t
+        use std::hash::BuildHasher;
+        self.tids_drawn += 1;
+        let span = u64::from(self.ports.1 - self.ports.0) + 1;
+        self.ports.0 + (self.tid_keys.hash_one(self.tids_drawn) % span) as u16
     }
 
     fn on_step(&mut self, client: SocketAddr, step: Step) {
@@ -368,7 +376,7 @@ impl Worker {
                 self.schedule(client); // the transfer made progress since
                 continue;
             }
-            let step = live.session.transfer.on_timeout(now);
+            let step = live.session.on_timeout(now);
             let wait = matches!(step, Step::Wait);
             self.on_step(client, step);
             if wait {

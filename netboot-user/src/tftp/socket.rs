@@ -112,13 +112,13 @@ impl TransferCtx {
         }
         let mut buf = vec![0u8; 2048];
         loop {
-            let t = &mut s.transfer;
+            let deadline = s.transfer.deadline();
             let step = tokio::select! {
                 r = sock.recv(&mut buf) => match r {
-                    Ok(n) => t.on_packet(&buf[..n], Instant::now()),
+                    Ok(n) => s.on_packet(&buf[..n], client.ip(), Instant::now(), &self.stats),
                     Err(_) => Step::Wait, // ICMP unreachable from an earlier send: keep the timer
                 },
-                _ = tokio::time::sleep_until(t.deadline().into()) => t.on_timeout(Instant::now()),
+                _ = tokio::time::sleep_until(deadline.into()) => s.on_timeout(Instant::now()),
             };
             match step {
                 Step::Send(pkts) => {

@@ -156,6 +156,11 @@ impl Transfer {
         self.p
     }
 
+    /// Whether the client has acknowledged anything yet (its address is real).
+    pub fn confirmed(&self) -> bool {
+        self.confirmed
+    }
+
     /// The first packets: the OACK, or the first window.
     pub fn start(&mut self, now: Instant) -> Vec<Vec<u8>> {
         self.last_send = now;
