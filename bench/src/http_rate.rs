@@ -101,7 +101,7 @@ fn start(server: &str, lab: &Lab, dir: &Path, root: &Path) -> anyhow::Result<Run
             std::fs::write(
                 &config,
                 format!(
-                    "[server]\naddress = \"10.77.0.1\"\nstate_dir = \"{}\"\n[dhcp]\nsubnet = \"10.77.0.0/16\"\n[http]\nlisten = \"10.77.0.1:8080\"\nroot = \"{}\"\n",
+                    "[server]\naddress = \"10.77.0.1\"\nstate_dir = \"{}\"\n[dhcp]\nsubnet = \"10.77.0.0/16\"\n[http]\nlisten = \"10.77.0.1:8080\"\nroot = \"{}\"\nmax_connections_per_client = 0\n",
                     dir.join("state").display(),
                     root.display()
                 ),

@@ -90,7 +90,31 @@ pub struct FastLimits {
     pub alive_until_ns: u64,
 }
 
-/// A client's request count in the current one-second window (`CLIENT_RATE`, LRU by chaddr).
+/// Who a request's rate is counted against (`CLIENT_RATE`'s key): the chaddr it carries and
+/// where it came from, the Ethernet source when direct, the giaddr when relayed. Keyed by
+/// chaddr alone, frames forged with a victim's chaddr from another host silenced the victim.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RateKey {
+    pub chaddr: [u8; 6],
+    /// The Ethernet source (direct), or the giaddr in the first four bytes (relayed).
+    pub from: [u8; 6],
+    /// 1 when relayed.
+    pub relayed: u8,
+    pub _pad: [u8; 3],
+}
+
+impl RateKey {
+    pub fn new(chaddr: [u8; 6], src_mac: [u8; 6], giaddr: [u8; 4]) -> RateKey {
+        match giaddr {
+            [0, 0, 0, 0] => RateKey { chaddr, from: src_mac, relayed: 0, _pad: [0; 3] },
+            [a, b, c, d] => RateKey { chaddr, from: [a, b, c, d, 0, 0], relayed: 1, _pad: [0; 3] },
+        }
+    }
+}
+
+/// A client's request count in the current one-second window (`CLIENT_RATE`, LRU by
+/// [`RateKey`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ClientRate {
@@ -149,4 +173,5 @@ mod pod {
     unsafe impl aya::Pod for super::AckEvent {}
     unsafe impl aya::Pod for super::FastLimits {}
     unsafe impl aya::Pod for super::ClientRate {}
+    unsafe impl aya::Pod for super::RateKey {}
 }

@@ -30,7 +30,7 @@ pub mod maps {
     pub const TFTP_STEER: &str = "TFTP_STEER";
     /// `Array<FastLimits>` (one entry): limits set by the agent from the config.
     pub const LIMITS: &str = "LIMITS";
-    /// `LruHashMap<[u8; 6], ClientRate>`: requests per client in the current second.
+    /// `LruHashMap<RateKey, ClientRate>`: requests per client in the current second.
     pub const CLIENT_RATE: &str = "CLIENT_RATE";
     /// `HashMap<TransferKey, TransferRecord>` (pinned): the AF_XDP TFTP engine's running
     /// transfers, so that an agent restarted after a crash goes on with them.

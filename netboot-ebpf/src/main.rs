@@ -18,7 +18,7 @@ use aya_ebpf::{
 };
 use netboot_common::{
     Counter, SCRATCH_LEN, TRANSFERS_ENTRIES, TftpSteer, TransferKey, TransferRecord,
-    cache::{CLIENT_RATE_ENTRIES, ClientRate, FastLimits, REQUEST_MAX, TEMPLATE_MAX},
+    cache::{CLIENT_RATE_ENTRIES, ClientRate, FastLimits, RateKey, REQUEST_MAX, TEMPLATE_MAX},
     counter::NUM_COUNTERS,
     wire::{
         self, BOOTP_OPTIONS_OFF, ClientClass, DHCP_MAGIC, DHCP_SERVER_PORT, ETH_HLEN, ETH_P_8021AD,
@@ -56,7 +56,7 @@ static LIMITS: Array<FastLimits> = Array::with_max_entries(1, 0);
 /// (BPF_F_NO_COMMON_LRU): a storm inserts thousands of new clients at once from every queue,
 /// and one common list would serialise them on its lock.
 #[map]
-static CLIENT_RATE: LruHashMap<[u8; 6], ClientRate> = LruHashMap::with_max_entries(CLIENT_RATE_ENTRIES, BPF_F_NO_COMMON_LRU);
+static CLIENT_RATE: LruHashMap<RateKey, ClientRate> = LruHashMap::with_max_entries(CLIENT_RATE_ENTRIES, BPF_F_NO_COMMON_LRU);
 
 /// Per load-balancing bucket, whether this server answers it (`netboot_common::cluster`).
 #[map]
@@ -89,6 +89,10 @@ pub struct Scratch {
     pub(crate) pseudo6: [u8; 40],
     /// The DHCPv6 request being answered.
     pub(crate) req6: dhcp6::Classified6,
+    /// The rate count's key and a new count: here, not on the stack, which `netboot` nearly
+    /// fills (the verifier allows 512 bytes for a call chain).
+    rate_key: RateKey,
+    rate_new: ClientRate,
 }
 
 /// Position of the option walk.
@@ -174,7 +178,7 @@ pub(crate) fn be16(b: [u8; 2]) -> u16 {
 pub fn netboot(ctx: XdpContext) -> u32 {
     bump(Counter::Packets);
     let action = match classify(&ctx) {
-        Ok(Frame::Dhcp(req)) if over_rate(&req.chaddr) => {
+        Ok(Frame::Dhcp(req)) if over_rate(&ctx, &req) => {
             bump(Counter::RateLimited);
             xdp_action::XDP_DROP
         }
@@ -229,18 +233,21 @@ pub fn netboot(ctx: XdpContext) -> u32 {
     action
 }
 
-/// Counts a request of `chaddr` in its one-second window; true when the client is over
-/// `per_client_pps` (the request is dropped: neither the kernel nor the agent answers a client
-/// that floods). Counting is per map entry, not atomic across CPUs: a client may get a few
-/// more through, never fewer.
+/// Counts a request in its client's one-second window ([`RateKey`]: chaddr and where it came
+/// from); true when the client is over `per_client_pps` (the request is dropped: neither the
+/// kernel nor the agent answers a client that floods). Counting is per map entry, not atomic
+/// across CPUs: a client may get a few more through, never fewer.
 #[inline(never)]
-fn over_rate(chaddr: &[u8; 6]) -> bool {
+fn over_rate(ctx: &XdpContext, req: &Classified) -> bool {
     let limit = match LIMITS.get(0) {
         Some(l) if l.per_client_pps != 0 => l.per_client_pps,
         _ => return false,
     };
+    let (Ok(src), Some(s)) = (bytes_at::<6>(ctx, 6), SCRATCH.get_ptr_mut(0)) else { return false };
+    let s = unsafe { &mut *s };
+    s.rate_key = RateKey::new(req.chaddr, unsafe { *src }, req.giaddr);
     let now = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_ns() };
-    if let Some(r) = CLIENT_RATE.get_ptr_mut(chaddr) {
+    if let Some(r) = CLIENT_RATE.get_ptr_mut(&s.rate_key) {
         let r = unsafe { &mut *r };
         if now.wrapping_sub(r.window_start_ns) < 1_000_000_000 {
             r.count += 1;
@@ -250,7 +257,8 @@ fn over_rate(chaddr: &[u8; 6]) -> bool {
         r.count = 1;
         return false;
     }
-    let _ = CLIENT_RATE.insert(chaddr, &ClientRate { window_start_ns: now, count: 1, _pad: 0 }, 0);
+    s.rate_new = ClientRate { window_start_ns: now, count: 1, _pad: 0 };
+    let _ = CLIENT_RATE.insert(&s.rate_key, &s.rate_new, 0);
     false
 }
 

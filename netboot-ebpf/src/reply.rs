@@ -82,7 +82,10 @@ pub fn answer(ctx: &XdpContext, req: &Classified) -> Result<u32, Counter> {
     if len < MIN_FRAME || len > TEMPLATE_MAX {
         return Err(Counter::FastError);
     }
-    finish(s, entry, req, len);
+    // A relayed reply goes back to the frame's sender (the relay, or the router before it),
+    // whatever MAC it had when the entry was compiled.
+    let src_mac = unsafe { *crate::bytes_at::<6>(ctx, 6)? };
+    finish(s, entry, req, len, src_mac);
 
     if kind == KIND_ACK {
         let ev = AckEvent { mac: req.chaddr, class: req.class as u8, arch1: AckEvent::encode_arch(req.arch), ip: entry.yiaddr, xid: u32::from_be_bytes(req.xid) };
@@ -184,11 +187,14 @@ fn client_id_matches(s: &Scratch, e: &CacheEntry) -> bool {
 
 /// Copies the template into scratch and patches it for this request.
 #[inline(always)]
-fn finish(s: &mut Scratch, e: &CacheEntry, req: &Classified, len: usize) {
+fn finish(s: &mut Scratch, e: &CacheEntry, req: &Classified, len: usize, src_mac: [u8; 6]) {
     s.reply = e.frame;
     let r = &mut s.reply;
     r[off::XID..off::XID + 4].copy_from_slice(&req.xid);
     r[off::FLAGS..off::FLAGS + 2].copy_from_slice(&req.flags);
+    if req.giaddr != [0; 4] {
+        r[off::ETH_DST..off::ETH_DST + 6].copy_from_slice(&src_mac);
+    }
     if req.flags[0] & 0x80 != 0 && req.giaddr == [0; 4] {
         // The client asked for a broadcast reply (RFC 2131 §4.1); a relay is always unicast.
         r[off::ETH_DST..off::ETH_DST + 6].copy_from_slice(&[0xff; 6]);

@@ -567,13 +567,16 @@ pub async fn explain(st: &HttpState, mac: MacAddr) -> Response {
     .into_response()
 }
 
-async fn leases(State(st): State<Arc<HttpState>>) -> Response {
+async fn leases(State(st): State<Arc<HttpState>>, Query(q): Query<BTreeMap<String, String>>) -> Response {
     let now = crate::timeline::unix_ms() / 1000;
     match st.leases.all().await {
         Ok(mut leases) => {
             st.renewals.overlay(&mut leases);
             leases.sort_by_key(|l| l.ip);
-            axum::Json(leases.iter().map(|l| l.to_json(now)).collect::<Vec<_>>()).into_response()
+            match crate::http_page::select("/api/v1/leases", &q, leases, |l| l.ip) {
+                Ok(page) => page.respond(|l| l.to_json(now)),
+                Err(bad) => bad,
+            }
         }
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}\n")).into_response(),
     }
@@ -609,7 +612,7 @@ async fn nodes(State(st): State<Arc<HttpState>>, Query(q): Query<BTreeMap<String
         .filter(|n| q.get("stage").is_none_or(|s| s == n.stage))
         .filter(|n| idle_ms.is_none_or(|i| now.saturating_sub(n.last_ms) >= i))
         .collect();
-    axum::Json(nodes).into_response()
+    crate::http_page::page("/api/v1/nodes", &q, nodes, |n| n.mac)
 }
 
 async fn node(State(st): State<Arc<HttpState>>, axum::extract::Path(mac): axum::extract::Path<String>) -> Response {

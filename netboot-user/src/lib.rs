@@ -24,6 +24,7 @@ pub mod http_client;
 pub mod http_conn;
 pub mod http_files;
 pub mod http_listener;
+pub mod http_page;
 pub mod iface;
 pub mod mac;
 pub mod metrics;

@@ -195,9 +195,19 @@ pub async fn run(path: PathBuf, provision: Arc<Provision>, stats: Arc<Stats>, mu
                 stats.bump("config_reload_errors");
                 tracing::error!("config reload ({why}) rejected, still serving the previous config: {e}");
             }
+            // Written again while it was read (a hosts file being copied in): what was parsed
+            // may be half of it. The next poll takes it once it has settled.
+            Ok(_) if Fingerprint::of(&files_of(&path, &provision.file_config())) != seen => {
+                stats.bump("config_reload_unsettled");
+                tracing::info!("config reload ({why}) postponed: a file changed while it was read");
+            }
             Ok(new) => {
                 for key in restart_only_changes(&provision.file_config(), &new) {
                     tracing::warn!("config reload: {key} changed; it takes effect at the next attach");
+                }
+                let (before, after) = (provision.file_config().dhcp.reservations().count(), new.dhcp.reservations().count());
+                if after < before / 2 {
+                    tracing::warn!(before, after, "config reload drops more than half of the hosts: check the config and its hosts_file");
                 }
                 seen = Fingerprint::of(&files_of(&path, &new));
                 let reservations = new.dhcp.reservations().count();

@@ -154,7 +154,7 @@ pub fn mutate(rng: &mut XorShift, corpus: &[Vec<u8>]) -> Vec<u8> {
 
 /// The targets, each ready to take inputs (`dir`: a scratch directory for their files).
 pub fn targets(dir: &Path) -> Vec<Box<dyn Target>> {
-    vec![Box::new(Dhcp::new()), Box::new(Dhcp6::new()), Box::new(Frame), Box::new(Tftp::new(dir)), Box::new(Http::new(dir))]
+    vec![Box::new(Dhcp::new()), Box::new(Dhcp6::new()), Box::new(Dhcp6Relay), Box::new(Frame), Box::new(Tftp::new(dir)), Box::new(Http::new(dir))]
 }
 
 const CONFIG: &str = "[server]\naddress = \"10.78.0.1\"\n[dhcp]\nsubnet = \"10.78.0.0/16\"\npools = [\"10.78.1.1-10.78.1.40\"]\nrouter = \"10.78.0.1\"\ndns = [\"10.78.0.53\"]\ndomain = \"lab.example\"\nnew_clients_per_s = 20\n[[dhcp.host]]\nmac = \"52:54:00:00:00:01\"\nip = \"10.78.0.51\"\nhostname = \"node-001\"\n";
@@ -210,6 +210,7 @@ impl Target for Dhcp {
 /// bindings carried over from input to input, time moving on.
 pub struct Dhcp6 {
     server: netboot::dhcp6::Dhcp6Server,
+    duid: Vec<u8>,
     now: u64,
 }
 
@@ -219,7 +220,7 @@ impl Dhcp6 {
         let text = format!("{CONFIG}[dhcp6]\nenabled = true\nprefix = \"fd00:78::/64\"\npools = [\"fd00:78::1000-fd00:78::1020\"]\ndns = [\"fd00:78::53\"]\n");
         let cfg = netboot::config::Config::parse(Path::new("fuzz.toml"), &text).unwrap();
         let duid = netboot::dhcp6::identity::server_duid(netboot::mac::MacAddr([2, 0, 0, 0, 0, 1]));
-        Dhcp6 { server: Dhcp6Server::new(Params6::from_config(&cfg, "fd00:78::1".parse().unwrap(), duid)), now: 1_800_000_000 }
+        Dhcp6 { server: Dhcp6Server::new(Params6::from_config(&cfg, "fd00:78::1".parse().unwrap(), duid.clone())), duid, now: 1_800_000_000 }
     }
 }
 
@@ -245,9 +246,45 @@ impl Target for Dhcp6 {
             }
             let inner = netboot::dhcp6::relay::unwrap(&as_forward).map(|u| u.message.to_vec());
             assert!(inner.is_ok_and(|m| !m.is_empty()), "a reply that does not parse");
+            // What the agent does next with it: the kernel's reply cache entry.
+            if let Some(c) = &r.cacheable {
+                let _ = netboot::fastpath::cache6::compile6(&r, c, netboot::mac::MacAddr([2, 0, 0, 0, 0, 1]), "fe80::1".parse().unwrap(), &self.duid);
+            }
+            let _ = r.durable_leases();
         }
         if self.now.is_multiple_of(1000) {
             self.server.sweep(self.now);
+        }
+    }
+}
+
+/// The DHCPv6 relay envelope alone: opening any nest of RELAY-FORWs, checking the message
+/// inside before dhcproto sees it, and wrapping a reply back in the same envelopes (which
+/// opens again to the same message).
+pub struct Dhcp6Relay;
+
+impl Target for Dhcp6Relay {
+    fn name(&self) -> &'static str {
+        "dhcp6-relay"
+    }
+
+    fn run(&mut self, input: &[u8]) {
+        use netboot::dhcp6::{guard, relay};
+        let Ok(u) = relay::unwrap(input) else { return };
+        let _ = guard::check(u.message);
+        if let Ok(mut wrapped) = relay::wrap(&u.envelopes, u.message.to_vec()) {
+            // The REPLs read back as FORWs: the same message, the same number of envelopes.
+            let mut at = 0;
+            for _ in 0..u.envelopes.len() {
+                assert_eq!(wrapped[at], relay::RELAY_REPL, "an envelope that is not a RELAY-REPL");
+                wrapped[at] = relay::RELAY_FORW;
+                let Some(next) = relay::options(&wrapped[at + 34..]).filter_map(Result::ok).find(|(c, _)| *c == relay::OPT_RELAY_MSG).map(|(_, d)| d.as_ptr() as usize - wrapped.as_ptr() as usize) else {
+                    panic!("an envelope without its message");
+                };
+                at = next;
+            }
+            let back = relay::unwrap(&wrapped).expect("a wrapped reply opens again");
+            assert_eq!((back.message, back.envelopes.len()), (u.message, u.envelopes.len()));
         }
     }
 }

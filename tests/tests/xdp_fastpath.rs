@@ -182,6 +182,60 @@ fn xdp_replies_are_byte_identical_to_the_core() {
 }
 
 #[test]
+fn a_relayed_reply_goes_to_the_requests_sender_not_the_mac_it_was_compiled_for() {
+    if !require_root("a_relayed_reply_goes_to_the_requests_sender_not_the_mac_it_was_compiled_for") {
+        return;
+    }
+    // Issue 26: the kernel's relayed replies went to the relay MAC of when the entry was
+    // compiled; a relay whose MAC changed since (a VRRP failover, a replaced switch) lost them.
+    let frame = fixture_frames("perfdhcp")[0].clone();
+    let r = req(frame.clone());
+    let mut prog = Prog::load();
+    let core = server(&reservations(&[("relayed".into(), frame.clone())]));
+    let entries = compile(&core, &presentation(&r), SERVER_MAC, NOW);
+    prog.cache.install(r.mac, &entries).unwrap();
+    let mut moved = frame.clone();
+    let new_relay = [0x02, 0, 0, 0, 0x0a, 0x0b];
+    moved[6..12].copy_from_slice(&new_relay);
+    let (action, out, d) = prog.run(&moved);
+    assert_eq!(action, testrun::XDP_TX, "not answered in the kernel: {:?}", d.nonzero());
+    assert_eq!(out[0..6], new_relay, "the reply went to the MAC the entry was compiled with");
+    assert!(netboot::frame::udp_checksum_ok(&out));
+}
+
+#[test]
+fn a_flood_with_a_victims_chaddr_from_another_host_does_not_silence_the_victim() {
+    if !require_root("a_flood_with_a_victims_chaddr_from_another_host_does_not_silence_the_victim") {
+        return;
+    }
+    // Issue 26: the per-client counter was keyed by chaddr only: 21 frames a second carrying a
+    // victim's chaddr made the kernel drop the victim's own requests. Now a client is its
+    // (Ethernet source, chaddr), relayed (giaddr, chaddr).
+    use aya::maps::Array;
+    use netboot_common::cache::FastLimits;
+    let uefi = fixture_frames("uefi-pxe")[0].clone();
+    let r = req(uefi.clone());
+    let mut prog = Prog::load();
+    let core = server(&[(r.mac, Ipv4Addr::new(10, 78, 1, 50))]);
+    prog.cache.install(r.mac, &compile(&core, &presentation(&r), SERVER_MAC, NOW)).unwrap();
+    let mut limits: Array<_, FastLimits> = Array::try_from(prog.loaded.take_map(maps::LIMITS).unwrap()).unwrap();
+    limits.set(0, FastLimits { per_client_pps: 3, ..Default::default() }, 0).unwrap();
+    let mut forged = uefi.clone();
+    forged[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0x66, 0x66]);
+    // The window is one second: a burst that took longer is run again.
+    let burst = (0..3).find_map(|_| {
+        let started = std::time::Instant::now();
+        let flood: Vec<_> = (0..10).map(|_| prog.run(&forged)).collect();
+        let victim = prog.run(&uefi);
+        (started.elapsed() < std::time::Duration::from_millis(500)).then_some((flood, victim))
+    });
+    let (flood, (action, _, d)) = burst.expect("eleven test runs within half a second");
+    assert!(flood.iter().filter(|(a, _, d)| *a == testrun::XDP_DROP && d.get(Counter::RateLimited) == 1).count() >= 7, "the flooder is limited");
+    assert_eq!((action, d.get(Counter::RateLimited)), (testrun::XDP_TX, 0), "the victim was silenced: {:?}", d.nonzero());
+    limits.set(0, FastLimits::default(), 0).unwrap();
+}
+
+#[test]
 fn ineligible_and_mismatched_requests_go_to_the_agent() {
     if !require_root("ineligible_and_mismatched_requests_go_to_the_agent") {
         return;

@@ -106,9 +106,9 @@ fn netboot_xdp_config(dir: &Path, machines: &[Identity], args: &super::Args, i: 
         hosts.push_str(&format!("{},{},node-{:05}\n", m.mac, m.ip, m.index));
     }
     std::fs::write(dir.join("hosts.csv"), hosts)?;
-    // The simulated machines fetch over TFTP from the one address of the lab's client end: the
-    // per-client transfer limit (real machines each have their own address) is off; every
-    // other limit keeps its default.
+    // The simulated machines fetch over TFTP and HTTP from the one address of the lab's client
+    // end: the per-client transfer and connection limits (real machines each have their own
+    // address) are off; every other limit keeps its default.
     let config = dir.join(format!("netboot-{i}.toml"));
     let cluster = store.map_or(String::new(), |(url, takeover)| format!("[cluster]\nserver_id = \"boot-{i}\"\nstore = \"{url}\"\ntakeover = \"{takeover}s\"\n"));
     std::fs::write(
@@ -118,7 +118,7 @@ fn netboot_xdp_config(dir: &Path, machines: &[Identity], args: &super::Args, i: 
              [dhcp]\nsubnet = \"10.77.0.0/16\"\nlease_time = \"1h\"\n{addresses}\n\
              [boot]\nbios = \"undionly.kpxe\"\nuefi_x64 = \"ipxe.efi\"\nipxe_script = \"http://{{server}}:8080/boot.ipxe\"\n\
              [tftp]\nroot = \"{tftp}\"\nengine = \"afxdp\"\nmax_transfers_per_client = 0\n\
-             [http]\nlisten = \"0.0.0.0:8080\"\nroot = \"{http}\"\nscript = \"boot.ipxe.j2\"\nmax_downloads = {max_downloads}\n{cluster}",
+             [http]\nlisten = \"0.0.0.0:8080\"\nroot = \"{http}\"\nscript = \"boot.ipxe.j2\"\nmax_downloads = {max_downloads}\nmax_connections_per_client = 0\n{cluster}",
             address = server_ip(i),
             state = dir.join(format!("state-{i}")).display(),
             tftp = dir.join("tftp").display(),

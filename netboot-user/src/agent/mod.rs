@@ -47,7 +47,7 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
         Some(member) => crate::provision::db::ProvisionDb::Postgres(member.pool()),
         None => crate::provision::db::ProvisionDb::sqlite(&file_config.server.state_dir)?,
     };
-    let discovery = Arc::new(crate::provision::discovery::Discovery::new(provision_db.clone()));
+    let discovery = Arc::new(crate::provision::discovery::Discovery::new(provision_db.clone()).with_stats(stats.clone()));
     let (provision, configs) = crate::provision::Provision::open(provision_db.clone(), file_config)
         .await
         .map_err(|e| e.context("cannot read the provisioning tables of the lease store"))?;

@@ -160,8 +160,11 @@ impl Service6 {
                 return;
             }
         };
-        // Invariant 1: nothing leaves that the store does not hold.
-        if !reply.leases.is_empty() && let Err(e) = super::store::commit(&self.store, reply.leases.clone()).await {
+        // Invariant 1: nothing leaves that the store does not hold — but an ADVERTISE binds
+        // nothing (RFC 8415 §18.3.1: the REQUEST that follows commits), so its hold stays in
+        // memory: a flood of invented DUIDs costs no disk write per datagram.
+        let durable = reply.durable_leases();
+        if !durable.is_empty() && let Err(e) = super::store::commit(&self.store, durable).await {
             self.stats.bump("dhcp6_dropped_commit_failed");
             tracing::warn!(mac = ?reply.mac, "DHCPv6 reply dropped: its bindings could not be stored: {e:#}");
             return;

@@ -129,6 +129,13 @@ pub struct Cacheable6 {
 }
 
 impl Reply6 {
+    /// The bindings that must be durable before the reply leaves: all but an ADVERTISE's
+    /// holds, which bind nothing (RFC 8415 §18.3.1: the REQUEST that follows is committed), so
+    /// that a flood of invented DUIDs costs no disk write each.
+    pub fn durable_leases(&self) -> Vec<Lease6> {
+        self.leases.iter().filter(|l| l.state != Lease6State::Advertised).cloned().collect()
+    }
+
     /// The first address the reply gives, for the node's timeline.
     pub fn address(&self) -> Option<Ipv6Addr> {
         self.leases.iter().find(|l| matches!(l.state, Lease6State::Advertised | Lease6State::Bound)).map(|l| l.ip)

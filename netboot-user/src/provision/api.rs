@@ -57,18 +57,17 @@ async fn discovered(State(st): State<Arc<HttpState>>, Query(q): Query<BTreeMap<S
     let all = q.get("all").is_some_and(|v| v == "true" || v == "1");
     let hosts = &st.view().hosts;
     match d.list().await {
-        Ok(seen) => axum::Json(
-            seen.into_iter()
-                .map(|s| (hosts.contains_key(&s.mac), s))
-                .filter(|(known, _)| all || !known)
-                .map(|(known, s)| {
+        Ok(seen) => {
+            let listed: Vec<(bool, super::discovery::Seen)> = seen.into_iter().map(|s| (hosts.contains_key(&s.mac), s)).filter(|(known, _)| all || !known).collect();
+            match crate::http_page::select("/api/v1/discovered", &q, listed, |(_, s)| s.mac) {
+                Ok(page) => page.respond(|(known, s)| {
                     let mut v = serde_json::to_value(s).unwrap_or_default();
                     v["known"] = known.into();
                     v
-                })
-                .collect::<Vec<_>>(),
-        )
-        .into_response(),
+                }),
+                Err(bad) => bad,
+            }
+        }
         Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("the store cannot be read: {e:#}")),
     }
 }

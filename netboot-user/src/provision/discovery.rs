@@ -21,6 +21,11 @@ use tokio::sync::watch;
 
 /// Machines kept, in memory and in the store.
 pub const KEPT: usize = 100_000;
+/// Machines never seen before recorded per second, at most: a random-MAC flood would otherwise
+/// be a write per frame and push every real machine out of the table within seconds. A storm
+/// of 10000 machines is recorded over 10 s (each machine asks more than once: DHCP retries,
+/// then iPXE's own DHCP).
+pub const NEW_PER_SECOND: u32 = 1000;
 const FLUSH: Duration = Duration::from_secs(1);
 /// A stored `last_seen` this much behind is written again.
 const LAST_SEEN_STEP: i64 = 60;
@@ -73,11 +78,14 @@ struct State {
     /// `last_seen` as the store has it.
     stored: HashMap<MacAddr, i64>,
     dirty: HashSet<MacAddr>,
+    /// New machines recorded in the current second (of the sightings' clock).
+    new_in: (u64, u32),
 }
 
 pub struct Discovery {
     db: ProvisionDb,
     state: Mutex<State>,
+    stats: Option<std::sync::Arc<crate::stats::Stats>>,
 }
 
 const UPSERT: &str = "INSERT INTO netboot_discovered (mac, first_seen, last_seen, class, arch, uuid, vendor_class, relay)
@@ -104,7 +112,13 @@ fn from_row(r: Row) -> Option<Seen> {
 
 impl Discovery {
     pub fn new(db: ProvisionDb) -> Discovery {
-        Discovery { db, state: Mutex::new(State::default()) }
+        Discovery { db, state: Mutex::new(State::default()), stats: None }
+    }
+
+    /// Counts the sightings over [`NEW_PER_SECOND`] (`discovery_new_limited`).
+    pub fn with_stats(mut self, stats: std::sync::Arc<crate::stats::Stats>) -> Discovery {
+        self.stats = Some(stats);
+        self
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -116,11 +130,20 @@ impl Discovery {
             return;
         }
         let mut st = self.state();
+        let mut limited = 0u64;
         for s in &sightings {
-            let State { seen, stored, dirty } = &mut *st;
+            let State { seen, stored, dirty, new_in } = &mut *st;
             let changed = match seen.get_mut(&s.mac) {
                 Some(known) => known.update(s) || stored.get(&s.mac).is_none_or(|t| known.last_seen - t >= LAST_SEEN_STEP),
                 None => {
+                    if new_in.0 != s.at {
+                        *new_in = (s.at, 0);
+                    }
+                    if new_in.1 >= NEW_PER_SECOND {
+                        limited += 1; // seen again later, when a flood leaves room
+                        continue;
+                    }
+                    new_in.1 += 1;
                     seen.insert(s.mac, Seen::of(s));
                     true
                 }
@@ -128,6 +151,9 @@ impl Discovery {
             if changed {
                 dirty.insert(s.mac);
             }
+        }
+        if limited > 0 && let Some(stats) = &self.stats {
+            stats.add("discovery_new_limited", limited);
         }
         if st.seen.len() > KEPT {
             // Drop the tenth longest unseen in one go (not one scan per new MAC).
@@ -264,5 +290,23 @@ mod tests {
         d.observe(vec![sighting("52:54:00:00:00:01", 150, Some(7))]);
         assert!(d.state().dirty.is_empty());
         assert_eq!(d.list().await.unwrap()[0].last_seen, 150);
+    }
+
+    #[test]
+    fn a_flood_of_new_macs_is_recorded_at_a_bounded_rate_and_known_machines_still_are() {
+        // Issue 26: every request of a random-MAC flood was recorded (and written).
+        let dir = crate::scratch::ScratchDir::new("discovery-flood");
+        let stats = std::sync::Arc::new(crate::stats::Stats::default());
+        let d = Discovery::new(ProvisionDb::sqlite(&dir).unwrap()).with_stats(stats.clone());
+        d.observe(vec![sighting("52:54:00:00:00:01", 99, Some(7))]);
+        let flood: Vec<Sighting> = (0..5000u32).map(|i| sighting(&format!("02:00:00:{:02x}:{:02x}:{:02x}", i >> 16, (i >> 8) & 0xff, i & 0xff), 100, None)).collect();
+        d.observe(flood);
+        d.observe(vec![sighting("52:54:00:00:00:01", 100, Some(7))]);
+        assert_eq!(d.state().seen.len(), 1 + NEW_PER_SECOND as usize);
+        assert_eq!(d.facts("52:54:00:00:00:01".parse().unwrap()).unwrap().last_seen, 100, "a known machine is still seen");
+        assert_eq!(stats.snapshot()["discovery_new_limited"], 5000 - u64::from(NEW_PER_SECOND));
+        // The next second has room again.
+        d.observe(vec![sighting("52:54:00:00:00:02", 101, None)]);
+        assert!(d.facts("52:54:00:00:00:02".parse().unwrap()).is_some());
     }
 }

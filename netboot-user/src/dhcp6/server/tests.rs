@@ -85,6 +85,7 @@ fn uefi_pxe_gets_an_address_and_a_tftp_url_in_advertise_and_reply() {
     assert_eq!(offered.len(), 1);
     assert!(s.params().pools[0].contains(offered[0].1));
     assert_eq!(adv.leases[0].state, Lease6State::Advertised);
+    assert!(adv.durable_leases().is_empty(), "an ADVERTISE's hold is not written to the store");
 
     let mut request = message(MessageType::Request, &UUID_DUID, None, edk2_options());
     request.opts_mut().insert(DhcpOption::ServerId(server_duid(SERVER_MAC)));
@@ -94,6 +95,7 @@ fn uefi_pxe_gets_an_address_and_a_tftp_url_in_advertise_and_reply() {
     let reply = handle(&mut s, &request.to_vec().unwrap(), "fe80::1234", 101).unwrap();
     let m = decode(&reply);
     assert_eq!(reply.kind, MessageType::Reply);
+    assert_eq!(reply.durable_leases().len(), 1, "the REQUEST's binding is");
     assert_eq!(addresses(&m), vec![(1, offered[0].1, 3600)]);
     assert_eq!(boot_url(&m).as_deref(), Some("tftp://[fd00:77::1]/ipxe.efi"), "EDK2 reads boot info from the REPLY");
     assert_eq!(m.opts().get(OptionCode::DomainNameServers), Some(&DhcpOption::DomainNameServers(vec!["fd00:77::53".parse().unwrap()])));
