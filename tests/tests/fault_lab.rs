@@ -1,5 +1,6 @@
-//! Boot storms through faults (issue 13), each bounded by the storm's deadline: kill -9 of the
-//! agent in the middle, 5 % loss on the link, a random-MAC DISCOVER flood. Every machine must
+//! Boot storms through faults (issues 13 and 26), each bounded by the storm's deadline: kill -9
+//! of the agent in the middle, 5 % loss on the link, a random-MAC DISCOVER flood, a flood of
+//! the machines' own chaddrs from another host, forged TFTP requests. Every machine must
 //! boot, no address may go to two machines, and (pool storms) every booted machine's lease must
 //! be in the store. The storm's own checks count each broken rule as a violation and fail the
 //! run; these tests read its JSON for the rest.
@@ -54,6 +55,40 @@ fn a_random_mac_discover_flood_does_not_stop_a_storm() {
         flooded["all_booted_s"].as_f64().unwrap_or(f64::NAN),
         flooded["faults"]["flood_sent"]
     );
+}
+
+#[test]
+fn a_flood_of_the_machines_own_chaddrs_from_another_host_does_not_stop_them_booting() {
+    if !require_root("a_flood_of_the_machines_own_chaddrs_from_another_host_does_not_stop_them_booting") {
+        return;
+    }
+    let _serial = tests::serial();
+    // 20000 DISCOVERs/s spread over 100 machines' chaddrs, from a second before they power
+    // on: 200 a second each, ten times per_client_pps (20). Counted per chaddr alone, each
+    // machine's own requests passed only in the first tenth of every second, and a boot takes
+    // four of them in turn.
+    let run = storm(&["--nodes", "100", "--flood", "20000", "--flood-kind", "victims", "--flood-lead", "1"], "victims");
+    assert_eq!(run["booted"].as_u64(), Some(100), "{run:#}");
+    let member = &run["faults"]["members"][0];
+    assert!(member["xdp_counters"]["rate_limited"].as_u64().unwrap_or(0) > 0, "the flooder was not limited: {member:#}");
+    eprintln!("100 machines: all booted in {:.2} s while another host sent their chaddrs at 20000 frames/s ({} sent, {} dropped as over the limit)", run["all_booted_s"].as_f64().unwrap_or(f64::NAN), run["faults"]["flood_sent"], member["xdp_counters"]["rate_limited"]);
+}
+
+#[test]
+fn forged_tftp_requests_from_8192_sources_do_not_take_the_transfer_places() {
+    if !require_root("forged_tftp_requests_from_8192_sources_do_not_take_the_transfer_places") {
+        return;
+    }
+    let _serial = tests::serial();
+    // 2000 forged RRQs/s with options (an OACK each, never acknowledged) from 8192 addresses,
+    // for 10 s before the machines come: 20000 of them, more than max_transfers (16384).
+    // Counted as transfers, they held every place and the machines got "server busy".
+    let run = storm(&["--nodes", "200", "--flood", "2000", "--flood-kind", "rrq", "--flood-lead", "10"], "rrq");
+    assert_eq!(run["booted"].as_u64(), Some(200), "{run:#}");
+    assert!(run["faults"]["flood_sent"].as_u64().unwrap() >= 20_000, "{run:#}");
+    let member = &run["faults"]["members"][0];
+    assert!(member["agent_counters"]["tftp_pending_evicted"].as_u64().unwrap_or(0) > 0, "the forged requests did not fill the pending transfers: {member:#}");
+    eprintln!("200 machines: all booted in {:.2} s after and during 2000 forged RRQs/s ({} sent)", run["all_booted_s"].as_f64().unwrap_or(f64::NAN), run["faults"]["flood_sent"]);
 }
 
 /// A full `state_dir` (a small tmpfs): no OFFER or ACK for a lease that cannot be made durable,

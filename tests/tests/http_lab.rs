@@ -277,3 +277,81 @@ fn a_client_hanging_up_mid_file_costs_only_its_connection() {
     assert!(again.success());
     assert_eq!(std::fs::read(&out).unwrap(), pattern(1 << 20, 9));
 }
+
+/// Issue 26: one host holding connections open with a byte now and then (slowloris) took
+/// every place (the idle timer restarted on every byte) and iPXE clients waited in the
+/// backlog. With the places few (100), a host of its own opens 2000 slow connections and
+/// keeps reopening those that close, while the client fetches 1000 scripts: it holds at most
+/// `max_connections_per_client` (64) of the places, each for at most the head's 10 s, and
+/// every script is served.
+#[test]
+fn a_slowloris_of_2000_connections_does_not_stop_1000_scripts() {
+    if !require_root("a_slowloris_of_2000_connections_does_not_stop_1000_scripts") {
+        return;
+    }
+    let _serial = tests::serial();
+    let s = setup_with("max_connections = 100\n");
+    let host = s.lab.add_segment("loris", 'l', Some("10.77.3.1/16".parse().unwrap())).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let opened = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let loris = {
+        let (stop, opened, ns) = (stop.clone(), opened.clone(), host.ns.clone());
+        std::thread::spawn(move || {
+            ns.run(move || {
+                use std::io::Write;
+                let started = std::time::Instant::now();
+                let mut conns: Vec<Option<std::net::TcpStream>> = (0..2000).map(|_| None).collect();
+                let mut last_byte = std::time::Instant::now();
+                // Bounded: until told to stop, two minutes at most.
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && started.elapsed() < std::time::Duration::from_secs(120) {
+                    let trickle = last_byte.elapsed() >= std::time::Duration::from_secs(5);
+                    for c in conns.iter_mut() {
+                        match c {
+                            None => {
+                                if let Ok(mut t) = std::net::TcpStream::connect_timeout(&"10.77.0.1:8080".parse().unwrap(), std::time::Duration::from_millis(200)) {
+                                    let _ = t.set_nonblocking(true);
+                                    if t.write_all(b"GET /boot.ipxe HTTP/1.1\r\n").is_ok() {
+                                        opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                        *c = Some(t);
+                                    }
+                                }
+                            }
+                            Some(t) if trickle => {
+                                if t.write_all(b"X").is_err() {
+                                    *c = None;
+                                }
+                            }
+                            Some(_) => {}
+                        }
+                    }
+                    if trickle {
+                        last_byte = std::time::Instant::now();
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+            })
+        })
+    };
+    // The flood has its connections before the scripts are asked for.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while opened.load(std::sync::atomic::Ordering::Relaxed) < 2000 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let urls: Vec<String> = (0..1000).map(|i| format!("http://10.77.0.1:8080/boot.ipxe?mac=52:54:00:00:{:02x}:{:02x}", i / 256, i % 256)).collect();
+    let out = s
+        .lab
+        .client
+        .command("curl")
+        .args(["-s", "-Z", "--parallel-max", "20", "--max-time", "20", "-o", "/dev/null", "-w", "%{http_code}\n"])
+        .args(&urls)
+        .output()
+        .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = loris.join();
+    let codes = String::from_utf8_lossy(&out.stdout);
+    let served = codes.lines().filter(|l| l.trim() == "200").count();
+    let counters = s.agent.status().unwrap()["agent"].clone();
+    assert_eq!(served, 1000, "scripts served during the slowloris: {served}; agent: {counters}");
+    assert!(opened.load(std::sync::atomic::Ordering::Relaxed) >= 2000, "the slowloris did not open its connections");
+    assert!(counters["http_refused_client_limit"].as_u64().unwrap_or(0) > 0, "{counters}");
+}

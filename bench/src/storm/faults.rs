@@ -1,6 +1,6 @@
-//! Faults a storm can run through (`--kill-agent-at`, `--member-fault`, `--flood`; `--loss` is
-//! the lab's lossy link), and the check that follows them: every machine that booted has its
-//! lease in the store.
+//! Faults a storm can run through (`--kill-agent-at`, `--member-fault`, `--flood` of the kind
+//! `--flood-kind` says; `--loss` is the lab's lossy link), and the check that follows them:
+//! every machine that booted has its lease in the store.
 
 use super::MemberFault;
 use super::machine::{Outcome, Progress};
@@ -24,7 +24,7 @@ pub struct Seen {
     /// Per netboot-xdp server at the end: its id, buckets, answers and drops (see
     /// [`member_report`]).
     pub members: Vec<serde_json::Value>,
-    /// Random-MAC DISCOVERs sent (`--flood`).
+    /// Frames of the flood sent (`--flood`).
     pub flood_sent: u64,
     /// Machines that booted but whose address the lease store does not hold bound to them
     /// (netboot-xdp only): each is a lost lease, counted as a violation.
@@ -119,7 +119,7 @@ fn bound_leases(iface: &str) -> anyhow::Result<usize> {
     Ok(v.iter().filter(|l| l["state"] == "bound").count())
 }
 
-/// DISCOVERs from random MACs at a steady rate, from a host of their own on the segment.
+/// Hostile frames at a steady rate, from a host of their own on the segment.
 pub struct Flood {
     stop: Arc<AtomicBool>,
     sent: Arc<AtomicU64>,
@@ -127,12 +127,34 @@ pub struct Flood {
     _host: Segment,
 }
 
+/// What a flood sends (`--flood-kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FloodKind {
+    /// DISCOVERs from random MACs (each its own Ethernet source and chaddr): a pool drain.
+    Discover,
+    /// DISCOVERs carrying the storm's machines' chaddrs, from the flooding host's own MAC:
+    /// an attempt to get the machines rate-limited (`per_client_pps`) while they boot.
+    Victims,
+    /// TFTP read requests with options (an OACK each) from forged sources (8192 addresses of
+    /// the segment, random MACs) that never acknowledge: an attempt to hold every transfer
+    /// place.
+    Rrq,
+}
+
+/// Where forged frames go: the server's address and MAC.
+pub struct Target {
+    pub ip: std::net::Ipv4Addr,
+    pub mac: MacAddr,
+}
+
 /// The flood never outlives this, whatever happens to the storm.
 const FLOOD_MAX: Duration = Duration::from_secs(600);
 
 impl Flood {
-    pub fn start(lab: &Lab, pps: u32) -> anyhow::Result<Flood> {
+    pub fn start(lab: &Lab, pps: u32, kind: FloodKind, victims: Vec<MacAddr>, target: Target) -> anyhow::Result<Flood> {
         let host = lab.add_segment("flood", 'f', None)?;
+        let own_mac = iface_mac(&host.ns, &host.iface)?;
         let (stop, sent) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
         let (dev, flag, count) = (host.iface.clone(), stop.clone(), sent.clone());
         let ns = host.ns.clone();
@@ -155,8 +177,19 @@ impl Flood {
                     rng ^= rng >> 7;
                     rng ^= rng << 17;
                     let b = rng.to_be_bytes();
-                    let mac = MacAddr([0x02, 0xf1, b[0], b[1], b[2], b[3]]);
-                    if sock.send(&crate::rawsock::dhcp_broadcast(mac, &discover(mac, rng as u32))) {
+                    let random_mac = MacAddr([0x02, 0xf1, b[0], b[1], b[2], b[3]]);
+                    let frame = match kind {
+                        FloodKind::Discover => crate::rawsock::dhcp_broadcast(random_mac, &discover(random_mac, rng as u32)),
+                        FloodKind::Victims if victims.is_empty() => break,
+                        FloodKind::Victims => {
+                            let victim = victims[(n % victims.len() as u64) as usize];
+                            let mut f = crate::rawsock::dhcp_broadcast(victim, &discover(victim, rng as u32));
+                            f[6..12].copy_from_slice(&own_mac.0);
+                            f
+                        }
+                        FloodKind::Rrq => forged_rrq(random_mac, std::net::Ipv4Addr::new(10, 77, 0x80 | (b[4] & 0x1f), b[5]), 1024 + u16::from_be_bytes([b[6], b[7]]) % 60000, &target),
+                    };
+                    if sock.send(&frame) {
                         count.fetch_add(1, Ordering::Relaxed);
                     }
                     n += 1;
@@ -176,6 +209,25 @@ impl Flood {
         let _ = self.thread.join();
         self.sent.load(Ordering::Relaxed)
     }
+}
+
+/// The MAC of `iface` in `ns`.
+pub fn iface_mac(ns: &netboot_lab::NetNs, iface: &str) -> anyhow::Result<MacAddr> {
+    // `ip -br link`: "NAME STATE MAC <FLAGS>" (sysfs would show the caller's namespace).
+    let out = ns.command("ip").args(["-br", "link", "show", "dev", iface]).output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace().nth(2).unwrap_or_default().parse().map_err(|e| anyhow::anyhow!("MAC of {iface} ({text:?}): {e:?}"))
+}
+
+/// A TFTP read request with options (answered with an OACK) from a forged address of the
+/// segment (10.77.128.0/19: 8192 of them).
+fn forged_rrq(src_mac: MacAddr, src_ip: std::net::Ipv4Addr, src_port: u16, to: &Target) -> Vec<u8> {
+    let mut rrq = vec![0, 1];
+    for s in ["undionly.kpxe", "octet", "blksize", "1432", "tsize", "0"] {
+        rrq.extend_from_slice(s.as_bytes());
+        rrq.push(0);
+    }
+    netboot::frame::UdpEnvelope { src_mac, dst_mac: to.mac, vlan: None, src_ip, dst_ip: to.ip, src_port, dst_port: 69, ttl: 64 }.build(&rrq)
 }
 
 /// A DISCOVER as a PXE ROM sends it.

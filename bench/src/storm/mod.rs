@@ -88,10 +88,18 @@ pub struct Args {
     /// address, and start it again at once (pinned program and maps are adopted).
     #[arg(long)]
     pub kill_agent_at: Option<f64>,
-    /// During the storm, DISCOVERs from random MACs at this rate (frames per second) from a
-    /// host of its own on the segment.
+    /// During the storm, hostile frames at this rate (frames per second) from a host of its
+    /// own on the segment, of the kind `--flood-kind` says.
     #[arg(long, default_value_t = 0)]
     pub flood: u32,
+    /// What the flood sends: random-MAC DISCOVERs, DISCOVERs carrying the machines' own
+    /// chaddrs from the flooder's MAC, or forged TFTP requests that never acknowledge.
+    #[arg(long, value_enum, default_value_t = faults::FloodKind::Discover)]
+    pub flood_kind: faults::FloodKind,
+    /// Seconds the flood runs before the machines are powered on (what it holds is held when
+    /// they come).
+    #[arg(long, default_value_t = 0.0)]
+    pub flood_lead: f64,
     /// Servers on the segment, active-active (more than one needs `--store postgres`):
     /// netboot-xdp members, or Kea servers sharing its PostgreSQL lease backend.
     #[arg(long, default_value_t = 1)]
@@ -147,6 +155,8 @@ impl Args {
             loss: 0.0,
             kill_agent_at: None,
             flood: 0,
+            flood_kind: faults::FloodKind::Discover,
+            flood_lead: 0.0,
             servers: 1,
             store: Store::Sqlite,
             member_fault: None,
@@ -254,7 +264,16 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         let cpu0 = running.cpu();
         let hosts = running.server_hosts()?;
         let progress = Arc::new(Progress::default());
-        let flood = (args.flood > 0).then(|| faults::Flood::start(&lab, args.flood)).transpose()?;
+        let flood = match args.flood {
+            0 => None,
+            pps => {
+                let victims = machines.iter().map(|m| m.mac).collect();
+                let target = faults::Target { ip: servers::SERVER_IP.parse()?, mac: faults::iface_mac(&lab.server, &lab.server_if)? };
+                let flood = faults::Flood::start(&lab, pps, args.flood_kind, victims, target)?;
+                std::thread::sleep(Duration::from_secs_f64(args.flood_lead.clamp(0.0, 60.0)));
+                Some(flood)
+            }
+        };
         let threshold = |at: f64| ((at * args.nodes as f64).ceil() as u32).clamp(1, args.nodes);
         let (outcomes, wall, client_cpu, fault) = std::thread::scope(|scope| {
             let fault = match (args.kill_agent_at, args.member_fault) {

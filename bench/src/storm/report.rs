@@ -93,7 +93,7 @@ pub fn print(r: &Run, nodes: u32) {
     }
     let f = &r.faults;
     if f.restarts > 0 || f.flood_sent > 0 || f.lost_leases.is_some_and(|n| n > 0) {
-        println!("  faults: {} agent restarts, {} flood DISCOVERs, lost leases {:?}", f.restarts, f.flood_sent, f.lost_leases);
+        println!("  faults: {} agent restarts, {} flood frames, lost leases {:?}", f.restarts, f.flood_sent, f.lost_leases);
     }
     if let Some(kind) = f.member_fault {
         let reboots: u32 = r.outcomes.iter().map(|o| o.reboots).sum();
@@ -218,6 +218,8 @@ pub fn json(runs: &[Run], args: &Args) -> serde_json::Value {
         "kill_agent_at": args.kill_agent_at,
         "takeover_s": args.takeover,
         "flood_pps": args.flood,
+        "flood_kind": args.flood_kind,
+        "flood_lead_s": args.flood_lead,
         "cluster_servers": args.servers,
         "store": args.store,
         "servers": servers,

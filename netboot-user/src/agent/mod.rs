@@ -231,7 +231,7 @@ async fn open_store(config: &Config, lease_secs: u32, stats: &Arc<Stats>) -> any
     let seq = crate::cluster::current_seq(&pool).await?;
     let state = Arc::new(crate::cluster::ClusterState::new(server_id, config.cluster.takeover.0, seq));
     tracing::info!(server_id, store = %redact(url), "cluster member: shared PostgreSQL lease store");
-    Ok((Box::new(store), Some(crate::cluster::Member::new(state, pool, target, None, stats.clone()))))
+    Ok((Box::new(store), Some(crate::cluster::Member::new(state, pool, target, None, stats.clone())?)))
 }
 
 /// A store URL as logs may show it: without a password.

@@ -105,6 +105,10 @@ pub async fn current_seq(pool: &deadpool_postgres::Pool) -> anyhow::Result<i64> 
 pub struct Member {
     pub state: Arc<ClusterState>,
     pool: deadpool_postgres::Pool,
+    /// The heartbeat's own connection: a pool the provisioning tables, discovery and the
+    /// change log share can be exhausted by a flood of writes, and a member whose heartbeat
+    /// waits for a connection is taken for dead and loses its buckets.
+    beats: deadpool_postgres::Pool,
     target: crate::store::postgres::Target,
     owner_map: Option<OwnerMap>,
     stats: Arc<Stats>,
@@ -114,8 +118,9 @@ pub struct Member {
 }
 
 impl Member {
-    pub fn new(state: Arc<ClusterState>, pool: deadpool_postgres::Pool, target: crate::store::postgres::Target, owner_map: Option<OwnerMap>, stats: Arc<Stats>) -> Member {
-        Member { state, pool, target, owner_map, stats, presence: None }
+    pub fn new(state: Arc<ClusterState>, pool: deadpool_postgres::Pool, target: crate::store::postgres::Target, owner_map: Option<OwnerMap>, stats: Arc<Stats>) -> anyhow::Result<Member> {
+        let beats = crate::store::postgres::pool(&target, 1)?;
+        Ok(Member { state, pool, beats, target, owner_map, stats, presence: None })
     }
 
     /// The member's connection pool (the provisioning tables share it).
@@ -135,7 +140,7 @@ impl Member {
     /// so that a joining server never answers its neighbours' buckets.
     pub async fn beat(&mut self) -> anyhow::Result<()> {
         let pid = self.presence_pid().await;
-        let c = self.pool.get().await?;
+        let c = self.beats.get().await?;
         c.execute(
             "INSERT INTO netboot_members (server_id, presence_pid, presence_at) VALUES ($1, $2, now())
              ON CONFLICT (server_id) DO UPDATE SET heartbeat = now(), presence_pid = $2, presence_at = now()",

@@ -52,6 +52,9 @@ pub struct Params6 {
     /// `[dhcp] new_clients_per_s`: pool allocations per second, at most (0 = unlimited), as in
     /// v4: a flood of invented DUIDs cannot take the pool faster.
     pub new_clients_per_s: u32,
+    /// `[dhcp] per_client_pps`: messages per second one client may send (0 = unlimited); a
+    /// client is its source address, and behind relays the innermost relay's peer address.
+    pub per_client_pps: u32,
 }
 
 impl Params6 {
@@ -82,6 +85,7 @@ impl Params6 {
             reserved: cfg.dhcp.reservations().filter_map(|h| h.ip6).collect(),
             unknown: cfg.dhcp.unknown,
             new_clients_per_s: cfg.dhcp.new_clients_per_s,
+            per_client_pps: cfg.dhcp.per_client_pps,
         }
     }
 }
@@ -163,6 +167,8 @@ pub enum Silence6 {
     NewClientLimited,
     /// A datagram over [`super::guard::MAX_DATAGRAM`].
     TooLarge,
+    /// A client over `per_client_pps` this second.
+    RateLimited,
     /// The reply (in its relay envelopes) does not encode: an option over 64 KiB.
     ReplyTooLarge,
 }
@@ -180,6 +186,7 @@ impl Silence6 {
             Silence6::NothingToConfirm => "dhcp6_silent_nothing_to_confirm",
             Silence6::NewClientLimited => "dhcp6_silent_new_client_limited",
             Silence6::TooLarge => "dhcp6_silent_too_large",
+            Silence6::RateLimited => "dhcp6_silent_rate_limited",
             Silence6::ReplyTooLarge => "dhcp6_silent_reply_too_large",
         }
     }
@@ -213,6 +220,38 @@ pub struct Dhcp6Server {
     allocations: crate::dhcp::new_clients::NewClients,
     /// The request being handled wanted a new address over `new_clients_per_s`.
     limited: bool,
+    /// Messages per client in the current second (`per_client_pps`).
+    rates: ClientRates,
+}
+
+/// Messages per client (source address, and the innermost relay's peer) in the current second.
+#[derive(Default)]
+struct ClientRates {
+    second: u64,
+    counts: HashMap<(Ipv6Addr, Ipv6Addr), u32>,
+}
+
+/// Clients counted per second, at most: beyond, the new ones of that second are not counted
+/// (a flood of invented sources is not one client; `new_clients_per_s` bounds what it takes).
+const RATES_KEPT: usize = 65536;
+
+impl ClientRates {
+    /// Counts a message of `client` at `now`; whether it is over `limit` (0 = unlimited).
+    fn over(&mut self, client: (Ipv6Addr, Ipv6Addr), now: u64, limit: u32) -> bool {
+        if limit == 0 {
+            return false;
+        }
+        if self.second != now {
+            self.second = now;
+            self.counts.clear();
+        }
+        if self.counts.len() >= RATES_KEPT && !self.counts.contains_key(&client) {
+            return false;
+        }
+        let n = self.counts.entry(client).or_default();
+        *n += 1;
+        *n > limit
+    }
 }
 
 /// Sightings kept between two takes, at most.
@@ -246,7 +285,7 @@ struct Ctx {
 
 impl Dhcp6Server {
     pub fn new(params: Params6) -> Dhcp6Server {
-        Dhcp6Server { params, leases: Lease6Table::default(), sightings: Vec::new(), allocations: Default::default(), limited: false }
+        Dhcp6Server { params, leases: Lease6Table::default(), sightings: Vec::new(), allocations: Default::default(), limited: false, rates: ClientRates::default() }
     }
 
     fn observe(&mut self, s: Sighting) {
@@ -297,6 +336,10 @@ impl Dhcp6Server {
             return Err(Silence6::TooLarge);
         }
         let outer = relay::unwrap(req.payload).map_err(|_| Silence6::Malformed)?;
+        let peer = outer.envelopes.last().map_or(req.src, |e| e.peer);
+        if self.rates.over((req.src, peer), req.now, self.params.per_client_pps) {
+            return Err(Silence6::RateLimited);
+        }
         super::guard::check(outer.message).map_err(|_| Silence6::Malformed)?;
         let msg = Message::decode(&mut Decoder::new(outer.message)).map_err(|_| Silence6::Malformed)?;
         let kind = msg.msg_type();
@@ -340,7 +383,6 @@ impl Dhcp6Server {
             (None, MessageType::InformationRequest) => Vec::new(),
             (None, _) => return Err(Silence6::NoClientId),
         };
-        let peer = outer.envelopes.last().map_or(req.src, |e| e.peer);
         let mac = outer.client_mac().or_else(|| mac_from_duid(&duid)).or_else(|| mac_from_link_local(peer));
         let known = mac.is_some_and(|m| self.params.hosts.contains_key(&m));
         let (class, arch, enterprise) = classify6(&msg);

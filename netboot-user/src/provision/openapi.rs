@@ -17,9 +17,9 @@ struct Op {
 
 const OPS: &[Op] = &[
     Op { method: "get", path: "/api/v1/status", scope: "read", summary: "The agent's status, counters and cluster (as `netboot-xdp status --json`)", body: None, answer: "Object" },
-    Op { method: "get", path: "/api/v1/leases", scope: "read", summary: "Every lease of the store", body: None, answer: "Leases" },
+    Op { method: "get", path: "/api/v1/leases", scope: "read", summary: "Every lease of the store; `?limit=N&after=IP` pages (Link: rel=next)", body: None, answer: "Leases" },
     Op { method: "get", path: "/api/v1/leases6", scope: "read", summary: "Every DHCPv6 binding of the store that has not expired", body: None, answer: "Leases6" },
-    Op { method: "get", path: "/api/v1/nodes", scope: "read", summary: "Every node's boot timeline; `?stage=S`, `?idle=SECS`", body: None, answer: "Nodes" },
+    Op { method: "get", path: "/api/v1/nodes", scope: "read", summary: "Every node's boot timeline; `?stage=S`, `?idle=SECS`, `?limit=N&after=MAC` pages (Link: rel=next)", body: None, answer: "Nodes" },
     Op { method: "get", path: "/api/v1/nodes/{mac}", scope: "read", summary: "One node's boot timeline", body: None, answer: "Node" },
     Op { method: "get", path: "/api/v1/hosts", scope: "read", summary: "Every host: the config's (read-only here) and the API's", body: None, answer: "Hosts" },
     Op { method: "post", path: "/api/v1/hosts:import", scope: "write", summary: "Adds or replaces hosts, all or none (CSV `mac,ip,hostname[,k=v;...]` or JSON lines)", body: Some("Import"), answer: "Object" },
@@ -31,7 +31,7 @@ const OPS: &[Op] = &[
     Op { method: "post", path: "/api/v1/nodes/{mac}/events", scope: "write", summary: "The installer's phone-home (a write token, or `?token=` of the boot)", body: Some("EventWrite"), answer: "Object" },
     Op { method: "get", path: "/api/v1/nodes/{mac}/events", scope: "read", summary: "A node's events, oldest first", body: None, answer: "Events" },
     Op { method: "get", path: "/api/v1/nodes/{mac}/explain", scope: "read", summary: "Which profile serves the node and why, its template's variables and script", body: None, answer: "Explain" },
-    Op { method: "get", path: "/api/v1/discovered", scope: "read", summary: "Machines seen that no host describes; `?all=true` adds the known", body: None, answer: "Discovered" },
+    Op { method: "get", path: "/api/v1/discovered", scope: "read", summary: "Machines seen that no host describes; `?all=true` adds the known; `?limit=N&after=MAC` pages (Link: rel=next)", body: None, answer: "Discovered" },
     Op { method: "get", path: "/api/v1/audit", scope: "admin", summary: "Who changed what, newest first; `?limit=N`", body: None, answer: "Audit" },
     Op { method: "get", path: "/api/v1/openapi.json", scope: "read", summary: "This description", body: None, answer: "Object" },
 ];

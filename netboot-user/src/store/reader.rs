@@ -34,6 +34,8 @@ impl LeaseReader {
         }
     }
 
+    /// One indexed row (per script in a storm): read in place, cheaper than a hand-off to
+    /// the blocking pool.
     pub async fn latest_for_mac(&self, mac: MacAddr) -> anyhow::Result<Option<Lease>> {
         match self {
             LeaseReader::Sqlite(dir) => SqliteStore::read_only(dir)?.latest_for_mac(mac),
@@ -41,9 +43,14 @@ impl LeaseReader {
         }
     }
 
+    /// Every lease (hundreds of thousands, on a large site): read on the blocking pool, so
+    /// that a list request does not hold an async worker that DHCP and HTTP need.
     pub async fn all(&self) -> anyhow::Result<Vec<Lease>> {
         match self {
-            LeaseReader::Sqlite(dir) => SqliteStore::read_only(dir)?.load(),
+            LeaseReader::Sqlite(dir) => {
+                let dir = dir.clone();
+                tokio::task::spawn_blocking(move || SqliteStore::read_only(&dir)?.load()).await?
+            }
             LeaseReader::Postgres(pool) => postgres::load(&*pool.get().await?).await,
         }
     }

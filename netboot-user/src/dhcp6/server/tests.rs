@@ -304,3 +304,23 @@ fn new_clients_per_second_are_limited_and_known_ones_are_not() {
     // The next second has room again.
     assert!(handle(&mut s, &solicit(3), from, now + 1).is_ok());
 }
+
+#[test]
+fn a_client_over_per_client_pps_gets_silence_and_others_do_not() {
+    // Issue 26: the v6 path had no per-client limit.
+    let mut s = server("per_client_pps = 5");
+    let now = 1_800_000_000;
+    let solicit = message(MessageType::Solicit, &UUID_DUID, Some(1), edk2_options()).to_vec().unwrap();
+    let answered = (0..12).filter(|_| handle(&mut s, &solicit, "fe80::5054:ff:fe00:99", now).is_ok()).count();
+    assert_eq!(answered, 5);
+    assert_eq!(handle(&mut s, &solicit, "fe80::5054:ff:fe00:99", now).err(), Some(Silence6::RateLimited));
+    assert!(handle(&mut s, &solicit, "fe80::5054:ff:fe00:98", now).is_ok(), "another source is another client");
+    // Behind a relay, each client is the relay's peer address.
+    let e = |peer: &str| Envelope { hop_count: 0, link: "fd00:99::1".parse().unwrap(), peer: peer.parse().unwrap(), interface_id: None, client_mac: None };
+    for _ in 0..5 {
+        assert!(handle(&mut s, &forward(&e("fe80::a"), &solicit).unwrap(), "fd00:99::1", now).is_ok());
+    }
+    assert_eq!(handle(&mut s, &forward(&e("fe80::a"), &solicit).unwrap(), "fd00:99::1", now).err(), Some(Silence6::RateLimited));
+    assert!(handle(&mut s, &forward(&e("fe80::b"), &solicit).unwrap(), "fd00:99::1", now).is_ok());
+    assert!(handle(&mut s, &solicit, "fe80::5054:ff:fe00:99", now + 1).is_ok(), "the next second");
+}
