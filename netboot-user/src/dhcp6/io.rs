@@ -1,8 +1,8 @@
 //! The DHCPv6 service of the agent: UDP port 547 on the boot interface (ff02::1:2 joined),
 //! each request through the [`Dhcp6Server`] core, its bindings written to the lease store,
 //! then the reply to the client's link-local address (port 546) or to the relay (port 547).
-//! Requests are handled one at a time, each commit awaited: firmware asks a few times per
-//! boot, not at the rate of a DHCPv4 storm (no group commit here yet).
+//! Group commit: the datagrams already queued when one arrives (up to [`BATCH`]) are answered
+//! together, their bindings written in one transaction before any reply of the batch leaves.
 
 use super::identity::server_duid;
 use super::server::{Dhcp6Server, Params6, Reply6, Request6, SERVER_PORT};
@@ -25,6 +25,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
+
+/// Datagrams answered with one store transaction, at most.
+const BATCH: usize = 256;
 
 /// All_DHCP_Relay_Agents_and_Servers (RFC 8415 §7.1).
 pub const ALL_DHCP_AGENTS: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 1, 2);
@@ -115,8 +118,20 @@ impl Service6 {
                     self.record_kernel_replies(replies).await;
                 }
                 r = self.sock.recv_from(&mut buf) => match r {
-                    Ok((n, SocketAddr::V6(from))) => self.answer(&buf[..n], *from.ip(), enabled).await,
-                    Ok(_) => {}
+                    Ok((n, from)) => {
+                        // This one, and whatever else is queued: one commit for them all.
+                        let mut replies = Vec::new();
+                        let mut next = Some((n, from));
+                        while let Some((n, from)) = next.take() {
+                            if let SocketAddr::V6(from) = from && let Some(r) = self.answer(&buf[..n], *from.ip(), enabled) {
+                                replies.push(r);
+                            }
+                            if replies.len() < BATCH {
+                                next = self.sock.try_recv_from(&mut buf).ok();
+                            }
+                        }
+                        self.commit_and_send(replies).await;
+                    }
                     Err(e) => tracing::debug!("DHCPv6 recv: {e}"),
                 },
                 r = configs.changed() => {
@@ -142,33 +157,53 @@ impl Service6 {
         }
     }
 
-    async fn answer(&mut self, payload: &[u8], src: Ipv6Addr, enabled: bool) {
+    /// The core's answer to one datagram (counted, its sightings reported), if it gets one.
+    fn answer(&mut self, payload: &[u8], src: Ipv6Addr, enabled: bool) -> Option<(Reply6, Option<u8>)> {
         self.stats.bump("dhcp6_received");
         if !enabled {
             self.stats.bump("dhcp6_silent_disabled");
-            return;
+            return None;
         }
         let outcome = self.server.handle(&Request6 { payload, src, now: crate::dhcp::io::unix_now() });
         let seen = self.server.take_sightings();
         if let Some(d) = &self.discovery {
             d.observe(seen);
         }
-        let reply = match outcome {
-            Ok(r) => r,
+        match outcome {
+            Ok(r) => Some((r, payload.first().copied())),
             Err(why) => {
                 self.stats.bump(why.counter());
-                return;
+                None
             }
-        };
+        }
+    }
+
+    /// Writes the bindings of a batch of replies in one transaction, then sends them (each
+    /// with the request's message type, for the reply cache).
+    async fn commit_and_send(&mut self, replies: Vec<(Reply6, Option<u8>)>) {
         // Invariant 1: nothing leaves that the store does not hold — but an ADVERTISE binds
         // nothing (RFC 8415 §18.3.1: the REQUEST that follows commits), so its hold stays in
         // memory: a flood of invented DUIDs costs no disk write per datagram.
-        let durable = reply.durable_leases();
-        if !durable.is_empty() && let Err(e) = super::store::commit(&self.store, durable).await {
-            self.stats.bump("dhcp6_dropped_commit_failed");
-            tracing::warn!(mac = ?reply.mac, "DHCPv6 reply dropped: its bindings could not be stored: {e:#}");
-            return;
+        let durable: Vec<Lease6> = replies.iter().flat_map(|(r, _)| r.durable_leases()).collect();
+        if !durable.is_empty() {
+            self.stats.bump("dhcp6_commits");
+            if let Err(e) = super::store::commit(&self.store, durable).await {
+                let dropped = replies.iter().filter(|(r, _)| !r.durable_leases().is_empty()).count();
+                self.stats.add("dhcp6_dropped_commit_failed", dropped as u64);
+                tracing::warn!(dropped, "DHCPv6 replies dropped: their bindings could not be stored: {e:#}");
+                // Those that needed nothing stored still go.
+                for (r, kind) in replies.into_iter().filter(|(r, _)| r.durable_leases().is_empty()) {
+                    self.send_and_cache(r, kind).await;
+                }
+                return;
+            }
         }
+        for (r, kind) in replies {
+            self.send_and_cache(r, kind).await;
+        }
+    }
+
+    async fn send_and_cache(&mut self, reply: Reply6, kind: Option<u8>) {
         self.send(&reply, Path::Agent).await;
         if let (Some(link), Some(mac)) = (&mut self.cache, reply.mac) {
             match &reply.cacheable {
@@ -183,7 +218,7 @@ impl Service6 {
                 },
                 // Another message of the client (RENEW, RELEASE, DECLINE...) may change what
                 // it should be told: its cached replies go.
-                None if !matches!(payload.first(), Some(&(SOLICIT | REQUEST))) => link.cache.forget(mac),
+                None if !matches!(kind, Some(SOLICIT | REQUEST)) => link.cache.forget(mac),
                 None => {}
             }
         }

@@ -1,7 +1,7 @@
 //! What both engines do around a transfer, sans-IO: turn a read request into a transfer or a
 //! refusal, and account for a transfer's end (counters, latency, the node's timeline).
 
-use super::files::{FileCache, Mode, Refusal};
+use super::files::{Content, FileCache, Mode, Refusal};
 use super::packet::{ErrorCode, Packet};
 use super::transfer::{DEFAULT_MAX_RTO, Limits, Params, SIZE_PROBE, Step, Transfer, negotiate};
 use crate::stats::{Stage, Stats};
@@ -248,7 +248,7 @@ pub fn open(src: &Source, request: &[u8], client: SocketAddr, stats: &Stats, now
     }
     let made = generated.get().filter(|_| mode == Mode::Octet).and_then(|g| g.generate(&file, client.ip()));
     let found = match made {
-        Some(bytes) => Ok(Arc::<[u8]>::from(bytes)),
+        Some(bytes) => Ok(Content::Bytes(Arc::from(bytes))),
         None => files.get(&file, mode),
     };
     let data = match found {
@@ -258,8 +258,9 @@ pub fn open(src: &Source, request: &[u8], client: SocketAddr, stats: &Stats, now
             tracing::warn!(%client, file, "TFTP request outside the root refused");
             return refuse(ErrorCode::AccessViolation, "access violation", "tftp_refused_path");
         }
+        Err(Refusal::TooLarge) => return refuse(ErrorCode::NotDefined, "file too large for netascii", "tftp_refused_too_large"),
     };
-    let (params, oack) = negotiate(&options, data.len() as u64, limits);
+    let (params, oack) = negotiate(&options, data.len(), limits);
     stats.bump("tftp_transfers_started");
     let (ticket, evicted) = admission.admit_pending();
     if evicted {
@@ -268,7 +269,7 @@ pub fn open(src: &Source, request: &[u8], client: SocketAddr, stats: &Stats, now
     let mut transfer = Transfer::new(data.clone(), params, oack, now);
     let first = transfer.start(now);
     let place = Place::Pending { ticket, limits };
-    Opened::Transfer(Session { file, mode, bytes: data.len() as u64, params, transfer, started: now, place }, first)
+    Opened::Transfer(Session { file, mode, bytes: data.len(), params, transfer, started: now, place }, first)
 }
 
 /// Takes over a transfer a stopped engine recorded (`rec`), to go on from the client's next
@@ -277,7 +278,7 @@ pub fn resume(src: &Source, rec: &netboot_common::TransferRecord, client: Socket
     let name = std::str::from_utf8(rec.name.get(..usize::from(rec.name_len))?).ok()?.to_string();
     let mode = if rec.netascii == 1 { Mode::Netascii } else { Mode::Octet };
     let slot = src.admission.admit(client.ip(), &src.limits).ok()?;
-    let data = src.files.get(&name, mode).ok().filter(|d| d.len() as u64 == rec.len);
+    let data = src.files.get(&name, mode).ok().filter(|d| d.len() == rec.len);
     let Some(data) = data else {
         stats.bump("tftp_resume_file_changed");
         return None;
@@ -285,7 +286,7 @@ pub fn resume(src: &Source, rec: &netboot_common::TransferRecord, client: Socket
     let params = Params { blksize: usize::from(rec.blksize).max(8), windowsize: u64::from(rec.windowsize).max(1), max_rto: DEFAULT_MAX_RTO };
     stats.bump("tftp_transfers_resumed");
     let transfer = Transfer::resumed(data.clone(), params, now);
-    Some(Session { file: name, mode, bytes: data.len() as u64, params, transfer, started: now, place: Place::Running { _slot: slot } })
+    Some(Session { file: name, mode, bytes: data.len(), params, transfer, started: now, place: Place::Running { _slot: slot } })
 }
 
 impl Session {

@@ -9,7 +9,7 @@
 //! milliseconds, not the peers' 1–5 s) and backs off exponentially.
 
 use super::packet::{ErrorCode, Packet};
-use std::sync::Arc;
+use super::files::Content;
 use std::time::{Duration, Instant};
 
 /// Limits from the config and the interface.
@@ -110,7 +110,7 @@ pub enum Step {
 }
 
 pub struct Transfer {
-    data: Arc<[u8]>,
+    data: Content,
     p: Params,
     /// Data blocks in the file (the last is shorter than blksize, possibly empty).
     blocks: u64,
@@ -126,6 +126,9 @@ pub struct Transfer {
     confirmed: bool,
     /// Taken over from an engine that stopped: where the client is is learnt from its next ACK.
     resumed: bool,
+    /// A block of the file could not be read: the window stopped before it, and the transfer
+    /// ends with an ERROR at its next step.
+    unreadable: bool,
     /// Packets resent because of the timer.
     pub retransmits: u64,
 }
@@ -137,10 +140,10 @@ impl Transfer {
         self.oack.is_none() && self.acked + self.p.windowsize >= self.blocks
     }
 
-    pub fn new(data: Arc<[u8]>, p: Params, oack: Vec<(String, String)>, now: Instant) -> Transfer {
-        let blocks = data.len() as u64 / p.blksize as u64 + 1;
+    pub fn new(data: Content, p: Params, oack: Vec<(String, String)>, now: Instant) -> Transfer {
+        let blocks = data.len() / p.blksize as u64 + 1;
         let oack = (!oack.is_empty()).then(|| Packet::OptionAck { options: oack }.to_vec());
-        Transfer { data, p, blocks, oack, acked: 0, last_send: now, rto: INITIAL_RTO.min(p.max_rto), srtt: None, tries: 0, confirmed: false, resumed: false, retransmits: 0 }
+        Transfer { data, p, blocks, oack, acked: 0, last_send: now, rto: INITIAL_RTO.min(p.max_rto), srtt: None, tries: 0, confirmed: false, resumed: false, unreadable: false, retransmits: 0 }
     }
 
     /// A transfer another engine (an agent that crashed) started, going on from the client's
@@ -148,7 +151,7 @@ impl Transfer {
     /// are taken as the first ones that match on the wire (a file of more than 65535 blocks
     /// resumed after a rollover would restart from the wrong block: the client then fails on
     /// a block out of order, as it would have with the crash).
-    pub fn resumed(data: Arc<[u8]>, p: Params, now: Instant) -> Transfer {
+    pub fn resumed(data: Content, p: Params, now: Instant) -> Transfer {
         Transfer { resumed: true, confirmed: true, ..Transfer::new(data, p, Vec::new(), now) }
     }
 
@@ -164,10 +167,19 @@ impl Transfer {
     /// The first packets: the OACK, or the first window.
     pub fn start(&mut self, now: Instant) -> Vec<Vec<u8>> {
         self.last_send = now;
-        match &self.oack {
-            Some(o) => vec![o.clone()],
+        match self.oack.clone() {
+            Some(o) => vec![o],
             None => self.window(),
         }
+    }
+
+    /// The window to send now, or the end if a block of it cannot be read.
+    fn send_window(&mut self) -> Step {
+        let w = self.window();
+        if w.is_empty() && self.unreadable {
+            return Self::unreadable_step();
+        }
+        Step::Send(w)
     }
 
     /// When the retransmission timer fires.
@@ -175,16 +187,31 @@ impl Transfer {
         self.last_send + self.rto
     }
 
-    fn block(&self, n: u64) -> Vec<u8> {
-        let start = ((n - 1) * self.p.blksize as u64) as usize;
-        let end = (start + self.p.blksize).min(self.data.len());
-        Packet::Data { block: (n % 65536) as u16, data: &self.data[start.min(end)..end] }.to_vec()
+    fn block(&self, n: u64) -> Option<Vec<u8>> {
+        let start = (n - 1) * self.p.blksize as u64;
+        let data = self.data.read(start, start + self.p.blksize as u64)?;
+        Some(Packet::Data { block: (n % 65536) as u16, data: &data }.to_vec())
     }
 
-    /// The window after the last acknowledged block.
-    fn window(&self) -> Vec<Vec<u8>> {
+    /// The window after the last acknowledged block (up to a block that cannot be read).
+    fn window(&mut self) -> Vec<Vec<u8>> {
         let last = (self.acked + self.p.windowsize).min(self.blocks);
-        (self.acked + 1..=last).map(|n| self.block(n)).collect()
+        let mut out = Vec::new();
+        for n in self.acked + 1..=last {
+            match self.block(n) {
+                Some(b) => out.push(b),
+                None => {
+                    self.unreadable = true;
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    /// The step after a block could not be read.
+    fn unreadable_step() -> Step {
+        Step::Abort(Some(Packet::error(ErrorCode::NotDefined, "read error")), "the file could not be read")
     }
 
     /// The block a wire number acknowledges, if it is in the window in flight.
@@ -194,6 +221,9 @@ impl Transfer {
     }
 
     pub fn on_packet(&mut self, bytes: &[u8], now: Instant) -> Step {
+        if self.unreadable {
+            return Self::unreadable_step();
+        }
         match Packet::parse(bytes) {
             Ok(Packet::Ack { block }) => {
                 if self.oack.is_some() {
@@ -203,7 +233,7 @@ impl Transfer {
                     self.oack = None;
                     self.sample(now);
                     self.last_send = now;
-                    return Step::Send(self.window());
+                    return self.send_window();
                 }
                 if self.resumed {
                     self.resumed = false;
@@ -212,7 +242,7 @@ impl Transfer {
                     if self.acked == self.blocks {
                         return Step::Done;
                     }
-                    return Step::Send(self.window());
+                    return self.send_window();
                 }
                 let Some(n) = self.resolve_ack(block) else { return Step::Wait };
                 self.sample(now);
@@ -221,7 +251,7 @@ impl Transfer {
                     return Step::Done;
                 }
                 self.last_send = now;
-                Step::Send(self.window())
+                self.send_window()
             }
             // After our OACK and before any data: a client that only wanted `tsize` (EDK2 and
             // others ask for the size first, then read in a second request).
@@ -234,6 +264,9 @@ impl Transfer {
 
     /// The timer fired: resend what is in flight, or give up.
     pub fn on_timeout(&mut self, now: Instant) -> Step {
+        if self.unreadable {
+            return Self::unreadable_step();
+        }
         self.tries += 1;
         if !self.confirmed && self.oack.is_none() && self.tries >= UNCONFIRMED_TRIES {
             return Step::Abort(None, "client never answered");
@@ -243,9 +276,12 @@ impl Transfer {
         }
         self.rto = (self.rto * 2).min(self.p.max_rto);
         self.last_send = now;
-        let pkts = match &self.oack {
-            Some(o) => vec![o.clone()],
-            None => self.window(),
+        let pkts = match self.oack.clone() {
+            Some(o) => vec![o],
+            None => match self.send_window() {
+                Step::Send(w) => w,
+                end => return end,
+            },
         };
         self.retransmits += pkts.len() as u64;
         Step::Send(pkts)
