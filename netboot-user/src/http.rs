@@ -575,7 +575,7 @@ async fn leases(State(st): State<Arc<HttpState>>, Query(q): Query<BTreeMap<Strin
             leases.sort_by_key(|l| l.ip);
             match crate::http_page::select("/api/v1/leases", &q, leases, |l| l.ip) {
                 Ok(page) => page.respond(|l| l.to_json(now)),
-                Err(bad) => bad,
+                Err(bad) => bad.into_response(),
             }
         }
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}\n")).into_response(),

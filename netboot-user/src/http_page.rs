@@ -13,6 +13,16 @@ use std::str::FromStr;
 /// Largest page.
 pub const MAX_LIMIT: usize = 10_000;
 
+/// A `limit` or `after` that cannot be used: a 400 that says which.
+#[derive(Debug)]
+pub struct BadQuery(String);
+
+impl IntoResponse for BadQuery {
+    fn into_response(self) -> Response {
+        (StatusCode::BAD_REQUEST, self.0).into_response()
+    }
+}
+
 /// The items of one page, and the link to the next if more follow.
 pub struct Page<T> {
     pub items: Vec<T>,
@@ -21,19 +31,19 @@ pub struct Page<T> {
 
 /// The page of `items` the query asks for (sorted by `key` first when paged), or a 400 for a
 /// bad `limit` or `after`.
-pub fn select<T, K>(path: &str, q: &BTreeMap<String, String>, mut items: Vec<T>, key: impl Fn(&T) -> K) -> Result<Page<T>, Response>
+pub fn select<T, K>(path: &str, q: &BTreeMap<String, String>, mut items: Vec<T>, key: impl Fn(&T) -> K) -> Result<Page<T>, BadQuery>
 where
     K: Ord + Display + FromStr,
 {
     let limit = match q.get("limit").map(|v| v.parse::<usize>()) {
         None => None,
         Some(Ok(n)) if (1..=MAX_LIMIT).contains(&n) => Some(n),
-        Some(_) => return Err((StatusCode::BAD_REQUEST, format!("limit: 1 to {MAX_LIMIT}\n")).into_response()),
+        Some(_) => return Err(BadQuery(format!("limit: 1 to {MAX_LIMIT}\n"))),
     };
     let after = match q.get("after").map(|v| v.parse::<K>()) {
         None => None,
         Some(Ok(k)) => Some(k),
-        Some(Err(_)) => return Err((StatusCode::BAD_REQUEST, "after: not a key of this list (an address or a MAC)\n").into_response()),
+        Some(Err(_)) => return Err(BadQuery("after: not a key of this list (an address or a MAC)\n".into())),
     };
     if limit.is_none() && after.is_none() {
         return Ok(Page { items, next: None });
@@ -63,7 +73,7 @@ impl<T> Page<T> {
 pub fn page<T: serde::Serialize, K: Ord + Display + FromStr>(path: &str, q: &BTreeMap<String, String>, items: Vec<T>, key: impl Fn(&T) -> K) -> Response {
     match select(path, q, items, key) {
         Ok(p) => p.respond(|i| i),
-        Err(r) => r,
+        Err(bad) => bad.into_response(),
     }
 }
 

@@ -65,7 +65,7 @@ async fn discovered(State(st): State<Arc<HttpState>>, Query(q): Query<BTreeMap<S
                     v["known"] = known.into();
                     v
                 }),
-                Err(bad) => bad,
+                Err(bad) => bad.into_response(),
             }
         }
         Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("the store cannot be read: {e:#}")),
