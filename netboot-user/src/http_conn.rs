@@ -245,7 +245,6 @@ impl BodyFeed {
                     let take = (buf.len() as u64).min(self.left) as usize;
                     self.left -= take as u64;
                     permit.send(Ok(buf.split_to(take).freeze()));
-
                 }
             }
         }
@@ -366,6 +365,7 @@ async fn respond<S: Socket>(io: &mut S, resp: Response<Body>, head_only: bool, v
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::response::IntoResponse;
     use axum::routing::post;
     use tokio::io::DuplexStream;
 
@@ -381,8 +381,6 @@ mod tests {
         });
         Router::new().route("/in", post(|body: bytes::Bytes| async move { body.len().to_string() })).layer(guard)
     }
-
-    use axum::response::IntoResponse;
 
     fn open() -> (DuplexStream, tokio::task::JoinHandle<()>, Arc<Stats>) {
         let (client, server) = tokio::io::duplex(1 << 20);

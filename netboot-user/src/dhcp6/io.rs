@@ -119,16 +119,17 @@ impl Service6 {
                 }
                 r = self.sock.recv_from(&mut buf) => match r {
                     Ok((n, from)) => {
-                        // This one, and whatever else is queued: one commit for them all.
-                        let mut replies = Vec::new();
-                        let mut next = Some((n, from));
-                        while let Some((n, from)) = next.take() {
+                        // This one, and whatever else is queued (BATCH datagrams at most,
+                        // answered or not: a flood of silent ones must not hold the loop): one
+                        // commit for them all.
+                        let (mut replies, mut read) = (Vec::new(), 0);
+                        let mut got = Some((n, from));
+                        while let Some((n, from)) = got {
                             if let SocketAddr::V6(from) = from && let Some(r) = self.answer(&buf[..n], *from.ip(), enabled) {
                                 replies.push(r);
                             }
-                            if replies.len() < BATCH {
-                                next = self.sock.try_recv_from(&mut buf).ok();
-                            }
+                            read += 1;
+                            got = if read < BATCH { self.sock.try_recv_from(&mut buf).ok() } else { None };
                         }
                         self.commit_and_send(replies).await;
                     }
@@ -184,22 +185,31 @@ impl Service6 {
         // Invariant 1: nothing leaves that the store does not hold — but an ADVERTISE binds
         // nothing (RFC 8415 §18.3.1: the REQUEST that follows commits), so its hold stays in
         // memory: a flood of invented DUIDs costs no disk write per datagram.
-        let durable: Vec<Lease6> = replies.iter().flat_map(|(r, _)| r.durable_leases()).collect();
+        // Each reply with whether it needed a binding stored, in arrival order.
+        let mut durable = Vec::new();
+        let replies: Vec<(Reply6, Option<u8>, bool)> = replies
+            .into_iter()
+            .map(|(r, kind)| {
+                let leases = r.durable_leases();
+                let binds = !leases.is_empty();
+                durable.extend(leases);
+                (r, kind, binds)
+            })
+            .collect();
+        let mut stored = true;
         if !durable.is_empty() {
             self.stats.bump("dhcp6_commits");
             if let Err(e) = super::store::commit(&self.store, durable).await {
-                let dropped = replies.iter().filter(|(r, _)| !r.durable_leases().is_empty()).count();
+                let dropped = replies.iter().filter(|(_, _, binds)| *binds).count();
                 self.stats.add("dhcp6_dropped_commit_failed", dropped as u64);
                 tracing::warn!(dropped, "DHCPv6 replies dropped: their bindings could not be stored: {e:#}");
-                // Those that needed nothing stored still go.
-                for (r, kind) in replies.into_iter().filter(|(r, _)| r.durable_leases().is_empty()) {
-                    self.send_and_cache(r, kind).await;
-                }
-                return;
+                stored = false; // those that needed nothing stored still go
             }
         }
-        for (r, kind) in replies {
-            self.send_and_cache(r, kind).await;
+        for (r, kind, binds) in replies {
+            if stored || !binds {
+                self.send_and_cache(r, kind).await;
+            }
         }
     }
 
