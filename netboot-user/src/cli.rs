@@ -86,7 +86,7 @@ pub enum TokenAction {
     Add {
         name: String,
         #[arg(long, value_enum)]
-        scope: crate::provision::auth::Scope,
+        scope: crate::http::auth::Scope,
         /// The config whose `[api] tokens_file` takes it (default: the running agent's).
         #[arg(short, long)]
         config: Option<PathBuf>,
@@ -251,7 +251,7 @@ fn status(iface: Option<&str>, json: bool) -> anyhow::Result<()> {
         // From the running agent (its control socket is in /run, visible from any mount
         // namespace); without one, what the pins say (the kernel keeps answering).
         let report = match AgentRecord::read(i).filter(AgentRecord::is_running) {
-            Some(_) => serde_json::from_slice(&crate::runtime::control_get(i, "/api/v1/status")?)?,
+            Some(_) => serde_json::from_slice(&crate::control::control_get(i, "/api/v1/status")?)?,
             None if !pins::iface_dir(i).exists() => {
                 anyhow::bail!("{i}: not attached (no running agent, no pins under {})", pins::iface_dir(i).display())
             }
@@ -313,14 +313,14 @@ fn agent_iface(iface: Option<String>) -> anyhow::Result<String> {
 
 fn control_json(iface: &str, method: hyper::Method, path: &str, body: Option<serde_json::Value>) -> anyhow::Result<serde_json::Value> {
     let body = body.map(|b| ("application/json", b.to_string().into_bytes()));
-    let out = crate::runtime::control_request(iface, method, path, body)?;
+    let out = crate::control::control_request(iface, method, path, body)?;
     if out.is_empty() {
         return Ok(serde_json::Value::Null);
     }
     Ok(serde_json::from_slice(&out)?)
 }
 
-fn token_add(name: &str, scope: crate::provision::auth::Scope, config: Option<PathBuf>) -> anyhow::Result<()> {
+fn token_add(name: &str, scope: crate::http::auth::Scope, config: Option<PathBuf>) -> anyhow::Result<()> {
     let path = match config {
         Some(c) => c,
         None => AgentRecord::all()
@@ -331,7 +331,7 @@ fn token_add(name: &str, scope: crate::provision::auth::Scope, config: Option<Pa
     };
     let c = Config::load(&path)?;
     let file = c.api.tokens_path.ok_or_else(|| anyhow::anyhow!("{}: no [api] tokens_file to add the token to", path.display()))?;
-    let token = crate::provision::auth::add(&file, name, scope)?;
+    let token = crate::http::auth::add(&file, name, scope)?;
     eprintln!("token {name} (scope {}) added to {}; it is shown once:", scope.name(), file.display());
     println!("{token}");
     Ok(())
@@ -370,7 +370,7 @@ fn hosts(action: HostsAction, iface: &str) -> anyhow::Result<()> {
             let text = std::fs::read(&file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
             let ext = file.extension().and_then(|e| e.to_str()).unwrap_or("");
             let kind = if matches!(ext, "jsonl" | "ndjson" | "json") { "application/x-ndjson" } else { "text/csv" };
-            let out = crate::runtime::control_request(iface, Method::POST, "/api/v1/hosts:import", Some((kind, text)))?;
+            let out = crate::control::control_request(iface, Method::POST, "/api/v1/hosts:import", Some((kind, text)))?;
             let v: serde_json::Value = serde_json::from_slice(&out)?;
             println!("{}: {} hosts imported", file.display(), v["imported"]);
         }
@@ -423,7 +423,7 @@ fn leases(json: bool, config: Option<&std::path::Path>) -> anyhow::Result<()> {
     let running = AgentRecord::all().into_iter().find(AgentRecord::is_running);
     let leases: Vec<serde_json::Value> = match (config, running) {
         // The running agent answers (its lease store, as it serves it).
-        (None, Some(rec)) => serde_json::from_slice(&crate::runtime::control_get(&rec.iface, "/api/v1/leases")?)?,
+        (None, Some(rec)) => serde_json::from_slice(&crate::control::control_get(&rec.iface, "/api/v1/leases")?)?,
         (config, _) => {
             // The store the config names (the cluster's PostgreSQL, or SQLite in state_dir).
             let reader = match config {

@@ -10,28 +10,22 @@
 //! - [`cli`]: the `netboot-xdp` command line.
 
 pub mod agent;
-pub mod api_tls;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod control;
 pub mod dhcp;
 pub mod dhcp6;
 pub mod fastpath;
 pub mod frame;
-pub mod grub;
 pub mod http;
-pub mod http_client;
-pub mod http_conn;
-pub mod http_files;
-pub mod http_listener;
-pub mod http_page;
 pub mod iface;
 pub mod mac;
 pub mod metrics;
 pub mod provision;
-pub mod ra;
-pub mod reload;
+pub mod published;
 pub mod runtime;
+pub mod serve;
 #[cfg(test)]
 pub(crate) mod scratch;
 pub mod store;

@@ -17,7 +17,7 @@ pub struct AgentRecord {
     pub state_dir: PathBuf,
 }
 
-fn dir() -> PathBuf {
+pub(crate) fn dir() -> PathBuf {
     PathBuf::from("/run/netboot-xdp")
 }
 
@@ -81,47 +81,9 @@ fn is_agent_cmdline(cmdline: &[u8], iface: &str) -> bool {
     args.windows(2).any(|w| w[0] == b"attach" && w[1] == iface.as_bytes())
 }
 
-/// The agent's control socket: the HTTP routes of [`crate::http`], for the CLI.
+/// The agent's control socket: where the CLI asks the agent.
 pub fn control_path(iface: &str) -> PathBuf {
     dir().join(format!("{iface}.sock"))
-}
-
-/// Binds the control socket of `iface` (a stale one from a killed agent is replaced), only
-/// root may connect.
-pub fn bind_control(iface: &str) -> anyhow::Result<tokio::net::UnixListener> {
-    use std::os::unix::fs::PermissionsExt;
-    let path = control_path(iface);
-    std::fs::create_dir_all(dir())?;
-    let _ = std::fs::remove_file(&path);
-    let l = tokio::net::UnixListener::bind(&path).map_err(|e| anyhow::anyhow!("control socket {}: {e}", path.display()))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(l)
-}
-
-/// `GET path` on the control socket of the agent on `iface`; the body of a 200 answer.
-pub fn control_get(iface: &str, path: &str) -> anyhow::Result<Vec<u8>> {
-    control_request(iface, hyper::Method::GET, path, None)
-}
-
-/// A request to the agent of `iface` over its control socket (root's, no token needed); the
-/// body of a 2xx answer, the agent's message otherwise.
-pub fn control_request(iface: &str, method: hyper::Method, path: &str, body: Option<(&str, Vec<u8>)>) -> anyhow::Result<Vec<u8>> {
-    let sock = control_path(iface);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(async {
-        let stream = tokio::time::timeout(std::time::Duration::from_secs(5), tokio::net::UnixStream::connect(&sock))
-            .await
-            .map_err(|_| anyhow::anyhow!("{}: no answer within 5 s", sock.display()))?
-            .map_err(|e| anyhow::anyhow!("cannot reach the agent at {}: {e}", sock.display()))?;
-        let exchange = crate::http_client::request(stream, method, "localhost", path, "netboot-xdp", body);
-        let (status, body) = tokio::time::timeout(std::time::Duration::from_secs(30), exchange)
-            .await
-            .map_err(|_| anyhow::anyhow!("agent on {iface}: no answer to {path} within 30 s"))??;
-        if !status.is_success() {
-            anyhow::bail!("agent on {iface}: {path}: {status}: {}", String::from_utf8_lossy(&body).trim());
-        }
-        Ok(body)
-    })
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! The agent's own metrics: named counters and latency histograms (the XDP program's counters
-//! are in [`crate::fastpath::Counters`]). Shared between tasks; read by `/metrics` and `status`.
+//! are in `fastpath::Counters`). Shared between tasks; read by `/metrics` and `status`.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;

@@ -401,9 +401,9 @@ impl Target for Http {
         let input = input.to_vec();
         let out = self.rt.block_on(async move {
             let (client, server) = tokio::io::duplex(1 << 20);
-            let peer = netboot::http_listener::PeerAddr { addr: "10.78.0.2:40000".parse().unwrap(), tls: false };
+            let peer = netboot::http::listener::PeerAddr { addr: "10.78.0.2:40000".parse().unwrap(), tls: false };
             let stats = std::sync::Arc::new(netboot::stats::Stats::default());
-            let conn = tokio::spawn(netboot::http_conn::connection(server, peer, app, stats));
+            let conn = tokio::spawn(netboot::http::conn::connection(server, peer, app, stats));
             let (mut rd, mut wr) = tokio::io::split(client);
             let _ = wr.write_all(&input).await;
             let _ = wr.shutdown().await;

@@ -113,7 +113,7 @@ fn member_config(dir: &std::path::Path, id: &str, address: &str, pg: &Postgres) 
 /// The first MAC of the form 02:0e:00:00:xx:yy from `from` on that `agent` owns.
 fn mac_owned_by(agent: &Agent, members: &[String], from: u16) -> [u8; 6] {
     let id = agent.status().unwrap()["cluster"]["server_id"].as_str().unwrap().to_string();
-    let owned = netboot::cluster::buckets::owned_by(&id, members);
+    let owned = netboot::dhcp::buckets::owned_by(&id, members);
     (from..).map(|n| [2, 0x0e, 0, 0, (n >> 8) as u8, n as u8]).find(|m| owned[netboot_common::cluster::bucket(m) as usize]).unwrap()
 }
 
@@ -210,8 +210,8 @@ fn change_log_reaches_the_other_member_without_its_listener_and_a_moved_client_k
     let hmac = mac_owned_by(&b, &members, 100);
     let path = format!("/api/v1/hosts/{}", netboot::mac::MacAddr(hmac));
     let doc = br#"{"ip":"10.77.0.77","hostname":"shared-077"}"#.to_vec();
-    netboot::runtime::control_request(&a.iface, hyper::Method::PUT, &path, Some(("application/json", doc))).expect("PUT on A");
-    let on_b = || String::from_utf8_lossy(&netboot::runtime::control_get(&b.iface, &path).unwrap_or_default()).contains("10.77.0.77");
+    netboot::control::control_request(&a.iface, hyper::Method::PUT, &path, Some(("application/json", doc))).expect("PUT on A");
+    let on_b = || String::from_utf8_lossy(&netboot::control::control_get(&b.iface, &path).unwrap_or_default()).contains("10.77.0.77");
     assert!(tests::eventually(5, on_b), "B never saw the host written on A");
     assert_eq!(dora.offers_to(&dora.discover_pxe(hmac)), vec!["10.77.0.77".parse::<std::net::Ipv4Addr>().unwrap()]);
 

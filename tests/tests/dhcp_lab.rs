@@ -291,10 +291,10 @@ fn dhclient6_gets_its_reserved_address_from_managed_ras_and_releases_it() {
     let counter = |name: &str| agent.status().unwrap()["agent"][name].as_u64().unwrap_or(0);
     assert_eq!((counter("dhcp6_sent_advertise"), counter("dhcp6_sent_reply")), (1, 1), "{}", agent.status().unwrap());
     // The node's timeline has its IPv6 address.
-    let node: serde_json::Value = serde_json::from_slice(&netboot::runtime::control_get(&s.lab.server_if, &format!("/api/v1/nodes/{mac}")).unwrap()).unwrap();
+    let node: serde_json::Value = serde_json::from_slice(&netboot::control::control_get(&s.lab.server_if, &format!("/api/v1/nodes/{mac}")).unwrap()).unwrap();
     assert_eq!(node["ip6"], "fd00:77::77", "{node}");
 
-    let leases6: serde_json::Value = serde_json::from_slice(&netboot::runtime::control_get(&s.lab.server_if, "/api/v1/leases6").unwrap()).unwrap();
+    let leases6: serde_json::Value = serde_json::from_slice(&netboot::control::control_get(&s.lab.server_if, "/api/v1/leases6").unwrap()).unwrap();
     assert_eq!((leases6[0]["ip"].as_str(), leases6[0]["state"].as_str(), leases6[0]["mac"].as_str()), (Some("fd00:77::77"), Some("bound"), Some(mac.as_str())), "{leases6}");
 
     // The same machine boots again (its DUID kept, no lease remembered): the kernel answers
@@ -313,7 +313,7 @@ fn dhclient6_gets_its_reserved_address_from_managed_ras_and_releases_it() {
     assert_eq!((xdp.get("fast6_advertise"), xdp.get("fast6_reply")), (Some(&1), Some(&1)), "{xdp:?}");
     assert_eq!((counter("dhcp6_sent_advertise"), counter("dhcp6_sent_reply")), (1, 1), "the agent answered nothing more");
     assert!(tests::eventually(3, || counter("dhcp6_kernel_replies_recorded") == 1), "{}", agent.status().unwrap());
-    let node: serde_json::Value = serde_json::from_slice(&netboot::runtime::control_get(&s.lab.server_if, &format!("/api/v1/nodes/{mac}")).unwrap()).unwrap();
+    let node: serde_json::Value = serde_json::from_slice(&netboot::control::control_get(&s.lab.server_if, &format!("/api/v1/nodes/{mac}")).unwrap()).unwrap();
     let kernel = node["events"].as_array().unwrap().iter().any(|e| e["stage"] == "dhcp6" && e["kind"] == "reply" && e["path"] == "kernel");
     assert!(kernel, "the kernel's REPLY on the timeline: {node:#}");
     // The binding is in the lease store: an agent killed and restarted has it.
@@ -506,7 +506,7 @@ fn known_clients_are_answered_in_the_kernel() {
     let agent_stat = |k: &str| agent.status().unwrap()["agent"][k].as_u64().unwrap_or(0);
     // The lease as the running agent has it (not the store).
     let agent_lease = |ip: &str| -> serde_json::Value {
-        let body = netboot::runtime::control_get(&s.lab.server_if, "/api/v1/leases").unwrap();
+        let body = netboot::control::control_get(&s.lab.server_if, "/api/v1/leases").unwrap();
         let all: serde_json::Value = serde_json::from_slice(&body).unwrap();
         all.as_array().unwrap().iter().find(|l| l["ip"] == ip).cloned().unwrap_or_default()
     };

@@ -64,7 +64,7 @@ fn set_ra(s: &Setup, agent: &netboot_lab::Agent, on: bool) {
 }
 
 fn timeline(s: &Setup, mac: MacAddr) -> Option<serde_json::Value> {
-    let body = netboot::runtime::control_get(&s.lab.server_if, &format!("/api/v1/nodes/{mac}")).ok()?;
+    let body = netboot::control::control_get(&s.lab.server_if, &format!("/api/v1/nodes/{mac}")).ok()?;
     serde_json::from_slice(&body).ok()
 }
 
@@ -443,7 +443,7 @@ fn installed_node_boots_its_local_disk_next_time() {
     let to_script = check_chain(&vms[0], &node);
 
     // The installer's phone-home, with the URL its script got (the same URL on a fetch again).
-    let script = netboot::runtime::control_get(&s.lab.server_if, &format!("/boot.ipxe?mac={m}")).unwrap();
+    let script = netboot::control::control_get(&s.lab.server_if, &format!("/boot.ipxe?mac={m}")).unwrap();
     let script = String::from_utf8(script).unwrap();
     assert!(script.contains("intent install"), "{script}");
     let phone_home = script.split("reports to ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap_or_default().to_string();

@@ -179,7 +179,7 @@ fn a_node_reporting_without_end_keeps_only_its_newest_events_on_both_backends() 
     if !require_root("a_node_reporting_without_end_keeps_only_its_newest_events_on_both_backends") {
         return;
     }
-    use netboot::provision::db::{Change, EVENTS_PER_NODE, ProvisionDb};
+    use netboot::store::db::{Change, EVENTS_PER_NODE, ProvisionDb};
     let pg = Postgres::start("events").unwrap();
     PgStore::open(parse_url(&pg.url()).unwrap(), "boot-a", 0).unwrap(); // migrates
     let dir = std::env::temp_dir().join(format!("nbx-prov-events-{}", std::process::id()));
@@ -202,7 +202,8 @@ fn a_node_reporting_without_end_keeps_only_its_newest_events_on_both_backends() 
             assert_eq!(kept[0].message, "5", "not the oldest that went");
             assert_eq!(db.events(b).await.unwrap().len(), 1);
             // DHCPv6 bindings (issue 16) go to the same store: written, rewritten, read back.
-            use netboot::dhcp6::{Lease6, Lease6State, store};
+            use netboot::dhcp6::{Lease6, Lease6State};
+            use netboot::store::leases6 as store;
             let l = Lease6 { ip: "fd00::10".parse().unwrap(), duid: vec![0, 4, 0xab], iaid: u32::MAX, mac: Some(a), state: Lease6State::Advertised, expires: 2_000_000_000 };
             store::commit(&db, vec![l.clone()]).await.unwrap();
             store::commit(&db, vec![Lease6 { state: Lease6State::Bound, ..l.clone() }]).await.unwrap();

@@ -309,7 +309,7 @@ fn transfers_beyond_the_limits_are_refused_and_counted(engine: &'static str) {
     // Both places taken: a third address is refused as busy.
     assert!(refused(ask("10.77.0.4")).contains("busy"));
     assert_eq!((stat("tftp_refused_client_limit"), stat("tftp_refused_busy")), (1, 1));
-    let metrics = String::from_utf8(netboot::runtime::control_get(&s.lab.server_if, "/metrics").unwrap()).unwrap();
+    let metrics = String::from_utf8(netboot::control::control_get(&s.lab.server_if, "/metrics").unwrap()).unwrap();
     for reason in ["busy", "client_limit"] {
         let line = format!("netboot_tftp_refused_total{{iface=\"{}\",reason=\"{reason}\"}} 1", s.lab.server_if);
         assert!(metrics.lines().any(|l| l == line), "no `{line}` in /metrics");

@@ -481,7 +481,7 @@ fn the_kernel_and_the_core_agree_on_which_clients_a_member_answers() {
     }
     use aya::maps::Array;
     use dhcproto::v4::MessageType;
-    use netboot::cluster::buckets::{Buckets, owned_by};
+    use netboot::dhcp::buckets::{Buckets, owned_by};
     use netboot::dhcp::Silence;
     let mut prog = Prog::load();
     let mut owner_map: Array<_, u8> = Array::try_from(prog.loaded.take_map(maps::BUCKET_OWNER).unwrap()).unwrap();

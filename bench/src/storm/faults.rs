@@ -115,7 +115,7 @@ pub fn member_report(agent: &Agent) -> anyhow::Result<serde_json::Value> {
 }
 
 fn bound_leases(iface: &str) -> anyhow::Result<usize> {
-    let v: Vec<serde_json::Value> = serde_json::from_slice(&netboot::runtime::control_get(iface, "/api/v1/leases")?)?;
+    let v: Vec<serde_json::Value> = serde_json::from_slice(&netboot::control::control_get(iface, "/api/v1/leases")?)?;
     Ok(v.iter().filter(|l| l["state"] == "bound").count())
 }
 
@@ -245,7 +245,7 @@ fn discover(mac: MacAddr, xid: u32) -> Vec<u8> {
 /// Booted machines whose address the running agent's lease table does not hold bound to
 /// their MAC.
 pub fn lost_leases(agent: &netboot_lab::Agent, outcomes: &[Outcome]) -> anyhow::Result<usize> {
-    let body = netboot::runtime::control_get(&agent.iface, "/api/v1/leases")?;
+    let body = netboot::control::control_get(&agent.iface, "/api/v1/leases")?;
     let leases: Vec<serde_json::Value> = serde_json::from_slice(&body)?;
     let bound: std::collections::HashSet<(String, String)> = leases
         .iter()

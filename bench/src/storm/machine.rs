@@ -405,7 +405,7 @@ pub async fn http_get(url: &str) -> Result<Vec<u8>, String> {
     let addr = if authority.contains(':') { authority.to_string() } else { format!("{authority}:80") };
     let work = async {
         let stream = tokio::net::TcpStream::connect(&addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
-        let (status, body) = netboot::http_client::get(stream, authority, &path, "iPXE/1.21.1 (netboot-bench)").await.map_err(|e| format!("{e:#}"))?;
+        let (status, body) = netboot::http::client::get(stream, authority, &path, "iPXE/1.21.1 (netboot-bench)").await.map_err(|e| format!("{e:#}"))?;
         if status != 200 {
             return Err(format!("HTTP {status}"));
         }

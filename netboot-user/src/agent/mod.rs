@@ -5,13 +5,13 @@ mod services;
 
 use crate::config::{Config, DhcpMode, TftpEngine};
 use crate::tftp;
-use crate::dhcp::io::FastPathLink;
+use crate::serve::dhcp::FastPathLink;
 use crate::fastpath::cache::ReplyCache;
 use crate::fastpath::sync::CacheSync;
 use aya::maps::RingBuf;
 use netboot_common::maps;
 use crate::store::{LeaseStore, SqliteStore};
-use crate::dhcp::{DhcpServer, ServerParams, io};
+use crate::dhcp::{DhcpServer, ServerParams};
 use crate::fastpath::{Loaded, StartError, XdpModeArg};
 use crate::iface::Interface;
 use crate::runtime::AgentRecord;
@@ -27,7 +27,7 @@ use tokio::sync::watch;
 /// Start order: the config (a bad one stops everything), root, the interface, the lease store,
 /// the DHCP and TFTP sockets, the HTTP listener and control socket, then the XDP program;
 /// anything that fails undoes what came before. Then the config is watched (SIGHUP, file
-/// changes) and reloaded in place (see [`crate::reload`]).
+/// changes) and reloaded in place (see [`crate::published`]).
 pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyhow::Result<()> {
     let file_config = Config::load(config_path)?;
     if unsafe { libc::geteuid() } != 0 {
@@ -44,8 +44,8 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
     // The hosts of the API are reservations like the config's: laid over it before anything
     // serves ([`crate::provision`]); from here on `config` is the effective config.
     let provision_db = match &cluster {
-        Some(member) => crate::provision::db::ProvisionDb::Postgres(member.pool()),
-        None => crate::provision::db::ProvisionDb::sqlite(&file_config.server.state_dir)?,
+        Some(member) => crate::store::db::ProvisionDb::Postgres(member.pool()),
+        None => crate::store::db::ProvisionDb::sqlite(&file_config.server.state_dir)?,
     };
     let discovery = Arc::new(crate::provision::discovery::Discovery::new(provision_db.clone()).with_stats(stats.clone()));
     let (provision, configs) = crate::provision::Provision::open(provision_db.clone(), file_config)
@@ -71,7 +71,7 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
         server.spread_allocation(rank, members.len());
     }
     let timelines = Arc::new(Timelines::new(iface_name));
-    let dhcp = io::Service::bind(&iface, server, store, stats.clone(), timelines.clone())?.with_discovery(discovery.clone());
+    let dhcp = crate::serve::dhcp::Service::bind(&iface, server, store, stats.clone(), timelines.clone())?.with_discovery(discovery.clone());
 
     let server_ip6 = match config.dhcp6.enabled {
         true => Some(iface.server_ip6(config.server.address6.as_ref().map(|a| *a.get_ref()), config.dhcp6.prefix())?),
@@ -79,14 +79,14 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
     };
     let tftp = tftp_service(&config, &iface, server_ip, server_ip6, stats.clone(), timelines.clone())?;
     let dhcp6 = match server_ip6 {
-        Some(ip6) => Some(crate::dhcp6::io::Service6::bind(&iface, &config, ip6, provision_db.clone(), stats.clone(), timelines.clone()).await?.with_discovery(discovery.clone())),
+        Some(ip6) => Some(crate::serve::dhcp6::Service6::bind(&iface, &config, ip6, provision_db.clone(), stats.clone(), timelines.clone()).await?.with_discovery(discovery.clone())),
         None => None,
     };
     let http_listener = crate::http::bind(config.http.listen).await?;
     if server_ip6.is_some() && config.http.listen.is_ipv4() {
         tracing::warn!(listen = %config.http.listen, "[dhcp6] is on but http.listen is IPv4: IPv6 clients cannot fetch scripts and files (listen = \"[::]:8080\" serves both)");
     }
-    let control = crate::runtime::bind_control(iface_name)?;
+    let control = crate::control::bind_control(iface_name)?;
     let clients = config.dhcp.reservations().count() as u64 + config.dhcp.pools.iter().map(|p| u64::from(p.get_ref().len())).sum::<u64>();
     let cache_entries = crate::fastpath::cache_entries(clients);
     tracing::info!(entries = cache_entries, clients, "reply cache sized for the reservations and pools");
@@ -137,7 +137,7 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
     let http_state = Arc::new(http_state);
     if let Some((_, source)) = &tftp {
         // The signed GRUB's per-node config is rendered by the HTTP layer, served over TFTP.
-        let _ = source.generated.set(Arc::new(crate::grub::GrubConfigs(http_state.clone())));
+        let _ = source.generated.set(Arc::new(crate::http::grub::GrubConfigs(http_state.clone())));
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -148,7 +148,7 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
     let (dhcp_follows, dhcp6_follows, tftp_follows, limits_follows, http_follows) = (follow(), follow(), follow(), follow(), follow());
     let afxdp_follows = (config_engine == TftpEngine::Afxdp).then(follow);
     let mut services = services::Services::default();
-    services.spawn("config reload", crate::reload::run(config_path.to_path_buf(), provision.clone(), stats.clone(), stop_rx.clone()));
+    services.spawn("config reload", crate::provision::reload::run(config_path.to_path_buf(), provision.clone(), stats.clone(), stop_rx.clone()));
     services.spawn("provisioning", provision.run(stop_rx.clone()));
     services.spawn("discovery", discovery.run(stop_rx.clone()));
     services.spawn_fallible("DHCP", dhcp.with_reload(dhcp_follows).run(stop_rx.clone()));
@@ -164,7 +164,7 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
     }
     services.spawn("XDP limits", limits.follow(limits_follows, stop_rx.clone()));
     services.spawn_fallible("HTTP", crate::http::serve(http_listener, control, http_state, http_follows, stop_rx.clone()));
-    match crate::ra::Responder::open(&iface, stats.clone()) {
+    match crate::serve::ra::Responder::open(&iface, stats.clone()) {
         Ok(r) => services.spawn("IPv6 router advertisements", r.run(configs.clone(), stop_rx.clone())),
         Err(e) => tracing::warn!("IPv6 router advertisements off (dhcp.ipv6_ra): {e}"),
     }
@@ -255,7 +255,7 @@ fn tftp_service(
     server_ip6: Option<std::net::Ipv6Addr>,
     stats: Arc<Stats>,
     timelines: Arc<Timelines>,
-) -> anyhow::Result<Option<(tftp::socket::Service, tftp::session::Source)>> {
+) -> anyhow::Result<Option<(crate::serve::tftp::socket::Service, tftp::session::Source)>> {
     let t = &config.tftp;
     let files = match tftp::FileCache::new(&t.root) {
         Ok(f) => f,
@@ -272,16 +272,16 @@ fn tftp_service(
         max_transfers_per_client: t.max_transfers_per_client,
     };
     let source = tftp::session::Source { files: Arc::new(files), limits, admission: Arc::default(), generated: Arc::default() };
-    Ok(Some((tftp::socket::Service::bind(iface, server_ip, server_ip6, source.clone(), stats, timelines)?, source)))
+    Ok(Some((crate::serve::tftp::socket::Service::bind(iface, server_ip, server_ip6, source.clone(), stats, timelines)?, source)))
 }
 
 /// The DHCPv6 reply cache and its event ring, and where cached replies leave from.
-fn dhcp6_fast_path(fastpath: &mut crate::fastpath::FastPath, iface: &Interface) -> anyhow::Result<(crate::dhcp6::io::CacheLink, RingBuf<aya::maps::MapData>)> {
+fn dhcp6_fast_path(fastpath: &mut crate::fastpath::FastPath, iface: &Interface) -> anyhow::Result<(crate::serve::dhcp6::CacheLink, RingBuf<aya::maps::MapData>)> {
     let cache = fastpath.take_map(maps::REPLY_CACHE6).ok_or_else(|| anyhow::anyhow!("the XDP object has no REPLY_CACHE6 map"))?;
     let events = fastpath.take_map(maps::EVENTS6).ok_or_else(|| anyhow::anyhow!("the XDP object has no EVENTS6 map"))?;
     let server_ll = iface.link_local6().ok_or_else(|| anyhow::anyhow!("{} has no link-local address", iface.name))?;
     let cache = crate::fastpath::cache6::ReplyCache6::new(cache)?;
-    Ok((crate::dhcp6::io::CacheLink { cache, server_mac: iface.mac, server_ll }, RingBuf::try_from(events)?))
+    Ok((crate::serve::dhcp6::CacheLink { cache, server_mac: iface.mac, server_ll }, RingBuf::try_from(events)?))
 }
 
 /// The AF_XDP TFTP engine beside the socket engine, or `None` (with the reason logged) when
@@ -294,13 +294,13 @@ fn afxdp_engine(
     source: tftp::session::Source,
     stats: &Arc<Stats>,
     timelines: &Arc<Timelines>,
-    configs: crate::reload::Follower,
-) -> Option<tftp::afxdp::Engine> {
-    let started = (|| -> anyhow::Result<tftp::afxdp::Engine> {
+    configs: crate::published::Follower,
+) -> Option<crate::serve::tftp::afxdp::Engine> {
+    let started = (|| -> anyhow::Result<crate::serve::tftp::afxdp::Engine> {
         let xsks = aya::maps::XskMap::try_from(fastpath.take_map(maps::XSKS).ok_or_else(|| anyhow::anyhow!("no XSKS map"))?)?;
         let steer = aya::maps::Array::try_from(fastpath.take_map(maps::TFTP_STEER).ok_or_else(|| anyhow::anyhow!("no TFTP_STEER map"))?)?;
         let records = fastpath.take_map(maps::TFTP_TRANSFERS).map(aya::maps::HashMap::try_from).transpose()?;
-        tftp::afxdp::Engine::start(iface, server_ip, server_ip6, source, xsks, steer, records, stats.clone(), timelines.clone(), configs)
+        crate::serve::tftp::afxdp::Engine::start(iface, server_ip, server_ip6, source, xsks, steer, records, stats.clone(), timelines.clone(), configs)
     })();
     match started {
         Ok(e) => Some(e),

@@ -16,13 +16,12 @@
 //! Leases other servers commit reach this server through the change log: a LISTEN wakes the
 //! follower, and it polls every second anyway (a lost listener connection costs a second).
 
-pub mod buckets;
 
 use crate::dhcp::leases::Lease;
 use crate::stats::Stats;
 use crate::store::postgres::{lease_columns, lease_from_row};
 use aya::maps::{Array, MapData};
-use buckets::Buckets;
+use crate::dhcp::buckets::{self, Buckets};
 use netboot_common::cluster::{BUCKETS, OWNER_OTHER, OWNER_SELF};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -9,6 +9,8 @@
 mod error;
 pub mod hosts;
 pub mod profile;
+pub mod store_url;
+pub mod tls;
 mod types;
 
 pub use error::ConfigError;
@@ -177,7 +179,7 @@ pub struct DhcpConfig {
     #[serde(skip)]
     pub file_hosts: Vec<Host>,
     /// Reservations added at run time through the hosts API (kept in the lease store), laid
-    /// over the file's by [`crate::provision`]: what the DHCP core and the reply cache serve.
+    /// over the file's by the provisioning API: what the DHCP core and the reply cache serve.
     #[serde(skip)]
     pub api_hosts: Vec<Host>,
     /// `hosts_file` resolved against the config's directory.
@@ -532,7 +534,7 @@ impl Config {
             if !store.get_ref().starts_with("postgresql://") && !store.get_ref().starts_with("postgres://") {
                 return Err(at(store.span(), "store must be a PostgreSQL URL (postgresql://...); leave it out for SQLite in state_dir".into()));
             }
-            crate::store::postgres::parse_url(store.get_ref()).map_err(|e| at(store.span(), format!("store: {e:#}")))?;
+            store_url::parse_url(store.get_ref()).map_err(|e| at(store.span(), format!("store: {e:#}")))?;
             if c.server_id.is_none() {
                 return Err(at(store.span(), "a shared store needs [cluster] server_id (unique per server)".into()));
             }
@@ -607,7 +609,7 @@ impl Config {
             (None, Some(k), _) => return Err(at(k.span(), "tls_key needs tls_cert".into())),
             (None, None, Some(ca)) => return Err(at(ca.span(), "client_ca needs tls_cert and tls_key".into())),
             (Some(c), Some(_), _) => {
-                crate::api_tls::server_config(api).map_err(|e| at(c.span(), format!("[api] TLS: {e:#}")))?;
+                crate::config::tls::server_config(api).map_err(|e| at(c.span(), format!("[api] TLS: {e:#}")))?;
             }
             (None, None, None) => {}
         }

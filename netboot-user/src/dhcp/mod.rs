@@ -1,8 +1,9 @@
 //! DHCPv4: the wire codec is dhcproto; on top of it the classifier, the sans-IO server core,
-//! the lease table (its durable copy is in [`crate::store`]), and the socket I/O of the agent.
+//! the lease table (its durable copy is the lease store) and the cluster's bucket map. The
+//! socket I/O of the agent is `serve::dhcp`.
 
+pub mod buckets;
 pub mod classify;
-pub mod io;
 pub mod leases;
 pub mod new_clients;
 pub mod server;

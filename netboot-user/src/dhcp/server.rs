@@ -19,7 +19,7 @@ use netboot_common::wire::{ClientClass, DHCP_CLIENT_PORT, DHCP_SERVER_PORT, PXE_
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
-use crate::cluster::buckets::Buckets;
+use crate::dhcp::buckets::Buckets;
 
 /// How long an OFFER holds its address for the client.
 pub const OFFER_HOLD_SECS: u64 = 60;

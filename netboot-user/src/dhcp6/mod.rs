@@ -1,7 +1,7 @@
 //! DHCPv6 (RFC 8415), stateful, for network boot: the same shape as [`crate::dhcp`] — dhcproto
 //! for client messages, a typed view of the relay envelope ([`relay`]: dhcproto reads option 9
-//! as a relay header, not as the message it carries), the lease table, the sans-IO server core
-//! and the socket I/O of the agent.
+//! as a relay header, not as the message it carries), the lease table and the sans-IO server
+//! core (its socket I/O is `serve::dhcp6`).
 //!
 //! Identity is the DUID and IAID of each IA_NA; reservations and boot intent are by MAC, found
 //! in option 79 of a relay, a link-layer DUID, or the EUI-64 of the client's link-local source
@@ -9,11 +9,9 @@
 
 pub mod guard;
 pub mod identity;
-pub mod io;
 pub mod leases;
 pub mod relay;
 pub mod server;
-pub mod store;
 
 pub use leases::{Lease6, Lease6State, Lease6Table};
 pub use server::{Dhcp6Server, Params6, Reply6, Request6, Silence6};

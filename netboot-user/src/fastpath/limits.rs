@@ -1,7 +1,7 @@
 //! The XDP program's limits (`LIMITS`), set from the config at start and on every reload; for
 //! a cluster member also its liveness, renewed while the agent runs.
 
-use crate::reload::Follower;
+use crate::published::Follower;
 use crate::config::Config;
 use aya::maps::{Array, Map, MapData};
 use netboot_common::cache::FastLimits;

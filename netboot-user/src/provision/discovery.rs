@@ -8,8 +8,8 @@
 //! storm's renewals do not become a storm of writes. Both tables are bounded: a flood of
 //! invented MACs pushes out the longest unseen.
 
-use super::db::{ProvisionDb, with_sqlite};
-use super::stmt::Stmt;
+use crate::store::db::{ProvisionDb, with_sqlite};
+use crate::store::stmt::Stmt;
 use crate::dhcp::server::Sighting;
 use crate::mac::MacAddr;
 use serde::Serialize;

@@ -7,22 +7,17 @@
 //! *effective* config, published on the channel the DHCP core, the reply cache, TFTP and HTTP
 //! already follow for reloads, so a host written through the API reaches the kernel's reply
 //! cache the way a reload does (no second path). A write is committed first, then published,
-//! and returns once this agent's services have applied it ([`crate::reload::Follower`]); other
+//! and returns once this agent's services have applied it ([`crate::published::Follower`]); other
 //! members apply it within a second (they poll the store's revision), and list it once applied.
 
-pub mod api;
-pub mod auth;
-pub mod db;
 pub mod discovery;
-pub mod openapi;
-pub mod records;
-pub mod stmt;
+pub mod reload;
 
 use crate::config::{Config, Host};
 use crate::mac::MacAddr;
-use crate::reload::{Follower, Followers};
-use db::{Change, Contents, ProvisionDb};
-use records::{AuditEntry, NodeIntent};
+use crate::published::{Follower, Followers};
+use crate::store::db::{Change, Contents, ProvisionDb};
+use crate::store::records::{AuditEntry, NodeIntent};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -265,7 +260,7 @@ mod tests {
             assert_eq!(p.contents().hosts.len(), 1);
             // A write that changes no host (an intent) publishes nothing and does not wait.
             let mac = "52:54:00:00:00:07".parse().unwrap();
-            p.write(vec![Change::SetIntent { mac, intent: records::Intent::Local, once: false }], None, |_| Ok(())).await.unwrap();
+            p.write(vec![Change::SetIntent { mac, intent: crate::store::records::Intent::Local, once: false }], None, |_| Ok(())).await.unwrap();
             assert!(seen.try_recv().is_err());
         });
     }

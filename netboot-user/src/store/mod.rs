@@ -9,10 +9,14 @@
 //! PostgreSQL (`[cluster] store`: several servers, one truth; the database settles every
 //! conflict, see [`postgres`]). The schema of each is versioned ([`schema`]).
 
+pub mod db;
+pub mod leases6;
 pub mod postgres;
 pub mod reader;
+pub mod records;
 pub mod schema;
 pub mod sqlite;
+pub mod stmt;
 
 pub use reader::LeaseReader;
 pub use sqlite::{DB_FILE, SqliteStore, db_path};

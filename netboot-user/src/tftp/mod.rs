@@ -3,12 +3,10 @@
 //! of its end); `files` is the confined, caching file store; `socket` is the portable engine
 //! on tokio UDP sockets and `afxdp` the engine on AF_XDP sockets.
 
-pub mod afxdp;
 pub mod client;
 pub mod files;
 pub mod packet;
 pub mod session;
-pub mod socket;
 pub mod transfer;
 
 pub use files::{FileCache, Refusal};

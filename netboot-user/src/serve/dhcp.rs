@@ -6,10 +6,10 @@
 //! an AF_PACKET socket (a client without an address cannot be reached through IP). Replies that
 //! carry a lease go out only after the committer made it durable (invariant 1).
 
-use super::classify::raw_option;
-use super::server::{Destination, DhcpServer, Outcome, Reply, Request, ServerParams, Sighting};
+use crate::dhcp::classify::raw_option;
+use crate::dhcp::server::{Destination, DhcpServer, Outcome, Reply, Request, ServerParams, Sighting};
 use crate::metrics::reply_counter;
-use crate::reload::Follower;
+use crate::published::Follower;
 use crate::stats::Stage;
 use crate::timeline::{Milestone, Path, Timelines};
 use netboot_common::wire::ClientClass;
@@ -21,7 +21,7 @@ use netboot_common::cache::AckEvent;
 use std::sync::Mutex;
 use tokio::io::unix::AsyncFd;
 use crate::store::{Committer, Job, LeaseStore, Refused};
-use super::leases::Lease;
+use crate::dhcp::leases::Lease;
 use crate::iface::{Interface, NeighborCache, udp_socket};
 use crate::mac::MacAddr;
 use crate::stats::Stats;
@@ -182,7 +182,7 @@ struct AfterCommit {
 }
 
 impl AfterCommit {
-    fn new(leases: &[super::leases::Lease], reply: Option<(Reply, Instant)>, cache: Option<Pending>) -> AfterCommit {
+    fn new(leases: &[crate::dhcp::leases::Lease], reply: Option<(Reply, Instant)>, cache: Option<Pending>) -> AfterCommit {
         AfterCommit { reply, cache, leases: leases.iter().map(|l| (l.ip, l.mac)).collect(), retry: None }
     }
 }
@@ -243,7 +243,7 @@ impl Service {
         Ok(Service { server, store, stats, sock67, sock4011, tx, fast: None, reload: None, remote: None, discovery: None })
     }
 
-    /// Applies every config `configs` follows (see [`crate::reload`]).
+    /// Applies every config `configs` follows (see [`crate::published`]).
     pub fn with_reload(mut self, configs: Follower) -> Service {
         self.reload = Some(configs);
         self

@@ -4,17 +4,17 @@
 //! Group commit: the datagrams already queued when one arrives (up to [`BATCH`]) are answered
 //! together, their bindings written in one transaction before any reply of the batch leaves.
 
-use super::identity::server_duid;
-use super::server::{Dhcp6Server, Params6, Reply6, Request6, SERVER_PORT};
+use crate::dhcp6::identity::server_duid;
+use crate::dhcp6::server::{Dhcp6Server, Params6, Reply6, Request6, SERVER_PORT};
 use crate::config::Config;
-use crate::reload::Follower;
-use crate::provision::db::ProvisionDb;
+use crate::published::Follower;
+use crate::store::db::ProvisionDb;
 use crate::iface::{Interface, udp_socket};
 use crate::stats::Stats;
 use crate::fastpath::cache6::{ReplyCache6, compile6};
 use crate::mac::MacAddr;
 use crate::timeline::{Milestone, Path, Timelines};
-use super::leases::Lease6;
+use crate::dhcp6::leases::Lease6;
 use aya::maps::{MapData, RingBuf};
 use netboot_common::cache6::{REQUEST, Reply6Event, SOLICIT};
 use tokio::io::unix::AsyncFd;
@@ -71,7 +71,7 @@ impl Service6 {
         socket2::SockRef::from(&sock).join_multicast_v6(&ALL_DHCP_AGENTS, iface.index).context("joining ff02::1:2")?;
         let duid = server_duid(iface.mac);
         let mut server = Dhcp6Server::new(Params6::from_config(config, server_ip, duid.clone()));
-        let stored = super::store::load(&store, crate::dhcp::io::unix_now()).await.context("cannot read the DHCPv6 bindings of the lease store")?;
+        let stored = crate::store::leases6::load(&store, crate::serve::dhcp::unix_now()).await.context("cannot read the DHCPv6 bindings of the lease store")?;
         stats.add("dhcp6_leases_loaded", stored.len() as u64);
         server.restore(stored);
         tracing::info!(server = %server_ip, prefix = ?config.dhcp6.prefix(), leases = server.leases().len(), "DHCPv6 service up");
@@ -147,9 +147,9 @@ impl Service6 {
                     configs.applied();
                 }
                 _ = sweep.tick() => {
-                    let now = crate::dhcp::io::unix_now();
+                    let now = crate::serve::dhcp::unix_now();
                     self.server.sweep(now);
-                    if let Err(e) = super::store::forget_expired(&self.store, now).await {
+                    if let Err(e) = crate::store::leases6::forget_expired(&self.store, now).await {
                         tracing::warn!("DHCPv6: expired bindings not deleted from the store: {e:#}");
                     }
                 }
@@ -165,7 +165,7 @@ impl Service6 {
             self.stats.bump("dhcp6_silent_disabled");
             return None;
         }
-        let outcome = self.server.handle(&Request6 { payload, src, now: crate::dhcp::io::unix_now() });
+        let outcome = self.server.handle(&Request6 { payload, src, now: crate::serve::dhcp::unix_now() });
         let seen = self.server.take_sightings();
         if let Some(d) = &self.discovery {
             d.observe(seen);
@@ -199,7 +199,7 @@ impl Service6 {
         let mut stored = true;
         if !durable.is_empty() {
             self.stats.bump("dhcp6_commits");
-            if let Err(e) = super::store::commit(&self.store, durable).await {
+            if let Err(e) = crate::store::leases6::commit(&self.store, durable).await {
                 let dropped = replies.iter().filter(|(_, _, binds)| *binds).count();
                 self.stats.add("dhcp6_dropped_commit_failed", dropped as u64);
                 tracing::warn!(dropped, "DHCPv6 replies dropped: their bindings could not be stored: {e:#}");
@@ -239,7 +239,7 @@ impl Service6 {
         if replies.is_empty() {
             return;
         }
-        let now = crate::dhcp::io::unix_now();
+        let now = crate::serve::dhcp::unix_now();
         self.stats.add("dhcp6_kernel_replies_recorded", replies.len() as u64);
         let leases: Vec<Lease6> = replies
             .iter()
@@ -248,7 +248,7 @@ impl Service6 {
                 self.server.bound_by_kernel(Ipv6Addr::from(ev.ip), duid, u32::from_be_bytes(ev.iaid), MacAddr(ev.mac), now)
             })
             .collect();
-        if let Err(e) = super::store::commit(&self.store, leases).await {
+        if let Err(e) = crate::store::leases6::commit(&self.store, leases).await {
             // The address is the host's fixed one: nobody else can be given it meanwhile.
             self.stats.bump("dhcp6_kernel_replies_not_stored");
             tracing::warn!("DHCPv6: bindings of kernel REPLYs not stored: {e:#}");

@@ -2,10 +2,10 @@
 //! the same connection the provisioning tables use). A reply leaves only after its bindings are
 //! written (invariant 1, as in v4), and the agent reads them back at start.
 
-use super::leases::{Lease6, Lease6State};
+use crate::dhcp6::leases::{Lease6, Lease6State};
 use crate::mac::MacAddr;
-use crate::provision::db::{ProvisionDb, with_sqlite};
-use crate::provision::stmt::Stmt;
+use crate::store::db::{ProvisionDb, with_sqlite};
+use crate::store::stmt::Stmt;
 
 const UPSERT: &str = "INSERT INTO netboot_leases6 (ip, duid, iaid, mac, state, expires) VALUES ({p}1, {p}2, {p}3, {p}4, {p}5, {p}6)
      ON CONFLICT (ip) DO UPDATE SET duid = EXCLUDED.duid, iaid = EXCLUDED.iaid, mac = EXCLUDED.mac, state = EXCLUDED.state, expires = EXCLUDED.expires";

@@ -5,8 +5,8 @@
 //! script, kernel and initrd over one connection), HEAD, `Expect: 100-continue`, bodies of
 //! known length as they are, others chunked.
 
-use crate::http_files::{SendFile, SendFileOk};
-use crate::http_listener::{LimitedListener, LimitedStream, PeerAddr};
+use crate::http::files::{SendFile, SendFileOk};
+use crate::http::listener::{LimitedListener, LimitedStream, PeerAddr};
 use crate::stats::Stats;
 use axum::Router;
 use axum::body::Body;

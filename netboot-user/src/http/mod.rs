@@ -4,8 +4,8 @@
 //!   for the node (without `mac`, the node that has the requesting address): `mac`, `ip`, `hostname`, `class`, `arch`, `vars`, `server`. Every value is
 //!   reduced to characters that cannot change an iPXE script's meaning (no newline, `$`, `;`,
 //!   quotes, spaces), so a hostname or a variable cannot inject commands.
-//! - Static files under `http.root` ([`crate::http_files`]): kept open, sent with sendfile(2)
-//!   on plain connections ([`crate::http_conn`]), HEAD, one Range, ETag/If-None-Match,
+//! - Static files under `http.root` ([`crate::http::files`]): kept open, sent with sendfile(2)
+//!   on plain connections ([`crate::http::conn`]), HEAD, one Range, ETag/If-None-Match,
 //!   Last-Modified, confined to the root: `..` and symlinks leaving it are refused.
 //! - `GET /api/v1/nodes[?stage=S][&idle=SECS]` and `/api/v1/nodes/MAC`: boot timelines
 //!   ([`crate::timeline`]).
@@ -15,11 +15,21 @@
 //! The same routes are served on the agent's control socket (`/run/netboot-xdp/IFACE.sock`),
 //! which the CLI uses whatever `http.listen` is.
 
-use crate::reload::Follower;
+pub mod api;
+pub mod auth;
+pub mod client;
+pub mod conn;
+pub mod files;
+pub mod grub;
+pub mod listener;
+pub mod openapi;
+pub mod page;
+
+use crate::published::Follower;
 use crate::config::{Config, Host};
 use crate::store::LeaseReader;
 use crate::fastpath::{Counters, pins};
-use crate::http_listener::PeerAddr;
+use crate::http::listener::PeerAddr;
 use crate::mac::MacAddr;
 use crate::stats::Stats;
 use axum::extract::{ConnectInfo, Query, Request, State};
@@ -31,7 +41,7 @@ use axum::routing::get;
 use std::collections::{BTreeMap, HashMap};
 use crate::runtime::AgentRecord;
 use crate::stats::Stage;
-use crate::provision::records::Intent;
+use crate::store::records::Intent;
 use crate::config::profile::{Choice, Facts, choose};
 use crate::timeline::{Milestone, Timelines};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -45,7 +55,7 @@ pub struct View {
     pub script: PathBuf,
     pub hosts: HashMap<MacAddr, Host>,
     /// `[api] tokens_file`'s tokens.
-    pub tokens: crate::provision::auth::Tokens,
+    pub tokens: crate::http::auth::Tokens,
     pub public_read: bool,
     /// `http.listen`'s port, for the URLs scripts get.
     pub port: u16,
@@ -62,7 +72,7 @@ impl View {
             root: config.http.root.clone(),
             script: config.http.script.clone(),
             hosts: config.dhcp.reservations().map(|h| (h.mac, h.clone())).collect(),
-            tokens: crate::provision::auth::Tokens::new(config.api.tokens_path.clone()),
+            tokens: crate::http::auth::Tokens::new(config.api.tokens_path.clone()),
             public_read: config.api.public_read,
             port: config.http.listen.port(),
             profiles: config.profiles.clone(),
@@ -96,7 +106,7 @@ pub struct HttpState {
     /// The machines that asked (absent in unit tests).
     pub discovery: Option<Arc<crate::provision::discovery::Discovery>>,
     /// Files of `http.root` kept open.
-    pub files: crate::http_files::OpenFiles,
+    pub files: crate::http::files::OpenFiles,
     /// Files being sent now, for `http.max_downloads`.
     downloads: Arc<std::sync::atomic::AtomicU32>,
 }
@@ -205,7 +215,7 @@ pub async fn serve(
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let (max_connections, per_client) = (configs.current().http.max_connections, configs.current().http.max_connections_per_client);
-    let tls = crate::api_tls::server_config(&configs.current().api)?;
+    let tls = crate::config::tls::server_config(&configs.current().api)?;
     let follow = {
         let state = state.clone();
         tokio::spawn(async move {
@@ -217,7 +227,7 @@ pub async fn serve(
             }
         })
     };
-    let mut listener = crate::http_listener::LimitedListener::new(listener, max_connections, state.stats.clone()).per_client(per_client);
+    let mut listener = crate::http::listener::LimitedListener::new(listener, max_connections, state.stats.clone()).per_client(per_client);
     let tls_on = tls.is_some();
     if let Some(tls) = tls {
         listener = listener.with_tls(tls);
@@ -228,7 +238,7 @@ pub async fn serve(
     let until = |mut s: watch::Receiver<bool>| async move {
         let _ = s.changed().await;
     };
-    let tcp = crate::http_conn::serve(listener, app.clone(), stats, shutdown.clone());
+    let tcp = crate::http::conn::serve(listener, app.clone(), stats, shutdown.clone());
     let unix = axum::serve(control, app).with_graceful_shutdown(until(shutdown));
     let (_, result) = tokio::join!(tcp, async { unix.await });
     follow.abort();
@@ -245,10 +255,10 @@ pub fn router(state: Arc<HttpState>) -> axum::Router {
         .route("/api/v1/nodes", get(nodes))
         .route("/api/v1/nodes/{mac}", get(node))
         .route("/api/v1/status", get(status))
-        .merge(crate::provision::api::routes())
+        .merge(crate::http::api::routes())
         .route("/metrics", get(metrics))
         .fallback(static_file)
-        .layer(middleware::from_fn_with_state(state.clone(), crate::provision::api::authorize))
+        .layer(middleware::from_fn_with_state(state.clone(), crate::http::api::authorize))
         .layer(middleware::from_fn_with_state(state.clone(), confine_and_count))
         .with_state(state)
 }
@@ -263,13 +273,13 @@ async fn dashboard() -> Response {
 #[derive(Clone, Copy)]
 struct Peer(Option<std::net::IpAddr>);
 
-/// Files under `http.root` (see [`crate::http_files`]); any other `/api/` path is no route.
+/// Files under `http.root` (see [`crate::http::files`]); any other `/api/` path is no route.
 async fn static_file(State(st): State<Arc<HttpState>>, req: Request) -> Response {
     let path = req.uri().path();
     if path.starts_with("/api/") {
-        return crate::provision::api::text(StatusCode::NOT_FOUND, "no such API route (see /api/v1/openapi.json)");
+        return crate::http::api::text(StatusCode::NOT_FOUND, "no such API route (see /api/v1/openapi.json)");
     }
-    let rel = percent_decode(path.trim_start_matches('/'));
+    let rel = percent_encoding::percent_decode_str(path.trim_start_matches('/')).decode_utf8_lossy();
     let view = st.view();
     match st.files.get(&view.root, &rel) {
         Ok(file) => {
@@ -283,16 +293,16 @@ async fn static_file(State(st): State<Arc<HttpState>>, req: Request) -> Response
                 st.stats.bump("http_downloads_deferred");
                 return (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "1")], "busy, retry\n").into_response();
             };
-            let sendfile = req.extensions().get::<crate::http_files::SendFileOk>().is_some();
-            let mut resp = crate::http_files::respond(req.method(), req.headers(), path, file, sendfile);
+            let sendfile = req.extensions().get::<crate::http::files::SendFileOk>().is_some();
+            let mut resp = crate::http::files::respond(req.method(), req.headers(), path, file, sendfile);
             resp.extensions_mut().insert(download);
             resp
         }
-        Err(crate::http_files::Refusal::Outside) => {
+        Err(crate::http::files::Refusal::Outside) => {
             st.stats.bump("http_refused_path");
             StatusCode::FORBIDDEN.into_response()
         }
-        Err(crate::http_files::Refusal::NotFound) => StatusCode::NOT_FOUND.into_response(),
+        Err(crate::http::files::Refusal::NotFound) => StatusCode::NOT_FOUND.into_response(),
     }
 }
 
@@ -323,7 +333,7 @@ async fn confine_and_count(State(st): State<Arc<HttpState>>, mut req: Request, n
             let what = Milestone::File { path: format!("/{path}"), status: if complete { status } else { 499 }, bytes, ms: started.elapsed().as_millis() as u64 };
             timelines.record_by_ip(ip, what);
         };
-        match resp.extensions_mut().get_mut::<crate::http_files::SendFile>() {
+        match resp.extensions_mut().get_mut::<crate::http::files::SendFile>() {
             Some(sf) => sf.done = Some(Arc::new(record)),
             None => {
                 record(true);
@@ -331,25 +341,6 @@ async fn confine_and_count(State(st): State<Arc<HttpState>>, mut req: Request, n
         }
     }
     resp
-}
-
-/// `%XX` escapes decoded (a URL path here, a store URL's parameters in `store::postgres`).
-pub(crate) fn percent_decode(s: &str) -> String {
-    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        // Bytes, not `str` slices: a '%' before a multi-byte character must not split it.
-        if let (b'%', Some(&h), Some(&l)) = (b[i], b.get(i + 1), b.get(i + 2)) && let (Some(h), Some(l)) = (hex(h), hex(l)) {
-            out.push(h << 4 | l);
-            i += 3;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Keeps only characters that cannot change the meaning of an iPXE script line.
@@ -410,7 +401,7 @@ async fn boot_script(
             st.stats.bump("http_boot_token_withheld");
             None
         }
-        (Some(Intent::Install), Some(m), Some(p)) => match crate::provision::api::boot_token(p, m).await {
+        (Some(Intent::Install), Some(m), Some(p)) => match crate::http::api::boot_token(p, m).await {
             Ok(t) => Some(format!("http://{}:{}/api/v1/nodes/{m}/events?token={t}", st.server, view.port)),
             Err(e) => {
                 tracing::warn!(%m, "boot script: cannot store the boot token: {e:#}");
@@ -573,7 +564,7 @@ async fn leases(State(st): State<Arc<HttpState>>, Query(q): Query<BTreeMap<Strin
         Ok(mut leases) => {
             st.renewals.overlay(&mut leases);
             leases.sort_by_key(|l| l.ip);
-            match crate::http_page::select("/api/v1/leases", &q, leases, |l| l.ip) {
+            match crate::http::page::select("/api/v1/leases", &q, leases, |l| l.ip) {
                 Ok(page) => page.respond(|l| l.to_json(now)),
                 Err(bad) => bad.into_response(),
             }
@@ -587,7 +578,7 @@ async fn leases6(State(st): State<Arc<HttpState>>) -> Response {
     let Some(p) = &st.provision else {
         return axum::Json(Vec::<crate::dhcp6::Lease6>::new()).into_response();
     };
-    match crate::dhcp6::store::load(&p.db, crate::timeline::unix_ms() / 1000).await {
+    match crate::store::leases6::load(&p.db, crate::timeline::unix_ms() / 1000).await {
         Ok(mut leases) => {
             leases.sort_by_key(|l| l.ip);
             axum::Json(leases).into_response()
@@ -612,7 +603,7 @@ async fn nodes(State(st): State<Arc<HttpState>>, Query(q): Query<BTreeMap<String
         .filter(|n| q.get("stage").is_none_or(|s| s == n.stage))
         .filter(|n| idle_ms.is_none_or(|i| now.saturating_sub(n.last_ms) >= i))
         .collect();
-    crate::http_page::page("/api/v1/nodes", &q, nodes, |n| n.mac)
+    crate::http::page::page("/api/v1/nodes", &q, nodes, |n| n.mac)
 }
 
 async fn node(State(st): State<Arc<HttpState>>, axum::extract::Path(mac): axum::extract::Path<String>) -> Response {
@@ -637,7 +628,7 @@ async fn metrics(State(st): State<Arc<HttpState>>) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::{AgentRecord, HttpState, StatusCode, header, ipxe_safe, percent_decode, router};
+    use super::{AgentRecord, HttpState, StatusCode, header, ipxe_safe, router};
 
     /// Issue 13: with the lease store unreadable a node got the "unknown node" script; iPXE
     /// retries a 503.
@@ -664,6 +655,11 @@ mod tests {
         // A reserved node needs no lease: its script is served.
         let r = app.oneshot(get("/boot.ipxe?mac=52:54:00:00:00:01")).await.unwrap();
         assert_eq!(r.status(), StatusCode::OK);
+    }
+
+    /// The percent-encoding crate decodes bytes, not characters: what the file lookup gets.
+    fn percent_decode(s: &str) -> String {
+        percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned()
     }
 
     #[test]

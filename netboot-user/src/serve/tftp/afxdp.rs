@@ -14,9 +14,9 @@
 //! program drops frames to transfer ports while no socket is there, so the client just
 //! retransmits), and a boot in progress goes on (invariant 4).
 
-use super::session::{self, Opened, Session, Source};
-use super::transfer::Step;
-use crate::reload::Follower;
+use crate::tftp::session::{self, Opened, Session, Source};
+use crate::tftp::transfer::Step;
+use crate::published::Follower;
 use crate::config::Config;
 use crate::frame::{Udp6Envelope, UdpEnvelope, parse_udp, parse_udp6, udp_checksum_ok};
 use crate::iface::Interface;

@@ -1,9 +1,9 @@
 //! The socket engine: a listening socket on port 69 bound to the interface, and one task with
 //! its own UDP socket (its TID) per transfer.
 
-use super::session::{self, Opened, Source};
-use super::transfer::Step;
-use crate::reload::Follower;
+use crate::tftp::session::{self, Opened, Source};
+use crate::tftp::transfer::Step;
+use crate::published::Follower;
 use crate::timeline::Timelines;
 use crate::iface::{Interface, udp_socket};
 use crate::stats::Stats;

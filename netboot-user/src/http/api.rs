@@ -11,11 +11,11 @@
 #![allow(clippy::result_large_err)]
 
 use super::auth::Scope;
-use super::db::Change;
-use super::records::{AuditEntry, EventDoc, EventKind, HostDoc, Intent};
-use super::{Provision, Refused};
+use crate::store::db::Change;
+use crate::store::records::{AuditEntry, EventDoc, EventKind, HostDoc, Intent};
+use crate::provision::{Provision, Refused};
 use crate::http::HttpState;
-use crate::http_listener::PeerAddr;
+use crate::http::listener::PeerAddr;
 use crate::mac::MacAddr;
 use crate::timeline::Milestone;
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
@@ -58,8 +58,8 @@ async fn discovered(State(st): State<Arc<HttpState>>, Query(q): Query<BTreeMap<S
     let hosts = &st.view().hosts;
     match d.list().await {
         Ok(seen) => {
-            let listed: Vec<(bool, super::discovery::Seen)> = seen.into_iter().map(|s| (hosts.contains_key(&s.mac), s)).filter(|(known, _)| all || !known).collect();
-            match crate::http_page::select("/api/v1/discovered", &q, listed, |(_, s)| s.mac) {
+            let listed: Vec<(bool, crate::provision::discovery::Seen)> = seen.into_iter().map(|s| (hosts.contains_key(&s.mac), s)).filter(|(known, _)| all || !known).collect();
+            match crate::http::page::select("/api/v1/discovered", &q, listed, |(_, s)| s.mac) {
                 Ok(page) => page.respond(|(known, s)| {
                     let mut v = serde_json::to_value(s).unwrap_or_default();
                     v["known"] = known.into();
@@ -326,7 +326,7 @@ async fn import_hosts(State(st): State<Arc<HttpState>>, axum::Extension(who): ax
     let Ok(text_body) = std::str::from_utf8(&body) else {
         return text(StatusCode::BAD_REQUEST, "the import is not UTF-8");
     };
-    let docs = match super::records::parse_import(text_body, json_lines) {
+    let docs = match crate::store::records::parse_import(text_body, json_lines) {
         Ok(d) => d,
         Err(e) => return text(StatusCode::UNPROCESSABLE_ENTITY, e),
     };
