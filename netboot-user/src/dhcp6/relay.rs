@@ -50,7 +50,7 @@ pub enum Malformed {
     /// No option 9, or two.
     NoMessage,
     /// More than [`HOP_COUNT_LIMIT`] envelopes, or options nested deeper than
-    /// [`super::guard::MAX_NESTING`].
+    /// the guard's `MAX_NESTING`.
     TooDeep,
 }
 

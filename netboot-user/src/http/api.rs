@@ -435,27 +435,6 @@ async fn audit(State(st): State<Arc<HttpState>>, Query(q): Query<BTreeMap<String
     }
 }
 
-/// The token of `mac`'s install for its phone-home: made when its first install script is
-/// served and kept until its intent changes (an `installed` report, an operator), so that
-/// scripts fetched again (a retried boot, anyone asking for that MAC) cost no store write and
-/// never invalidate the URL an installer already has.
-pub async fn boot_token(p: &Provision, mac: MacAddr) -> anyhow::Result<String> {
-    if let Some(t) = p.intent(mac).and_then(|i| i.boot_token) {
-        return Ok(t);
-    }
-    let token = super::auth::boot_token();
-    let unset = |p: &Provision| match p.intent(mac).and_then(|i| i.boot_token) {
-        Some(_) => Err(Refused::Conflict("made meanwhile".into())),
-        None => Ok(()),
-    };
-    match p.write(vec![Change::BootToken { mac, token: token.clone() }], None, unset).await {
-        Ok(()) => Ok(token),
-        // Another request for this node made one first: that one stands.
-        Err(Refused::Conflict(_)) => p.intent(mac).and_then(|i| i.boot_token).ok_or_else(|| anyhow::anyhow!("boot token of {mac} vanished")),
-        Err(r) => Err(anyhow::anyhow!("{r:?}")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::merge_patch;

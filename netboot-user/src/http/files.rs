@@ -5,7 +5,7 @@
 //! ([`OpenFiles`]: the descriptor and what `stat` said), checked again with one `stat` at most
 //! once per [`RECHECK`], reopened when they changed. On a plain connection of `http.listen`
 //! the response carries the open file as a [`SendFile`] and the connection sends it from the
-//! page cache with sendfile(2) ([`crate::http::conn`]); elsewhere (TLS, the control socket) the
+//! page cache with sendfile(2) (the connection, `conn`); elsewhere (TLS, the control socket) the
 //! body is read from the same descriptor.
 
 use axum::body::Body;

@@ -33,9 +33,9 @@ impl Generated for GrubConfigs {
         st.stats.bump("grub_configs");
         let intent = st.provision.as_ref().and_then(|p| p.intent(mac)).map(|i| i.intent);
         let hostname = view.hosts.get(&mac).and_then(|h| h.hostname.clone());
-        let ctx = http::template_context(st, &plan, hostname, &Default::default(), intent, None);
+        let ctx = http::script::template_context(st, &plan, hostname, &Default::default(), intent, None);
         let known = plan.facts.known || plan.facts.ip.is_some();
-        match http::render(&view, &template, ctx) {
+        match http::script::render(&view, &template, ctx) {
             Ok(text) => {
                 st.timelines.record(mac, Milestone::Script { status: 200, known });
                 Some(text.into_bytes())

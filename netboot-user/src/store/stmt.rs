@@ -1,6 +1,6 @@
 //! A write for either lease-store backend, described once: SQL whose N-th parameter is written
 //! `{p}N` (SQLite's `?N`, PostgreSQL's `$N`, the only way the two dialects differ in what the
-//! store writes) and the values to bind. [`super::db::ProvisionDb::transact`] runs a list of
+//! store writes) and the values to bind. `db::ProvisionDb::transact` runs a list of
 //! them in one transaction on whichever backend the config names.
 
 use std::borrow::Cow;
