@@ -57,6 +57,19 @@ impl<'de> serde::Deserialize<'de> for MacAddr {
     }
 }
 
+/// In the API's description: a string of six lower-case hex pairs (what `Serialize` writes).
+impl utoipa::PartialSchema for MacAddr {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some("^([0-9a-f]{2}:){5}[0-9a-f]{2}$"))
+            .examples(["52:54:00:12:34:56"])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for MacAddr {}
+
 impl serde::Serialize for MacAddr {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)

@@ -28,8 +28,9 @@ pub const MAX_EVENTS: usize = 48;
 const KEEP_FIRST: usize = 16;
 
 /// Which path answered a DHCP request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
+#[schema(as = AnswerPath)]
 pub enum Path {
     Kernel,
     Agent,
@@ -45,7 +46,7 @@ impl Path {
 }
 
 /// How a TFTP read ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TftpOutcome {
     /// Every block acknowledged.
@@ -57,15 +58,35 @@ pub enum TftpOutcome {
 }
 
 /// One step of a node's boot.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(tag = "stage", rename_all = "snake_case")]
 pub enum Milestone {
     /// DHCP of the firmware or OS (PXE ROM, UEFI PXE or HTTP boot, plain client).
-    Dhcp { kind: &'static str, class: &'static str, arch: Option<u16>, ip: Ipv4Addr, path: Path },
+    Dhcp {
+        kind: &'static str,
+        class: &'static str,
+        arch: Option<u16>,
+        #[schema(value_type = String, format = Ipv4)]
+        ip: Ipv4Addr,
+        path: Path,
+    },
     /// DHCP of iPXE (user class "iPXE" or option 175).
-    IpxeDhcp { kind: &'static str, arch: Option<u16>, ip: Ipv4Addr, path: Path },
+    IpxeDhcp {
+        kind: &'static str,
+        arch: Option<u16>,
+        #[schema(value_type = String, format = Ipv4)]
+        ip: Ipv4Addr,
+        path: Path,
+    },
     /// A DHCPv6 answer ("advertise", "reply") and the address it gives.
-    Dhcp6 { kind: &'static str, class: &'static str, arch: Option<u16>, ip: Option<Ipv6Addr>, path: Path },
+    Dhcp6 {
+        kind: &'static str,
+        class: &'static str,
+        arch: Option<u16>,
+        #[schema(value_type = Option<String>, format = Ipv6)]
+        ip: Option<Ipv6Addr>,
+        path: Path,
+    },
     /// A TFTP read, finished, probed or abandoned.
     Tftp { file: String, blksize: u16, windowsize: u16, bytes: u64, ms: u64, retransmits: u64, outcome: TftpOutcome },
     /// The iPXE script was served.
@@ -128,7 +149,8 @@ impl Milestone {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[schema(as = TimelineEvent)]
 pub struct Event {
     /// Unix time in milliseconds.
     pub at_ms: u64,
@@ -136,11 +158,13 @@ pub struct Event {
     pub what: Milestone,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Node {
     pub mac: MacAddr,
+    #[schema(value_type = Option<String>, format = Ipv4)]
     pub ip: Option<Ipv4Addr>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = Ipv6)]
     pub ip6: Option<Ipv6Addr>,
     /// The stage of the latest event, and when it happened: a node whose `stage` is `tftp` and
     /// whose `last_ms` is a minute old is stuck after its transfer.

@@ -106,6 +106,7 @@ pub fn find_option(frame: &[u8], code: u8) -> Option<(usize, usize)> {
 }
 
 pub mod fuzz;
+pub mod openapi;
 
 /// A DHCP test client in a lab's client namespace: sends a captured request (with the
 /// broadcast flag set, so replies reach a plain UDP socket) and collects the replies.

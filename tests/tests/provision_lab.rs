@@ -315,6 +315,21 @@ fn openapi_lists_and_serves_every_route(s: &Setup, admin: &str) {
     }
     let (code, body) = s.curl(&["-H", &auth(admin), &format!("{BASE}/api/v1/no-such-thing")]);
     assert!(code == 404 && String::from_utf8_lossy(&body).contains("no such API route"));
+    // Every JSON answer of a read, for a node that has a host, a timeline, events and an
+    // explanation, is what the document describes: no field it does not show, none missing.
+    let mut checked = 0;
+    for (path, ops) in paths {
+        let Some(schema) = ops.get("get").and_then(|g| g["responses"]["200"]["content"]["application/json"].get("schema")) else { continue };
+        let url = format!("{BASE}{}", path.replace("{mac}", "52:54:00:ee:00:07"));
+        let (code, body) = s.curl(&["-H", &auth(admin), &url]);
+        assert_eq!(code, 200, "GET {path}: {}", String::from_utf8_lossy(&body));
+        let answer = json(&body);
+        if let Err(e) = tests::openapi::conforms(&doc, schema, &answer, path) {
+            panic!("GET {path} answers what openapi.json does not describe: {e}");
+        }
+        checked += 1;
+    }
+    assert!(checked >= 10, "{checked} reads checked against their schemas");
 }
 
 /// Headless Chromium renders `/` with a read token: its numbers are the API's, and a

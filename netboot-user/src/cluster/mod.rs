@@ -65,16 +65,33 @@ impl ClusterState {
     }
 
     /// `status --json`'s `cluster` object.
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "server_id": self.server_id,
-            "members": self.members(),
-            "owned_buckets": self.buckets.owned_count(),
-            "store": if self.reachable() { "ok" } else { "unreachable" },
-            "backend": "postgresql",
-            "change_seq": self.seq.load(Ordering::Relaxed),
-        })
+    pub fn status(&self) -> ClusterStatus {
+        ClusterStatus {
+            backend: "postgresql",
+            change_seq: Some(self.seq.load(Ordering::Relaxed)),
+            members: self.members(),
+            owned_buckets: self.buckets.owned_count(),
+            server_id: Some(self.server_id.clone()),
+            store: if self.reachable() { "ok" } else { "unreachable" },
+        }
     }
+}
+
+/// This server's view of its cluster, in `status`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ClusterStatus {
+    /// `sqlite` (one server) or `postgresql` (a cluster).
+    pub backend: &'static str,
+    /// The store's change log position this member has applied (PostgreSQL only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub change_seq: Option<i64>,
+    /// Live members' server ids.
+    pub members: Vec<String>,
+    /// Buckets of the MAC space (of 256) this member answers.
+    pub owned_buckets: u32,
+    pub server_id: Option<String>,
+    /// `ok` or `unreachable`.
+    pub store: &'static str,
 }
 
 /// The XDP program's `BUCKET_OWNER` map.

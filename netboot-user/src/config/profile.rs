@@ -136,20 +136,22 @@ impl<'de> Deserialize<'de> for MacPrefix {
 }
 
 /// What is known of a machine when its script is asked for.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct Facts {
     pub mac: Option<MacAddr>,
     /// A host (config or API) describes it.
     pub known: bool,
+    #[schema(value_type = Option<String>, format = Ipv4)]
     pub ip: Option<Ipv4Addr>,
     pub arch: Option<u16>,
     pub vendor_class: Option<String>,
+    #[schema(value_type = Option<String>, format = Ipv4)]
     pub relay: Option<Ipv4Addr>,
     pub vars: BTreeMap<String, String>,
 }
 
 /// One candidate's verdict.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Verdict {
     pub profile: String,
     pub matched: bool,

@@ -103,17 +103,41 @@ impl Lease {
     }
 
     /// The lease as `/api/v1/leases` and `netboot-xdp leases --json` show it.
-    pub fn to_json(&self, now: u64) -> serde_json::Value {
-        serde_json::json!({
-            "ip": self.ip.to_string(),
-            "mac": self.mac.to_string(),
-            "client": self.client.to_text(),
-            "hostname": self.hostname,
-            "state": self.state.as_str(),
-            "expires": self.expires,
-            "active": self.holds(now),
-        })
+    /// The lease as the API shows it at `now`.
+    pub fn view(&self, now: u64) -> LeaseView {
+        LeaseView {
+            active: self.holds(now),
+            client: self.client.to_text(),
+            expires: self.expires,
+            hostname: self.hostname.clone(),
+            ip: self.ip,
+            mac: self.mac,
+            state: self.state.as_str(),
+        }
     }
+
+    pub fn to_json(&self, now: u64) -> serde_json::Value {
+        serde_json::to_value(self.view(now)).unwrap_or_default()
+    }
+}
+
+/// A lease as the API shows it (`/api/v1/leases`, `netboot-xdp leases --json`); the fields in
+/// the order they have always been written.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = Lease)]
+pub struct LeaseView {
+    /// It holds its address now (not expired).
+    pub active: bool,
+    /// The client identifier (option 61) in hex, or the MAC.
+    pub client: String,
+    /// Unix seconds.
+    pub expires: u64,
+    pub hostname: Option<String>,
+    #[schema(value_type = String, format = Ipv4)]
+    pub ip: Ipv4Addr,
+    pub mac: MacAddr,
+    /// `offered`, `bound`, `released` or `declined`.
+    pub state: &'static str,
 }
 
 /// Renewals the kernel answered that the store does not have yet (they end within the renewal

@@ -7,7 +7,7 @@ use crate::mac::MacAddr;
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv6Addr;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Lease6State {
     /// In an ADVERTISE: held for the client a short while.
@@ -17,10 +17,13 @@ pub enum Lease6State {
     Declined,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Lease6 {
+    #[schema(value_type = String, format = Ipv6)]
     pub ip: Ipv6Addr,
+    /// In hex.
     #[serde(serialize_with = "hex")]
+    #[schema(value_type = String, pattern = "^([0-9a-f]{2})+$")]
     pub duid: Vec<u8>,
     pub iaid: u32,
     pub mac: Option<MacAddr>,

@@ -12,7 +12,7 @@
 
 use super::auth::Scope;
 use crate::store::db::Change;
-use crate::store::records::{AuditEntry, EventDoc, EventKind, HostDoc, Intent};
+use crate::store::records::{AuditEntry, EventDoc, EventKind, HostDoc, HostView, Intent, NodeEvent};
 use crate::provision::{Provision, Refused};
 use crate::http::HttpState;
 use crate::http::listener::PeerAddr;
@@ -22,7 +22,6 @@ use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -30,20 +29,46 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct Who(pub String);
 
-pub fn routes() -> axum::Router<Arc<HttpState>> {
-    axum::Router::new()
-        .route("/api/v1/hosts", get(list_hosts))
-        .route("/api/v1/hosts:import", post(import_hosts))
-        .route("/api/v1/hosts/{mac}", get(get_host).put(put_host).patch(patch_host).delete(delete_host))
-        .route("/api/v1/nodes/{mac}/intent", put(put_intent))
-        .route("/api/v1/nodes/{mac}/events", post(post_event).get(get_events))
-        .route("/api/v1/audit", get(audit))
-        .route("/api/v1/nodes/{mac}/explain", get(explain))
-        .route("/api/v1/discovered", get(discovered))
-        .route("/api/v1/openapi.json", get(|| async { axum::Json(super::openapi::document()) }))
+/// `{mac}` of a route.
+const MAC: (&str, &str) = ("mac", "the node's MAC address, `52:54:00:12:34:56`");
+
+/// `POST /api/v1/hosts:import`'s answer.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct Imported {
+    /// Hosts added or replaced.
+    imported: usize,
 }
 
-async fn explain(State(st): State<Arc<HttpState>>, Path(mac): Path<String>) -> Response {
+/// `PUT /api/v1/nodes/{mac}/intent`'s answer: the intent now stored.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct IntentSet {
+    mac: MacAddr,
+    intent: Intent,
+    intent_once: bool,
+}
+
+/// `POST /api/v1/nodes/{mac}/events`'s answer: the event recorded and the node's intent after it.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct EventRecorded {
+    mac: MacAddr,
+    /// `installed` or `failed`.
+    event: &'static str,
+    intent: Option<Intent>,
+}
+
+/// A machine of `/api/v1/discovered`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct Discovered {
+    #[serde(flatten)]
+    seen: crate::provision::discovery::Seen,
+    /// A host (config or API) describes it (listed only with `?all=true`).
+    known: bool,
+}
+
+#[utoipa::path(get, path = "/api/v1/nodes/{mac}/explain", params(("mac" = String, Path, description = MAC.1)),
+    responses((status = 200, body = crate::http::script::Explain), (status = 404, description = "not a MAC address")),
+    description = "Which profile serves the node and why, its template's variables and the script it would get now")]
+pub(crate) async fn explain(State(st): State<Arc<HttpState>>, Path(mac): Path<String>) -> Response {
     match target(&st, &mac) {
         Ok((_, mac)) => crate::http::explain(&st, mac).await,
         Err(r) => r,
@@ -52,7 +77,10 @@ async fn explain(State(st): State<Arc<HttpState>>, Path(mac): Path<String>) -> R
 
 /// Machines seen that no host describes, most recently seen first; `?all=true` lists the
 /// known ones too (with `"known": true`).
-async fn discovered(State(st): State<Arc<HttpState>>, Query(q): Query<BTreeMap<String, String>>) -> Response {
+#[utoipa::path(get, path = "/api/v1/discovered",
+    params(("all" = Option<bool>, Query, description = "list the known machines too"), crate::http::page::Paging),
+    responses((status = 200, body = Vec<Discovered>, description = "Link: rel=next when more follow")))]
+pub(crate) async fn discovered(State(st): State<Arc<HttpState>>, Query(q): Query<BTreeMap<String, String>>) -> Response {
     let Some(d) = st.discovery.as_ref() else { return text(StatusCode::SERVICE_UNAVAILABLE, "discovery is not running") };
     let all = q.get("all").is_some_and(|v| v == "true" || v == "1");
     let hosts = &st.view().hosts;
@@ -60,11 +88,7 @@ async fn discovered(State(st): State<Arc<HttpState>>, Query(q): Query<BTreeMap<S
         Ok(seen) => {
             let listed: Vec<(bool, crate::provision::discovery::Seen)> = seen.into_iter().map(|s| (hosts.contains_key(&s.mac), s)).filter(|(known, _)| all || !known).collect();
             match crate::http::page::select("/api/v1/discovered", &q, listed, |(_, s)| s.mac) {
-                Ok(page) => page.respond(|(known, s)| {
-                    let mut v = serde_json::to_value(s).unwrap_or_default();
-                    v["known"] = known.into();
-                    v
-                }),
+                Ok(page) => page.respond(|(known, seen)| Discovered { seen, known }),
                 Err(bad) => bad.into_response(),
             }
         }
@@ -89,20 +113,14 @@ fn refused(r: Refused) -> Response {
 /// The bearer-token check of every `/api/v1` route (see the module's comment).
 pub async fn authorize(State(st): State<Arc<HttpState>>, mut req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
-    if !path.starts_with("/api/v1/") {
+    let Some(need) = Scope::needed(req.method(), &path) else {
         return next.run(req).await;
-    }
+    };
     let Some(peer) = req.extensions().get::<ConnectInfo<PeerAddr>>().map(|c| c.0) else {
         req.extensions_mut().insert(Who("control-socket".into()));
         return next.run(req).await;
     };
     let view = st.view();
-    let read = matches!(*req.method(), Method::GET | Method::HEAD);
-    let need = match (read, path.as_str()) {
-        (true, "/api/v1/audit") => Scope::Admin,
-        (true, _) => Scope::Read,
-        (false, _) => Scope::Write,
-    };
     let bearer = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -155,37 +173,41 @@ fn audit_entry(who: &Who, method: &str, path: &str, target: String, body: &[u8])
 }
 
 /// Every host: the config's (`source: "config"`, read-only here) and the API's.
-fn all_hosts(p: &Provision) -> Vec<HostDoc> {
+fn all_hosts(p: &Provision) -> Vec<HostView> {
     let config = p.config();
     let contents = p.contents();
-    let mut v: Vec<HostDoc> = config
+    let mut v: Vec<HostView> = config
         .dhcp
         .file_reservations()
-        .map(|h| HostDoc::of(h, contents.intents.get(&h.mac), "config"))
-        .chain(config.dhcp.api_hosts.iter().map(|h| HostDoc::of(h, contents.intents.get(&h.mac), "api")))
+        .map(|h| HostView::of(h, contents.intents.get(&h.mac), "config"))
+        .chain(config.dhcp.api_hosts.iter().map(|h| HostView::of(h, contents.intents.get(&h.mac), "api")))
         .collect();
-    v.sort_by_key(|h| h.mac);
+    v.sort_by_key(|h| h.doc.mac);
     v
 }
 
 /// One host, as [`all_hosts`] lists it.
-fn find_host(p: &Provision, mac: MacAddr) -> Option<HostDoc> {
+fn find_host(p: &Provision, mac: MacAddr) -> Option<HostView> {
     let config = p.config();
     let intent = p.intent(mac);
     if let Some(h) = config.dhcp.file_reservations().find(|h| h.mac == mac) {
-        return Some(HostDoc::of(h, intent.as_ref(), "config"));
+        return Some(HostView::of(h, intent.as_ref(), "config"));
     }
-    config.dhcp.api_hosts.iter().find(|h| h.mac == mac).map(|h| HostDoc::of(h, intent.as_ref(), "api"))
+    config.dhcp.api_hosts.iter().find(|h| h.mac == mac).map(|h| HostView::of(h, intent.as_ref(), "api"))
 }
 
-async fn list_hosts(State(st): State<Arc<HttpState>>) -> Response {
+#[utoipa::path(get, path = "/api/v1/hosts", responses((status = 200, body = Vec<HostView>)),
+    description = "Every host: the config's (read-only here) and the API's")]
+pub(crate) async fn list_hosts(State(st): State<Arc<HttpState>>) -> Response {
     match provision(&st) {
         Ok(p) => axum::Json(all_hosts(p)).into_response(),
         Err(r) => r,
     }
 }
 
-async fn get_host(State(st): State<Arc<HttpState>>, Path(mac): Path<String>) -> Response {
+#[utoipa::path(get, path = "/api/v1/hosts/{mac}", params(("mac" = String, Path, description = MAC.1)),
+    responses((status = 200, body = HostView), (status = 404, description = "no such host")))]
+pub(crate) async fn get_host(State(st): State<Arc<HttpState>>, Path(mac): Path<String>) -> Response {
     let (p, mac) = match target(&st, &mac) {
         Ok(t) => t,
         Err(r) => return r,
@@ -222,7 +244,11 @@ fn json_body(body: &[u8]) -> Result<serde_json::Value, Response> {
     serde_json::from_slice(body).map_err(|e| text(StatusCode::BAD_REQUEST, format!("bad JSON: {e}")))
 }
 
-async fn put_host(State(st): State<Arc<HttpState>>, axum::Extension(who): axum::Extension<Who>, Path(mac): Path<String>, body: axum::body::Bytes) -> Response {
+/// Creates or replaces a host of the API (201 created, 200 replaced).
+#[utoipa::path(put, path = "/api/v1/hosts/{mac}", params(("mac" = String, Path, description = MAC.1)), request_body = HostDoc,
+    responses((status = 200, body = HostView, description = "replaced"), (status = 201, body = HostView, description = "created"),
+        (status = 409, description = "a host of the config"), (status = 422, description = "not a valid host")))]
+pub(crate) async fn put_host(State(st): State<Arc<HttpState>>, axum::Extension(who): axum::Extension<Who>, Path(mac): Path<String>, body: axum::body::Bytes) -> Response {
     let (p, mac) = match target(&st, &mac) {
         Ok(t) => t,
         Err(r) => return r,
@@ -259,7 +285,11 @@ fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
     }
 }
 
-async fn patch_host(State(st): State<Arc<HttpState>>, axum::Extension(who): axum::Extension<Who>, Path(mac): Path<String>, body: axum::body::Bytes) -> Response {
+/// Changes a host of the API: an RFC 7386 merge patch of its document.
+#[utoipa::path(patch, path = "/api/v1/hosts/{mac}", params(("mac" = String, Path, description = MAC.1)),
+    request_body(content = Object, content_type = "application/merge-patch+json", description = "the fields of Host to change; null removes"),
+    responses((status = 200, body = HostView), (status = 404, description = "no such host"), (status = 422, description = "the result is not a valid host")))]
+pub(crate) async fn patch_host(State(st): State<Arc<HttpState>>, axum::Extension(who): axum::Extension<Who>, Path(mac): Path<String>, body: axum::body::Bytes) -> Response {
     let (p, mac) = match target(&st, &mac) {
         Ok(t) => t,
         Err(r) => return r,
@@ -296,7 +326,10 @@ async fn patch_host(State(st): State<Arc<HttpState>>, axum::Extension(who): axum
     }
 }
 
-async fn delete_host(State(st): State<Arc<HttpState>>, axum::Extension(who): axum::Extension<Who>, Path(mac): Path<String>) -> Response {
+/// Removes a host of the API and its intent.
+#[utoipa::path(delete, path = "/api/v1/hosts/{mac}", params(("mac" = String, Path, description = MAC.1)),
+    responses((status = 204, description = "removed"), (status = 404, description = "no such host"), (status = 409, description = "a host of the config")))]
+pub(crate) async fn delete_host(State(st): State<Arc<HttpState>>, axum::Extension(who): axum::Extension<Who>, Path(mac): Path<String>) -> Response {
     let (p, mac) = match target(&st, &mac) {
         Ok(t) => t,
         Err(r) => return r,
@@ -316,7 +349,10 @@ async fn delete_host(State(st): State<Arc<HttpState>>, axum::Extension(who): axu
 
 /// `POST /api/v1/hosts:import`: CSV (as `dhcp.hosts_file`) or JSON lines
 /// (`Content-Type: application/x-ndjson` or `application/jsonl`); all rows or none.
-async fn import_hosts(State(st): State<Arc<HttpState>>, axum::Extension(who): axum::Extension<Who>, headers: axum::http::HeaderMap, body: axum::body::Bytes) -> Response {
+#[utoipa::path(post, path = "/api/v1/hosts:import",
+    request_body(content = String, content_type = "text/csv", description = "CSV `mac,ip,hostname[,k=v;...]` as `dhcp.hosts_file`, or JSON lines of Host (`application/x-ndjson`)"),
+    responses((status = 200, body = Imported), (status = 422, description = "a row is not a valid host: nothing is imported")))]
+pub(crate) async fn import_hosts(State(st): State<Arc<HttpState>>, axum::Extension(who): axum::Extension<Who>, headers: axum::http::HeaderMap, body: axum::body::Bytes) -> Response {
     let p = match provision(&st) {
         Ok(p) => p,
         Err(r) => return r,
@@ -334,21 +370,24 @@ async fn import_hosts(State(st): State<Arc<HttpState>>, axum::Extension(who): ax
     let changes: Vec<Change> = docs.iter().flat_map(host_changes).collect();
     let audit = audit_entry(&who, "POST", "/api/v1/hosts:import", "*".into(), &body);
     match p.write(changes, Some(audit), |p| p.validate(&hosts, &[])).await {
-        Ok(()) => axum::Json(serde_json::json!({ "imported": hosts.len() })).into_response(),
+        Ok(()) => axum::Json(Imported { imported: hosts.len() }).into_response(),
         Err(r) => refused(r),
     }
 }
 
-#[derive(serde::Deserialize)]
+/// `PUT /api/v1/nodes/{mac}/intent`'s body.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct IntentDoc {
+pub(crate) struct IntentDoc {
     intent: Intent,
     #[serde(default)]
     intent_once: Option<bool>,
 }
 
 /// `PUT /api/v1/nodes/{mac}/intent` `{intent, intent_once}`: any node, a host or not.
-async fn put_intent(State(st): State<Arc<HttpState>>, axum::Extension(who): axum::Extension<Who>, Path(mac): Path<String>, body: axum::body::Bytes) -> Response {
+#[utoipa::path(put, path = "/api/v1/nodes/{mac}/intent", params(("mac" = String, Path, description = MAC.1)), request_body = IntentDoc,
+    responses((status = 200, body = IntentSet), (status = 422, description = "not an intent")))]
+pub(crate) async fn put_intent(State(st): State<Arc<HttpState>>, axum::Extension(who): axum::Extension<Who>, Path(mac): Path<String>, body: axum::body::Bytes) -> Response {
     let (p, mac) = match target(&st, &mac) {
         Ok(t) => t,
         Err(r) => return r,
@@ -360,14 +399,17 @@ async fn put_intent(State(st): State<Arc<HttpState>>, axum::Extension(who): axum
     let audit = audit_entry(&who, "PUT", &format!("/api/v1/nodes/{mac}/intent"), mac.to_string(), &body);
     let change = Change::SetIntent { mac, intent: doc.intent, once: doc.intent_once.unwrap_or(true) };
     match p.write(vec![change], Some(audit), |_| Ok(())).await {
-        Ok(()) => axum::Json(serde_json::json!({ "mac": mac, "intent": doc.intent, "intent_once": doc.intent_once.unwrap_or(true) })).into_response(),
+        Ok(()) => axum::Json(IntentSet { mac, intent: doc.intent, intent_once: doc.intent_once.unwrap_or(true) }).into_response(),
         Err(r) => refused(r),
     }
 }
 
 /// The installer's phone-home: recorded in the store and on the node's timeline; `installed`
 /// of an `intent_once` node turns its intent to `local`.
-async fn post_event(
+#[utoipa::path(post, path = "/api/v1/nodes/{mac}/events",
+    params(("mac" = String, Path, description = MAC.1), ("token" = Option<String>, Query, description = "the boot's token (the script's `phone_home` URL), instead of a bearer token")),
+    request_body = EventDoc, responses((status = 200, body = EventRecorded), (status = 401, description = "not this node's boot token")))]
+pub(crate) async fn post_event(
     State(st): State<Arc<HttpState>>,
     who: Option<axum::Extension<Who>>,
     Path(mac): Path<String>,
@@ -406,13 +448,16 @@ async fn post_event(
         Ok(()) => {
             st.timelines.record(mac, Milestone::Event { event: name.into(), message });
             let now = p.intent(mac).map(|i| i.intent);
-            axum::Json(serde_json::json!({ "mac": mac, "event": name, "intent": now })).into_response()
+            axum::Json(EventRecorded { mac, event: name, intent: now }).into_response()
         }
         Err(r) => refused(r),
     }
 }
 
-async fn get_events(State(st): State<Arc<HttpState>>, Path(mac): Path<String>) -> Response {
+/// A node's events, oldest first.
+#[utoipa::path(get, path = "/api/v1/nodes/{mac}/events", params(("mac" = String, Path, description = MAC.1)),
+    responses((status = 200, body = Vec<NodeEvent>)))]
+pub(crate) async fn get_events(State(st): State<Arc<HttpState>>, Path(mac): Path<String>) -> Response {
     let (p, mac) = match target(&st, &mac) {
         Ok(t) => t,
         Err(r) => return r,
@@ -423,7 +468,10 @@ async fn get_events(State(st): State<Arc<HttpState>>, Path(mac): Path<String>) -
     }
 }
 
-async fn audit(State(st): State<Arc<HttpState>>, Query(q): Query<BTreeMap<String, String>>) -> Response {
+/// Who changed what, newest first.
+#[utoipa::path(get, path = "/api/v1/audit", params(("limit" = Option<u32>, Query, description = "at most this many (1000)")),
+    responses((status = 200, body = Vec<AuditEntry>)))]
+pub(crate) async fn audit(State(st): State<Arc<HttpState>>, Query(q): Query<BTreeMap<String, String>>) -> Response {
     let p = match provision(&st) {
         Ok(p) => p,
         Err(r) => return r,

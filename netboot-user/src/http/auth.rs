@@ -26,6 +26,21 @@ impl Scope {
     fn parse(s: &str) -> Option<Scope> {
         [Scope::Read, Scope::Write, Scope::Admin].into_iter().find(|x| x.name() == s)
     }
+
+    /// The scope a request needs over `http.listen`: reads `read` (the audit log `admin`),
+    /// writes `write`; `None` outside `/api/v1/` (scripts, files, metrics: no token). The
+    /// token check and the OpenAPI document both ask this.
+    pub fn needed(method: &axum::http::Method, path: &str) -> Option<Scope> {
+        use axum::http::Method;
+        if !path.starts_with("/api/v1/") {
+            return None;
+        }
+        Some(match (matches!(*method, Method::GET | Method::HEAD), path) {
+            (true, "/api/v1/audit") => Scope::Admin,
+            (true, _) => Scope::Read,
+            (false, _) => Scope::Write,
+        })
+    }
 }
 
 fn hash(token: &str) -> String {

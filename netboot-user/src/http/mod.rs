@@ -37,7 +37,6 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use crate::stats::Stage;
 use crate::timeline::Milestone;
 use std::net::SocketAddr;
@@ -105,28 +104,13 @@ pub async fn serve(
 }
 
 pub fn router(state: Arc<HttpState>) -> axum::Router {
-    axum::Router::new()
-        .route("/", get(dashboard))
-        .route("/boot.ipxe", get(script::boot_script))
-        .route("/api/v1/leases", get(read::leases))
-        .route("/api/v1/leases6", get(read::leases6))
-        .route("/api/v1/nodes", get(read::nodes))
-        .route("/api/v1/nodes/{mac}", get(read::node))
-        .route("/api/v1/status", get(read::status))
-        .merge(crate::http::api::routes())
-        .route("/metrics", get(read::metrics))
+    let (routes, _) = openapi::routes().split_for_parts();
+    routes
         .fallback(static_file)
         .layer(middleware::from_fn_with_state(state.clone(), crate::http::api::authorize))
         .layer(middleware::from_fn_with_state(state.clone(), confine_and_count))
         .with_state(state)
 }
-
-/// The live dashboard: one page, no build step, no CDN; it reads the API.
-async fn dashboard() -> Response {
-    const PAGE: &str = include_str!("dashboard.html");
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")], PAGE).into_response()
-}
-
 
 /// Files under `http.root` (see [`crate::http::files`]); any other `/api/` path is no route.
 async fn static_file(State(st): State<Arc<HttpState>>, req: Request) -> Response {

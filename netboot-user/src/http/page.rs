@@ -23,6 +23,17 @@ impl IntoResponse for BadQuery {
     }
 }
 
+/// The query of a paged list, for the API's description (the handlers read the query map).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct Paging {
+    /// At most this many items (up to 10000); without it, the whole list.
+    limit: Option<u32>,
+    /// The key (address or MAC) the page starts after: the `Link: rel=next` header gives it.
+    after: Option<String>,
+}
+
 /// The items of one page, and the link to the next if more follow.
 pub struct Page<T> {
     pub items: Vec<T>,

@@ -27,7 +27,13 @@ pub fn ipxe_safe(s: &str) -> String {
     s.chars().map(|c| if c.is_ascii_alphanumeric() || "._:-/=+,@?".contains(c) { c } else { '_' }).collect()
 }
 
-pub(super) async fn boot_script(
+/// The node's iPXE script, rendered from its profile's template.
+#[utoipa::path(get, path = "/boot.ipxe",
+    params(("mac" = Option<String>, Query, description = "the node (iPXE's `${mac}`); without it, the node that has the requesting address"),
+        ("class" = Option<String>, Query, description = "passed to the template"), ("arch" = Option<String>, Query, description = "passed to the template")),
+    responses((status = 200, content_type = "text/plain", body = String, description = "the script"),
+        (status = 503, description = "the lease store cannot be read: retry (Retry-After)")))]
+pub(crate) async fn boot_script(
     State(st): State<Arc<HttpState>>,
     Extension(peer): Extension<Peer>,
     Query(q): Query<BTreeMap<String, String>>,
@@ -220,21 +226,50 @@ pub async fn explain(st: &HttpState, mac: MacAddr) -> Response {
         Some(Intent::Local) => Ok(plan.local_boot.clone()),
         _ => render(&view, &plan.script, ctx.clone()),
     };
-    axum::Json(serde_json::json!({
-        "mac": mac.to_string(),
-        "known": plan.facts.known,
-        "facts": plan.facts,
-        "intent": intent.map(|i| i.intent.name()),
-        "profile": plan.choice.profile,
-        "by": plan.choice.by,
-        "reason": plan.choice.reason,
-        "candidates": plan.choice.candidates,
-        "template": plan.script,
-        "variables": ctx,
-        "script": script.as_ref().ok(),
-        "error": script.as_ref().err(),
-    }))
+    let (script, error) = match script {
+        Ok(s) => (Some(s), None),
+        Err(e) => (None, Some(e)),
+    };
+    axum::Json(Explain {
+        by: plan.choice.by,
+        candidates: plan.choice.candidates,
+        error,
+        known: plan.facts.known,
+        facts: plan.facts,
+        intent: intent.map(|i| i.intent),
+        mac,
+        profile: plan.choice.profile,
+        reason: plan.choice.reason,
+        script,
+        template: plan.script,
+        variables: ctx,
+    })
     .into_response()
+}
+
+/// `GET /api/v1/nodes/{mac}/explain` (the fields in the order they have always been written).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Explain {
+    /// What chose the profile: `host`, `discover`, `selector` or `default`.
+    pub by: &'static str,
+    /// Every profile's verdict, in the config's order.
+    pub candidates: Vec<crate::config::profile::Verdict>,
+    /// Why the script cannot be rendered (file and line), if it cannot.
+    pub error: Option<String>,
+    pub facts: Facts,
+    pub intent: Option<Intent>,
+    pub known: bool,
+    pub mac: MacAddr,
+    pub profile: Option<String>,
+    pub reason: String,
+    /// The script the node would get now.
+    pub script: Option<String>,
+    /// The template, relative to `http.root`.
+    #[schema(value_type = String)]
+    pub template: std::path::PathBuf,
+    /// The template's variables by name, as it gets them (iPXE-safe).
+    #[schema(value_type = BTreeMap<String, serde_json::Value>)]
+    pub variables: minijinja::Value,
 }
 
 /// The token of `mac`'s install for its phone-home: made when its first install script is

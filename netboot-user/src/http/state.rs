@@ -3,10 +3,11 @@
 
 use crate::config::{Config, Host};
 use crate::store::LeaseReader;
+use crate::cluster::ClusterStatus;
 use crate::fastpath::{Counters, pins};
 use crate::mac::MacAddr;
 use crate::stats::Stats;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use crate::runtime::AgentRecord;
 use crate::timeline::Timelines;
 use std::net::Ipv4Addr;
@@ -119,32 +120,56 @@ impl HttpState {
     }
 
     /// The status of the agent: what `netboot-xdp status --json` prints.
-    pub fn status(&self) -> serde_json::Value {
+    pub fn status(&self) -> Status {
         let counters = Counters::from_pin(&pins::iface_dir(&self.agent.iface)).ok();
-        serde_json::json!({
-            "iface": self.agent.iface,
-            "agent_pid": self.agent.pid,
-            "agent_running": true,
-            "xdp_mode": self.agent.xdp_mode,
-            "config": self.agent.config,
-            "counters": counters.map(|c| c.named()),
-            "agent": self.stats.snapshot(),
-            "nodes": self.timelines.len(),
-            "nodes_evicted": self.timelines.nodes_dropped(),
-            "cluster": match &self.cluster {
-                Some(c) => c.to_json(),
-                None => serde_json::json!({
-                    "server_id": self.server_id,
-                    "members": self.server_id.iter().collect::<Vec<_>>(),
-                    "owned_buckets": netboot_common::cluster::BUCKETS,
-                    "store": "ok",
-                    "backend": "sqlite",
-                }),
+        Status {
+            agent: self.stats.snapshot(),
+            agent_pid: self.agent.pid,
+            agent_running: true,
+            cluster: match &self.cluster {
+                Some(c) => c.status(),
+                None => ClusterStatus {
+                    backend: "sqlite",
+                    change_seq: None,
+                    members: self.server_id.iter().cloned().collect(),
+                    owned_buckets: netboot_common::cluster::BUCKETS,
+                    server_id: self.server_id.clone(),
+                    store: "ok",
+                },
             },
-        })
+            config: self.agent.config.clone(),
+            counters: counters.map(|c| c.named()),
+            iface: self.agent.iface.clone(),
+            nodes: self.timelines.len(),
+            nodes_evicted: self.timelines.nodes_dropped(),
+            xdp_mode: self.agent.xdp_mode.clone(),
+        }
     }
 }
 
 /// The address of the peer (absent on the control socket).
 #[derive(Clone, Copy)]
 pub struct Peer(pub Option<std::net::IpAddr>);
+
+/// `GET /api/v1/status`, `netboot-xdp status --json`: the agent, its counters and its cluster
+/// (the fields in the order they have always been written).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Status {
+    /// The agent's counters by name (`/metrics` has them too, with latencies).
+    pub agent: BTreeMap<String, u64>,
+    pub agent_pid: u32,
+    pub agent_running: bool,
+    pub cluster: ClusterStatus,
+    /// The config file the agent runs.
+    #[schema(value_type = String)]
+    pub config: std::path::PathBuf,
+    /// The XDP program's per-CPU counters summed, by name; null if its maps cannot be read.
+    pub counters: Option<BTreeMap<&'static str, u64>>,
+    pub iface: String,
+    /// Nodes with a timeline.
+    pub nodes: usize,
+    /// Timelines dropped to stay within the bound.
+    pub nodes_evicted: u64,
+    /// `native` or `skb`.
+    pub xdp_mode: String,
+}

@@ -30,7 +30,7 @@ const FLUSH: Duration = Duration::from_secs(1);
 /// A stored `last_seen` this much behind is written again.
 const LAST_SEEN_STEP: i64 = 60;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Seen {
     pub mac: MacAddr,
     /// Unix seconds.
@@ -41,6 +41,7 @@ pub struct Seen {
     pub arch: Option<u16>,
     pub uuid: Option<String>,
     pub vendor_class: Option<String>,
+    #[schema(value_type = Option<String>, format = Ipv4)]
     pub relay: Option<Ipv4Addr>,
 }
 

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// What a node's next boot does (its script).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Intent {
     /// Boot the profile's installer.
@@ -46,14 +46,17 @@ pub struct NodeIntent {
     pub boot_token: Option<String>,
 }
 
-/// A host as the API shows it and takes it (`PUT`): the reservation and the node's intent.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A host as the API takes it (`PUT`, an import): the reservation and the node's intent.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = HostWrite)]
 pub struct HostDoc {
     pub mac: MacAddr,
+    #[schema(value_type = String, format = Ipv4)]
     pub ip: Ipv4Addr,
     /// Its DHCPv6 address (inside `[dhcp6] prefix`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = Ipv6)]
     pub ip6: Option<Ipv6Addr>,
     #[serde(default)]
     pub hostname: Option<String>,
@@ -66,14 +69,22 @@ pub struct HostDoc {
     /// Default true: an install happens once, then the node boots its disk (no boot loop).
     #[serde(default)]
     pub intent_once: Option<bool>,
-    /// `config` (the config file or its hosts file: read-only here) or `api`. Ignored on input.
-    #[serde(default, skip_deserializing)]
+}
+
+/// A host as the API shows it: its document and where it comes from.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = Host)]
+pub struct HostView {
+    #[serde(flatten)]
+    pub doc: HostDoc,
+    /// `config` (the config file or its hosts file: read-only here) or `api`; ignored on input.
+    #[schema(pattern = "^(config|api)$")]
     pub source: &'static str,
 }
 
-impl HostDoc {
-    pub fn of(host: &Host, intent: Option<&NodeIntent>, source: &'static str) -> HostDoc {
-        HostDoc {
+impl HostView {
+    pub fn of(host: &Host, intent: Option<&NodeIntent>, source: &'static str) -> HostView {
+        let doc = HostDoc {
             mac: host.mac,
             ip: host.ip,
             ip6: host.ip6,
@@ -82,9 +93,12 @@ impl HostDoc {
             vars: host.vars.clone(),
             intent: intent.map(|i| i.intent),
             intent_once: intent.map(|i| i.once),
-            source,
-        }
+        };
+        HostView { doc, source }
     }
+}
+
+impl HostDoc {
 
     pub fn host(&self) -> Host {
         Host { mac: self.mac, ip: self.ip, ip6: self.ip6, hostname: self.hostname.clone(), vars: self.vars.clone(), profile: self.profile.clone() }
@@ -97,14 +111,14 @@ impl HostDoc {
 }
 
 /// What a node's installer reports (`POST /api/v1/nodes/{mac}/events`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum EventKind {
     Installed,
     Failed,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventDoc {
     pub event: EventKind,
@@ -113,7 +127,7 @@ pub struct EventDoc {
 }
 
 /// One row of the audit log.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     /// Unix seconds.
     pub at: i64,
@@ -128,7 +142,7 @@ pub struct AuditEntry {
 }
 
 /// One node event as stored.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct NodeEvent {
     pub at: i64,
     pub event: String,
@@ -146,7 +160,7 @@ pub fn parse_import(text: &str, json_lines: bool) -> Result<Vec<HostDoc>, String
             .collect();
     }
     let rows = crate::config::hosts::parse(std::path::Path::new("import"), text).map_err(|e| e.to_string())?;
-    Ok(rows.into_iter().map(|(_, h)| HostDoc::of(&h, None, "api")).collect())
+    Ok(rows.into_iter().map(|(_, h)| HostView::of(&h, None, "api").doc).collect())
 }
 
 #[cfg(test)]
