@@ -82,7 +82,8 @@ pub struct CacheEntry {
 pub struct FastLimits {
     /// DHCP requests per second per chaddr; 0 = unlimited.
     pub per_client_pps: u32,
-    pub _pad: u32,
+    /// 1: the program's rare exits are logged through aya-log (`[server] xdp_log`).
+    pub log: u32,
     /// A cluster member's liveness (`bpf_ktime_get_ns` time): after it the program answers and
     /// passes no DISCOVER or REQUEST (counter `member_stalled`), because the agent stopped
     /// renewing it (killed, stopped, hung) and the other members take its buckets over after

@@ -44,6 +44,9 @@ pub mod maps {
     pub const REPLY_CACHE6: &str = "REPLY_CACHE6";
     /// `RingBuf` of `Reply6Event`s.
     pub const EVENTS6: &str = "EVENTS6";
+    /// `ProgramArray` of one: the log program ([`crate::LOG_PROGRAM_NAME`]), which the main
+    /// program tail-calls to log a rare exit (a call would not fit the main program's stack).
+    pub const LOG_PROG: &str = "LOG_PROG";
 }
 
 /// A running transfer of the AF_XDP TFTP engine: the client's address and port and our TID.
@@ -103,6 +106,8 @@ unsafe impl aya::Pod for TransferRecord {}
 
 /// Name of the XDP program in the object.
 pub const PROGRAM_NAME: &str = "netboot";
+/// The program that logs a rare exit through aya-log, tail-called by the main one.
+pub const LOG_PROGRAM_NAME: &str = "netboot_log";
 /// The pass-through program the lab puts on the client side of a veth pair, so that native-mode
 /// `XDP_TX` frames are received there (TOOLCHAIN.md P3).
 pub const PASS_PROGRAM_NAME: &str = "xdp_pass";

@@ -27,6 +27,7 @@ use netboot_common::{
 };
 
 mod dhcp6;
+mod log;
 mod reply;
 mod reply6;
 
@@ -50,7 +51,7 @@ static TFTP_TRANSFERS: aya_ebpf::maps::HashMap<TransferKey, TransferRecord> =
 
 /// Limits the agent sets from the config.
 #[map]
-static LIMITS: Array<FastLimits> = Array::with_max_entries(1, 0);
+pub(crate) static LIMITS: Array<FastLimits> = Array::with_max_entries(1, 0);
 
 /// Requests per client (chaddr) in the current one-second window. An LRU list per CPU
 /// (BPF_F_NO_COMMON_LRU): a storm inserts thousands of new clients at once from every queue,
@@ -194,6 +195,7 @@ pub fn netboot(ctx: XdpContext) -> u32 {
             Ok(action) => action,
             Err(c) => {
                 bump(c);
+                log::rare(&ctx, c);
                 xdp_action::XDP_PASS
             }
         },
@@ -201,6 +203,7 @@ pub fn netboot(ctx: XdpContext) -> u32 {
             Ok(action) => action,
             Err(c) => {
                 bump(c);
+                log::rare(&ctx, c);
                 xdp_action::XDP_PASS
             }
         },
@@ -221,6 +224,7 @@ pub fn netboot(ctx: XdpContext) -> u32 {
         }
         Err(c) => {
             bump(c);
+            log::rare(&ctx, c);
             xdp_action::XDP_PASS
         }
     };

@@ -1,6 +1,10 @@
 //! Ethernet / IPv4 / UDP frames: the wire envelope of DHCP and TFTP replies that leave through a
 //! packet socket, an AF_XDP ring or the XDP reply cache. Building and parsing are symmetric and
 //! the checksums are always computed (never left zero or to offload).
+//!
+//! Hand-written because the XDP program must produce the same bytes (invariant 2): the reply
+//! cache stores frames this module builds, the eBPF side rewrites their fields at the offsets
+//! fixed here, and the AF_XDP engine parses every TFTP frame in place on its hot path.
 
 use crate::mac::MacAddr;
 use netboot_common::wire::{ETH_HLEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_UDP, UDP_HLEN, VLAN_HLEN};

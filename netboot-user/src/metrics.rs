@@ -1,5 +1,9 @@
 //! `/metrics`: the XDP counters and the agent's counters and latency histograms in the
 //! Prometheus text exposition format (version 0.0.4).
+//!
+//! Written here, not with the `prometheus-client` crate: that crate writes OpenMetrics text
+//! (every counter renamed `*_total`, `# EOF`, another content type), which would rename every
+//! series operators scrape and alert on; version 0.0.4 is a line per sample.
 
 use crate::fastpath::Counters;
 use crate::stats::{Stage, Stats};

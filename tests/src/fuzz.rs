@@ -10,8 +10,11 @@
 //! fixed number of inputs per target (deterministic); `cargo xtask fuzz [SECONDS]` runs each
 //! target for that long from a random seed (printed, to reproduce).
 //!
-//! Not coverage-guided (cargo-fuzz would be, at the cost of a sanitizer build of the agent and
-//! its eBPF object): the mutations start from valid messages, which is where parsers break.
+//! Why a mutator of our own beside proptest and cargo-fuzz: CI needs a bounded, deterministic
+//! run of the release code (a fixed seed, a fixed count, no nightly sanitizer build of the agent
+//! and its eBPF object, which cargo-fuzz's libFuzzer needs and two cores cannot afford per run);
+//! proptest generates values, not mutations of captured frames. Not coverage-guided: the
+//! mutations start from valid messages, which is where parsers break.
 
 use crate::XorShift;
 use std::panic::AssertUnwindSafe;

@@ -213,7 +213,7 @@ fn malformed_requests_are_counted_and_get_no_reply() {
     let mut no_end = good.clone();
     let end = no_end.iter().rposition(|b| *b == 255).unwrap();
     no_end.truncate(end);
-    for (what, payload) in [("bad cookie", bad_cookie), ("htype 6", htype), ("truncated header", good[..100].to_vec()), ("no END", no_end)] {
+    for (what, payload) in [("bad cookie", bad_cookie.clone()), ("htype 6", htype), ("truncated header", good[..100].to_vec()), ("no END", no_end)] {
         assert!(probe.exchange(&payload, Duration::from_millis(400)).is_empty(), "{what} was answered");
     }
     let st = agent.status().unwrap();
@@ -224,6 +224,17 @@ fn malformed_requests_are_counted_and_get_no_reply() {
     assert!(tests::eventually(3, || silent() == 4), "{}", agent.status().unwrap());
     // And is still serving.
     assert_eq!(probe.exchange(&good, Duration::from_millis(1500)).len(), 1);
+
+    // The XDP program's own log of its rare exits (`[server] xdp_log`): off until a reload
+    // switches it on, then a line for the next malformed frame, in the agent's log.
+    let logged = || agent.log_text().matches("passed: malformed_bootp").count();
+    assert_eq!(logged(), 0, "the XDP program logged while xdp_log is off");
+    let text = std::fs::read_to_string(&s.config).unwrap().replacen("[server]\n", "[server]\nxdp_log = true\n", 1);
+    std::fs::write(&s.config, text).unwrap();
+    let reloads = || agent.status().unwrap()["agent"]["config_reloads"].as_u64().unwrap_or(0);
+    assert!(tests::eventually(10, || reloads() == 1), "no reload: {}", agent.log_text());
+    assert!(probe.exchange(&bad_cookie, Duration::from_millis(400)).is_empty());
+    assert!(tests::eventually(5, || logged() == 1), "no XDP log line: {}", agent.log_text());
     drop(agent);
 }
 

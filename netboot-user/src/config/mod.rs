@@ -119,11 +119,15 @@ pub struct ServerConfig {
     pub address6: Option<Spanned<Ipv6Addr>>,
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
+    /// The XDP program's rare exits (malformed frames, reply-cache entries it cannot use) in
+    /// the agent's log, through aya-log; applied on reload.
+    #[serde(default)]
+    pub xdp_log: bool,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { address: None, address6: None, state_dir: default_state_dir() }
+        ServerConfig { address: None, address6: None, state_dir: default_state_dir(), xdp_log: false }
     }
 }
 

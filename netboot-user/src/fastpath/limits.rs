@@ -1,5 +1,6 @@
 //! The XDP program's limits (`LIMITS`), set from the config at start and on every reload; for
-//! a cluster member also its liveness, renewed while the agent runs.
+//! a cluster member also its liveness, renewed while the agent runs; and whether the program
+//! logs its rare exits ([`super::log`]).
 
 use crate::published::Follower;
 use crate::config::Config;
@@ -46,6 +47,7 @@ impl LimitsMap {
 
     pub fn apply(&mut self, config: &Config) -> anyhow::Result<()> {
         self.value.per_client_pps = config.dhcp.per_client_pps;
+        self.value.log = u32::from(config.server.xdp_log);
         self.write()
     }
 

@@ -80,6 +80,21 @@ pub fn incompatible_pins(dir: &std::path::Path) -> Option<String> {
     }
     None
 }
+/// Loads the log program and puts it where the main one tail-calls it (`LOG_PROG`).
+fn install_log_program(ebpf: &mut Ebpf) -> Result<(), StartError> {
+    let unavailable = |what: String| StartError::BpfUnavailable(format!("the log program: {what}"));
+    let prog: &mut Xdp = ebpf
+        .program_mut(netboot_common::LOG_PROGRAM_NAME)
+        .ok_or_else(|| unavailable("not in the object".into()))?
+        .try_into()
+        .map_err(|e| unavailable(format!("{e}")))?;
+    prog.load().map_err(|e| unavailable(root_cause(&e)))?;
+    let fd = prog.fd().map_err(|e| unavailable(format!("{e}")))?.try_clone().map_err(|e| unavailable(format!("{e}")))?;
+    let map = ebpf.map_mut(maps::LOG_PROG).ok_or_else(|| unavailable("no LOG_PROG map".into()))?;
+    let mut array = aya::maps::ProgramArray::try_from(map).map_err(|e| unavailable(format!("{e}")))?;
+    array.set(0, &fd, 0).map_err(|e| unavailable(format!("{e}")))
+}
+
 /// The pinned XDP link in an interface's pin directory.
 const LINK_PIN: &str = "link";
 
@@ -158,6 +173,7 @@ impl Loaded {
                 _ => StartError::BpfUnavailable(root_cause(&e)),
             }
         })?;
+        install_log_program(&mut ebpf)?;
         Ok(Loaded { ebpf })
     }
 
@@ -167,6 +183,12 @@ impl Loaded {
             .expect("checked in new")
             .try_into()
             .expect("checked in new")
+    }
+
+    /// The reader of the program's aya-log records, writing them to `to` (once: it takes the
+    /// record ring).
+    pub fn logger<T: log::Log>(&mut self, to: T) -> Result<aya_log::EbpfLogger<T>, aya_log::Error> {
+        aya_log::EbpfLogger::init_with_logger(&mut self.ebpf, to)
     }
 
     /// The program's fd, for `BPF_PROG_TEST_RUN`.
@@ -282,6 +304,11 @@ impl FastPath {
 
     pub fn take_map(&mut self, name: &str) -> Option<aya::maps::Map> {
         self.loaded.take_map(name)
+    }
+
+    /// See [`Loaded::logger`].
+    pub fn logger<T: log::Log>(&mut self, to: T) -> Result<aya_log::EbpfLogger<T>, aya_log::Error> {
+        self.loaded.logger(to)
     }
 
     /// Detaches the program and removes the pins.

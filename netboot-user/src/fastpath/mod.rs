@@ -6,6 +6,7 @@ pub mod cache6;
 pub mod counters;
 pub mod limits;
 pub mod loader;
+pub mod log;
 pub mod pins;
 pub mod sync;
 pub mod testrun;

@@ -1,4 +1,6 @@
-//! TFTP packets (RFC 1350, options RFC 2347): parse and emit, symmetric.
+//! TFTP packets (RFC 1350, options RFC 2347): parse and emit, symmetric. (No crate of the field
+//! parses TFTP options and windowsize (RFC 7440) as a typed view; the few existing servers keep
+//! theirs private.)
 
 use std::fmt;
 
