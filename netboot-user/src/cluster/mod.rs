@@ -19,7 +19,7 @@
 
 use crate::dhcp::leases::Lease;
 use crate::stats::Stats;
-use crate::store::postgres::{lease_columns, lease_from_row};
+use crate::store::members::{self, CHANGES_PER_READ};
 use aya::maps::{Array, MapData};
 use crate::dhcp::buckets::{self, Buckets};
 use netboot_common::cluster::{BUCKETS, OWNER_OTHER, OWNER_SELF};
@@ -27,11 +27,6 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc, watch};
-
-/// Changes read per query of the change log.
-const CHANGES_PER_READ: i64 = 5000;
-/// Change-log rows older than this are deleted (a member that was away longer reloads).
-const CHANGES_KEPT: &str = "10 minutes";
 
 /// What `status` and `/metrics` show of the cluster; shared with the HTTP layer.
 pub struct ClusterState {
@@ -113,8 +108,7 @@ impl OwnerMap {
 /// The latest change-log sequence: read before the leases are loaded, so that nothing
 /// committed in between is missed (a change seen twice is harmless).
 pub async fn current_seq(pool: &deadpool_postgres::Pool) -> anyhow::Result<i64> {
-    let c = pool.get().await?;
-    Ok(c.query_one("SELECT coalesce(max(seq), 0) FROM netboot_lease_changes", &[]).await?.get(0))
+    members::current_seq(&*pool.get().await?).await
 }
 
 /// The cluster's tasks of one agent.
@@ -157,26 +151,8 @@ impl Member {
     pub async fn beat(&mut self) -> anyhow::Result<()> {
         let pid = self.presence_pid().await;
         let c = self.beats.get().await?;
-        c.execute(
-            "INSERT INTO netboot_members (server_id, presence_pid, presence_at) VALUES ($1, $2, now())
-             ON CONFLICT (server_id) DO UPDATE SET heartbeat = now(), presence_pid = $2, presence_at = now()",
-            &[&self.state.server_id, &pid],
-        )
-        .await?;
-        let secs = self.state.takeover.as_secs_f64();
-        // Live: heartbeat within takeover, and its presence backend still there (unless it
-        // has none, or registered it before the database last started).
-        let rows = c
-            .query(
-                "SELECT server_id FROM netboot_members m
-                  WHERE heartbeat > now() - make_interval(secs => $1)
-                    AND (presence_pid IS NULL OR presence_at < pg_postmaster_start_time()
-                         OR EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = m.presence_pid))
-                  ORDER BY server_id",
-                &[&secs],
-            )
-            .await?;
-        let mut live: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        members::heartbeat(&c, &self.state.server_id, pid).await?;
+        let mut live = members::live(&c, self.state.takeover.as_secs_f64()).await?;
         if !live.contains(&self.state.server_id) {
             live.push(self.state.server_id.clone());
             live.sort();
@@ -206,20 +182,7 @@ impl Member {
     /// ([`crate::store::postgres::member_application_name`]); ending them needs the same
     /// database role for every member (or `pg_signal_backend`).
     async fn fence(&self) {
-        let secs = self.state.takeover.as_secs_f64();
-        let fenced = async {
-            let c = self.pool.get().await?;
-            let rows = c
-                .query(
-                    "SELECT m.server_id, pg_terminate_backend(a.pid) FROM netboot_members m
-                       JOIN pg_stat_activity a ON a.application_name = left('netboot-xdp ' || m.server_id, 63)
-                      WHERE m.heartbeat <= now() - make_interval(secs => $1) AND m.server_id <> $2
-                        AND a.backend_start < m.heartbeat AND a.pid <> pg_backend_pid()",
-                    &[&secs, &self.state.server_id],
-                )
-                .await?;
-            anyhow::Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>())
-        };
+        let fenced = async { members::fence(&*self.pool.get().await?, self.state.takeover.as_secs_f64(), &self.state.server_id).await };
         match fenced.await {
             Ok(mut ended) if !ended.is_empty() => {
                 self.stats.add("cluster_fenced_sessions", ended.len() as u64);
@@ -245,7 +208,7 @@ impl Member {
             let open = async {
                 let (client, conn) = self.target.connect().await?;
                 tokio::spawn(conn);
-                let pid: i32 = client.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
+                let pid = members::backend_pid(&client).await?;
                 anyhow::Ok((client, pid))
             };
             match open.await {
@@ -280,8 +243,7 @@ impl Member {
                 _ = wake.notified() => self.follow(&remote).await,
                 _ = gc.tick() => {
                     if let Ok(c) = self.pool.get().await {
-                        let q = format!("DELETE FROM netboot_lease_changes WHERE at < now() - interval '{CHANGES_KEPT}'");
-                        let _ = c.execute(q.as_str(), &[]).await;
+                        let _ = members::trim_changes(&c).await;
                     }
                 }
                 _ = shutdown.changed() => break,
@@ -289,7 +251,7 @@ impl Member {
         }
         listener.abort();
         if let Ok(c) = self.pool.get().await {
-            let _ = c.execute("DELETE FROM netboot_members WHERE server_id = $1", &[&self.state.server_id]).await;
+            let _ = members::leave(&c, &self.state.server_id).await;
             tracing::info!(server_id = %self.state.server_id, "cluster: left the member list");
         }
     }
@@ -314,16 +276,7 @@ impl Member {
     async fn follow(&self, remote: &mpsc::UnboundedSender<Vec<Lease>>) {
         loop {
             let from = self.state.seq.load(Ordering::Relaxed);
-            let rows = async {
-                let c = self.pool.get().await?;
-                let q = format!(
-                    "SELECT c.seq, l.server_id, {} FROM netboot_lease_changes c JOIN netboot_leases l ON l.ip = c.ip
-                     WHERE c.seq > $1 ORDER BY c.seq LIMIT {CHANGES_PER_READ}",
-                    lease_columns("l."),
-                );
-                anyhow::Ok(c.query(q.as_str(), &[&from]).await?)
-            }
-            .await;
+            let rows = async { members::changes_since(&*self.pool.get().await?, from).await }.await;
             let rows = match rows {
                 Ok(r) => r,
                 Err(e) => {
@@ -332,17 +285,14 @@ impl Member {
                 }
             };
             let Some(last) = rows.last() else { return };
-            self.state.seq.store(last.get(0), Ordering::Relaxed);
-            let theirs: Vec<Lease> = rows
-                .iter()
-                .filter(|r| r.get::<_, String>(1) != self.state.server_id)
-                .filter_map(|r| lease_from_row(r, 2))
-                .collect();
+            self.state.seq.store(last.seq, Ordering::Relaxed);
+            let count = rows.len() as i64;
+            let theirs: Vec<Lease> = rows.into_iter().filter(|r| r.server_id != self.state.server_id).filter_map(|r| r.lease).collect();
             self.stats.add("cluster_remote_changes", theirs.len() as u64);
             if !theirs.is_empty() && remote.send(theirs).is_err() {
                 return;
             }
-            if (rows.len() as i64) < CHANGES_PER_READ {
+            if count < CHANGES_PER_READ {
                 return;
             }
         }
@@ -357,7 +307,7 @@ async fn listen(target: crate::store::postgres::Target, wake: Arc<Notify>, mut s
         let session = async {
             let (client, mut conn) = target.connect().await?;
             let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
-            let listen = client.batch_execute("LISTEN netboot_leases");
+            let listen = client.batch_execute(members::LISTEN_CHANGES);
             tokio::pin!(listen);
             // The LISTEN completes only while the connection is driven.
             loop {

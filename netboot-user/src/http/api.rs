@@ -60,7 +60,7 @@ pub(crate) struct EventRecorded {
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub(crate) struct Discovered {
     #[serde(flatten)]
-    seen: crate::provision::discovery::Seen,
+    seen: crate::store::discovered::Seen,
     /// A host (config or API) describes it (listed only with `?all=true`).
     known: bool,
 }
@@ -86,7 +86,7 @@ pub(crate) async fn discovered(State(st): State<Arc<HttpState>>, Query(q): Query
     let hosts = &st.view().hosts;
     match d.list().await {
         Ok(seen) => {
-            let listed: Vec<(bool, crate::provision::discovery::Seen)> = seen.into_iter().map(|s| (hosts.contains_key(&s.mac), s)).filter(|(known, _)| all || !known).collect();
+            let listed: Vec<(bool, crate::store::discovered::Seen)> = seen.into_iter().map(|s| (hosts.contains_key(&s.mac), s)).filter(|(known, _)| all || !known).collect();
             match crate::http::page::select("/api/v1/discovered", &q, listed, |(_, s)| s.mac) {
                 Ok(page) => page.respond(|(known, seen)| Discovered { seen, known }),
                 Err(bad) => bad.into_response(),

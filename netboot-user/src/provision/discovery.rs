@@ -8,13 +8,11 @@
 //! storm's renewals do not become a storm of writes. Both tables are bounded: a flood of
 //! invented MACs pushes out the longest unseen.
 
-use crate::store::db::{ProvisionDb, with_sqlite};
-use crate::store::stmt::Stmt;
+use crate::store::db::ProvisionDb;
+use crate::store::discovered::{self, Seen};
 use crate::dhcp::server::Sighting;
 use crate::mac::MacAddr;
-use serde::Serialize;
 use std::collections::{HashMap, HashSet};
-use std::net::Ipv4Addr;
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -30,49 +28,6 @@ const FLUSH: Duration = Duration::from_secs(1);
 /// A stored `last_seen` this much behind is written again.
 const LAST_SEEN_STEP: i64 = 60;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct Seen {
-    pub mac: MacAddr,
-    /// Unix seconds.
-    pub first_seen: i64,
-    pub last_seen: i64,
-    /// `pxe`, `ipxe`, `http` or `plain`, at the last sighting.
-    pub class: String,
-    pub arch: Option<u16>,
-    pub uuid: Option<String>,
-    pub vendor_class: Option<String>,
-    #[schema(value_type = Option<String>, format = Ipv4)]
-    pub relay: Option<Ipv4Addr>,
-}
-
-impl Seen {
-    fn of(s: &Sighting) -> Seen {
-        let at = s.at as i64;
-        Seen {
-            mac: s.mac,
-            first_seen: at,
-            last_seen: at,
-            class: s.class.name().to_string(),
-            arch: s.arch,
-            uuid: s.uuid.clone(),
-            vendor_class: s.vendor_class.clone(),
-            relay: s.relay,
-        }
-    }
-
-    /// `s` laid over what was known; whether anything but `last_seen` changed.
-    fn update(&mut self, s: &Sighting) -> bool {
-        let before = self.clone();
-        self.last_seen = self.last_seen.max(s.at as i64);
-        self.class = s.class.name().to_string();
-        self.arch = s.arch.or(self.arch);
-        self.uuid = s.uuid.clone().or(self.uuid.take());
-        self.vendor_class = s.vendor_class.clone().or(self.vendor_class.take());
-        self.relay = s.relay.or(self.relay);
-        Seen { last_seen: before.last_seen, ..self.clone() } != before
-    }
-}
-
 #[derive(Default)]
 struct State {
     seen: HashMap<MacAddr, Seen>,
@@ -87,28 +42,6 @@ pub struct Discovery {
     db: ProvisionDb,
     state: Mutex<State>,
     stats: Option<std::sync::Arc<crate::stats::Stats>>,
-}
-
-const UPSERT: &str = "INSERT INTO netboot_discovered (mac, first_seen, last_seen, class, arch, uuid, vendor_class, relay)
-     VALUES ({p}1, {p}2, {p}3, {p}4, {p}5, {p}6, {p}7, {p}8)
-     ON CONFLICT (mac) DO UPDATE SET last_seen = excluded.last_seen, class = excluded.class, arch = excluded.arch,
-        uuid = excluded.uuid, vendor_class = excluded.vendor_class, relay = excluded.relay";
-const TRIM: &str = "DELETE FROM netboot_discovered WHERE last_seen < (SELECT last_seen FROM netboot_discovered ORDER BY last_seen DESC LIMIT 1 OFFSET {n})";
-const LIST: &str = "SELECT mac, first_seen, last_seen, class, arch, uuid, vendor_class, relay FROM netboot_discovered ORDER BY last_seen DESC, mac";
-
-type Row = (String, i64, i64, String, Option<i32>, Option<String>, Option<String>, Option<String>);
-
-fn from_row(r: Row) -> Option<Seen> {
-    Some(Seen {
-        mac: r.0.parse().ok()?,
-        first_seen: r.1,
-        last_seen: r.2,
-        class: r.3,
-        arch: r.4.and_then(|a| u16::try_from(a).ok()),
-        uuid: r.5,
-        vendor_class: r.6,
-        relay: r.7.and_then(|a| a.parse().ok()),
-    })
 }
 
 impl Discovery {
@@ -193,24 +126,7 @@ impl Discovery {
     }
 
     async fn write(&self, rows: Vec<Seen>) -> anyhow::Result<()> {
-        let mut stmts: Vec<Stmt> = rows
-            .into_iter()
-            .map(|r| {
-                let params = vec![
-                    r.mac.to_string().into(),
-                    r.first_seen.into(),
-                    r.last_seen.into(),
-                    r.class.into(),
-                    r.arch.map(i32::from).into(),
-                    r.uuid.into(),
-                    r.vendor_class.into(),
-                    r.relay.map(|a| a.to_string()).into(),
-                ];
-                Stmt::new(UPSERT, params)
-            })
-            .collect();
-        stmts.push(Stmt::new(TRIM.replace("{n}", &KEPT.to_string()), vec![]));
-        self.db.transact(stmts).await
+        discovered::write(&self.db, rows, KEPT).await
     }
 
     /// Every machine seen, by any member, most recently seen first (this server's newer
@@ -219,28 +135,10 @@ impl Discovery {
         if let Err(e) = self.flush().await {
             tracing::debug!("discovery: flush before listing failed: {e:#}");
         }
-        let rows: Vec<Row> = match &self.db {
-            ProvisionDb::Sqlite(db) => {
-                with_sqlite(db, |store| {
-                    let mut st = store.conn().prepare(LIST)?;
-                    let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?)))?;
-                    Ok(rows.collect::<Result<Vec<_>, _>>()?)
-                })
-                .await?
-            }
-            ProvisionDb::Postgres(pool) => pool
-                .get()
-                .await?
-                .query(LIST, &[])
-                .await?
-                .iter()
-                .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6), r.get(7)))
-                .collect(),
-        };
+        let rows = discovered::list(&self.db).await?;
         let st = self.state();
         Ok(rows
             .into_iter()
-            .filter_map(from_row)
             .map(|s| match st.seen.get(&s.mac) {
                 Some(mine) if mine.last_seen > s.last_seen => Seen { first_seen: s.first_seen.min(mine.first_seen), ..mine.clone() },
                 _ => s,

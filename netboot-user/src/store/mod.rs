@@ -10,7 +10,9 @@
 //! conflict, see [`postgres`]). The schema of each is versioned ([`schema`]).
 
 pub mod db;
+pub mod discovered;
 pub mod leases6;
+pub mod members;
 pub mod postgres;
 pub mod reader;
 pub mod records;
