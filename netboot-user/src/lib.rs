@@ -1,13 +1,15 @@
-//! netboot-xdp's agent as a library: the modules follow DESIGN.md §3.
+//! netboot-xdp's agent as a library, in layers whose arrows point down (docs/DESIGN.md §3,
+//! checked by `tests/tests/architecture.rs`), from the top:
 //!
-//! - [`config`]: the TOML configuration, validated all-or-nothing.
-//! - [`fastpath`]: the XDP program: loading, attaching, pins, counters, test runs.
-//! - [`agent`]: the running agent that ties the pieces together on one interface.
-//! - [`dhcp`], [`tftp`], [`http`]: the services of the boot chain.
-//! - [`timeline`], [`stats`], [`metrics`]: what each node did; counters and latencies.
-//! - [`reload`]: live configuration reload.
-//! - [`ra`]: IPv6 router advertisements that end iPXE's IPv6 wait.
-//! - [`cli`]: the `netboot-xdp` command line.
+//! - [`cli`] and [`control`]: the `netboot-xdp` command line and the agent's control socket.
+//! - [`agent`]: the running agent that wires the services on one interface and supervises them.
+//! - Services: [`http`] (router, API and its OpenAPI document, scripts, files), [`serve`] (the
+//!   sockets of DHCP, DHCPv6, TFTP and router advertisements), [`metrics`], [`provision`] (the
+//!   published config, reloads, discovery), [`cluster`], [`fastpath`] (the XDP program).
+//! - [`store`]: every database concern, SQLite and PostgreSQL.
+//! - Sans-IO cores and what they record: [`dhcp`], [`dhcp6`], [`tftp`]; [`timeline`], [`stats`].
+//! - [`published`] and [`config`]: the configuration as published to the services, and as read.
+//! - Ground: [`runtime`], [`mac`], [`frame`], [`iface`], [`xsk`].
 
 pub mod agent;
 pub mod cli;
