@@ -1,19 +1,16 @@
-//! The HTTP handoff: per-node iPXE scripts, static boot files, leases and metrics.
+//! The HTTP service: per-node iPXE scripts, static boot files, the provisioning API, leases,
+//! timelines and metrics; the same router on `http.listen` and on the agent's control socket
+//! (`/run/netboot-xdp/IFACE.sock`), which the CLI uses whatever `http.listen` is.
 //!
-//! - `GET /boot.ipxe[?mac=MAC]`: `http.script` (a minijinja template under `http.root`) rendered
-//!   for the node (without `mac`, the node that has the requesting address): `mac`, `ip`, `hostname`, `class`, `arch`, `vars`, `server`. Every value is
-//!   reduced to characters that cannot change an iPXE script's meaning (no newline, `$`, `;`,
-//!   quotes, spaces), so a hostname or a variable cannot inject commands.
-//! - Static files under `http.root` ([`crate::http::files`]): kept open, sent with sendfile(2)
-//!   on plain connections ([`crate::http::conn`]), HEAD, one Range, ETag/If-None-Match,
-//!   Last-Modified, confined to the root: `..` and symlinks leaving it are refused.
-//! - `GET /api/v1/nodes[?stage=S][&idle=SECS]` and `/api/v1/nodes/MAC`: boot timelines
-//!   ([`crate::timeline`]).
-//! - `GET /api/v1/leases`: the lease store as JSON (with the kernel's renewals not yet written); `GET /api/v1/status`: what
-//!   `netboot-xdp status --json` prints; `GET /metrics`: Prometheus text ([`crate::metrics`]).
-//!
-//! The same routes are served on the agent's control socket (`/run/netboot-xdp/IFACE.sock`),
-//! which the CLI uses whatever `http.listen` is.
+//! One room each: [`openapi`] registers every route and derives the API's description;
+//! [`script`] renders `/boot.ipxe` (every value made iPXE-safe) and explains it, [`grub`] the
+//! Secure Boot chain's GRUB configs; [`api`] the hosts, intents, events and audit log, and the
+//! token check ([`auth`]: tokens and scopes); [`read`] leases, nodes, status and `/metrics`;
+//! [`files`] the static files under `http.root` (kept open, confined to the root), which
+//! [`conn`] sends with sendfile(2) on plain connections; [`listener`] the connection limits and
+//! TLS; [`page`] `?limit=&after=`; [`state`] what the routes share; [`client`] one request, for
+//! the CLI and the bench. This file: binding, serving, the router, its middleware and the
+//! fallback to static files.
 
 pub mod api;
 pub mod auth;
