@@ -164,7 +164,7 @@ pub async fn run(iface_name: &str, config_path: &Path, mode: XdpModeArg) -> anyh
     }
     services.spawn("XDP limits", limits.follow(limits_follows, stop_rx.clone()));
     match fastpath.logger(log::logger()) {
-        Ok(logger) => services.spawn_fallible("XDP log", crate::fastpath::log::forward(logger, stop_rx.clone())),
+        Ok(logger) => services.spawn("XDP log", crate::fastpath::log::forward(logger, stop_rx.clone())),
         Err(e) => tracing::warn!("the XDP program's log cannot be read ([server] xdp_log): {e}"),
     }
     services.spawn_fallible("HTTP", crate::http::serve(http_listener, control, http_state, http_follows, stop_rx.clone()));
