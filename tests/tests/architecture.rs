@@ -22,8 +22,9 @@ const MAX_LINES: usize = 600;
 type ModPath = Vec<String>;
 
 struct Crate {
-    /// Every module of the tree and the file(s) that hold it.
-    files: BTreeMap<ModPath, PathBuf>,
+    /// Every module of the tree and the file that holds it, with its text and syntax tree
+    /// (parsed once, read twice: for the re-exports, then for the paths).
+    files: BTreeMap<ModPath, (PathBuf, String, syn::File)>,
     /// `pub use child::{Name, ...}` of each module: a re-exported name and the child it is from.
     reexports: BTreeMap<ModPath, BTreeMap<String, String>>,
 }
@@ -68,7 +69,8 @@ impl Crate {
                 continue;
             }
             let m = module_of(src, &f);
-            let ast = syn::parse_file(&std::fs::read_to_string(&f).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+            let text = std::fs::read_to_string(&f).unwrap();
+            let ast = syn::parse_file(&text).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
             let mut names = BTreeMap::new();
             for item in &ast.items {
                 if let syn::Item::Use(u) = item
@@ -83,7 +85,7 @@ impl Crate {
                 }
             }
             c.reexports.insert(m.clone(), names);
-            c.files.insert(m, f);
+            c.files.insert(m, (f, text, ast));
         }
         c
     }
@@ -213,12 +215,10 @@ type Arrows = BTreeMap<(ModPath, ModPath), (PathBuf, usize)>;
 
 fn arrows(c: &Crate) -> Arrows {
     let mut out = Arrows::new();
-    for (m, file) in &c.files {
+    for (m, (file, text, ast)) in &c.files {
         if file.file_name().is_some_and(|n| n == "tests.rs") {
             continue;
         }
-        let text = std::fs::read_to_string(file).unwrap();
-        let ast = syn::parse_file(&text).unwrap();
         let mut paths = Paths::default();
         paths.doc(&ast.attrs);
         for item in &ast.items {
@@ -233,7 +233,7 @@ fn arrows(c: &Crate) -> Arrows {
                 continue;
             }
             let key = (m[..=common].to_vec(), to[..=common].to_vec());
-            let line = line_naming(&text, &to[common]);
+            let line = line_naming(text, &to[common]);
             out.entry(key).or_insert((file.clone(), line));
         }
     }

@@ -84,7 +84,13 @@ pub struct HostView {
 
 impl HostView {
     pub fn of(host: &Host, intent: Option<&NodeIntent>, source: &'static str) -> HostView {
-        let doc = HostDoc {
+        HostView { doc: HostDoc::of(host, intent), source }
+    }
+}
+
+impl HostDoc {
+    pub fn of(host: &Host, intent: Option<&NodeIntent>) -> HostDoc {
+        HostDoc {
             mac: host.mac,
             ip: host.ip,
             ip6: host.ip6,
@@ -93,12 +99,9 @@ impl HostView {
             vars: host.vars.clone(),
             intent: intent.map(|i| i.intent),
             intent_once: intent.map(|i| i.once),
-        };
-        HostView { doc, source }
+        }
     }
-}
 
-impl HostDoc {
 
     pub fn host(&self) -> Host {
         Host { mac: self.mac, ip: self.ip, ip6: self.ip6, hostname: self.hostname.clone(), vars: self.vars.clone(), profile: self.profile.clone() }
@@ -160,7 +163,7 @@ pub fn parse_import(text: &str, json_lines: bool) -> Result<Vec<HostDoc>, String
             .collect();
     }
     let rows = crate::config::hosts::parse(std::path::Path::new("import"), text).map_err(|e| e.to_string())?;
-    Ok(rows.into_iter().map(|(_, h)| HostView::of(&h, None, "api").doc).collect())
+    Ok(rows.into_iter().map(|(_, h)| HostDoc::of(&h, None)).collect())
 }
 
 #[cfg(test)]
